@@ -1,0 +1,1 @@
+"""The three tasks built on `core`: translation, captioning and speech recognition."""
