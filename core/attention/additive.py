@@ -1,0 +1,218 @@
+"""Additive attention (Bahdanau et al. 2015) and location-aware attention (Chorowski et al. 2015).
+
+Both score ``e[b, t, s] = v · tanh(W_q q[b, t] + W_k k[b, s] (+ U f[b, s]))``. The naive way
+builds the ``(B, T, S, H)`` tensor inside the tanh and autograd keeps it (or one
+``(B, S, H)`` slice per decoder step) alive until backward. `additive_scores` instead
+evaluates it in bounded chunks and recomputes the tanh in backward, so the only tensors
+saved are the projected queries ``(B, T, H)``, the projected keys ``(B, S, H)`` (shared by
+all steps) and, for location attention, the small conv features ``(B, S, C)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from core.attention.base import Attention, masked_softmax
+
+#: Upper bound on elements of one (B, chunk, S, H) block inside `additive_scores`.
+CHUNK_ELEMENTS = 1 << 22
+
+
+def _chunk_len(b: int, t: int, s: int, h: int) -> int:
+    return max(1, min(t, CHUNK_ELEMENTS // max(1, b * s * h)))
+
+
+class _AdditiveScores(torch.autograd.Function):
+    """``scores = tanh(qh[:, :, None] + kh[:, None] (+ (f @ u.T)[:, None])) @ v`` without saving the tanh."""
+
+    @staticmethod
+    def forward(ctx: Any, qh: Tensor, kh: Tensor, v: Tensor, f: Tensor | None, u: Tensor | None) -> Tensor:  # type: ignore[override]
+        dtype = torch.promote_types(qh.dtype, kh.dtype)
+        # Autocast is switched off inside: dtypes are chosen explicitly so forward and the
+        # recomputation in backward agree (they follow the inputs, bf16 under autocast).
+        with torch.autocast(qh.device.type, enabled=False):
+            q, k, vv = qh.to(dtype), kh.to(dtype), v.to(dtype)
+            if f is not None:
+                k = k + torch.matmul(f.to(dtype), u.to(dtype).t())  # (B, S, C) @ (C, H) -> (B, S, H)
+            b, t, h = q.shape
+            s = k.shape[1]
+            c = _chunk_len(b, t, s, h)
+            scores = q.new_empty(b, t, s)
+            for i in range(0, t, c):
+                e = torch.tanh(q[:, i:i + c, None, :] + k[:, None, :, :])  # (B, c, S, H)
+                scores[:, i:i + c] = torch.matmul(e, vv)  # (B, c, S, H) @ (H,) -> (B, c, S)
+        ctx.save_for_backward(qh, kh, v, f, u)
+        ctx.compute_dtype = dtype
+        return scores
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        qh, kh, v, f, u = ctx.saved_tensors
+        dtype = ctx.compute_dtype
+        # Gradients accumulated over chunks are kept in fp32 for bf16/fp16 inputs.
+        acc = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        with torch.autocast(qh.device.type, enabled=False):
+            q, k, vv, g_all = qh.to(dtype), kh.to(dtype), v.to(dtype), grad.to(dtype)
+            if f is not None:
+                k = k + torch.matmul(f.to(dtype), u.to(dtype).t())  # (B, S, H)
+            b, t, h = q.shape
+            s = k.shape[1]
+            c = _chunk_len(b, t, s, h)
+            dq = torch.empty(b, t, h, dtype=acc, device=q.device)
+            dk = torch.zeros(b, s, h, dtype=acc, device=q.device)
+            dv = torch.zeros(h, dtype=acc, device=q.device)
+            for i in range(0, t, c):
+                th = torch.tanh(q[:, i:i + c, None, :] + k[:, None, :, :])  # (B, c, S, H)
+                g = g_all[:, i:i + c, :, None]  # (B, c, S, 1)
+                dv += (g * th).sum(dim=(0, 1, 2), dtype=acc)
+                de = g * vv * (1 - th * th)  # d tanh input, (B, c, S, H)
+                dq[:, i:i + c] = de.sum(dim=2, dtype=acc)
+                dk += de.sum(dim=1, dtype=acc)
+            df = du = None
+            if f is not None:
+                df = torch.matmul(dk, u.to(acc)).to(f.dtype) if ctx.needs_input_grad[3] else None  # (B, S, C)
+                if ctx.needs_input_grad[4]:
+                    du = torch.matmul(dk.reshape(-1, h).t(), f.reshape(-1, f.shape[-1]).to(acc)).to(u.dtype)  # (H, C)
+        return dq.to(qh.dtype), dk.to(kh.dtype), dv.to(v.dtype), df, du
+
+
+def additive_scores(
+    qh: Tensor, kh: Tensor, v: Tensor, f: Tensor | None = None, u: Tensor | None = None
+) -> Tensor:
+    """Additive attention energies without keeping ``(B, T, S, H)`` for backward.
+
+    Args:
+        qh: projected queries ``(B, T, H)``.
+        kh: projected keys ``(B, S, H)``.
+        v: the energy vector ``(H,)``.
+        f: optional location features ``(B, S, C)``.
+        u: projection of the location features ``(H, C)`` (with ``f``).
+
+    Returns:
+        Energies ``(B, T, S)``.
+    """
+    return _AdditiveScores.apply(qh, kh, v, f, u)
+
+
+class AdditiveAttention(Attention):
+    """Bahdanau attention: ``score(q, k) = v · tanh(W_q q + W_k k)``.
+
+    `precompute(keys)` returns ``W_k k`` ``(B, S, H)``: compute it once per source and pass
+    it as ``precomputed`` at each decoder step.
+    """
+
+    def __init__(self, query_dim: int, key_dim: int, value_dim: int | None = None, hidden_dim: int | None = None) -> None:
+        """Args:
+            query_dim: size of the query (decoder state) vectors.
+            key_dim: size of the key (encoder output) vectors.
+            value_dim: size of the value vectors (default ``key_dim``).
+            hidden_dim: size H of the energy MLP (default ``query_dim``).
+        """
+        super().__init__(query_dim, key_dim, value_dim)
+        self.hidden_dim = hidden_dim or query_dim
+        self.query_proj = nn.Linear(query_dim, self.hidden_dim, bias=False)
+        self.key_proj = nn.Linear(key_dim, self.hidden_dim, bias=True)
+        self.energy = nn.Linear(self.hidden_dim, 1, bias=False)
+
+    def precompute(self, keys: Tensor, values: Tensor | None = None) -> Tensor:
+        """Projected keys ``(B, S, H)``."""
+        return self.key_proj(keys)
+
+    def _projected_keys(self, keys: Tensor | None, precomputed: Any) -> Tensor:
+        if precomputed is not None:
+            return precomputed
+        assert keys is not None
+        return self.key_proj(keys)
+
+    def _attend(
+        self, query: Tensor, keys: Tensor | None, values: Tensor | None, mask: Tensor | None, *,
+        precomputed: Any, prev_weights: Tensor | None, need_weights: bool, sdpa_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        assert values is not None
+        kh = self._projected_keys(keys, precomputed)  # (B, S, H)
+        qh = self.query_proj(query)  # (B, Tq, H)
+        scores = additive_scores(qh, kh, self.energy.weight.view(-1))  # (B, Tq, S)
+        weights = masked_softmax(scores, mask)
+        return torch.matmul(weights.to(values.dtype), values), weights  # (B, Tq, Dv)
+
+
+class LocationAttention(AdditiveAttention):
+    """Location-aware attention (Chorowski et al. 2015).
+
+    ``score = v · tanh(W_q q + W_k k + U (F * a_prev))``: convolutional features of the
+    previous step's weights (or their running sum with ``cumulative=True``) join the
+    additive energy, which helps monotonic alignments such as speech.
+
+    Pass ``prev_weights`` ``(B, S)`` each step and carry ``attn.accumulate(prev, weights)``
+    to the next; without it the first step starts from uniform weights over valid keys. A
+    query with ``Tq > 1`` is processed step by step, each step using the previous one's
+    weights (teacher forcing with a fixed sequence of queries).
+    """
+
+    def __init__(
+        self,
+        query_dim: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        hidden_dim: int | None = None,
+        conv_channels: int = 10,
+        kernel_size: int = 31,
+        cumulative: bool = False,
+    ) -> None:
+        """Args:
+            query_dim: size of the query (decoder state) vectors.
+            key_dim: size of the key (encoder output) vectors.
+            value_dim: size of the value vectors (default ``key_dim``).
+            hidden_dim: size H of the energy MLP (default ``query_dim``).
+            conv_channels: number C of location filters.
+            kernel_size: width of the location filters (odd, so features stay aligned).
+            cumulative: feed the running sum of all previous weights instead of the last.
+        """
+        super().__init__(query_dim, key_dim, value_dim, hidden_dim)
+        if kernel_size % 2 != 1:
+            raise ValueError(f"LocationAttention: kernel_size must be odd, got {kernel_size}")
+        self.cumulative = cumulative
+        self.conv = nn.Conv1d(1, conv_channels, kernel_size, padding=kernel_size // 2, bias=False)
+        self.loc_proj = nn.Linear(conv_channels, self.hidden_dim, bias=False)
+
+    def accumulate(self, prev_weights: Tensor | None, weights: Tensor) -> Tensor:
+        """Next step's ``prev_weights``: the running sum if cumulative, else ``weights``."""
+        if self.cumulative and prev_weights is not None:
+            return prev_weights + weights
+        return weights
+
+    @staticmethod
+    def initial_weights(mask: Tensor | None, b: int, s: int, like: Tensor) -> Tensor:
+        """Uniform weights over the valid keys, ``(B, S)``."""
+        if mask is None:
+            return like.new_full((b, s), 1.0 / s)
+        valid = mask[:, 0, :].to(like.dtype)  # (B, S)
+        return valid / valid.sum(dim=-1, keepdim=True).clamp_min(1.0)
+
+    def _attend(
+        self, query: Tensor, keys: Tensor | None, values: Tensor | None, mask: Tensor | None, *,
+        precomputed: Any, prev_weights: Tensor | None, need_weights: bool, sdpa_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
+        assert values is not None
+        kh = self._projected_keys(keys, precomputed)  # (B, S, H)
+        qh = self.query_proj(query)  # (B, Tq, H)
+        b, tq, _ = qh.shape
+        s = kh.shape[1]
+        if prev_weights is None:
+            prev_weights = self.initial_weights(mask, b, s, qh)
+        elif tuple(prev_weights.shape) != (b, s):
+            raise ValueError(f"LocationAttention: prev_weights must be (B, S) = {(b, s)}, got {tuple(prev_weights.shape)}")
+        contexts, all_weights = [], []
+        v = self.energy.weight.view(-1)
+        for t in range(tq):
+            f = self.conv(prev_weights[:, None, :].to(self.conv.weight.dtype)).transpose(1, 2)  # (B, 1, S) -> (B, C, S) -> (B, S, C)
+            scores = additive_scores(qh[:, t:t + 1], kh, v, f, self.loc_proj.weight)  # (B, 1, S)
+            step_mask = None if mask is None else mask[:, t:t + 1] if mask.shape[1] == tq else mask
+            w = masked_softmax(scores, step_mask)  # (B, 1, S)
+            contexts.append(torch.matmul(w.to(values.dtype), values))  # (B, 1, Dv)
+            all_weights.append(w)
+            prev_weights = self.accumulate(prev_weights, w[:, 0])
+        return torch.cat(contexts, dim=1), torch.cat(all_weights, dim=1)  # (B, Tq, Dv), (B, Tq, S)

@@ -1,0 +1,69 @@
+"""Name -> attention class registry, so a config string picks the mechanism."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable, TypeVar
+
+from core.attention.additive import AdditiveAttention, LocationAttention
+from core.attention.base import Attention
+from core.attention.dot import DotAttention, GeneralAttention, ScaledDotAttention
+from core.attention.multihead import MultiHeadAttention
+
+_REGISTRY: dict[str, type[Attention]] = {}
+
+T = TypeVar("T", bound=type[Attention])
+
+
+def register_attention(name: str) -> Callable[[T], T]:
+    """Class decorator adding an `Attention` subclass to the registry under ``name``."""
+
+    def wrap(cls: T) -> T:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"attention name {name!r} is already registered to {_REGISTRY[name].__name__}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+for _name, _cls in (
+    ("additive", AdditiveAttention),
+    ("dot", DotAttention),
+    ("general", GeneralAttention),
+    ("scaled_dot", ScaledDotAttention),
+    ("multihead", MultiHeadAttention),
+    ("location", LocationAttention),
+):
+    register_attention(_name)(_cls)
+
+
+def available_attentions() -> list[str]:
+    """Registered mechanism names, sorted."""
+    return sorted(_REGISTRY)
+
+
+def build_attention(name: str, **kwargs: Any) -> Attention:
+    """Build an attention module by registry name.
+
+    Args:
+        name: one of `available_attentions()`.
+        **kwargs: constructor arguments (``query_dim``, ``key_dim``, ``value_dim`` and the
+            mechanism's own options).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones) or arguments the
+            mechanism does not take (the message lists those it does).
+    """
+    try:
+        cls = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown attention {name!r}; valid names: {', '.join(available_attentions())}"
+        ) from None
+    params = inspect.signature(cls.__init__).parameters
+    unknown = sorted(set(kwargs) - set(params) - {"self"})
+    if unknown:
+        accepted = [p for p in params if p != "self"]
+        raise ValueError(f"attention {name!r} does not take {unknown}; it accepts {accepted}")
+    return cls(**kwargs)
