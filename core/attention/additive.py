@@ -201,14 +201,14 @@ class LocationAttention(AdditiveAttention):
         qh = self.query_proj(query)  # (B, Tq, H)
         b, tq, _ = qh.shape
         s = kh.shape[1]
-        if prev_weights is None:
-            prev_weights = self.initial_weights(mask, b, s, qh)
-        elif tuple(prev_weights.shape) != (b, s):
+        if prev_weights is not None and tuple(prev_weights.shape) != (b, s):
             raise ValueError(f"LocationAttention: prev_weights must be (B, S) = {(b, s)}, got {tuple(prev_weights.shape)}")
         contexts, all_weights = [], []
         v = self.energy.weight.view(-1)
         for t in range(tq):
-            f = self.conv(prev_weights[:, None, :].to(self.conv.weight.dtype)).transpose(1, 2)  # (B, 1, S) -> (B, C, S) -> (B, S, C)
+            # Same carry rule as a caller stepping by hand: start uniform, then accumulate.
+            loc_in = self.initial_weights(mask, b, s, qh) if prev_weights is None else prev_weights
+            f = self.conv(loc_in[:, None, :].to(self.conv.weight.dtype)).transpose(1, 2)  # (B, 1, S) -> (B, C, S) -> (B, S, C)
             scores = additive_scores(qh[:, t:t + 1], kh, v, f, self.loc_proj.weight)  # (B, 1, S)
             step_mask = None if mask is None else mask[:, t:t + 1] if mask.shape[1] == tq else mask
             w = masked_softmax(scores, step_mask)  # (B, 1, S)
