@@ -1,0 +1,22 @@
+# The two commands of the README:
+#   make demo   install everything (first time) and run the main job on the embedded defaults
+#   make test   install everything (first time) and run the test suite
+VENV ?= $(if $(ATTN_VENV),$(ATTN_VENV),.venv)
+PY := $(VENV)/bin/python
+OUT ?= demo_output
+
+.PHONY: setup demo test test-fast bench-attention
+setup:
+	@ATTN_VENV=$(VENV) bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/attn-demo --out $(OUT)
+
+test: setup
+	$(PY) -m pytest -n 2 --timeout 600 -q -p no:cacheprovider
+
+test-fast: setup
+	$(PY) -m pytest -n 2 -q -m "not slow" -p no:cacheprovider
+
+bench-attention: setup
+	$(PY) benchmarks/attention.py --json benchmarks/out/attention.json
