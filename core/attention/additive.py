@@ -17,12 +17,15 @@ from torch import Tensor, nn
 
 from core.attention.base import Attention, masked_softmax
 
-#: Upper bound on elements of one (B, chunk, S, H) block inside `additive_scores`.
+#: Upper bound on elements of one (B, chunk, S, H) block inside `additive_scores` (CPU).
 CHUNK_ELEMENTS = 1 << 22
+#: On GPU, fewer and larger blocks: each block is a handful of kernel launches.
+CUDA_CHUNK_ELEMENTS = 1 << 27
 
 
-def _chunk_len(b: int, t: int, s: int, h: int) -> int:
-    return max(1, min(t, CHUNK_ELEMENTS // max(1, b * s * h)))
+def _chunk_len(b: int, t: int, s: int, h: int, device: torch.device) -> int:
+    budget = CUDA_CHUNK_ELEMENTS if device.type == "cuda" else CHUNK_ELEMENTS
+    return max(1, min(t, budget // max(1, b * s * h)))
 
 
 class _AdditiveScores(torch.autograd.Function):
@@ -39,7 +42,7 @@ class _AdditiveScores(torch.autograd.Function):
                 k = k + torch.matmul(f.to(dtype), u.to(dtype).t())  # (B, S, C) @ (C, H) -> (B, S, H)
             b, t, h = q.shape
             s = k.shape[1]
-            c = _chunk_len(b, t, s, h)
+            c = _chunk_len(b, t, s, h, q.device)
             scores = q.new_empty(b, t, s)
             for i in range(0, t, c):
                 e = torch.tanh(q[:, i:i + c, None, :] + k[:, None, :, :])  # (B, c, S, H)
@@ -60,7 +63,7 @@ class _AdditiveScores(torch.autograd.Function):
                 k = k + torch.matmul(f.to(dtype), u.to(dtype).t())  # (B, S, H)
             b, t, h = q.shape
             s = k.shape[1]
-            c = _chunk_len(b, t, s, h)
+            c = _chunk_len(b, t, s, h, q.device)
             dq = torch.empty(b, t, h, dtype=acc, device=q.device)
             dk = torch.zeros(b, s, h, dtype=acc, device=q.device)
             dv = torch.zeros(h, dtype=acc, device=q.device)

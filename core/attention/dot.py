@@ -22,12 +22,20 @@ def sdpa_with_empty_rows(
     such rows attend everywhere (finite, cheap) and zero their output afterwards.
 
     Args:
-        q: ``(..., Tq, D)``.  k: ``(..., S, D)``.  v: ``(..., S, Dv)``.
-        mask: bool broadcastable to ``(..., Tq, S)``, True = attend, or None.
+        q: ``(B, [H,] Tq, D)``.  k: ``(B, [H,] S, D)``.  v: ``(B, [H,] S, Dv)``.
+        mask: bool broadcastable to ``(B, [H,] Tq, S)``, True = attend, or None.
+        is_causal: square causal masking by the kernel's own flag (``mask`` must be None).
 
     Returns:
         ``(..., Tq, Dv)``.
     """
+    if q.dim() == 3:
+        # The fused CUDA kernels (flash / memory-efficient) take (B, H, T, D) only; a 3-D
+        # call silently falls back to the slow math path, so add a unit head axis.
+        mask4 = None if mask is None else mask[:, None]  # (B, Tq|1, S) -> (B, 1, Tq|1, S)
+        out = sdpa_with_empty_rows(q[:, None], k[:, None], v[:, None], mask4, scale=scale,
+                                   dropout_p=dropout_p, is_causal=is_causal)
+        return out[:, 0]  # (B, 1, Tq, Dv) -> (B, Tq, Dv)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p, is_causal=is_causal)
     has_key = mask.any(dim=-1, keepdim=True)  # (..., Tq|1, 1)
@@ -68,9 +76,7 @@ class DotAttention(Attention):
         scale = self.scale if self.scale is not None else 1.0 / math.sqrt(query.shape[-1])
         if not need_weights:
             # Fused kernel (flash / memory-efficient on GPU); weights never materialised.
-            if sdpa_causal:
-                return F.scaled_dot_product_attention(query, k, values, scale=scale, is_causal=True), None
-            return sdpa_with_empty_rows(query, k, values, mask, scale=scale), None
+            return sdpa_with_empty_rows(query, k, values, mask, scale=scale, is_causal=sdpa_causal), None
         scores = torch.matmul(query, k.transpose(-2, -1)) * scale  # (B, Tq, S)
         weights = masked_softmax(scores, mask)
         return torch.matmul(weights.to(values.dtype), values), weights  # (B, Tq, Dv)
