@@ -1,0 +1,237 @@
+"""Safe checkpoint loading (``weights_only=True``) with user-facing errors, plus URL caching.
+
+Tasks store their metadata under ``checkpoint["attn_suite"] = {"task": ..., "format": 1, ...}``
+(see ``make_metadata``) in ``on_save_checkpoint``; ``load_checkpoint(path, expected_task=...)`` checks
+it. Every failure a user can cause (missing file, truncated download, a file that is not a checkpoint,
+a pickle that would import/run code, another task's checkpoint, bad URL, hash mismatch) becomes a
+``CheckpointError`` whose message names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import torch
+
+from core.errors import CheckpointError
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
+
+__all__ = [
+    "META_KEY",
+    "FORMAT_VERSION",
+    "cache_dir",
+    "checkpoint_task",
+    "load_checkpoint",
+    "make_metadata",
+    "module_from_checkpoint",
+    "resolve_checkpoint",
+]
+
+META_KEY = "attn_suite"
+FORMAT_VERSION = 1
+_DEFAULT_CACHE = Path("~/.cache/attn-suite/checkpoints")
+
+
+def make_metadata(task: str, **extra: Any) -> dict[str, Any]:
+    """Metadata dict to store as ``checkpoint["attn_suite"]`` (values must be weights_only-safe)."""
+    return {"task": task, "format": FORMAT_VERSION, **extra}
+
+
+def cache_dir() -> Path:
+    """Download cache: ``$ATTN_SUITE_CACHE`` if set, else ``~/.cache/attn-suite/checkpoints``."""
+    env = os.environ.get("ATTN_SUITE_CACHE")
+    return Path(env).expanduser() if env else _DEFAULT_CACHE.expanduser()
+
+
+def _is_url(s: str) -> bool:
+    return urllib.parse.urlparse(s).scheme in ("http", "https")
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_hash(path: Path, sha256: str | None, source: str) -> None:
+    """Accept a full hex digest or a prefix of it (as ``torch.hub`` does)."""
+    if sha256 is None:
+        return
+    got = _sha256_file(path)
+    if not got.startswith(sha256.lower()):
+        raise CheckpointError(f"sha256 mismatch for checkpoint {source}: expected {sha256}, got {got}")
+
+
+def _download(url: str, dst: Path, timeout: float = 60.0) -> None:
+    """Stream ``url`` into ``dst`` (module-level so tests can monkeypatch it)."""
+    with urllib.request.urlopen(url, timeout=timeout) as resp, open(dst, "wb") as out:
+        shutil.copyfileobj(resp, out, length=1 << 20)
+
+
+def resolve_checkpoint(path_or_url: str | os.PathLike[str], sha256: str | None = None) -> Path:
+    """Local path of a checkpoint; http(s) URLs are downloaded once into ``cache_dir()``.
+
+    Args:
+        path_or_url: a file path or an ``http://`` / ``https://`` URL.
+        sha256: optional expected hex digest (or prefix); checked after download and for local files.
+
+    Returns:
+        Path to an existing file.
+
+    Raises:
+        CheckpointError: missing file, failed download or hash mismatch (message names the source).
+    """
+    src = os.fspath(path_or_url)
+    if _is_url(src):
+        name = Path(urllib.parse.urlparse(src).path).name or "checkpoint.ckpt"
+        name = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        # URL hash in the name: two URLs with the same basename must not share a cache entry
+        dst = cache_dir() / f"{hashlib.sha256(src.encode()).hexdigest()[:16]}-{name}"
+        if dst.is_file():
+            try:
+                _check_hash(dst, sha256, src)
+                return dst
+            except CheckpointError:
+                dst.unlink()  # stale/corrupt cache entry: fetch again
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        # download to a temp file in the same dir, then rename: a crash never leaves a half file as dst
+        fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=".part-")
+        os.close(fd)
+        tmp = Path(tmp_name)
+        try:
+            try:
+                _download(src, tmp)
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                raise CheckpointError(f"could not download checkpoint {src}: {err}") from None
+            _check_hash(tmp, sha256, src)
+            os.replace(tmp, dst)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return dst
+
+    path = Path(src).expanduser()
+    if not path.exists():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint path is not a file: {path}")
+    _check_hash(path, sha256, str(path))
+    return path
+
+
+def load_checkpoint(
+    path_or_url: str | os.PathLike[str],
+    expected_task: str | None = None,
+    map_location: str | torch.device | None = "cpu",
+    sha256: str | None = None,
+) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` and validate it.
+
+    Args:
+        path_or_url: file path or http(s) URL (see ``resolve_checkpoint``).
+        expected_task: if given, ``checkpoint["attn_suite"]["task"]`` must equal it.
+        map_location: passed to ``torch.load``.
+        sha256: optional expected digest (or prefix) of the file.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        CheckpointError: for every user-caused failure; the message names the file.
+    """
+    path = resolve_checkpoint(path_or_url, sha256=sha256)
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        msg = str(err)
+        if "Weights only load failed" in msg:
+            # The safe unpickler refused a global: loading would import/call arbitrary Python code.
+            detail = next((ln.strip() for ln in msg.splitlines() if "GLOBAL" in ln or "Unsupported" in ln),
+                          "it contains pickled Python objects")
+            raise CheckpointError(
+                f"refusing to load checkpoint {path}: it is not a plain weights file and could run code "
+                f"when unpickled ({detail}). Only tensors, numbers, strings, lists and dicts are allowed."
+            ) from None
+        raise CheckpointError(f"could not read checkpoint {path}: not a PyTorch checkpoint ({msg})") from None
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as err:
+        # zip "central directory" errors (truncated/corrupt files), empty files, random bytes
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(
+            f"could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch "
+            f"checkpoint ({first})"
+        ) from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint: expected a dict, got {type(ckpt).__name__}")
+    if expected_task is not None:
+        task = checkpoint_task(ckpt)
+        if task is None:
+            raise CheckpointError(
+                f"{path} is not an attn-suite checkpoint (no '{META_KEY}' metadata); "
+                f"expected a '{expected_task}' checkpoint"
+            )
+        if task != expected_task:
+            raise CheckpointError(f"{path} is a '{task}' checkpoint, expected a '{expected_task}' checkpoint")
+    return ckpt
+
+
+def checkpoint_task(ckpt: dict[str, Any]) -> str | None:
+    """Task name stored in a loaded checkpoint's metadata, or ``None`` if there is none."""
+    meta = ckpt.get(META_KEY)
+    if isinstance(meta, dict) and isinstance(meta.get("task"), str):
+        return meta["task"]
+    return None
+
+
+M = TypeVar("M", bound="pl.LightningModule")
+
+
+def module_from_checkpoint(
+    cls: type[M],
+    path_or_url: str | os.PathLike[str],
+    expected_task: str,
+    map_location: str | torch.device | None = "cpu",
+    sha256: str | None = None,
+    strict: bool | None = None,
+    **hparam_overrides: Any,
+) -> M:
+    """Rebuild a LightningModule from a checkpoint through ``load_checkpoint`` (weights_only + task check).
+
+    Same semantics as ``LightningModule.load_from_checkpoint`` (hyper-parameters from the checkpoint,
+    overridden by ``hparam_overrides``; ``on_load_checkpoint`` runs before the weights load), so a task
+    can override it with::
+
+        @classmethod
+        def load_from_checkpoint(cls, checkpoint_path, map_location="cpu", hparams_file=None,
+                                 strict=None, weights_only=None, **kwargs):
+            return module_from_checkpoint(cls, checkpoint_path, "translation", map_location,
+                                          strict=strict, **kwargs)
+
+    Raises:
+        CheckpointError: unreadable/unsafe/other-task file, or weights that do not fit the model.
+    """
+    from lightning.pytorch.core.saving import _load_state  # Lightning's own restore, minus torch.load
+
+    ckpt = load_checkpoint(path_or_url, expected_task=expected_task, map_location=map_location, sha256=sha256)
+    if "state_dict" not in ckpt:
+        raise CheckpointError(f"checkpoint {path_or_url} has no 'state_dict' (not a Lightning checkpoint)")
+    try:
+        model = _load_state(cls, ckpt, strict=strict, **hparam_overrides)
+    except RuntimeError as err:  # load_state_dict missing/unexpected keys or size mismatch
+        first = str(err).splitlines()[0]
+        raise CheckpointError(f"checkpoint {path_or_url} does not fit {cls.__name__}: {first}") from None
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model = model.to(map_location)
+    return model  # type: ignore[return-value]

@@ -1,0 +1,382 @@
+"""Batched greedy and beam search over an incremental step function.
+
+Both searches drive a model through a *step function* with explicit state::
+
+    step_fn(last_tokens: LongTensor (N,), state) -> (log_probs (N, V), new_state, attn (N, S) | None)
+
+``state`` is any pytree (dict / list / tuple nesting of tensors whose leading dim is the batch).
+Beam search expands every tensor leaf to ``B * beam`` rows once (``repeat_interleave``) and reorders
+the rows each step (``index_select`` on dim 0) to follow the surviving hypotheses -- except the value
+under the top-level dict key ``"static"``, which is expanded once and never reordered (encoder
+outputs, masks and precomputed key projections are identical for all beams of an item, so reordering
+them would be wasted memory traffic).
+
+When a batch item is finished its rows are dropped from the running state (the state, including
+``"static"``, is row-selected), so late steps only pay for items that are still decoding; the loop
+stops as soon as every item is done.
+
+Scores are length-normalised log-probabilities: ``sum(log p) / length ** length_penalty`` where
+``length`` counts the generated tokens *including* EOS (a hypothesis cut at ``max_len`` has length
+``max_len``). ``length_penalty=0`` gives the raw log-probability.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["DecodeResult", "StepFn", "beam_search", "greedy_search", "tree_map"]
+
+StepFn = Callable[[Tensor, Any], tuple[Tensor, Any, Tensor | None]]
+"""``step_fn(last_tokens (N,), state) -> (log_probs (N, V), new_state, attn (N, S) or None)``."""
+
+
+@dataclass
+class DecodeResult:
+    """Decoded hypotheses, best first for each batch item.
+
+    Attributes:
+        tokens: ``tokens[b][k]`` -- token ids of hypothesis ``k`` of item ``b``, without BOS/EOS.
+        scores: ``scores[b][k]`` -- length-normalised log-probability (higher is better).
+        attention: ``attention[b][k]`` -- ``(len(tokens[b][k]), S)`` float CPU tensor (one row per
+            emitted token; the EOS step is not included), or ``None`` when the step function returned
+            no attention.
+    """
+
+    tokens: list[list[list[int]]] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)
+    attention: list[list[Tensor | None]] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------------------------
+# pytree helpers
+# ----------------------------------------------------------------------------------------------
+def tree_map(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
+    """Apply ``fn`` to every tensor leaf of a dict/list/tuple nesting; other leaves pass through."""
+    if isinstance(tree, Tensor):
+        return fn(tree)
+    if isinstance(tree, dict):
+        return type(tree)((k, tree_map(fn, v)) for k, v in tree.items())
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):  # namedtuple: positional rebuild
+        return type(tree)(*(tree_map(fn, v) for v in tree))
+    if isinstance(tree, (list, tuple)):
+        return type(tree)(tree_map(fn, v) for v in tree)
+    return tree
+
+
+def _map_state(state: Any, dynamic_fn: Callable[[Tensor], Tensor],
+               static_fn: Callable[[Tensor], Tensor] | None) -> Any:
+    """Map the dynamic part of ``state`` with ``dynamic_fn`` and its ``"static"`` part with ``static_fn``.
+
+    ``static_fn=None`` leaves the static part untouched (the per-step reorder case).
+    """
+    if isinstance(state, dict) and "static" in state:
+        out = {k: tree_map(dynamic_fn, v) for k, v in state.items() if k != "static"}
+        out["static"] = state["static"] if static_fn is None else tree_map(static_fn, state["static"])
+        return type(state)(out) if type(state) is not dict else out
+    return tree_map(dynamic_fn, state)
+
+
+def _check_batch(batch_size: int) -> Callable[[Tensor], Tensor]:
+    """Return an identity leaf-fn that validates the leading (batch) dim of state tensors."""
+
+    def check(t: Tensor) -> Tensor:
+        if t.dim() > 0 and t.size(0) != batch_size:
+            raise ValueError(
+                f"decoding state tensor has leading dim {t.size(0)}, expected batch_size={batch_size} "
+                f"(shape {tuple(t.shape)}); every state tensor must be batch-first"
+            )
+        return t
+
+    return check
+
+
+def _select_rows(rows: Tensor) -> Callable[[Tensor], Tensor]:
+    """Leaf-fn selecting ``rows`` along dim 0 (0-dim tensors pass through)."""
+
+    def sel(t: Tensor) -> Tensor:
+        return t if t.dim() == 0 else t.index_select(0, rows.to(t.device))
+
+    return sel
+
+
+def _length_norm(score: float, length: int, length_penalty: float) -> float:
+    """Length-normalise a summed log-prob (``length`` includes EOS, always >= 1)."""
+    return score / (max(length, 1) ** length_penalty)
+
+
+# ----------------------------------------------------------------------------------------------
+# greedy
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def greedy_search(
+    step_fn: StepFn,
+    init_state: Any,
+    *,
+    batch_size: int,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    max_len: int = 100,
+    length_penalty: float = 1.0,
+    pad_id: int = 0,
+    device: torch.device | str | None = None,
+) -> DecodeResult:
+    """Greedy (arg-max) decoding, batched; finished items are dropped from the running state.
+
+    Args:
+        step_fn: see module docstring; called with ``N <= batch_size`` rows (unfinished items).
+        init_state: pytree of batch-first tensors (leading dim ``batch_size``).
+        batch_size: B.
+        bos_id: first input token.
+        eos_id: end-of-sequence token (ends a hypothesis; not included in the output).
+        max_len: maximum number of decoding steps (EOS included).
+        length_penalty: exponent of the length normalisation of the returned score.
+        pad_id: kept for API symmetry with ``beam_search`` (finished rows are dropped, never padded).
+        device: device of the token tensors; defaults to the first tensor leaf's device, else CPU.
+
+    Returns:
+        DecodeResult with one hypothesis per item.
+    """
+    del pad_id  # finished rows leave the batch, so no PAD needs to be fed
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    tree_map(_check_batch(batch_size), init_state)
+    device = _infer_device(init_state, device)
+    state = init_state
+    active = torch.arange(batch_size, device=device)  # (N,) original batch index of each row
+    last = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)  # (N,)
+    sums = torch.zeros(batch_size, dtype=torch.float32, device=device)  # (N,)
+    hist_tok: list[Tensor] = []  # per step (B,) full-size, so backtracking ignores shrinking
+    hist_attn: list[Tensor | None] = []  # per step (B, *attn_shape) or None
+    lengths = torch.full((batch_size,), max_len, dtype=torch.long)  # steps incl. EOS, CPU
+    final = torch.zeros(batch_size, dtype=torch.float32)  # raw summed log-prob, CPU
+    ended_by_eos = torch.zeros(batch_size, dtype=torch.bool)
+
+    for t in range(max_len):
+        log_probs, state, attn = step_fn(last, state)
+        log_probs = log_probs.float()  # (N, V); fp32 so sums match beam search bit-for-bit
+        best_lp, tok = log_probs.max(dim=-1)  # (N,), (N,)
+        sums = sums + best_lp
+        full_tok = torch.full((batch_size,), eos_id, dtype=torch.long, device=device)
+        hist_tok.append(full_tok.index_copy(0, active, tok))
+        if attn is not None:
+            full_attn = attn.new_zeros((batch_size, *attn.shape[1:]))
+            hist_attn.append(full_attn.index_copy(0, active, attn))
+        else:
+            hist_attn.append(None)
+        done = tok == eos_id  # (N,)
+        if t == max_len - 1:
+            done = torch.ones_like(done)
+        if bool(done.any()):
+            # one host sync per step that ends something: cheap bookkeeping, not per-hypothesis work
+            idx = active[done].cpu()
+            lengths[idx] = t + 1
+            final[idx] = sums[done].cpu()
+            ended_by_eos[idx] = (tok[done] == eos_id).cpu()
+            keep = (~done).nonzero().squeeze(1)  # (N',)
+            if keep.numel() == 0:
+                break
+            active, last, sums = active[keep], tok[keep], sums[keep]
+            state = tree_map(_select_rows(keep), state)
+        else:
+            last = tok
+
+    tok_mat = torch.stack(hist_tok, dim=1).cpu()  # (B, T)
+    attn_mat = (torch.stack([a for a in hist_attn], dim=1).float().cpu()  # (B, T, *attn_shape)
+                if hist_attn and hist_attn[0] is not None else None)
+    res = DecodeResult()
+    for b in range(batch_size):
+        n_tok = int(lengths[b]) - int(ended_by_eos[b])  # drop the EOS position
+        res.tokens.append([tok_mat[b, :n_tok].tolist()])
+        res.scores.append([_length_norm(float(final[b]), int(lengths[b]), length_penalty)])
+        res.attention.append([attn_mat[b, :n_tok].clone() if attn_mat is not None else None])
+    return res
+
+
+# ----------------------------------------------------------------------------------------------
+# beam
+# ----------------------------------------------------------------------------------------------
+@torch.no_grad()
+def beam_search(
+    step_fn: StepFn,
+    init_state: Any,
+    *,
+    batch_size: int,
+    bos_id: int = 1,
+    eos_id: int = 2,
+    max_len: int = 100,
+    beam_size: int = 5,
+    length_penalty: float = 1.0,
+    nbest: int = 1,
+    pad_id: int = 0,
+    device: torch.device | str | None = None,
+) -> DecodeResult:
+    """Batched beam search over ``batch_size * beam_size`` rows.
+
+    Each step scores all ``K * V`` continuations of an item's ``K`` live beams, takes the top ``2K``;
+    EOS candidates ranked within the top ``K`` become finished hypotheses (scored with the length
+    penalty), the best ``K`` non-EOS candidates become the next live beams. An item is done once it has
+    ``K`` finished hypotheses (with ``K = 1`` this is exactly greedy search); at ``max_len`` the live
+    beams are finished as they are. Done items are dropped from the running state.
+
+    Args:
+        step_fn: see module docstring; called with ``N = (#unfinished items) * beam_size`` rows,
+            beams of one item contiguous (row ``i * K + k``).
+        init_state: pytree of batch-first tensors (leading dim ``batch_size``), optionally a dict
+            with a ``"static"`` entry that is expanded but never reordered.
+        batch_size: B.
+        bos_id: first input token.
+        eos_id: end-of-sequence token (not included in the output).
+        max_len: maximum number of decoding steps (EOS included).
+        beam_size: K (>= 1).
+        length_penalty: exponent ``alpha`` of ``score / length ** alpha``.
+        nbest: hypotheses returned per item (<= beam_size); fewer only if the vocabulary is too small
+            to form that many distinct hypotheses.
+        pad_id: token fed to rows whose hypothesis can no longer be extended (never scored).
+        device: device of the token tensors; defaults to the first tensor leaf's device, else CPU.
+
+    Returns:
+        DecodeResult, hypotheses sorted best first.
+    """
+    if max_len < 1:
+        raise ValueError(f"max_len must be >= 1, got {max_len}")
+    if beam_size < 1 or not 1 <= nbest <= beam_size:
+        raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {beam_size=}, {nbest=}")
+    tree_map(_check_batch(batch_size), init_state)
+    device = _infer_device(init_state, device)
+    K = beam_size
+    expand = _select_rows(torch.arange(batch_size, device=device).repeat_interleave(K))
+    state = _map_state(init_state, expand, expand)  # every leaf (B, ...) -> (B*K, ...), once
+
+    dead = torch.finfo(torch.float32).min  # score of an impossible hypothesis (never selected first)
+    active = torch.arange(batch_size, device=device)  # (A,) original item index of each active item
+    beam_scores = torch.full((batch_size, K), dead, device=device)  # (A, K) summed log-probs
+    beam_scores[:, 0] = 0.0  # all K rows start identical: only beam 0 may expand at step 0
+    last = torch.full((batch_size * K,), bos_id, dtype=torch.long, device=device)  # (A*K,)
+    # History at full size (B, K) per step so that dropping items never breaks backtracking.
+    hist_tok: list[Tensor] = []  # token chosen for each new live slot
+    hist_parent: list[Tensor] = []  # slot (at the previous step) that each new live slot extends
+    hist_attn: list[Tensor | None] = []  # attention row that produced that token, (B, K, *attn)
+    # finished[b] = list of (normalised score, step of last real token, slot at that step)
+    finished: list[list[tuple[float, int, int]]] = [[] for _ in range(batch_size)]
+
+    for t in range(max_len):
+        A = active.numel()
+        log_probs, state, attn = step_fn(last, state)
+        V = log_probs.size(-1)
+        cand = beam_scores.unsqueeze(-1) + log_probs.float().reshape(A, K, V)  # (A, K, V)
+        n_top = min(2 * K, K * V)
+        top_scores, top_idx = cand.view(A, K * V).topk(n_top, dim=1)  # (A, 2K) sorted desc
+        top_parent = torch.div(top_idx, V, rounding_mode="floor")  # (A, 2K)
+        top_tok = top_idx % V  # (A, 2K)
+        is_eos = top_tok == eos_id
+        valid = top_scores > dead / 2  # candidates descending from a real hypothesis
+
+        # New live beams: the K best non-EOS candidates (stable sort keeps score order).
+        order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :K]  # (A, K)
+        new_scores = top_scores.gather(1, order)  # (A, K)
+        new_parent = top_parent.gather(1, order)  # (A, K)
+        new_tok = top_tok.gather(1, order)  # (A, K)
+        new_scores = new_scores.masked_fill(~valid.gather(1, order) | (new_tok == eos_id), dead)
+
+        full_tok = torch.full((batch_size, K), pad_id, dtype=torch.long, device=device)
+        full_par = torch.zeros((batch_size, K), dtype=torch.long, device=device)
+        hist_tok.append(full_tok.index_copy(0, active, new_tok))
+        hist_parent.append(full_par.index_copy(0, active, new_parent))
+        if attn is not None:
+            attn_k = attn.reshape(A, K, *attn.shape[1:])  # (A, K, *attn)
+            gather_idx = new_parent.view(A, K, *([1] * (attn.dim() - 1))).expand(A, K, *attn.shape[1:])
+            sel = attn_k.gather(1, gather_idx)  # (A, K, *attn): row of the parent that chose the token
+            hist_attn.append(attn.new_zeros((batch_size, K, *attn.shape[1:])).index_copy(0, active, sel))
+        else:
+            hist_attn.append(None)
+
+        # Finished hypotheses: valid EOS candidates ranked within the top K (host bookkeeping).
+        eos_hits = (is_eos[:, :K] & valid[:, :K]).nonzero().tolist()
+        if eos_hits:
+            sc = top_scores[:, :K].cpu()
+            par = top_parent[:, :K].cpu()
+            act = active.tolist()
+            for a, r in eos_hits:
+                b = act[a]
+                if len(finished[b]) < K:
+                    # EOS at step t: tokens end at step t-1 in slot `par`; length t+1 includes EOS
+                    finished[b].append((_length_norm(float(sc[a, r]), t + 1, length_penalty), t - 1,
+                                        int(par[a, r])))
+        if t == max_len - 1:  # out of steps: live beams finish as they are
+            live = new_scores.cpu()
+            for a, b in enumerate(active.tolist()):
+                for k in range(K):
+                    if len(finished[b]) < K and live[a, k] > dead / 2:
+                        finished[b].append((_length_norm(float(live[a, k]), max_len, length_penalty), t, k))
+            break
+
+        rows = (torch.arange(A, device=device) * K).unsqueeze(1) + new_parent  # (A, K) parent rows
+        # dead slots (no valid continuation) get PAD as input; their outputs are never selected
+        new_tok = new_tok.masked_fill(new_scores <= dead / 2, pad_id)
+        done_list = [len(finished[b]) >= K for b in active.tolist()] if eos_hits else []
+        if any(done_list):
+            done = torch.tensor(done_list, device=device)  # (A,)
+            keep = (~done).nonzero().squeeze(1)  # (A',)
+            if keep.numel() == 0:
+                break
+            active, new_scores, new_tok, rows = active[keep], new_scores[keep], new_tok[keep], rows[keep]
+            keep_rows = (keep.unsqueeze(1) * K + torch.arange(K, device=device)).reshape(-1)  # (A'*K,)
+            # static: only drop the finished items' rows (beams of an item are identical there)
+            state = _map_state(state, lambda x: x, _select_rows(keep_rows))
+        beam_scores = new_scores
+        state = _map_state(state, _select_rows(rows.reshape(-1)), None)  # follow the beams
+        last = new_tok.reshape(-1)  # (A*K,)
+
+    return _backtrack(finished, hist_tok, hist_parent, hist_attn, nbest)
+
+
+def _backtrack(
+    finished: list[list[tuple[float, int, int]]],
+    hist_tok: list[Tensor],
+    hist_parent: list[Tensor],
+    hist_attn: list[Tensor | None],
+    nbest: int,
+) -> DecodeResult:
+    """Rebuild the ``nbest`` best hypotheses of every item from the per-step back-pointers."""
+    tok = torch.stack(hist_tok).cpu()  # (T, B, K)
+    par = torch.stack(hist_parent).cpu()  # (T, B, K)
+    att = (torch.stack([a for a in hist_attn]).float().cpu()  # (T, B, K, *attn)
+           if hist_attn and hist_attn[0] is not None else None)
+    res = DecodeResult()
+    for b, hyps in enumerate(finished):
+        hyps = sorted(hyps, key=lambda h: h[0], reverse=True)[:nbest]
+        res.tokens.append([])
+        res.scores.append([])
+        res.attention.append([])
+        for score, t_end, slot in hyps:
+            ids: list[int] = []
+            rows: list[Tensor] = []
+            k = slot
+            for t in range(t_end, -1, -1):  # walk back-pointers: O(length) cheap host work
+                ids.append(int(tok[t, b, k]))
+                if att is not None:
+                    rows.append(att[t, b, k])
+                k = int(par[t, b, k])
+            ids.reverse()
+            rows.reverse()
+            res.tokens[b].append(ids)
+            res.scores[b].append(score)
+            if att is None:
+                res.attention[b].append(None)
+            else:
+                res.attention[b].append(torch.stack(rows) if rows else att.new_zeros((0, *att.shape[3:])))
+    return res
+
+
+def _infer_device(state: Any, device: torch.device | str | None) -> torch.device:
+    """Device for token tensors: explicit, else the first tensor leaf's, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    found: list[torch.device] = []
+    tree_map(lambda t: (found.append(t.device), t)[1], state)
+    return found[0] if found else torch.device("cpu")

@@ -1,0 +1,192 @@
+"""Tests for core.checkpoint: every user-caused failure is a clear CheckpointError naming the file."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from core import checkpoint as ckpt_mod
+from core.checkpoint import load_checkpoint, make_metadata, module_from_checkpoint, resolve_checkpoint
+from core.errors import CheckpointError, UserError
+
+
+
+class _Evil:
+    """Unpickling this would call os.makedirs on a marker path (i.e. run code)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+        return (os.makedirs, (str(self.marker),))
+
+
+def _good(tmp_path: Path, task: str = "translation") -> Path:
+    path = tmp_path / "good.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(2)}, "attn_suite": make_metadata(task, vocab=["a"])}, path)
+    return path
+
+
+def test_good_checkpoint_and_task(tmp_path: Path) -> None:
+    path = _good(tmp_path)
+    ck = load_checkpoint(path, expected_task="translation")
+    assert ck["attn_suite"] == {"task": "translation", "format": 1, "vocab": ["a"]}
+    with pytest.raises(CheckpointError, match=r"good\.ckpt.*'translation' checkpoint, expected a 'speech'"):
+        load_checkpoint(path, expected_task="speech")
+    plain = tmp_path / "plain.ckpt"
+    torch.save({"state_dict": {}}, plain)
+    with pytest.raises(CheckpointError, match="not an attn-suite checkpoint"):
+        load_checkpoint(plain, expected_task="speech")
+
+
+def test_missing(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"not found: .*nope\.ckpt"):
+        load_checkpoint(tmp_path / "nope.ckpt")
+    with pytest.raises(CheckpointError, match="not a file"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "list"])
+def test_unreadable(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "truncated":
+        data = _good(tmp_path).read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "text":
+        path.write_text("this is not a checkpoint\n")
+    else:
+        torch.save([1, 2, 3], path)
+    with pytest.raises(CheckpointError, match=rf"{kind}\.ckpt"):
+        load_checkpoint(path)
+
+
+def test_unsafe_pickle_refused_and_not_run(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Evil(marker)}, path)
+    assert not marker.exists()
+    with pytest.raises(CheckpointError, match=r"refusing to load checkpoint .*evil\.ckpt.*run code"):
+        load_checkpoint(path)
+    assert not marker.exists(), "the pickled payload was executed"
+
+
+def test_sha256_local(tmp_path: Path) -> None:
+    path = _good(tmp_path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert resolve_checkpoint(path, sha256=digest[:10]) == path
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        resolve_checkpoint(path, sha256="00" * 32)
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
+    """Serve tmp_path/www on 127.0.0.1 (random port); yields (base_url, root, request log)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    log: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw) -> None:  # noqa: ANN002, ANN003
+            super().__init__(*a, directory=str(root), **kw)
+
+        def log_message(self, fmt: str, *args) -> None:  # noqa: ANN002
+            log.append(self.path)
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}", root, log
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_url_download_cache_and_hash(tmp_path: Path, server, monkeypatch: pytest.MonkeyPatch) -> None:
+    base, root, log = server
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("ATTN_SUITE_CACHE", str(cache))
+    src = _good(tmp_path)
+    (root / "model.ckpt").write_bytes(src.read_bytes())
+    digest = hashlib.sha256(src.read_bytes()).hexdigest()
+    url = f"{base}/model.ckpt"
+
+    ck = load_checkpoint(url, expected_task="translation", sha256=digest)
+    assert "state_dict" in ck
+    assert len(log) == 1
+    local = resolve_checkpoint(url, sha256=digest)
+    assert local.parent == cache and local.name.endswith("model.ckpt")
+    assert len(log) == 1, "second resolve must hit the cache"
+
+    with pytest.raises(CheckpointError, match=r"sha256 mismatch .*other\.ckpt"):
+        (root / "other.ckpt").write_bytes(src.read_bytes())
+        resolve_checkpoint(f"{base}/other.ckpt", sha256="ab" * 32)
+    assert not any(p.name.endswith("other.ckpt") for p in cache.iterdir()), "bad download was cached"
+    assert not any(p.name.startswith(".part-") for p in cache.iterdir())
+
+    with pytest.raises(CheckpointError, match=r"could not download .*missing\.ckpt"):
+        resolve_checkpoint(f"{base}/missing.ckpt")
+
+
+def test_download_is_monkeypatchable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTN_SUITE_CACHE", str(tmp_path / "c"))
+    src = _good(tmp_path)
+    monkeypatch.setattr(ckpt_mod, "_download", lambda url, dst: dst.write_bytes(src.read_bytes()))
+    assert load_checkpoint("https://example.invalid/x/good.ckpt")["attn_suite"]["task"] == "translation"
+
+
+class _TaskModule(pl.LightningModule):
+    """A task-like module storing metadata + a tokenizer dict, the way the tasks do."""
+
+    def __init__(self, hidden: int = 3, name: str = "x") -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.lin = torch.nn.Linear(2, hidden)
+        self.loaded_meta: dict | None = None
+
+    def training_step(self, batch, idx):  # noqa: ANN001, ANN201
+        return self.lin(batch[0]).pow(2).mean()
+
+    def train_dataloader(self):  # noqa: ANN201
+        data = torch.utils.data.TensorDataset(torch.randn(4, 2))
+        return torch.utils.data.DataLoader(data, batch_size=2)
+
+    def configure_optimizers(self):  # noqa: ANN201
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        from core.tokenizers import CharTokenizer
+
+        checkpoint["attn_suite"] = make_metadata("toy", tokenizer=CharTokenizer.train(["ñandú"]).to_dict())
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.loaded_meta = checkpoint["attn_suite"]
+
+
+def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
+
+    model = _TaskModule(hidden=5, name="ñ")
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, accelerator="cpu", devices=1)
+    trainer.fit(model)
+    path = tmp_path / "toy.ckpt"
+    trainer.save_checkpoint(path)
+    torch.load(path, weights_only=True)  # a Lightning checkpoint is weights_only-safe
+    again = module_from_checkpoint(_TaskModule, path, "toy")
+    assert again.hparams.hidden == 5 and again.hparams.name == "ñ"
+    assert again.loaded_meta is not None and again.loaded_meta["tokenizer"]["type"] == "char"
+    torch.testing.assert_close(again.lin.weight, model.lin.weight)
+    with pytest.raises(CheckpointError, match="expected a 'other'"):
+        module_from_checkpoint(_TaskModule, path, "other")
+    with pytest.raises(CheckpointError, match="does not fit"):
+        module_from_checkpoint(_TaskModule, path, "toy", hidden=4)

@@ -1,0 +1,121 @@
+"""Tests for core.training: LR schedule shapes, figure logging, non-finite loss guard."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from matplotlib.figure import Figure
+
+from core.errors import UserError
+from core.training import (
+    NonFiniteLossError,
+    NonFiniteLossGuard,
+    build_scheduler,
+    finite_loss_or_none,
+    log_figure,
+    lr_lambda,
+)
+
+
+def test_inverse_sqrt_shape() -> None:
+    f = lr_lambda(warmup_steps=10, schedule="inverse_sqrt")
+    vals = [f(s) for s in range(100)]
+    assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
+    assert all(a < b for a, b in zip(vals[:9], vals[1:10]))  # warmup increases
+    assert all(a > b for a, b in zip(vals[10:], vals[11:]))  # then decays
+    assert f(39) == pytest.approx(math.sqrt(10 / 40))
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_decay_to_min(schedule: str) -> None:
+    f = lr_lambda(warmup_steps=5, schedule=schedule, total_steps=105, min_ratio=0.1)
+    assert f(4) == pytest.approx(1.0)
+    assert f(5) == pytest.approx(1.0)
+    assert f(55) == pytest.approx(0.55)  # half way: cosine and linear agree at the midpoint
+    assert f(105) == pytest.approx(0.1) and f(10_000) == pytest.approx(0.1)
+    assert lr_lambda(3, "constant")(500) == 1.0
+
+
+def test_schedule_errors_and_state_dict() -> None:
+    with pytest.raises(UserError, match="total_steps"):
+        lr_lambda(10, "cosine")
+    with pytest.raises(UserError, match="not one of"):
+        lr_lambda(10, "exp")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=1.0)
+    cfg = build_scheduler(opt, warmup_steps=4)
+    assert cfg["interval"] == "step" and opt.param_groups[0]["lr"] == pytest.approx(0.25)
+    state = cfg["scheduler"].state_dict()
+    torch.save(state, "/dev/null")  # plain fields, no closure
+    assert state["lr_lambdas"][0]["warmup_steps"] == 4
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self, nan_at: int = -1) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+        self.nan_at = nan_at
+
+    def training_step(self, batch: tuple[torch.Tensor], idx: int) -> torch.Tensor:
+        loss = self.lin(batch[0]).pow(2).mean()
+        if idx == self.nan_at:
+            loss = loss * float("nan")
+        if idx == 0:
+            fig = Figure()
+            fig.add_subplot().plot([0, 1])
+            log_figure(self, "val/align", fig)
+        return loss
+
+    def train_dataloader(self) -> torch.utils.data.DataLoader:
+        return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=2)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+def _trainer(tmp_path: Path, guard: NonFiniteLossGuard, tensorboard: bool = False) -> pl.Trainer:
+    logger = TensorBoardLogger(tmp_path) if tensorboard else CSVLogger(tmp_path)
+    return pl.Trainer(max_steps=4, logger=logger, callbacks=[guard], enable_progress_bar=False,
+                      enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", devices=1)
+
+
+def test_guard_skip_keeps_weights_finite_and_png_fallback(tmp_path: Path) -> None:
+    model, guard = _Tiny(nan_at=2), NonFiniteLossGuard("skip")
+    with pytest.warns(UserWarning, match="skipping optimizer step"):
+        _trainer(tmp_path, guard).fit(model)
+    assert guard.skipped == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert list(tmp_path.rglob("figures/val_align_step0.png"))
+
+
+def test_guard_stop(tmp_path: Path) -> None:
+    with pytest.raises(NonFiniteLossError, match="non-finite"):
+        _trainer(tmp_path, NonFiniteLossGuard("stop")).fit(_Tiny(nan_at=1))
+
+
+def test_finite_loss_or_none() -> None:
+    m = _Tiny()
+    assert finite_loss_or_none(m, torch.tensor(1.0)) is not None
+    with pytest.warns(UserWarning):
+        assert finite_loss_or_none(m, torch.tensor(float("inf"))) is None
+    with pytest.raises(NonFiniteLossError):
+        finite_loss_or_none(m, torch.tensor(float("nan")), action="stop")
+    log_figure(m, "x", Figure())  # detached module: no crash, nothing written
+
+
+def test_log_figure_tensorboard(tmp_path: Path) -> None:
+    _trainer(tmp_path, NonFiniteLossGuard(), tensorboard=True).fit(_Tiny())
+    assert list(tmp_path.rglob("events.out.tfevents.*"))
+    assert not list(tmp_path.rglob("figures/*.png"))  # went to TensorBoard, not to a PNG
+
+
+def test_log_figure_without_logger_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, accelerator="cpu", devices=1)
+    trainer.fit(_Tiny())
+    assert not list(tmp_path.rglob("*.png"))
