@@ -29,5 +29,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     "$VENV/bin/python" -m pip install -q -c requirements/constraints.txt -e ".[dev,speech]"
     echo "$want" > "$STAMP"
 fi
-"$VENV/bin/python" -m pip install -q --no-deps --no-build-isolation -e . 2>/dev/null \
-    || "$VENV/bin/python" -m pip install -q --no-deps -e .
+log="$(mktemp)"
+if ! "$VENV/bin/python" -m pip install -q --no-deps -e . >"$log" 2>&1; then
+    cat "$log" >&2
+    exit 1
+fi
+rm -f "$log"
