@@ -1,0 +1,546 @@
+"""Datasets, batching and the `CaptionDataModule` (generated scenes or real caption corpora).
+
+Images are decoded inside the datasets' ``__getitem__``, i.e. in DataLoader worker processes.
+A file that fails to decode at training time is skipped with a warning naming it (the batch
+shrinks by one) instead of killing a multi-hour run; at inference the same error is reported
+per file by the CLI.
+
+Rank safety: nothing here writes files. Generated scenes are a pure function of
+(seed, split, index) and real corpora are only read, so every DDP rank builds identical
+datasets in `setup` and Lightning's DistributedSampler shards them.
+"""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from core.errors import ConfigError, DataError
+from core.tokenizers import SPECIAL_TOKENS, WordTokenizer
+from tasks.captioning import scenes as scene_gen
+from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, ImageError, eval_transform, load_rgb, train_transform
+from tasks.captioning.sources import (
+    CaptionRecord,
+    read_coco,
+    read_flickr_csv,
+    read_flickr_token,
+    read_karpathy,
+)
+from tasks.captioning.text import normalize_caption
+from tasks.captioning.vocab import CaptionVocab
+
+DatasetName = Literal["scenes", "flickr", "coco", "karpathy", "hf"]
+
+
+@dataclass
+class Batch:
+    """A collated batch.
+
+    Attributes:
+        images: ``(B, 3, H, W)`` normalised float images.
+        inputs: ``(B, T)`` decoder inputs ``[BOS, w1 .. wn, PAD..]``.
+        targets: ``(B, T)`` next-token targets ``[w1 .. wn, EOS, PAD..]`` (PAD = ignored).
+        refs: per image, all normalised reference captions (for BLEU/CIDEr).
+        index: ``(B,)`` dataset indices (to find images again, e.g. for plots).
+    """
+
+    images: Tensor
+    inputs: Tensor
+    targets: Tensor
+    refs: list[list[str]]
+    index: Tensor
+
+    def to(self, device: torch.device | str) -> Batch:
+        """Move the tensors (Lightning calls this through `transfer_batch_to_device`)."""
+        return Batch(self.images.to(device), self.inputs.to(device), self.targets.to(device), self.refs, self.index)
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+class _CaptionDataset(Dataset):
+    """Shared ``__getitem__``: image -> tensor, pick the training caption, keep all references.
+
+    Subclasses implement ``__len__``, `_image(i)` and `_refs(i)`.
+    """
+
+    def __init__(self, transform: Callable[[Any], Tensor], train: bool) -> None:
+        self.transform = transform
+        self.train = train
+
+    def _image(self, i: int) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _refs(self, i: int) -> list[str]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def name(self, i: int) -> str:
+        """Human-readable name of item ``i`` (file path, or scene id) for messages."""
+        return f"item {i}"
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        try:
+            image = self._image(i)
+        except ImageError as err:
+            # Skip-and-warn: one bad photo must not end a long training run. The warning names the file.
+            warnings.warn(f"skipping unreadable image: {err}", UserWarning, stacklevel=2)
+            return None
+        refs = self._refs(i)
+        # Training sees a random reference each time (all captions get used over epochs); evaluation
+        # uses the first one for the teacher-forced loss and all of them for BLEU/CIDEr.
+        caption = refs[random.randrange(len(refs))] if self.train else refs[0]
+        return {"image": self.transform(image), "caption": caption, "refs": refs, "index": i}
+
+
+class SceneDataset(_CaptionDataset):
+    """Generated scenes of one split, made on the fly (no files).
+
+    Args:
+        split: ``train``/``val``/``test``/``unseen``.
+        size: number of scenes.
+        seed: corpus seed.
+        image_size: pixels per side.
+        transform: PIL -> tensor.
+        train: random reference per access.
+    """
+
+    def __init__(
+        self, split: scene_gen.Split, size: int, seed: int, image_size: int, transform: Callable[[Any], Tensor], train: bool
+    ) -> None:
+        super().__init__(transform, train)
+        self.split, self.size, self.seed, self.image_size = split, size, seed, image_size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def _image(self, i: int) -> Any:
+        return scene_gen.make_scene(self.seed, self.split, i, self.image_size).image
+
+    def _refs(self, i: int) -> list[str]:
+        return scene_gen.make_scene(self.seed, self.split, i, self.image_size).captions
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        # One generation per access instead of two (image and captions come from the same scene).
+        scene = scene_gen.make_scene(self.seed, self.split, i, self.image_size)
+        refs = scene.captions
+        caption = refs[random.randrange(len(refs))] if self.train else refs[0]
+        return {"image": self.transform(scene.image), "caption": caption, "refs": refs, "index": i}
+
+    def name(self, i: int) -> str:
+        return f"scene {self.split}/{i} (seed {self.seed})"
+
+
+class FileCaptionDataset(_CaptionDataset):
+    """Image files + captions (records from `tasks.captioning.sources`)."""
+
+    def __init__(self, records: Sequence[CaptionRecord], transform: Callable[[Any], Tensor], train: bool) -> None:
+        super().__init__(transform, train)
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _image(self, i: int) -> Any:
+        return load_rgb(self.records[i].image)
+
+    def _refs(self, i: int) -> list[str]:
+        return self.records[i].captions
+
+    def name(self, i: int) -> str:
+        return str(self.records[i].image)
+
+
+class HFCaptionDataset(_CaptionDataset):
+    """A Hugging Face ``datasets`` split with an image column and a caption column.
+
+    The caption column may hold a string or a list of strings. Images may be PIL images (the
+    ``Image`` feature), dicts with ``bytes``/``path``, or file paths; all go through the same
+    RGB conversion as files. Rows whose captions are all empty are dropped at construction.
+    """
+
+    def __init__(
+        self,
+        hf_dataset: Any,
+        image_column: str,
+        caption_column: str,
+        transform: Callable[[Any], Tensor],
+        train: bool,
+        indices: Sequence[int] | None = None,
+    ) -> None:
+        super().__init__(transform, train)
+        for col in (image_column, caption_column):
+            if col not in hf_dataset.column_names:
+                raise DataError(f"HF dataset has no column {col!r}; columns are {hf_dataset.column_names}")
+        self.ds, self.image_column = hf_dataset, image_column
+        caps = hf_dataset[caption_column]  # whole column at once: fast, no image decoding
+        self.rows: list[int] = []
+        self.refs: list[list[str]] = []
+        empty = 0
+        for i in indices if indices is not None else range(len(caps)):
+            raw = caps[i]
+            norm = [n for n in (normalize_caption(str(c)) for c in (raw if isinstance(raw, list) else [raw])) if n]
+            if norm:
+                self.rows.append(i)
+                self.refs.append(norm)
+            else:
+                empty += 1
+        if empty:
+            warnings.warn(f"HF dataset: skipped {empty} row(s) without a non-empty caption", UserWarning, stacklevel=2)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _image(self, i: int) -> Any:
+        from tasks.captioning.images import _to_rgb
+
+        value = self.ds[self.rows[i]][self.image_column]
+        if isinstance(value, (str, Path)):
+            return load_rgb(value)
+        if isinstance(value, dict):  # undecoded Image feature
+            if value.get("bytes"):
+                import io
+
+                from PIL import Image
+
+                try:
+                    with Image.open(io.BytesIO(value["bytes"])) as img:
+                        img.load()
+                        return _to_rgb(img)
+                except OSError as err:
+                    raise ImageError(f"HF row {self.rows[i]}: corrupt image bytes ({err})") from None
+            return load_rgb(value["path"])
+        return _to_rgb(value)
+
+    def _refs(self, i: int) -> list[str]:
+        return self.refs[i]
+
+    def name(self, i: int) -> str:
+        return f"HF row {self.rows[i]}"
+
+
+class CaptionCollate:
+    """Collate samples into a `Batch`; drops samples that failed to load (``None``).
+
+    Args:
+        vocab: word vocabulary.
+        max_len: captions are cut to this many words (EOS not counted).
+    """
+
+    def __init__(self, vocab: CaptionVocab, max_len: int) -> None:
+        self.vocab, self.max_len = vocab, max_len
+
+    def __call__(self, samples: list[dict[str, Any] | None]) -> Batch | None:
+        samples = [s for s in samples if s is not None]
+        if not samples:
+            return None  # every image of the batch was unreadable: the step skips it
+        ids = [self.vocab.encode(s["caption"])[: self.max_len] for s in samples]
+        t = max(len(x) for x in ids) + 1  # +1 for BOS (inputs) / EOS (targets)
+        inputs = torch.full((len(ids), t), self.vocab.pad_id, dtype=torch.long)  # (B, T)
+        targets = torch.full((len(ids), t), self.vocab.pad_id, dtype=torch.long)  # (B, T)
+        for b, x in enumerate(ids):
+            inputs[b, : len(x) + 1] = torch.tensor([self.vocab.bos_id, *x])
+            targets[b, : len(x) + 1] = torch.tensor([*x, self.vocab.eos_id])
+        return Batch(
+            images=torch.stack([s["image"] for s in samples]),  # (B, 3, H, W)
+            inputs=inputs,
+            targets=targets,
+            refs=[s["refs"] for s in samples],
+            index=torch.tensor([s["index"] for s in samples]),
+        )
+
+
+def _random_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:
+    """Deterministic shuffled split of ``range(n)`` into train/val/test index lists."""
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    n_val = int(round(n * val_fraction))
+    n_test = int(round(n * test_fraction))
+    if n >= 3 and val_fraction > 0:
+        n_val = max(n_val, 1)
+    if n >= 3 and test_fraction > 0:
+        n_test = max(n_test, 1)
+    return order[n_val + n_test :], order[:n_val], order[n_val : n_val + n_test]
+
+
+class CaptionDataModule(L.LightningDataModule):
+    """Image-caption data: generated scenes (default, offline) or a real corpus.
+
+    Args:
+        dataset: ``scenes`` (generated), ``flickr`` (Kaggle ``captions.txt`` CSV or original
+            ``Flickr8k.token.txt``, detected from the file), ``coco`` (``captions_*.json``),
+            ``karpathy`` (``dataset_*.json`` split file) or ``hf`` (Hugging Face ``datasets``).
+        data_dir: corpus root. flickr: holds ``captions.txt`` and ``Images/``; coco: holds
+            ``annotations/`` and the image folders; karpathy: the image root.
+        captions_file: captions file, absolute or relative to ``data_dir`` (flickr default
+            ``captions.txt``; coco default ``annotations/captions_train2017.json``; karpathy required).
+        val_captions_file: coco only: the validation annotations (default
+            ``annotations/captions_val2017.json`` if present); split into val and test halves.
+        image_dir: image folder when it is not the layout's default.
+        hf_name: ``hf`` only: a local ``save_to_disk`` folder, a local data folder/files loadable by
+            ``datasets.load_dataset``, or a hub name (needs network).
+        hf_image_column: image column of the HF dataset.
+        hf_caption_column: caption column (string or list of strings).
+        image_size: side of the square network input in pixels.
+        mean: normalisation mean (RGB).
+        std: normalisation std (RGB).
+        augment: random resized crop + colour jitter on training images (real data).
+        hflip: also random horizontal flips (off by default: they contradict left/right words).
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default: ``batch_size``).
+        num_workers: DataLoader worker processes (image decoding/generation happens there).
+        min_freq: words seen fewer times in training captions map to ``<unk>``.
+        max_vocab: optional cap on the vocabulary size.
+        max_caption_len: training captions are cut to this many words.
+        val_fraction: share of images for validation when the corpus has no split.
+        test_fraction: share of images for test when the corpus has no split.
+        seed: seed of the generated scenes and of random splits.
+        train_size: scenes: number of training scenes.
+        val_size: scenes: number of validation scenes.
+        test_size: scenes: number of test scenes (seen colour-shape pairs).
+        unseen_size: scenes: number of scenes with held-out colour-shape pairs (second test set).
+        max_images: optional cap on the number of images read from a real corpus (smoke runs).
+    """
+
+    def __init__(
+        self,
+        dataset: DatasetName = "scenes",
+        data_dir: str | None = None,
+        captions_file: str | None = None,
+        val_captions_file: str | None = None,
+        image_dir: str | None = None,
+        hf_name: str | None = None,
+        hf_image_column: str = "image",
+        hf_caption_column: str = "caption",
+        image_size: int = 96,
+        mean: tuple[float, float, float] = IMAGENET_MEAN,
+        std: tuple[float, float, float] = IMAGENET_STD,
+        augment: bool = False,
+        hflip: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        min_freq: int = 1,
+        max_vocab: int | None = None,
+        max_caption_len: int = 30,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+        seed: int = 0,
+        train_size: int = 8000,
+        val_size: int = 200,
+        test_size: int = 500,
+        unseen_size: int = 500,
+        max_images: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if dataset != "scenes" and dataset != "hf" and not (data_dir or captions_file):
+            raise ConfigError(f"data.dataset={dataset!r} needs data.data_dir (or data.captions_file)")
+        if dataset == "hf" and not hf_name:
+            raise ConfigError("data.dataset='hf' needs data.hf_name (a local dataset path or a hub name)")
+        self.dataset = dataset
+        self.image_size = image_size
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self._records: dict[str, list[CaptionRecord]] | None = None
+        self._hf: dict[str, tuple[Any, list[int] | None]] | None = None
+        self._vocab: CaptionVocab | None = None
+        self.datasets: dict[str, Dataset] = {}
+        #: Names of the test dataloaders, in order (the module logs ``<name>/bleu4`` etc.).
+        self.test_names: list[str] = ["test", "unseen"] if dataset == "scenes" else ["test"]
+
+    # ------------------------------------------------------------------ corpus reading
+    def _path(self, p: str | None, default: str | None = None) -> Path | None:
+        """``p`` (or ``default``) resolved against ``data_dir``."""
+        p = p or default
+        if p is None:
+            return None
+        path = Path(p).expanduser()
+        if not path.is_absolute() and self.hparams.data_dir:
+            path = Path(self.hparams.data_dir).expanduser() / path
+        return path
+
+    def _read_records(self) -> dict[str, list[CaptionRecord]]:
+        """Read the real corpus once and split it (records per split name)."""
+        if self._records is not None:
+            return self._records
+        hp = self.hparams
+        image_dir = self._path(hp.image_dir)
+        splits: dict[str, list[CaptionRecord]] = {}
+        if self.dataset == "flickr":
+            cap = self._path(hp.captions_file, "captions.txt")
+            assert cap is not None
+            if not cap.is_file() and hp.captions_file is None and self._path("Flickr8k.token.txt").is_file():  # type: ignore[union-attr]
+                cap = self._path("Flickr8k.token.txt")
+                assert cap is not None
+            is_token = cap.name.endswith(".token.txt") or cap.suffix == ".token"
+            if cap.is_file() and not is_token:
+                with open(cap, encoding="utf-8-sig", errors="replace") as f:
+                    first = f.readline()
+                is_token = "\t" in first and "#" in first.split("\t", 1)[0]
+            records, _ = (read_flickr_token if is_token else read_flickr_csv)(cap, image_dir)
+            records = records[: hp.max_images] if hp.max_images else records
+            if any(r.split for r in records):  # official split lists were found
+                for r in records:
+                    splits.setdefault(r.split or "train", []).append(r)
+            else:
+                tr, va, te = _random_split(len(records), hp.val_fraction, hp.test_fraction, hp.seed)
+                splits = {k: [records[i] for i in idx] for k, idx in (("train", tr), ("val", va), ("test", te))}
+        elif self.dataset == "coco":
+            train_ann = self._path(hp.captions_file, "annotations/captions_train2017.json")
+            assert train_ann is not None
+            val_ann = self._path(hp.val_captions_file, "annotations/captions_val2017.json")
+            train, _ = read_coco(train_ann, image_dir)
+            train = train[: hp.max_images] if hp.max_images else train
+            if val_ann is not None and val_ann.is_file():
+                val, _ = read_coco(val_ann, None)
+                val = val[: hp.max_images] if hp.max_images else val
+                half = len(val) // 2
+                splits = {"train": train, "val": val[:half], "test": val[half:]}
+            else:
+                tr, va, te = _random_split(len(train), hp.val_fraction, hp.test_fraction, hp.seed)
+                splits = {k: [train[i] for i in idx] for k, idx in (("train", tr), ("val", va), ("test", te))}
+        elif self.dataset == "karpathy":
+            if not hp.captions_file:
+                raise ConfigError("data.dataset='karpathy' needs data.captions_file (e.g. dataset_flickr8k.json)")
+            path = self._path(hp.captions_file)
+            assert path is not None
+            records, _ = read_karpathy(path, image_dir or (Path(hp.data_dir) if hp.data_dir else None))
+            records = records[: hp.max_images] if hp.max_images else records
+            for r in records:
+                splits.setdefault(r.split or "train", []).append(r)
+        else:  # pragma: no cover - guarded by the Literal type
+            raise ConfigError(f"unknown data.dataset {self.dataset!r}")
+        for name in ("train", "val", "test"):
+            if not splits.get(name):
+                raise DataError(f"{self.dataset} corpus under {hp.data_dir or hp.captions_file}: the {name} split is empty")
+        self._records = splits
+        return splits
+
+    def _read_hf(self) -> dict[str, tuple[Any, list[int] | None]]:
+        """Load the HF dataset and map it to train/val/test (dataset, row indices or None=all)."""
+        if self._hf is not None:
+            return self._hf
+        try:
+            import datasets
+        except ImportError as err:  # pragma: no cover - datasets is a dependency
+            raise ConfigError(f"data.dataset='hf' needs the 'datasets' package ({err})") from None
+        hp = self.hparams
+        path = Path(hp.hf_name).expanduser()
+        try:
+            if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
+                ds = datasets.load_from_disk(str(path))
+            else:
+                ds = datasets.load_dataset(hp.hf_name)
+        except Exception as err:  # datasets raises many types (FileNotFoundError, ConnectionError, ...)
+            raise DataError(f"could not load HF dataset {hp.hf_name!r}: {err}") from None
+        if isinstance(ds, datasets.Dataset):
+            ds = datasets.DatasetDict({"train": ds})
+        names = {"train": "train", "val": next((k for k in ("validation", "val", "dev") if k in ds), None), "test": "test" if "test" in ds else None}
+        train = ds[names["train"]] if names["train"] in ds else ds[next(iter(ds))]
+        out: dict[str, tuple[Any, list[int] | None]] = {}
+        if names["val"] and names["test"]:
+            out = {"train": (train, None), "val": (ds[names["val"]], None), "test": (ds[names["test"]], None)}
+        else:
+            n = len(train) if not hp.max_images else min(len(train), hp.max_images)
+            tr, va, te = _random_split(n, hp.val_fraction, hp.test_fraction, hp.seed)
+            out = {"train": (train, tr), "val": (train, va), "test": (train, te)}
+            if names["val"]:
+                out["val"] = (ds[names["val"]], None)
+        self._hf = out
+        return out
+
+    # ------------------------------------------------------------------ vocabulary
+    @property
+    def vocab(self) -> dict[str, Any]:
+        """The word vocabulary as a checkpoint-safe dict (linked into ``model.vocab`` by the CLI)."""
+        return self.caption_vocab.to_dict()
+
+    @property
+    def caption_vocab(self) -> CaptionVocab:
+        """The vocabulary object, built from the training captions on first use."""
+        if self._vocab is None:
+            hp = self.hparams
+            if self.dataset == "scenes":
+                # The template grammar is closed: the vocabulary is known without generating anything.
+                self._vocab = CaptionVocab(WordTokenizer(list(SPECIAL_TOKENS) + scene_gen.scene_vocabulary()))
+            elif self.dataset == "hf":
+                ds, idx = self._read_hf()["train"]
+                tmp = HFCaptionDataset(ds, hp.hf_image_column, hp.hf_caption_column, lambda x: x, False, idx)
+                self._vocab = CaptionVocab.build((c for refs in tmp.refs for c in refs), hp.min_freq, hp.max_vocab)
+            else:
+                train = self._read_records()["train"]
+                self._vocab = CaptionVocab.build((c for r in train for c in r.captions), hp.min_freq, hp.max_vocab)
+        return self._vocab
+
+    def use_vocab(self, vocab: CaptionVocab) -> None:
+        """Encode captions with an existing vocabulary (e.g. the one of a loaded checkpoint)."""
+        self._vocab = vocab
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        """Build the datasets (every rank; reads only)."""
+        module = getattr(self.trainer, "lightning_module", None) if self.trainer is not None else None
+        model_vocab = getattr(module, "vocab", None) if module is not None else None
+        if isinstance(model_vocab, CaptionVocab):
+            # A model restored from a checkpoint brings its own vocabulary: encode targets with it.
+            self._vocab = model_vocab
+        if self.datasets:
+            return
+        hp = self.hparams
+        tr_tf = train_transform(self.image_size, self.mean, self.std, hp.hflip) if hp.augment else eval_transform(self.image_size, self.mean, self.std)
+        ev_tf = eval_transform(self.image_size, self.mean, self.std)
+        if self.dataset == "scenes":
+            self.datasets = {
+                "train": SceneDataset("train", hp.train_size, hp.seed, self.image_size, tr_tf, True),
+                "val": SceneDataset("val", hp.val_size, hp.seed, self.image_size, ev_tf, False),
+                "test": SceneDataset("test", hp.test_size, hp.seed, self.image_size, ev_tf, False),
+                "unseen": SceneDataset("unseen", hp.unseen_size, hp.seed, self.image_size, ev_tf, False),
+            }
+        elif self.dataset == "hf":
+            parts = self._read_hf()
+            self.datasets = {
+                name: HFCaptionDataset(ds, hp.hf_image_column, hp.hf_caption_column, tr_tf if name == "train" else ev_tf, name == "train", idx)
+                for name, (ds, idx) in parts.items()
+            }
+        else:
+            recs = self._read_records()
+            self.datasets = {name: FileCaptionDataset(recs[name], tr_tf if name == "train" else ev_tf, name == "train") for name in ("train", "val", "test")}
+
+    def _loader(self, name: str, train: bool) -> DataLoader:
+        return DataLoader(
+            self.datasets[name],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=CaptionCollate(self.caption_vocab, self.hparams.max_caption_len),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(name, False) for name in self.test_names]
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        if isinstance(batch, Batch):
+            return batch.to(device)
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)

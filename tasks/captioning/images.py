@@ -1,0 +1,157 @@
+"""Robust image decoding (any PIL mode -> RGB) and the torchvision v2 transforms.
+
+`load_rgb` is the single entry point for image files, used by the datasets (inside DataLoader
+workers) and by inference. Bad files raise `ImageError` (a `core.errors.UserError`) whose
+message names the file and says what is wrong, so the CLI can print one line per file.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms import v2
+
+from core.errors import UserError
+
+#: ImageNet statistics: right for torchvision encoders, harmless for the small CNN.
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: Longest side kept after decoding. Huge photos are shrunk right away (JPEG draft mode decodes
+#: them at 1/2..1/8 scale), so a 20k-pixel image costs neither minutes nor gigabytes.
+MAX_DECODE_SIDE = 1024
+
+
+class ImageError(UserError):
+    """An image file that cannot be used (missing, truncated, not an image, too large)."""
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode to 8-bit RGB.
+
+    * palette/LA/RGBA (transparency): composited over white, as a viewer would show it;
+    * 16/32-bit integer and float greyscale: rescaled by the mode's range to 8 bits
+      (a plain ``convert("L")`` would clip 16-bit data to white);
+    * CMYK, YCbCr, LAB, HSV, 1-bit, L: PIL's own conversion.
+    """
+    if img.mode == "P":
+        img = img.convert("RGBA") if "transparency" in img.info else img.convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)  # (H, W)
+        if img.mode.startswith("I;16"):
+            arr = arr / 65535.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray((arr * 255.0 + 0.5).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+    if img.mode != "RGB":
+        return img.convert("RGB")
+    return img
+
+
+def load_rgb(path: str | Path, max_side: int = MAX_DECODE_SIDE) -> Image.Image:
+    """Decode an image file to an RGB PIL image.
+
+    Args:
+        path: image file (any format PIL reads).
+        max_side: the result's longest side is at most this (aspect kept); 0 = no limit.
+
+    Returns:
+        A fully loaded ``RGB`` image.
+
+    Raises:
+        ImageError: missing file, directory, empty/truncated file, not an image, or an image
+            over PIL's decompression-bomb limit; the message names the file.
+    """
+    p = Path(path)
+    if not p.exists():
+        raise ImageError(f"{p}: no such image file")
+    if p.is_dir():
+        raise ImageError(f"{p}: is a directory, expected an image file")
+    if p.stat().st_size == 0:
+        raise ImageError(f"{p}: empty file, expected an image")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(p) as img:
+                if max_side and max(img.size) > max_side:
+                    # JPEG only: decode at a reduced scale (no-op for other formats).
+                    img.draft("RGB", (max_side, max_side))
+                img.load()
+                out = _to_rgb(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(f"{p}: image too large to decode safely ({err})") from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{p}: not an image file (PIL cannot identify it)") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        # Truncated/corrupt data surfaces as OSError ("image file is truncated", "broken data stream").
+        raise ImageError(f"{p}: corrupt or truncated image ({err})") from None
+    if max_side and max(out.size) > max_side:
+        out.thumbnail((max_side, max_side), Image.Resampling.BILINEAR)
+    return out
+
+
+def eval_transform(
+    image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> v2.Compose:
+    """Deterministic preprocessing: shorter side -> ``image_size``, centre crop, normalise.
+
+    Returns:
+        A transform mapping an RGB PIL image to a float tensor ``(3, image_size, image_size)``.
+    """
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(image_size, antialias=True),
+            v2.CenterCrop(image_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+def train_transform(
+    image_size: int,
+    mean: tuple[float, ...] = IMAGENET_MEAN,
+    std: tuple[float, ...] = IMAGENET_STD,
+    hflip: bool = False,
+) -> v2.Compose:
+    """Training augmentation: mild random resized crop and colour jitter, optional flip.
+
+    Horizontal flips are off by default because they contradict "left"/"right" in captions.
+
+    Returns:
+        A transform mapping an RGB PIL image to a float tensor ``(3, image_size, image_size)``.
+    """
+    ops: list[v2.Transform] = [
+        v2.PILToTensor(),
+        v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True),
+        v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2),
+    ]
+    if hflip:
+        ops.append(v2.RandomHorizontalFlip())
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    return v2.Compose(ops)
+
+
+def denormalize(images: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
+    """Undo `Normalize` for plotting.
+
+    Args:
+        images: ``(B, 3, H, W)`` or ``(3, H, W)`` normalised float tensor.
+
+    Returns:
+        uint8 array ``(B, H, W, 3)`` or ``(H, W, 3)``.
+    """
+    m = torch.tensor(mean, dtype=images.dtype, device=images.device).view(-1, 1, 1)  # (3, 1, 1)
+    s = torch.tensor(std, dtype=images.dtype, device=images.device).view(-1, 1, 1)
+    x = (images * s + m).clamp(0, 1) * 255.0
+    x = x.movedim(-3, -1)  # channels last: (..., H, W, 3)
+    return x.round().to(torch.uint8).cpu().numpy()

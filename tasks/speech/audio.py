@@ -1,0 +1,161 @@
+"""Audio input: reading with soundfile, downmixing, resampling to 16 kHz, silence-aware chunking.
+
+We read with `soundfile` (libsndfile: WAV of any PCM width or float, FLAC, OGG/Vorbis, and MP3
+with libsndfile >= 1.1) rather than `torchaudio.load`, which in torchaudio >= 2.9 needs
+torchcodec/FFmpeg. Everything a user can get wrong becomes a `core.errors.DataError` naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+import torchaudio.functional as AF
+
+from core.errors import DataError
+
+__all__ = ["SAMPLE_RATE", "AudioInput", "load_audio", "to_mono_16k", "split_on_silence", "audio_info"]
+
+SAMPLE_RATE = 16000
+
+# What `transcribe` and the datasets accept: a path, or (waveform, sample_rate) with the waveform
+# shaped (N,) or (channels, N) (numpy array or tensor).
+AudioInput = Union[str, Path, tuple[Any, int]]
+
+
+def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Tensor:
+    """Convert a waveform to mono float32 at 16 kHz.
+
+    Args:
+        wav: samples `(N,)` or `(C, N)` (channels first), numpy or torch, int or float.
+        sample_rate: its sample rate in Hz.
+        source: name used in error messages.
+
+    Returns:
+        Float32 tensor `(N',)` at 16 kHz.
+
+    Raises:
+        DataError: empty audio, a non-positive sample rate or a bad shape.
+    """
+    x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav)
+    if not torch.is_floating_point(x):
+        # Integer PCM: scale to [-1, 1) by the type's range (int16 -> 32768, int32 -> 2**31).
+        x = x.float() / float(torch.iinfo(x.dtype).max + 1)
+    x = x.float()
+    if x.dim() == 2:
+        x = x.mean(dim=0)  # (C, N) -> (N,): downmix
+    if x.dim() != 1:
+        raise DataError(f"{source}: expected a waveform shaped (N,) or (channels, N), got {tuple(x.shape)}")
+    if sample_rate <= 0:
+        raise DataError(f"{source}: invalid sample rate {sample_rate}")
+    if x.numel() == 0:
+        raise DataError(f"{source}: the audio is empty (zero samples)")
+    if sample_rate != SAMPLE_RATE:
+        x = AF.resample(x, int(sample_rate), SAMPLE_RATE)
+    return x.contiguous()
+
+
+def _read(src: str | Path | bytes) -> tuple[np.ndarray, int]:
+    """soundfile read -> `(C, N)` float32 and sample rate, with user-facing errors."""
+    import soundfile as sf
+
+    name = "<bytes>" if isinstance(src, bytes) else str(src)
+    if not isinstance(src, bytes) and not Path(src).is_file():
+        raise DataError(f"{name}: audio file not found")
+    try:
+        data, sr = sf.read(io.BytesIO(src) if isinstance(src, bytes) else str(src), dtype="float32", always_2d=True)
+    except Exception as e:  # libsndfile raises LibsndfileError / RuntimeError / TypeError on bad data
+        suffix = Path(name).suffix.lower()
+        hint = (" (MP3 needs libsndfile >= 1.1; convert it to WAV or FLAC, e.g. `ffmpeg -i in.mp3 out.flac`)"
+                if suffix == ".mp3" else " (expected WAV, FLAC or OGG readable by libsndfile)")
+        raise DataError(f"{name}: cannot read audio: {e}{hint}") from None
+    return data.T, int(sr)  # (N, C) -> (C, N)
+
+
+def load_audio(src: AudioInput | bytes) -> torch.Tensor:
+    """Load any supported input as mono 16 kHz float32.
+
+    Args:
+        src: a file path, raw file bytes, or `(waveform, sample_rate)`.
+
+    Returns:
+        Tensor `(N,)` at 16 kHz.
+
+    Raises:
+        DataError: missing/unreadable/corrupt file, empty audio, bad array shape.
+    """
+    if isinstance(src, tuple):
+        wav, sr = src
+        return to_mono_16k(wav, int(sr))
+    data, sr = _read(src)
+    return to_mono_16k(data, sr, source="<bytes>" if isinstance(src, bytes) else str(src))
+
+
+def audio_info(path: str | Path) -> float:
+    """Duration in seconds from the file header (cheap: no decoding). Raises DataError if unreadable."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(str(path))
+    except Exception as e:
+        raise DataError(f"{path}: cannot read audio header: {e}") from None
+    return info.frames / info.samplerate if info.samplerate else 0.0
+
+
+def frame_energy_db(wav: torch.Tensor, frame: int = 400, hop: int = 160) -> torch.Tensor:
+    """Short-time energy in dB.
+
+    Args:
+        wav: `(N,)` samples.
+        frame, hop: window and hop in samples (25 ms / 10 ms at 16 kHz).
+
+    Returns:
+        `(F,)` energies, `F = 1 + (N - frame) // hop` (at least 1).
+    """
+    if wav.numel() < frame:
+        wav = torch.nn.functional.pad(wav, (0, frame - wav.numel()))
+    frames = wav.unfold(0, frame, hop)  # (F, frame)
+    return 10.0 * torch.log10(frames.pow(2).mean(dim=1) + 1e-10)
+
+
+def split_on_silence(
+    wav: torch.Tensor, max_seconds: float, sample_rate: int = SAMPLE_RATE, min_seconds: float | None = None
+) -> list[tuple[int, int]]:
+    """Cut long audio into chunks no longer than `max_seconds`, at the quietest point where possible.
+
+    Greedy: from the current start, look at the window `[start + min_seconds, start + max_seconds]`
+    and cut at the frame with the lowest short-time energy (a pause between words when there is
+    one; an arbitrary point in continuous sound, which is the best we can do).
+
+    Args:
+        wav: `(N,)` samples.
+        max_seconds: longest chunk.
+        sample_rate: sample rate of `wav`.
+        min_seconds: shortest chunk before the last (default `max_seconds / 2`).
+
+    Returns:
+        `(start, end)` sample indices covering `wav` in order.
+    """
+    n = wav.numel()
+    max_len = max(1, int(max_seconds * sample_rate))
+    if n <= max_len:
+        return [(0, n)]
+    min_len = int((min_seconds if min_seconds is not None else max_seconds / 2) * sample_rate)
+    hop, frame = sample_rate // 100, sample_rate // 40
+    energy = frame_energy_db(wav, frame, hop)  # (F,)
+    # Smooth over ~100 ms so a single quiet frame inside a word does not win over a real pause.
+    energy = torch.nn.functional.avg_pool1d(energy[None, None], 9, stride=1, padding=4, count_include_pad=False)[0, 0]
+    cuts, start = [], 0
+    while n - start > max_len:
+        lo, hi = (start + min_len) // hop, (start + max_len - frame) // hop
+        if hi <= lo:
+            cut = start + max_len
+        else:
+            cut = (lo + int(torch.argmin(energy[lo:hi]))) * hop + frame // 2
+        cuts.append((start, cut))
+        start = cut
+    cuts.append((start, n))
+    return cuts

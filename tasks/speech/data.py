@@ -1,0 +1,333 @@
+"""Speech datasets, frame-bucketed batching and the `SpeechDataModule`.
+
+Batches are formed once per split by sorting utterances by length and filling each batch up to
+`max_frames` padded frames; the dataset then *is* the list of batches (item i = collated batch i),
+so Lightning's own sampler handling shuffles batch order each epoch and, under DDP, its
+`DistributedSampler` gives each rank a disjoint share of whole batches (no custom distributed
+batch sampler needed).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import unicodedata
+import warnings
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from core.errors import DataError
+from core.tokenizers import BaseTokenizer, CharTokenizer
+from tasks.speech.audio import audio_info, load_audio
+from tasks.speech.features import FeatureConfig, LogMel
+from tasks.speech.sources import Utterance, load_source
+from tasks.speech.text import normalize_text
+
+__all__ = ["SpeechDataModule", "BucketedSpeechDataset", "make_char_tokenizer", "CHARSET", "collate_items"]
+
+# Every character `normalize_text` can output: the fixed character inventory (known before any data
+# is read, so the model can be built by LightningCLI before `setup`).
+CHARSET = "abcdefghijklmnopqrstuvwxyz' "
+_NON_ASCII_LETTER = re.compile(r"[^\x00-\x7f]")
+
+
+def make_char_tokenizer() -> CharTokenizer:
+    """Character units over `CHARSET` (plus pad/bos/eos/unk), identical for every corpus."""
+    return CharTokenizer.train([CHARSET])
+
+
+def _has_dropped_chars(raw: str) -> bool:
+    """True when normalisation had to drop letters that are outside the character units."""
+    s = unicodedata.normalize("NFKD", raw)
+    s = "".join(c for c in s if not unicodedata.combining(c))
+    return any(c.isalpha() and not c.isascii() for c in s)
+
+
+def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
+    """Pad a list of examples into a batch.
+
+    Args:
+        items: dicts with `feats (T_i, F)`, `tokens (L_i,)`, `text`, `id`.
+        pad_id: token padding id.
+
+    Returns:
+        `feats (B, T, F)` zero-padded, `feat_lens (B,)`, `tokens (B, L)` pad-padded, `token_lens (B,)`,
+        `texts` list[str], `ids` list[str].
+    """
+    b = len(items)
+    t_max = max(it["feats"].shape[0] for it in items)
+    l_max = max(max(it["tokens"].numel() for it in items), 1)
+    n_mels = items[0]["feats"].shape[1]
+    feats = torch.zeros(b, t_max, n_mels)
+    tokens = torch.full((b, l_max), pad_id, dtype=torch.long)
+    for i, it in enumerate(items):
+        feats[i, : it["feats"].shape[0]] = it["feats"]
+        tokens[i, : it["tokens"].numel()] = it["tokens"]
+    return {
+        "feats": feats,
+        "feat_lens": torch.tensor([it["feats"].shape[0] for it in items]),
+        "tokens": tokens,
+        "token_lens": torch.tensor([it["tokens"].numel() for it in items]),
+        "texts": [it["text"] for it in items],
+        "ids": [it["id"] for it in items],
+    }
+
+
+class BucketedSpeechDataset(Dataset):
+    """Map-style dataset whose item `i` is the i-th length-bucketed, collated batch.
+
+    Args:
+        utts: utterances (already validated; durations known).
+        tokenizer: unit tokenizer.
+        feature_cfg: log-mel settings.
+        max_frames: budget of padded frames per batch (`batch size * longest utterance`).
+        max_batch: cap on utterances per batch.
+        seed: seed for tie-breaking between equal lengths (batch composition is deterministic).
+    """
+
+    def __init__(self, utts: list[Utterance], tokenizer: BaseTokenizer, feature_cfg: FeatureConfig,
+                 max_frames: int = 20000, max_batch: int = 64, seed: int = 0) -> None:
+        self.utts, self.tokenizer = utts, tokenizer
+        self.logmel = LogMel(feature_cfg)
+        hop = feature_cfg.hop_length / feature_cfg.sample_rate
+        rng = random.Random(seed)
+        frames = [int((u.duration or 0.0) / hop) + 1 for u in utts]
+        order = sorted(range(len(utts)), key=lambda i: (frames[i], rng.random()))
+        self.batches: list[list[int]] = []
+        cur: list[int] = []
+        for i in order:
+            # Sorted ascending, so the newest item is the longest: padded size = len(cur+1) * frames[i].
+            if cur and ((len(cur) + 1) * frames[i] > max_frames or len(cur) >= max_batch):
+                self.batches.append(cur)
+                cur = []
+            cur.append(i)
+        if cur:
+            self.batches.append(cur)
+        self.num_failed = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def load_item(self, i: int) -> dict[str, Any] | None:
+        """Features and tokens of utterance `i`, or None when its audio is unreadable or silent."""
+        u = self.utts[i]
+        try:
+            wav = load_audio(u.audio)
+        except DataError as e:
+            warnings.warn(f"skipping utterance: {e}")
+            self.num_failed += 1
+            return None
+        if float(wav.abs().max()) == 0.0:
+            warnings.warn(f"skipping utterance: {u.name}: the audio is digital silence")
+            self.num_failed += 1
+            return None
+        text = normalize_text(u.text)
+        return {"feats": self.logmel(wav), "tokens": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
+                "text": text, "id": u.name}
+
+    def __getitem__(self, idx: int) -> dict[str, Any]:
+        items = [it for it in (self.load_item(i) for i in self.batches[idx]) if it is not None]
+        if not items:
+            return {"empty": True}
+        return collate_items(items, self.tokenizer.pad_id)
+
+
+def validate_utterances(utts: list[Utterance], source: str, max_seconds: float | None) -> list[Utterance]:
+    """Drop unusable utterances (counted, with one warning per reason naming examples).
+
+    Reads only audio headers (durations), so corrupt files are caught here; silent audio is
+    caught when the batch is loaded.
+
+    Args:
+        utts: candidate utterances.
+        source: source name for the warnings.
+        max_seconds: drop longer utterances (None = keep all).
+
+    Returns:
+        The kept utterances, each with `duration` set.
+    """
+    import io
+
+    import soundfile as sf
+
+    kept: list[Utterance] = []
+    skipped: dict[str, list[str]] = {}
+    dropped_chars: list[str] = []
+    for u in utts:
+        if u.duration is None:
+            try:
+                if isinstance(u.audio, bytes):
+                    info = sf.info(io.BytesIO(u.audio))
+                    u.duration = info.frames / info.samplerate
+                else:
+                    u.duration = audio_info(u.audio)
+            except Exception as e:  # DataError or libsndfile error on bytes
+                skipped.setdefault("unreadable or corrupt audio", []).append(f"{u.name} ({e})")
+                continue
+        if u.duration <= 0.0:
+            skipped.setdefault("zero-length audio", []).append(u.name)
+            continue
+        if max_seconds is not None and u.duration > max_seconds:
+            skipped.setdefault(f"longer than max_seconds={max_seconds}", []).append(u.name)
+            continue
+        if not normalize_text(u.text):
+            skipped.setdefault("empty transcript after normalisation", []).append(u.name)
+            continue
+        if _has_dropped_chars(u.text):
+            dropped_chars.append(u.name)
+        kept.append(u)
+    for why, names in skipped.items():
+        shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
+        warnings.warn(f"{source}: skipped {len(names)} utterance(s): {why}: {shown}")
+    if dropped_chars:
+        warnings.warn(f"{source}: {len(dropped_chars)} transcript(s) had characters outside the units "
+                      f"(a-z, apostrophe, space) that were dropped, e.g. {dropped_chars[0]}")
+    return kept
+
+
+class SpeechDataModule(L.LightningDataModule):
+    """Speech data: the synthesised eSpeak NG corpus by default, or real corpora.
+
+    Args:
+        train: training source (manifest `.jsonl/.csv/.tsv`, LibriSpeech folder, FSDD folder,
+            Common Voice TSV, or `hf:NAME`); None = the synthesised corpus.
+        val: validation source; None = `val_fraction` of `train` (or the synthesised val split).
+        test: test source; None = the synthesised unseen-voice test split (or the val data).
+        val_fraction: share of `train` held out for validation when `val` is None.
+        synth_train: synthesised training utterances.
+        synth_val: synthesised validation utterances (voices unseen in training).
+        synth_test: synthesised test utterances (voices unseen in training and validation).
+        synth_seed: seed of the synthesised corpus (same seed = same audio).
+        cache_dir: where the synthesised corpus is cached (default `~/.cache/attn-suite/speech`).
+        max_frames: padded feature frames per batch (10 ms each).
+        max_batch: cap on utterances per batch.
+        max_seconds: training/validation utterances longer than this are skipped (counted).
+        num_workers: DataLoader workers.
+        stats_utterances: training utterances used for the mean/variance statistics.
+        limit_train: keep only the first N training utterances (overfitting tests, smoke runs).
+        seed: seed for the held-out split and batch composition.
+    """
+
+    def __init__(
+        self,
+        train: str | None = None,
+        val: str | None = None,
+        test: str | None = None,
+        val_fraction: float = 0.05,
+        synth_train: int = 3000,
+        synth_val: int = 200,
+        synth_test: int = 300,
+        synth_seed: int = 0,
+        cache_dir: str | None = None,
+        max_frames: int = 24000,
+        max_batch: int = 64,
+        max_seconds: float = 20.0,
+        num_workers: int = 2,
+        stats_utterances: int = 400,
+        limit_train: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.tokenizer = make_char_tokenizer()
+        self.feature_cfg = FeatureConfig()
+        self.splits: dict[str, list[Utterance]] = {}
+        self.feature_stats: tuple[Tensor, Tensor] | None = None
+
+    # -- synthesised corpus -------------------------------------------------------------------
+    def _synth_kwargs(self) -> dict[str, Any]:
+        h = self.hparams
+        return {"root": h.cache_dir, "seed": h.synth_seed, "num_train": h.synth_train,
+                "num_val": h.synth_val, "num_test": h.synth_test}
+
+    def prepare_data(self) -> None:
+        """Generate the synthesised corpus once (Lightning calls this on local rank 0 only)."""
+        if self.hparams.train is None:
+            from tasks.speech.synth import generate_corpus
+
+            generate_corpus(**self._synth_kwargs())
+
+    def _synth_split(self, split: str) -> list[Utterance]:
+        from tasks.speech.synth import generate_corpus
+
+        # Returns immediately when prepare_data already generated it (the cache key is deterministic).
+        d = generate_corpus(**self._synth_kwargs(), progress=False)
+        return load_source(d / f"{split}.jsonl")
+
+    # -- setup ---------------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        """Read sources, validate utterances, hold out validation data, estimate feature stats."""
+        if self.splits:
+            return
+        h = self.hparams
+        if h.train is None:
+            train = self._synth_split("train")
+            val = load_source(h.val) if h.val else self._synth_split("val")
+            test = load_source(h.test) if h.test else self._synth_split("test")
+        else:
+            train = load_source(h.train)
+            if h.val:
+                val = load_source(h.val)
+            else:
+                rng = random.Random(h.seed)
+                idx = list(range(len(train)))
+                rng.shuffle(idx)
+                n_val = max(1, int(round(len(train) * h.val_fraction))) if len(train) > 1 else 0
+                held = set(idx[:n_val])
+                val = [u for i, u in enumerate(train) if i in held]
+                train = [u for i, u in enumerate(train) if i not in held]
+            test = load_source(h.test) if h.test else val
+        if h.limit_train:
+            train = train[: h.limit_train]
+        self.splits = {
+            "train": validate_utterances(train, "train", h.max_seconds),
+            "val": validate_utterances(val, "val", h.max_seconds),
+            # Test/predict keep long utterances: the model's transcribe path would chunk them, but
+            # the batched path simply decodes them whole.
+            "test": validate_utterances(test, "test", None),
+        }
+        if not self.splits["train"] and stage in (None, "fit"):
+            raise DataError(f"{h.train or 'synthesised corpus'}: no usable training utterances")
+        self._estimate_stats()
+
+    def _estimate_stats(self) -> None:
+        """Mean/std of log-mel over (a deterministic subset of) the training split."""
+        from tasks.speech.features import FeatureStats
+
+        utts = self.splits["train"] or self.splits["val"]
+        if not utts:
+            return
+        ds = BucketedSpeechDataset(utts, self.tokenizer, self.feature_cfg)
+        step = max(1, len(utts) // self.hparams.stats_utterances)
+        feats = (it["feats"] for it in (ds.load_item(i) for i in range(0, len(utts), step)) if it is not None)
+        st = FeatureStats(self.feature_cfg.n_mels).fit(feats)
+        self.feature_stats = (st.mean.clone(), st.std.clone())
+
+    def train_texts(self) -> list[str]:
+        """Normalised training transcripts (e.g. to train subword units)."""
+        return [normalize_text(u.text) for u in self.splits.get("train", [])]
+
+    # -- loaders -------------------------------------------------------------------------------
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        h = self.hparams
+        ds = BucketedSpeechDataset(self.splits[split], self.tokenizer, self.feature_cfg, h.max_frames,
+                                   h.max_batch, h.seed)
+        return DataLoader(ds, batch_size=None, shuffle=shuffle, num_workers=h.num_workers,
+                          persistent_workers=h.num_workers > 0 and split == "train")
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)

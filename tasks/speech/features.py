@@ -1,0 +1,122 @@
+"""Log-mel features, global normalisation statistics and SpecAugment."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Iterable
+
+import torch
+import torchaudio
+from torch import Tensor, nn
+
+__all__ = ["FeatureConfig", "LogMel", "FeatureStats", "SpecAugment"]
+
+
+@dataclass
+class FeatureConfig:
+    """Log-mel front end settings (stored in checkpoints so inference uses the same front end).
+
+    Attributes:
+        sample_rate: input rate in Hz (audio is resampled to it).
+        n_mels: mel bins.
+        n_fft: FFT size in samples (25 ms at 16 kHz).
+        hop_length: frame shift in samples (10 ms).
+        f_min, f_max: mel filterbank range in Hz.
+    """
+
+    sample_rate: int = 16000
+    n_mels: int = 80
+    n_fft: int = 400
+    hop_length: int = 160
+    f_min: float = 20.0
+    f_max: float = 7600.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (checkpoint-safe)."""
+        return asdict(self)
+
+
+class LogMel(nn.Module):
+    """Waveform -> log-mel spectrogram `(frames, n_mels)`."""
+
+    def __init__(self, cfg: FeatureConfig | None = None) -> None:
+        super().__init__()
+        self.cfg = cfg or FeatureConfig()
+        self.mel = torchaudio.transforms.MelSpectrogram(
+            sample_rate=self.cfg.sample_rate, n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length,
+            f_min=self.cfg.f_min, f_max=self.cfg.f_max, n_mels=self.cfg.n_mels, power=2.0,
+        )
+
+    @torch.no_grad()
+    def forward(self, wav: Tensor) -> Tensor:
+        """Args: wav `(N,)` float at `cfg.sample_rate`. Returns `(frames, n_mels)`, frames = N // hop + 1."""
+        spec = self.mel(wav)  # (n_mels, frames)
+        # log with a floor: digital silence would give -inf otherwise.
+        return torch.log(spec + 1e-6).transpose(0, 1).contiguous()  # (frames, n_mels)
+
+    def num_frames(self, num_samples: int) -> int:
+        """Frames produced for `num_samples` samples (centered STFT)."""
+        return num_samples // self.cfg.hop_length + 1
+
+
+class FeatureStats(nn.Module):
+    """Global per-bin mean / std, estimated on the training split; buffers live in the checkpoint."""
+
+    def __init__(self, n_mels: int = 80) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(n_mels))
+        self.register_buffer("std", torch.ones(n_mels))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+
+    @torch.no_grad()
+    def fit(self, feats: Iterable[Tensor]) -> "FeatureStats":
+        """Estimate mean/std from `(frames, n_mels)` tensors (float64 sums: many frames)."""
+        n, s, ss = 0, None, None
+        for f in feats:
+            f64 = f.double()
+            s = f64.sum(0) if s is None else s + f64.sum(0)
+            ss = (f64**2).sum(0) if ss is None else ss + (f64**2).sum(0)
+            n += f.shape[0]
+        if n == 0 or s is None or ss is None:
+            return self
+        mean = s / n
+        var = (ss / n - mean**2).clamp_min(1e-8)
+        self.set(mean.float(), var.sqrt().float())
+        return self
+
+    def set(self, mean: Tensor | list[float], std: Tensor | list[float]) -> None:
+        """Set the statistics (from `fit` or from checkpoint metadata)."""
+        self.mean.copy_(torch.as_tensor(mean, dtype=torch.float32))
+        self.std.copy_(torch.as_tensor(std, dtype=torch.float32).clamp_min(1e-4))
+        self.initialized.fill_(True)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        """Normalise `(..., n_mels)` features."""
+        return (feats - self.mean) / self.std
+
+
+class SpecAugment(nn.Module):
+    """Frequency and time masking (Park et al. 2019) with torchaudio's masking transforms.
+
+    Applied on normalised features (masked values become 0 = the global mean), per utterance
+    (`iid_masks=True`), in training only.
+    """
+
+    def __init__(self, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 25,
+                 time_ratio: float = 0.1) -> None:
+        super().__init__()
+        self.freq_masks, self.time_masks = freq_masks, time_masks
+        self.fmask = torchaudio.transforms.FrequencyMasking(freq_width, iid_masks=True)
+        # p caps each mask at time_ratio of the utterance so short utterances are not wiped out.
+        self.tmask = torchaudio.transforms.TimeMasking(time_width, iid_masks=True, p=time_ratio)
+
+    def forward(self, feats: Tensor) -> Tensor:
+        """Args: feats `(B, T, F)`. Returns masked features `(B, T, F)` (identity in eval mode)."""
+        if not self.training or (self.freq_masks == 0 and self.time_masks == 0):
+            return feats
+        x = feats.transpose(1, 2).unsqueeze(1)  # (B, 1, F, T): torchaudio's (..., freq, time) layout
+        for _ in range(self.freq_masks):
+            x = self.fmask(x)
+        for _ in range(self.time_masks):
+            x = self.tmask(x)
+        return x.squeeze(1).transpose(1, 2)  # (B, T, F)

@@ -1,0 +1,355 @@
+"""Encoder-decoder ASR model: time-shortening encoder, attention decoder, joint CTC head.
+
+Encoders (all shorten time by 4x before the sequence model, so attention and CTC run on 40 ms frames):
+  * "lstm":        conv2d subsampling x4 -> BiLSTM stack (default; cheap on CPU).
+  * "pblstm":      BiLSTM -> 2 pyramidal BiLSTM layers that concatenate frame pairs (Listen, Attend
+                   and Spell); the x4 comes from the pyramid instead of convolutions.
+  * "transformer": conv2d subsampling x4 -> sinusoidal positions -> Transformer encoder layers.
+  * "conformer":   conv2d subsampling x4 -> Conformer blocks (FFN/2, MHSA, depthwise conv, FFN/2).
+
+The decoder is an LSTM that attends over the encoder output with any `core.attention` mechanism
+(location-aware by default). Key projections are computed once per utterance (`precompute`) and
+the previous step's weights are carried with `attn.accumulate`, for training and beam search alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core.attention import build_attention, lengths_to_mask
+
+__all__ = ["SpeechEncoder", "AttentionDecoder", "ASRModel", "subsampled_lengths"]
+
+
+def subsampled_lengths(lengths: Tensor) -> Tensor:
+    """Frame counts after two stride-2 convs (kernel 3, padding 1): `ceil(ceil(L/2)/2)`."""
+    return (lengths + 1).div(2, rounding_mode="floor").add(1).div(2, rounding_mode="floor")
+
+
+class ConvSubsampling(nn.Module):
+    """Two stride-2 conv2d layers over (time, freq): `(B, T, F)` -> `(B, ceil(T/4), d_out)`."""
+
+    def __init__(self, n_mels: int, channels: int, d_out: int) -> None:
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+        )
+        f_out = (((n_mels + 1) // 2) + 1) // 2
+        self.proj = nn.Linear(channels * f_out, d_out)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Args: x `(B, T, F)`, lengths `(B,)`. Returns `(B, T', d_out)`, lengths `(B,)`."""
+        y = self.conv(x.unsqueeze(1))  # (B, 1, T, F) -> (B, C, T', F')
+        b, c, t, f = y.shape
+        y = self.proj(y.permute(0, 2, 1, 3).reshape(b, t, c * f))  # (B, T', C*F') -> (B, T', d_out)
+        return y, subsampled_lengths(lengths)
+
+
+def reverse_padded(x: Tensor, lengths: Tensor) -> Tensor:
+    """Reverse each sequence within its own length; padding stays in place. `(B, T, D)` -> `(B, T, D)`."""
+    t = x.shape[1]
+    ar = torch.arange(t, device=x.device)[None, :]  # (1, T)
+    lens = lengths.to(x.device)[:, None]  # (B, 1)
+    idx = torch.where(ar < lens, lens - 1 - ar, ar)  # (B, T)
+    return x.gather(1, idx[..., None].expand_as(x))
+
+
+class BiLSTM(nn.Module):
+    """Bidirectional LSTM stack on padded batches without packing.
+
+    Why not `pack_padded_sequence`: on CPU, autograd of a packed LSTM narrows the packed gate
+    tensor once per time step and each narrow's backward materialises a full-size zero tensor,
+    which made backward ~10x slower than forward here. Instead each direction is a plain
+    unidirectional LSTM; the backward one reads every sequence reversed within its length, so
+    padding never leaks into it and the result equals the packed one.
+
+    Args:
+        input_size: input features.
+        hidden: size per direction.
+        layers: stacked bidirectional layers.
+        dropout: dropout between layers.
+    """
+
+    def __init__(self, input_size: int, hidden: int, layers: int = 1, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fwd = nn.ModuleList()
+        self.bwd = nn.ModuleList()
+        for i in range(layers):
+            d = input_size if i == 0 else 2 * hidden
+            self.fwd.append(nn.LSTM(d, hidden, batch_first=True))
+            self.bwd.append(nn.LSTM(d, hidden, batch_first=True))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, lengths: Tensor) -> Tensor:
+        """Args: x `(B, T, D)`, lengths `(B,)`. Returns `(B, T, 2H)` (values past a length are junk)."""
+        for i, (f, b) in enumerate(zip(self.fwd, self.bwd)):
+            if i > 0:
+                x = self.drop(x)
+            yf = f(x)[0]  # (B, T, H)
+            yb = reverse_padded(b(reverse_padded(x, lengths))[0], lengths)  # (B, T, H)
+            x = torch.cat([yf, yb], dim=-1)  # (B, T, 2H)
+        return x
+
+
+class PositionalEncoding(nn.Module):
+    """Sinusoidal positions added to `(B, T, D)`, computed on the fly (any length)."""
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        self.d_model = d_model
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = x.shape[1]
+        pos = torch.arange(t, device=x.device, dtype=torch.float32)[:, None]  # (T, 1)
+        div = torch.exp(torch.arange(0, self.d_model, 2, device=x.device, dtype=torch.float32)
+                        * (-math.log(10000.0) / self.d_model))  # (D/2,)
+        pe = torch.zeros(t, self.d_model, device=x.device)
+        pe[:, 0::2] = torch.sin(pos * div)
+        pe[:, 1::2] = torch.cos(pos * div)
+        return x * math.sqrt(self.d_model) + pe.to(x.dtype)
+
+
+class ConformerBlock(nn.Module):
+    """Conformer block (Gulati et al. 2020): half FFN, MHSA, depthwise-conv module, half FFN."""
+
+    def __init__(self, d: int, heads: int, ff_mult: int = 4, kernel: int = 15, dropout: float = 0.1) -> None:
+        super().__init__()
+
+        def ffn() -> nn.Sequential:
+            return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, ff_mult * d), nn.SiLU(), nn.Dropout(dropout),
+                                 nn.Linear(ff_mult * d, d), nn.Dropout(dropout))
+
+        self.ff1, self.ff2 = ffn(), ffn()
+        self.attn_norm = nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.conv_norm = nn.LayerNorm(d)
+        self.pw1 = nn.Conv1d(d, 2 * d, 1)
+        self.dw = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d)
+        self.bn = nn.BatchNorm1d(d)
+        self.pw2 = nn.Conv1d(d, d, 1)
+        self.drop = nn.Dropout(dropout)
+        self.out_norm = nn.LayerNorm(d)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """Args: x `(B, T, D)`, mask `(B, T)` bool True = valid. Returns `(B, T, D)`."""
+        x = x + 0.5 * self.ff1(x)
+        h = self.attn_norm(x)
+        x = x + self.drop(self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0])
+        h = self.conv_norm(x).masked_fill(~mask[..., None], 0.0).transpose(1, 2)  # (B, D, T)
+        h = F.glu(self.pw1(h), dim=1)  # (B, 2D, T) -> (B, D, T)
+        h = self.pw2(F.silu(self.bn(self.dw(h))))
+        x = x + self.drop(h.transpose(1, 2))  # (B, T, D)
+        x = x + 0.5 * self.ff2(x)
+        return self.out_norm(x)
+
+
+class SpeechEncoder(nn.Module):
+    """Log-mel frames -> encoder states at 1/4 of the frame rate.
+
+    Args:
+        kind: "lstm", "pblstm", "transformer" or "conformer" (see module docstring).
+        n_mels: input feature size.
+        hidden: LSTM size per direction, or d_model for transformer/conformer.
+        layers: sequence-model layers (for "pblstm": 1 + 2 pyramid layers + (layers - 3) plain ones).
+        heads: attention heads (transformer/conformer).
+        dropout: dropout between layers.
+        conv_channels: channels of the conv2d subsampling.
+    """
+
+    def __init__(self, kind: str = "lstm", n_mels: int = 80, hidden: int = 192, layers: int = 3,
+                 heads: int = 4, dropout: float = 0.1, conv_channels: int = 32) -> None:
+        super().__init__()
+        kinds = ("lstm", "pblstm", "transformer", "conformer")
+        if kind not in kinds:
+            raise ValueError(f"encoder kind must be one of {kinds}, got {kind!r}")
+        self.kind = kind
+        self.drop = nn.Dropout(dropout)
+        if kind == "lstm":
+            self.sub = ConvSubsampling(n_mels, conv_channels, hidden)
+            self.rnn = BiLSTM(hidden, hidden, layers, dropout)
+            self.output_dim = 2 * hidden
+        elif kind == "pblstm":
+            self.rnns = nn.ModuleList([BiLSTM(n_mels, hidden)])
+            # Pyramid layers read two concatenated frames of the layer below: input 2 * 2H.
+            for _ in range(2):
+                self.rnns.append(BiLSTM(4 * hidden, hidden))
+            for _ in range(max(0, layers - 3)):
+                self.rnns.append(BiLSTM(2 * hidden, hidden))
+            self.output_dim = 2 * hidden
+        else:
+            self.sub = ConvSubsampling(n_mels, conv_channels, hidden)
+            self.pos = PositionalEncoding(hidden)
+            if kind == "transformer":
+                layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True, norm_first=True)
+                self.blocks = nn.ModuleList([layer] + [
+                    nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True, norm_first=True)
+                    for _ in range(layers - 1)])
+            else:
+                self.blocks = nn.ModuleList([ConformerBlock(hidden, heads, dropout=dropout) for _ in range(layers)])
+            self.norm = nn.LayerNorm(hidden)
+            self.output_dim = hidden
+
+    def forward(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """Encode.
+
+        Args:
+            feats: normalised log-mel `(B, T, F)`.
+            lengths: valid frames `(B,)`.
+
+        Returns:
+            `(B, S, output_dim)` states with `S ~= T / 4`, and their lengths `(B,)`.
+        """
+        if self.kind == "pblstm":
+            x, lens = feats, lengths
+            for i, rnn in enumerate(self.rnns):
+                if i in (1, 2):
+                    # Pyramid: (B, T, D) -> (B, T/2, 2D) by concatenating neighbouring frames.
+                    if x.shape[1] % 2:
+                        x = F.pad(x, (0, 0, 0, 1))
+                    b, t, d = x.shape
+                    x = x.reshape(b, t // 2, 2 * d)
+                    lens = (lens + 1).div(2, rounding_mode="floor")
+                x = self.drop(rnn(x, lens))
+            return x, lens
+        x, lens = self.sub(feats, lengths)  # (B, S, hidden)
+        if self.kind == "lstm":
+            return self.drop(self.rnn(self.drop(x), lens)), lens
+        mask = lengths_to_mask(lens, x.shape[1])  # (B, S) True = valid
+        x = self.drop(self.pos(x))
+        for blk in self.blocks:
+            x = blk(x, mask) if self.kind == "conformer" else blk(x, src_key_padding_mask=~mask)
+        return self.norm(x), lens
+
+
+class AttentionDecoder(nn.Module):
+    """LSTM decoder attending over encoder states (one `core.attention` mechanism by name).
+
+    Args:
+        vocab_size: output units.
+        enc_dim: encoder state size (attention keys/values).
+        embed_dim: token embedding size.
+        hidden: LSTM size (attention query).
+        attention: name for `core.attention.build_attention` ("location" by default).
+        attention_options: extra keyword arguments for the attention (e.g. hidden_dim, num_heads).
+        dropout: dropout on embeddings and before the output layer.
+    """
+
+    def __init__(self, vocab_size: int, enc_dim: int, embed_dim: int = 64, hidden: int = 256,
+                 attention: str = "location", attention_options: dict[str, Any] | None = None,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        opts = dict(attention_options or {})
+        if attention in ("additive", "location"):
+            opts.setdefault("hidden_dim", 128)
+        if attention == "multihead":
+            opts.setdefault("num_heads", 4)
+            # Multi-head projects the query to its own size; keep query == key size for it.
+        self.attn = build_attention(attention, query_dim=hidden, key_dim=enc_dim, **opts)
+        self.ctx_dim = self.attn.output_dim
+        self.embed = nn.Embedding(vocab_size, embed_dim)
+        self.cell = nn.LSTMCell(embed_dim + self.ctx_dim, hidden)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Sequential(nn.Linear(hidden + self.ctx_dim, hidden), nn.Tanh(), nn.Linear(hidden, vocab_size))
+        self.hidden = hidden
+
+    def init_state(self, enc: Tensor, enc_mask: Tensor) -> dict[str, Any]:
+        """Decoder state before the first step.
+
+        Args:
+            enc: encoder states `(B, S, D)`.
+            enc_mask: `(B, S)` bool, True = valid frame.
+
+        Returns:
+            A pytree for `core.decoding`: per-hypothesis tensors at the top level, and under
+            "static" what never changes across steps (encoder output, mask, key projections).
+        """
+        b = enc.shape[0]
+        z = enc.new_zeros(b, self.hidden)
+        return {
+            "h": z, "c": z.clone(), "ctx": enc.new_zeros(b, self.ctx_dim),
+            # Location attention starts from uniform weights over valid frames (its own rule).
+            "prev_w": enc_mask.to(enc.dtype) / enc_mask.sum(-1, keepdim=True).clamp_min(1).to(enc.dtype),
+            "static": {"enc": enc, "mask": enc_mask, "pre": self.attn.precompute(enc, enc)},
+        }
+
+    def step(self, tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any], Tensor]:
+        """One decoder step.
+
+        Args:
+            tokens: previous tokens `(N,)`.
+            state: from `init_state` or the previous step.
+
+        Returns:
+            logits `(N, V)`, the new state, attention weights `(N, S)` (heads averaged).
+        """
+        st = state["static"]
+        x = torch.cat([self.drop(self.embed(tokens)), state["ctx"]], dim=-1)  # (N, E + C)
+        h, c = self.cell(x, (state["h"], state["c"]))
+        pre = st["pre"]
+        out = self.attn(h, None if isinstance(pre, tuple) else st["enc"], None if isinstance(pre, tuple) else st["enc"],
+                        st["mask"], precomputed=pre, prev_weights=state["prev_w"])
+        w = out.weights
+        if w is not None and w.dim() == 3:
+            w = w.mean(dim=1)  # (N, H, S) -> (N, S): multi-head, averaged for carry and plots
+        if w is None:
+            w = state["prev_w"]
+        logits = self.out(self.drop(torch.cat([h, out.context], dim=-1)))  # (N, V)
+        new = {"h": h, "c": c, "ctx": out.context, "prev_w": self.attn.accumulate(state["prev_w"], w), "static": st}
+        return logits, new, w
+
+    def forward(self, enc: Tensor, enc_mask: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
+        """Teacher-forced decoding.
+
+        Args:
+            enc: `(B, S, D)`; enc_mask: `(B, S)`; inputs: `(B, L)` tokens starting with BOS.
+
+        Returns:
+            logits `(B, L, V)` and attention weights `(B, L, S)`.
+        """
+        state = self.init_state(enc, enc_mask)
+        logits, weights = [], []
+        for t in range(inputs.shape[1]):
+            lg, state, w = self.step(inputs[:, t], state)
+            logits.append(lg)
+            weights.append(w)
+        return torch.stack(logits, 1), torch.stack(weights, 1)
+
+
+class ASRModel(nn.Module):
+    """Encoder + attention decoder + CTC head (blank = the pad id 0, never a target).
+
+    Args:
+        vocab_size: units including pad/bos/eos/unk.
+        n_mels: feature size.
+        encoder: encoder kind.
+        encoder_hidden: encoder size (per direction for LSTMs).
+        encoder_layers: encoder layers.
+        encoder_heads: heads for transformer/conformer encoders.
+        decoder_hidden: decoder LSTM size.
+        embed_dim: token embedding size.
+        attention: `core.attention` mechanism name.
+        attention_options: its extra options.
+        dropout: dropout everywhere.
+    """
+
+    def __init__(self, vocab_size: int, n_mels: int = 80, encoder: str = "lstm", encoder_hidden: int = 192,
+                 encoder_layers: int = 3, encoder_heads: int = 4, decoder_hidden: int = 256, embed_dim: int = 64,
+                 attention: str = "location", attention_options: dict[str, Any] | None = None,
+                 dropout: float = 0.1) -> None:
+        super().__init__()
+        self.encoder = SpeechEncoder(encoder, n_mels, encoder_hidden, encoder_layers, encoder_heads, dropout)
+        self.decoder = AttentionDecoder(vocab_size, self.encoder.output_dim, embed_dim, decoder_hidden, attention,
+                                        attention_options, dropout)
+        self.ctc_head = nn.Linear(self.encoder.output_dim, vocab_size)
+
+    def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Returns encoder states `(B, S, D)`, their mask `(B, S)` and CTC log-probs `(B, S, V)`."""
+        enc, lens = self.encoder(feats, lengths)
+        mask = lengths_to_mask(lens, enc.shape[1])
+        return enc, mask, self.ctc_head(enc).log_softmax(-1)

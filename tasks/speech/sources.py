@@ -1,0 +1,280 @@
+"""Corpus readers: LibriSpeech layout, JSONL/CSV/TSV manifests, Common Voice, FSDD, HF `datasets`.
+
+Every reader returns a list of `Utterance` records (audio location + raw transcript). Audio is
+only decoded later, in the dataset; rows pointing at missing files are skipped here and counted
+(one warning naming the first few files), malformed manifest lines raise a `DataError` naming
+file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from core.errors import DataError
+from tasks.speech.text import DIGIT_WORDS
+
+__all__ = ["Utterance", "load_source", "load_librispeech", "load_manifest", "load_fsdd", "load_hf_dataset"]
+
+_PATH_KEYS = ("path", "audio", "audio_filepath", "audio_path", "file", "filename", "wav", "file_name")
+_TEXT_KEYS = ("text", "sentence", "transcript", "transcription", "normalized_text", "label")
+_AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus"}
+
+
+@dataclass
+class Utterance:
+    """One training/evaluation example.
+
+    Attributes:
+        audio: file path (str) or raw file bytes (HF datasets stored in Arrow).
+        text: raw transcript (normalised later, by the dataset).
+        duration: seconds when known (manifests, headers), else None.
+        speaker: speaker/voice id when known (used to split FSDD by speaker).
+    """
+
+    audio: str | bytes
+    text: str
+    duration: float | None = None
+    speaker: str | None = None
+
+    @property
+    def name(self) -> str:
+        """Printable identifier for warnings."""
+        return self.audio if isinstance(self.audio, str) else f"<{len(self.audio)} bytes>"
+
+
+def _warn_missing(missing: list[str], source: str) -> None:
+    """One warning per source naming the first missing files and the count."""
+    if missing:
+        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
+        warnings.warn(f"{source}: skipped {len(missing)} row(s) whose audio file is missing: {shown}", stacklevel=3)
+
+
+def load_librispeech(root: str | Path) -> list[Utterance]:
+    """Read a LibriSpeech-style tree: `*.trans.txt` files ("<id> <TEXT>" lines) next to `<id>.flac`.
+
+    Args:
+        root: any directory above the `*.trans.txt` files (e.g. `LibriSpeech/train-clean-5`).
+
+    Returns:
+        Utterances sorted by id (deterministic order).
+    """
+    root = Path(root)
+    out, missing = [], []
+    for trans in sorted(root.rglob("*.trans.txt")):
+        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            uid, _, text = line.strip().partition(" ")
+            audio = next((trans.parent / f"{uid}{s}" for s in (".flac", ".wav") if (trans.parent / f"{uid}{s}").is_file()), None)
+            if audio is None:
+                missing.append(str(trans.parent / f"{uid}.flac"))
+                continue
+            out.append(Utterance(str(audio), text, speaker=uid.split("-")[0]))
+    if not out and not missing:
+        raise DataError(f"{root}: no LibriSpeech *.trans.txt files found")
+    _warn_missing(missing, str(root))
+    return out
+
+
+def _resolve(base: Path, p: str) -> Path:
+    """Manifest path resolution: absolute, relative to the manifest, or Common Voice's `clips/`."""
+    path = Path(p).expanduser()
+    if path.is_absolute():
+        return path
+    for cand in (base / path, base / "clips" / path):
+        if cand.is_file():
+            return cand
+    return base / path
+
+
+def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """First present key (case-insensitive) of a manifest row."""
+    lower = {str(k).strip().lower(): k for k in row}
+    for k in keys:
+        if k in lower:
+            return lower[k]
+    return None
+
+
+def load_manifest(path: str | Path) -> list[Utterance]:
+    """Read a JSONL, CSV or TSV manifest (also Common Voice `*.tsv`).
+
+    Columns: an audio path (`path`, `audio`, `audio_filepath`, `file`, ...), a transcript (`text`,
+    `sentence`, `transcript`, ...), optional `duration` (seconds). CSV/TSV files without a header
+    are read as `path<sep>text`. Relative paths resolve against the manifest's folder, then its
+    `clips/` folder (Common Voice layout).
+
+    Args:
+        path: the manifest file.
+
+    Returns:
+        Utterances in file order; rows whose audio file is missing are skipped (one warning).
+
+    Raises:
+        DataError: unreadable file, malformed JSON line, or no usable path/text columns.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: manifest not found")
+    base = path.parent
+    rows: list[tuple[int, dict[str, Any]]] = []
+    if path.suffix.lower() in (".jsonl", ".json"):
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one object per line "
+                                f"with 'path' and 'text'") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object with 'path' and 'text'")
+            rows.append((lineno, row))
+    else:
+        sep = "\t" if path.suffix.lower() == ".tsv" else ","
+        with open(path, newline="", encoding="utf-8") as f:
+            lines = list(csv.reader(f, delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL))
+        lines = [ln for ln in lines if ln]
+        if not lines:
+            raise DataError(f"{path}: empty manifest")
+        header = [h.strip().lower() for h in lines[0]]
+        has_header = any(h in _PATH_KEYS for h in header) and any(h in _TEXT_KEYS for h in header)
+        if has_header:
+            rows = [(i + 2, dict(zip(header, ln))) for i, ln in enumerate(lines[1:])]
+        else:
+            rows = [(i + 1, {"path": ln[0], "text": sep.join(ln[1:])}) for i, ln in enumerate(lines)]
+    out, missing = [], []
+    for lineno, row in rows:
+        pk, tk = _pick(row, _PATH_KEYS), _pick(row, _TEXT_KEYS)
+        if pk is None or tk is None or not str(row[pk]).strip():
+            raise DataError(f"{path}:{lineno}: missing audio path or transcript column "
+                            f"(expected one of {list(_PATH_KEYS[:4])} and one of {list(_TEXT_KEYS[:3])})")
+        audio = _resolve(base, str(row[pk]).strip())
+        if not audio.is_file():
+            missing.append(str(audio))
+            continue
+        dk = _pick(row, ("duration",))
+        try:
+            dur = float(row[dk]) if dk is not None and row[dk] not in (None, "") else None
+        except ValueError:
+            raise DataError(f"{path}:{lineno}: duration {row[dk]!r} is not a number of seconds") from None
+        sk = _pick(row, ("speaker", "client_id", "voice"))
+        out.append(Utterance(str(audio), str(row[tk] or ""), dur, str(row[sk]) if sk else None))
+    _warn_missing(missing, str(path))
+    return out
+
+
+_FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)$")
+
+
+def load_fsdd(root: str | Path) -> list[Utterance]:
+    """Read a Free Spoken Digit Dataset folder: `<digit>_<speaker>_<index>.wav`, label in the name.
+
+    Args:
+        root: folder holding the WAV files (or its `recordings/` parent).
+
+    Returns:
+        Utterances with the digit spelled out ("7" -> "seven"), sorted by file name.
+    """
+    root = Path(root)
+    if (root / "recordings").is_dir():
+        root = root / "recordings"
+    out = []
+    for f in sorted(root.glob("*.wav")):
+        m = _FSDD_NAME.match(f.stem)
+        if m:
+            out.append(Utterance(str(f), DIGIT_WORDS[int(m.group(1))], speaker=m.group(2)))
+    if not out:
+        raise DataError(f"{root}: no FSDD-style files named <digit>_<speaker>_<index>.wav")
+    return out
+
+
+def load_hf_dataset(name: str, split: str = "train", audio_column: str = "audio",
+                    text_column: str | None = None) -> list[Utterance]:
+    """Read a Hugging Face `datasets` audio dataset (a local `save_to_disk` folder or a hub name).
+
+    The audio column is cast to `Audio(decode=False)` so we get the encoded bytes/path and decode
+    them with soundfile (datasets' own decoder needs torchcodec, which we do not require).
+
+    Args:
+        name: path of a dataset saved with `save_to_disk`, or a hub name (needs the network).
+        split: split name (ignored for a saved single `Dataset`).
+        audio_column: column holding audio.
+        text_column: transcript column (default: the first of `text`, `sentence`, `transcription`...).
+
+    Returns:
+        Utterances (audio as file path when it exists locally, else the encoded bytes).
+    """
+    try:
+        import datasets
+    except ImportError as e:  # pragma: no cover
+        raise DataError("reading Hugging Face datasets needs `pip install datasets`") from e
+    if Path(name).exists():
+        ds: Any = datasets.load_from_disk(name)
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise DataError(f"{name}: no split {split!r} (has {list(ds)})")
+            ds = ds[split]
+    else:
+        ds = datasets.load_dataset(name, split=split)
+    if audio_column not in ds.column_names:
+        raise DataError(f"{name}: no audio column {audio_column!r} (columns: {ds.column_names})")
+    text_column = text_column or next((c for c in _TEXT_KEYS if c in ds.column_names), None)
+    if text_column is None:
+        raise DataError(f"{name}: no transcript column (columns: {ds.column_names}); pass text_column")
+    ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
+    out = []
+    for row in ds:
+        a = row[audio_column]
+        if a.get("bytes"):
+            audio: str | bytes = a["bytes"]
+        elif a.get("path") and Path(a["path"]).is_file():
+            audio = a["path"]
+        else:
+            warnings.warn(f"{name}: skipping a row without audio bytes or a readable path ({a.get('path')})")
+            continue
+        out.append(Utterance(audio, str(row[text_column] or "")))
+    return out
+
+
+def load_source(spec: str | Path, split: str = "train") -> list[Utterance]:
+    """Read any supported source, chosen from its form.
+
+    - `hf:<name-or-path>[:<split>]` -> Hugging Face datasets;
+    - a `.jsonl/.json/.csv/.tsv` file -> manifest (Common Voice TSV included);
+    - a folder containing `*.trans.txt` -> LibriSpeech layout;
+    - a folder of `<digit>_<speaker>_<n>.wav` (or with `recordings/`) -> FSDD.
+
+    Args:
+        spec: the source.
+        split: split for HF datasets when the spec gives none.
+
+    Returns:
+        The utterances.
+
+    Raises:
+        DataError: the source does not exist or has no recognised layout.
+    """
+    s = str(spec)
+    if s.startswith("hf:"):
+        name, _, sp = s[3:].partition(":") if not Path(s[3:]).exists() else (s[3:], "", "")
+        return load_hf_dataset(name, sp or split)
+    p = Path(s).expanduser()
+    if p.is_file():
+        return load_manifest(p)
+    if p.is_dir():
+        if next(p.rglob("*.trans.txt"), None) is not None:
+            return load_librispeech(p)
+        if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
+            return load_hf_dataset(str(p), split)
+        for m in ("transcripts.tsv", "validated.tsv", "train.tsv", "manifest.jsonl"):
+            if (p / m).is_file():
+                return load_manifest(p / m)
+        return load_fsdd(p)
+    raise DataError(f"{s}: no such file or folder (expected a manifest, a LibriSpeech/FSDD folder or hf:NAME)")

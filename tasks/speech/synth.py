@@ -1,0 +1,364 @@
+"""Embedded speech corpus synthesised offline with eSpeak NG (optional GPL-3.0 extra).
+
+eSpeak NG is reached through the PyPI package `espeakng-loader`, which ships `libespeak-ng.so`
+and its voice data; we call the C API through ctypes in synchronous mode with a synth callback,
+so no system package is needed. The library is GPL-3.0, hence an optional extra:
+`pip install "attn-suite[speech]"`.
+
+Determinism: eSpeak NG keeps internal state across utterances (pitch flutter phase, noise
+generator), so the same text synthesised twice in one process differs by a few LSBs. The same
+*sequence* of calls in a fresh process is bit-identical, so corpus generation runs in one freshly
+spawned worker process that synthesises the utterances in a fixed order. Noise, gains and all
+other randomness come from seeded generators in the parent.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from core.errors import UserError
+from tasks.speech.text import sample_corpus_texts
+
+__all__ = [
+    "EspeakUnavailable",
+    "VoiceSpec",
+    "synthesize",
+    "synthesize_many",
+    "generate_corpus",
+    "default_cache_dir",
+    "TRAIN_VARIANTS",
+    "VAL_VARIANTS",
+    "TEST_VARIANTS",
+    "ACCENTS",
+]
+
+ESPEAK_SAMPLE_RATE = 22050
+TARGET_SAMPLE_RATE = 16000
+
+# English accents shipped with eSpeak NG; every split uses all of them.
+ACCENTS = ["en-us", "en", "en-gb-scotland", "en-gb-x-rp", "en-029", "en-us-nyc", "en-gb-x-gbclan"]
+# Voice variants (formant/pitch/breathiness presets). The three sets are disjoint: the test split's
+# variants never occur in training (nor in validation), which is what "unseen voices" means here.
+TRAIN_VARIANTS = ["", "m1", "m2", "m4", "m5", "m7", "f1", "f3", "f5", "klatt", "klatt3", "klatt5"]
+VAL_VARIANTS = ["m3", "f2", "klatt6"]
+TEST_VARIANTS = ["m6", "m8", "f4", "klatt2"]
+
+# espeak_AUDIO_OUTPUT / espeak_PARAMETER / flags values from speak_lib.h.
+_AUDIO_OUTPUT_SYNCHRONOUS = 2
+_POS_CHARACTER = 1
+_CHARS_UTF8 = 1
+_PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
+
+
+class EspeakUnavailable(UserError, ImportError):
+    """Raised when the optional `espeakng-loader` package (eSpeak NG, GPL-3.0) is missing.
+
+    A `UserError` (the CLI prints the install hint without a traceback) and an `ImportError`
+    (tests can `pytest.importorskip`-style skip on it).
+    """
+
+
+def _load_loader() -> Any:
+    """Import `espeakng_loader` lazily, with an actionable message when it is absent."""
+    try:
+        import espeakng_loader
+    except ImportError as e:  # pragma: no cover - depends on the environment
+        raise EspeakUnavailable(
+            "the embedded speech corpus needs eSpeak NG: install the optional (GPL-3.0) extra with "
+            "`pip install \"attn-suite[speech]\"` (package `espeakng-loader`), or train on your own "
+            "audio with configs/speech/librispeech.yaml or configs/speech/manifest.yaml"
+        ) from e
+    return espeakng_loader
+
+
+@dataclass(frozen=True)
+class VoiceSpec:
+    """One eSpeak NG voice setting.
+
+    Attributes:
+        accent: eSpeak language/accent name, e.g. "en-us".
+        variant: voice variant ("m3", "f2", "klatt", ... or "" for the accent's default voice).
+        rate: speaking rate in words per minute (eSpeak default 175).
+        pitch: base pitch 0-100 (default 50).
+        pitch_range: pitch range 0-100 (default 50; 0 = monotone).
+    """
+
+    accent: str = "en-us"
+    variant: str = ""
+    rate: int = 175
+    pitch: int = 50
+    pitch_range: int = 50
+
+    @property
+    def name(self) -> str:
+        """The name given to `espeak_SetVoiceByName` ("accent+variant")."""
+        return f"{self.accent}+{self.variant}" if self.variant else self.accent
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+
+
+class _Espeak:
+    """Minimal ctypes binding of the eSpeak NG C API (synchronous mode, one instance per process)."""
+
+    _instance: "_Espeak | None" = None
+
+    def __init__(self) -> None:
+        loader = _load_loader()
+        self.lib = ctypes.CDLL(loader.get_library_path())
+        self.lib.espeak_Initialize.restype = ctypes.c_int
+        self.lib.espeak_Initialize.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_int]
+        self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
+        self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
+        self.lib.espeak_Synth.argtypes = [
+            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
+            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+        ]
+        sr = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, loader.get_data_path().encode(), 0)
+        if sr <= 0:
+            raise RuntimeError(f"espeak_Initialize failed (returned {sr}); data path {loader.get_data_path()}")
+        self.sample_rate = int(sr)
+        self._chunks: list[np.ndarray] = []
+        # Keep a reference to the ctypes callback: if it were garbage-collected the C side would
+        # call freed memory.
+        self._cb = _CALLBACK(self._on_audio)
+        self.lib.espeak_SetSynthCallback(self._cb)
+
+    @classmethod
+    def get(cls) -> "_Espeak":
+        """The process-wide instance (the C library has global state; initialise it once)."""
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def _on_audio(self, wav: Any, n: int, events: Any) -> int:
+        """Synth callback: copy each chunk of int16 samples out of eSpeak's buffer."""
+        if wav and n > 0:
+            self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        return 0  # 0 = continue synthesis
+
+    def synth(self, text: str, voice: VoiceSpec, seed: int = 0) -> np.ndarray:
+        """Synthesise `text` with `voice`; returns int16 samples `(N,)` at `self.sample_rate`."""
+        if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
+            raise ValueError(f"eSpeak NG has no voice {voice.name!r}")
+        self.lib.espeak_SetParameter(_PARAM_RATE, int(voice.rate), 0)
+        self.lib.espeak_SetParameter(_PARAM_PITCH, int(voice.pitch), 0)
+        self.lib.espeak_SetParameter(_PARAM_RANGE, int(voice.pitch_range), 0)
+        self.lib.espeak_SetParameter(_PARAM_VOLUME, 100, 0)
+        # The breath/aspiration noise of some variants (f2, f3, f5, ...) draws from a generator that
+        # espeak_Initialize seeds from the clock: reseed it so the same job gives the same audio.
+        self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
+        data = text.encode("utf-8")
+        self._chunks = []
+        err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
+        if err != 0:
+            raise RuntimeError(f"espeak_Synth failed with status {err} for {text!r}")
+        return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
+
+
+def synthesize(text: str, voice: VoiceSpec | None = None) -> tuple[np.ndarray, int]:
+    """Synthesise one utterance in this process.
+
+    Args:
+        text: the sentence to speak.
+        voice: voice settings (default: en-us at default rate and pitch).
+
+    Returns:
+        `(waveform, sample_rate)`: float32 samples in [-1, 1], shape `(N,)`, at 22.05 kHz.
+
+    Raises:
+        EspeakUnavailable: `espeakng-loader` is not installed.
+    """
+    wav = _Espeak.get().synth(text, voice or VoiceSpec())
+    return wav.astype(np.float32) / 32768.0, _Espeak.get().sample_rate
+
+
+def _worker_synth(jobs: list[tuple[str, dict[str, Any]]]) -> list[np.ndarray]:
+    """Pool worker: synthesise `(text, voice fields)` jobs in order (int16 arrays)."""
+    eng = _Espeak.get()
+    return [eng.synth(text, VoiceSpec(**voice)) for text, voice in jobs]
+
+
+def _spawn_pool() -> Any:
+    """A fresh single-process spawn pool (see the module docstring for why fresh and single)."""
+    return mp.get_context("spawn").Pool(1)
+
+
+def synthesize_many(
+    jobs: Sequence[tuple[str, VoiceSpec]], chunk_size: int = 64
+) -> Iterator[list[np.ndarray]]:
+    """Synthesise many utterances deterministically in a fresh worker process.
+
+    Args:
+        jobs: `(text, voice)` pairs, synthesised in this order.
+        chunk_size: utterances per round trip to the worker (granularity of progress updates).
+
+    Yields:
+        Lists of int16 waveforms `(N_i,)` at 22.05 kHz, one list per chunk, in job order.
+
+    Raises:
+        EspeakUnavailable: `espeakng-loader` is not installed.
+    """
+    _load_loader()  # fail fast in the parent with the install hint
+    payload = [(t, asdict(v)) for t, v in jobs]
+    chunks = [payload[i : i + chunk_size] for i in range(0, len(payload), chunk_size)]
+    with _spawn_pool() as pool:
+        # imap on a 1-process pool runs the chunks in order in one process -> bit-identical output.
+        yield from pool.imap(_worker_synth, chunks)
+
+
+def default_cache_dir() -> Path:
+    """Root of generated data: `$ATTN_SUITE_CACHE` or `~/.cache/attn-suite`."""
+    return Path(os.environ.get("ATTN_SUITE_CACHE", Path.home() / ".cache" / "attn-suite"))
+
+
+def _sample_voice(rng: random.Random, variants: Sequence[str]) -> VoiceSpec:
+    """Random voice: accent, variant, rate, pitch and pitch range from the given variant set."""
+    return VoiceSpec(
+        accent=rng.choice(ACCENTS),
+        variant=rng.choice(list(variants)),
+        rate=rng.randint(135, 215),
+        pitch=rng.randint(25, 75),
+        pitch_range=rng.randint(30, 80),
+    )
+
+
+def _postprocess(wav: np.ndarray, rng: np.random.Generator, snr_db: tuple[float, float]) -> np.ndarray:
+    """int16 22.05 kHz -> float32 16 kHz with random gain and additive white noise at a random SNR."""
+    import torch
+    import torchaudio.functional as AF
+
+    x = torch.from_numpy(wav.astype(np.float32) / 32768.0)
+    x = AF.resample(x, ESPEAK_SAMPLE_RATE, TARGET_SAMPLE_RATE)
+    y = x.numpy()
+    power = float(np.mean(y**2)) + 1e-12
+    snr = rng.uniform(*snr_db)
+    noise = rng.standard_normal(y.shape[0]).astype(np.float32) * np.sqrt(power / 10 ** (snr / 10))
+    y = (y + noise) * rng.uniform(0.5, 1.0)
+    peak = float(np.abs(y).max()) if y.size else 0.0
+    return (y / peak * 0.95 if peak > 0.99 else y).astype(np.float32)
+
+
+def _corpus_key(cfg: dict[str, Any]) -> str:
+    """Stable short hash of the generation settings (cache directory name)."""
+    return hashlib.sha256(json.dumps(cfg, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def generate_corpus(
+    root: str | Path | None = None,
+    *,
+    seed: int = 0,
+    num_train: int = 3000,
+    num_val: int = 200,
+    num_test: int = 300,
+    digit_fraction: float = 0.25,
+    snr_db: tuple[float, float] = (15.0, 40.0),
+    progress: bool = True,
+) -> Path:
+    """Generate (once) and cache the synthesised corpus; return its directory.
+
+    The directory holds `train.jsonl`, `val.jsonl`, `test.jsonl` manifests (`path`, `text`,
+    `duration`, `voice`) and 16 kHz FLAC files. Generation is skipped when a complete corpus for
+    the same settings exists (the manifests are written last, through an atomic rename of the
+    whole directory, so an interrupted run never leaves a half corpus that looks complete).
+    Call it from rank 0 only (`LightningDataModule.prepare_data`).
+
+    Args:
+        root: parent directory of cached corpora (default `default_cache_dir()/speech`).
+        seed: corpus seed; the same seed gives bit-identical audio.
+        num_train, num_val, num_test: utterances per split.
+        digit_fraction: share of digit strings among the transcripts.
+        snr_db: range of the additive white-noise SNR in dB.
+        progress: show a progress bar (rich).
+
+    Returns:
+        The corpus directory.
+
+    Raises:
+        EspeakUnavailable: `espeakng-loader` is not installed and the corpus is not cached.
+    """
+    cfg = {
+        "version": 1, "seed": seed, "num_train": num_train, "num_val": num_val, "num_test": num_test,
+        "digit_fraction": digit_fraction, "snr_db": list(snr_db), "accents": ACCENTS,
+        "train_variants": TRAIN_VARIANTS, "val_variants": VAL_VARIANTS, "test_variants": TEST_VARIANTS,
+    }
+    root = Path(root) if root is not None else default_cache_dir() / "speech"
+    out = root / f"synth-{_corpus_key(cfg)}"
+    if (out / "meta.json").is_file():
+        return out
+
+    rng = random.Random(seed)
+    splits = {"train": (num_train, TRAIN_VARIANTS), "val": (num_val, VAL_VARIANTS), "test": (num_test, TEST_VARIANTS)}
+    jobs: list[tuple[str, VoiceSpec]] = []
+    owners: list[tuple[str, int]] = []
+    for split, (n, variants) in splits.items():
+        texts = sample_corpus_texts(rng, n, digit_fraction)
+        for i, t in enumerate(texts):
+            jobs.append((t, _sample_voice(rng, variants)))
+            owners.append((split, i))
+
+    tmp = root / f".tmp-{out.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    (tmp / "audio").mkdir(parents=True)
+    rows: dict[str, list[dict[str, Any]]] = {s: [] for s in splits}
+    import soundfile as sf
+
+    t0 = time.time()
+    bar = _progress(len(jobs), f"synthesising speech corpus ({len(jobs)} utterances)", progress)
+    k = 0
+    for wavs in synthesize_many(jobs):
+        for wav in wavs:
+            (text, voice), (split, i) = jobs[k], owners[k]
+            y = _postprocess(wav, np.random.default_rng([seed, k]), snr_db)
+            rel = f"audio/{split}-{i:05d}.flac"
+            sf.write(tmp / rel, y, TARGET_SAMPLE_RATE, subtype="PCM_16")
+            rows[split].append({
+                "path": rel, "text": text, "duration": round(len(y) / TARGET_SAMPLE_RATE, 3), "voice": voice.name,
+                "rate": voice.rate, "pitch": voice.pitch,
+            })
+            k += 1
+        bar(len(wavs))
+    bar(0, done=True)
+    for split, r in rows.items():
+        with open(tmp / f"{split}.jsonl", "w") as f:
+            f.writelines(json.dumps(row) + "\n" for row in r)
+    meta = dict(cfg, seconds=round(time.time() - t0, 1),
+                hours={s: round(sum(x["duration"] for x in r) / 3600, 3) for s, r in rows.items()})
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+    try:
+        tmp.rename(out)
+    except OSError:  # another process finished first (shared filesystem): keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    """A tiny progress-bar callable over rich (falls back to nothing when disabled/unavailable)."""
+    if not enabled:
+        return lambda n, done=False: None
+    try:
+        from rich.progress import Progress
+    except ImportError:  # pragma: no cover
+        return lambda n, done=False: None
+    prog = Progress(transient=False)
+    task = prog.add_task(desc, total=total)
+    prog.start()
+
+    def advance(n: int, done: bool = False) -> None:
+        prog.advance(task, n)
+        if done:
+            prog.stop()
+
+    return advance

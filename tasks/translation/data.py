@@ -1,0 +1,377 @@
+"""LightningDataModule for English↔Spanish translation: embedded grammar corpus or real data.
+
+Pipeline (identical on every rank, so all ranks see the same splits):
+
+1. read pairs from the source (:mod:`tasks.translation.sources`) or generate the embedded corpus
+   (:mod:`tasks.translation.grammar`, in memory, deterministic — nothing is written, so no rank races);
+2. NFC-normalise, drop pairs outside the length limits, drop exact duplicates;
+3. split deterministically by *source sentence* (all translations of one English sentence land in the
+   same split, so no test sentence is seen in training);
+4. apply the direction (``en-es`` or ``es-en``);
+5. train subword tokenizer(s) on the training split — in ``prepare_data`` (rank 0 of each node), cached
+   as JSON keyed by a hash of the training data and tokenizer settings; ``setup`` on every rank reads it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.utils.data import DataLoader
+
+from core.errors import ConfigError, DataError
+from core.tokenizers import BaseTokenizer, SubwordTokenizer, tokenizer_from_dict
+from tasks.translation import grammar
+from tasks.translation.batching import PairDataset, TokenBucketBatchSampler, collate
+from tasks.translation.sources import (
+    LoadResult,
+    normalize,
+    read_hf,
+    read_lines,
+    read_parallel,
+    read_table,
+    read_tatoeba,
+)
+
+Pair = tuple[str, str]
+Source = Literal["embedded", "tatoeba", "tsv", "csv", "parallel", "hf"]
+
+#: Bump when the preprocessing changes so stale tokenizer caches are not reused.
+_CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``$ATTN_SUITE_DATA_CACHE`` or ``~/.cache/attn-suite/translation``."""
+    env = os.environ.get("ATTN_SUITE_DATA_CACHE")
+    return Path(env).expanduser() if env else Path("~/.cache/attn-suite/translation").expanduser()
+
+
+def encode_all(tok: BaseTokenizer, texts: list[str]) -> list[list[int]]:
+    """Encode many texts (batched through HF ``tokenizers`` when available — it is multithreaded)."""
+    hf = getattr(tok, "hf", None)
+    if hf is not None and texts:
+        return [list(e.ids) for e in hf.encode_batch(texts, add_special_tokens=False)]
+    return [tok.encode(t) for t in texts]
+
+
+def split_by_source(pairs: list[Pair], n_val: int, n_test: int, seed: int) -> tuple[list[Pair], ...]:
+    """Deterministic train/val/test split grouping pairs by their first side.
+
+    Args:
+        pairs: ``(first, second)`` pairs (first = English for every reader).
+        n_val: minimum number of validation pairs.
+        n_test: minimum number of test pairs.
+        seed: shuffle seed.
+
+    Returns:
+        ``(train, val, test)``; val/test get whole source groups until they hold ``n_*`` pairs.
+    """
+    groups: dict[str, list[Pair]] = {}
+    for p in pairs:
+        groups.setdefault(p[0], []).append(p)
+    keys = sorted(groups)  # sorted first: the shuffle result must not depend on file order quirks
+    random.Random(seed).shuffle(keys)
+    val: list[Pair] = []
+    test: list[Pair] = []
+    train: list[Pair] = []
+    for k in keys:
+        if len(test) < n_test:
+            test.extend(groups[k])
+        elif len(val) < n_val:
+            val.extend(groups[k])
+        else:
+            train.extend(groups[k])
+    if not train:
+        raise DataError(f"only {len(pairs)} usable pairs: not enough for val={n_val} and test={n_test} "
+                        f"plus a training split; lower --data.val_size/--data.test_size")
+    return train, val, test
+
+
+class TranslationDataModule(pl.LightningDataModule):
+    """Data for :class:`tasks.translation.module.TranslationModule`.
+
+    Args:
+        source: ``embedded`` (grammar corpus, no files), ``tatoeba`` (``spa.txt``), ``tsv``/``csv`` (header
+            with named columns), ``parallel`` (``<path>.<src_lang>`` + ``<path>.<tgt_lang>``), ``hf``
+            (``datasets``: a ``save_to_disk`` folder, a local data folder, or a hub name when online).
+        path: file / prefix / folder / hub name for the non-embedded sources.
+        direction: ``"en-es"`` (default) or ``"es-en"``; files are read English-first.
+        src_column: TSV/CSV/HF column (or ``translation`` key) holding English.
+        tgt_column: TSV/CSV/HF column (or ``translation`` key) holding Spanish.
+        hf_split: split read from an HF dataset (``train``); our own val/test are carved out of it.
+        n_pairs: size of the embedded corpus (distinct pairs).
+        val_size: validation pairs (at least; whole source groups).
+        test_size: test pairs.
+        seed: seed for corpus generation and splits.
+        max_words: drop pairs with a side longer than this many whitespace words.
+        max_tokens_per_sentence: drop training pairs with a side longer than this many subword tokens
+            (the model's length limit; longer inputs at inference are truncated with a warning).
+        vocab_size: subword vocabulary size (per language, or total when ``joint_vocab``).
+        tokenizer_model: ``bpe`` or ``unigram``.
+        joint_vocab: one shared vocabulary for both languages (needed for weight tying across them).
+        min_freq: minimum pair frequency for BPE merges.
+        max_tokens: token budget per batch (padded tokens), the batch size knob.
+        max_batch_size: optional cap on sentences per batch.
+        eval_max_tokens: token budget for val/test batches (default ``max_tokens``; beam search holds
+            ``beam`` copies).
+        num_workers: DataLoader workers (0 is fastest for this in-memory data).
+        cache_dir: tokenizer cache folder (default :func:`default_cache_dir`).
+        limit_train_pairs: keep only the first N training pairs (smoke tests).
+        predict_path: text file with one source sentence per line for ``predict`` (default: the test
+            split's sources); empty lines give empty translations so output lines stay aligned.
+    """
+
+    def __init__(
+        self,
+        source: Source = "embedded",
+        path: str | None = None,
+        direction: Literal["en-es", "es-en"] = "en-es",
+        src_column: str = "en",
+        tgt_column: str = "es",
+        hf_split: str = "train",
+        n_pairs: int = 30_000,
+        val_size: int = 1000,
+        test_size: int = 1000,
+        seed: int = 0,
+        max_words: int = 50,
+        max_tokens_per_sentence: int = 100,
+        vocab_size: int = 2000,
+        tokenizer_model: Literal["bpe", "unigram"] = "bpe",
+        joint_vocab: bool = False,
+        min_freq: int = 2,
+        max_tokens: int = 4096,
+        max_batch_size: int | None = None,
+        eval_max_tokens: int | None = None,
+        num_workers: int = 0,
+        cache_dir: str | None = None,
+        limit_train_pairs: int | None = None,
+        predict_path: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if source != "embedded" and not path:
+            raise ConfigError(f"--data.source={source} needs --data.path (a file, prefix, folder or name)")
+        self.source = source
+        self.path = path
+        self.direction = direction
+        self.src_column = src_column
+        self.tgt_column = tgt_column
+        self.hf_split = hf_split
+        self.n_pairs = n_pairs
+        self.val_size = val_size
+        self.test_size = test_size
+        self.seed = seed
+        self.max_words = max_words
+        self.max_tokens_per_sentence = max_tokens_per_sentence
+        self.vocab_size = vocab_size
+        self.tokenizer_model = tokenizer_model
+        self.joint_vocab = joint_vocab
+        self.min_freq = min_freq
+        self.max_tokens = max_tokens
+        self.max_batch_size = max_batch_size
+        self.eval_max_tokens = eval_max_tokens or max_tokens
+        self.num_workers = num_workers
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+        self.limit_train_pairs = limit_train_pairs
+        self.predict_path = predict_path
+
+        self.splits: dict[str, list[Pair]] | None = None
+        self.src_tokenizer: BaseTokenizer | None = None
+        self.tgt_tokenizer: BaseTokenizer | None = None
+        self.datasets: dict[str, PairDataset] = {}
+        self.stats: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ reading / splitting
+    def _read(self) -> LoadResult:
+        if self.source == "embedded":
+            return LoadResult(grammar.generate_corpus(self.n_pairs, seed=self.seed))
+        assert self.path is not None
+        if self.source == "tatoeba":
+            return read_tatoeba(self.path)
+        if self.source in ("tsv", "csv"):
+            return read_table(self.path, self.src_column, self.tgt_column,
+                              delimiter="\t" if self.source == "tsv" else ",")
+        if self.source == "parallel":
+            return read_parallel(f"{self.path}.{self.src_column}", f"{self.path}.{self.tgt_column}")
+        if self.source == "hf":
+            return read_hf(self.path, self.src_column, self.tgt_column, split=self.hf_split)
+        raise ConfigError(f"unknown --data.source {self.source!r}; "
+                          f"expected embedded, tatoeba, tsv, csv, parallel or hf")
+
+    def load_splits(self) -> dict[str, list[Pair]]:
+        """Read, clean, split and orient the data (cached on the instance).
+
+        Returns:
+            ``{"train"|"val"|"test": [(src, tgt), ...]}`` in the configured direction.
+        """
+        if self.splits is not None:
+            return self.splits
+        res = self._read()
+        res.warn(self.path or "embedded corpus")
+        seen: set[Pair] = set()
+        pairs: list[Pair] = []
+        too_long = dup = 0
+        for p in res.pairs:
+            if len(p[0].split()) > self.max_words or len(p[1].split()) > self.max_words:
+                too_long += 1
+            elif p in seen:
+                dup += 1
+            else:
+                seen.add(p)
+                pairs.append(p)
+        if self.source == "embedded":
+            n_anchor = len(grammar.anchor_pairs())
+            train, val, test = grammar.split_corpus(pairs, self.val_size, self.test_size, self.seed,
+                                                    keep_first=n_anchor)
+        else:
+            train, val, test = split_by_source(pairs, self.val_size, self.test_size, self.seed)
+        if self.limit_train_pairs is not None:
+            train = train[: self.limit_train_pairs]
+        if self.direction == "es-en":
+            train, val, test = ([(b, a) for a, b in s] for s in (train, val, test))
+        self.stats = {"read": len(res.pairs), "skipped_lines": res.skipped, "too_long": too_long,
+                      "duplicates": dup, "train": len(train), "val": len(val), "test": len(test)}
+        if too_long:
+            rank_zero_warn(f"dropped {too_long} pairs longer than --data.max_words={self.max_words}")
+        self.splits = {"train": train, "val": val, "test": test}
+        return self.splits
+
+    # ------------------------------------------------------------------ tokenizers
+    def _cache_key(self, train: list[Pair]) -> str:
+        h = hashlib.sha256()
+        h.update(json.dumps([_CACHE_VERSION, self.vocab_size, self.tokenizer_model, self.joint_vocab,
+                             self.min_freq]).encode())
+        for s, t in train:
+            h.update(s.encode())
+            h.update(b"\t")
+            h.update(t.encode())
+            h.update(b"\n")
+        return h.hexdigest()[:20]
+
+    def _cache_path(self, train: list[Pair]) -> Path:
+        return self.cache_dir / f"tokenizers-{self._cache_key(train)}.json"
+
+    def _train_tokenizers(self, train: list[Pair]) -> dict[str, dict]:
+        src_texts = [s for s, _ in train]
+        tgt_texts = [t for _, t in train]
+        kw = {"vocab_size": self.vocab_size, "model": self.tokenizer_model, "min_freq": self.min_freq}
+        if self.joint_vocab:
+            tok = SubwordTokenizer.train(src_texts + tgt_texts, **kw)
+            return {"src": tok.to_dict(), "tgt": tok.to_dict(), "joint": True}
+        return {"src": SubwordTokenizer.train(src_texts, **kw).to_dict(),
+                "tgt": SubwordTokenizer.train(tgt_texts, **kw).to_dict(), "joint": False}
+
+    def prepare_data(self) -> None:
+        """Rank 0 of each node: train the tokenizers on the training split and cache them."""
+        train = self.load_splits()["train"]
+        path = self._cache_path(train)
+        if path.exists():
+            return
+        toks = self._train_tokenizers(train)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic write: another process (or a killed run) never sees a half-written cache file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tok-", suffix=".json")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(toks, f)
+        os.replace(tmp, path)
+        rank_zero_info(f"tokenizers trained on {len(train)} pairs and cached at {path}")
+
+    def _load_tokenizers(self) -> None:
+        if self.src_tokenizer is not None:
+            return
+        train = self.load_splits()["train"]
+        path = self._cache_path(train)
+        if path.exists():
+            toks = json.loads(path.read_text(encoding="utf-8"))
+        else:
+            # prepare_data was not run (plain Python use without a Trainer): train here, in memory.
+            toks = self._train_tokenizers(train)
+        self.src_tokenizer = tokenizer_from_dict(toks["src"])
+        self.tgt_tokenizer = (self.src_tokenizer if toks.get("joint")
+                              else tokenizer_from_dict(toks["tgt"]))
+
+    def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
+        """Use given tokenizers (e.g. from a checkpoint) instead of training/caching new ones."""
+        self.src_tokenizer, self.tgt_tokenizer = src, tgt
+
+    # ------------------------------------------------------------------ datasets
+    def _dataset(self, split: str, drop_long: bool) -> PairDataset:
+        pairs = self.load_splits()[split]
+        assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
+        src_ids = encode_all(self.src_tokenizer, [s for s, _ in pairs])
+        tgt_ids = encode_all(self.tgt_tokenizer, [t for _, t in pairs])
+        keep = list(range(len(pairs)))
+        if drop_long:
+            limit = self.max_tokens_per_sentence
+            keep = [i for i in keep if len(src_ids[i]) <= limit and len(tgt_ids[i]) + 1 <= limit]
+            if len(keep) < len(pairs):
+                rank_zero_warn(f"{split}: dropped {len(pairs) - len(keep)} pairs longer than "
+                               f"--data.max_tokens_per_sentence={limit} subword tokens")
+        else:
+            # Evaluation keeps every sentence (truncated to the model limit) so scores stay comparable.
+            limit = self.max_tokens_per_sentence
+            src_ids = [s[:limit] for s in src_ids]
+            tgt_ids = [t[: limit - 1] for t in tgt_ids]
+        return PairDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
+                           [pairs[i][0] for i in keep], [pairs[i][1] for i in keep])
+
+    def setup(self, stage: str | None = None) -> None:
+        """Every rank: read the cached tokenizers and encode the splits the stage needs."""
+        self._load_tokenizers()
+        if stage == "predict" and self.predict_path and "predict" not in self.datasets:
+            self.datasets["predict"] = self._predict_dataset(self.predict_path)
+            return
+        wanted = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}
+        for split in wanted.get(stage or "fit", ["train", "val", "test"]):
+            if split not in self.datasets:
+                self.datasets[split] = self._dataset(split, drop_long=(split == "train"))
+
+    def _predict_dataset(self, path: str) -> PairDataset:
+        assert self.src_tokenizer is not None
+        texts = [normalize(t) for _, t in read_lines(path)]
+        if not texts:
+            raise DataError(f"{path}: empty file; expected one source sentence per line")
+        ids = [s[: self.max_tokens_per_sentence] for s in encode_all(self.src_tokenizer, texts)]
+        return PairDataset(ids, [[] for _ in texts], texts, ["" for _ in texts])
+
+    # ------------------------------------------------------------------ loaders
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def _loader(self, split: str, shuffle: bool, max_tokens: int) -> DataLoader:
+        ds = self.datasets[split]
+        world, rank = self._world()
+        sampler = TokenBucketBatchSampler(
+            ds.lengths(), max_tokens=max_tokens, shuffle=shuffle, seed=self.seed,
+            max_batch_size=self.max_batch_size, num_replicas=world, rank=rank)
+        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.max_tokens)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.eval_max_tokens)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.eval_max_tokens)
+
+    def predict_dataloader(self) -> DataLoader:
+        # Plain batching: Lightning wraps predict batch samplers to track indices, which only works
+        # for torch's BatchSampler; outputs are in dataset order.
+        ds = self.datasets["predict" if "predict" in self.datasets else "test"]
+        return DataLoader(ds, batch_size=64, shuffle=False, collate_fn=collate, num_workers=self.num_workers)
+
+    def fixed_examples(self, n: int) -> list[Pair]:
+        """The first ``n`` validation pairs (the same every epoch) for attention heatmaps."""
+        return self.load_splits()["val"][:n]

@@ -1,0 +1,596 @@
+"""Embedded English→Spanish corpus generated from a small grammar of real Spanish.
+
+The grammar covers what makes Spanish different from English at the level a first attention model can
+learn in minutes on a CPU:
+
+* gender/number agreement of articles, determiners and adjectives ("las casas rojas");
+* adjectives after the noun ("the red car" → "el coche rojo");
+* object clitics before the verb ("I love you" → "te quiero", "she sees them" → "ella los ve");
+* pro-drop for "I"/"you"/"we" (the verb ending carries the person), kept subject pronouns otherwise;
+* present and preterite for every person, copula *ser* (present/imperfect), *estar* in "where" questions;
+* personal "a" before animate objects ("I see the boy" → "veo al niño");
+* negation ("no te quiero"), yes/no questions ("¿me quieres?") and wh-questions ("¿qué compró ella?").
+
+Sentences are lower case (except "I") without a final period so the corpus stays short and regular; the
+mapping English→Spanish is a function (see :mod:`tasks.translation.lexicon` for the choices) and each
+Spanish sentence is produced by only one English sentence, so the reverse direction is a function too.
+
+Example:
+    >>> pairs = generate_corpus(n_pairs=1000, seed=0)
+    >>> ("I love you", "te quiero") in pairs
+    True
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from tasks.translation.lexicon import ADJECTIVES, NOUNS, VERBS
+
+Pair = tuple[str, str]
+
+# Person slots used for Spanish conjugation tables: 1sg, 2sg, 3sg, 1pl, 3pl ("you" is always tú).
+P1S, P2S, P3S, P1P, P3P = range(5)
+
+
+@dataclass(frozen=True)
+class Noun:
+    """A countable noun with both languages' singular/plural forms and selectional tags."""
+
+    en_sg: str
+    en_pl: str
+    es_sg: str
+    es_pl: str
+    gender: str  # "m" or "f"
+    tags: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Adjective:
+    """An adjective; Spanish forms indexed by (gender, plural)."""
+
+    en: str
+    es: dict[tuple[str, bool], str]
+    tags: frozenset[str]
+
+
+@dataclass(frozen=True)
+class Verb:
+    """A verb with English forms and Spanish present/preterite tables (5 persons each)."""
+
+    en_base: str
+    en_3sg: str
+    en_past: str
+    particle: str  # English preposition after the verb ("look for", "wait for"), "" if none
+    es_inf: str
+    present: tuple[str, ...]
+    preterite: tuple[str, ...]
+    obj_tags: frozenset[str]  # empty = intransitive only
+    personal_a: bool  # animate objects take "a" (false for tener/querer "want")
+    intransitive: bool
+
+
+@dataclass(frozen=True)
+class Phrase:
+    """A rendered phrase with the agreement features a clause needs."""
+
+    en: str
+    es: str
+    person: int
+    gender: str
+    plural: bool
+    animate: bool = False
+    pronoun: bool = False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Morphology helpers
+# ---------------------------------------------------------------------------------------------------
+
+_ACCENT_STRIP = str.maketrans("áéíóú", "aeiou")
+
+
+def _es_plural(word: str) -> str:
+    """Regular Spanish noun plural (irregular ones are spelled out in the lexicon)."""
+    if word[-1] in "aeiouáéó":
+        return word + "s"
+    if word.endswith("z"):
+        return word[:-1] + "ces"
+    if len(word) > 2 and word[-2] in "áéíóú" and word[-1] in "ns":
+        # "limón" → "limones": the stress moves off the written accent.
+        return word[:-2] + word[-2].translate(_ACCENT_STRIP) + word[-1] + "es"
+    return word + "es"
+
+
+def _en_plural(word: str) -> str:
+    """Regular English plural."""
+    if word.endswith(("s", "x", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def _regular_present(inf: str) -> tuple[str, ...]:
+    stem, cls = inf[:-2], inf[-2:]
+    endings = {
+        "ar": ("o", "as", "a", "amos", "an"),
+        "er": ("o", "es", "e", "emos", "en"),
+        "ir": ("o", "es", "e", "imos", "en"),
+    }[cls]
+    return tuple(stem + e for e in endings)
+
+
+def _regular_preterite(inf: str) -> tuple[str, ...]:
+    stem, cls = inf[:-2], inf[-2:]
+    if cls == "ar":
+        first = stem + "é"
+        # Orthographic changes keep the consonant sound before "é": busqué, llegué, abracé.
+        if stem.endswith("c"):
+            first = stem[:-1] + "qué"
+        elif stem.endswith("g"):
+            first = stem + "ué"
+        elif stem.endswith("z"):
+            first = stem[:-1] + "cé"
+        return (first, stem + "aste", stem + "ó", stem + "amos", stem + "aron")
+    return (stem + "í", stem + "iste", stem + "ió", stem + "imos", stem + "ieron")
+
+
+def _fields(block: str) -> list[list[str]]:
+    return [line.split("|") for line in block.strip().splitlines() if line.strip()]
+
+
+def _load_nouns() -> list[Noun]:
+    out = []
+    for en_sg, en_pl, es_sg, gender, es_pl, tags in _fields(NOUNS):
+        out.append(
+            Noun(en_sg, en_pl or _en_plural(en_sg), es_sg, es_pl or _es_plural(es_sg), gender,
+                 frozenset(tags.split(",")))
+        )
+    return out
+
+
+def _load_adjectives() -> list[Adjective]:
+    out = []
+    for en, m_sg, f_sg, m_pl, f_pl, tags in _fields(ADJECTIVES):
+        if m_sg.endswith("o"):
+            regular = (m_sg, m_sg[:-1] + "a", m_sg + "s", m_sg[:-1] + "as")
+        else:  # "grande", "verde": invariable in gender
+            regular = (m_sg, m_sg, m_sg + "s", m_sg + "s")
+        forms = (f_sg or regular[1], m_pl or regular[2], f_pl or regular[3])
+        out.append(
+            Adjective(en, {("m", False): m_sg, ("f", False): forms[0], ("m", True): forms[1],
+                           ("f", True): forms[2]}, frozenset(tags.split(",")))
+        )
+    return out
+
+
+def _load_verbs() -> list[Verb]:
+    out = []
+    for base, s3, past, particle, inf, pres, pret, obj_tags, flags in _fields(VERBS):
+        out.append(
+            Verb(
+                base, s3, past, particle, inf,
+                tuple(pres.split()) if pres else _regular_present(inf),
+                tuple(pret.split()) if pret else _regular_preterite(inf),
+                frozenset(t for t in obj_tags.split(",") if t),
+                "noa" not in flags,
+                "intr" in flags or not obj_tags,
+            )
+        )
+    return out
+
+
+NOUN_LIST: list[Noun] = _load_nouns()
+ADJ_LIST: list[Adjective] = _load_adjectives()
+VERB_LIST: list[Verb] = _load_verbs()
+
+# Determiners: english sg, english pl, spanish (m sg, f sg, m pl, f pl).
+DETERMINERS: list[tuple[str, str, tuple[str, str, str, str]]] = [
+    ("the", "the", ("el", "la", "los", "las")),
+    ("a", "some", ("un", "una", "unos", "unas")),
+    ("my", "my", ("mi", "mi", "mis", "mis")),
+    ("your", "your", ("tu", "tu", "tus", "tus")),
+    ("our", "our", ("nuestro", "nuestra", "nuestros", "nuestras")),
+    ("this", "these", ("este", "esta", "estos", "estas")),
+    ("that", "those", ("ese", "esa", "esos", "esas")),
+]
+
+# Subject pronouns: english, spanish ("" = dropped; the verb ending says who), person, gender, plural.
+SUBJECT_PRONOUNS: list[tuple[str, str, int, str, bool]] = [
+    ("I", "", P1S, "m", False),
+    ("you", "", P2S, "m", False),
+    ("he", "él", P3S, "m", False),
+    ("she", "ella", P3S, "f", False),
+    ("we", "", P1P, "m", True),
+    ("they", "ellos", P3P, "m", True),
+]
+# Object pronouns → clitics placed before the conjugated verb.
+OBJECT_PRONOUNS: list[tuple[str, str, int]] = [
+    ("me", "me", P1S), ("you", "te", P2S), ("him", "lo", P3S), ("her", "la", P3S),
+    ("us", "nos", P1P), ("them", "los", P3P),
+]
+
+SER_PRESENT = ("soy", "eres", "es", "somos", "son")
+SER_IMPERFECT = ("era", "eras", "era", "éramos", "eran")
+ESTAR_PRESENT = ("estoy", "estás", "está", "estamos", "están")
+ESTAR_IMPERFECT = ("estaba", "estabas", "estaba", "estábamos", "estaban")
+EN_BE_PRESENT = ("am", "are", "is", "are", "are")
+EN_BE_PAST = ("was", "were", "was", "were", "were")
+
+# Time adverbs appended to clauses: (english, spanish) per tense.
+ADVERBS = {
+    "present": [("today", "hoy"), ("now", "ahora"), ("every day", "todos los días")],
+    "past": [("yesterday", "ayer"), ("today", "hoy"), ("last night", "anoche")],
+}
+
+# Verbs an animal may be the subject of ("the dog sees the cat", "the horses ran").
+ANIMAL_SUBJECT_VERBS = frozenset(
+    {"see", "hear", "follow", "find", "eat", "run", "walk", "sleep", "swim", "jump", "come", "love"}
+)
+THING_TAGS = frozenset({"object", "food", "vehicle", "place", "text", "open", "fragile", "clean"})
+
+
+def lexicon_size() -> int:
+    """Number of distinct lexical items (nouns, adjectives, verbs, pronouns, determiners, adverbs)."""
+    adverbs = {en for v in ADVERBS.values() for en, _ in v}
+    return (len(NOUN_LIST) + len(ADJ_LIST) + len({v.en_base for v in VERB_LIST}) + len(SUBJECT_PRONOUNS)
+            + len(OBJECT_PRONOUNS) + len(DETERMINERS) + len(adverbs))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Phrase rendering (deterministic: every function below is pure given its arguments)
+# ---------------------------------------------------------------------------------------------------
+
+
+def _article_an(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def noun_phrase(noun: Noun, det: int = 0, plural: bool = False, adj: Adjective | None = None) -> Phrase:
+    """Render a determiner + (adjective) + noun phrase in both languages.
+
+    Args:
+        noun: the head noun.
+        det: index into :data:`DETERMINERS` (0 = "the").
+        plural: plural number.
+        adj: optional adjective (English before the noun, Spanish after it, agreeing).
+
+    Returns:
+        A third-person :class:`Phrase`.
+    """
+    en_det_sg, en_det_pl, es_dets = DETERMINERS[det]
+    en_noun = noun.en_pl if plural else noun.en_sg
+    en_words = ([adj.en] if adj else []) + [en_noun]
+    en_det = en_det_pl if plural else en_det_sg
+    if en_det == "a":
+        en_det = _article_an(en_words[0])
+    es_det = es_dets[(2 if plural else 0) + (1 if noun.gender == "f" else 0)]
+    es_words = [es_det, noun.es_pl if plural else noun.es_sg]
+    if adj:
+        es_words.append(adj.es[(noun.gender, plural)])
+    animate = bool(noun.tags & {"person", "animal"})
+    return Phrase(" ".join([en_det] + en_words), " ".join(es_words), P3P if plural else P3S, noun.gender,
+                  plural, animate)
+
+
+def subject_pronoun(index: int) -> Phrase:
+    """Subject pronoun ``SUBJECT_PRONOUNS[index]`` as a :class:`Phrase`."""
+    en, es, person, gender, plural = SUBJECT_PRONOUNS[index]
+    return Phrase(en, es, person, gender, plural, animate=True, pronoun=True)
+
+
+def _en_verb(verb: Verb, person: int, tense: str, negative: bool, question: bool) -> tuple[str, str]:
+    """English auxiliary (may be "") and main verb group for a clause."""
+    third = person == P3S
+    if negative or question:
+        aux = {"present": "does" if third else "do", "past": "did"}[tense]
+        if negative:
+            aux += "n't"
+        main = verb.en_base
+    else:
+        aux = ""
+        main = verb.en_past if tense == "past" else (verb.en_3sg if third else verb.en_base)
+    return aux, main
+
+
+def _es_object(verb: Verb, obj: Phrase) -> str:
+    if verb.personal_a and obj.animate:
+        # Personal "a" before animate direct objects; "a el" contracts to "al".
+        return "al " + obj.es[3:] if obj.es.startswith("el ") else "a " + obj.es
+    return obj.es
+
+
+def clause(
+    subject: Phrase,
+    verb: Verb,
+    obj: Phrase | None = None,
+    clitic: int | None = None,
+    tense: str = "present",
+    negative: bool = False,
+    question: bool = False,
+    adverb: int | None = None,
+) -> Pair:
+    """Render a full clause.
+
+    Args:
+        subject: subject phrase (pronoun or noun phrase).
+        verb: the verb.
+        obj: a noun-phrase object, or None.
+        clitic: index into :data:`OBJECT_PRONOUNS` for a pronoun object ("you" → "te"), or None.
+        tense: "present" or "past" (Spanish preterite).
+        negative: negate ("don't" / "no").
+        question: yes/no question ("do you ...?" / "¿...?").
+        adverb: index into ``ADVERBS[tense]``, or None.
+
+    Returns:
+        (english, spanish).
+
+    Example:
+        >>> clause(subject_pronoun(0), verb_by_en("love"), clitic=1)
+        ('I love you', 'te quiero')
+    """
+    aux, main = _en_verb(verb, subject.person, tense, negative, question)
+    en_obj = ""
+    es_pre, es_post = "", ""
+    if clitic is not None:
+        en_obj, es_pre, _ = OBJECT_PRONOUNS[clitic]
+    elif obj is not None:
+        en_obj, es_post = obj.en, _es_object(verb, obj)
+    tail = [w for w in (verb.particle, en_obj) if w]
+    if question:
+        en = [aux, subject.en, main] + tail
+    else:
+        en = [subject.en] + ([aux] if aux else []) + [main] + tail
+    table = verb.preterite if tense == "past" else verb.present
+    es = [w for w in (subject.es, "no" if negative else "", es_pre, table[subject.person], es_post) if w]
+    if adverb is not None:
+        en_adv, es_adv = ADVERBS[tense][adverb]
+        en.append(en_adv)
+        es.append(es_adv)
+    return _finish(en, es, question)
+
+
+def copula(subject: Phrase, adj: Adjective, tense: str = "present", negative: bool = False,
+           question: bool = False) -> Pair:
+    """Render "X is ADJ" with *ser* (present) or its imperfect (past), adjective agreeing with X."""
+    be = (EN_BE_PAST if tense == "past" else EN_BE_PRESENT)[subject.person]
+    if subject.en == "I" and tense == "past":
+        be = "was"
+    if negative:
+        # "aren't I" is the idiomatic negative question; "am not" in statements.
+        be = ("aren't" if question else "am not") if be == "am" else be + "n't"
+    en = [be, subject.en, adj.en] if question else [subject.en, be, adj.en]
+    ser = (SER_IMPERFECT if tense == "past" else SER_PRESENT)[subject.person]
+    es = [w for w in (subject.es, "no" if negative else "", ser, adj.es[(subject.gender, subject.plural)]) if w]
+    return _finish(en, es, question)
+
+
+def where_question(subject: Phrase, tense: str = "present") -> Pair:
+    """ "where is the cat?" → "¿dónde está el gato?" (subject pronoun after the verb)."""
+    be = (EN_BE_PAST if tense == "past" else EN_BE_PRESENT)[subject.person]
+    if subject.en == "I" and tense == "past":
+        be = "was"
+    estar = (ESTAR_IMPERFECT if tense == "past" else ESTAR_PRESENT)[subject.person]
+    return _finish(["where", be, subject.en], [w for w in ("dónde", estar, subject.es) if w], True)
+
+
+def who_question(verb: Verb, obj: Phrase | None = None, clitic: int | None = None,
+                 tense: str = "present") -> Pair:
+    """ "who loves you?" → "¿quién te quiere?" (third person singular)."""
+    who = Phrase("who", "quién", P3S, "m", False, animate=True, pronoun=True)
+    en, es = clause(who, verb, obj=obj, clitic=clitic, tense=tense)
+    return en + "?", "¿" + es + "?"
+
+
+def what_question(subject: Phrase, verb: Verb, tense: str = "present") -> Pair:
+    """ "what did she buy?" → "¿qué compró ella?" (subject after the verb in Spanish)."""
+    aux = "did" if tense == "past" else ("does" if subject.person == P3S else "do")
+    en = ["what", aux, subject.en, verb.en_base] + ([verb.particle] if verb.particle else [])
+    table = verb.preterite if tense == "past" else verb.present
+    es = [w for w in ("qué", table[subject.person], subject.es) if w]
+    return _finish(en, es, True)
+
+
+def _finish(en: list[str], es: list[str], question: bool) -> Pair:
+    en_s, es_s = " ".join(en), " ".join(es)
+    if question:
+        return en_s + "?", "¿" + es_s + "?"
+    return en_s, es_s
+
+
+def verb_by_en(base: str) -> Verb:
+    """Look a verb up by its English base form ("love"); first match."""
+    for v in VERB_LIST:
+        if v.en_base == base:
+            return v
+    raise KeyError(base)
+
+
+def noun_by_en(word: str) -> Noun:
+    """Look a noun up by its English singular."""
+    for n in NOUN_LIST:
+        if n.en_sg == word:
+            return n
+    raise KeyError(word)
+
+
+def adjective_by_en(word: str) -> Adjective:
+    """Look an adjective up by its English form."""
+    for a in ADJ_LIST:
+        if a.en == word:
+            return a
+    raise KeyError(word)
+
+
+def anchor_pairs() -> list[Pair]:
+    """Pairs always present in the training split (the examples the docs and the CLI show)."""
+    return [
+        clause(subject_pronoun(0), verb_by_en("love"), clitic=1),  # I love you → te quiero
+        _pair(noun_phrase(noun_by_en("car"), adj=adjective_by_en("red"))),  # the red car → el coche rojo
+        clause(subject_pronoun(3), verb_by_en("see"), clitic=5),  # she sees them → ella los ve
+        clause(subject_pronoun(1), verb_by_en("love"), clitic=0, question=True),  # do you love me?
+        clause(subject_pronoun(0), verb_by_en("love"), clitic=1, negative=True),  # I don't love you
+    ]
+
+
+def _pair(p: Phrase) -> Pair:
+    return p.en, p.es
+
+
+# ---------------------------------------------------------------------------------------------------
+# Random sampling
+# ---------------------------------------------------------------------------------------------------
+
+
+class _Sampler:
+    """Draws random sentences; all randomness comes from one seeded ``random.Random``."""
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.nouns_by_tag: dict[str, list[Noun]] = {}
+        for n in NOUN_LIST:
+            for t in n.tags:
+                self.nouns_by_tag.setdefault(t, []).append(n)
+        self.transitive = [v for v in VERB_LIST if v.obj_tags]
+        self.intransitive = [v for v in VERB_LIST if v.intransitive]
+        self.clitic_verbs = [v for v in VERB_LIST if "person" in v.obj_tags and v.personal_a]
+        self.thing_verbs = [v for v in VERB_LIST if v.obj_tags & THING_TAGS]
+
+    def np(self, tags: frozenset[str] | set[str], adj_p: float = 0.5) -> Phrase:
+        r = self.rng
+        pool = [n for t in sorted(tags) for n in self.nouns_by_tag.get(t, [])]
+        noun = r.choice(pool)
+        adj = None
+        if r.random() < adj_p:
+            adjs = [a for a in ADJ_LIST if a.tags & noun.tags]
+            adj = r.choice(adjs) if adjs else None
+        return noun_phrase(noun, det=r.randrange(len(DETERMINERS)), plural=r.random() < 0.4, adj=adj)
+
+    def subject(self, verb: Verb) -> Phrase:
+        r = self.rng
+        if r.random() < 0.5:
+            return subject_pronoun(r.randrange(len(SUBJECT_PRONOUNS)))
+        tags = {"person", "animal"} if verb.en_base in ANIMAL_SUBJECT_VERBS else {"person"}
+        return self.np(tags, adj_p=0.3)
+
+    def modifiers(self) -> dict:
+        r = self.rng
+        tense = r.choice(["present", "past"])
+        return {
+            "tense": tense,
+            "negative": r.random() < 0.25,
+            "question": r.random() < 0.2,
+            "adverb": r.randrange(3) if r.random() < 0.25 else None,
+        }
+
+    def sentence(self) -> Pair:
+        r = self.rng
+        kind = r.choices(
+            ["np", "svo", "clitic", "intr", "cop", "where", "who", "what"],
+            weights=[8, 34, 16, 10, 14, 5, 7, 6],
+        )[0]
+        if kind == "np":
+            p = self.np(THING_TAGS | {"person", "animal"}, adj_p=0.7)
+            return p.en, p.es
+        if kind == "svo":
+            verb = r.choice(self.transitive)
+            subj = self.subject(verb)
+            obj = self.np(verb.obj_tags, adj_p=0.35)
+            return clause(subj, verb, obj=obj, **self.modifiers())
+        if kind == "clitic":
+            verb = r.choice(self.clitic_verbs)
+            subj = self.subject(verb)
+            # Exclude reflexive-looking combinations ("I see me", "we help us").
+            choices = [i for i, (_, _, p) in enumerate(OBJECT_PRONOUNS)
+                       if not (p == subj.person and p in (P1S, P2S, P1P))
+                       and not ({p, subj.person} <= {P1S, P1P})]
+            return clause(subj, verb, clitic=r.choice(choices), **self.modifiers())
+        if kind == "intr":
+            verb = r.choice(self.intransitive)
+            return clause(self.subject(verb), verb, **self.modifiers())
+        if kind == "cop":
+            m = self.modifiers()
+            if r.random() < 0.35:
+                subj = subject_pronoun(r.randrange(len(SUBJECT_PRONOUNS)))
+                adj = r.choice([a for a in ADJ_LIST if "person" in a.tags])
+            else:
+                adj = r.choice(ADJ_LIST)
+                subj = self.np(adj.tags, adj_p=0.25)
+            return copula(subj, adj, tense=m["tense"], negative=m["negative"], question=m["question"])
+        if kind == "where":
+            subj = (subject_pronoun(r.randrange(len(SUBJECT_PRONOUNS))) if r.random() < 0.3
+                    else self.np(THING_TAGS | {"person", "animal"}, adj_p=0.3))
+            return where_question(subj, tense=r.choice(["present", "past"]))
+        if kind == "who":
+            verb = r.choice(self.transitive)
+            tense = r.choice(["present", "past"])
+            if verb in self.clitic_verbs and r.random() < 0.4:
+                return who_question(verb, clitic=r.randrange(len(OBJECT_PRONOUNS)), tense=tense)
+            return who_question(verb, obj=self.np(verb.obj_tags, adj_p=0.3), tense=tense)
+        # "what" questions only for verbs that take things.
+        verb = r.choice(self.thing_verbs)
+        return what_question(self.subject(verb), verb, tense=r.choice(["present", "past"]))
+
+
+def generate_corpus(n_pairs: int = 30_000, seed: int = 0) -> list[Pair]:
+    """Generate ``n_pairs`` distinct (english, spanish) pairs, deterministically for ``seed``.
+
+    Both sides are unique across the corpus (a Spanish sentence reachable from two English sentences,
+    e.g. "we walk"/"we walked" → "caminamos", is kept only for the first), so splits made from it share
+    no sentence in either language. :func:`anchor_pairs` come first.
+
+    Args:
+        n_pairs: number of pairs (≥ len(anchor_pairs())).
+        seed: RNG seed; the same seed gives the same list on every platform.
+
+    Returns:
+        List of ``(english, spanish)`` pairs.
+    """
+    rng = random.Random(seed)
+    sampler = _Sampler(rng)
+    pairs: list[Pair] = []
+    seen_en: set[str] = set()
+    seen_es: set[str] = set()
+
+    def add(p: Pair) -> None:
+        if p[0] not in seen_en and p[1] not in seen_es:
+            seen_en.add(p[0])
+            seen_es.add(p[1])
+            pairs.append(p)
+
+    for p in anchor_pairs():
+        add(p)
+    attempts = 0
+    # The sentence space is far larger than any sensible n_pairs; the cap only guards against a
+    # lexicon edit that makes it small.
+    while len(pairs) < n_pairs and attempts < 50 * n_pairs:
+        add(sampler.sentence())
+        attempts += 1
+    if len(pairs) < n_pairs:
+        raise ValueError(f"grammar produced only {len(pairs)} distinct pairs, {n_pairs} requested")
+    return pairs
+
+
+def split_corpus(pairs: Sequence[Pair], n_val: int, n_test: int, seed: int = 0,
+                 keep_first: int = 0) -> tuple[list[Pair], list[Pair], list[Pair]]:
+    """Shuffle deterministically and split into train/val/test.
+
+    Args:
+        pairs: distinct pairs.
+        n_val: validation size.
+        n_test: test size.
+        seed: shuffle seed.
+        keep_first: the first ``keep_first`` pairs (anchors) always go to train.
+
+    Returns:
+        (train, val, test).
+    """
+    head, rest = list(pairs[:keep_first]), list(pairs[keep_first:])
+    random.Random(seed + 1).shuffle(rest)
+    if n_val + n_test >= len(rest):
+        raise ValueError(f"val+test ({n_val}+{n_test}) must be smaller than the corpus ({len(rest)})")
+    val, test, train = rest[:n_val], rest[n_val:n_val + n_test], rest[n_val + n_test:]
+    return head + train, val, test

@@ -1,0 +1,462 @@
+"""Captioning task tests: scenes, metrics, loaders, bad input, model, CLI, checkpoints.
+
+All fixtures are generated in ``tmp_path``; models are tiny so each test takes seconds on a CPU.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from core.errors import ConfigError, DataError, UserError
+from tasks.captioning import scenes
+from tasks.captioning.images import ImageError, load_rgb
+from tasks.captioning.metrics import caption_scores, cider_d, corpus_bleu
+from tasks.captioning.sources import read_coco, read_flickr_csv, read_flickr_token, read_karpathy
+from tasks.captioning.text import normalize_caption, ptb_tokenize
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs" / "captioning"
+SHARED = REPO.parent / "shared" / "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# generated scenes
+# ---------------------------------------------------------------------------------------------
+def test_scene_known_seed_gives_expected_captions() -> None:
+    s = scenes.make_scene(0, "train", 0)
+    assert s.captions == [
+        "a large red diamond to the left of a large purple square",
+        "a large purple square to the right of a large red diamond",
+        "a large red diamond next to a large purple square",
+    ]
+    assert s.image.size == (96, 96) and s.image.mode == "RGB"
+    again = scenes.make_scene(0, "train", 0)
+    assert np.array_equal(np.asarray(s.image), np.asarray(again.image))  # deterministic
+    assert scenes.make_scene(1, "train", 0).captions != s.captions or not np.array_equal(
+        np.asarray(scenes.make_scene(1, "train", 0).image), np.asarray(s.image)
+    )
+    assert scenes.make_scene(0, "train", 0, image_size=128).image.size == (128, 128)
+
+
+def test_scene_splits_hold_out_colour_shape_pairs() -> None:
+    vocab = set(scenes.scene_vocabulary())
+    for split in ("train", "val", "test"):
+        for i in range(150):
+            sc = scenes.make_scene(3, split, i)
+            assert not {(o.colour, o.shape) for o in sc.objects} & scenes.HELD_OUT_PAIRS
+            assert all(set(c.split()) <= vocab for c in sc.captions)
+    for i in range(50):
+        sc = scenes.make_scene(3, "unseen", i)
+        assert {(o.colour, o.shape) for o in sc.objects} & scenes.HELD_OUT_PAIRS
+    with pytest.raises(ValueError):
+        scenes.make_scene(0, "nope", 0)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------
+# text + metrics (hand-computed)
+# ---------------------------------------------------------------------------------------------
+def test_ptb_tokenize_matches_toolkit_conventions() -> None:
+    assert ptb_tokenize("A man's dog, running.") == ["a", "man", "'s", "dog", "running"]
+    assert ptb_tokenize("Don't stop (now)!") == ["do", "n't", "stop", "now"]
+    assert normalize_caption("  ... ") == ""
+    assert normalize_caption("Two DOGS play; \"fetch\"") == "two dogs play fetch"
+
+
+def test_bleu_hand_computed() -> None:
+    # Identical -> 100 at every order.
+    assert corpus_bleu(["a b c d"], [["a b c d"]]) == pytest.approx([100.0] * 4)
+    # Papineni's example: 7 x "the" vs a 6-word reference: clipped unigram precision 2/7, c > r so BP = 1.
+    b = corpus_bleu(["the the the the the the the"], [["the cat is on the mat"]])
+    assert b[0] == pytest.approx(100 * 2 / 7, rel=1e-6)
+    assert b[1] < 1e-3  # no matching bigram: only the toolkit's epsilon remains
+    # Brevity penalty with the *closest* reference: hyp 2 words, refs of 3 and 6 words -> r = 3.
+    b = corpus_bleu(["a b"], [["a b c", "a b c d e f"]])
+    assert b[0] == pytest.approx(100 * np.exp(1 - 3 / 2), rel=1e-6)
+    # BLEU-2 = BP * sqrt(p1 * p2): hyp "a b x" vs "a b c": p1 = 2/3, p2 = 1/2, BP = 1.
+    b = corpus_bleu(["a b x"], [["a b c"]])
+    assert b[1] == pytest.approx(100 * np.sqrt(2 / 3 * 1 / 2), rel=1e-6)
+    # Corpus-level (not sentence average): counts are pooled over images.
+    b = corpus_bleu(["a b", "c d e f"], [["a b"], ["c d x y"]])
+    assert b[0] == pytest.approx(100 * 4 / 6, rel=1e-6)
+
+
+def test_cider_d_hand_computed() -> None:
+    # Two images, hypothesis == single reference: unigram and bigram cosines are 1, there are no
+    # 3/4-grams -> mean over n = (1 + 1 + 0 + 0) / 4 = 0.5, times 10 = 5.0.
+    assert cider_d(["a b", "c d"], [["a b"], ["c d"]]) == pytest.approx(5.0)
+    # A single image: every idf is log(1) - log(1) = 0 -> 0 (needs a corpus, as the toolkit).
+    assert cider_d(["a b"], [["a b"]]) == 0.0
+    # A wrong caption scores 0; scores dict has all keys.
+    s = caption_scores(["x y", "c d"], [["a b"], ["c d"]])
+    assert s["cider"] == pytest.approx(2.5)
+    assert set(s) == {"bleu1", "bleu2", "bleu3", "bleu4", "cider"}
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders on generated fixtures
+# ---------------------------------------------------------------------------------------------
+def _img(path: Path, mode: str = "RGB", size: tuple[int, int] = (40, 32), fmt: str | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(len(str(path)))
+    arr = rng.integers(0, 255, size=(size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(arr, "RGB").convert(mode).save(path, format=fmt)
+    return path
+
+
+def test_flickr_csv_loader_with_bad_rows(tmp_path: Path) -> None:
+    root = tmp_path / "flickr"
+    _img(root / "Images" / "a.jpg")
+    _img(root / "Images" / "b.png")
+    (root / "captions.txt").write_text(
+        "image,caption\n"
+        "a.jpg,A dog runs .\n"
+        'a.jpg,"A dog, brown, runs."\n'
+        "a.jpg,A dog, unquoted, runs\n"  # unquoted commas are rejoined
+        "b.png, . \n"  # empty after normalisation -> dropped, b.png then has no caption
+        "missing.jpg,Something absent\n",  # image named but absent -> skipped and counted
+        encoding="utf-8",
+    )
+    with pytest.warns(UserWarning, match="missing.jpg"):
+        records, report = read_flickr_csv(root / "captions.txt")
+    assert [r.image.name for r in records] == ["a.jpg"]
+    assert records[0].captions == ["a dog runs", "a dog brown runs", "a dog unquoted runs"]
+    assert (report.missing_images, report.empty_captions, report.images_without_captions) == (1, 1, 1)
+    (root / "bad.txt").write_text("img,text\n", encoding="utf-8")
+    with pytest.raises(DataError, match="bad.txt.*header"):
+        read_flickr_csv(root / "bad.txt")
+    with pytest.raises(DataError, match="not found"):
+        read_flickr_csv(root / "nope.txt")
+
+
+def test_flickr_token_loader_with_split_lists(tmp_path: Path) -> None:
+    _img(tmp_path / "Images" / "x.jpg")
+    _img(tmp_path / "Images" / "y.jpg")
+    (tmp_path / "Flickr8k.token.txt").write_text(
+        "x.jpg#0\tA cat sits .\nx.jpg#1\tA cat .\ny.jpg#0\tTwo birds fly .\n", encoding="utf-8"
+    )
+    (tmp_path / "Flickr_8k.testImages.txt").write_text("y.jpg\n", encoding="utf-8")
+    records, _ = read_flickr_token(tmp_path / "Flickr8k.token.txt")
+    assert {r.image.name: (r.captions, r.split) for r in records} == {
+        "x.jpg": (["a cat sits", "a cat"], None),
+        "y.jpg": (["two birds fly"], "test"),
+    }
+    (tmp_path / "broken.token.txt").write_text("no tab here\n", encoding="utf-8")
+    with pytest.raises(DataError, match="line 1"):
+        read_flickr_token(tmp_path / "broken.token.txt")
+
+
+def test_coco_and_karpathy_loaders(tmp_path: Path) -> None:
+    _img(tmp_path / "val2017" / "000001.jpg")
+    _img(tmp_path / "val2017" / "000002.jpg")
+    ann = {
+        "images": [{"id": 1, "file_name": "000001.jpg"}, {"id": 2, "file_name": "000002.jpg"}, {"id": 3, "file_name": "gone.jpg"}],
+        "annotations": [
+            {"image_id": 1, "id": 10, "caption": "A red bus."},
+            {"image_id": 1, "id": 11, "caption": ""},
+            {"image_id": 2, "id": 12, "caption": "A man's hat."},
+            {"image_id": 3, "id": 13, "caption": "Not on disk."},
+        ],
+    }
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "captions_val2017.json").write_text(json.dumps(ann), encoding="utf-8")
+    with pytest.warns(UserWarning, match="gone.jpg"):
+        records, report = read_coco(tmp_path / "annotations" / "captions_val2017.json")
+    assert [(r.image.name, r.captions) for r in records] == [("000001.jpg", ["a red bus"]), ("000002.jpg", ["a man 's hat"])]
+    assert report.empty_captions == 1 and report.missing_images == 1
+    (tmp_path / "annotations" / "captions_bad.json").write_text('{"images": [{"x": 1}]}', encoding="utf-8")
+    with pytest.raises(DataError, match="captions_bad.json"):
+        read_coco(tmp_path / "annotations" / "captions_bad.json")
+
+    karpathy = {
+        "dataset": "coco",
+        "images": [
+            {"filepath": "val2017", "filename": "000001.jpg", "split": "restval", "sentences": [{"raw": "A bus.", "tokens": ["a", "bus"]}]},
+            {"filepath": "val2017", "filename": "000002.jpg", "split": "test", "sentences": [{"tokens": ["a", "hat"]}]},
+        ],
+    }
+    (tmp_path / "dataset_coco.json").write_text(json.dumps(karpathy), encoding="utf-8")
+    records, _ = read_karpathy(tmp_path / "dataset_coco.json", tmp_path)
+    assert [(r.image.name, r.split, r.captions) for r in records] == [
+        ("000001.jpg", "train", ["a bus"]),
+        ("000002.jpg", "test", ["a hat"]),
+    ]
+
+
+def test_datamodule_real_layouts_and_hf(tmp_path: Path) -> None:
+    from tasks.captioning.data import CaptionDataModule
+
+    root = tmp_path / "flickr"
+    lines = ["image,caption"]
+    for i in range(10):
+        _img(root / "Images" / f"{i}.jpg")
+        lines += [f"{i}.jpg,A photo number {i % 3} .", f"{i}.jpg,Another photo ."]
+    (root / "captions.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dm = CaptionDataModule(dataset="flickr", data_dir=str(root), image_size=32, batch_size=4, min_freq=2, augment=True)
+    assert "photo" in dm.caption_vocab.tokenizer.stoi and "7" not in dm.caption_vocab.tokenizer.stoi  # min_freq
+    dm.setup("fit")
+    assert sum(len(dm.datasets[k]) for k in ("train", "val", "test")) == 10
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.images.shape[1:] == (3, 32, 32) and batch.inputs[:, 0].eq(1).all()
+
+    datasets = pytest.importorskip("datasets")
+    imgs = [Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)) for i in range(6)]
+    hf = datasets.Dataset.from_dict({"image": imgs, "caption": [["A box .", "A crate"]] * 5 + [[""]]})
+    hf = hf.cast_column("image", datasets.Image())
+    hf.save_to_disk(str(tmp_path / "hf"))
+    with pytest.warns(UserWarning, match="without a non-empty caption"):
+        dm = CaptionDataModule(dataset="hf", hf_name=str(tmp_path / "hf"), image_size=32, batch_size=2, val_fraction=0.2, test_fraction=0.2)
+        dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.images.shape == (2, 3, 32, 32) and batch.refs[0] == ["a box", "a crate"]
+    with pytest.raises(ConfigError):
+        CaptionDataModule(dataset="coco")
+
+
+# ---------------------------------------------------------------------------------------------
+# bad images
+# ---------------------------------------------------------------------------------------------
+def test_image_modes_are_converted_to_rgb(tmp_path: Path) -> None:
+    _img(tmp_path / "gray.png", "L")
+    _img(tmp_path / "rgba.png", "RGBA")
+    _img(tmp_path / "pal.gif", "P")
+    _img(tmp_path / "cmyk.jpg", "CMYK")
+    Image.fromarray(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100).save(tmp_path / "deep.png")
+    pal = Image.new("P", (10, 10))
+    pal.info["transparency"] = 0
+    pal.save(tmp_path / "pal_t.png", transparency=0)
+    for name in ("gray.png", "rgba.png", "pal.gif", "cmyk.jpg", "deep.png", "pal_t.png"):
+        img = load_rgb(tmp_path / name)
+        assert img.mode == "RGB", name
+    deep = np.asarray(load_rgb(tmp_path / "deep.png"))
+    assert 0 < deep.max() <= 255 and deep.std() > 10  # 16-bit rescaled, not clipped to white
+    # transparent palette pixels are composited on white
+    assert np.asarray(load_rgb(tmp_path / "pal_t.png"))[0, 0].tolist() == [255, 255, 255]
+
+
+def test_large_image_is_shrunk(tmp_path: Path) -> None:
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(tmp_path / "big.jpg", quality=50)
+    img = load_rgb(tmp_path / "big.jpg")
+    assert max(img.size) <= 1024 and img.mode == "RGB"
+
+
+def test_bad_image_files_raise_clear_errors(tmp_path: Path) -> None:
+    _img(tmp_path / "ok.jpg", size=(64, 64))
+    data = (tmp_path / "ok.jpg").read_bytes()
+    (tmp_path / "trunc.jpg").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.jpg").write_text("not an image", encoding="utf-8")
+    (tmp_path / "empty.png").write_bytes(b"")
+    for name, pattern in (
+        ("trunc.jpg", "truncated"),
+        ("text.jpg", "not an image"),
+        ("empty.png", "empty"),
+        ("missing.png", "no such"),
+    ):
+        with pytest.raises(ImageError, match=name.replace(".", r"\.") + ".*" + pattern):
+            load_rgb(tmp_path / name)
+    assert issubclass(ImageError, UserError)
+
+
+def test_unreadable_image_is_skipped_in_training(tmp_path: Path) -> None:
+    from tasks.captioning.data import CaptionCollate, FileCaptionDataset
+    from tasks.captioning.images import eval_transform
+    from tasks.captioning.sources import CaptionRecord
+    from tasks.captioning.vocab import CaptionVocab
+
+    _img(tmp_path / "good.jpg")
+    (tmp_path / "bad.jpg").write_text("oops", encoding="utf-8")
+    ds = FileCaptionDataset(
+        [CaptionRecord(tmp_path / "good.jpg", ["a cat"]), CaptionRecord(tmp_path / "bad.jpg", ["a dog"])],
+        eval_transform(32),
+        train=True,
+    )
+    with pytest.warns(UserWarning, match="bad.jpg"):
+        items = [ds[0], ds[1]]
+    vocab = CaptionVocab.build(["a cat", "a dog"])
+    batch = CaptionCollate(vocab, 10)(items)
+    assert batch is not None and len(batch) == 1 and batch.refs == [["a cat"]]
+    assert CaptionCollate(vocab, 10)([None]) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# model pieces
+# ---------------------------------------------------------------------------------------------
+def _vocab() -> dict:
+    from tasks.captioning.data import CaptionDataModule
+
+    return CaptionDataModule().vocab  # the closed scene vocabulary, no data read
+
+
+@pytest.mark.parametrize(
+    ("decoder", "attention"), [("lstm", "additive"), ("lstm", "location"), ("lstm", "multihead"), ("transformer", "additive")]
+)
+def test_incremental_step_matches_teacher_forcing(decoder: str, attention: str) -> None:
+    from tasks.captioning.module import CaptioningModule
+
+    torch.manual_seed(0)
+    m = CaptioningModule(vocab=_vocab(), decoder=decoder, attention=attention, feat_dim=32, attention_dim=16,
+                         embed_dim=16, hidden_dim=32, d_model=32, num_heads=2, ffn_dim=64, dropout=0.0, image_size=48).eval()
+    images = torch.randn(2, 3, 48, 48)
+    inputs = torch.tensor([[1, 4, 20, 9, 10], [1, 4, 21, 8, 0]])
+    with torch.no_grad():
+        logits, alphas = m(images, inputs)  # (B, T, V)
+        feats = m.encoder(images)
+        assert feats.shape == (2, 36, 32)  # 48 px / 16 -> 3x3 map, pooled to the 6x6 grid
+        state = m.decoder.init_state(feats)
+        for t in range(inputs.shape[1]):
+            logp, state, attn = m.decoder.step(inputs[:, t], state)
+            assert torch.allclose(logp, logits[:, t].log_softmax(-1), atol=1e-4), t
+            assert attn is not None and attn.shape == (2, 36)
+            assert torch.allclose(attn.sum(-1), torch.ones(2), atol=1e-4)
+    if decoder == "lstm":
+        assert alphas is not None and alphas.shape == (2, 5, 36)
+
+
+def test_torchvision_encoders_and_local_pretrained_file(tmp_path: Path) -> None:
+    import torchvision
+
+    from tasks.captioning.encoder import ImageEncoder
+
+    torch.manual_seed(0)
+    ref = torchvision.models.resnet18(weights=None)
+    torch.save(ref.state_dict(), tmp_path / "r18.pth")
+    enc = ImageEncoder("resnet18", dim=32, grid_size=7, pretrained=str(tmp_path / "r18.pth"), trainable_blocks=1)
+    assert torch.equal(enc.backbone[1][0].conv1.weight, ref.layer1[0].conv1.weight)  # loaded, not re-initialised
+    trainable = {n.split(".")[0] for n, p in enc.backbone.named_parameters() if p.requires_grad}
+    assert trainable == {"4"}  # only layer4 (the last block) is fine-tuned
+    enc.train()
+    assert not enc.backbone[0][1].training  # frozen BatchNorm stays in eval mode
+    assert enc(torch.randn(1, 3, 64, 64)).shape == (1, 49, 32)
+    mob = ImageEncoder("mobilenet_v3_small", dim=16, grid_size=2, trainable_blocks=0)
+    assert mob(torch.randn(1, 3, 64, 64)).shape == (1, 4, 16)
+    assert not any(p.requires_grad for p in mob.backbone.parameters())
+    with pytest.raises(ConfigError, match="not found"):
+        ImageEncoder("resnet18", pretrained=str(tmp_path / "nope.pth"))
+    (tmp_path / "junk.pth").write_bytes(b"junk")
+    with pytest.raises(ConfigError, match="junk.pth"):
+        ImageEncoder("resnet18", pretrained=str(tmp_path / "junk.pth"))
+    with pytest.raises(ConfigError, match="encoder"):
+        ImageEncoder("vgg99")
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI, checkpoints, inference
+# ---------------------------------------------------------------------------------------------
+def _fit_args(root: Path) -> list[str]:
+    return ["-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"), f"--trainer.default_root_dir={root}"]
+
+
+def test_cli_fast_dev_run(tmp_path: Path) -> None:
+    from tasks.captioning.cli import main
+
+    assert main(["fit", *_fit_args(tmp_path), "--trainer.fast_dev_run=true"]) == 0
+
+
+def test_cli_bad_config_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.captioning.cli import main
+
+    code = main(["fit", *_fit_args(tmp_path), "--data.dataset=coco", "--data.data_dir", str(tmp_path / "none"), "--trainer.fast_dev_run=true"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err and "none" in err
+
+
+@pytest.fixture(scope="module")
+def trained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint written by ``fit`` through the CLI (tiny overlay: 2 steps)."""
+    from tasks.captioning.cli import main
+
+    root = tmp_path_factory.mktemp("cap_fit")
+    assert main(["fit", *_fit_args(root)]) == 0
+    ckpts = sorted(root.rglob("last.ckpt"))
+    assert ckpts, list(root.rglob("*"))
+    return ckpts[0]
+
+
+def test_cli_checkpoint_loads_weights_only(trained_ckpt: Path) -> None:
+    ckpt = torch.load(trained_ckpt, weights_only=True, map_location="cpu")
+    meta = ckpt["attn_suite"]
+    assert meta["task"] == "captioning" and meta["format"] == 1 and meta["image_size"] == 96
+    assert meta["vocab"]["vocab"][:4] == ["<pad>", "<s>", "</s>", "<unk>"]
+
+
+def test_checkpoint_caption_round_trip_and_cli(trained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.captioning.cli import main
+    from tasks.captioning.module import CaptioningModule
+
+    model = CaptioningModule.load_from_checkpoint(trained_ckpt)
+    sc = scenes.make_scene(0, "test", 1)
+    sc.image.save(tmp_path / "scene.png")
+    sc.image.convert("L").save(tmp_path / "gray.jpg")
+    out = model.caption([tmp_path / "scene.png", sc.image], beam=2, return_attention=True)
+    assert out[0][0] == out[1][0]  # path and PIL image give the same caption
+    text, weights = out[0]
+    assert weights.shape == (len(text.split()), 6, 6)
+    assert isinstance(model.caption([sc.image], beam=1)[0], str)
+
+    (tmp_path / "bad.png").write_text("nope", encoding="utf-8")
+    code = main(["caption", "--ckpt", str(trained_ckpt), str(tmp_path / "scene.png"), str(tmp_path / "bad.png"),
+                 str(tmp_path / "gray.jpg"), "--beam", "2", "--plot", str(tmp_path / "plots")])
+    captured = capsys.readouterr()
+    assert code == 1  # one image failed, the others were captioned
+    lines = captured.out.strip().splitlines()
+    assert len(lines) == 2 and lines[0].startswith(str(tmp_path / "scene.png") + "\t")
+    assert "bad.png" in captured.err and "Traceback" not in captured.err
+    assert (tmp_path / "plots" / "scene_attention.png").stat().st_size > 1000 or not lines[0].split("\t")[1]
+
+
+def test_cli_test_subcommand_and_checkpoint_errors(trained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.captioning.cli import main
+
+    assert main(["test", *_fit_args(tmp_path), "--ckpt_path", str(trained_ckpt)]) == 0
+    ckpt = torch.load(trained_ckpt, weights_only=True)
+    ckpt["attn_suite"]["task"] = "translation"
+    torch.save(ckpt, tmp_path / "other.ckpt")
+    (tmp_path / "trunc.ckpt").write_bytes(trained_ckpt.read_bytes()[:1000])
+    capsys.readouterr()
+    for name, pattern in (("other.ckpt", "translation"), ("trunc.ckpt", "trunc"), ("none.ckpt", "not found")):
+        code = main(["caption", "--ckpt", str(tmp_path / name), str(tmp_path / "x.png")])
+        err = capsys.readouterr().err
+        assert code == 2 and pattern in err and "Traceback" not in err, (name, err)
+
+
+def test_overlay_figure_saved(tmp_path: Path) -> None:
+    from tasks.captioning.module import save_attention_figure
+
+    sc = scenes.make_scene(0, "val", 0)
+    words = sc.captions[0]
+    w = torch.rand(len(words.split()), 6, 6)
+    path = save_attention_figure(sc.image, words, w, tmp_path / "f" / "overlay.png", 96)
+    assert path.stat().st_size > 1000
+    Image.open(path).verify()
+
+
+@pytest.mark.slow
+def test_overfit_handful_of_scenes_to_exact_captions() -> None:
+    import lightning as L
+
+    from tasks.captioning.data import CaptionDataModule
+    from tasks.captioning.module import CaptioningModule
+
+    L.seed_everything(0, verbose=False)
+    dm = CaptionDataModule(batch_size=8, train_size=8, val_size=8, test_size=8, unseen_size=8)
+    dm.setup("fit")
+    ds = dm.datasets["train"]
+    # Train on the canonical caption only, so "exact" is well defined.
+    ds.train = False
+    model = CaptioningModule(vocab=dm.vocab, feat_dim=64, attention_dim=32, embed_dim=32, hidden_dim=96,
+                             dropout=0.0, alpha_reg=0.0, lr=5e-3, warmup_steps=1, lr_schedule="constant")
+    trainer = L.Trainer(max_steps=150, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(model, train_dataloaders=dm.train_dataloader())
+    # Batch statistics of 8 fixed images: evaluate in train-mode BN would differ; eval mode uses running stats,
+    # which after 150 steps on the same 8 images match them.
+    got = model.caption([scenes.make_scene(0, "train", i).image for i in range(8)], beam=1)
+    want = [scenes.make_scene(0, "train", i).captions[0] for i in range(8)]
+    assert got == want

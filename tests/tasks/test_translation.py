@@ -1,0 +1,286 @@
+"""Translation task: grammar corpus, models, training, checkpoints, CLI and bad input.
+
+Data-loader tests live in ``test_translation_data.py``. Everything runs on CPU with tiny models.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from tasks.translation import grammar
+from tasks.translation.cli import main
+from tasks.translation.data import TranslationDataModule
+from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
+from tasks.translation.module import Translation, TranslationModule
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "translation"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    # The test machine is small and shared: one intra-op thread avoids oversubscription stalls.
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# ----------------------------------------------------------------------------------------- grammar
+def test_grammar_anchor_pairs() -> None:
+    g = grammar
+    assert g.clause(g.subject_pronoun(0), g.verb_by_en("love"), clitic=1) == ("I love you", "te quiero")
+    red_car = g.noun_phrase(g.noun_by_en("car"), adj=g.adjective_by_en("red"))
+    assert (red_car.en, red_car.es) == ("the red car", "el coche rojo")
+    assert g.clause(g.subject_pronoun(3), g.verb_by_en("see"), clitic=5) == ("she sees them", "ella los ve")
+    corpus = g.generate_corpus(2000, seed=1)
+    for pair in [("I love you", "te quiero"), ("the red car", "el coche rojo"), ("she sees them", "ella los ve")]:
+        assert pair in corpus
+
+
+def test_grammar_agreement_tense_negation_questions() -> None:
+    g = grammar
+    houses = g.noun_phrase(g.noun_by_en("house"), plural=True, adj=g.adjective_by_en("red"))
+    assert (houses.en, houses.es) == ("the red houses", "las casas rojas")
+    trees = g.noun_phrase(g.noun_by_en("tree"), det=1, plural=True, adj=g.adjective_by_en("big"))
+    assert (trees.en, trees.es) == ("some big trees", "unos árboles grandes")
+    apple = g.noun_phrase(g.noun_by_en("apple"), det=1)
+    assert apple.en == "an apple" and apple.es == "una manzana"
+    see = g.verb_by_en("see")
+    assert g.clause(g.subject_pronoun(0), see, clitic=1, tense="past") == ("I saw you", "te vi")
+    assert g.clause(g.subject_pronoun(3), see, clitic=5, tense="past", negative=True) == (
+        "she didn't see them", "ella no los vio")
+    assert g.clause(g.subject_pronoun(1), g.verb_by_en("love"), clitic=0, question=True) == (
+        "do you love me?", "¿me quieres?")
+    boy = g.noun_phrase(g.noun_by_en("boy"))
+    assert g.clause(g.subject_pronoun(0), see, obj=boy) == ("I see the boy", "veo al niño")
+    assert g.clause(g.subject_pronoun(4), g.verb_by_en("look"), obj=boy, tense="past") == (
+        "we looked for the boy", "buscamos al niño")
+    assert g.copula(g.subject_pronoun(3), g.adjective_by_en("tall")) == ("she is tall", "ella es alta")
+    assert g.what_question(g.subject_pronoun(3), g.verb_by_en("buy"), tense="past") == (
+        "what did she buy?", "¿qué compró ella?")
+    # Every person has distinct present and preterite forms from the tables.
+    buy = g.verb_by_en("buy")
+    assert buy.present == ("compro", "compras", "compra", "compramos", "compran")
+    assert buy.preterite == ("compré", "compraste", "compró", "compramos", "compraron")
+    assert g.verb_by_en("look").preterite[0] == "busqué"
+
+
+def test_grammar_size_determinism_and_disjoint_splits() -> None:
+    pairs = grammar.generate_corpus(20_000, seed=0)
+    assert len(pairs) == 20_000 == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
+    assert pairs == grammar.generate_corpus(20_000, seed=0)
+    assert pairs != grammar.generate_corpus(20_000, seed=1)
+    assert grammar.lexicon_size() >= 200
+    train, val, test = grammar.split_corpus(pairs, 500, 500, seed=0, keep_first=3)
+    assert pairs[0] in train
+    for a, b in [(train, val), (train, test), (val, test)]:
+        assert not {p[0] for p in a} & {p[0] for p in b}
+        assert not {p[1] for p in a} & {p[1] for p in b}
+
+
+# ------------------------------------------------------------------------------------------ models
+@pytest.mark.parametrize("kind", ["rnn-gru-additive", "rnn-lstm-location", "rnn-gru-multihead", "transformer"])
+def test_incremental_decoding_matches_teacher_forcing(kind: str) -> None:
+    torch.manual_seed(0)
+    if kind == "transformer":
+        model: torch.nn.Module = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ff_dim=32,
+                                                    enc_layers=1, dec_layers=2)
+    else:
+        _, rnn, attn = kind.split("-")
+        model = RNNSeq2Seq(30, 40, 16, 16, rnn_type=rnn, attention=attn, dec_layers=2, tie_embeddings=True)
+    model.eval()
+    torch.set_grad_enabled(False)
+    src = torch.randint(4, 30, (3, 6))
+    lengths = torch.tensor([6, 4, 1])
+    tgt = torch.randint(4, 40, (3, 5))
+    logits, attn_w = model(src, lengths, tgt, need_weights=True)  # (B, T, V), (B, T, S)
+    state = model.init_state(src, lengths)
+    steps = []
+    for t in range(tgt.shape[1]):
+        lp, state, w = model.step(tgt[:, t], state, True)
+        steps.append((lp, w))
+    torch.testing.assert_close(torch.stack([s[0] for s in steps], 1), logits.log_softmax(-1), atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(torch.stack([s[1] for s in steps], 1), attn_w, atol=1e-5, rtol=1e-4)
+    assert float(attn_w[2, :, 1:].abs().max()) == 0.0  # padding gets no attention
+    torch.set_grad_enabled(True)
+
+
+# ---------------------------------------------------------------------------- training/checkpoints
+def _tiny_dm(tmp: Path, **kw: object) -> TranslationDataModule:
+    args = dict(n_pairs=400, val_size=16, test_size=16, vocab_size=250, min_freq=1, max_tokens=512,
+                cache_dir=str(tmp / "cache"))
+    args.update(kw)
+    return TranslationDataModule(**args)  # type: ignore[arg-type]
+
+
+@pytest.mark.slow
+def test_overfit_16_pairs_and_checkpoint_roundtrip(tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    pl.seed_everything(0)
+    dm = _tiny_dm(tmp_path, limit_train_pairs=16)
+    model = TranslationModule(emb_dim=64, hidden_dim=128, dropout=0.0, label_smoothing=0.0, lr=5e-3,
+                              warmup_steps=10, lr_schedule="constant", num_plot_sentences=0)
+    trainer = pl.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                         use_distributed_sampler=False)
+    trainer.fit(model, dm)
+    train = dm.load_splits()["train"]
+    assert len(train) == 16
+    sources, targets = [s for s, _ in train], [t for _, t in train]
+    assert model.translate(sources, beam=1) == targets  # greedy reproduces all 16 exactly
+
+    ckpt = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(ckpt)
+    raw = torch.load(ckpt, weights_only=True)
+    assert raw["attn_suite"]["task"] == "translation" and raw["attn_suite"]["format"] == 1
+    loaded = TranslationModule.load_from_checkpoint(ckpt)
+    assert loaded.translate(sources, beam=5) == model.translate(sources, beam=5)
+    a = model.translate(sources[:2], beam=3, nbest=2, return_attention=True)
+    b = loaded.translate(sources[:2], beam=3, nbest=2, return_attention=True)
+    assert isinstance(a[0][0], Translation) and len(a[0]) == 2
+    for ha, hb in zip(a, b):
+        for x, y in zip(ha, hb):
+            assert x.text == y.text and x.attention is not None
+            torch.testing.assert_close(x.attention, y.attention)
+            assert x.attention.shape == (len(x.tgt_tokens), len(x.src_tokens))
+
+
+def test_unknown_characters_and_overlong_input(tmp_path: Path) -> None:
+    dm = _tiny_dm(tmp_path)
+    dm.setup("fit")
+    model = TranslationModule(emb_dim=16, hidden_dim=16, max_source_tokens=8, max_decode_len=5)
+    model.set_tokenizers(dm.src_tokenizer, dm.tgt_tokenizer)  # type: ignore[arg-type]
+    out = model.translate(["你好 ☃ wörld", ""], beam=2)
+    assert len(out) == 2 and all(isinstance(o, str) for o in out)
+    with pytest.warns(UserWarning, match="truncated to max_source_tokens=8"):
+        model.translate(["the red car " * 10], beam=1)
+
+
+# ------------------------------------------------------------------------------------------- CLI
+def _cli_base(tmp: Path) -> list[str]:
+    return ["--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
+            "--data.cache_dir", str(tmp / "cache")]
+
+
+@pytest.fixture(scope="module")
+def cli_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint written by ``fit`` through the CLI entry point (tiny overlay)."""
+    tmp = tmp_path_factory.mktemp("cli")
+    old = os.getcwd()
+    os.chdir(tmp)  # the configs write runs/translation/... relative to the working directory
+    try:
+        torch.set_num_threads(1)
+        assert main(["fit", *_cli_base(tmp)]) == 0
+    finally:
+        os.chdir(old)
+    ckpt = tmp / "runs" / "translation" / "default" / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    return ckpt
+
+
+def test_cli_fast_dev_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *_cli_base(tmp_path), "--trainer.fast_dev_run", "true"]) == 0
+
+
+def test_cli_checkpoint_is_weights_only_and_self_contained(cli_ckpt: Path) -> None:
+    raw = torch.load(cli_ckpt, weights_only=True)
+    meta = raw["attn_suite"]
+    assert meta["task"] == "translation" and set(meta["tokenizers"]) == {"src", "tgt"}
+    model = TranslationModule.load_from_checkpoint(cli_ckpt)
+    assert len(model.translate(["I love you", "the red car"], beam=2)) == 2
+
+
+def test_cli_translate_args_stdin_nbest_plot(cli_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["translate", "--ckpt", str(cli_ckpt), "--beam", "2", "I love you", "the red car",
+                 "--plot", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 2
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["alignment_0000.png", "alignment_0001.png"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("I love you\n\nshe sees them\n"))
+    assert main(["translate", "--ckpt", str(cli_ckpt), "--beam", "1", "--batch-size", "2"]) == 0
+    out = capsys.readouterr().out.split("\n")
+    assert len(out) == 4 and out[1] == "" and out[3] == ""  # 3 lines + trailing newline, empty kept
+    assert main(["translate", "--ckpt", str(cli_ckpt), "--beam", "3", "--nbest", "2", "I love you"]) == 0
+    rows = [r.split("\t") for r in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 2 and all(r[0] == "0" and len(r) == 3 for r in rows)
+
+
+def test_cli_predict_and_test(cli_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "in.en"
+    src.write_text("I love you\n\nthe red car\n", encoding="utf-8")
+    out = tmp_path / "out.es"
+    assert main(["predict", *_cli_base(tmp_path), "--ckpt_path", str(cli_ckpt),
+                 "--data.predict_path", str(src), "--predict_output", str(out)]) == 0
+    lines = out.read_text(encoding="utf-8").split("\n")
+    assert len(lines) == 4 and lines[1] == ""
+    assert main(["test", *_cli_base(tmp_path), "--ckpt_path", str(cli_ckpt)]) == 0
+
+
+# ------------------------------------------------------------------------------------------- bad input
+def _error(capsys: pytest.CaptureFixture[str]) -> str:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_cli_bad_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["translate", "--ckpt", str(tmp_path / "missing.ckpt"), "hi"]) == 2
+    err = _error(capsys)
+    assert err.startswith("error:") and "missing.ckpt" in err
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    assert main(["translate", "--ckpt", str(corrupt), "hi"]) == 2
+    assert "corrupt.ckpt" in _error(capsys)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "attn_suite": {"task": "captioning", "format": 1}}, other)
+    assert main(["translate", "--ckpt", str(other), "hi"]) == 2
+    err = _error(capsys)
+    assert "captioning" in err and "translation" in err
+
+
+def test_cli_bad_options(cli_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["translate", "--ckpt", str(cli_ckpt), "--beam", "2", "--nbest", "3", "hi"]) == 2
+    assert "--nbest" in _error(capsys)
+
+
+def test_cli_bad_data_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes("I love you\tte quiero\nthe song\tla canción\n".encode("latin-1"))
+    args = ["fit", *_cli_base(tmp_path), "--trainer.fast_dev_run", "true", "--data.source", "tatoeba"]
+    assert main([*args, "--data.path", str(latin)]) == 2
+    err = _error(capsys)
+    assert f"{latin}:2" in err and "UTF-8" in err
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("english\tspanish\nI love you\tte quiero\n", encoding="utf-8")
+    assert main([*args[:-1], "tsv", "--data.path", str(tsv)]) == 2
+    err = _error(capsys)
+    assert "missing column" in err and "english" in err
+    assert main([*args, "--data.path", str(tmp_path / "nope.txt")]) == 2
+    assert "not found" in _error(capsys)
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (Path(__file__).resolve().parents[3] / "shared/data/spa-eng/spa.txt").exists(),
+                    reason="../shared/data/spa-eng/spa.txt is absent")
+def test_shared_tatoeba_splits(tmp_path: Path) -> None:
+    path = Path(__file__).resolve().parents[3] / "shared/data/spa-eng/spa.txt"
+    dm = TranslationDataModule(source="tatoeba", path=str(path), val_size=2000, test_size=2000,
+                               cache_dir=str(tmp_path))
+    splits = dm.load_splits()
+    assert dm.stats["read"] > 100_000
+    assert len(splits["test"]) >= 2000 and len(splits["val"]) >= 2000
+    train_src = {s for s, _ in splits["train"]}
+    assert not train_src & {s for s, _ in splits["test"]}
