@@ -73,6 +73,10 @@ def quality_run(config: Path, minutes: float, extra: list[str], workdir: Path) -
     cli = TranslationCLI(TranslationModule, TranslationDataModule, args=args, run=False,
                          trainer_defaults={"use_distributed_sampler": False}, seed_everything_default=0)
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
+    from lightning.pytorch.callbacks import LearningRateMonitor
+
+    # No logger in a benchmark (nothing to keep), so drop the config's LR monitor that needs one.
+    trainer.callbacks[:] = [cb for cb in trainer.callbacks if not isinstance(cb, LearningRateMonitor)]
     # Checkpoints of this run go to the scratch folder, not the config's runs/ path.
     for cb in trainer.checkpoint_callbacks:
         cb.dirpath = str(workdir / "checkpoints")

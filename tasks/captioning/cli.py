@@ -26,8 +26,16 @@ from core.errors import UserError
 PARTIAL_FAILURE_EXIT_CODE = 1  # some images failed; 2 (core.cli) means nothing could be done
 
 
-def _lightning_cli(argv: Sequence[str]) -> int:
-    """fit / validate / test / predict through LightningCLI (vocab and preprocessing linked data -> model)."""
+def make_cli(argv: Sequence[str], run: bool = True) -> Any:
+    """Build the captioning ``LightningCLI`` (vocab and preprocessing linked data -> model).
+
+    Args:
+        argv: LightningCLI arguments (with a subcommand when ``run``; without one otherwise).
+        run: run the subcommand; False only instantiates trainer/model/data (benchmarks, tests).
+
+    Returns:
+        The ``LightningCLI`` instance (``.trainer``, ``.model``, ``.datamodule``).
+    """
     from lightning.pytorch.cli import LightningCLI
 
     from tasks.captioning.data import CaptionDataModule
@@ -42,13 +50,13 @@ def _lightning_cli(argv: Sequence[str]) -> int:
             parser.link_arguments("data.mean", "model.mean")
             parser.link_arguments("data.std", "model.std")
 
+    return CaptionCLI(CaptioningModule, CaptionDataModule, args=list(argv), run=run, save_config_kwargs={"overwrite": True})
+
+
+def _lightning_cli(argv: Sequence[str]) -> int:
+    """fit / validate / test / predict through LightningCLI; user errors become ``error: ...``, exit 2."""
     with user_errors():
-        CaptionCLI(
-            CaptioningModule,
-            CaptionDataModule,
-            args=list(argv),
-            save_config_kwargs={"overwrite": True},
-        )
+        make_cli(argv)
     return 0
 
 

@@ -59,9 +59,10 @@ class Batch:
     refs: list[list[str]]
     index: Tensor
 
-    def to(self, device: torch.device | str) -> Batch:
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move the tensors (Lightning calls this through `transfer_batch_to_device`)."""
-        return Batch(self.images.to(device), self.inputs.to(device), self.targets.to(device), self.refs, self.index)
+        kw = {"non_blocking": non_blocking}
+        return Batch(self.images.to(device, **kw), self.inputs.to(device, **kw), self.targets.to(device, **kw), self.refs, self.index)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -542,5 +543,5 @@ class CaptionDataModule(L.LightningDataModule):
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, Batch):
-            return batch.to(device)
+            return batch.to(device, non_blocking=device.type == "cuda")
         return super().transfer_batch_to_device(batch, device, dataloader_idx)

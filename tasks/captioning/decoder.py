@@ -238,6 +238,8 @@ class TransformerCaptionDecoder(nn.Module):
         No attention maps are returned in training (the doubly stochastic regulariser is an
         LSTM-decoder idea), which lets the fused SDPA path run.
         """
+        if inputs.shape[1] > self.max_len:
+            raise ValueError(f"caption of {inputs.shape[1]} tokens exceeds the {self.max_len} learned positions")
         memory = self._memory(feats)
         pos = torch.arange(inputs.shape[1], device=inputs.device)
         x = self.drop(self.embed(inputs) * self.d_model**0.5 + self.pos(pos))  # (B, T, d)

@@ -66,7 +66,7 @@ def run_demo(out_dir: Path, max_minutes: float = 2.5) -> list[Path]:
     )
     trainer.fit(model, dm)
     ckpt = out_dir / "captioning.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=True)  # weights + hparams + metadata: small, no optimizer state
 
     # Reload through the safe path (weights_only=True, task check), as a user would.
     model = CaptioningModule.load_from_checkpoint(ckpt)

@@ -134,7 +134,10 @@ class CaptioningModule(L.LightningModule):
                 v, feat_dim, embed_dim, hidden_dim, attention, attention_dim, num_heads, gate, dropout
             )
         elif decoder == "transformer":
-            self.decoder = TransformerCaptionDecoder(v, feat_dim, d_model, num_layers, num_heads, ffn_dim, dropout, max_len + 2)
+            self.decoder = TransformerCaptionDecoder(
+                # Positions also cover teacher-forced training captions, which may be longer than max_len.
+                v, feat_dim, d_model, num_layers, num_heads, ffn_dim, dropout, max(max_len + 2, 128)
+            )
         else:
             raise ConfigError(f"model.decoder={decoder!r}: expected 'lstm' or 'transformer'")
         self._transform = eval_transform(image_size, tuple(mean), tuple(std))
@@ -233,9 +236,10 @@ class CaptioningModule(L.LightningModule):
         hyps, refs = _gather(self._val_hyps), _gather(self._val_refs)
         self._val_hyps, self._val_refs = [], []
         if hyps:
-            # Every rank holds the gathered lists, so every rank computes the same values (no sync needed).
+            # Every rank holds the gathered lists and computes the same values; sync_dist=True only
+            # averages identical numbers (and keeps Lightning's epoch-level DDP check quiet).
             for name, value in caption_scores(hyps, refs).items():
-                self.log(f"val/{name}", value, prog_bar=name in ("bleu4", "cider"), sync_dist=False)
+                self.log(f"val/{name}", value, prog_bar=name in ("bleu4", "cider"), sync_dist=True)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self._log_attention_figures()
 
@@ -271,7 +275,7 @@ class CaptioningModule(L.LightningModule):
             prefix = names[idx] if idx < len(names) else f"test{idx}"
             if hyps:
                 for name, value in caption_scores(hyps, refs).items():
-                    self.log(f"{prefix}/{name}", value, sync_dist=False, add_dataloader_idx=False)
+                    self.log(f"{prefix}/{name}", value, sync_dist=True, add_dataloader_idx=False)
         self._test_out = {}
 
     def predict_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:

@@ -7,23 +7,30 @@ torchcodec/FFmpeg. Everything a user can get wrong becomes a `core.errors.DataEr
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 import torch
-import torchaudio.functional as AF
+import torchaudio
 
 from core.errors import DataError
 
-__all__ = ["SAMPLE_RATE", "AudioInput", "load_audio", "to_mono_16k", "split_on_silence", "audio_info"]
+__all__ = ["SAMPLE_RATE", "AudioInput", "resampler", "load_audio", "to_mono_16k", "split_on_silence", "audio_info"]
 
 SAMPLE_RATE = 16000
 
 # What `transcribe` and the datasets accept: a path, or (waveform, sample_rate) with the waveform
 # shaped (N,) or (channels, N) (numpy array or tensor).
 AudioInput = Union[str, Path, tuple[Any, int]]
+
+
+@functools.lru_cache(maxsize=8)
+def resampler(orig: int, new: int) -> torchaudio.transforms.Resample:
+    """Cached resampling transform: building the windowed-sinc kernel costs more than applying it."""
+    return torchaudio.transforms.Resample(orig, new)
 
 
 def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Tensor:
@@ -54,7 +61,8 @@ def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Te
     if x.numel() == 0:
         raise DataError(f"{source}: the audio is empty (zero samples)")
     if sample_rate != SAMPLE_RATE:
-        x = AF.resample(x, int(sample_rate), SAMPLE_RATE)
+        with torch.no_grad():
+            x = resampler(int(sample_rate), SAMPLE_RATE)(x)
     return x.contiguous()
 
 

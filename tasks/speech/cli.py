@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from core.cli import run_cli
 from core.errors import ConfigError, UserError
@@ -26,15 +26,37 @@ from core.errors import ConfigError, UserError
 __all__ = ["main", "transcribe_main"]
 
 
+def _speech_cli_class() -> type:
+    """LightningCLI subclass whose `predict` prints `<id><TAB><hypothesis>` lines (rank 0)."""
+    from lightning.pytorch.callbacks import BasePredictionWriter
+    from lightning.pytorch.cli import LightningCLI
+
+    class _Printer(BasePredictionWriter):
+        def __init__(self) -> None:
+            super().__init__(write_interval="batch")
+
+        def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
+                               batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            if trainer.is_global_zero:
+                for row in prediction or []:
+                    print(f"{row['id']}\t{row['hyp']}", flush=True)
+
+    class SpeechCLI(LightningCLI):
+        def before_predict(self) -> None:
+            if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+                self.trainer.callbacks.append(_Printer())
+
+    return SpeechCLI
+
+
 def _lightning_main(argv: Sequence[str]) -> int:
     from lightning.pytorch.callbacks import ModelCheckpoint
-    from lightning.pytorch.cli import LightningCLI
 
     from core.training import NonFiniteLossGuard
     from tasks.speech.data import SpeechDataModule
     from tasks.speech.module import SpeechModule
 
-    LightningCLI(
+    _speech_cli_class()(
         SpeechModule,
         SpeechDataModule,
         args=list(argv),
@@ -87,6 +109,8 @@ def transcribe_main(argv: Sequence[str]) -> int:
             from core.viz import plot_spectrogram_alignment
 
             for k, ch in enumerate(res.chunks):
+                if ch.weights.shape[0] == 0:  # nothing decoded in this chunk: no alignment to draw
+                    continue
                 suffix = f"_chunk{k}" if len(res.chunks) > 1 else ""
                 fig = plot_spectrogram_alignment(ch.spec, ch.weights, ch.tokens,
                                                  path=plot_dir / f"{Path(f).stem}{suffix}.png", title=text)

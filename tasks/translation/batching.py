@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from core.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
@@ -109,10 +109,15 @@ class TokenBucketBatchSampler:
         self.rank = rank
         self.pool_batches = pool_batches
         self.epoch = 0
+        self._skip = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch (reshuffles)."""
         self.epoch = epoch
+
+    def skip_next(self, n: int) -> None:
+        """Make the next iteration start after its first ``n`` batches (mid-epoch resume)."""
+        self._skip = n
 
     def _all_batches(self) -> list[list[int]]:
         n = len(self.lengths)
@@ -148,7 +153,8 @@ class TokenBucketBatchSampler:
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:
-        return iter(self._all_batches())
+        skip, self._skip = self._skip, 0
+        return iter(self._all_batches()[skip:])
 
     def __len__(self) -> int:
         return len(self._all_batches())
@@ -165,3 +171,38 @@ def pad_ids(seqs: Sequence[Sequence[int]]) -> tuple[Tensor, Tensor]:
             ids[i, : len(s)] = torch.tensor(list(s))
             lengths[i] = len(s)
     return ids, lengths
+
+
+class ResumableDataLoader(DataLoader):
+    """DataLoader over a :class:`TokenBucketBatchSampler` whose in-epoch position is checkpointed.
+
+    Lightning stores ``state_dict()`` of loaders that have one in the checkpoint and calls
+    ``load_state_dict()`` on resume, so a run killed mid-epoch continues with the batches it had not
+    seen instead of replaying the epoch from its start (the batch order is a pure function of seed and
+    epoch). Lightning prefetches one batch, so at most one batch is skipped on resume.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._yielded = 0
+        self._resume_skip = 0
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        sampler = self.batch_sampler
+        skip, self._resume_skip = self._resume_skip, 0
+        if skip and isinstance(sampler, TokenBucketBatchSampler):
+            sampler.skip_next(skip)
+        self._yielded = skip
+        for batch in super().__iter__():
+            self._yielded += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.batch_sampler
+        return {"epoch": int(getattr(sampler, "epoch", 0)), "batches": int(self._yielded)}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.batch_sampler
+        if isinstance(sampler, TokenBucketBatchSampler):
+            sampler.set_epoch(int(state.get("epoch", 0)))
+        self._resume_skip = int(state.get("batches", 0))

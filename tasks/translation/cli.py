@@ -35,16 +35,41 @@ __all__ = ["TranslationCLI", "main", "translate_main"]
 class TranslationCLI(LightningCLI):
     """LightningCLI for :class:`TranslationModule` + :class:`TranslationDataModule`.
 
-    Adds ``--predict_output FILE`` (default stdout) and a :class:`TranslationWriter` for ``predict``.
+    Adds ``--predict_output FILE`` (default stdout) and a :class:`TranslationWriter` for ``predict``, and
+    makes ``--ckpt_path`` loading ``weights_only=True`` by default.
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument("--predict_output", type=str | None, default=None,
                             help="predict: write translations to this file (default: stdout)")
 
+    def _safe_checkpoint_loading(self) -> None:
+        # `--ckpt_path` loads go through torch.load; force weights_only=True unless the user set it
+        # (Lightning's default None means False for http(s) checkpoints).
+        cfg = self.config_init[self.subcommand]
+        if "weights_only" in cfg and cfg["weights_only"] is None:
+            cfg["weights_only"] = True
+        ckpt = cfg.get("ckpt_path")
+        if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
+            from core.checkpoint import load_checkpoint
+
+            # Fail early with a clear message (missing / corrupt / unsafe / another task's file)
+            # instead of a traceback from deep inside Lightning's restore.
+            load_checkpoint(ckpt, expected_task="translation")
+
+    def before_fit(self) -> None:
+        self._safe_checkpoint_loading()
+
+    def before_validate(self) -> None:
+        self._safe_checkpoint_loading()
+
+    def before_test(self) -> None:
+        self._safe_checkpoint_loading()
+
     def before_predict(self) -> None:
         from tasks.translation.callbacks import TranslationWriter
 
+        self._safe_checkpoint_loading()
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             out = self.config[self.subcommand].get("predict_output")
             self.trainer.callbacks.append(TranslationWriter(out))

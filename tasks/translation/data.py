@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from core.errors import ConfigError, DataError
 from core.tokenizers import BaseTokenizer, SubwordTokenizer, tokenizer_from_dict
 from tasks.translation import grammar
-from tasks.translation.batching import PairDataset, TokenBucketBatchSampler, collate
+from tasks.translation.batching import PairDataset, ResumableDataLoader, TokenBucketBatchSampler, collate
 from tasks.translation.sources import (
     LoadResult,
     normalize,
@@ -354,8 +354,9 @@ class TranslationDataModule(pl.LightningDataModule):
         sampler = TokenBucketBatchSampler(
             ds.lengths(), max_tokens=max_tokens, shuffle=shuffle, seed=self.seed,
             max_batch_size=self.max_batch_size, num_replicas=world, rank=rank)
-        return DataLoader(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
+        cls = ResumableDataLoader if shuffle else DataLoader  # only training needs mid-epoch resume
+        return cls(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                   persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.max_tokens)

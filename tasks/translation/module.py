@@ -252,7 +252,7 @@ class TranslationModule(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         # Tokens processed (source + target, unpadded): the throughput numerator of the benchmarks.
         self.log("train/tokens", (n_tokens + batch["src_lengths"].sum()).float(), reduce_fx="sum",
-                 on_step=False, on_epoch=True, batch_size=b)
+                 on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
@@ -312,9 +312,10 @@ class TranslationModule(pl.LightningModule):
         if not pairs:
             return
         hyps, refs = [h for h, _ in pairs], [r for _, r in pairs]
-        # Same value on every rank (computed from the gathered corpus), so no further sync is needed.
-        self.log(f"{prefix}/bleu", corpus_bleu(hyps, refs), prog_bar=True)
-        self.log(f"{prefix}/chrf", corpus_chrf(hyps, refs))
+        # Same value on every rank (computed from the gathered corpus); sync_dist just averages equal
+        # values once per epoch and keeps Lightning's distributed bookkeeping consistent.
+        self.log(f"{prefix}/bleu", corpus_bleu(hyps, refs), prog_bar=True, sync_dist=True)
+        self.log(f"{prefix}/chrf", corpus_chrf(hyps, refs), sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._eval_outputs.pop("val", None)

@@ -130,6 +130,17 @@ def test_formats_and_stereo(tmp_path: Path, subtype: str, ext: str) -> None:
     assert x.dim() == 1 and x.numel() == 8000 and 0.2 < float(x.abs().max()) < 0.35
 
 
+def test_mp3_supported_or_clear_error(tmp_path: Path) -> None:
+    f = tmp_path / "a.mp3"
+    if "MP3" in sf.available_formats():  # libsndfile >= 1.1 reads and writes MP3
+        sf.write(f, tone(1.0), 16000, format="MP3")
+        assert abs(load_audio(f).numel() - 16000) < 2000
+    else:
+        f.write_bytes(b"ID3" + b"\x00" * 64)
+        with pytest.raises(DataError, match="MP3"):
+            load_audio(f)
+
+
 def test_waveform_inputs() -> None:
     x = load_audio((np.stack([tone(0.5, 8000)] * 2), 8000))  # (C, N) numpy at 8 kHz
     assert x.shape == (8000,)
@@ -325,6 +336,17 @@ def test_transcribe_cli_round_trip(trained_ckpt: Path, corpus: Path, tmp_path: P
     m = SpeechModule.load_from_checkpoint(trained_ckpt)
     wav, sr = sf.read(good[0], dtype="float32")
     assert isinstance(m.transcribe([(wav, sr)], beam=1)[0], str)
+
+
+def test_predict_cli_prints_hypotheses(trained_ckpt: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.speech.cli import main
+
+    code = main(["predict", "--data.cache_dir", str(corpus.parent), "--data.synth_train=24", "--data.synth_val=6",
+                 "--data.synth_test=6", *TINY, f"--ckpt_path={trained_ckpt}",
+                 f"--trainer.default_root_dir={trained_ckpt.parent}"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert len([ln for ln in out.splitlines() if ln.endswith(".flac") or "\t" in ln]) == 6
 
 
 def test_transcribe_cli_user_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -247,6 +247,9 @@ def test_cli_bad_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert main(["translate", "--ckpt", str(other), "hi"]) == 2
     err = _error(capsys)
     assert "captioning" in err and "translation" in err
+    # The LightningCLI subcommands check --ckpt_path the same way.
+    assert main(["test", *_cli_base(tmp_path), "--ckpt_path", str(other)]) == 2
+    assert "captioning" in _error(capsys)
 
 
 def test_cli_bad_options(cli_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -284,3 +287,61 @@ def test_shared_tatoeba_splits(tmp_path: Path) -> None:
     assert len(splits["test"]) >= 2000 and len(splits["val"]) >= 2000
     train_src = {s for s, _ in splits["train"]}
     assert not train_src & {s for s, _ in splits["test"]}
+
+
+# ------------------------------------------------------------------------------ resume / determinism
+def test_cli_resume_from_last_continues_step_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    base = [*_cli_base(tmp_path), "--trainer.limit_train_batches", "null", "--trainer.limit_val_batches", "1",
+            "--trainer.max_epochs", "null"]
+    assert main(["fit", *base, "--trainer.max_steps", "3"]) == 0
+    last = tmp_path / "runs" / "translation" / "default" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 3
+    assert main(["fit", *base, "--trainer.max_steps", "6", "--ckpt_path", "last"]) == 0
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] == 6
+    assert state["lr_schedulers"][0]["last_epoch"] == 6  # scheduler state resumed too
+
+
+def test_same_seed_same_losses(tmp_path: Path) -> None:
+    import lightning.pytorch as pl
+
+    losses = []
+    for _ in range(2):
+        pl.seed_everything(0)
+        dm = _tiny_dm(tmp_path)
+        model = TranslationModule(emb_dim=16, hidden_dim=16, num_plot_sentences=0)
+        trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                             use_distributed_sampler=False)
+        trainer.fit(model, dm)
+        losses.append(float(trainer.callback_metrics["train/loss"]))
+        losses.append(model.translate(["I love you"], beam=2)[0])
+    assert losses[0] == losses[2] and losses[1] == losses[3]
+
+
+@pytest.mark.slow
+def test_cli_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    import subprocess
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.translation.cli", "fit", *_cli_base(tmp_path),
+         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
+    assert len(list((tmp_path / "cache").glob("tokenizers-*.json"))) == 1  # written once (rank 0)
+    ckpt = tmp_path / "runs" / "translation" / "default" / "checkpoints" / "last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["attn_suite"]["task"] == "translation"
+
+
+@pytest.mark.slow
+def test_demo_writes_checkpoint_translations_and_plots(tmp_path: Path) -> None:
+    from tasks.translation.demo import DEMO_SENTENCES, run_demo
+
+    paths = run_demo(tmp_path / "demo", max_minutes=0.2)
+    assert all(p.is_file() for p in paths)
+    assert sum(p.suffix == ".png" for p in paths) == len(DEMO_SENTENCES)
+    lines = (tmp_path / "demo" / "translations.txt").read_text(encoding="utf-8").splitlines()
+    assert [ln.split("\t")[0] for ln in lines] == DEMO_SENTENCES

@@ -160,3 +160,26 @@ def test_collate_shapes() -> None:
     assert batch["tgt_in"].tolist() == [[1, 8, 0, 0], [1, 9, 10, 11]]
     assert batch["tgt_out"].tolist() == [[8, 2, 0, 0], [9, 10, 11, 2]]
     assert batch["src_lengths"].tolist() == [3, 1]
+
+
+def test_resumable_loader_continues_mid_epoch() -> None:
+    from tasks.translation.batching import PairDataset, ResumableDataLoader
+
+    ds = PairDataset([[5] * (i % 7 + 1) for i in range(60)], [[6] * (i % 5 + 1) for i in range(60)],
+                     [str(i) for i in range(60)], ["" for _ in range(60)])
+
+    def loader() -> ResumableDataLoader:
+        return ResumableDataLoader(ds, batch_sampler=TokenBucketBatchSampler(ds.lengths(), 24, seed=2),
+                                   collate_fn=collate)
+
+    first = loader()
+    first.batch_sampler.set_epoch(3)  # type: ignore[union-attr]
+    full = [b["index"].tolist() for b in first]
+    it = iter(first)
+    seen = [next(it)["index"].tolist() for _ in range(4)]
+    state = first.state_dict()
+    assert state == {"epoch": 3, "batches": 4} and seen == full[:4]
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert [b["index"].tolist() for b in resumed] == full[4:]
+    assert [b["index"].tolist() for b in resumed] == full  # the next epoch starts from the top again
