@@ -27,7 +27,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
 from core.errors import ConfigError, DataError
-from core.tokenizers import BaseTokenizer, SubwordTokenizer, tokenizer_from_dict
+from core.tokenizers import SPECIAL_TOKENS, UNK_ID, BaseTokenizer, SubwordTokenizer, tokenizer_from_dict
 from tasks.translation import grammar
 from tasks.translation.batching import PairDataset, ResumableDataLoader, TokenBucketBatchSampler, collate
 from tasks.translation.sources import (
@@ -59,6 +59,43 @@ def encode_all(tok: BaseTokenizer, texts: list[str]) -> list[list[int]]:
     if hf is not None and texts:
         return [list(e.ids) for e in hf.encode_batch(texts, add_special_tokens=False)]
     return [tok.encode(t) for t in texts]
+
+
+def train_subword(texts: list[str], vocab_size: int, model: str = "bpe", min_freq: int = 2,
+                  split_punctuation: bool = True) -> SubwordTokenizer:
+    """Train a :class:`core.tokenizers.SubwordTokenizer`, optionally splitting punctuation off words.
+
+    ``core``'s tokenizer splits on whitespace only, so "coche", "coche?" and "¿coche" are unrelated
+    words to the subword model. With ``split_punctuation`` the pre-tokenizer also isolates punctuation
+    (after the Metaspace marker is placed, so ``decode`` still restores the original spacing exactly:
+    "¿Dónde está?" → ``▁ ¿ Dónde ▁está ?`` → "¿Dónde está?"). The result is an ordinary
+    ``SubwordTokenizer`` (its JSON carries the pre-tokenizer), so checkpoints and ``tokenizer_from_dict``
+    are unaffected.
+    """
+    if not split_punctuation:
+        return SubwordTokenizer.train(texts, vocab_size=vocab_size, model=model, min_freq=min_freq)
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    specials = list(SPECIAL_TOKENS)
+    unk = SPECIAL_TOKENS[UNK_ID]
+    if model == "bpe":
+        tok = Tokenizer(models.BPE(unk_token=unk))
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_freq, special_tokens=specials,
+                                      show_progress=False)
+    elif model == "unigram":
+        tok = Tokenizer(models.Unigram())
+        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk,
+                                          show_progress=False)
+    else:
+        raise ConfigError(f"--data.tokenizer_model must be 'bpe' or 'unigram', got {model!r}")
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+        pre_tokenizers.Punctuation(behavior="isolated"),
+    ])
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.train_from_iterator(texts, trainer=trainer)
+    return SubwordTokenizer(tok)
 
 
 def split_by_source(pairs: list[Pair], n_val: int, n_test: int, seed: int) -> tuple[list[Pair], ...]:
@@ -116,6 +153,8 @@ class TranslationDataModule(pl.LightningDataModule):
         vocab_size: subword vocabulary size (per language, or total when ``joint_vocab``).
         tokenizer_model: ``bpe`` or ``unigram``.
         joint_vocab: one shared vocabulary for both languages (needed for weight tying across them).
+        split_punctuation: split punctuation off words before subword training (see
+            :func:`train_subword`).
         min_freq: minimum pair frequency for BPE merges.
         max_tokens: token budget per batch (padded tokens), the batch size knob.
         max_batch_size: optional cap on sentences per batch.
@@ -145,6 +184,7 @@ class TranslationDataModule(pl.LightningDataModule):
         vocab_size: int = 2000,
         tokenizer_model: Literal["bpe", "unigram"] = "bpe",
         joint_vocab: bool = False,
+        split_punctuation: bool = True,
         min_freq: int = 2,
         max_tokens: int = 4096,
         max_batch_size: int | None = None,
@@ -173,6 +213,7 @@ class TranslationDataModule(pl.LightningDataModule):
         self.vocab_size = vocab_size
         self.tokenizer_model = tokenizer_model
         self.joint_vocab = joint_vocab
+        self.split_punctuation = split_punctuation
         self.min_freq = min_freq
         self.max_tokens = max_tokens
         self.max_batch_size = max_batch_size
@@ -247,7 +288,7 @@ class TranslationDataModule(pl.LightningDataModule):
     def _cache_key(self, train: list[Pair]) -> str:
         h = hashlib.sha256()
         h.update(json.dumps([_CACHE_VERSION, self.vocab_size, self.tokenizer_model, self.joint_vocab,
-                             self.min_freq]).encode())
+                             self.min_freq, self.split_punctuation]).encode())
         for s, t in train:
             h.update(s.encode())
             h.update(b"\t")
@@ -261,12 +302,13 @@ class TranslationDataModule(pl.LightningDataModule):
     def _train_tokenizers(self, train: list[Pair]) -> dict[str, dict]:
         src_texts = [s for s, _ in train]
         tgt_texts = [t for _, t in train]
-        kw = {"vocab_size": self.vocab_size, "model": self.tokenizer_model, "min_freq": self.min_freq}
+        kw = {"vocab_size": self.vocab_size, "model": self.tokenizer_model, "min_freq": self.min_freq,
+              "split_punctuation": self.split_punctuation}
         if self.joint_vocab:
-            tok = SubwordTokenizer.train(src_texts + tgt_texts, **kw)
+            tok = train_subword(src_texts + tgt_texts, **kw)  # type: ignore[arg-type]
             return {"src": tok.to_dict(), "tgt": tok.to_dict(), "joint": True}
-        return {"src": SubwordTokenizer.train(src_texts, **kw).to_dict(),
-                "tgt": SubwordTokenizer.train(tgt_texts, **kw).to_dict(), "joint": False}
+        return {"src": train_subword(src_texts, **kw).to_dict(),  # type: ignore[arg-type]
+                "tgt": train_subword(tgt_texts, **kw).to_dict(), "joint": False}  # type: ignore[arg-type]
 
     def prepare_data(self) -> None:
         """Rank 0 of each node: train the tokenizers on the training split and cache them."""
