@@ -225,6 +225,9 @@ def test_cli_predict_and_test(cli_ckpt: Path, tmp_path: Path, monkeypatch: pytes
     lines = out.read_text(encoding="utf-8").split("\n")
     assert len(lines) == 4 and lines[1] == ""
     assert main(["test", *_cli_base(tmp_path), "--ckpt_path", str(cli_ckpt)]) == 0
+    # Data settings that would train a different tokenizer: the checkpoint's tokenizers win.
+    with pytest.warns(UserWarning, match="tokenizers differ"):
+        assert main(["test", *_cli_base(tmp_path), "--data.vocab_size", "250", "--ckpt_path", str(cli_ckpt)]) == 0
 
 
 # ------------------------------------------------------------------------------------------- bad input
