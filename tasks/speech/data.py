@@ -10,10 +10,8 @@ batch sampler needed).
 from __future__ import annotations
 
 import random
-import re
 import unicodedata
 import warnings
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -28,12 +26,12 @@ from tasks.speech.features import FeatureConfig, LogMel
 from tasks.speech.sources import Utterance, load_source
 from tasks.speech.text import normalize_text
 
-__all__ = ["SpeechDataModule", "BucketedSpeechDataset", "make_char_tokenizer", "CHARSET", "collate_items"]
+__all__ = ["SpeechDataModule", "BucketedSpeechDataset", "make_char_tokenizer", "CHARSET", "collate_items",
+           "validate_utterances"]
 
 # Every character `normalize_text` can output: the fixed character inventory (known before any data
 # is read, so the model can be built by LightningCLI before `setup`).
 CHARSET = "abcdefghijklmnopqrstuvwxyz' "
-_NON_ASCII_LETTER = re.compile(r"[^\x00-\x7f]")
 
 
 def make_char_tokenizer() -> CharTokenizer:

@@ -348,3 +348,33 @@ def test_demo_writes_checkpoint_translations_and_plots(tmp_path: Path) -> None:
     assert sum(p.suffix == ".png" for p in paths) == len(DEMO_SENTENCES)
     lines = (tmp_path / "demo" / "translations.txt").read_text(encoding="utf-8").splitlines()
     assert [ln.split("\t")[0] for ln in lines] == DEMO_SENTENCES
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_from_last(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import subprocess
+    import time
+
+    long_run = [*_cli_base(tmp_path), "--trainer.limit_train_batches", "null", "--trainer.max_epochs", "null",
+                "--trainer.limit_val_batches", "0"]
+    last = tmp_path / "runs" / "translation" / "default" / "checkpoints" / "last.ckpt"
+    proc = subprocess.Popen([sys.executable, "-m", "tasks.translation.cli", "fit", *long_run,
+                             "--trainer.max_steps", "100000"],
+                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)  # the config writes a rolling last.ckpt every 100 steps
+    finally:
+        proc.kill()  # SIGKILL: no chance to clean up
+        proc.wait()
+    assert last.exists(), "no checkpoint was written before the kill"
+    saved = torch.load(last, weights_only=True)  # atomic save: never a truncated file
+    step = saved["global_step"]
+    assert step >= 100
+    monkeypatch.chdir(tmp_path)
+    assert main(["fit", *long_run, "--trainer.max_steps", str(step + 100), "--ckpt_path", "last"]) == 0
+    resumed = torch.load(last, weights_only=True)
+    assert resumed["global_step"] == step + 100  # continued from the saved step, not from 0
+    assert resumed["lr_schedulers"][0]["last_epoch"] == step + 100
