@@ -14,10 +14,12 @@ import os
 import pickle
 import re
 import shutil
+import struct
 import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -166,7 +168,7 @@ def load_checkpoint(
                 f"when unpickled ({detail}). Only tensors, numbers, strings, lists and dicts are allowed."
             ) from None
         raise CheckpointError(f"could not read checkpoint {path}: not a PyTorch checkpoint ({msg})") from None
-    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError) as err:
+    except (RuntimeError, EOFError, OSError, KeyError, ValueError, IndexError, struct.error, zipfile.BadZipFile) as err:
         # zip "central directory" errors (truncated/corrupt files), empty files, random bytes
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attention import build_attention
-from core.decoding import tree_map
 
 
 def attention_kwargs(name: str, attention_dim: int, num_heads: int, dropout: float) -> dict[str, Any]:
@@ -97,57 +96,35 @@ class LSTMAttentionDecoder(nn.Module):
         mean = feats.mean(1)  # (B, D)
         return torch.tanh(self.init_h(mean)), torch.tanh(self.init_c(mean))  # (B, H) each
 
-    def forward(self, feats: Tensor, inputs: Tensor, pad_id: int = 0) -> tuple[Tensor, Tensor]:
+    def forward(self, feats: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
         """Teacher-forced pass.
 
-        Captions are sorted by length and step ``t`` only runs the rows still inside their caption
-        (as in the reference Show-Attend-Tell implementation): captions of 4 to 20 words share a
-        batch, so this skips about a third of the recurrent work instead of computing padding.
+        Every step runs the full batch, padding included. (Shrinking the batch as captions end,
+        as some implementations do, measured slower here on CPU: the decoder is bound by per-op
+        overhead, and the extra slicing/padding ops cost more than the skipped rows save.)
 
         Args:
             feats: ``(B, S, D)`` image grid features.
-            inputs: ``(B, T)`` input tokens starting with BOS, right-padded with ``pad_id``.
-            pad_id: padding id.
+            inputs: ``(B, T)`` input tokens starting with BOS.
 
         Returns:
-            ``(logits (B, T, V), alphas (B, T, S))``; rows past a caption's end are zero logits
-            (ignored by the loss) and zero attention.
+            ``(logits (B, T, V), alphas (B, T, S))``.
         """
         b, t_len = inputs.shape
-        lengths = (inputs != pad_id).sum(1)  # (B,) BOS + words
-        lengths, order = lengths.sort(descending=True)
-        feats, inputs = feats[order], inputs[order]  # longest caption first
-        # Active rows per step, computed once on the host (one sync per batch, not per step).
-        active = [int(n) for n in (lengths[None, :] > torch.arange(t_len, device=lengths.device)[:, None]).sum(1).tolist()]
         cache = self.attn.precompute(feats, feats)  # key projections once per image, not per step
         h, c = self._init(feats)
         prev = feats.new_zeros(b, feats.shape[1])  # (B, S)
         emb = self.drop(self.embed(inputs))  # (B, T, E)
         hs, ctxs, alphas = [], [], []
         for t in range(t_len):
-            n = active[t]
-            if n == 0:
-                break
-            if n < h.shape[0]:  # drop finished captions (rows are sorted, so they are the last ones)
-                h, c, prev = h[:n], c[:n], prev[:n]
-            step_cache = tree_map(lambda x: x[:n], cache) if n < b else cache
-            ctx, w, prev = self._attend(h, feats[:n], step_cache, prev)
-            h, c = self.cell(torch.cat([emb[:n, t], ctx], dim=-1), (h, c))
-            # Zero-pad finished rows back to B so the per-step outputs stack into (B, T, .).
-            hs.append(F.pad(h, (0, 0, 0, b - n)))
-            ctxs.append(F.pad(ctx, (0, 0, 0, b - n)))
-            alphas.append(F.pad(w, (0, 0, 0, b - n)))
-        steps = len(hs)
+            ctx, w, prev = self._attend(h, feats, cache, prev)
+            h, c = self.cell(torch.cat([emb[:, t], ctx], dim=-1), (h, c))
+            hs.append(h)
+            ctxs.append(ctx)
+            alphas.append(w)
         # One big output projection after the loop instead of T small ones.
-        deep = torch.cat([torch.stack(hs, 1), torch.stack(ctxs, 1), emb[:, :steps]], dim=-1)  # (B, T', H+Dc+E)
-        logits = self.out(self.drop(deep))  # (B, T', V)
-        alpha = torch.stack(alphas, 1)  # (B, T', S)
-        if steps < t_len:  # only when every caption is shorter than the padded width
-            logits = F.pad(logits, (0, 0, 0, t_len - steps))
-            alpha = F.pad(alpha, (0, 0, 0, t_len - steps))
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(b, device=order.device)
-        return logits[inverse], alpha[inverse]  # back to the batch's original order
+        deep = torch.cat([torch.stack(hs, 1), torch.stack(ctxs, 1), emb], dim=-1)  # (B, T, H+Dc+E)
+        return self.out(self.drop(deep)), torch.stack(alphas, 1)  # (B, T, V), (B, T, S)
 
     def init_state(self, feats: Tensor) -> dict[str, Any]:
         """Decoding state for `core.decoding` (``"static"`` is expanded but never reordered)."""

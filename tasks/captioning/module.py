@@ -157,8 +157,6 @@ class CaptioningModule(L.LightningModule):
         Returns:
             ``(logits (B, T, V), attention (B, T, S) or None)``.
         """
-        if isinstance(self.decoder, LSTMAttentionDecoder):
-            return self.decoder(self.encoder(images), inputs, pad_id=self.vocab.pad_id)
         return self.decoder(self.encoder(images), inputs)
 
     def _loss(self, batch: Batch) -> tuple[Tensor, Tensor]:

@@ -109,10 +109,11 @@ def transcribe_main(argv: Sequence[str]) -> int:
             from core.viz import plot_spectrogram_alignment
 
             for k, ch in enumerate(res.chunks):
-                if ch.weights.shape[0] == 0:  # nothing decoded in this chunk: no alignment to draw
-                    continue
+                weights, tokens = ch.weights, ch.tokens
+                if weights.shape[0] == 0:  # nothing decoded: still show the spectrogram, one empty row
+                    weights, tokens = weights.new_zeros(1, weights.shape[1]), ["(empty)"]
                 suffix = f"_chunk{k}" if len(res.chunks) > 1 else ""
-                fig = plot_spectrogram_alignment(ch.spec, ch.weights, ch.tokens,
+                fig = plot_spectrogram_alignment(ch.spec, weights, tokens,
                                                  path=plot_dir / f"{Path(f).stem}{suffix}.png", title=text)
                 import matplotlib.pyplot as plt
 

@@ -152,6 +152,51 @@ park||parque|m||place
 village||pueblo|m||place
 castle||castillo|m||place
 farm||granja|f||place
+pilot||piloto|m||person
+actor||actor|m|actores|person
+lawyer||abogado|m||person
+painter||pintor|m|pintores|person
+dancer||bailarín|m|bailarines|person
+goat||cabra|f||animal
+turtle||tortuga|f||animal
+elephant||elefante|m||animal
+spider||araña|f||animal
+cherry|cherries|cereza|f||food
+grape||uva|f||food
+onion||cebolla|f||food
+melon||melón|m||food
+cheese||queso|m||food
+pie||tarta|f||food
+candle||vela|f||object,fragile
+blanket||manta|f||object,clean
+pillow||almohada|f||object,clean
+towel||toalla|f||object,clean
+sock||calcetín|m|calcetines|object,clean
+belt||cinturón|m|cinturones|object
+backpack||mochila|f||object,open,clean
+drawer||cajón|m|cajones|object,open,clean
+envelope||sobre|m||object,open
+notebook||cuaderno|m||object,open,text
+poem||poema|m||object,text
+story|stories|cuento|m||object,text
+ticket||billete|m||object
+gift||regalo|m||object,open
+basket||cesta|f||object,clean
+bucket||cubo|m||object,clean
+ladder||escalera|f||object
+piano||piano|m||object
+violin||violín|m|violines|object,fragile
+vase||jarrón|m|jarrones|object,fragile,clean
+motorcycle||moto|f||vehicle,clean
+tractor||tractor|m|tractores|vehicle,clean
+office||oficina|f||place,clean
+airport||aeropuerto|m||place
+station||estación|f|estaciones|place
+market||mercado|m||place
+restaurant||restaurante|m||place,open
+lake||lago|m||place
+forest||bosque|m||place
+island||isla|f||place
 """
 
 # Adjectives: english | spanish masc. sg | fem. sg (blank = regular) | masc. pl | fem. pl | tags allowed
@@ -194,6 +239,14 @@ famous|famoso||||person,place
 quiet|tranquilo||||person,animal,place
 sweet|dulce||||food
 fresh|fresco||||food
+wide|ancho||||object,place
+narrow|estrecho||||object,place
+soft|suave||||object,food
+hard|duro||||object,food
+round|redondo||||object,food
+modern|moderno||||object,vehicle,place
+honest|honrado||||person
+shy|tímido||||person,animal
 """
 
 # Verbs: english base | 3sg | past | particle | spanish infinitive | present (5 forms, blank = regular)
@@ -257,4 +310,12 @@ arrive|arrives|arrived||llegar||||intr
 leave|leaves|left||salir|salgo sales sale salimos salen|||intr
 come|comes|came||venir|vengo vienes viene venimos vienen|vine viniste vino vinimos vinieron||intr
 speak|speaks|spoke||hablar||||intr
+clean|cleans|cleaned||limpiar|||clean|
+fill|fills|filled||llenar|||object|
+hide|hides|hid||esconder|||object,food,animal|
+choose|chooses|chose||elegir|elijo eliges elige elegimos eligen|elegí elegiste eligió elegimos eligieron|object,vehicle,food,place|
+greet|greets|greeted||saludar|||person|
+answer|answers|answered||contestar||||intr
+rest|rests|rested||descansar||||intr
+shout|shouts|shouted||gritar||||intr
 """

@@ -54,7 +54,7 @@ def test_missing(tmp_path: Path) -> None:
         load_checkpoint(tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "list"])
+@pytest.mark.parametrize("kind", ["truncated", "empty", "text", "list", "tiny"])
 def test_unreadable(tmp_path: Path, kind: str) -> None:
     path = tmp_path / f"{kind}.ckpt"
     if kind == "truncated":
@@ -64,6 +64,8 @@ def test_unreadable(tmp_path: Path, kind: str) -> None:
         path.write_bytes(b"")
     elif kind == "text":
         path.write_text("this is not a checkpoint\n")
+    elif kind == "tiny":
+        path.write_bytes(b"junk")  # shorter than any pickle header: struct.error inside torch.load
     else:
         torch.save([1, 2, 3], path)
     with pytest.raises(CheckpointError, match=rf"{kind}\.ckpt"):
