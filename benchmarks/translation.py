@@ -139,7 +139,8 @@ class NaiveRNN(nn.Module):
 
 
 def throughput(steps: int = 8, batch: int = 128, src_len: int = 12, tgt_len: int = 12, vocab: int = 2000,
-               emb: int = 128, hidden: int = 256, device: str = "cpu") -> dict[str, Any]:
+               emb: int = 128, hidden: int = 256, device: str = "cpu", profile: bool = False,
+               warmup: int = 3) -> dict[str, Any]:
     """Training tokens/s of our RNNSeq2Seq vs :class:`NaiveRNN` at equal size on random batches."""
     from tasks.translation.models import RNNSeq2Seq
 
@@ -150,7 +151,7 @@ def throughput(steps: int = 8, batch: int = 128, src_len: int = 12, tgt_len: int
     models = {"ours": RNNSeq2Seq(vocab, vocab, emb, hidden, dropout=0.0).to(device),
               "naive": NaiveRNN(vocab, vocab, emb, hidden).to(device)}
     out: dict[str, Any] = {"batch": batch, "src_len": src_len, "tgt_len": tgt_len, "vocab": vocab,
-                           "emb": emb, "hidden": hidden}
+                           "emb": emb, "hidden": hidden, "steps": steps, "warmup": warmup}
     for name, m in models.items():
         opt = torch.optim.AdamW(m.parameters(), 1e-3)
 
@@ -161,7 +162,7 @@ def throughput(steps: int = 8, batch: int = 128, src_len: int = 12, tgt_len: int
             loss.backward()
             opt.step()
 
-        for _ in range(2):  # warm-up (allocator, kernels)
+        for _ in range(warmup):  # warm-up (allocator, cuDNN plans, torch.compile of core kernels)
             step()
         if device == "cuda":
             torch.cuda.synchronize()
@@ -172,6 +173,18 @@ def throughput(steps: int = 8, batch: int = 128, src_len: int = 12, tgt_len: int
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / steps
         out[f"{name}_tokens_per_s"] = round(batch * (src_len + tgt_len) / dt, 1)
+        if profile:
+            # Where the time goes (kernels on GPU, ops on CPU): one profiled step per model, to stderr.
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
+
+            acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+            with torch_profile(activities=acts) as prof:
+                step()
+                if device == "cuda":
+                    torch.cuda.synchronize()
+            key = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+            print(f"--- {name} ---\n" + prof.key_averages().table(sort_by=key, row_limit=15), file=sys.stderr)
     out["speedup"] = round(out["ours_tokens_per_s"] / out["naive_tokens_per_s"], 2)
     return out
 
@@ -201,12 +214,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
                    help="device of the throughput comparison")
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here")
+    p.add_argument("--profile", action="store_true", help="print a torch.profiler table per model (stderr)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps of the throughput comparison")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"machine": machine()}
     if not args.no_throughput:
-        result["rnn_throughput"] = throughput(device=args.device)
+        result["rnn_throughput"] = throughput(device=args.device, profile=args.profile, warmup=args.warmup)
     if not args.throughput_only:
         with tempfile.TemporaryDirectory(prefix="bench-translation-") as tmp:
             result["quality"] = quality_run(args.config, args.minutes, extra, Path(tmp))
