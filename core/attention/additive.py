@@ -160,15 +160,22 @@ class AdditiveAttention(Attention):
     it as ``precomputed`` at each decoder step.
     """
 
-    def __init__(self, query_dim: int, key_dim: int, value_dim: int | None = None, hidden_dim: int | None = None) -> None:
+    def __init__(
+        self, query_dim: int, key_dim: int, value_dim: int | None = None, hidden_dim: int | None = None,
+        memory_efficient: bool = True,
+    ) -> None:
         """Args:
             query_dim: size of the query (decoder state) vectors.
             key_dim: size of the key (encoder output) vectors.
             value_dim: size of the value vectors (default ``key_dim``).
             hidden_dim: size H of the energy MLP (default ``query_dim``).
+            memory_efficient: recompute the tanh in backward (`additive_scores`) instead of
+                letting autograd keep a ``(B, Tq, S, H)`` tensor; False trades that memory
+                for fewer kernels (faster for short sources on GPU, see benchmarks/RESULTS.md).
         """
         super().__init__(query_dim, key_dim, value_dim)
         self.hidden_dim = hidden_dim or query_dim
+        self.memory_efficient = memory_efficient
         self.query_proj = nn.Linear(query_dim, self.hidden_dim, bias=False)
         self.key_proj = nn.Linear(key_dim, self.hidden_dim, bias=True)
         self.energy = nn.Linear(self.hidden_dim, 1, bias=False)
@@ -176,6 +183,16 @@ class AdditiveAttention(Attention):
     def precompute(self, keys: Tensor, values: Tensor | None = None) -> Tensor:
         """Projected keys ``(B, S, H)``."""
         return self.key_proj(keys)
+
+    def _scores(self, qh: Tensor, kh: Tensor, f: Tensor | None = None) -> Tensor:
+        """Energies ``(B, Tq, S)`` from projected queries/keys (and location features ``f``)."""
+        v = self.energy.weight.view(-1)
+        u = getattr(self, "loc_proj", None)
+        if self.memory_efficient:
+            return additive_scores(qh, kh, v, f, None if f is None else u.weight)
+        if f is not None:
+            kh = kh + u(f)  # (B, S, C) -> (B, S, H)
+        return torch.matmul(torch.tanh(qh[:, :, None, :] + kh[:, None, :, :]), v.to(qh.dtype))  # (B, Tq, S, H) -> (B, Tq, S)
 
     def _projected_keys(self, keys: Tensor | None, precomputed: Any) -> Tensor:
         if precomputed is not None:
@@ -190,7 +207,7 @@ class AdditiveAttention(Attention):
         assert values is not None
         kh = self._projected_keys(keys, precomputed)  # (B, S, H)
         qh = self.query_proj(query)  # (B, Tq, H)
-        scores = additive_scores(qh, kh, self.energy.weight.view(-1))  # (B, Tq, S)
+        scores = self._scores(qh, kh)  # (B, Tq, S)
         weights = masked_softmax(scores, mask)
         return torch.matmul(weights.to(values.dtype), values), weights  # (B, Tq, Dv)
 
@@ -217,6 +234,7 @@ class LocationAttention(AdditiveAttention):
         conv_channels: int = 10,
         kernel_size: int = 31,
         cumulative: bool = False,
+        memory_efficient: bool = True,
     ) -> None:
         """Args:
             query_dim: size of the query (decoder state) vectors.
@@ -226,8 +244,9 @@ class LocationAttention(AdditiveAttention):
             conv_channels: number C of location filters.
             kernel_size: width of the location filters (odd, so features stay aligned).
             cumulative: feed the running sum of all previous weights instead of the last.
+            memory_efficient: see `AdditiveAttention`.
         """
-        super().__init__(query_dim, key_dim, value_dim, hidden_dim)
+        super().__init__(query_dim, key_dim, value_dim, hidden_dim, memory_efficient)
         if kernel_size % 2 != 1:
             raise ValueError(f"LocationAttention: kernel_size must be odd, got {kernel_size}")
         self.cumulative = cumulative
@@ -260,12 +279,11 @@ class LocationAttention(AdditiveAttention):
         if prev_weights is not None and tuple(prev_weights.shape) != (b, s):
             raise ValueError(f"LocationAttention: prev_weights must be (B, S) = {(b, s)}, got {tuple(prev_weights.shape)}")
         contexts, all_weights = [], []
-        v = self.energy.weight.view(-1)
         for t in range(tq):
             # Same carry rule as a caller stepping by hand: start uniform, then accumulate.
             loc_in = self.initial_weights(mask, b, s, qh) if prev_weights is None else prev_weights
             f = self.conv(loc_in[:, None, :].to(self.conv.weight.dtype)).transpose(1, 2)  # (B, 1, S) -> (B, C, S) -> (B, S, C)
-            scores = additive_scores(qh[:, t:t + 1], kh, v, f, self.loc_proj.weight)  # (B, 1, S)
+            scores = self._scores(qh[:, t:t + 1], kh, f)  # (B, 1, S)
             step_mask = None if mask is None else mask[:, t:t + 1] if mask.shape[1] == tq else mask
             w = masked_softmax(scores, step_mask)  # (B, 1, S)
             contexts.append(torch.matmul(w.to(values.dtype), values))  # (B, 1, Dv)

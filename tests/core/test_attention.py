@@ -295,3 +295,17 @@ def test_fusable_chunk_kernels_match_eager() -> None:
     torch.testing.assert_close(additive._fwd_chunk_fusable(*args), additive._fwd_chunk(*args))
     for a, b in zip(additive._bwd_chunk_fusable(*args, g), additive._bwd_chunk(*args, g)):
         torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("name", ["additive", "location"])
+def test_memory_efficient_flag_same_values_and_grads(name: str) -> None:
+    kw = {"kernel_size": 3, "conv_channels": 2} if name == "location" else {}
+    lean = make(name, d=6, **kw)
+    plain = make(name, d=6, memory_efficient=False, **kw)
+    plain.load_state_dict(lean.state_dict())
+    q = torch.randn(2, 3, 6, requires_grad=True)
+    k = torch.randn(2, 4, 6)
+    mask = lengths_to_mask(torch.tensor([4, 2]), 4)
+    a, b = lean(q, k, k, mask).context, plain(q, k, k, mask).context
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(torch.autograd.grad(a.sum(), q)[0], torch.autograd.grad(b.sum(), q)[0])
