@@ -422,3 +422,29 @@ def test_ddp_two_cpu_processes(corpus: Path, tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(tmp_path.rglob("last.ckpt"))
+
+
+def test_hf_datasets_saved_to_disk(tmp_path: Path) -> None:
+    """HF `datasets` audio sources (a `save_to_disk` folder), both as file paths and as embedded bytes."""
+    import io
+
+    import datasets
+
+    wav = tmp_path / "a.wav"
+    sf.write(wav, tone(0.5, sr=22050), 22050)
+    buf = io.BytesIO()
+    sf.write(buf, tone(0.25), SAMPLE_RATE, format="WAV")
+    ds = datasets.Dataset.from_dict({
+        "audio": [{"path": str(wav), "bytes": None}, {"path": None, "bytes": buf.getvalue()}],
+        "sentence": ["Hello world", "two"],
+    }).cast_column("audio", datasets.Audio(decode=False))
+    saved = tmp_path / "hf_ds"
+    datasets.DatasetDict({"train": ds}).save_to_disk(str(saved))
+
+    utts = load_source(f"hf:{saved}", split="train")
+    assert [u.text for u in utts] == ["Hello world", "two"]
+    assert isinstance(utts[1].audio, bytes)
+    lengths = [load_audio(u.audio).shape[-1] for u in utts]
+    assert lengths == [SAMPLE_RATE // 2, SAMPLE_RATE // 4]  # 22.05 kHz resampled to 16 kHz
+    with pytest.raises(DataError, match="no split 'test'"):
+        load_source(f"hf:{saved}", split="test")
