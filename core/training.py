@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from core.errors import UserError
 
 __all__ = [
+    "DeadlineStop",
     "SCHEDULES",
     "FiniteLossGuard",
     "NonFiniteLossError",
@@ -210,3 +212,21 @@ class NonFiniteLossGuard(pl.Callback):
 
 
 FiniteLossGuard = NonFiniteLossGuard  # name used in docs/INTERFACES.md
+
+
+class DeadlineStop(pl.Callback):
+    """Stop training once ``time.monotonic()`` passes a deadline.
+
+    Lightning's ``max_time`` counts from the start of ``fit``; a deadline set before it also
+    covers corpus generation and setup, which is what a fixed wall-clock budget (the demo) needs.
+
+    Args:
+        deadline: a ``time.monotonic()`` value.
+    """
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
+        if time.monotonic() >= self.deadline:
+            trainer.should_stop = True

@@ -12,20 +12,11 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from core.training import DeadlineStop
 from tasks.captioning import scenes
 from tasks.captioning.data import CaptionDataModule
 from tasks.captioning.module import CaptioningModule, save_attention_figure
 
-
-class _Deadline(L.Callback):
-    """Stop training at a wall-clock deadline (Lightning's max_time counts only from fit start)."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if time.monotonic() >= self.deadline:
-            trainer.should_stop = True
 
 
 def run_demo(out_dir: Path, max_minutes: float = 2.5) -> list[Path]:
@@ -62,7 +53,7 @@ def run_demo(out_dir: Path, max_minutes: float = 2.5) -> list[Path]:
         num_sanity_val_steps=0,
         limit_val_batches=0,
         gradient_clip_val=5.0,
-        callbacks=[_Deadline(start + train_budget)],
+        callbacks=[DeadlineStop(start + train_budget)],
     )
     trainer.fit(model, dm)
     ckpt = out_dir / "captioning.ckpt"

@@ -11,18 +11,10 @@ from pathlib import Path
 
 import lightning as L
 
+from core.training import DeadlineStop
+
 __all__ = ["run_demo"]
 
-
-class _Deadline(L.Callback):
-    """Stop training at a wall-clock deadline that includes synthesis and setup time."""
-
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
-        if time.monotonic() >= self.deadline:
-            trainer.should_stop = True
 
 
 def run_demo(out_dir: Path, max_minutes: float = 3.5) -> list[Path]:
@@ -61,7 +53,7 @@ def run_demo(out_dir: Path, max_minutes: float = 3.5) -> list[Path]:
     deadline = start + max(30.0, max_minutes * 60.0 - 35.0)
     trainer = L.Trainer(max_epochs=100, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        gradient_clip_val=5.0, callbacks=[_Deadline(deadline)])
+                        gradient_clip_val=5.0, callbacks=[DeadlineStop(deadline)])
     trainer.fit(model, dm)
     ckpt = out_dir / "speech.ckpt"
     trainer.save_checkpoint(ckpt)

@@ -119,3 +119,16 @@ def test_log_figure_without_logger_writes_nothing(tmp_path: Path, monkeypatch: p
                          enable_checkpointing=False, accelerator="cpu", devices=1)
     trainer.fit(_Tiny())
     assert not list(tmp_path.rglob("*.png"))
+
+
+def test_deadline_stop_sets_should_stop_only_after_deadline() -> None:
+    import time
+    from types import SimpleNamespace
+
+    from core.training import DeadlineStop
+
+    trainer = SimpleNamespace(should_stop=False)
+    DeadlineStop(time.monotonic() + 60).on_train_batch_end(trainer)
+    assert trainer.should_stop is False
+    DeadlineStop(time.monotonic() - 1).on_train_batch_end(trainer)
+    assert trainer.should_stop is True
