@@ -16,7 +16,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from core.checkpoint import META_KEY, load_checkpoint, make_metadata
 from core.decoding import beam_search
-from core.errors import CheckpointError, ConfigError, UserError
+from core.errors import ConfigError
 from core.tokenizers import tokenizer_from_dict
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, load_audio, split_on_silence
 from tasks.speech.data import make_char_tokenizer
@@ -177,12 +177,7 @@ class SpeechModule(L.LightningModule):
         Raises:
             core.errors.CheckpointError: missing/truncated/unsafe/other-task file.
         """
-        try:
-            ckpt = load_checkpoint(checkpoint_path, expected_task=TASK, map_location=map_location)
-        except UserError:
-            raise
-        except Exception as e:  # e.g. struct.error from the unpickler on a short junk file
-            raise CheckpointError(f"cannot load checkpoint {checkpoint_path}: not a valid checkpoint ({e})") from None
+        ckpt = load_checkpoint(checkpoint_path, expected_task=TASK, map_location=map_location)
         allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
         # LightningCLI adds bookkeeping keys such as "_instantiator": keep constructor arguments only.
         hp = {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k in allowed}
