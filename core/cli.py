@@ -5,10 +5,11 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 from core.errors import UserError
 
-__all__ = ["USER_ERROR_EXIT_CODE", "run_cli", "user_errors"]
+__all__ = ["USER_ERROR_EXIT_CODE", "check_ckpt_path_arg", "run_cli", "user_errors"]
 
 USER_ERROR_EXIT_CODE = 2  # same status argparse uses for bad arguments
 
@@ -55,3 +56,23 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
         print(exc.code, file=sys.stderr)
         return 1
     return 0 if code is None else int(code)
+
+
+def check_ckpt_path_arg(config: Any, task: str) -> None:
+    """Fail with a clear ``CheckpointError`` if a LightningCLI ``--ckpt_path`` file is not usable.
+
+    Call it right after ``LightningCLI.parse_arguments``: LightningCLI itself ``torch.load``s an existing
+    ``--ckpt_path`` (to read its hyper-parameters) before any ``before_*`` hook runs, so a missing,
+    truncated, corrupt, unsafe-pickle or other-task file must be caught here to become ``error: ...``
+    naming the file instead of a traceback. ``last``/``best``/``hpc``/``registry:...`` are left to Lightning.
+
+    Args:
+        config: the parsed LightningCLI namespace (``cli.config``).
+        task: the task name the checkpoint must belong to.
+    """
+    sub = config.get("subcommand")
+    ckpt = config[sub].get("ckpt_path") if sub else None
+    if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
+        from core.checkpoint import load_checkpoint
+
+        load_checkpoint(ckpt, expected_task=task)

@@ -1,4 +1,4 @@
-"""Training helpers shared by the tasks: LR schedules, figure logging, non-finite loss guard."""
+"""Training helpers shared by the tasks: LR schedules, figure logging, non-finite loss guard, checkpoints."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch.optim.lr_scheduler import LambdaLR
@@ -20,6 +21,7 @@ from core.errors import UserError
 
 __all__ = [
     "DeadlineStop",
+    "RunCheckpoint",
     "SCHEDULES",
     "FiniteLossGuard",
     "NonFiniteLossError",
@@ -230,3 +232,45 @@ class DeadlineStop(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, *args: object) -> None:
         if time.monotonic() >= self.deadline:
             trainer.should_stop = True
+
+
+class RunCheckpoint(ModelCheckpoint):
+    """``ModelCheckpoint`` whose ``last.ckpt`` is always where ``fit --ckpt_path last`` looks for it.
+
+    Three differences from Lightning's class, each a way a resumed run silently restarted from step 0
+    or lost steps:
+
+    * with no ``dirpath`` it writes to ``<trainer.default_root_dir>/checkpoints``, not to the logger's
+      versioned folder (``lightning_logs/version_N/checkpoints``), where the next run's
+      ``--ckpt_path last`` would look into a new, empty ``version_N+1``;
+    * ``enable_version_counter`` defaults to False, so two instances (best-by-metric and a rolling one)
+      share one ``last.ckpt`` instead of the second writing ``last-v1.ckpt`` next to a stale file;
+    * a rolling instance (``every_n_train_steps > 0`` and ``save_last``) also saves the final state when
+      training ends (Lightning skips that once the callback has saved before, so a run stopped by
+      ``max_steps``/``max_time`` left ``last.ckpt`` up to ``every_n_train_steps`` behind).
+
+    Saves stay atomic (Lightning writes a temporary file and renames it), so a SIGKILL never leaves a
+    truncated ``last.ckpt``; only global rank 0 writes.
+    """
+
+    def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+
+    def _pin_dirpath(self, trainer: pl.Trainer) -> None:
+        if self.dirpath is None:
+            self.dirpath = str(Path(trainer.default_root_dir, "checkpoints").resolve())
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._pin_dirpath(trainer)
+        super().setup(trainer, pl_module, stage)
+
+    def _find_last_checkpoints(self, trainer: pl.Trainer) -> set[str]:
+        # `ckpt_path="last"` is resolved before any callback hook runs.
+        self._pin_dirpath(trainer)
+        return super()._find_last_checkpoints(trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.save_last and self._every_n_train_steps > 0 and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        else:
+            super().on_train_end(trainer, pl_module)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.cli import run_cli, user_errors
+from core.cli import check_ckpt_path_arg, run_cli, user_errors
 from core.errors import UserError
 
 PARTIAL_FAILURE_EXIT_CODE = 1  # some images failed; 2 (core.cli) means nothing could be done
@@ -49,6 +49,10 @@ def make_cli(argv: Sequence[str], run: bool = True) -> Any:
             parser.link_arguments("data.image_size", "model.image_size")
             parser.link_arguments("data.mean", "model.mean")
             parser.link_arguments("data.std", "model.std")
+
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            check_ckpt_path_arg(self.config, "captioning")
 
     return CaptionCLI(CaptioningModule, CaptionDataModule, args=list(argv), run=run, save_config_kwargs={"overwrite": True})
 

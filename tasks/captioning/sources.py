@@ -21,6 +21,7 @@ usable image, raises `core.errors.DataError` naming the file.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import warnings
 from collections import OrderedDict
@@ -117,6 +118,19 @@ def _check_file(path: Path, what: str) -> None:
         raise DataError(f"{path}: {what} not found")
 
 
+def _read_text(path: Path) -> str:
+    """The file's text (UTF-8, BOM dropped); non-UTF-8 bytes raise a DataError naming file and line."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        lineno = data[: err.start].count(b"\n") + 1
+        raise DataError(
+            f"{path}: line {lineno}: expected UTF-8 text, got byte 0x{data[err.start]:02x}; "
+            f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
+        ) from None
+
+
 def read_flickr_csv(
     captions_file: str | Path, image_dir: str | Path | None = None, check_files: bool = True
 ) -> tuple[list[CaptionRecord], ReadReport]:
@@ -137,7 +151,7 @@ def read_flickr_csv(
     img_dir = Path(image_dir) if image_dir else cap_path.parent / "Images"
     report = ReadReport(str(cap_path))
     grouped: OrderedDict[str, tuple[Path, list[str], str | None]] = OrderedDict()
-    with open(cap_path, newline="", encoding="utf-8-sig") as f:
+    with io.StringIO(_read_text(cap_path), newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip().lower() for h in header[:2]] != ["image", "caption"]:
@@ -181,7 +195,7 @@ def read_flickr_token(
                 splits[line.strip()] = split
     report = ReadReport(str(tok_path))
     grouped: OrderedDict[str, tuple[Path, list[str], str | None]] = OrderedDict()
-    with open(tok_path, encoding="utf-8-sig") as f:
+    with io.StringIO(_read_text(tok_path), newline=None) as f:  # universal newlines, as open() did
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.cli import run_cli
+from core.cli import check_ckpt_path_arg, run_cli
 from core.errors import ConfigError, UserError
 
 __all__ = ["main", "transcribe_main"]
@@ -42,6 +42,10 @@ def _speech_cli_class() -> type:
                     print(f"{row['id']}\t{row['hyp']}", flush=True)
 
     class SpeechCLI(LightningCLI):
+        def parse_arguments(self, parser: Any, args: Any) -> None:
+            super().parse_arguments(parser, args)
+            check_ckpt_path_arg(self.config, "speech")
+
         def before_predict(self) -> None:
             if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
                 self.trainer.callbacks.append(_Printer())
@@ -49,10 +53,11 @@ def _speech_cli_class() -> type:
     return SpeechCLI
 
 
-def _lightning_main(argv: Sequence[str]) -> int:
-    from lightning.pytorch.callbacks import ModelCheckpoint
+ROLLING_CHECKPOINT_STEPS = 100  # mid-epoch last.ckpt interval (a killed run loses at most this many steps)
 
-    from core.training import NonFiniteLossGuard
+
+def _lightning_main(argv: Sequence[str]) -> int:
+    from core.training import NonFiniteLossGuard, RunCheckpoint
     from tasks.speech.data import SpeechDataModule
     from tasks.speech.module import SpeechModule
 
@@ -63,9 +68,13 @@ def _lightning_main(argv: Sequence[str]) -> int:
         seed_everything_default=0,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            # last.ckpt is what `fit --ckpt_path last` resumes from; best by validation CER.
+            # LightningCLI appends these to any `trainer.callbacks` a config lists, so every config gets them.
+            # Both write <default_root_dir>/checkpoints/last.ckpt (what `fit --ckpt_path last` resumes from):
+            # at each validation (plus best-*.ckpt by validation CER) and every ROLLING_CHECKPOINT_STEPS
+            # steps in the middle of an epoch.
             "callbacks": [
-                ModelCheckpoint(monitor="val/cer", mode="min", save_last=True, filename="best-{step}"),
+                RunCheckpoint(monitor="val/cer", mode="min", save_last=True, filename="best-{step}"),
+                RunCheckpoint(every_n_train_steps=ROLLING_CHECKPOINT_STEPS, save_top_k=0, save_last=True),
                 NonFiniteLossGuard("skip"),
             ],
         },

@@ -26,7 +26,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from core.cli import run_cli
+from core.cli import check_ckpt_path_arg, run_cli
 from core.errors import ConfigError
 
 __all__ = ["TranslationCLI", "main", "translate_main"]
@@ -49,13 +49,10 @@ class TranslationCLI(LightningCLI):
         cfg = self.config_init[self.subcommand]
         if "weights_only" in cfg and cfg["weights_only"] is None:
             cfg["weights_only"] = True
-        ckpt = cfg.get("ckpt_path")
-        if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
-            from core.checkpoint import load_checkpoint
 
-            # Fail early with a clear message (missing / corrupt / unsafe / another task's file)
-            # instead of a traceback from deep inside Lightning's restore.
-            load_checkpoint(ckpt, expected_task="translation")
+    def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
+        super().parse_arguments(parser, args)  # type: ignore[arg-type]
+        check_ckpt_path_arg(self.config, "translation")
 
     def before_fit(self) -> None:
         self._safe_checkpoint_loading()

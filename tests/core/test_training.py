@@ -1,4 +1,4 @@
-"""Tests for core.training: LR schedule shapes, figure logging, non-finite loss guard."""
+"""Tests for core.training: LR schedule shapes, figure logging, non-finite loss guard, RunCheckpoint."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from core.errors import UserError
 from core.training import (
     NonFiniteLossError,
     NonFiniteLossGuard,
+    RunCheckpoint,
     build_scheduler,
     finite_loss_or_none,
     log_figure,
@@ -132,3 +133,21 @@ def test_deadline_stop_sets_should_stop_only_after_deadline() -> None:
     assert trainer.should_stop is False
     DeadlineStop(time.monotonic() - 1).on_train_batch_end(trainer)
     assert trainer.should_stop is True
+
+
+def test_run_checkpoint_shares_last_in_run_dir_and_saves_final_state(tmp_path: Path) -> None:
+    def fit(max_steps: int, ckpt_path: str | None = None) -> None:
+        # A versioned logger folder is where plain ModelCheckpoint would write (and a new run looks).
+        trainer = pl.Trainer(
+            max_steps=max_steps, default_root_dir=tmp_path, logger=CSVLogger(tmp_path), accelerator="cpu",
+            callbacks=[RunCheckpoint(save_last=True, monitor="train_loss_missing", save_top_k=0),
+                       RunCheckpoint(every_n_train_steps=3, save_top_k=0, save_last=True)],
+            enable_progress_bar=False, enable_model_summary=False, devices=1)
+        trainer.fit(_Tiny(), ckpt_path=ckpt_path)
+
+    fit(5)  # rolling save at step 3, then the final state at step 5 (plain Lightning would stop at 3)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    fit(4 + 5, ckpt_path="last")  # a new run (new logger version) finds it and continues
+    assert torch.load(last, weights_only=True)["global_step"] == 9
+    assert sorted(p.name for p in tmp_path.rglob("*.ckpt")) == ["last.ckpt"]  # no last-v1.ckpt

@@ -1,0 +1,208 @@
+"""Bad-input table of ``tasks/translation/README.md``: one test (or more) per row.
+
+Every fixture is generated in ``tmp_path``; CLI rows call ``tasks.translation.cli.main(argv)`` and check
+the exit status and stderr (``error:`` prefix, the file named, no traceback).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from core.checkpoint import make_metadata
+from tasks.translation.cli import main
+from tasks.translation.data import TranslationDataModule
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "translation"
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _user_error(capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr of a CLI call that failed with a user error: one ``error:`` line, no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _fit_args(tmp: Path, *extra: str) -> list[str]:
+    return ["fit", "--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
+            "--data.cache_dir", str(tmp / "cache"), "--trainer.fast_dev_run", "true", *extra]
+
+
+# ------------------------------------------------------------------------ spa.txt: bad lines skipped
+def test_tatoeba_bad_lines_skipped_counted_first_five_then_total(tmp_path: Path) -> None:
+    good = [f"sentence {i}\tfrase {i}" for i in range(6)]
+    bad = ["", "no tab here", "\tsolo español", "only english\t", "   ", "another no tab", "\t"]  # 7 bad lines
+    path = tmp_path / "spa.txt"
+    path.write_text("\n".join(good[:3] + bad + good[3:]) + "\n", encoding="utf-8")
+    dm = TranslationDataModule(source="tatoeba", path=str(path), val_size=1, test_size=1)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        dm.load_splits()
+    msgs = [str(w.message) for w in rec if str(w.message).startswith("skipped ")]
+    assert dm.stats["skipped_lines"] == 7 and dm.stats["read"] == 6
+    # the first 5 bad lines one by one, with file:line ...
+    assert msgs[:5] == [f"skipped {path}:4: empty line", f"skipped {path}:5: no tab "
+                        "(expected 'english<TAB>spanish[<TAB>attribution]')", f"skipped {path}:6: empty sentence",
+                        f"skipped {path}:7: empty sentence", f"skipped {path}:8: empty line"]
+    # ... then one total naming the first
+    assert msgs[5:] == [f"skipped 7 bad lines in {path} in total (first at {path}:4)"]
+
+
+# ------------------------------------------------------------------------ fatal data errors: exit 2
+def test_cli_tsv_missing_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("english\tspanish\nI love you\tte quiero\n", encoding="utf-8")
+    assert main(_fit_args(tmp_path, "--data.source", "tsv", "--data.path", str(tsv))) == 2
+    err = _user_error(capsys)
+    assert err.startswith(f"error: {tsv}:1: missing column(s) ['en', 'es']; the header has ['english', 'spanish']")
+
+
+def test_cli_non_utf8_names_file_line_and_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    latin = tmp_path / "spa.txt"
+    latin.write_bytes("I love you\tte quiero\nthe song\tla canción\n".encode("latin-1"))
+    assert main(_fit_args(tmp_path, "--data.source", "tatoeba", "--data.path", str(latin))) == 2
+    err = _user_error(capsys)
+    assert err.startswith(f"error: {latin}:2: not valid UTF-8 (byte 0xf3 at column 18)"), err
+
+
+def test_cli_parallel_files_differ_in_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.en").write_text("I love you\nthe red car\n", encoding="utf-8")
+    (tmp_path / "train.es").write_text("te quiero\n", encoding="utf-8")
+    assert main(_fit_args(tmp_path, "--data.source", "parallel", "--data.path", str(tmp_path / "train"))) == 2
+    err = _user_error(capsys)
+    assert err.startswith(f"error: parallel files differ in length: {tmp_path / 'train.en'} has 2 lines, "
+                          f"{tmp_path / 'train.es'} has 1"), err
+
+
+def test_cli_missing_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                               capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    missing = tmp_path / "nope.txt"
+    assert main(_fit_args(tmp_path, "--data.source", "tatoeba", "--data.path", str(missing))) == 2
+    assert _user_error(capsys) == f"error: data file not found: {missing}"
+
+
+# ------------------------------------------------------------------------ length limits, unknown chars
+def _embedded_dm(tmp: Path, **kw: object) -> TranslationDataModule:
+    args = dict(n_pairs=400, val_size=16, test_size=16, vocab_size=250, min_freq=1, max_tokens=512,
+                cache_dir=str(tmp / "cache"))
+    args.update(kw)
+    return TranslationDataModule(**args)  # type: ignore[arg-type]
+
+
+def test_long_training_pairs_dropped_eval_pairs_truncated(tmp_path: Path) -> None:
+    limit = 6
+    dm = _embedded_dm(tmp_path, max_tokens_per_sentence=limit)
+    with pytest.warns(UserWarning, match=rf"train: dropped \d+ pairs longer than "
+                                         rf"--data.max_tokens_per_sentence={limit} subword tokens"):
+        dm.setup("fit")
+    splits = dm.load_splits()
+    train, val = dm.datasets["train"], dm.datasets["val"]
+    assert 0 < len(train) < len(splits["train"])  # some dropped, not all
+    assert max(map(len, train.src_ids)) <= limit and max(map(len, train.tgt_ids)) + 1 <= limit
+    assert len(val) == len(splits["val"])  # evaluation keeps every pair ...
+    assert max(map(len, val.src_ids)) <= limit and max(map(len, val.tgt_ids)) <= limit - 1  # ... truncated
+    long_val = [s for s, _ in splits["val"] if len(dm.src_tokenizer.encode(s)) > limit]  # type: ignore[union-attr]
+    assert long_val, "the fixture should hold validation sentences over the limit"
+
+
+def test_unseen_characters_map_to_unk(tmp_path: Path) -> None:
+    from tasks.translation.module import TranslationModule
+
+    dm = _embedded_dm(tmp_path)
+    dm.setup("fit")
+    tok = dm.src_tokenizer
+    assert tok is not None
+    ids = tok.encode("the ☃ car 你好")
+    assert tok.unk_id in ids
+    model = TranslationModule(emb_dim=16, hidden_dim=16, max_decode_len=4)
+    model.set_tokenizers(dm.src_tokenizer, dm.tgt_tokenizer)  # type: ignore[arg-type]
+    out = model.translate(["☃☃☃", "你好 ☃ wörld"], beam=2)
+    assert len(out) == 2 and all(isinstance(o, str) for o in out)
+
+
+# ------------------------------------------------------------------------ checkpoints: exit 2
+def _bad_checkpoint(tmp: Path, kind: str) -> Path:
+    path = tmp / f"{kind}.ckpt"
+    if kind == "truncated":
+        torch.save({"state_dict": {"w": torch.ones(64)}, "attn_suite": make_metadata("translation")}, path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "corrupt":
+        path.write_bytes(b"PK\x03\x04 not really a zip" * 10)
+    elif kind == "unsafe":
+        torch.save({"state_dict": {}, "attn_suite": make_metadata("translation"), "x": _Evil(tmp / "pwned")}, path)
+    elif kind == "other-task":
+        torch.save({"state_dict": {}, "attn_suite": make_metadata("captioning")}, path)
+    return path  # "missing": never written
+
+
+class _Evil:
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+        return (os.makedirs, (str(self.marker),))
+
+
+CKPT_KINDS = {"missing": "checkpoint file not found", "truncated": "truncated, corrupt or not a PyTorch checkpoint",
+              "corrupt": "truncated, corrupt or not a PyTorch checkpoint", "unsafe": "could run code",
+              "other-task": "is a 'captioning' checkpoint, expected a 'translation' checkpoint"}
+
+
+@pytest.mark.parametrize("kind", list(CKPT_KINDS))
+def test_cli_translate_bad_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = _bad_checkpoint(tmp_path, kind)
+    assert main(["translate", "--ckpt", str(path), "hi"]) == 2
+    err = _user_error(capsys)
+    assert str(path) in err and CKPT_KINDS[kind] in err, err
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_cli_ckpt_path_bad_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """``fit/test --ckpt_path`` get the same checks as ``translate --ckpt``."""
+    monkeypatch.chdir(tmp_path)
+    base = ["--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
+            "--data.cache_dir", str(tmp_path / "cache")]
+    for kind in CKPT_KINDS:
+        path = _bad_checkpoint(tmp_path, kind)
+        assert main(["test", *base, "--ckpt_path", str(path)]) == 2, kind
+        err = _user_error(capsys)
+        assert str(path) in err and CKPT_KINDS[kind] in err, err
+    assert main(["fit", *base, "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
+    assert str(tmp_path / "missing.ckpt") in _user_error(capsys)
+    assert not (tmp_path / "pwned").exists()
+
+
+# ------------------------------------------------------------------------ bad options: exit 2
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--beam", "2", "--nbest", "3"], "error: --nbest must be between 1 and --beam (2), got 3"),
+    (["--beam", "0"], "error: --beam must be >= 1, got 0"),
+])
+def test_cli_bad_beam_nbest(args: list[str], expected: str, tmp_path: Path,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    # Options are checked before the checkpoint is opened: a missing file is not what gets reported.
+    assert main(["translate", "--ckpt", str(tmp_path / "never-read.ckpt"), *args, "hi"]) == 2
+    assert _user_error(capsys) == expected
