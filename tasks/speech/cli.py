@@ -70,10 +70,10 @@ def _lightning_main(argv: Sequence[str]) -> int:
         trainer_defaults={
             # LightningCLI appends these to any `trainer.callbacks` a config lists, so every config gets them.
             # Both write <default_root_dir>/checkpoints/last.ckpt (what `fit --ckpt_path last` resumes from):
-            # at each validation (plus best-*.ckpt by validation CER) and every ROLLING_CHECKPOINT_STEPS
+            # at each validation (plus best.ckpt by validation CER) and every ROLLING_CHECKPOINT_STEPS
             # steps in the middle of an epoch.
             "callbacks": [
-                RunCheckpoint(monitor="val/cer", mode="min", save_last=True, filename="best-{step}"),
+                RunCheckpoint(monitor="val/cer", mode="min", save_last=True, filename="best"),
                 RunCheckpoint(every_n_train_steps=ROLLING_CHECKPOINT_STEPS, save_top_k=0, save_last=True),
                 NonFiniteLossGuard("skip"),
             ],
