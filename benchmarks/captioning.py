@@ -85,7 +85,8 @@ class ThroughputMeter(L.Callback):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", action="append", default=None, help="config file(s); default configs/captioning/default.yaml")
-    p.add_argument("--minutes", type=float, default=14.0, help="training time budget (validation included)")
+    p.add_argument("--minutes", type=float, default=14.0,
+                   help="training time cap (validation included); the config's max_epochs may end the run first")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (e.g. 2 for the 2-core target)")
     p.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
     p.add_argument("--out", default=None, help="JSON output file")
@@ -101,7 +102,6 @@ def main(argv: list[str] | None = None) -> int:
         cli_args += ["-c", c]
     cli_args += [
         f"--trainer.max_time=00:00:{minutes // 60:02d}:{minutes % 60:02d}",
-        "--trainer.max_epochs=1000",
         f"--trainer.accelerator={args.accelerator}",
         f"--trainer.default_root_dir={args.root}",
         "--trainer.logger=false",

@@ -115,23 +115,35 @@ class SceneDataset(_CaptionDataset):
     """
 
     def __init__(
-        self, split: scene_gen.Split, size: int, seed: int, image_size: int, transform: Callable[[Any], Tensor], train: bool
+        self, split: scene_gen.Split, size: int, seed: int, image_size: int, transform: Callable[[Any], Tensor], train: bool,
+        cache: bool = True,
     ) -> None:
         super().__init__(transform, train)
         self.split, self.size, self.seed, self.image_size = split, size, seed, image_size
+        # Rendering a scene (~1.2 ms) costs ~40 % of a CPU training step at 96 px; scenes are a pure
+        # function of (seed, split, i), so each one is rendered once per process and kept (96 px RGB:
+        # 27 KB per scene, ~220 MB for the default 8,000). Random augmentation still runs per access.
+        self._cache: dict[int, scene_gen.Scene] | None = {} if cache else None
 
     def __len__(self) -> int:
         return self.size
 
+    def _scene(self, i: int) -> scene_gen.Scene:
+        if self._cache is None:
+            return scene_gen.make_scene(self.seed, self.split, i, self.image_size)
+        scene = self._cache.get(i)
+        if scene is None:
+            scene = self._cache[i] = scene_gen.make_scene(self.seed, self.split, i, self.image_size)
+        return scene
+
     def _image(self, i: int) -> Any:
-        return scene_gen.make_scene(self.seed, self.split, i, self.image_size).image
+        return self._scene(i).image
 
     def _refs(self, i: int) -> list[str]:
-        return scene_gen.make_scene(self.seed, self.split, i, self.image_size).captions
+        return self._scene(i).captions
 
     def __getitem__(self, i: int) -> dict[str, Any] | None:
-        # One generation per access instead of two (image and captions come from the same scene).
-        scene = scene_gen.make_scene(self.seed, self.split, i, self.image_size)
+        scene = self._scene(i)
         refs = scene.captions
         caption = refs[random.randrange(len(refs))] if self.train else refs[0]
         return {"image": self.transform(scene.image), "caption": caption, "refs": refs, "index": i}

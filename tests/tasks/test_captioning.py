@@ -60,6 +60,22 @@ def test_scene_splits_hold_out_colour_shape_pairs() -> None:
 # ---------------------------------------------------------------------------------------------
 # text + metrics (hand-computed)
 # ---------------------------------------------------------------------------------------------
+def test_scene_dataset_renders_each_scene_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.captioning.data import SceneDataset
+    from tasks.captioning.images import eval_transform
+
+    calls: list[int] = []
+    real = scenes.make_scene
+    monkeypatch.setattr(scenes, "make_scene", lambda seed, split, i, size: calls.append(i) or real(seed, split, i, size))
+    tf = eval_transform(48, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    ds = SceneDataset("train", 4, 0, 48, tf, train=False)
+    first = [ds[i] for i in range(4)]
+    again = [ds[i] for i in range(4)]
+    assert calls == [0, 1, 2, 3]  # second epoch served from the cache
+    assert all(torch.equal(a["image"], b["image"]) and a["refs"] == b["refs"] for a, b in zip(first, again))
+    assert torch.equal(SceneDataset("train", 4, 0, 48, tf, False, cache=False)[2]["image"], first[2]["image"])
+
+
 def test_ptb_tokenize_matches_toolkit_conventions() -> None:
     assert ptb_tokenize("A man's dog, running.") == ["a", "man", "'s", "dog", "running"]
     assert ptb_tokenize("Don't stop (now)!") == ["do", "n't", "stop", "now"]
