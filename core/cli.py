@@ -9,7 +9,7 @@ from typing import Any
 
 from core.errors import UserError
 
-__all__ = ["USER_ERROR_EXIT_CODE", "check_ckpt_path_arg", "run_cli", "user_errors"]
+__all__ = ["USER_ERROR_EXIT_CODE", "check_ckpt_path_arg", "ensure_resumable", "run_cli", "user_errors"]
 
 USER_ERROR_EXIT_CODE = 2  # same status argparse uses for bad arguments
 
@@ -59,20 +59,72 @@ def run_cli(main_fn: Callable[[Sequence[str] | None], int | None], argv: Sequenc
 
 
 def check_ckpt_path_arg(config: Any, task: str) -> None:
-    """Fail with a clear ``CheckpointError`` if a LightningCLI ``--ckpt_path`` file is not usable.
+    """Make a LightningCLI ``--ckpt_path`` safe to load, or fail with a clear ``CheckpointError``.
 
-    Call it right after ``LightningCLI.parse_arguments``: LightningCLI itself ``torch.load``s an existing
-    ``--ckpt_path`` (to read its hyper-parameters) before any ``before_*`` hook runs, so a missing,
-    truncated, corrupt, unsafe-pickle or other-task file must be caught here to become ``error: ...``
-    naming the file instead of a traceback. ``last``/``best``/``hpc``/``registry:...`` are left to Lightning.
+    Call it right after ``LightningCLI.parse_arguments`` (before LightningCLI's own
+    ``_parse_ckpt_path``, which ``torch.load``s an existing file to read its hyper-parameters):
+
+    * a missing, truncated, corrupt, unsafe-pickle or other-task file becomes ``error: ...`` naming
+      the file instead of a traceback;
+    * an ``http(s)`` URL is downloaded once into the checkpoint cache (``core.checkpoint``) and replaced
+      by that local file, so the file that was checked is the file Lightning loads (Lightning would
+      otherwise fetch it again itself and load a URL with ``weights_only=False``);
+    * ``weights_only`` is forced to True unless the user set it (Lightning's ``None`` means False for
+      URLs).
+
+    ``last``/``best``/``hpc``/``registry:...`` are resolved by Lightning itself.
 
     Args:
-        config: the parsed LightningCLI namespace (``cli.config``).
+        config: the parsed LightningCLI namespace (``cli.config``); updated in place.
         task: the task name the checkpoint must belong to.
     """
     sub = config.get("subcommand")
-    ckpt = config[sub].get("ckpt_path") if sub else None
+    if not sub:
+        return
+    cfg = config[sub]
+    if "weights_only" in cfg and cfg.get("weights_only") is None:
+        cfg["weights_only"] = True
+    ckpt = cfg.get("ckpt_path")
     if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
-        from core.checkpoint import load_checkpoint
+        from core.checkpoint import load_checkpoint, resolve_checkpoint
 
-        load_checkpoint(ckpt, expected_task=task)
+        local = resolve_checkpoint(ckpt)
+        load_checkpoint(local, expected_task=task)
+        cfg["ckpt_path"] = str(local)
+
+
+def ensure_resumable(trainer: Any, monitor: str, mode: str = "max", every_n_train_steps: int = 100) -> list[str]:
+    """Give a run built from any config the shipped configs' safety net; returns what was added.
+
+    The shipped YAML configs list `core.training.RunCheckpoint` (best + rolling) and
+    `NonFiniteLossGuard`; a user's own config may not. Then Lightning's default ``ModelCheckpoint``
+    would write into the logger's versioned folder, where ``fit --ckpt_path last`` never finds it, and
+    a NaN would reach the weights. Call from ``before_fit``: Lightning's default checkpoint callback
+    (no ``dirpath``, no ``monitor``) is replaced by a best-by-``monitor`` and a rolling
+    (``every_n_train_steps``) `RunCheckpoint`, and a ``skip`` guard is added if none is there. A
+    checkpoint callback the user configured, or ``enable_checkpointing=False``, is left alone.
+
+    Args:
+        trainer: the CLI's trainer (before ``fit``).
+        monitor: validation metric for ``best.ckpt``.
+        mode: ``max`` or ``min`` for ``monitor``.
+        every_n_train_steps: rolling ``last.ckpt`` interval.
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from core.training import NonFiniteLossGuard, RunCheckpoint
+
+    added: list[str] = []
+    cbs = trainer.callbacks
+    defaults = [cb for cb in cbs if type(cb) is ModelCheckpoint and cb.dirpath is None and cb.monitor is None
+                and cb._every_n_train_steps == 0]
+    if defaults and not any(isinstance(cb, RunCheckpoint) for cb in cbs):
+        for cb in defaults:
+            cbs.remove(cb)
+        cbs.append(RunCheckpoint(monitor=monitor, mode=mode, save_last=True, filename="best"))
+        cbs.append(RunCheckpoint(every_n_train_steps=every_n_train_steps, save_top_k=0, save_last=True))
+        added.append("RunCheckpoint")
+    if not any(isinstance(cb, NonFiniteLossGuard) for cb in cbs):
+        cbs.append(NonFiniteLossGuard("skip"))
+        added.append("NonFiniteLossGuard")
+    return added

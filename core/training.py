@@ -125,7 +125,9 @@ def log_figure(module: pl.LightningModule, tag: str, fig: Figure, step: int | No
             if exp is not None and hasattr(exp, "add_figure"):
                 exp.add_figure(tag, fig, global_step=step, close=False)
                 return None
-        root = Path(trainer.log_dir or trainer.default_root_dir)
+        # Not `trainer.log_dir`: it broadcasts from rank 0, and only rank 0 gets here (a DDP deadlock).
+        logger_dir = getattr(trainer.loggers[0], "log_dir", None) or getattr(trainer.loggers[0], "save_dir", None)
+        root = Path(logger_dir or trainer.default_root_dir)
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", tag).strip("_") or "figure"
         from core.viz import save_figure
 

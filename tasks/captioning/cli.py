@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.cli import check_ckpt_path_arg, run_cli, user_errors
+from core.cli import check_ckpt_path_arg, ensure_resumable, run_cli, user_errors
 from core.errors import UserError
 
 PARTIAL_FAILURE_EXIT_CODE = 1  # some images failed; 2 (core.cli) means nothing could be done
@@ -52,7 +52,10 @@ def make_cli(argv: Sequence[str], run: bool = True) -> Any:
 
         def parse_arguments(self, parser: Any, args: Any) -> None:
             super().parse_arguments(parser, args)
-            check_ckpt_path_arg(self.config, "captioning")
+            check_ckpt_path_arg(self.config, "captioning")  # checked, URL made local, weights_only=True
+
+        def before_fit(self) -> None:
+            ensure_resumable(self.trainer, monitor="val/bleu4", mode="max")  # for configs without our callbacks
 
     return CaptionCLI(CaptioningModule, CaptionDataModule, args=list(argv), run=run, save_config_kwargs={"overwrite": True})
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from core.cli import check_ckpt_path_arg, run_cli
+from core.cli import check_ckpt_path_arg, ensure_resumable, run_cli
 from core.errors import ConfigError
 
 __all__ = ["TranslationCLI", "main", "translate_main"]
@@ -43,30 +43,16 @@ class TranslationCLI(LightningCLI):
         parser.add_argument("--predict_output", type=str | None, default=None,
                             help="predict: write translations to this file (default: stdout)")
 
-    def _safe_checkpoint_loading(self) -> None:
-        # `--ckpt_path` loads go through torch.load; force weights_only=True unless the user set it
-        # (Lightning's default None means False for http(s) checkpoints).
-        cfg = self.config_init[self.subcommand]
-        if "weights_only" in cfg and cfg["weights_only"] is None:
-            cfg["weights_only"] = True
-
     def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
         super().parse_arguments(parser, args)  # type: ignore[arg-type]
-        check_ckpt_path_arg(self.config, "translation")
+        check_ckpt_path_arg(self.config, "translation")  # checked, URL made local, weights_only=True
 
     def before_fit(self) -> None:
-        self._safe_checkpoint_loading()
-
-    def before_validate(self) -> None:
-        self._safe_checkpoint_loading()
-
-    def before_test(self) -> None:
-        self._safe_checkpoint_loading()
+        ensure_resumable(self.trainer, monitor="val/bleu", mode="max")  # for configs without our callbacks
 
     def before_predict(self) -> None:
         from tasks.translation.callbacks import TranslationWriter
 
-        self._safe_checkpoint_loading()
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             out = self.config[self.subcommand].get("predict_output")
             self.trainer.callbacks.append(TranslationWriter(out))

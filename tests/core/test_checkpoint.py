@@ -192,3 +192,21 @@ def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
         module_from_checkpoint(_TaskModule, path, "other")
     with pytest.raises(CheckpointError, match="does not fit"):
         module_from_checkpoint(_TaskModule, path, "toy", hidden=4)
+
+
+def test_cli_ckpt_path_url_is_made_local_checked_and_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.cli import check_ckpt_path_arg
+
+    src = _good(tmp_path, task="speech")
+    monkeypatch.setenv("ATTN_SUITE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ckpt_mod, "_download", lambda url, dst: dst.write_bytes(src.read_bytes()))
+    config = {"subcommand": "test", "test": {"ckpt_path": "https://example.org/m/last.ckpt", "weights_only": None}}
+    check_ckpt_path_arg(config, "speech")
+    local = Path(config["test"]["ckpt_path"])
+    assert local.is_file() and local != src and local.read_bytes() == src.read_bytes()  # Lightning loads this copy
+    assert config["test"]["weights_only"] is True
+    with pytest.raises(CheckpointError, match="speech"):  # another task's checkpoint is refused up front
+        check_ckpt_path_arg({"subcommand": "fit", "fit": {"ckpt_path": str(src)}}, "captioning")
+    keep = {"subcommand": "fit", "fit": {"ckpt_path": "last", "weights_only": False}}
+    check_ckpt_path_arg(keep, "speech")  # "last" is Lightning's to resolve; an explicit choice is kept
+    assert keep["fit"] == {"ckpt_path": "last", "weights_only": False}

@@ -151,3 +151,38 @@ def test_run_checkpoint_shares_last_in_run_dir_and_saves_final_state(tmp_path: P
     fit(4 + 5, ckpt_path="last")  # a new run (new logger version) finds it and continues
     assert torch.load(last, weights_only=True)["global_step"] == 9
     assert sorted(p.name for p in tmp_path.rglob("*.ckpt")) == ["last.ckpt"]  # no last-v1.ckpt
+
+
+def test_ensure_resumable_replaces_lightning_default_checkpoint_only(tmp_path: Path) -> None:
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from core.cli import ensure_resumable
+
+    def trainer(**kw: object) -> pl.Trainer:
+        return pl.Trainer(max_steps=1, default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1,
+                          enable_progress_bar=False, enable_model_summary=False, **kw)
+
+    plain = trainer()  # what a config without our callbacks gets: Lightning's versioned-folder checkpoint
+    assert ensure_resumable(plain, monitor="val/bleu") == ["RunCheckpoint", "NonFiniteLossGuard"]
+    kinds = [type(cb).__name__ for cb in plain.callbacks if isinstance(cb, ModelCheckpoint)]
+    assert kinds == ["RunCheckpoint", "RunCheckpoint"]
+    assert ensure_resumable(plain, monitor="val/bleu") == []  # idempotent
+    mine = ModelCheckpoint(dirpath=tmp_path / "mine", monitor="val/x")
+    custom = trainer(callbacks=[mine])
+    assert ensure_resumable(custom, monitor="val/bleu") == ["NonFiniteLossGuard"]  # the user's choice stays
+    assert custom.checkpoint_callback is mine
+    off = trainer(enable_checkpointing=False)
+    assert ensure_resumable(off, monitor="val/bleu") == ["NonFiniteLossGuard"]
+    assert not any(isinstance(cb, ModelCheckpoint) for cb in off.callbacks)
+
+
+def test_log_figure_png_path_needs_no_collective(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Only rank 0 logs figures; anything that broadcasts (e.g. `trainer.log_dir`) would hang DDP.
+    trainer = _trainer(tmp_path, NonFiniteLossGuard())
+    model = _Tiny()
+    model.trainer = trainer
+    monkeypatch.setattr(type(trainer.strategy), "broadcast", lambda *a, **k: pytest.fail("broadcast on one rank"))
+    fig = Figure()
+    fig.add_subplot().plot([0, 1])
+    path = log_figure(model, "val/x", fig, step=3)
+    assert path is not None and path.is_file() and path.name == "val_x_step3.png"
