@@ -22,5 +22,8 @@ class DataError(UserError):
     """An input data file is missing or malformed (message names file and line/field)."""
 
 
-class ConfigError(UserError):
-    """A configuration value is invalid (message names the field and the expected values)."""
+class ConfigError(UserError, ValueError):
+    """A configuration value is invalid (message names the field and the expected values).
+
+    Also a ``ValueError``, so library callers that catch the usual "bad argument" error still do.
+    """

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from core.attention.base import Attention, masked_softmax
 from core.attention.dot import sdpa_with_empty_rows
+from core.errors import ConfigError
 
 
 class MultiHeadAttention(Attention):
@@ -43,7 +44,7 @@ class MultiHeadAttention(Attention):
         key_dim = query_dim if key_dim is None else key_dim
         super().__init__(query_dim, key_dim, value_dim)
         if num_heads <= 0 or query_dim % num_heads != 0:
-            raise ValueError(f"MultiHeadAttention: query_dim {query_dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"MultiHeadAttention: query_dim {query_dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.head_dim = query_dim // num_heads
         self.dropout = dropout

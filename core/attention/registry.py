@@ -9,6 +9,7 @@ from core.attention.additive import AdditiveAttention, LocationAttention
 from core.attention.base import Attention
 from core.attention.dot import DotAttention, GeneralAttention, ScaledDotAttention
 from core.attention.multihead import MultiHeadAttention
+from core.errors import ConfigError
 
 _REGISTRY: dict[str, type[Attention]] = {}
 
@@ -52,18 +53,19 @@ def build_attention(name: str, **kwargs: Any) -> Attention:
             mechanism's own options).
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones) or arguments the
-            mechanism does not take (the message lists those it does).
+        ConfigError: (a ``ValueError``) unknown name (the message lists the valid ones) or
+            arguments the mechanism does not take (the message lists those it does); a CLI prints it
+            as ``error: ...`` without a traceback.
     """
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise ConfigError(
             f"unknown attention {name!r}; valid names: {', '.join(available_attentions())}"
         ) from None
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(kwargs) - set(params) - {"self"})
     if unknown:
         accepted = [p for p in params if p != "self"]
-        raise ValueError(f"attention {name!r} does not take {unknown}; it accepts {accepted}")
+        raise ConfigError(f"attention {name!r} does not take {unknown}; it accepts {accepted}")
     return cls(**kwargs)
