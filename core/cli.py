@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
-from core.errors import UserError
+from core.errors import CheckpointError, UserError
 
 __all__ = ["USER_ERROR_EXIT_CODE", "check_ckpt_path_arg", "ensure_resumable", "run_cli", "user_errors"]
 
@@ -89,7 +89,12 @@ def check_ckpt_path_arg(config: Any, task: str) -> None:
         from core.checkpoint import load_checkpoint, resolve_checkpoint
 
         local = resolve_checkpoint(ckpt)
-        load_checkpoint(local, expected_task=task)
+        state = load_checkpoint(local, expected_task=task)
+        if "pytorch-lightning_version" not in state or "state_dict" not in state:
+            raise CheckpointError(
+                f"{local}: not a Lightning training checkpoint (no 'pytorch-lightning_version'/'state_dict'); "
+                "--ckpt_path needs a checkpoint written by `fit`"
+            )
         cfg["ckpt_path"] = str(local)
 
 

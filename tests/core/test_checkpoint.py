@@ -197,7 +197,11 @@ def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
 def test_cli_ckpt_path_url_is_made_local_checked_and_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from core.cli import check_ckpt_path_arg
 
-    src = _good(tmp_path, task="speech")
+    bare = _good(tmp_path, task="speech")
+    with pytest.raises(CheckpointError, match="not a Lightning training checkpoint"):
+        check_ckpt_path_arg({"subcommand": "fit", "fit": {"ckpt_path": str(bare)}}, "speech")
+    src = tmp_path / "trained.ckpt"
+    torch.save({**torch.load(bare, weights_only=True), "pytorch-lightning_version": "2.6.6"}, src)
     monkeypatch.setenv("ATTN_SUITE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ckpt_mod, "_download", lambda url, dst: dst.write_bytes(src.read_bytes()))
     config = {"subcommand": "test", "test": {"ckpt_path": "https://example.org/m/last.ckpt", "weights_only": None}}
