@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from core.errors import ConfigError
 from core.tokenizers import BOS_ID, EOS_ID, PAD_ID
+
+T = TypeVar("T")
 
 
 class PairDataset(Dataset):
@@ -81,7 +84,8 @@ class TokenBucketBatchSampler:
 
     Distributed training shards *batches*: rank ``r`` of ``R`` takes ``batches[r::R]`` after the list is
     padded (by repeating leading batches) to a multiple of ``R`` so every rank runs the same number of
-    steps (no collective hangs). Lightning's own sampler injection cannot wrap a custom batch sampler,
+    steps (no collective hangs); evaluation drops the repeated examples again after gathering
+    (:func:`dedupe_by_index`). Lightning's own sampler injection cannot wrap a custom batch sampler,
     so the CLI sets ``trainer.use_distributed_sampler=false`` and the data module passes rank/world size.
 
     Args:
@@ -99,7 +103,7 @@ class TokenBucketBatchSampler:
                  max_batch_size: int | None = None, num_replicas: int = 1, rank: int = 0,
                  pool_batches: int = 50) -> None:
         if max_tokens <= 0:
-            raise ValueError(f"max_tokens must be positive, got {max_tokens}")
+            raise ConfigError(f"--data.max_tokens (token budget per batch) must be >= 1, got {max_tokens}")
         self.lengths = list(lengths)
         self.max_tokens = max_tokens
         self.shuffle = shuffle
@@ -148,7 +152,8 @@ class TokenBucketBatchSampler:
             random.Random(self.seed + self.epoch + 10_007).shuffle(batches)
         if self.num_replicas > 1 and batches:
             total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
-            batches = batches + batches[: total - len(batches)]
+            # Cycle (not one slice): with fewer batches than ranks a single repeat would leave ranks empty.
+            batches = [batches[i % len(batches)] for i in range(total)]
             batches = batches[self.rank::self.num_replicas]
         return batches
 
@@ -206,3 +211,40 @@ class ResumableDataLoader(DataLoader):
         if isinstance(sampler, TokenBucketBatchSampler):
             sampler.set_epoch(int(state.get("epoch", 0)))
         self._resume_skip = int(state.get("batches", 0))
+
+
+def shard_indices(n: int, num_replicas: int, rank: int) -> list[int]:
+    """Dataset indices rank ``rank`` of ``num_replicas`` handles (predict sharding under DDP).
+
+    A strided split (``rank, rank + R, ...``; neighbouring sentences go to different ranks, so shards have
+    similar lengths), padded by repeating leading indices so every rank gets the same number of items
+    and none is empty (a rank with no batch would skip the predict hooks and leave the others waiting in
+    the final gather). The repeats are dropped again by :func:`dedupe_by_index`.
+
+    Args:
+        n: dataset size.
+        num_replicas: world size.
+        rank: this process's global rank (``0 <= rank < num_replicas``).
+
+    Returns:
+        ``ceil(n / R)`` indices (empty only when ``n == 0``).
+    """
+    num_replicas = max(1, num_replicas)
+    if n == 0:
+        return []
+    total = math.ceil(n / num_replicas) * num_replicas
+    padded = [i % n for i in range(total)]
+    return padded[rank::num_replicas]
+
+
+def dedupe_by_index(items: Iterable[tuple[int, T]]) -> list[T]:
+    """Values of ``(dataset_index, value)`` pairs in index order, each index once (first seen wins).
+
+    Under DDP every rank runs the same number of steps, so the last batches are padded with repeats of
+    earlier examples (:class:`TokenBucketBatchSampler`, :func:`shard_indices`); after gathering the
+    outputs of all ranks, this drops those repeats so nothing is scored or written twice.
+    """
+    seen: dict[int, T] = {}
+    for index, value in items:
+        seen.setdefault(int(index), value)
+    return [seen[i] for i in sorted(seen)]

@@ -24,12 +24,18 @@ from typing import Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from core.errors import ConfigError, DataError
 from core.tokenizers import BaseTokenizer, tokenizer_from_dict
 from tasks.translation import grammar
-from tasks.translation.batching import PairDataset, ResumableDataLoader, TokenBucketBatchSampler, collate
+from tasks.translation.batching import (
+    PairDataset,
+    ResumableDataLoader,
+    TokenBucketBatchSampler,
+    collate,
+    shard_indices,
+)
 from tasks.translation.sources import (
     LoadResult,
     normalize,
@@ -154,6 +160,15 @@ class TranslationDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         if source != "embedded" and not path:
             raise ConfigError(f"--data.source={source} needs --data.path (a file, prefix, folder or name)")
+        # Checked here (at CLI parse time) so a bad value is one `error:` line, not a traceback later.
+        for name, value in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens),
+                            ("max_batch_size", max_batch_size), ("max_tokens_per_sentence", max_tokens_per_sentence),
+                            ("n_pairs", n_pairs), ("max_words", max_words)):
+            if value is not None and value < 1:
+                raise ConfigError(f"--data.{name} must be >= 1, got {value}")
+        for name, value in (("val_size", val_size), ("test_size", test_size)):
+            if value < 0:
+                raise ConfigError(f"--data.{name} must be >= 0, got {value}")
         self.source = source
         self.path = path
         self.direction = direction
@@ -173,7 +188,7 @@ class TranslationDataModule(pl.LightningDataModule):
         self.min_freq = min_freq
         self.max_tokens = max_tokens
         self.max_batch_size = max_batch_size
-        self.eval_max_tokens = eval_max_tokens or max_tokens
+        self.eval_max_tokens = eval_max_tokens if eval_max_tokens is not None else max_tokens
         self.num_workers = num_workers
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.limit_train_pairs = limit_train_pairs
@@ -369,6 +384,15 @@ class TranslationDataModule(pl.LightningDataModule):
         # Plain batching: Lightning wraps predict batch samplers to track indices, which only works
         # for torch's BatchSampler; outputs are in dataset order.
         ds = self.datasets["predict" if "predict" in self.datasets else "test"]
+        world, rank = self._world()
+        # (If Lightning injects its own distributed sampler, it shards this loader already.)
+        injected = bool(getattr(getattr(self.trainer, "_accelerator_connector", None), "use_distributed_sampler",
+                                False))
+        if world > 1 and not injected:
+            # The CLI turns Lightning's sampler injection off, so without this every rank would translate
+            # everything. Each rank takes a strided shard; items keep their dataset "index", so the
+            # TranslationWriter gathers the shards and writes one output in input order.
+            ds = Subset(ds, shard_indices(len(ds), world, rank))  # type: ignore[assignment]
         return DataLoader(ds, batch_size=64, shuffle=False, collate_fn=collate, num_workers=self.num_workers)
 
     def fixed_examples(self, n: int) -> list[Pair]:

@@ -27,6 +27,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
+from core.errors import ConfigError
 from tasks.translation.lexicon import ADJECTIVES, NOUNS, VERBS
 
 Pair = tuple[str, str]
@@ -570,7 +571,8 @@ def generate_corpus(n_pairs: int = 30_000, seed: int = 0) -> list[Pair]:
         add(sampler.sentence())
         attempts += 1
     if len(pairs) < n_pairs:
-        raise ValueError(f"grammar produced only {len(pairs)} distinct pairs, {n_pairs} requested")
+        raise ConfigError(f"--data.n_pairs={n_pairs} is more than the embedded grammar produces: it gave only "
+                          f"{len(pairs)} distinct pairs; lower --data.n_pairs")
     return pairs
 
 
@@ -591,6 +593,8 @@ def split_corpus(pairs: Sequence[Pair], n_val: int, n_test: int, seed: int = 0,
     head, rest = list(pairs[:keep_first]), list(pairs[keep_first:])
     random.Random(seed + 1).shuffle(rest)
     if n_val + n_test >= len(rest):
-        raise ValueError(f"val+test ({n_val}+{n_test}) must be smaller than the corpus ({len(rest)})")
+        raise ConfigError(f"--data.val_size + --data.test_size ({n_val}+{n_test}) must be smaller than the "
+                          f"{len(rest)} pairs of the embedded corpus available for splitting (anchor pairs "
+                          f"always train); raise --data.n_pairs or lower --data.val_size/--data.test_size")
     val, test, train = rest[:n_val], rest[n_val:n_val + n_test], rest[n_val + n_test:]
     return head + train, val, test

@@ -31,11 +31,11 @@ from torch import Tensor, nn
 
 from core.checkpoint import META_KEY, load_checkpoint, make_metadata
 from core.decoding import beam_search
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
 from core.metrics import corpus_bleu, corpus_chrf
 from core.tokenizers import BOS_ID, EOS_ID, BaseTokenizer, tokenizer_from_dict
 from core.training import build_scheduler, log_figure
-from tasks.translation.batching import pad_ids
+from tasks.translation.batching import dedupe_by_index, pad_ids
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 
 TASK = "translation"
@@ -58,6 +58,33 @@ class Translation:
     src_tokens: list[str]
     tgt_tokens: list[str]
     attention: Tensor | None
+
+
+def tokenizers_from_checkpoint(checkpoint: dict[str, Any], source: str) -> tuple[BaseTokenizer, BaseTokenizer]:
+    """The ``(src, tgt)`` tokenizers stored under ``checkpoint["attn_suite"]["tokenizers"]``.
+
+    Args:
+        checkpoint: a loaded checkpoint dict.
+        source: the checkpoint's file/URL, for messages.
+
+    Raises:
+        core.errors.CheckpointError: the tokenizers are missing or cannot be rebuilt (names ``source``).
+    """
+    meta = checkpoint.get(META_KEY)
+    toks = meta.get("tokenizers") if isinstance(meta, dict) else None
+    if not isinstance(toks, dict) or not all(isinstance(toks.get(k), dict) for k in ("src", "tgt")):
+        raise CheckpointError(f"checkpoint {source} has no tokenizers (expected '{META_KEY}' -> 'tokenizers' "
+                              f"-> 'src'/'tgt'); it was not written by this translation task or was modified")
+    out = []
+    for side in ("src", "tgt"):
+        try:
+            out.append(tokenizer_from_dict(toks[side]))
+        # ValueError/KeyError/TypeError for malformed dicts; the HF `tokenizers` library raises a plain
+        # Exception for an unparsable JSON string.
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {source}: the stored {side!r} tokenizer is malformed "
+                                  f"({type(err).__name__}: {err})") from None
+    return out[0], out[1]
 
 
 class TranslationModule(pl.LightningModule):
@@ -128,7 +155,8 @@ class TranslationModule(pl.LightningModule):
         self.model: nn.Module | None = None
         self.src_tokenizer: BaseTokenizer | None = None
         self.tgt_tokenizer: BaseTokenizer | None = None
-        self._eval_outputs: dict[str, list[tuple[str, str]]] = {}
+        # prefix -> [(dataset index, (hypothesis, reference))]; the index lets DDP padding repeats be dropped
+        self._eval_outputs: dict[str, list[tuple[int, tuple[str, str]]]] = {}
 
     # ------------------------------------------------------------------ building
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
@@ -179,16 +207,42 @@ class TranslationModule(pl.LightningModule):
             TASK, tokenizers={"src": self.src_tokenizer.to_dict(), "tgt": self.tgt_tokenizer.to_dict()})
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume/validate with a checkpoint: its tokenizers win over freshly trained ones."""
+        """Resume/validate with a checkpoint: its tokenizers win over freshly trained ones.
+
+        Runs before Lightning loads the weights (``--ckpt_path``), so weights that do not fit the
+        configured model become a ``CheckpointError`` naming the file instead of a RuntimeError traceback.
+        """
+        source = str(getattr(self._trainer, "ckpt_path", None) or "(checkpoint)")
+        self._apply_checkpoint_tokenizers(checkpoint, source)
+        self._check_weights_fit(checkpoint, source)
+
+    def _check_weights_fit(self, checkpoint: dict[str, Any], source: str) -> None:
+        state = checkpoint.get("state_dict")
+        if self.model is None or not isinstance(state, dict):
+            return
+        own = self.state_dict()
+        bad = [f"size mismatch for {k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
+               for k, v in state.items() if k in own and isinstance(v, Tensor) and v.shape != own[k].shape]
+        if self.strict_loading:
+            bad += [f"missing key {k}" for k in own if k not in state]
+            bad += [f"unexpected key {k}" for k in state if k not in own]
+        if bad:
+            more = f" (and {len(bad) - 2} more)" if len(bad) > 2 else ""
+            raise CheckpointError(f"checkpoint {source} does not fit the configured {type(self).__name__} "
+                                  f"(do the --model.* options match the run that wrote it?): "
+                                  f"{'; '.join(bad[:2])}{more}")
+
+    def _apply_checkpoint_tokenizers(self, checkpoint: dict[str, Any], source: str) -> None:
         meta = checkpoint.get(META_KEY) or {}
-        toks = meta.get("tokenizers")
+        toks = meta.get("tokenizers") if isinstance(meta, dict) else None
         if not toks:
             return
-        if self.src_tokenizer is not None and self.src_tokenizer.to_dict() == toks["src"] \
-                and self.tgt_tokenizer is not None and self.tgt_tokenizer.to_dict() == toks["tgt"]:
+        if isinstance(toks, dict) and self.src_tokenizer is not None and self.tgt_tokenizer is not None \
+                and self.src_tokenizer.to_dict() == toks.get("src") and self.tgt_tokenizer.to_dict() == toks.get("tgt"):
             return
+        src, tgt = tokenizers_from_checkpoint(checkpoint, source)  # CheckpointError if malformed
         rank_zero_warn("the checkpoint's tokenizers differ from the data module's; using the checkpoint's")
-        self.set_tokenizers(tokenizer_from_dict(toks["src"]), tokenizer_from_dict(toks["tgt"]))
+        self.set_tokenizers(src, tgt)
         self.model = None
         self.build_model()
         self.model.to(self.device)
@@ -215,17 +269,38 @@ class TranslationModule(pl.LightningModule):
             **overrides: hyperparameters to override (e.g. ``val_beam=1``).
 
         Raises:
-            core.errors.CheckpointError: missing/corrupt/unsafe file or another task's checkpoint.
+            core.errors.CheckpointError: missing/corrupt/unsafe file, another task's checkpoint, missing or
+                malformed tokenizers/hyper-parameters, or weights that do not fit the model (the message
+                names the file).
         """
         ckpt = load_checkpoint(checkpoint_path, expected_task=TASK, map_location=map_location)
-        toks = ckpt[META_KEY].get("tokenizers") or {}
+        where = os.fspath(checkpoint_path)
+        state = ckpt.get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {where} has no 'state_dict' (not a Lightning checkpoint)")
+        src_tok, tgt_tok = tokenizers_from_checkpoint(ckpt, where)
         params = inspect.signature(cls.__init__).parameters
-        hp = {k: v for k, v in (ckpt.get("hyper_parameters") or {}).items() if k in params}
+        saved = ckpt.get("hyper_parameters") or {}
+        if not isinstance(saved, dict):
+            raise CheckpointError(f"checkpoint {where}: 'hyper_parameters' is a {type(saved).__name__}, "
+                                  f"expected a dict")
+        hp = {k: v for k, v in saved.items() if k in params}
         hp.update(overrides)
-        model = cls(**hp)
-        model.set_tokenizers(tokenizer_from_dict(toks["src"]), tokenizer_from_dict(toks["tgt"]))
-        model.build_model()
-        model.load_state_dict(ckpt["state_dict"], strict=strict)
+        try:
+            model = cls(**hp)
+            model.set_tokenizers(src_tok, tgt_tok)
+            model.build_model()
+        except (TypeError, ValueError, KeyError) as err:  # tampered/foreign hyper-parameters
+            raise CheckpointError(f"checkpoint {where}: its hyper-parameters do not build a "
+                                  f"{cls.__name__}: {type(err).__name__}: {err}") from None
+        try:
+            model.load_state_dict(state, strict=strict)
+        except RuntimeError as err:  # missing/unexpected keys or size mismatch
+            # The first line is "Error(s) in loading state_dict for ..."; the next names the weight.
+            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+            detail = "; ".join(lines[1:3]) or (lines[0] if lines else type(err).__name__)
+            raise CheckpointError(f"checkpoint {where} does not fit {cls.__name__} built from its own "
+                                  f"hyper-parameters and tokenizers: {detail}") from None
         if map_location is not None:
             model.to(map_location)
         model.eval()
@@ -282,6 +357,7 @@ class TranslationModule(pl.LightningModule):
         loss, _ = self._loss(batch)
         self.log(f"{prefix}/loss", loss, prog_bar=True, batch_size=batch["src"].shape[0], sync_dist=True)
         src, lengths, refs = batch["src"], batch["src_lengths"], batch["tgt_text"]
+        indices = batch["index"].tolist()
         if limit is not None:
             # Decode a fixed subset (dataset index < limit): batches are length-sorted, so taking the
             # first batches would score only the shortest sentences.
@@ -290,11 +366,12 @@ class TranslationModule(pl.LightningModule):
                 return
             src, lengths = src.index_select(0, keep), lengths.index_select(0, keep)
             refs = [refs[i] for i in keep.tolist()]
+            indices = [indices[i] for i in keep.tolist()]
         res = self._decode(src, lengths, beam=self.hparams.val_beam, nbest=1, need_weights=False)
         assert self.tgt_tokenizer is not None
         out = self._eval_outputs.setdefault(prefix, [])
-        for hyps, ref in zip(res.tokens, refs):
-            out.append((self.tgt_tokenizer.decode(hyps[0]), ref))
+        for index, hyps, ref in zip(indices, res.tokens, refs):
+            out.append((index, (self.tgt_tokenizer.decode(hyps[0]), ref)))
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val", self.hparams.val_bleu_sentences)
@@ -303,12 +380,15 @@ class TranslationModule(pl.LightningModule):
         self._eval_step(batch, "test", None)
 
     def _finish_eval(self, prefix: str) -> None:
-        pairs = self._eval_outputs.pop(prefix, [])
+        outputs = self._eval_outputs.pop(prefix, [])
         if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
             # BLEU is corpus-level: every rank needs every hypothesis, not an average of rank scores.
             gathered: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, pairs)
-            pairs = [p for part in gathered for p in part]
+            torch.distributed.all_gather_object(gathered, outputs)
+            outputs = [o for part in gathered for o in part]
+        # Every rank runs the same number of eval steps, so the last batches repeat earlier examples
+        # (TokenBucketBatchSampler padding); score each dataset example exactly once.
+        pairs = dedupe_by_index(outputs)
         if not pairs:
             return
         hyps, refs = [h for h, _ in pairs], [r for _, r in pairs]

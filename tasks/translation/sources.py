@@ -46,12 +46,15 @@ class LoadResult:
         self.problems.append(f"{where}: {reason}")
 
     def warn(self, source: str) -> None:
-        """Emit (rank-zero) warnings: the first few problems verbatim, then a count."""
+        """Emit (rank-zero) warnings: the first few problems verbatim, then the total count.
+
+        ``rank_zero_warn``: under DDP every rank reads the data, but the report appears once.
+        """
         if not self.skipped:
             return
         for p in self.problems[:MAX_LINE_WARNINGS]:
             rank_zero_warn(f"skipped {p}")
-        if self.skipped > MAX_LINE_WARNINGS:
+        if self.skipped > 1:  # one line is its own count; otherwise always say how many in total
             rank_zero_warn(f"skipped {self.skipped} bad lines in {source} in total "
                            f"(first at {self.problems[0].split(': ')[0]})")
 
@@ -125,6 +128,8 @@ def read_table(path: str | os.PathLike[str], src_column: str, tgt_column: str,
 
     Args:
         path: the file; the delimiter defaults to a tab for ``.tsv``/``.tab``/``.txt`` and a comma otherwise.
+            Tab-separated files are read without quoting (``"`` is ordinary text); comma-separated files
+            use CSV quoting (``"Hello, friend"``).
         src_column: header of the column read as the first side (e.g. ``"en"``).
         tgt_column: header of the column read as the second side (e.g. ``"es"``).
         delimiter: override the delimiter.
@@ -147,7 +152,10 @@ def read_table(path: str | os.PathLike[str], src_column: str, tgt_column: str,
             numbered.append(lineno)
             yield text
 
-    reader = csv.reader(texts(), delimiter=delimiter)
+    # A TSV has no quoting convention: a stray `"` (common in sentences) must stay literal text. With
+    # csv's default quoting it would open a quoted field that swallows the following lines silently.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(texts(), delimiter=delimiter, quoting=quoting)
     try:
         header = next(reader)
     except StopIteration:

@@ -170,6 +170,32 @@ def _cli_base(tmp: Path) -> list[str]:
             "--data.cache_dir", str(tmp / "cache")]
 
 
+def _tiny_ckpt(tmp: Path, name: str = "last.ckpt") -> Path:
+    """Checkpoint ``name`` of a ``default.yaml + tiny.yaml`` run started in ``tmp``.
+
+    tiny.yaml has its own root (``runs/translation/tiny``), so its checkpoints land in
+    ``runs/translation/tiny/checkpoints``; while a config still pins the callbacks' ``dirpath`` to the
+    default run's folder they land there instead (the existing one of the two is returned).
+    """
+    runs = tmp / "runs" / "translation"
+    own = runs / "tiny" / "checkpoints" / name
+    pinned = runs / "default" / "checkpoints" / name
+    return pinned if pinned.exists() and not own.exists() else own
+
+
+def test_tiny_overlay_has_its_own_run_folder() -> None:
+    import yaml
+
+    tiny = yaml.safe_load((CONFIGS / "tiny.yaml").read_text(encoding="utf-8"))["trainer"]
+    assert tiny["default_root_dir"] == "runs/translation/tiny"
+    assert tiny["logger"] is False or tiny["logger"]["init_args"]["save_dir"] == "runs/translation/tiny"
+    for name in ("default.yaml", "transformer.yaml", "tatoeba.yaml"):
+        other = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))["trainer"]
+        assert other["default_root_dir"] != tiny["default_root_dir"]
+    # No checkpoint dirpath pinned in the overlay: checkpoints follow its default_root_dir.
+    assert "runs/translation/default" not in (CONFIGS / "tiny.yaml").read_text(encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def cli_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A checkpoint written by ``fit`` through the CLI entry point (tiny overlay)."""
@@ -181,7 +207,7 @@ def cli_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
         assert main(["fit", *_cli_base(tmp)]) == 0
     finally:
         os.chdir(old)
-    ckpt = tmp / "runs" / "translation" / "default" / "checkpoints" / "last.ckpt"
+    ckpt = _tiny_ckpt(tmp)
     assert ckpt.is_file()
     return ckpt
 
@@ -228,6 +254,65 @@ def test_cli_predict_and_test(cli_ckpt: Path, tmp_path: Path, monkeypatch: pytes
     # Data settings that would train a different tokenizer: the checkpoint's tokenizers win.
     with pytest.warns(UserWarning, match="tokenizers differ"):
         assert main(["test", *_cli_base(tmp_path), "--data.vocab_size", "250", "--ckpt_path", str(cli_ckpt)]) == 0
+
+
+# ------------------------------------------------------------------------------ DDP bookkeeping (no DDP)
+def test_finish_eval_scores_each_example_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from core.metrics import corpus_bleu
+
+    model = TranslationModule(emb_dim=8, hidden_dim=8)
+    model._trainer = SimpleNamespace(world_size=1)  # type: ignore[assignment]
+    logged: dict[str, float] = {}
+    monkeypatch.setattr(model, "log", lambda name, value, **kw: logged.__setitem__(name, value))
+    good, bad = ("the red car", "the red car"), ("a b c d", "w x y z")
+    # Example 1 (a bad hypothesis) was repeated by the DDP padding; it must count once.
+    model._eval_outputs["test"] = [(1, bad), (0, good), (1, bad), (1, bad)]
+    model._finish_eval("test")
+    assert logged["test/bleu"] == pytest.approx(corpus_bleu([good[0], bad[0]], [good[1], bad[1]]))
+
+
+def test_writer_under_ddp_writes_one_output_in_input_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """Two ranks' shards (simulated: gather patched) -> rank 0 writes every line once, in order."""
+    from types import SimpleNamespace
+
+    from tasks.translation.batching import PairDataset, collate, shard_indices
+    from tasks.translation.callbacks import TranslationWriter
+
+    n, world = 7, 2
+    ds = PairDataset([[5]] * n, [[]] * n, [f"s{i}" for i in range(n)], [""] * n)
+
+    def rank_pending(rank: int, out: str | None) -> tuple[TranslationWriter, SimpleNamespace]:
+        writer = TranslationWriter(out)
+        trainer = SimpleNamespace(world_size=world, is_global_zero=rank == 0, global_rank=rank)
+        writer.on_predict_start(trainer, None)  # type: ignore[arg-type]
+        idx = shard_indices(n, world, rank)
+        for k in range(0, len(idx), 3):  # batches of 3 of this rank's shard
+            batch = collate([ds[i] for i in idx[k:k + 3]])
+            writer.write_on_batch_end(trainer, None, [f"t{t[1:]}" for t in batch["src_text"]],  # type: ignore[arg-type]
+                                      None, batch, 0, 0)
+        return writer, trainer
+
+    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    for out in (str(tmp_path / "out.es"), None):
+        writers = [rank_pending(r, out) for r in range(world)]
+        parts = [w._pending for w, _ in writers]
+
+        def fake_gather(dst: list, obj: object) -> None:
+            dst[:] = parts  # what every rank receives from all_gather_object
+
+        monkeypatch.setattr(torch.distributed, "all_gather_object", fake_gather)
+        for w, tr in reversed(writers):  # rank 1 first: only rank 0 may write
+            w.on_predict_end(tr, None)  # type: ignore[arg-type]
+        expected = [f"t{i}" for i in range(n)]
+        if out is not None:
+            assert (tmp_path / "out.es").read_text(encoding="utf-8").splitlines() == expected
+            assert not list(tmp_path.glob("out.es.rank*"))
+        else:
+            assert capsys.readouterr().out.splitlines() == expected  # one copy on stdout, not one per rank
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -298,7 +383,7 @@ def test_cli_resume_from_last_continues_step_count(tmp_path: Path, monkeypatch: 
     base = [*_cli_base(tmp_path), "--trainer.limit_train_batches", "null", "--trainer.limit_val_batches", "1",
             "--trainer.max_epochs", "null"]
     assert main(["fit", *base, "--trainer.max_steps", "3"]) == 0
-    last = tmp_path / "runs" / "translation" / "default" / "checkpoints" / "last.ckpt"
+    last = _tiny_ckpt(tmp_path)
     assert torch.load(last, weights_only=True)["global_step"] == 3
     assert main(["fit", *base, "--trainer.max_steps", "6", "--ckpt_path", "last"]) == 0
     state = torch.load(last, weights_only=True)
@@ -335,8 +420,36 @@ def test_cli_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
     assert len(list((tmp_path / "cache").glob("tokenizers-*.json"))) == 1  # written once (rank 0)
-    ckpt = tmp_path / "runs" / "translation" / "default" / "checkpoints" / "last.ckpt"
+    ckpt = _tiny_ckpt(tmp_path)
     assert torch.load(ckpt, weights_only=True)["attn_suite"]["task"] == "translation"
+
+
+@pytest.mark.slow
+def test_cli_ddp_predict_prints_one_output_in_input_order(cli_ckpt: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """2 CPU processes: each rank translates a shard, rank 0 prints every line once, in input order."""
+    import subprocess
+
+    monkeypatch.chdir(tmp_path)
+    src = tmp_path / "in.en"
+    src.write_text("I love you\n\nthe red car\nshe sees them\nwe walk\nthe dog eats\nthey are here\n",
+                   encoding="utf-8")
+    args = ["predict", *_cli_base(tmp_path), "--ckpt_path", str(cli_ckpt), "--data.predict_path", str(src)]
+    single = tmp_path / "single.es"
+    assert main([*args, "--predict_output", str(single)]) == 0
+    expected = single.read_text(encoding="utf-8")
+    assert len(expected.split("\n")) == 8  # 7 lines + trailing newline
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.translation.cli", *args,
+         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
+        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
+    # One output in input order, not one copy per rank. (Not byte-equal to the 1-process run: this barely
+    # trained model's near-tied beams can flip with the other batch composition of a 2-way shard.)
+    lines = [ln for ln in proc.stdout.splitlines() if "INFO" not in ln and "GLOBAL_RANK" not in ln]
+    assert len(lines) == 7 and lines[1] == "", proc.stdout  # the empty input line keeps its place
+    assert not list(tmp_path.glob("*.rank*"))
 
 
 @pytest.mark.slow
@@ -357,18 +470,18 @@ def test_sigkill_mid_training_then_resume_from_last(tmp_path: Path, monkeypatch:
 
     long_run = [*_cli_base(tmp_path), "--trainer.limit_train_batches", "null", "--trainer.max_epochs", "null",
                 "--trainer.limit_val_batches", "0"]
-    last = tmp_path / "runs" / "translation" / "default" / "checkpoints" / "last.ckpt"
     proc = subprocess.Popen([sys.executable, "-m", "tasks.translation.cli", "fit", *long_run,
                              "--trainer.max_steps", "100000"],
                             cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 180
-        while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
+        while not _tiny_ckpt(tmp_path).exists() and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.2)  # the config writes a rolling last.ckpt every 100 steps
     finally:
         proc.kill()  # SIGKILL: no chance to clean up
         proc.wait()
+    last = _tiny_ckpt(tmp_path)
     assert last.exists(), "no checkpoint was written before the kill"
     saved = torch.load(last, weights_only=True)  # atomic save: never a truncated file
     step = saved["global_step"]

@@ -206,3 +206,102 @@ def test_cli_bad_beam_nbest(args: list[str], expected: str, tmp_path: Path,
     # Options are checked before the checkpoint is opened: a missing file is not what gets reported.
     assert main(["translate", "--ckpt", str(tmp_path / "never-read.ckpt"), *args, "hi"]) == 2
     assert _user_error(capsys) == expected
+
+
+# ------------------------------------------------------------------------ tampered checkpoints: exit 2
+def _real_checkpoint(tmp: Path) -> dict:
+    """A checkpoint dict as ``fit`` writes it (hyper-parameters, weights, tokenizers), built in memory."""
+    from core.tokenizers import CharTokenizer
+    from tasks.translation.module import TranslationModule
+
+    tok = CharTokenizer.train(["I love you", "te quiero", "the red car", "el coche rojo"])
+    model = TranslationModule(emb_dim=8, hidden_dim=8, num_plot_sentences=0)
+    model.set_tokenizers(tok, tok)
+    model.build_model()
+    import lightning
+
+    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__}
+    model.on_save_checkpoint(ckpt)
+    return ckpt
+
+
+def _tampered(tmp: Path, kind: str) -> Path:
+    ckpt = _real_checkpoint(tmp)
+    if kind == "wrong-shape":
+        name = next(k for k, v in ckpt["state_dict"].items() if v.dim() == 2)
+        ckpt["state_dict"][name] = torch.zeros(3, 5)
+    elif kind == "no-tokenizers":
+        del ckpt["attn_suite"]["tokenizers"]
+    elif kind == "bad-tokenizer":
+        ckpt["attn_suite"]["tokenizers"]["tgt"] = {"type": "nonsense"}
+    elif kind == "no-state-dict":
+        del ckpt["state_dict"]
+    path = tmp / f"{kind}.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+TAMPERED = {"ok": None, "wrong-shape": "does not fit TranslationModule", "no-tokenizers": "has no tokenizers",
+            "bad-tokenizer": "the stored 'tgt' tokenizer is malformed", "no-state-dict": "has no 'state_dict'"}
+
+
+@pytest.mark.parametrize("kind", list(TAMPERED))
+def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(kind: str, tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from core.errors import CheckpointError
+    from tasks.translation.module import TranslationModule
+
+    path = _tampered(tmp_path, kind)
+    expected = TAMPERED[kind]
+    if expected is None:  # the untampered fixture loads: the failures below come from the tampering
+        assert len(TranslationModule.load_from_checkpoint(path).translate(["I love you"], beam=1)) == 1
+        return
+    with pytest.raises(CheckpointError, match="does not fit|no tokenizers|malformed|state_dict") as info:
+        TranslationModule.load_from_checkpoint(path)
+    assert str(path) in str(info.value) and expected in str(info.value)
+    assert main(["translate", "--ckpt", str(path), "--beam", "1", "hi"]) == 2
+    err = _user_error(capsys)
+    assert str(path) in err and expected in err, err
+
+
+# ------------------------------------------------------------------------ bad data options: exit 2
+@pytest.mark.parametrize(("args", "expected"), [
+    (["--data.max_tokens", "0"], "error: --data.max_tokens must be >= 1, got 0"),
+    (["--data.eval_max_tokens", "-5"], "error: --data.eval_max_tokens must be >= 1, got -5"),
+    (["--data.max_batch_size", "0"], "error: --data.max_batch_size must be >= 1, got 0"),
+    (["--data.val_size", "-1"], "error: --data.val_size must be >= 0, got -1"),
+    (["--data.n_pairs", "300", "--data.val_size", "200", "--data.test_size", "200"],
+     "error: --data.val_size + --data.test_size (200+200) must be smaller than the"),
+])
+def test_cli_bad_data_options(args: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(_fit_args(tmp_path, *args)) == 2
+    err = _user_error(capsys)
+    assert err.startswith(expected), err
+
+
+def test_grammar_too_many_pairs_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.errors import ConfigError
+    from tasks.translation import grammar
+
+    # A grammar that can only say one sentence: any n_pairs above the anchors is impossible.
+    monkeypatch.setattr(grammar._Sampler, "sentence", lambda self: ("same", "igual"))
+    n = len(grammar.anchor_pairs()) + 5
+    with pytest.raises(ConfigError, match=rf"--data.n_pairs={n} is more than the embedded grammar produces"):
+        grammar.generate_corpus(n, seed=0)
+
+
+def test_cli_ckpt_path_weights_do_not_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``test --ckpt_path`` with weights that do not fit the configured model: exit 2, file named."""
+    monkeypatch.chdir(tmp_path)
+    path = _tampered(tmp_path, "wrong-shape")
+    base = ["--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
+            "--data.cache_dir", str(tmp_path / "cache")]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "the checkpoint's tokenizers differ ..."
+        assert main(["test", *base, "--ckpt_path", str(path)]) == 2
+    err = _user_error(capsys)
+    assert str(path) in err and "does not fit the configured TranslationModule" in err, err

@@ -33,6 +33,38 @@ def test_tatoeba_reader_skips_and_reports_bad_lines(tmp_path: Path) -> None:
     assert f"{path}:{len(PAIRS) + 1}: empty line" in messages
     assert f"{path}:{len(PAIRS) + 2}: no tab" in messages
     assert f"{path}:{len(PAIRS) + 3}: empty sentence" in messages
+    # The count is reported too (once; rank_zero_warn), even when every line was listed.
+    assert [str(w.message) for w in rec].count(
+        f"skipped 3 bad lines in {path} in total (first at {path}:{len(PAIRS) + 1})") == 1
+
+
+def test_skip_report_is_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    import warnings
+
+    from lightning.pytorch.utilities import rank_zero_only
+
+    from tasks.translation.sources import LoadResult
+
+    res = LoadResult()
+    for i in range(7):
+        res.skip(f"f.txt:{i + 1}", "empty line")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res.warn("f.txt")
+    assert not rec  # other ranks stay silent ...
+    monkeypatch.setattr(rank_zero_only, "rank", 0)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        res.warn("f.txt")
+    assert [str(w.message) for w in rec][-1] == "skipped 7 bad lines in f.txt in total (first at f.txt:1)"
+
+
+def test_bucket_sampler_bad_budget_is_a_config_error() -> None:
+    from core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--data.max_tokens \(token budget per batch\) must be >= 1, got 0"):
+        TokenBucketBatchSampler([3, 4], max_tokens=0)
 
 
 def test_tatoeba_reader_nfc_and_fatal_errors(tmp_path: Path) -> None:
@@ -62,6 +94,25 @@ def test_table_reader_tsv_csv_and_wrong_columns(tmp_path: Path) -> None:
     assert read_table(csv_path, "english", "spanish").pairs == [("Hello, friend", "Hola amigo")]
     with pytest.raises(DataError, match=r"missing column\(s\) \['en', 'es'\]; the header has \['english', 'spanish'\]"):
         read_table(csv_path, "en", "es")
+
+
+def test_tsv_stray_quote_is_text_csv_quotes_still_work(tmp_path: Path) -> None:
+    # A lone `"` in a TSV used to open a CSV quoted field that silently swallowed the following lines.
+    tsv = tmp_path / "quotes.tsv"
+    tsv.write_text('en\tes\n"Hi there\t"Hola\nthe red car\tel coche rojo\nI love you\tte quiero\n',
+                   encoding="utf-8")
+    res = read_table(tsv, "en", "es")
+    assert res.pairs == [('"Hi there', '"Hola'), ("the red car", "el coche rojo"),
+                         ("I love you", "te quiero")] and res.skipped == 0
+    # The tsv source (explicit tab delimiter, any suffix) reads the same way.
+    txt = tmp_path / "quotes.data"
+    txt.write_bytes(tsv.read_bytes())
+    assert len(read_table(txt, "en", "es", delimiter="\t").pairs) == 3
+    # CSV keeps its quoting: a quoted comma (and an escaped quote) stay inside the field.
+    csv_path = tmp_path / "quotes.csv"
+    csv_path.write_text('en,es\n"He said ""hi"", friend",Dijo hola\nthe red car,el coche rojo\n', encoding="utf-8")
+    assert read_table(csv_path, "en", "es").pairs == [('He said "hi", friend', "Dijo hola"),
+                                                      ("the red car", "el coche rojo")]
 
 
 def test_parallel_reader(tmp_path: Path) -> None:
@@ -183,3 +234,35 @@ def test_resumable_loader_continues_mid_epoch() -> None:
     resumed.load_state_dict(state)
     assert [b["index"].tolist() for b in resumed] == full[4:]
     assert [b["index"].tolist() for b in resumed] == full  # the next epoch starts from the top again
+
+
+def test_bucket_sampler_more_ranks_than_batches_every_rank_gets_a_batch() -> None:
+    lengths = [3, 4, 5]
+    shards = [list(TokenBucketBatchSampler(lengths, 100, shuffle=False, num_replicas=4, rank=r)) for r in range(4)]
+    assert all(len(sh) == 1 for sh in shards)  # one batch each (the single real batch, repeated)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 64, 65])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_predict_shards_cover_every_index_once_after_dedupe(n: int, world: int) -> None:
+    from tasks.translation.batching import dedupe_by_index, shard_indices
+
+    shards = [shard_indices(n, world, r) for r in range(world)]
+    assert len({len(sh) for sh in shards}) == 1 and all(shards)  # equal, never empty (no hook skipped)
+    gathered = [(i, f"line {i}") for r in reversed(range(world)) for i in shards[r]]  # any rank order
+    assert dedupe_by_index(gathered) == [f"line {i}" for i in range(n)]  # input order, each once
+    assert shard_indices(0, world, 0) == []
+
+
+def test_eval_dedupe_drops_ddp_padding_repeats() -> None:
+    """Padded eval batches repeat leading examples on some ranks; each example must be scored once."""
+    from tasks.translation.batching import dedupe_by_index
+
+    lengths = [(i * 5) % 11 + 1 for i in range(37)]
+    world = 3
+    per_rank = [[i for b in TokenBucketBatchSampler(lengths, 24, shuffle=False, num_replicas=world, rank=r)
+                 for i in b] for r in range(world)]
+    flat = [i for part in per_rank for i in part]
+    assert len(flat) > len(lengths)  # the padding really repeats examples ...
+    pairs = dedupe_by_index((i, (f"hyp {i}", f"ref {i}")) for i in flat)
+    assert pairs == [(f"hyp {i}", f"ref {i}") for i in range(37)]  # ... and the dedupe removes them

@@ -64,9 +64,15 @@ class RNNEncoder(nn.Module):
         """
         emb = self.dropout(self.embedding(src))  # (B, S, E)
         # pack_padded_sequence needs CPU lengths: one small host copy per batch, not per step.
-        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
-        out, h = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # (B, S, 2H)
+        cpu_lengths = lengths.cpu()
+        if bool((cpu_lengths == src.shape[1]).all()):
+            # No padding (e.g. length-bucketed batches): the plain cuDNN/fused RNN call gives the
+            # same result without the sort, pack and unpack kernels.
+            out, h = self.rnn(emb)  # (B, S, 2H)
+        else:
+            packed = pack_padded_sequence(emb, cpu_lengths, batch_first=True, enforce_sorted=False)
+            out, h = self.rnn(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=src.shape[1])  # (B, S, 2H)
         if isinstance(h, tuple):  # LSTM: (h_n, c_n)
             h = h[0]
         # h: (layers * 2, B, H); the top layer's two directions are the last two rows.
@@ -114,6 +120,9 @@ class RNNSeq2Seq(nn.Module):
         opts = dict(attention_options or {})
         if attention in ("additive", "location"):
             opts.setdefault("hidden_dim", hidden_dim)
+            # Auto: the plain formulation while a step's (B, S, H) tanh is small (fewer ops, no
+            # Python backward), the recomputing one for long sources (see AdditiveAttention).
+            opts.setdefault("memory_efficient", None)
         if attention == "multihead":
             opts.setdefault("num_heads", 4)
         self.key_proj = nn.Linear(enc_dim, hidden_dim, bias=False) if attention in ("dot", "scaled_dot") else None
