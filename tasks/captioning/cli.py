@@ -49,6 +49,8 @@ def make_cli(argv: Sequence[str], run: bool = True) -> Any:
             parser.link_arguments("data.image_size", "model.image_size")
             parser.link_arguments("data.mean", "model.mean")
             parser.link_arguments("data.std", "model.std")
+            parser.add_argument("--predict_output", type=str | None, default=None,
+                                help="predict: write '<image><TAB><caption>' lines to this file (default: stdout)")
 
         def parse_arguments(self, parser: Any, args: Any) -> None:
             super().parse_arguments(parser, args)
@@ -56,6 +58,14 @@ def make_cli(argv: Sequence[str], run: bool = True) -> Any:
 
         def before_fit(self) -> None:
             ensure_resumable(self.trainer, monitor="val/bleu4", mode="max")  # for configs without our callbacks
+
+        def before_predict(self) -> None:
+            from lightning.pytorch.callbacks import BasePredictionWriter
+
+            from tasks.captioning.callbacks import CaptionWriter
+
+            if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+                self.trainer.callbacks.append(CaptionWriter(self.config[self.subcommand].get("predict_output")))
 
     return CaptionCLI(CaptioningModule, CaptionDataModule, args=list(argv), run=run, save_config_kwargs={"overwrite": True})
 

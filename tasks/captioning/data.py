@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -29,6 +30,7 @@ from core.tokenizers import SPECIAL_TOKENS, WordTokenizer
 from tasks.captioning import scenes as scene_gen
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, ImageError, eval_transform, load_rgb, train_transform
 from tasks.captioning.sources import (
+    IMAGE_SUFFIXES,
     CaptionRecord,
     read_coco,
     read_flickr_csv,
@@ -50,7 +52,10 @@ class Batch:
         inputs: ``(B, T)`` decoder inputs ``[BOS, w1 .. wn, PAD..]``.
         targets: ``(B, T)`` next-token targets ``[w1 .. wn, EOS, PAD..]`` (PAD = ignored).
         refs: per image, all normalised reference captions (for BLEU/CIDEr).
-        index: ``(B,)`` dataset indices (to find images again, e.g. for plots).
+        index: ``(B,)`` dataset indices (to find images again, e.g. for plots, and to drop the
+            repeats DistributedSampler pads the last shard with).
+        skipped: samples of this batch dropped because their image could not be read. A batch
+            where every image failed is empty (``len(batch) == 0``) and only carries this count.
     """
 
     images: Tensor
@@ -58,11 +63,19 @@ class Batch:
     targets: Tensor
     refs: list[list[str]]
     index: Tensor
+    skipped: int = 0
+
+    @classmethod
+    def empty(cls, skipped: int) -> Batch:
+        """A batch without samples (every image failed to load); ``skipped`` says how many."""
+        none = torch.zeros(0, dtype=torch.long)
+        return cls(torch.zeros(0, 3, 0, 0), none.view(0, 0), none.view(0, 0), [], none, skipped)
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move the tensors (Lightning calls this through `transfer_batch_to_device`)."""
         kw = {"non_blocking": non_blocking}
-        return Batch(self.images.to(device, **kw), self.inputs.to(device, **kw), self.targets.to(device, **kw), self.refs, self.index)
+        return Batch(self.images.to(device, **kw), self.inputs.to(device, **kw), self.targets.to(device, **kw),
+                     self.refs, self.index, self.skipped)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -207,7 +220,8 @@ class HFCaptionDataset(_CaptionDataset):
             else:
                 empty += 1
         if empty:
-            warnings.warn(f"HF dataset: skipped {empty} row(s) without a non-empty caption", UserWarning, stacklevel=2)
+            # Built in `setup` on every DDP rank: warn once, not once per rank.
+            rank_zero_warn(f"HF dataset: skipped {empty} row(s) without a non-empty caption", category=UserWarning)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -241,7 +255,10 @@ class HFCaptionDataset(_CaptionDataset):
 
 
 class CaptionCollate:
-    """Collate samples into a `Batch`; drops samples that failed to load (``None``).
+    """Collate samples into a `Batch`; drops samples that failed to load (``None``) and counts them.
+
+    A batch whose every image failed becomes `Batch.empty` (not ``None``): under DDP every rank must
+    still run a training step (the module returns a zero loss for it), and the skip count survives.
 
     Args:
         vocab: word vocabulary.
@@ -251,10 +268,12 @@ class CaptionCollate:
     def __init__(self, vocab: CaptionVocab, max_len: int) -> None:
         self.vocab, self.max_len = vocab, max_len
 
-    def __call__(self, samples: list[dict[str, Any] | None]) -> Batch | None:
-        samples = [s for s in samples if s is not None]
+    def __call__(self, samples: list[dict[str, Any] | None]) -> Batch:
+        kept = [s for s in samples if s is not None]
+        skipped = len(samples) - len(kept)
+        samples = kept
         if not samples:
-            return None  # every image of the batch was unreadable: the step skips it
+            return Batch.empty(skipped)  # every image of the batch was unreadable
         ids = [self.vocab.encode(s["caption"])[: self.max_len] for s in samples]
         t = max(len(x) for x in ids) + 1  # +1 for BOS (inputs) / EOS (targets)
         inputs = torch.full((len(ids), t), self.vocab.pad_id, dtype=torch.long)  # (B, T)
@@ -268,6 +287,7 @@ class CaptionCollate:
             targets=targets,
             refs=[s["refs"] for s in samples],
             index=torch.tensor([s["index"] for s in samples]),
+            skipped=skipped,
         )
 
 
@@ -321,6 +341,9 @@ class CaptionDataModule(L.LightningDataModule):
         test_size: scenes: number of test scenes (seen colour-shape pairs).
         unseen_size: scenes: number of scenes with held-out colour-shape pairs (second test set).
         max_images: optional cap on the number of images read from a real corpus (smoke runs).
+        predict_path: ``predict`` inputs: an image file, a folder (its image files, sorted by name)
+            or a text file listing image paths one per line (relative paths are resolved against
+            the list's folder; blank lines and ``#`` comments ignored). None = the test split.
     """
 
     def __init__(
@@ -352,9 +375,15 @@ class CaptionDataModule(L.LightningDataModule):
         test_size: int = 500,
         unseen_size: int = 500,
         max_images: int | None = None,
+        predict_path: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if dataset == "scenes" and image_size < scene_gen.MIN_IMAGE_SIZE:
+            # Checked here, not when the first scene is rendered inside a dataloader worker.
+            raise ConfigError(f"data.image_size must be >= {scene_gen.MIN_IMAGE_SIZE} for generated scenes, got {image_size}")
+        if image_size < 1:
+            raise ConfigError(f"data.image_size must be a positive number of pixels, got {image_size}")
         if dataset != "scenes" and dataset != "hf" and not (data_dir or captions_file):
             raise ConfigError(f"data.dataset={dataset!r} needs data.data_dir (or data.captions_file)")
         if dataset == "hf" and not hf_name:
@@ -508,8 +537,8 @@ class CaptionDataModule(L.LightningDataModule):
         if isinstance(model_vocab, CaptionVocab):
             # A model restored from a checkpoint brings its own vocabulary: encode targets with it.
             self._vocab = model_vocab
-        if self.datasets:
-            return
+        if self.datasets or (stage == "predict" and self.hparams.predict_path):
+            return  # already built / predict reads only data.predict_path (in predict_dataloader)
         hp = self.hparams
         tr_tf = train_transform(self.image_size, self.mean, self.std, hp.hflip) if hp.augment else eval_transform(self.image_size, self.mean, self.std)
         ev_tf = eval_transform(self.image_size, self.mean, self.std)
@@ -550,8 +579,49 @@ class CaptionDataModule(L.LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(name, False) for name in self.test_names]
 
+    def predict_records(self) -> list[CaptionRecord]:
+        """The ``data.predict_path`` images as records (no captions), in input order.
+
+        Raises:
+            DataError: the path, or a file the list names, does not exist; nothing to caption.
+        """
+        path = Path(self.hparams.predict_path).expanduser()
+        if path.is_dir():
+            images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not images:
+                raise DataError(f"data.predict_path: no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}")
+        elif not path.is_file():
+            raise DataError(f"data.predict_path: {path} not found")
+        elif path.suffix.lower() in IMAGE_SUFFIXES:
+            images = [path]
+        else:  # a list of image paths
+            images = []
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for n, line in enumerate(f, 1):
+                    line = line.strip()
+                    if not line or line.startswith("#"):
+                        continue
+                    image = Path(line).expanduser()
+                    image = image if image.is_absolute() else path.parent / image
+                    if not image.exists():
+                        raise DataError(f"{path}: line {n}: image file {image} not found")
+                    images.append(image)
+            if not images:
+                raise DataError(f"{path}: data.predict_path lists no image")
+        # No references: an empty caption keeps the collate and predict_step unchanged.
+        return [CaptionRecord(p, [""]) for p in images]
+
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
+        """The ``data.predict_path`` images when set, else the test split.
+
+        Items keep their dataset index, so `tasks.captioning.callbacks.CaptionWriter` can write
+        them back in input order (and name them) whatever the DDP sharding did.
+        """
+        if self.hparams.predict_path and "predict" not in self.datasets:
+            self.datasets["predict"] = FileCaptionDataset(
+                self.predict_records(), eval_transform(self.image_size, self.mean, self.std), train=False
+            )
+        return self._loader("predict" if self.hparams.predict_path else "test", False)
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, Batch):

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attention import build_attention
+from core.errors import ConfigError
 
 
 def attention_kwargs(name: str, attention_dim: int, num_heads: int, dropout: float) -> dict[str, Any]:
@@ -243,7 +244,12 @@ class TransformerCaptionDecoder(nn.Module):
         LSTM-decoder idea), which lets the fused SDPA path run.
         """
         if inputs.shape[1] > self.max_len:
-            raise ValueError(f"caption of {inputs.shape[1]} tokens exceeds the {self.max_len} learned positions")
+            # Reachable from the config (data.max_caption_len vs model.max_len): a user error, not a bug.
+            raise ConfigError(
+                f"data.max_caption_len: a training caption of {inputs.shape[1] - 1} words (+BOS) exceeds the transformer "
+                f"decoder's {self.max_len} learned positions; lower data.max_caption_len to <= {self.max_len - 1} "
+                f"or raise model.max_len to >= {inputs.shape[1] - 2}"
+            )
         memory = self._memory(feats)
         pos = torch.arange(inputs.shape[1], device=inputs.device)
         x = self.drop(self.embed(inputs) * self.d_model**0.5 + self.pos(pos))  # (B, T, d)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
@@ -42,6 +43,41 @@ def _gather(obj: list[Any]) -> list[Any]:
         torch.distributed.all_gather_object(parts, obj)
         return [x for p in parts for x in p]
     return obj
+
+
+def dedupe_by_index(items: Sequence[tuple[int, Any, Any]]) -> tuple[list[Any], list[Any]]:
+    """Drop repeated dataset indices and sort, after gathering ``(index, hypothesis, refs)`` rows.
+
+    Lightning's ``DistributedSampler`` pads the last shard with images that another rank already
+    has (``drop_last=False``), so without this BLEU/CIDEr on more than one rank would count them
+    twice. Sorting by index also makes the corpus order independent of the number of ranks.
+
+    Args:
+        items: ``(dataset index, hypothesis, references)`` per evaluated image, any order.
+
+    Returns:
+        ``(hypotheses, references)`` for the unique indices in ascending index order (the first
+        row of a repeated index is kept; repeats decode the same image, so they are identical).
+    """
+    seen: dict[int, tuple[Any, Any]] = {}
+    for index, hyp, refs in items:
+        seen.setdefault(int(index), (hyp, refs))
+    order = sorted(seen)
+    return [seen[i][0] for i in order], [seen[i][1] for i in order]
+
+
+def _state_dict_mismatch(expected: dict[str, Tensor], got: dict[str, Any], strict: bool) -> list[str]:
+    """Human-readable differences between a model's state dict and a checkpoint's (first few)."""
+    problems = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in got.items()
+        if k in expected and isinstance(v, Tensor) and v.shape != expected[k].shape
+    ]
+    problems += [f"{k}: not a tensor ({type(v).__name__})" for k, v in got.items() if k in expected and not isinstance(v, Tensor)]
+    if strict:
+        problems += [f"missing {k}" for k in expected if k not in got]
+        problems += [f"unexpected {k}" for k in got if k not in expected]
+    return problems
 
 
 class CaptioningModule(L.LightningModule):
@@ -126,7 +162,10 @@ class CaptioningModule(L.LightningModule):
                 "in Python pass vocab=datamodule.vocab"
             )
         self.save_hyperparameters()
-        self.vocab = CaptionVocab.from_dict(vocab)
+        try:
+            self.vocab = CaptionVocab.from_dict(vocab)
+        except ValueError as err:
+            raise ConfigError(f"model.vocab: not a captioning word vocabulary: {err}") from None
         self.encoder = ImageEncoder(encoder, feat_dim, grid_size, pretrained, trainable_blocks, dropout=0.0)
         v = len(self.vocab)
         if decoder == "lstm":
@@ -141,9 +180,9 @@ class CaptioningModule(L.LightningModule):
         else:
             raise ConfigError(f"model.decoder={decoder!r}: expected 'lstm' or 'transformer'")
         self._transform = eval_transform(image_size, tuple(mean), tuple(std))
-        self._val_hyps: list[str] = []
-        self._val_refs: list[list[str]] = []
-        self._test_out: dict[int, tuple[list[str], list[list[str]]]] = {}
+        # (dataset index, hypothesis, references) per evaluated image; the index drops DDP padding repeats
+        self._val_out: list[tuple[int, str, list[str]]] = []
+        self._test_out: dict[int, list[tuple[int, str, list[str]]]] = {}
         self._plot_batch: Tensor | None = None
 
     # ------------------------------------------------------------------ model
@@ -178,9 +217,42 @@ class CaptioningModule(L.LightningModule):
             loss = loss + self.hparams.alpha_reg * ((1.0 - coverage) ** 2).mean()
         return loss, ce
 
+    def setup(self, stage: str) -> None:
+        """Fail early (a `ConfigError`) when the data's captions cannot fit the Transformer positions."""
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        max_caption_len = getattr(getattr(dm, "hparams", None), "max_caption_len", None)
+        positions = getattr(self.decoder, "max_len", None)
+        if isinstance(self.decoder, TransformerCaptionDecoder) and isinstance(max_caption_len, int) and positions:
+            if max_caption_len + 1 > positions:  # +1: the BOS-prefixed decoder input
+                raise ConfigError(
+                    f"data.max_caption_len={max_caption_len} does not fit the transformer decoder's {positions} "
+                    f"learned positions: set data.max_caption_len <= {positions - 1} or model.max_len >= {max_caption_len - 1}"
+                )
+
+    def _skipped_loss(self) -> Tensor:
+        """Zero loss that reaches every trainable parameter (zero gradients, but a full backward).
+
+        Under DDP every rank must run backward each step: the gradient all-reduce is a collective,
+        so a rank that skipped it would leave the others waiting forever.
+        """
+        zero = torch.zeros((), device=self.device)
+        # a Python sum, not torch.stack: parameters may not all share one dtype
+        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), zero)
+
     def training_step(self, batch: Batch | None, batch_idx: int) -> Tensor | None:
-        if batch is None:  # every image of this batch failed to decode (warned in the loader)
-            return None
+        n_skipped = 0 if batch is None else batch.skipped
+        # Logged every step (0 when nothing was skipped): with sync_dist every rank must log the same
+        # keys, and the epoch value is the total over steps and ranks.
+        self.log("train/skipped_images", float(n_skipped), on_step=False, on_epoch=True, reduce_fx="sum",
+                 sync_dist=True, batch_size=1)
+        if batch is None or len(batch) == 0:  # every image of this batch failed to decode
+            self.log("train/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum",
+                     sync_dist=True, batch_size=1)
+            if self._trainer is not None and self.trainer.world_size > 1:
+                return self._skipped_loss()  # keep the DDP gradient all-reduce in step across ranks
+            return None  # single process: Lightning skips the step (no optimizer update at all)
+        self.log("train/skipped_batches", 0.0, on_step=False, on_epoch=True, reduce_fx="sum",
+                 sync_dist=True, batch_size=1)
         loss, ce = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log("train/ce", ce, batch_size=len(batch))
@@ -222,19 +294,18 @@ class CaptioningModule(L.LightningModule):
 
     # ------------------------------------------------------------------ validation / test
     def validation_step(self, batch: Batch | None, batch_idx: int) -> None:
-        if batch is None:
+        if batch is None or len(batch) == 0:
             return
         loss, _ = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        self._val_hyps += self._decode_batch(batch)
-        self._val_refs += batch.refs
+        self._val_out += zip(batch.index.tolist(), self._decode_batch(batch), batch.refs)
         if batch_idx == 0 and self._plot_batch is None and self.hparams.plot_images > 0:
             # The first validation batch is the same every epoch (no shuffling): fixed plot images.
             self._plot_batch = batch.images[: self.hparams.plot_images].detach().cpu()
 
     def on_validation_epoch_end(self) -> None:
-        hyps, refs = _gather(self._val_hyps), _gather(self._val_refs)
-        self._val_hyps, self._val_refs = [], []
+        hyps, refs = dedupe_by_index(_gather(self._val_out))
+        self._val_out = []
         if hyps:
             # Every rank holds the gathered lists and computes the same values; sync_dist=True only
             # averages identical numbers (and keeps Lightning's epoch-level DDP check quiet).
@@ -261,17 +332,16 @@ class CaptioningModule(L.LightningModule):
             log_figure(self, f"val_attention/{i}", fig)
 
     def test_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch is None:
+        if batch is None or len(batch) == 0:
             return
-        hyps, refs = self._test_out.setdefault(dataloader_idx, ([], []))
-        hyps += self._decode_batch(batch)
-        refs += batch.refs
+        self._test_out.setdefault(dataloader_idx, []).extend(zip(batch.index.tolist(), self._decode_batch(batch), batch.refs))
 
     def on_test_epoch_end(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         names = list(getattr(dm, "test_names", [])) if dm is not None else []
-        for idx in sorted(self._test_out):
-            hyps, refs = _gather(self._test_out[idx][0]), _gather(self._test_out[idx][1])
+        # Every test dataloader, even one this rank got nothing from: _gather is a collective.
+        for idx in sorted(set(self._test_out) | set(range(len(names)))):
+            hyps, refs = dedupe_by_index(_gather(self._test_out.get(idx, [])))
             prefix = names[idx] if idx < len(names) else f"test{idx}"
             if hyps:
                 for name, value in caption_scores(hyps, refs).items():
@@ -279,7 +349,8 @@ class CaptioningModule(L.LightningModule):
         self._test_out = {}
 
     def predict_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        if batch is None:
+        """``{"index", "caption", "references"}`` per image (`tasks.captioning.callbacks.CaptionWriter` writes them)."""
+        if batch is None or len(batch) == 0:
             return []
         caps = self._decode_batch(batch)
         return [{"index": int(i), "caption": c, "references": r} for i, c, r in zip(batch.index, caps, batch.refs)]
@@ -360,6 +431,37 @@ class CaptioningModule(L.LightningModule):
             grid_size=int(hp.grid_size),
         )
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """``--ckpt_path`` restores (fit/validate/test/predict): a checkpoint that does not fit this
+        model is a `CheckpointError` naming the file, not a ``load_state_dict`` traceback.
+
+        Runs before Lightning loads the weights. A vocabulary with the same size but other words
+        (data settings changed since training) only warns: the weights fit, the captions may not.
+        """
+        source = str(getattr(self._trainer, "ckpt_path", None) or "the checkpoint") if self._trainer else "the checkpoint"
+        meta = checkpoint.get(META_KEY)
+        vocab = meta.get("vocab") if isinstance(meta, dict) else None
+        if vocab is not None:
+            try:
+                ckpt_vocab = CaptionVocab.from_dict(vocab)
+            except ValueError as err:
+                raise CheckpointError(f"checkpoint {source}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
+            if ckpt_vocab.to_dict() != self.vocab.to_dict() and len(ckpt_vocab) == len(self.vocab):
+                rank_zero_warn(f"checkpoint {source} was trained with another vocabulary of the same size than the data "
+                               "module built now; check data.min_freq / data.max_vocab / the corpus")
+        state = checkpoint.get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {source} has no 'state_dict' (not a Lightning checkpoint)")
+        strict = bool(getattr(self, "strict_loading", True))
+        problems = _state_dict_mismatch(self.state_dict(), state, strict)
+        if problems:
+            hint = ""
+            if vocab is not None and len(CaptionVocab.from_dict(vocab)) != len(self.vocab):
+                hint = (f" (its vocabulary has {len(CaptionVocab.from_dict(vocab))} words, the data module's "
+                        f"{len(self.vocab)}: train and evaluate with the same data settings)")
+            raise CheckpointError(f"checkpoint {source} does not fit this CaptioningModule configuration{hint}: "
+                                  + "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else ""))
+
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
         cls,
@@ -381,6 +483,10 @@ class CaptioningModule(L.LightningModule):
 
         Returns:
             The module in eval mode.
+
+        Raises:
+            CheckpointError: unreadable/unsafe/other-task file, a malformed vocabulary or
+                hyper-parameters, or weights that do not fit (the message names the file).
         """
         ckpt = load_checkpoint(checkpoint_path, expected_task=TASK, map_location=map_location)
         # LightningCLI stores bookkeeping keys (``_instantiator``, ``_class_path``) next to the real
@@ -389,6 +495,10 @@ class CaptioningModule(L.LightningModule):
         hparams = {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k in accepted}
         meta = ckpt[META_KEY]
         hparams["vocab"] = meta.get("vocab", hparams.get("vocab"))
+        try:
+            CaptionVocab.from_dict(hparams["vocab"])
+        except ValueError as err:
+            raise CheckpointError(f"checkpoint {checkpoint_path}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
         for key in ("image_size", "grid_size"):
             if key in meta:
                 hparams[key] = meta[key]
@@ -398,13 +508,24 @@ class CaptioningModule(L.LightningModule):
         # The weights come from the state dict: never re-download or re-read "pretrained" weights.
         hparams["pretrained"] = None
         hparams.update(overrides)
-        if "state_dict" not in ckpt:
+        if not isinstance(ckpt.get("state_dict"), dict):
             raise CheckpointError(f"{checkpoint_path}: checkpoint has no 'state_dict'")
-        model = cls(**hparams)
+        try:
+            model = cls(**hparams)
+        except ConfigError as err:  # e.g. an unknown encoder/decoder name in tampered hyper-parameters
+            raise CheckpointError(f"checkpoint {checkpoint_path}: its hyper-parameters do not build a model: {err}") from None
+        except (TypeError, ValueError, KeyError) as err:
+            raise CheckpointError(
+                f"checkpoint {checkpoint_path}: its hyper-parameters do not build a model ({type(err).__name__}: {err})"
+            ) from None
+        problems = _state_dict_mismatch(model.state_dict(), ckpt["state_dict"], strict)
+        if problems:
+            raise CheckpointError(f"checkpoint {checkpoint_path}: weights do not fit the model: " + "; ".join(problems[:3])
+                                  + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else ""))
         try:
             model.load_state_dict(ckpt["state_dict"], strict=strict)
-        except RuntimeError as err:
-            raise CheckpointError(f"{checkpoint_path}: weights do not fit the model ({str(err).splitlines()[0]})") from None
+        except RuntimeError as err:  # anything the shape check above did not foresee
+            raise CheckpointError(f"checkpoint {checkpoint_path}: weights do not fit the model ({' '.join(str(err).split())[:300]})") from None
         if map_location is not None:
             model.to(map_location)
         return model.eval()

@@ -33,6 +33,11 @@ from typing import Literal
 import numpy as np
 from PIL import Image, ImageDraw
 
+from core.errors import ConfigError
+
+#: Smallest scene side in pixels (smaller shapes would vanish).
+MIN_IMAGE_SIZE = 48
+
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (215, 40, 40),
     "green": (40, 170, 60),
@@ -168,11 +173,16 @@ def make_scene(seed: int, split: Split, index: int, image_size: int = 96) -> Sce
 
     Returns:
         The `Scene` (image, captions, objects).
+
+    Raises:
+        ValueError: unknown split.
+        core.errors.ConfigError: ``image_size`` below `MIN_IMAGE_SIZE` (it is ``data.image_size``).
     """
     if split not in _SPLIT_CODE:
         raise ValueError(f"unknown scene split {split!r}; expected one of {sorted(_SPLIT_CODE)}")
-    if image_size < 48:
-        raise ValueError(f"image_size must be >= 48 px, got {image_size}")
+    if image_size < MIN_IMAGE_SIZE:
+        # Below 48 px the small shapes vanish; this is the user's data.image_size, so a ConfigError.
+        raise ConfigError(f"data.image_size must be >= {MIN_IMAGE_SIZE} for generated scenes, got {image_size}")
     # SeedSequence mixes the tuple into independent streams per (seed, split, index).
     rng = np.random.default_rng([seed & 0xFFFFFFFF, _SPLIT_CODE[split], index])
     n_obj = int(rng.choice([1, 2, 3], p=[0.25, 0.45, 0.30]))

@@ -23,10 +23,11 @@ from __future__ import annotations
 import csv
 import io
 import json
-import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lightning.pytorch.utilities import rank_zero_warn
 
 from core.errors import DataError
 from tasks.captioning.text import normalize_caption
@@ -75,12 +76,13 @@ class ReadReport:
     def warn(self) -> None:
         """Emit one `UserWarning` summarising the drops (nothing when nothing was dropped)."""
         if self.empty_captions or self.missing_images or self.images_without_captions:
-            warnings.warn(
+            # Corpora are read in `setup`, on every DDP rank: warn once (rank zero), not once per rank.
+            rank_zero_warn(
                 f"{self.source}: skipped {self.missing_images} missing image(s), "
                 f"{self.empty_captions} empty caption(s), {self.images_without_captions} image(s) "
                 f"without any caption; e.g. {', '.join(self.examples)}",
-                UserWarning,
-                stacklevel=3,
+                category=UserWarning,
+                stacklevel=6,  # the read_* function (rank_zero_warn adds two frames)
             )
 
 

@@ -54,9 +54,29 @@ class CaptionVocab:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> CaptionVocab:
-        """Rebuild from `to_dict` output (e.g. read from a checkpoint)."""
-        tok = tokenizer_from_dict(d)
-        if not isinstance(tok, WordTokenizer):
+        """Rebuild from `to_dict` output (e.g. read from a checkpoint).
+
+        Raises:
+            ValueError: ``d`` is not a word-vocabulary dict (the message says what is wrong); callers
+                turn it into a `core.errors.CheckpointError` / `ConfigError` naming the source.
+        """
+        if not isinstance(d, dict):
+            raise ValueError(f"expected a word-vocabulary dict, got {type(d).__name__}")
+        if d.get("type") != "word":
+            raise ValueError(f"captioning expects a word vocabulary (type 'word'), got tokenizer type {d.get('type')!r}")
+        words = d.get("vocab")
+        if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
+            raise ValueError("its 'vocab' entry must be a list of words")
+        if list(words[: len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
+            raise ValueError(f"its 'vocab' must start with the special tokens {list(SPECIAL_TOKENS)}, "
+                             f"got {words[: len(SPECIAL_TOKENS)]}")
+        if len(set(words)) != len(words):
+            raise ValueError("its 'vocab' lists a word twice")
+        try:
+            tok = tokenizer_from_dict(d)
+        except (KeyError, TypeError, ValueError) as err:  # anything else the core reader rejects
+            raise ValueError(f"malformed word vocabulary ({type(err).__name__}: {err})") from None
+        if not isinstance(tok, WordTokenizer):  # pragma: no cover - type checked above
             raise ValueError(f"captioning expects a word vocabulary, got tokenizer type {d.get('type')!r}")
         return cls(tok)
 

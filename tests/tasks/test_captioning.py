@@ -295,7 +295,8 @@ def test_unreadable_image_is_skipped_in_training(tmp_path: Path) -> None:
     vocab = CaptionVocab.build(["a cat", "a dog"])
     batch = CaptionCollate(vocab, 10)(items)
     assert batch is not None and len(batch) == 1 and batch.refs == [["a cat"]]
-    assert CaptionCollate(vocab, 10)([None]) is None
+    empty = CaptionCollate(vocab, 10)([None])  # every image failed: an empty batch that still counts it
+    assert len(empty) == 0 and empty.skipped == 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -425,6 +426,20 @@ def test_checkpoint_caption_round_trip_and_cli(trained_ckpt: Path, tmp_path: Pat
     assert (tmp_path / "plots" / "scene_attention.png").stat().st_size > 1000 or not lines[0].split("\t")[1]
 
 
+def test_cli_predict_writes_one_caption_per_image_in_order(trained_ckpt: Path, tmp_path: Path) -> None:
+    from tasks.captioning.cli import main
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, name in enumerate(["b.png", "a.jpg", "c.png"]):
+        scenes.make_scene(0, "test", i, 96).image.save(folder / name)
+    out = tmp_path / "captions.tsv"
+    assert main(["predict", *_fit_args(tmp_path), "--ckpt_path", str(trained_ckpt),
+                 "--data.predict_path", str(folder), "--predict_output", str(out)]) == 0
+    rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [Path(r[0]).name for r in rows] == ["a.jpg", "b.png", "c.png"] and all(len(r) == 2 for r in rows)
+
+
 def test_cli_test_subcommand_and_checkpoint_errors(trained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tasks.captioning.cli import main
 
@@ -482,3 +497,161 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "tasks.captioning.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+# ---------------------------------------------------------------------------------------------
+# review fixes: skipped images, DDP-safe skip step, eval de-duplication, prediction writer
+# ---------------------------------------------------------------------------------------------
+def _tiny_module(**kw: object):
+    from tasks.captioning.module import CaptioningModule
+
+    torch.manual_seed(0)
+    args = dict(vocab=_vocab(), feat_dim=16, attention_dim=8, embed_dim=8, hidden_dim=16, max_len=4, image_size=48,
+                val_beam_size=1, plot_images=0)
+    args.update(kw)
+    return CaptioningModule(**args)
+
+
+def test_collate_counts_skipped_images() -> None:
+    from tasks.captioning.data import Batch, CaptionCollate
+    from tasks.captioning.vocab import CaptionVocab
+
+    vocab = CaptionVocab.build(["a cat"])
+    sample = {"image": torch.zeros(3, 8, 8), "caption": "a cat", "refs": ["a cat"], "index": 4}
+    batch = CaptionCollate(vocab, 10)([None, sample, None])
+    assert len(batch) == 1 and batch.skipped == 2 and batch.index.tolist() == [4]
+    assert batch.to("cpu").skipped == 2
+    empty = CaptionCollate(vocab, 10)([None, None])
+    assert isinstance(empty, Batch) and len(empty) == 0 and empty.skipped == 2
+    assert CaptionCollate(vocab, 10)([sample]).skipped == 0
+
+
+class _FakeTrainer:
+    """Just what `training_step` reads (``world_size``) and `LightningModule.log` needs."""
+
+    def __init__(self, world_size: int) -> None:
+        self.world_size = world_size
+
+
+def test_all_skipped_batch_gives_zero_loss_reaching_every_parameter(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.captioning.data import Batch
+
+    m = _tiny_module()
+    logged: dict[str, tuple[float, str]] = {}
+    monkeypatch.setattr(m, "log", lambda name, value, **kw: logged.__setitem__(name, (float(value), kw.get("reduce_fx"))))
+    m._trainer = _FakeTrainer(world_size=2)  # type: ignore[assignment]
+    loss = m.training_step(Batch.empty(skipped=3), 0)
+    assert loss is not None and float(loss.detach()) == 0.0 and loss.requires_grad
+    loss.backward()
+    trainable = [p for p in m.parameters() if p.requires_grad]
+    assert trainable and all(p.grad is not None and not p.grad.any() for p in trainable)
+    assert logged["train/skipped_images"] == (3.0, "sum") and logged["train/skipped_batches"] == (1.0, "sum")
+    m._trainer = _FakeTrainer(world_size=1)  # type: ignore[assignment]
+    assert m.training_step(Batch.empty(skipped=1), 1) is None  # one process: Lightning skips the step
+
+
+def test_skipped_images_logged_as_epoch_sum(tmp_path: Path) -> None:
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    from tasks.captioning.data import CaptionCollate
+    from tasks.captioning.vocab import CaptionVocab
+
+    m = _tiny_module()
+    vocab = CaptionVocab.from_dict(m.hparams.vocab)
+    good = {"image": torch.zeros(3, 48, 48), "caption": "a red circle", "refs": ["a red circle"], "index": 0}
+    items = [good, None, None, good, None, None]  # batches of 2: [1 skipped], [1 skipped], [all 2 skipped]
+    loader = DataLoader(items, batch_size=2, collate_fn=CaptionCollate(vocab, 10))
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
+                        default_root_dir=tmp_path)
+    trainer.fit(m, train_dataloaders=loader)
+    assert float(trainer.callback_metrics["train/skipped_images"]) == 4.0
+    assert float(trainer.callback_metrics["train/skipped_batches"]) == 1.0
+
+
+def test_dedupe_by_index_drops_ddp_padding_repeats() -> None:
+    from tasks.captioning.module import dedupe_by_index
+
+    # 5 images on 2 ranks: DistributedSampler gives rank 0 [0, 2, 4] and rank 1 [1, 3, 0] (padding repeat)
+    gathered = [(0, "h0", ["r0"]), (2, "h2", ["r2"]), (4, "h4", ["r4"]), (1, "h1", ["r1"]), (3, "h3", ["r3"]),
+                (0, "h0", ["r0"])]
+    hyps, refs = dedupe_by_index(gathered)
+    assert hyps == ["h0", "h1", "h2", "h3", "h4"] and refs == [["r0"], ["r1"], ["r2"], ["r3"], ["r4"]]
+    assert dedupe_by_index([]) == ([], [])
+
+
+def test_validation_scores_count_each_image_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What `on_validation_epoch_end` scores when the gathered rows hold a padding repeat."""
+    import tasks.captioning.module as mod
+
+    m = _tiny_module()
+    m._val_out = [(0, "a b", ["a b"]), (1, "c", ["c d"])]
+    monkeypatch.setattr(mod, "_gather", lambda rows: rows + [rows[0]])  # rank 1 re-evaluated image 0
+    seen: list[tuple[list[str], list[list[str]]]] = []
+    monkeypatch.setattr(mod, "caption_scores", lambda h, r: seen.append((h, r)) or {"bleu4": 0.0})
+    monkeypatch.setattr(m, "log", lambda *a, **k: None)
+    m._trainer = type("T", (), {"is_global_zero": False, "sanity_checking": False})()  # type: ignore[assignment]
+    m.on_validation_epoch_end()
+    assert seen == [(["a b", "c"], [["a b"], ["c d"]])]
+
+
+def test_caption_writer_orders_dedupes_and_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from types import SimpleNamespace
+
+    from tasks.captioning.callbacks import CaptionWriter, format_predictions
+
+    class _DS:
+        def name(self, i: int) -> str:
+            return f"img{i}.png"
+
+    trainer = SimpleNamespace(is_global_zero=True, predict_dataloaders=SimpleNamespace(dataset=_DS()))
+    out = tmp_path / "sub" / "caps.tsv"
+    w = CaptionWriter(str(out))
+    w.on_predict_epoch_start(trainer, None)  # type: ignore[arg-type]
+    # batches arrive out of order (as from two interleaved DDP ranks) with one repeat
+    w.write_on_batch_end(trainer, None, [{"index": 2, "caption": "c two"}, {"index": 0, "caption": "c zero"}],  # type: ignore[arg-type]
+                         None, None, 0, 0)
+    w.write_on_batch_end(trainer, None, [{"index": 1, "caption": "c one"}, {"index": 0, "caption": "c zero"}], None, None, 1, 0)  # type: ignore[arg-type]
+    w.write_on_batch_end(trainer, None, [], None, None, 2, 0)  # type: ignore[arg-type]  # all images unreadable
+    w.on_predict_epoch_end(trainer, None)  # type: ignore[arg-type]
+    assert out.read_text(encoding="utf-8").splitlines() == ["img0.png\tc zero", "img1.png\tc one", "img2.png\tc two"]
+    # stdout when no file is given; a rank other than 0 writes nothing
+    w = CaptionWriter()
+    w.write_on_batch_end(trainer, None, [{"index": 5, "caption": "x"}], None, None, 0, 0)  # type: ignore[arg-type]
+    w.on_predict_epoch_end(trainer, None)  # type: ignore[arg-type]
+    w.write_on_batch_end(trainer, None, [{"index": 6, "caption": "y"}], None, None, 0, 0)  # type: ignore[arg-type]
+    w.on_predict_epoch_end(SimpleNamespace(is_global_zero=False, predict_dataloaders=None), None)  # type: ignore[arg-type]
+    assert capsys.readouterr().out == "img5.png\tx\n"
+    assert format_predictions([(1, 0, "b", "y"), (0, 3, "a", "x"), (1, 0, "b", "y")]) == ["a\tx", "b\ty"]
+
+
+def test_predict_path_with_caption_writer(tmp_path: Path) -> None:
+    """``data.predict_path`` images, predicted through a Trainer with the writer: input order, file names."""
+    import lightning as L
+
+    from tasks.captioning.callbacks import CaptionWriter
+    from tasks.captioning.data import CaptionDataModule
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in (2, 0, 1):
+        scenes.make_scene(0, "test", i).image.save(folder / f"s{i}.png")
+    (folder / "notes.txt").write_text("not an image", encoding="utf-8")
+    (tmp_path / "list.txt").write_text("# my images\nimgs/s1.png\n\nimgs/s0.png\n", encoding="utf-8")
+    m = _tiny_module(image_size=96)
+    for path, expected in ((folder, ["s0.png", "s1.png", "s2.png"]), (tmp_path / "list.txt", ["s1.png", "s0.png"]),
+                           (folder / "s2.png", ["s2.png"])):
+        dm = CaptionDataModule(predict_path=str(path), eval_batch_size=2)
+        out = tmp_path / "out.tsv"
+        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            callbacks=[CaptionWriter(str(out))], default_root_dir=tmp_path)
+        trainer.predict(m, datamodule=dm, return_predictions=False)
+        lines = out.read_text(encoding="utf-8").splitlines()
+        assert [Path(ln.split("\t")[0]).name for ln in lines] == expected, (path, lines)
+        assert all(len(ln.split("\t")) == 2 for ln in lines)
+    with pytest.raises(DataError, match="nope"):
+        CaptionDataModule(predict_path=str(tmp_path / "nope")).predict_records()
+    (tmp_path / "bad_list.txt").write_text("imgs/s0.png\nimgs/gone.png\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad_list\.txt: line 2: .*gone\.png"):
+        CaptionDataModule(predict_path=str(tmp_path / "bad_list.txt")).predict_records()

@@ -317,3 +317,103 @@ def test_datamodule_errors_are_data_errors(tmp_path: Path) -> None:
     dm = CaptionDataModule(dataset="flickr", data_dir=str(tmp_path))
     with pytest.raises(DataError, match=r"captions\.txt: line 2: expected UTF-8"):
         dm.setup("fit")
+
+
+# ----------------------------------------------------------------- tampered checkpoints, config mistakes: exit 2
+def _tampered(tiny_ckpt: Path, tmp: Path, kind: str) -> Path:
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    if kind == "shape":
+        ckpt["state_dict"]["decoder.out.weight"] = torch.zeros(3, 3)
+    elif kind == "vocab-type":
+        ckpt["attn_suite"]["vocab"] = {"type": "char", "vocab": ["<pad>", "<s>", "</s>", "<unk>", "a"]}
+    elif kind == "vocab-junk":
+        ckpt["attn_suite"]["vocab"] = {"type": "word", "vocab": 5}
+    elif kind == "hparams":
+        ckpt["hyper_parameters"]["decoder"] = "gru"
+    path = tmp / f"{kind}.ckpt"
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.parametrize(("kind", "pattern"), [("shape", r"decoder\.out\.weight: checkpoint \(3, 3\) vs model"),
+                                               ("vocab-type", "word vocabulary"), ("vocab-junk", "list of words"),
+                                               ("hparams", "model.decoder='gru'")])
+def test_tampered_checkpoint_is_a_checkpoint_error(kind: str, pattern: str, tiny_ckpt: Path, tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    from core.errors import CheckpointError
+    from tasks.captioning.module import CaptioningModule
+
+    path = _tampered(tiny_ckpt, tmp_path, kind)
+    with pytest.raises(CheckpointError, match=pattern) as info:
+        CaptioningModule.load_from_checkpoint(path)
+    assert str(path) in str(info.value)
+    assert main(["caption", "--ckpt", str(path), str(_img(tmp_path / "a.png"))]) == 2
+    err = _user_error(capsys)
+    assert str(path) in err, err
+
+
+def test_ckpt_path_that_does_not_fit_is_a_checkpoint_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``test --ckpt_path``: weights of another model size -> ``error:`` naming the file, not a traceback."""
+    from tasks.captioning.data import CaptionDataModule
+    from tasks.captioning.module import CaptioningModule
+
+    # LightningCLI rebuilds the model from the checkpoint's hyper-parameters, so only weights that do not
+    # match their own hyper-parameters (a tampered or hand-edited file) can fail to fit.
+    m = CaptioningModule(vocab=CaptionDataModule().vocab, feat_dim=16, attention_dim=8, embed_dim=8, hidden_dim=16)
+    ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), "pytorch-lightning_version": "2.4.0"}
+    m.on_save_checkpoint(ckpt)
+    ckpt["state_dict"]["decoder.out.weight"] = torch.zeros(3, 3)
+    path = tmp_path / "small.ckpt"
+    torch.save(ckpt, path)
+    base = ["-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"), f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    assert main(["test", *base, "--ckpt_path", str(path)]) == 2
+    err = _user_error(capsys)
+    assert str(path) in err and "does not fit" in err and "vs model" in err, err
+
+
+def test_bad_vocab_argument_is_a_config_error() -> None:
+    from tasks.captioning.module import CaptioningModule
+
+    with pytest.raises(ConfigError, match=r"model\.vocab: .*word vocabulary"):
+        CaptioningModule(vocab={"type": "char", "vocab": ["<pad>", "<s>", "</s>", "<unk>"]})
+
+
+def test_cli_scene_image_size_too_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.captioning import scenes
+
+    assert main(_fit_args(tmp_path, "--data.image_size=32")) == 2
+    assert _user_error(capsys) == "error: data.image_size must be >= 48 for generated scenes, got 32"
+    with pytest.raises(ConfigError, match=r"data\.image_size must be >= 48"):
+        scenes.make_scene(0, "train", 0, image_size=40)
+
+
+def test_cli_caption_too_long_for_transformer_positions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(_fit_args(tmp_path, "--model.decoder=transformer", "--model.d_model=32", "--model.num_heads=2",
+                          "--model.ffn_dim=32", "--model.num_layers=1", "--data.max_caption_len=200")) == 2
+    err = _user_error(capsys)
+    assert err.startswith("error: data.max_caption_len=200 does not fit the transformer decoder's 128 learned positions"), err
+
+
+def test_transformer_forward_too_long_is_a_config_error() -> None:
+    from tasks.captioning.decoder import TransformerCaptionDecoder
+
+    dec = TransformerCaptionDecoder(10, 8, 8, 1, 2, 16, 0.0, 4)
+    with pytest.raises(ConfigError, match=r"data\.max_caption_len"):
+        dec(torch.zeros(1, 4, 8), torch.ones(1, 5, dtype=torch.long))
+
+
+def test_setup_warnings_only_on_rank_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Corpus-reading warnings come from ``setup`` on every DDP rank: only rank 0 emits them."""
+    from lightning.pytorch.utilities import rank_zero_only
+
+    (tmp_path / "captions.txt").write_text("image,caption\nmissing.jpg,a dog\n" + "".join(
+        f"i{i}.jpg,a cat\n" for i in range(3)), encoding="utf-8")
+    for i in range(3):
+        _img(tmp_path / "Images" / f"i{i}.jpg")
+    with pytest.warns(UserWarning, match="missing"):
+        read_flickr_csv(tmp_path / "captions.txt", tmp_path / "Images")
+    monkeypatch.setattr(rank_zero_only, "rank", 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        records, _ = read_flickr_csv(tmp_path / "captions.txt", tmp_path / "Images")
+    assert len(records) == 3
