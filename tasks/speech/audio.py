@@ -45,7 +45,7 @@ def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Te
         Float32 tensor `(N',)` at 16 kHz.
 
     Raises:
-        DataError: empty audio, a non-positive sample rate or a bad shape.
+        DataError: empty audio, NaN/Inf samples, a non-positive sample rate or a bad shape.
     """
     x = torch.as_tensor(np.asarray(wav) if not isinstance(wav, torch.Tensor) else wav)
     if not torch.is_floating_point(x):
@@ -60,6 +60,11 @@ def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Te
         raise DataError(f"{source}: invalid sample rate {sample_rate}")
     if x.numel() == 0:
         raise DataError(f"{source}: the audio is empty (zero samples)")
+    # A float file can hold NaN/Inf; one such sample would poison the features, the feature
+    # statistics and the loss (and `nan == 0.0` is False, so silence checks would not catch it).
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise DataError(f"{source}: the audio contains {bad} NaN or infinite sample(s)")
     if sample_rate != SAMPLE_RATE:
         with torch.no_grad():
             x = resampler(int(sample_rate), SAMPLE_RATE)(x)
@@ -93,7 +98,7 @@ def load_audio(src: AudioInput | bytes) -> torch.Tensor:
         Tensor `(N,)` at 16 kHz.
 
     Raises:
-        DataError: missing/unreadable/corrupt file, empty audio, bad array shape.
+        DataError: missing/unreadable/corrupt file, empty audio, NaN/Inf samples, bad array shape.
     """
     if isinstance(src, tuple):
         wav, sr = src

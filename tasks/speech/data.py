@@ -9,6 +9,7 @@ batch sampler needed).
 
 from __future__ import annotations
 
+import math
 import random
 import unicodedata
 import warnings
@@ -16,6 +17,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
@@ -28,6 +30,12 @@ from tasks.speech.text import normalize_text
 
 __all__ = ["SpeechDataModule", "BucketedSpeechDataset", "make_char_tokenizer", "CHARSET", "collate_items",
            "validate_utterances"]
+
+# Utterances skipped when a batch is loaded (unreadable, NaN, silent) get an individual warning up to
+# this many times per dataset copy (each DataLoader worker has one); the rest are only counted, in the
+# batch's "skipped" field, which the module logs as `<split>/skipped_utterances` (summed over
+# workers, batches and ranks).
+MAX_ROW_WARNINGS = 3
 
 # Every character `normalize_text` can output: the fixed character inventory (known before any data
 # is read, so the model can be built by LightningCLI before `setup`).
@@ -55,7 +63,7 @@ def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
 
     Returns:
         `feats (B, T, F)` zero-padded, `feat_lens (B,)`, `tokens (B, L)` pad-padded, `token_lens (B,)`,
-        `texts` list[str], `ids` list[str].
+        `texts` list[str], `ids` list[str], `skipped` = tensor(0) (the dataset sets it).
     """
     b = len(items)
     t_max = max(it["feats"].shape[0] for it in items)
@@ -73,11 +81,18 @@ def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         "token_lens": torch.tensor([it["tokens"].numel() for it in items]),
         "texts": [it["text"] for it in items],
         "ids": [it["id"] for it in items],
+        "skipped": torch.tensor(0),
     }
 
 
 class BucketedSpeechDataset(Dataset):
     """Map-style dataset whose item `i` is the i-th length-bucketed, collated batch.
+
+    Utterances that fail when loaded (unreadable, NaN/Inf samples, digital silence) are dropped
+    from their batch; the batch's `skipped` field carries how many, so the count survives
+    DataLoader worker processes (where `num_failed` stays local) and can be summed across ranks.
+    A batch whose utterances all failed is `{"empty": True, "skipped": tensor(n)}`. The count is a
+    0-d tensor so it travels to the device with the batch and is logged without a host sync.
 
     Args:
         utts: utterances (already validated; durations known).
@@ -86,15 +101,17 @@ class BucketedSpeechDataset(Dataset):
         max_frames: budget of padded frames per batch (`batch size * longest utterance`).
         max_batch: cap on utterances per batch.
         seed: seed for tie-breaking between equal lengths (batch composition is deterministic).
+        split: split name used in warnings.
     """
 
     def __init__(self, utts: list[Utterance], tokenizer: BaseTokenizer, feature_cfg: FeatureConfig,
-                 max_frames: int = 20000, max_batch: int = 64, seed: int = 0) -> None:
+                 max_frames: int = 20000, max_batch: int = 64, seed: int = 0, split: str = "train") -> None:
         self.utts, self.tokenizer = utts, tokenizer
         self.logmel = LogMel(feature_cfg)
         hop = feature_cfg.hop_length / feature_cfg.sample_rate
         rng = random.Random(seed)
-        frames = [int((u.duration or 0.0) / hop) + 1 for u in utts]
+        # A non-finite duration (never from our readers, but Utterance is public) counts as unknown.
+        frames = [int(u.duration / hop) + 1 if u.duration and math.isfinite(u.duration) else 1 for u in utts]
         order = sorted(range(len(utts)), key=lambda i: (frames[i], rng.random()))
         self.batches: list[list[int]] = []
         cur: list[int] = []
@@ -106,7 +123,8 @@ class BucketedSpeechDataset(Dataset):
             cur.append(i)
         if cur:
             self.batches.append(cur)
-        self.num_failed = 0
+        self.split = split
+        self.num_failed = 0  # in this process only (workers have their own copies): see "skipped"
 
     def __len__(self) -> int:
         return len(self.batches)
@@ -117,22 +135,33 @@ class BucketedSpeechDataset(Dataset):
         try:
             wav = load_audio(u.audio)
         except DataError as e:
-            warnings.warn(f"skipping utterance: {e}")
-            self.num_failed += 1
+            self._skip(str(e))
             return None
         if float(wav.abs().max()) == 0.0:
-            warnings.warn(f"skipping utterance: {u.name}: the audio is digital silence")
-            self.num_failed += 1
+            self._skip(f"{u.name}: the audio is digital silence")
             return None
         text = normalize_text(u.text)
         return {"feats": self.logmel(wav), "tokens": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
                 "text": text, "id": u.name}
 
+    def _skip(self, why: str) -> None:
+        """Count a skipped utterance; warn for the first few only (a bad corpus must not flood the log)."""
+        self.num_failed += 1
+        if self.num_failed <= MAX_ROW_WARNINGS:
+            warnings.warn(f"{self.split}: skipping utterance: {why}")
+        if self.num_failed == MAX_ROW_WARNINGS:
+            warnings.warn(f"{self.split}: further unusable utterances are skipped without a warning; their "
+                          f"number is logged as {self.split}/skipped_utterances")
+
     def __getitem__(self, idx: int) -> dict[str, Any]:
-        items = [it for it in (self.load_item(i) for i in self.batches[idx]) if it is not None]
+        loaded = [self.load_item(i) for i in self.batches[idx]]
+        items = [it for it in loaded if it is not None]
+        skipped = len(loaded) - len(items)
         if not items:
-            return {"empty": True}
-        return collate_items(items, self.tokenizer.pad_id)
+            return {"empty": True, "skipped": torch.tensor(skipped)}
+        batch = collate_items(items, self.tokenizer.pad_id)
+        batch["skipped"] = torch.tensor(skipped)
+        return batch
 
 
 def validate_utterances(utts: list[Utterance], source: str, max_seconds: float | None) -> list[Utterance]:
@@ -179,11 +208,12 @@ def validate_utterances(utts: list[Utterance], source: str, max_seconds: float |
         if _has_dropped_chars(u.text):
             dropped_chars.append(u.name)
         kept.append(u)
+    # rank_zero_warn: setup runs on every rank over the same files, one warning is enough.
     for why, names in skipped.items():
         shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
-        warnings.warn(f"{source}: skipped {len(names)} utterance(s): {why}: {shown}")
+        rank_zero_warn(f"{source}: skipped {len(names)} utterance(s): {why}: {shown}")
     if dropped_chars:
-        warnings.warn(f"{source}: {len(dropped_chars)} transcript(s) had characters outside the units "
+        rank_zero_warn(f"{source}: {len(dropped_chars)} transcript(s) had characters outside the units "
                       f"(a-z, apostrophe, space) that were dropped, e.g. {dropped_chars[0]}")
     return kept
 
@@ -261,6 +291,7 @@ class SpeechDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Read sources, validate utterances, hold out validation data, estimate feature stats."""
         if self.splits:
+            self._check_eval_splits(stage)  # e.g. `test` after `fit` in one process
             return
         h = self.hparams
         if h.train is None:
@@ -291,7 +322,31 @@ class SpeechDataModule(L.LightningDataModule):
         }
         if not self.splits["train"] and stage in (None, "fit"):
             raise DataError(f"{h.train or 'synthesised corpus'}: no usable training utterances")
+        self._check_eval_splits(stage)
         self._estimate_stats()
+
+    def _check_eval_splits(self, stage: str | None) -> None:
+        """Fail at setup, naming the source, when a split the stage evaluates on is empty.
+
+        Without this an empty validation split crashes mid-run (the `val/cer` checkpoint monitor
+        finds no metric), after the training epoch has been spent.
+        """
+        h = self.hparams
+        trainer = getattr(self, "trainer", None)
+        val_off = trainer is not None and trainer.limit_val_batches == 0  # validation disabled: nothing to check
+        if stage in (None, "fit", "validate") and not self.splits["val"] and not (stage == "fit" and val_off):
+            if h.val:
+                src = str(h.val)
+            elif h.train is None:
+                src = "synthesised corpus (val split)"
+            else:
+                src = f"{h.train} (held-out share val_fraction={h.val_fraction})"
+            raise DataError(f"{src}: no usable validation utterances (every row was skipped, see the warnings "
+                            f"above, or the held-out share is empty); pass data.val or fix the data")
+        if stage in ("test", "predict") and not self.splits["test"]:
+            src = str(h.test) if h.test else ("synthesised corpus (test split)" if h.train is None
+                                              else f"{h.val or h.train} (validation data used as test)")
+            raise DataError(f"{src}: no usable test utterances (every row was skipped, see the warnings above)")
 
     def _estimate_stats(self) -> None:
         """Mean/std of log-mel over (a deterministic subset of) the training split."""
@@ -314,7 +369,7 @@ class SpeechDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
         ds = BucketedSpeechDataset(self.splits[split], self.tokenizer, self.feature_cfg, h.max_frames,
-                                   h.max_batch, h.seed)
+                                   h.max_batch, h.seed, split=split)
         return DataLoader(ds, batch_size=None, shuffle=shuffle, num_workers=h.num_workers,
                           persistent_workers=h.num_workers > 0 and split == "train")
 

@@ -9,6 +9,8 @@ import torch
 import torchaudio
 from torch import Tensor, nn
 
+from core.errors import DataError
+
 __all__ = ["FeatureConfig", "LogMel", "FeatureStats", "SpecAugment"]
 
 
@@ -70,7 +72,12 @@ class FeatureStats(nn.Module):
 
     @torch.no_grad()
     def fit(self, feats: Iterable[Tensor]) -> "FeatureStats":
-        """Estimate mean/std from `(frames, n_mels)` tensors (float64 sums: many frames)."""
+        """Estimate mean/std from `(frames, n_mels)` tensors (float64 sums: many frames).
+
+        Raises:
+            DataError: the statistics are not finite (some features held NaN/Inf), which would
+                turn every normalised feature, and so the whole run, into NaN.
+        """
         n, s, ss = 0, None, None
         for f in feats:
             f64 = f.double()
@@ -81,7 +88,11 @@ class FeatureStats(nn.Module):
             return self
         mean = s / n
         var = (ss / n - mean**2).clamp_min(1e-8)
-        self.set(mean.float(), var.sqrt().float())
+        mean32, std32 = mean.float(), var.sqrt().float()
+        if not (bool(torch.isfinite(mean32).all()) and bool(torch.isfinite(std32).all())):
+            raise DataError(f"feature statistics over {n} frames are not finite (NaN/Inf in the audio or "
+                            f"features of the training utterances used for them); check the training audio")
+        self.set(mean32, std32)
         return self
 
     def set(self, mean: Tensor | list[float], std: Tensor | list[float]) -> None:

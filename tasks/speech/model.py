@@ -31,8 +31,22 @@ def subsampled_lengths(lengths: Tensor) -> Tensor:
     return (lengths + 1).div(2, rounding_mode="floor").add(1).div(2, rounding_mode="floor")
 
 
+def _zero_padding(x: Tensor, lengths: Tensor, dim: int) -> Tensor:
+    """Zero the positions at or past each sequence's length along `dim` (`x` is `(B, ...)`)."""
+    keep = lengths_to_mask(lengths.to(x.device), x.shape[dim])  # (B, T) True = valid
+    shape = [x.shape[0]] + [1] * (x.dim() - 1)
+    shape[dim] = x.shape[dim]
+    return x.masked_fill(~keep.view(shape), 0.0)
+
+
 class ConvSubsampling(nn.Module):
-    """Two stride-2 conv2d layers over (time, freq): `(B, T, F)` -> `(B, ceil(T/4), d_out)`."""
+    """Two stride-2 conv2d layers over (time, freq): `(B, T, F)` -> `(B, ceil(T/4), d_out)`.
+
+    Frames past each length are zeroed before each conv, so the last valid output frames see the
+    same zeros as the conv's own padding would give an utterance alone in its batch: the output for
+    an utterance does not depend on what it is batched with (normalised padding is not zero, and
+    a conv of zeros is its bias, not zero).
+    """
 
     def __init__(self, n_mels: int, channels: int, d_out: int) -> None:
         super().__init__()
@@ -45,7 +59,9 @@ class ConvSubsampling(nn.Module):
 
     def forward(self, x: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Args: x `(B, T, F)`, lengths `(B,)`. Returns `(B, T', d_out)`, lengths `(B,)`."""
-        y = self.conv(x.unsqueeze(1))  # (B, 1, T, F) -> (B, C, T', F')
+        conv1, act1, conv2, act2 = self.conv
+        y = act1(conv1(_zero_padding(x, lengths, 1).unsqueeze(1)))  # (B, 1, T, F) -> (B, C, T/2, F/2)
+        y = act2(conv2(_zero_padding(y, (lengths + 1).div(2, rounding_mode="floor"), 2)))  # (B, C, T', F')
         b, c, t, f = y.shape
         y = self.proj(y.permute(0, 2, 1, 3).reshape(b, t, c * f))  # (B, T', C*F') -> (B, T', d_out)
         return y, subsampled_lengths(lengths)
@@ -143,6 +159,9 @@ class ConformerBlock(nn.Module):
         x = x + self.drop(self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0])
         h = self.conv_norm(x).masked_fill(~mask[..., None], 0.0).transpose(1, 2)  # (B, D, T)
         h = F.glu(self.pw1(h), dim=1)  # (B, 2D, T) -> (B, D, T)
+        # Mask again: pw1's bias and the GLU turn zeroed padding into non-zero values, which the
+        # depthwise conv would mix into the valid frames next to the padding.
+        h = h.masked_fill(~mask[:, None, :], 0.0)  # (B, D, T)
         h = self.pw2(F.silu(self.bn(self.dw(h))))
         x = x + self.drop(h.transpose(1, 2))  # (B, T, D)
         x = x + 0.5 * self.ff2(x)
@@ -209,7 +228,10 @@ class SpeechEncoder(nn.Module):
             x, lens = feats, lengths
             for i, rnn in enumerate(self.rnns):
                 if i in (1, 2):
-                    # Pyramid: (B, T, D) -> (B, T/2, 2D) by concatenating neighbouring frames.
+                    # Pyramid: (B, T, D) -> (B, T/2, 2D) by concatenating neighbouring frames. Padding
+                    # is zeroed first so an odd-length utterance's last frame is paired with a zero
+                    # frame whatever it is batched with.
+                    x = _zero_padding(x, lens, 1)
                     if x.shape[1] % 2:
                         x = F.pad(x, (0, 0, 0, 1))
                     b, t, d = x.shape

@@ -16,7 +16,7 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from core.checkpoint import META_KEY, load_checkpoint, make_metadata
 from core.decoding import beam_search
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
 from core.tokenizers import tokenizer_from_dict
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, load_audio, split_on_silence
 from tasks.speech.data import make_char_tokenizer
@@ -172,19 +172,39 @@ class SpeechModule(L.LightningModule):
             **overrides: constructor arguments replacing the saved ones (e.g. `beam_size=10`).
 
         Returns:
-            The module in eval mode.
+            The module in eval mode, on `map_location` (a device string or `torch.device`).
 
         Raises:
-            core.errors.CheckpointError: missing/truncated/unsafe/other-task file.
+            core.errors.CheckpointError: missing/truncated/unsafe/other-task file, no state dict,
+                or weights that do not fit the model its hyper-parameters describe (the message
+                names the file).
         """
+        # Same steps as core.checkpoint.module_from_checkpoint, but the module is built directly from
+        # the constructor arguments (like the other tasks) instead of through the "_instantiator"
+        # LightningCLI records, which would re-parse the hyper-parameters with jsonargparse.
         ckpt = load_checkpoint(checkpoint_path, expected_task=TASK, map_location=map_location)
+        state = ckpt.get("state_dict")
+        if not isinstance(state, dict):
+            raise CheckpointError(f"checkpoint {checkpoint_path} has no 'state_dict' (not a Lightning checkpoint)")
         allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
         # LightningCLI adds bookkeeping keys such as "_instantiator": keep constructor arguments only.
         hp = {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k in allowed}
         hp.update(overrides)
-        module = cls(**hp)
+        try:
+            module = cls(**hp)
+        except (ValueError, TypeError) as err:  # e.g. an encoder kind this version does not know
+            raise CheckpointError(f"checkpoint {checkpoint_path}: its hyper-parameters (with overrides "
+                                  f"{sorted(overrides)}) do not build a {cls.__name__}: {err}") from None
         module.on_load_checkpoint(ckpt)
-        module.load_state_dict(ckpt["state_dict"], strict=strict)
+        try:
+            module.load_state_dict(state, strict=strict)
+        except RuntimeError as err:  # missing/unexpected keys or a size mismatch
+            first = str(err).splitlines()[0]
+            detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), "")
+            raise CheckpointError(f"checkpoint {checkpoint_path} does not fit {cls.__name__}: {first} "
+                                  f"{detail}".rstrip()) from None
+        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+            module = module.to(map_location)  # torch.load's map_location only moved the checkpoint tensors
         return module.eval()
 
     # ------------------------------------------------------------------------------------------
@@ -201,7 +221,13 @@ class SpeechModule(L.LightningModule):
         return inputs, targets
 
     def _losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Attention cross-entropy, CTC and their weighted sum (all per target unit)."""
+        """Attention cross-entropy, CTC and their weighted sum (all per target unit).
+
+        With CTC, also `ctc_infeasible`: how many utterances have a transcript too long for their
+        encoder frames (CTC needs one frame per unit plus one per repeated unit). `zero_infinity`
+        zeroes their CTC loss, so they only train the attention decoder; they are counted, not
+        filtered out, because the attention loss is still valid for them.
+        """
         feats = self.stats(batch["feats"])  # (B, T, F)
         if self.specaug is not None and self.training:
             feats = self.specaug(feats)
@@ -217,15 +243,62 @@ class SpeechModule(L.LightningModule):
             ctc = F.ctc_loss(ctc_lp.transpose(0, 1).float(), batch["tokens"], enc_lens, batch["token_lens"],
                              blank=self.tokenizer.pad_id, reduction="sum", zero_infinity=True)
             out["ctc"] = ctc / batch["token_lens"].sum().clamp_min(1)  # per unit, like the CE
+            out["ctc_infeasible"] = self._ctc_infeasible(batch["tokens"], batch["token_lens"], enc_lens)
             out["loss"] = (1 - w) * ce + w * out["ctc"]
         else:
             out["loss"] = ce
         return out
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
+    @staticmethod
+    def _ctc_infeasible(tokens: Tensor, token_lens: Tensor, enc_lens: Tensor) -> Tensor:
+        """Number of utterances whose CTC loss is infinite, as a device tensor (no host sync).
+
+        Args:
+            tokens: `(B, L)` targets; token_lens: `(B,)`; enc_lens: `(B,)` encoder frames.
+
+        Returns:
+            Scalar float tensor: count of `enc_len < token_len + repeats` (a repeated unit needs a
+            blank between its copies).
+        """
+        valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < token_lens[:, None]  # (B, L)
+        repeats = ((tokens[:, 1:] == tokens[:, :-1]) & valid[:, 1:]).sum(1)  # (B,)
+        return (enc_lens.to(token_lens.device) < token_lens + repeats).sum().float()
+
+    def _log_counts(self, stage: str, batch: dict[str, Any]) -> Tensor:
+        """Per-epoch sums of skipped utterances and batches; returns a device zero for other counts.
+
+        Logged for every batch, empty or not, on every rank, so all ranks hold the same keys;
+        `on_step=False` keeps the cross-rank sum (`sync_dist`) to one all-reduce at epoch end. The
+        values are device tensors derived from the batch's `skipped` tensor (logging a Python
+        number would copy it to the device and synchronise every step).
+        """
+        skipped = batch.get("skipped")
+        if not isinstance(skipped, Tensor):  # a batch built by hand
+            skipped = torch.tensor(int(skipped or 0), device=self.device)
+        kw: dict[str, Any] = {"reduce_fx": "sum", "on_step": False, "on_epoch": True, "sync_dist": True,
+                              "batch_size": 1}
+        zero = skipped.new_zeros((), dtype=torch.float32)
+        self.log(f"{stage}/skipped_utterances", skipped.float(), **kw)
+        self.log(f"{stage}/skipped_batches", zero + 1.0 if batch.get("empty") else zero, **kw)
+        return zero
+
+    def _log_ctc_infeasible(self, stage: str, count: Tensor) -> None:
+        """Per-epoch sum of utterances whose CTC loss was infinite (zeroed by `zero_infinity`)."""
+        self.log(f"{stage}/ctc_infeasible", count, reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True,
+                 batch_size=1)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        zero = self._log_counts("train", batch)
         if batch.get("empty"):
-            return None  # every utterance of this batch was unreadable (warned and counted)
+            # Every utterance of this batch was unusable (warned and counted). Under DDP every rank
+            # must run backward (the gradient all-reduce waits for all of them): return a zero loss
+            # that touches every parameter, so this rank contributes zero gradients.
+            if self.hparams.ctc_weight > 0:
+                self._log_ctc_infeasible("train", zero)  # same keys on every rank, every step
+            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
         losses = self._losses(batch)
+        if "ctc_infeasible" in losses:
+            self._log_ctc_infeasible("train", losses["ctc_infeasible"])
         b = len(batch["texts"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
         self.log("train/ce", losses["ce"], batch_size=b)
@@ -237,6 +310,7 @@ class SpeechModule(L.LightningModule):
         return losses["loss"]
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
+        self._log_counts(stage, batch)
         if batch.get("empty"):
             return
         b = len(batch["texts"])
@@ -382,14 +456,15 @@ class SpeechModule(L.LightningModule):
         self.eval()
         max_s = self.max_chunk_seconds or 15.0
         chunks: list[tuple[int, float, Tensor]] = []  # (input index, start seconds, features (T, F))
+        dev = self.device
         for i, src in enumerate(inputs):
             wav = load_audio(src)
             for a, b in split_on_silence(wav, max_s):
-                chunks.append((i, a / SAMPLE_RATE, self.logmel(wav[a:b])))
+                # the front end's filterbank lives on the module's device (e.g. after map_location="cuda")
+                chunks.append((i, a / SAMPLE_RATE, self.logmel(wav[a:b].to(dev))))
         # Decode chunks sorted by length so batches carry little padding.
         order = sorted(range(len(chunks)), key=lambda j: chunks[j][2].shape[0])
         decoded: dict[int, tuple[str, Tensor | None]] = {}
-        dev = self.device
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             feats = [chunks[j][2] for j in idx]

@@ -9,12 +9,15 @@ file and line.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import math
 import re
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lightning.pytorch.utilities import rank_zero_warn
 
 from core.errors import DataError
 from tasks.speech.text import DIGIT_WORDS
@@ -48,11 +51,32 @@ class Utterance:
         return self.audio if isinstance(self.audio, str) else f"<{len(self.audio)} bytes>"
 
 
+def _shown(names: list[str], k: int = 3) -> str:
+    """The first `k` names, comma-separated, with " ..." when there are more."""
+    return ", ".join(names[:k]) + (" ..." if len(names) > k else "")
+
+
 def _warn_missing(missing: list[str], source: str) -> None:
-    """One warning per source naming the first missing files and the count."""
+    """One warning per source naming the first missing files and the count (rank zero only: setup
+    runs on every rank and reads the same files)."""
     if missing:
-        shown = ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else "")
-        warnings.warn(f"{source}: skipped {len(missing)} row(s) whose audio file is missing: {shown}", stacklevel=3)
+        rank_zero_warn(f"{source}: skipped {len(missing)} row(s) whose audio file is missing: {_shown(missing)}",
+                       stacklevel=3)
+
+
+def _read_text(path: Path) -> str:
+    """A text file decoded as UTF-8 (a leading BOM is dropped).
+
+    Raises:
+        DataError: "FILE:LINE: not valid UTF-8" naming the first undecodable line.
+    """
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start}); "
+                        f"save the file as UTF-8") from None
 
 
 def load_librispeech(root: str | Path) -> list[Utterance]:
@@ -67,7 +91,7 @@ def load_librispeech(root: str | Path) -> list[Utterance]:
     root = Path(root)
     out, missing = [], []
     for trans in sorted(root.rglob("*.trans.txt")):
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(_read_text(trans).splitlines(), 1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
@@ -117,15 +141,18 @@ def load_manifest(path: str | Path) -> list[Utterance]:
         Utterances in file order; rows whose audio file is missing are skipped (one warning).
 
     Raises:
-        DataError: unreadable file, malformed JSON line, or no usable path/text columns.
+        DataError: unreadable or non-UTF-8 file, malformed JSON line, a duration that is not a
+            number, or no usable path/text columns. A non-finite duration ("nan", "inf") is treated
+            as unknown (read from the audio header later; one warning).
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: manifest not found")
     base = path.parent
     rows: list[tuple[int, dict[str, Any]]] = []
+    text = _read_text(path)
     if path.suffix.lower() in (".jsonl", ".json"):
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(text.splitlines(), 1):
             if not line.strip():
                 continue
             try:
@@ -138,7 +165,8 @@ def load_manifest(path: str | Path) -> list[Utterance]:
             rows.append((lineno, row))
     else:
         sep = "\t" if path.suffix.lower() == ".tsv" else ","
-        with open(path, newline="", encoding="utf-8") as f:
+        # newline="": the csv module handles line ends itself (quoted fields may hold newlines)
+        with io.StringIO(text, newline="") as f:
             lines = list(csv.reader(f, delimiter=sep, quoting=csv.QUOTE_NONE if sep == "\t" else csv.QUOTE_MINIMAL))
         lines = [ln for ln in lines if ln]
         if not lines:
@@ -149,7 +177,7 @@ def load_manifest(path: str | Path) -> list[Utterance]:
             rows = [(i + 2, dict(zip(header, ln))) for i, ln in enumerate(lines[1:])]
         else:
             rows = [(i + 1, {"path": ln[0], "text": sep.join(ln[1:])}) for i, ln in enumerate(lines)]
-    out, missing = [], []
+    out, missing, bad_dur = [], [], []
     for lineno, row in rows:
         pk, tk = _pick(row, _PATH_KEYS), _pick(row, _TEXT_KEYS)
         if pk is None or tk is None or not str(row[pk]).strip():
@@ -164,9 +192,15 @@ def load_manifest(path: str | Path) -> list[Utterance]:
             dur = float(row[dk]) if dk is not None and row[dk] not in (None, "") else None
         except ValueError:
             raise DataError(f"{path}:{lineno}: duration {row[dk]!r} is not a number of seconds") from None
+        if dur is not None and not math.isfinite(dur):
+            bad_dur.append(f"{path}:{lineno}")
+            dur = None  # unknown: validate_utterances reads it from the audio header
         sk = _pick(row, ("speaker", "client_id", "voice"))
         out.append(Utterance(str(audio), str(row[tk] or ""), dur, str(row[sk]) if sk else None))
     _warn_missing(missing, str(path))
+    if bad_dur:
+        rank_zero_warn(f"{path}: {len(bad_dur)} row(s) have a non-finite duration (nan/inf); reading it from "
+                       f"the audio header instead: {_shown(bad_dur)}")
     return out
 
 
@@ -209,37 +243,47 @@ def load_hf_dataset(name: str, split: str = "train", audio_column: str = "audio"
         text_column: transcript column (default: the first of `text`, `sentence`, `transcription`...).
 
     Returns:
-        Utterances (audio as file path when it exists locally, else the encoded bytes).
+        Utterances (audio as file path when it exists locally, else the encoded bytes); rows with
+        neither are skipped (one warning with the count).
+
+    Raises:
+        DataError: the dataset cannot be loaded (not found, offline, not a dataset), or the split
+            or columns do not exist.
     """
     try:
         import datasets
     except ImportError as e:  # pragma: no cover
         raise DataError("reading Hugging Face datasets needs `pip install datasets`") from e
-    if Path(name).exists():
-        ds: Any = datasets.load_from_disk(name)
-        if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
-                raise DataError(f"{name}: no split {split!r} (has {list(ds)})")
-            ds = ds[split]
-    else:
-        ds = datasets.load_dataset(name, split=split)
+    try:
+        if Path(name).exists():
+            ds: Any = datasets.load_from_disk(name)
+        else:
+            ds = datasets.load_dataset(name, split=split)
+    except Exception as err:  # datasets raises many types (FileNotFoundError, ConnectionError, ValueError)
+        raise DataError(f"could not load HF dataset {name!r}: {type(err).__name__}: {err}") from None
+    if isinstance(ds, datasets.DatasetDict):
+        if split not in ds:
+            raise DataError(f"{name}: no split {split!r} (has {list(ds)})")
+        ds = ds[split]
     if audio_column not in ds.column_names:
         raise DataError(f"{name}: no audio column {audio_column!r} (columns: {ds.column_names})")
     text_column = text_column or next((c for c in _TEXT_KEYS if c in ds.column_names), None)
     if text_column is None:
         raise DataError(f"{name}: no transcript column (columns: {ds.column_names}); pass text_column")
     ds = ds.cast_column(audio_column, datasets.Audio(decode=False))
-    out = []
-    for row in ds:
-        a = row[audio_column]
+    out, bad = [], []
+    for i, row in enumerate(ds):
+        a = row[audio_column] or {}
         if a.get("bytes"):
             audio: str | bytes = a["bytes"]
         elif a.get("path") and Path(a["path"]).is_file():
             audio = a["path"]
         else:
-            warnings.warn(f"{name}: skipping a row without audio bytes or a readable path ({a.get('path')})")
+            bad.append(f"row {i} ({a.get('path')})")
             continue
         out.append(Utterance(audio, str(row[text_column] or "")))
+    if bad:
+        rank_zero_warn(f"{name}: skipped {len(bad)} row(s) without audio bytes or a readable path: {_shown(bad)}")
     return out
 
 
