@@ -5,11 +5,12 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
-from core.errors import CheckpointError, UserError
+from core.errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["USER_ERROR_EXIT_CODE", "check_ckpt_path_arg", "ensure_resumable", "run_cli", "user_errors"]
+__all__ = ["USER_ERROR_EXIT_CODE", "check_ckpt_path_arg", "ensure_resumable", "parse_device", "run_cli", "user_errors"]
 
 USER_ERROR_EXIT_CODE = 2  # same status argparse uses for bad arguments
 
@@ -72,7 +73,9 @@ def check_ckpt_path_arg(config: Any, task: str) -> None:
     * ``weights_only`` is forced to True unless the user set it (Lightning's ``None`` means False for
       URLs).
 
-    ``last``/``best``/``hpc``/``registry:...`` are resolved by Lightning itself.
+    ``best`` means ``<trainer.default_root_dir>/checkpoints/best.ckpt`` (written by
+    `core.training.RunCheckpoint`), so it also works in a new process; ``last``/``hpc``/``registry:...``
+    are resolved by Lightning itself.
 
     Args:
         config: the parsed LightningCLI namespace (``cli.config``); updated in place.
@@ -85,7 +88,16 @@ def check_ckpt_path_arg(config: Any, task: str) -> None:
     if "weights_only" in cfg and cfg.get("weights_only") is None:
         cfg["weights_only"] = True
     ckpt = cfg.get("ckpt_path")
-    if ckpt and str(ckpt) not in ("last", "best", "hpc") and not str(ckpt).startswith("registry"):
+    if str(ckpt) == "best":
+        # Lightning only knows "best" inside the process that trained; a new `test`/`validate` run
+        # finds RunCheckpoint's best.ckpt in the run folder instead.
+        trainer_cfg = cfg.get("trainer") or {}
+        root = Path((trainer_cfg.get("default_root_dir") if hasattr(trainer_cfg, "get") else None) or ".")
+        ckpt = root / "checkpoints" / "best.ckpt"
+        if not ckpt.is_file():
+            raise CheckpointError(f"--ckpt_path best: {ckpt} does not exist (fit writes it at validation); "
+                                  "pass the checkpoint's path instead")
+    if ckpt and str(ckpt) not in ("last", "hpc") and not str(ckpt).startswith("registry"):
         from core.checkpoint import load_checkpoint, resolve_checkpoint
 
         local = resolve_checkpoint(ckpt)
@@ -133,3 +145,28 @@ def ensure_resumable(trainer: Any, monitor: str, mode: str = "max", every_n_trai
         cbs.append(NonFiniteLossGuard("skip"))
         added.append("NonFiniteLossGuard")
     return added
+
+
+def parse_device(name: str) -> Any:
+    """``torch.device`` for an inference ``--device`` option, or ``ConfigError`` if unusable here.
+
+    Args:
+        name: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...
+
+    Raises:
+        ConfigError: not a device name, or that device is not available on this machine.
+    """
+    import torch
+
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"--device {name!r}: not a torch device ({err}); e.g. cpu, cuda, cuda:1") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    return dev

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.cli import check_ckpt_path_arg, ensure_resumable, run_cli, user_errors
+from core.cli import check_ckpt_path_arg, ensure_resumable, parse_device, run_cli, user_errors
 from core.errors import UserError
 
 PARTIAL_FAILURE_EXIT_CODE = 1  # some images failed; 2 (core.cli) means nothing could be done
@@ -87,7 +87,7 @@ def _caption(args: argparse.Namespace) -> int:
     if args.beam < 1:
         raise UserError(f"--beam must be >= 1, got {args.beam}")
     torch.set_grad_enabled(False)
-    model = CaptioningModule.load_from_checkpoint(args.ckpt, map_location=args.device)
+    model = CaptioningModule.load_from_checkpoint(args.ckpt, map_location=parse_device(args.device))
     failed = 0
     loaded: list[tuple[str, Any]] = []
     for name in args.images:

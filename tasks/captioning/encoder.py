@@ -85,7 +85,13 @@ def _torchvision_backbone(name: str, pretrained: str | None) -> tuple[nn.Module,
                     f"model.pretrained={pretrained!r}: not a file and not one of {[w.name for w in enum]} "
                     f"(or 'imagenet') for {name}"
                 ) from None
-    model = tvm.get_model(name, weights=weights)
+    try:
+        model = tvm.get_model(name, weights=weights)
+    except (OSError, RuntimeError) as err:  # offline (URLError is an OSError), interrupted/corrupt download
+        raise ConfigError(
+            f"model.pretrained={pretrained!r}: could not get the torchvision weights for {name} ({err}); "
+            "check the network, or pass a local weights file (model.pretrained=/path/to/weights.pth)"
+        ) from None
     if local is not None:
         try:
             state = torch.load(local, map_location="cpu", weights_only=True)

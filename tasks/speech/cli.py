@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.cli import check_ckpt_path_arg, run_cli
+from core.cli import check_ckpt_path_arg, parse_device, run_cli
 from core.errors import ConfigError, UserError
 
 __all__ = ["main", "transcribe_main"]
@@ -100,7 +100,7 @@ def transcribe_main(argv: Sequence[str]) -> int:
         raise ConfigError(f"--beam must be >= 1, got {args.beam}")
     from tasks.speech.module import SpeechModule
 
-    model = SpeechModule.load_from_checkpoint(args.ckpt, map_location=args.device)
+    model = SpeechModule.load_from_checkpoint(args.ckpt, map_location=parse_device(args.device))
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)

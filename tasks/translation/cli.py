@@ -26,7 +26,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from core.cli import check_ckpt_path_arg, ensure_resumable, run_cli
+from core.cli import check_ckpt_path_arg, ensure_resumable, parse_device, run_cli
 from core.errors import ConfigError
 
 __all__ = ["TranslationCLI", "main", "translate_main"]
@@ -121,7 +121,7 @@ def translate_main(argv: Sequence[str]) -> int:
     from tasks.translation.module import TranslationModule
 
     path = resolve_checkpoint(args.ckpt, sha256=args.sha256)
-    model = TranslationModule.load_from_checkpoint(path, map_location=args.device)
+    model = TranslationModule.load_from_checkpoint(path, map_location=parse_device(args.device))
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
         plot_dir.mkdir(parents=True, exist_ok=True)

@@ -214,3 +214,17 @@ def test_cli_ckpt_path_url_is_made_local_checked_and_weights_only(tmp_path: Path
     keep = {"subcommand": "fit", "fit": {"ckpt_path": "last", "weights_only": False}}
     check_ckpt_path_arg(keep, "speech")  # "last" is Lightning's to resolve; an explicit choice is kept
     assert keep["fit"] == {"ckpt_path": "last", "weights_only": False}
+
+
+def test_cli_ckpt_path_best_is_the_run_folders_best_ckpt(tmp_path: Path) -> None:
+    from core.cli import check_ckpt_path_arg
+
+    root = tmp_path / "run"
+    config = {"subcommand": "test", "test": {"ckpt_path": "best", "trainer": {"default_root_dir": str(root)}}}
+    with pytest.raises(CheckpointError, match="best.ckpt does not exist"):
+        check_ckpt_path_arg(config, "speech")
+    (root / "checkpoints").mkdir(parents=True)
+    torch.save({**torch.load(_good(tmp_path, task="speech"), weights_only=True), "pytorch-lightning_version": "2.6.6"},
+               root / "checkpoints" / "best.ckpt")
+    check_ckpt_path_arg(config, "speech")
+    assert config["test"]["ckpt_path"] == str(root / "checkpoints" / "best.ckpt")

@@ -58,3 +58,35 @@ def test_user_errors_context_manager_subprocess() -> None:
     assert proc.returncode == 2
     assert proc.stderr.strip() == "error: config.yaml field model.hidden: expected a positive int"
     assert "Traceback" not in proc.stderr
+
+
+def test_parse_device_errors_are_user_errors() -> None:
+    import torch
+
+    from core.cli import parse_device
+    from core.errors import ConfigError
+
+    assert parse_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="not a torch device"):
+        parse_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            parse_device("cuda")
+    else:
+        with pytest.raises(ConfigError, match="CUDA device"):
+            parse_device(f"cuda:{torch.cuda.device_count()}")
+
+
+def test_inference_clis_bad_device_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+    from tasks.captioning.cli import main as caption
+    from tasks.speech.cli import main as asr
+    from tasks.translation.cli import main as translate
+
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"not read: the device is checked first")
+    for main, argv in ((translate, ["translate", "--ckpt", str(ckpt), "--device", "gpu0", "hi"]),
+                       (caption, ["caption", "--ckpt", str(ckpt), "--device", "gpu0", "a.png"]),
+                       (asr, ["transcribe", "--ckpt", str(ckpt), "--device", "gpu0", "a.wav"])):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error: --device 'gpu0'" in err and "Traceback" not in err, err

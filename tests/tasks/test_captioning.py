@@ -655,3 +655,18 @@ def test_predict_path_with_caption_writer(tmp_path: Path) -> None:
     (tmp_path / "bad_list.txt").write_text("imgs/s0.png\nimgs/gone.png\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"bad_list\.txt: line 2: .*gone\.png"):
         CaptionDataModule(predict_path=str(tmp_path / "bad_list.txt")).predict_records()
+
+
+def test_pretrained_download_failure_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    import torchvision.models as tvm
+
+    from tasks.captioning.encoder import ImageEncoder
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(tvm, "get_model", offline)
+    with pytest.raises(ConfigError, match="could not get the torchvision weights for resnet18.*local weights file"):
+        ImageEncoder("resnet18", 32, 2, pretrained="imagenet")
