@@ -37,10 +37,12 @@ def run_demo(out_dir: Path, max_minutes: float = 2.5) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     L.seed_everything(0, workers=True, verbose=False)
-    dm = CaptionDataModule(batch_size=48, train_size=6000, val_size=32, test_size=8, unseen_size=8, num_workers=0)
+    # The default config's model and optimiser (configs/captioning/default.yaml: val BLEU-4 ~63 after
+    # 250 steps / ~100 s on 2 CPU cores), without validation so the whole budget trains.
+    dm = CaptionDataModule(batch_size=64, train_size=8000, val_size=32, test_size=8, unseen_size=8, num_workers=0)
     model = CaptioningModule(
-        vocab=dm.vocab, feat_dim=128, attention_dim=96, embed_dim=64, hidden_dim=192, dropout=0.1,
-        max_len=24, lr=3e-3, warmup_steps=30, val_beam_size=1, plot_images=0,
+        vocab=dm.vocab, grid_size=6, feat_dim=256, attention_dim=128, embed_dim=128, hidden_dim=256,
+        dropout=0.2, max_len=24, lr=2e-3, warmup_steps=100, val_beam_size=1, plot_images=0,
     )
     train_budget = max_minutes * 60.0 * 0.75
     trainer = L.Trainer(
