@@ -22,6 +22,17 @@ from core.attention.base import Attention, masked_softmax
 CHUNK_ELEMENTS = 1 << 22
 #: On GPU, fewer and larger blocks: each block is a handful of kernel launches.
 CUDA_CHUNK_ELEMENTS = 1 << 27
+#: ``memory_efficient=None`` (auto) uses the recomputing `additive_scores` only above this many
+#: elements in the ``(B, Tq, S, H)`` energy tensor of one call (a decoder step has Tq = 1), and
+#: the plain formulation below it. See `AdditiveAttention` for the measurements behind them.
+AUTO_CPU_ELEMENTS = 1 << 22
+AUTO_CUDA_ELEMENTS = 1 << 25
+
+
+def auto_memory_efficient(b: int, t: int, s: int, h: int, device: torch.device) -> bool:
+    """What ``memory_efficient=None`` picks for a ``(B, Tq, S, H)`` energy tensor on ``device``."""
+    bound = AUTO_CUDA_ELEMENTS if device.type == "cuda" else AUTO_CPU_ELEMENTS
+    return b * t * s * h > bound
 
 
 def _chunk_len(b: int, t: int, s: int, h: int, device: torch.device) -> int:
@@ -98,9 +109,12 @@ class _AdditiveScores(torch.autograd.Function):
             s = k.shape[1]
             c = _chunk_len(b, t, s, h, q.device)
             fwd_chunk, _ = _chunk_kernels(q.device)
-            scores = q.new_empty(b, t, s)
-            for i in range(0, t, c):
-                scores[:, i:i + c] = fwd_chunk(q[:, i:i + c], k, vv)  # (B, c, S)
+            if c >= t:  # one block (every decoder step): no output buffer, no copy
+                scores = fwd_chunk(q, k, vv)  # (B, T, S)
+            else:
+                scores = q.new_empty(b, t, s)
+                for i in range(0, t, c):
+                    scores[:, i:i + c] = fwd_chunk(q[:, i:i + c], k, vv)  # (B, c, S)
         ctx.save_for_backward(qh, kh, v, f, u)
         ctx.compute_dtype = dtype
         return scores
@@ -118,15 +132,18 @@ class _AdditiveScores(torch.autograd.Function):
             b, t, h = q.shape
             s = k.shape[1]
             c = _chunk_len(b, t, s, h, q.device)
-            dq = torch.empty(b, t, h, dtype=acc, device=q.device)
-            dk = torch.zeros(b, s, h, dtype=acc, device=q.device)
-            dv = torch.zeros(h, dtype=acc, device=q.device)
             _, bwd_chunk = _chunk_kernels(q.device)
-            for i in range(0, t, c):
-                dq_c, dk_c, dv_c = bwd_chunk(q[:, i:i + c], k, vv, g_all[:, i:i + c])
-                dq[:, i:i + c] = dq_c
-                dk += dk_c
-                dv += dv_c
+            if c >= t:  # one block: its gradients are the gradients (no buffers, no accumulation)
+                dq, dk, dv = bwd_chunk(q, k, vv, g_all)
+            else:
+                dq = torch.empty(b, t, h, dtype=acc, device=q.device)
+                dk = torch.zeros(b, s, h, dtype=acc, device=q.device)
+                dv = torch.zeros(h, dtype=acc, device=q.device)
+                for i in range(0, t, c):
+                    dq_c, dk_c, dv_c = bwd_chunk(q[:, i:i + c], k, vv, g_all[:, i:i + c])
+                    dq[:, i:i + c] = dq_c
+                    dk += dk_c
+                    dv += dv_c
             df = du = None
             if f is not None:
                 df = torch.matmul(dk, u.to(acc)).to(f.dtype) if ctx.needs_input_grad[3] else None  # (B, S, C)
@@ -158,11 +175,28 @@ class AdditiveAttention(Attention):
 
     `precompute(keys)` returns ``W_k k`` ``(B, S, H)``: compute it once per source and pass
     it as ``precomputed`` at each decoder step.
+
+    ``memory_efficient`` picks how the ``(B, Tq, S, H)`` tanh is handled:
+
+    * True (default): `additive_scores`, which recomputes the tanh in backward, so a decoder
+      step saves nothing of size ``(B, S, H)`` (21x less saved memory in the decoder-step
+      micro-benchmark).
+    * False: the plain autograd formulation, which keeps the tanh for backward but runs fewer
+      ops (3 forward kernels, no Python backward).
+    * None ("auto"): the plain formulation while the energy tensor of one call has at most
+      `AUTO_CPU_ELEMENTS` (2^22, 16 MiB in fp32) elements on CPU or `AUTO_CUDA_ELEMENTS`
+      (2^25) on CUDA, the recomputing one above, where keeping one ``(B, S, H)`` tanh per step
+      becomes the memory problem. Measured, 12 decoder steps fwd+bwd with keys projected once
+      (min of 5 interleaved runs, 2 threads, shared CPU): the recompute ran at 0.56-0.73x the
+      plain speed at every size tried, B128 S12 H256 (0.39M elements per step) to B32 S400
+      H256 (3.3M); on an H200 (bf16) it ran at 0.59x a naive step (keys re-projected every
+      step) at B32 S1000 H512 (16.4M elements), so on CUDA the plain form is kept up to twice
+      that size. Speed never favours the recompute in these figures: it is a memory choice.
     """
 
     def __init__(
         self, query_dim: int, key_dim: int, value_dim: int | None = None, hidden_dim: int | None = None,
-        memory_efficient: bool = True,
+        memory_efficient: bool | None = True,
     ) -> None:
         """Args:
             query_dim: size of the query (decoder state) vectors.
@@ -171,7 +205,8 @@ class AdditiveAttention(Attention):
             hidden_dim: size H of the energy MLP (default ``query_dim``).
             memory_efficient: recompute the tanh in backward (`additive_scores`) instead of
                 letting autograd keep a ``(B, Tq, S, H)`` tensor; False trades that memory
-                for fewer kernels (faster for short sources on GPU, see benchmarks/RESULTS.md).
+                for fewer kernels (faster for short sources on GPU, see benchmarks/RESULTS.md);
+                None picks per call by the size of that tensor (see above).
         """
         super().__init__(query_dim, key_dim, value_dim)
         self.hidden_dim = hidden_dim or query_dim
@@ -187,12 +222,18 @@ class AdditiveAttention(Attention):
     def _scores(self, qh: Tensor, kh: Tensor, f: Tensor | None = None) -> Tensor:
         """Energies ``(B, Tq, S)`` from projected queries/keys (and location features ``f``)."""
         v = self.energy.weight.view(-1)
-        u = getattr(self, "loc_proj", None)
-        if self.memory_efficient:
+        u = self._modules.get("loc_proj")  # (a plain dict look-up: this runs at every decoder step)
+        me = self.memory_efficient
+        if me is None:
+            b, t, h = qh.shape
+            me = auto_memory_efficient(b, t, kh.shape[1], h, qh.device)
+        if me:
             return additive_scores(qh, kh, v, f, None if f is None else u.weight)
         if f is not None:
             kh = kh + u(f)  # (B, S, C) -> (B, S, H)
-        return torch.matmul(torch.tanh(qh[:, :, None, :] + kh[:, None, :, :]), v.to(qh.dtype))  # (B, Tq, S, H) -> (B, Tq, S)
+        if v.dtype != qh.dtype:
+            v = v.to(qh.dtype)
+        return torch.matmul(torch.tanh(qh[:, :, None, :] + kh[:, None, :, :]), v)  # (B, Tq, S, H) -> (B, Tq, S)
 
     def _projected_keys(self, keys: Tensor | None, precomputed: Any) -> Tensor:
         if precomputed is not None:
@@ -209,7 +250,8 @@ class AdditiveAttention(Attention):
         qh = self.query_proj(query)  # (B, Tq, H)
         scores = self._scores(qh, kh)  # (B, Tq, S)
         weights = masked_softmax(scores, mask)
-        return torch.matmul(weights.to(values.dtype), values), weights  # (B, Tq, Dv)
+        w = weights if weights.dtype == values.dtype else weights.to(values.dtype)
+        return torch.matmul(w, values), weights  # (B, Tq, Dv)
 
 
 class LocationAttention(AdditiveAttention):
@@ -234,7 +276,7 @@ class LocationAttention(AdditiveAttention):
         conv_channels: int = 10,
         kernel_size: int = 31,
         cumulative: bool = False,
-        memory_efficient: bool = True,
+        memory_efficient: bool | None = True,
     ) -> None:
         """Args:
             query_dim: size of the query (decoder state) vectors.
@@ -289,4 +331,6 @@ class LocationAttention(AdditiveAttention):
             contexts.append(torch.matmul(w.to(values.dtype), values))  # (B, 1, Dv)
             all_weights.append(w)
             prev_weights = self.accumulate(prev_weights, w[:, 0])
+        if tq == 1:  # a decoder step: cat of one tensor would still copy it
+            return contexts[0], all_weights[0]
         return torch.cat(contexts, dim=1), torch.cat(all_weights, dim=1)  # (B, Tq, Dv), (B, Tq, S)

@@ -73,11 +73,13 @@ def masked_softmax(scores: Tensor, mask: Tensor | None) -> Tensor:
     """
     if mask is None:
         return scores.softmax(dim=-1)
-    # finfo.min rather than -1e9 so the fill is representable in fp16/bf16.
-    scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    # finfo.min rather than -1e9 so the fill is representable in fp16/bf16. `torch.where`
+    # with the keep-mask is one kernel each way (``masked_fill(~mask, x)`` is an inversion,
+    # a copy and the fill, and its backward another copy + fill): this runs at every step.
+    scores = torch.where(mask, scores, torch.finfo(scores.dtype).min)
     # A fully masked row becomes uniform here; zeroing the masked entries afterwards makes
     # it all-zero and keeps its gradient finite (no inf - inf anywhere).
-    return scores.softmax(dim=-1).masked_fill(~mask, 0.0)
+    return torch.where(mask, scores.softmax(dim=-1), 0.0)
 
 
 class Attention(nn.Module):
@@ -231,7 +233,7 @@ class Attention(nn.Module):
             if mask.dim() == 2:
                 if tuple(mask.shape) != (b, s):
                     raise ValueError(f"{name}: mask shape {tuple(mask.shape)} != (B, S) = {(b, s)}")
-                mask = mask[:, None, :]  # (B, S) -> (B, 1, S)
+                mask = mask.unsqueeze(1)  # (B, S) -> (B, 1, S)
             elif mask.dim() == 3:
                 if tuple(mask.shape) != (b, tq, s):
                     raise ValueError(f"{name}: mask shape {tuple(mask.shape)} != (B, Tq, S) = {(b, tq, s)}")

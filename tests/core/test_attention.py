@@ -309,3 +309,60 @@ def test_memory_efficient_flag_same_values_and_grads(name: str) -> None:
     a, b = lean(q, k, k, mask).context, plain(q, k, k, mask).context
     torch.testing.assert_close(a, b)
     torch.testing.assert_close(torch.autograd.grad(a.sum(), q)[0], torch.autograd.grad(b.sum(), q)[0])
+
+
+@pytest.mark.parametrize("name", ["additive", "location"])
+def test_auto_memory_efficient_picks_by_size_and_matches(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """memory_efficient=None: plain below AUTO_*_ELEMENTS, recompute above; same values and grads."""
+    import core.attention.additive as additive
+
+    kw = {"kernel_size": 3, "conv_channels": 2} if name == "location" else {}
+    calls: list[int] = []
+    real = additive.additive_scores
+    monkeypatch.setattr(additive, "additive_scores", lambda *a: calls.append(1) or real(*a))
+    ref = make(name, d=6, memory_efficient=True, **kw)
+    auto = make(name, d=6, memory_efficient=None, **kw)
+    auto.load_state_dict(ref.state_dict())
+    k = torch.randn(3, 4, 6, requires_grad=True)
+    mask = lengths_to_mask(torch.tensor([4, 2, 0]), 4)  # a fully masked row too
+    q = torch.randn(3, 6, requires_grad=True)  # one decoder step: B*S*H = 3*4*6 elements
+    expected = ref(q, k, k, mask)
+    g_ref = torch.autograd.grad(expected.context.sum(), (q, k))
+    calls.clear()
+    for bound, uses_recompute in [(3 * 4 * 6, False), (3 * 4 * 6 - 1, True)]:
+        monkeypatch.setattr(additive, "AUTO_CPU_ELEMENTS", bound)
+        out = auto(q, k, k, mask)
+        assert bool(calls) == uses_recompute
+        calls.clear()
+        torch.testing.assert_close(out.context, expected.context)
+        torch.testing.assert_close(out.weights, expected.weights)
+        assert (out.weights[2] == 0).all() and (out.context[2] == 0).all()
+        torch.testing.assert_close(torch.autograd.grad(out.context.sum(), (q, k)), g_ref)
+
+
+def test_auto_memory_efficient_rule() -> None:
+    from core.attention.additive import AUTO_CPU_ELEMENTS, AUTO_CUDA_ELEMENTS, auto_memory_efficient
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert not auto_memory_efficient(128, 1, 12, 256, cpu)  # the translation benchmark's decoder step
+    assert not auto_memory_efficient(32, 1, 400, 256, cpu)  # plain measured faster on CPU up to here
+    assert auto_memory_efficient(1, 1, AUTO_CPU_ELEMENTS + 1, 1, cpu)
+    assert auto_memory_efficient(32, 100, 400, 256, cpu)  # a full (B, T, S, H) sequence call
+    assert not auto_memory_efficient(32, 1, 1000, 512, cuda)  # H200: the recompute measured 0.59x there
+    assert auto_memory_efficient(1, 1, AUTO_CUDA_ELEMENTS + 1, 1, cuda)
+    assert AUTO_CPU_ELEMENTS < AUTO_CUDA_ELEMENTS
+
+
+def test_masked_softmax_single_kernel_fills_match_masked_fill() -> None:
+    """The where-based masked_softmax equals the masked_fill formulation, values and grads."""
+    from core.attention import masked_softmax
+
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        scores = torch.randn(3, 2, 5).to(dtype).requires_grad_(True)
+        mask = lengths_to_mask(torch.tensor([5, 2, 0]), 5)[:, None, :]
+        ref = scores.masked_fill(~mask, torch.finfo(dtype).min).softmax(-1).masked_fill(~mask, 0.0)
+        out = masked_softmax(scores, mask)
+        assert out.dtype == dtype
+        torch.testing.assert_close(out, ref, atol=0, rtol=0)
+        g = torch.randn(3, 2, 5).to(dtype)
+        torch.testing.assert_close(torch.autograd.grad(out, scores, g)[0], torch.autograd.grad(ref, scores, g)[0])

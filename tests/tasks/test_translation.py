@@ -491,3 +491,21 @@ def test_sigkill_mid_training_then_resume_from_last(tmp_path: Path, monkeypatch:
     resumed = torch.load(last, weights_only=True)
     assert resumed["global_step"] == step + 100  # continued from the saved step, not from 0
     assert resumed["lr_schedulers"][0]["last_epoch"] == step + 100
+
+
+@pytest.mark.parametrize("rnn_type", ["gru", "lstm"])
+def test_encoder_skips_packing_without_padding(rnn_type: str) -> None:
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    from tasks.translation.models.rnn import RNNEncoder
+
+    torch.manual_seed(0)
+    enc = RNNEncoder(30, 8, 6, num_layers=2, rnn_type=rnn_type, dropout=0.0)
+    src, lengths = torch.randint(4, 30, (3, 5)), torch.full((3,), 5)
+    out, final = enc(src, lengths)
+    packed = pack_padded_sequence(enc.embedding(src), lengths, batch_first=True, enforce_sorted=False)
+    ref, h = enc.rnn(packed)
+    ref, _ = pad_packed_sequence(ref, batch_first=True, total_length=5)
+    h = h[0] if isinstance(h, tuple) else h
+    torch.testing.assert_close(out, ref)
+    torch.testing.assert_close(final, torch.cat([h[-2], h[-1]], dim=-1))
