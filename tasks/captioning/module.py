@@ -24,6 +24,7 @@ from torch import Tensor
 
 from core.checkpoint import META_KEY, load_checkpoint, make_metadata
 from core.decoding import beam_search
+from core.distributed import gather_objects
 from core.errors import CheckpointError, ConfigError
 from core.training import build_scheduler
 from tasks.captioning.data import Batch
@@ -36,13 +37,7 @@ from tasks.captioning.vocab import CaptionVocab
 TASK = "captioning"
 
 
-def _gather(obj: list[Any]) -> list[Any]:
-    """Concatenate a per-rank Python list over all DDP ranks (identity when not distributed)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        parts: list[Any] = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(parts, obj)
-        return [x for p in parts for x in p]
-    return obj
+_gather = gather_objects  # name kept for tasks.captioning.callbacks
 
 
 def dedupe_by_index(items: Sequence[tuple[int, Any, Any]]) -> tuple[list[Any], list[Any]]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from core.cli import check_ckpt_path_arg, parse_device, run_cli
+from core.distributed import gather_objects
 from core.errors import ConfigError, UserError
 
 __all__ = ["main", "transcribe_main"]
@@ -32,14 +33,23 @@ def _speech_cli_class() -> type:
     from lightning.pytorch.cli import LightningCLI
 
     class _Printer(BasePredictionWriter):
+        """Collects every rank's `(id, hypothesis)` rows; rank 0 prints each utterance once, sorted by id."""
+
         def __init__(self) -> None:
             super().__init__(write_interval="batch")
+            self._rows: list[tuple[str, str]] = []
 
         def write_on_batch_end(self, trainer: Any, pl_module: Any, prediction: Any, batch_indices: Any,
                                batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+            self._rows.extend((str(row["id"]), str(row["hyp"])) for row in prediction or [])
+
+        def on_predict_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+            super().on_predict_epoch_end(trainer, pl_module)
+            rows = dict(gather_objects(self._rows))  # a collective: every rank; DDP padding repeats collapse
+            self._rows = []
             if trainer.is_global_zero:
-                for row in prediction or []:
-                    print(f"{row['id']}\t{row['hyp']}", flush=True)
+                for utt_id in sorted(rows):
+                    print(f"{utt_id}\t{rows[utt_id]}", flush=True)
 
     class SpeechCLI(LightningCLI):
         def parse_arguments(self, parser: Any, args: Any) -> None:

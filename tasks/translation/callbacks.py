@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from core.distributed import gather_objects
 from tasks.translation.batching import dedupe_by_index
 
 
@@ -58,12 +59,11 @@ class TranslationWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._distributed:
-            gathered: list[Any] = [None] * trainer.world_size
-            torch.distributed.all_gather_object(gathered, self._pending)
+            gathered = gather_objects(self._pending)
             self._pending = []
             if trainer.is_global_zero:
                 self._fh = self._open()
-                for line in dedupe_by_index(p for part in gathered for p in part):
+                for line in dedupe_by_index(gathered):
                     self._fh.write(line + "\n")
                 self._fh.flush()
         if self._fh is not None and self._fh is not sys.stdout:

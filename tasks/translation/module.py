@@ -31,6 +31,7 @@ from torch import Tensor, nn
 
 from core.checkpoint import META_KEY, load_checkpoint, make_metadata
 from core.decoding import beam_search
+from core.distributed import gather_objects
 from core.errors import CheckpointError, ConfigError
 from core.metrics import corpus_bleu, corpus_chrf
 from core.tokenizers import BOS_ID, EOS_ID, BaseTokenizer, tokenizer_from_dict
@@ -381,11 +382,8 @@ class TranslationModule(pl.LightningModule):
 
     def _finish_eval(self, prefix: str) -> None:
         outputs = self._eval_outputs.pop(prefix, [])
-        if self.trainer.world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
-            # BLEU is corpus-level: every rank needs every hypothesis, not an average of rank scores.
-            gathered: list[Any] = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(gathered, outputs)
-            outputs = [o for part in gathered for o in part]
+        # BLEU is corpus-level: every rank needs every hypothesis, not an average of rank scores.
+        outputs = gather_objects(outputs)
         # Every rank runs the same number of eval steps, so the last batches repeat earlier examples
         # (TokenBucketBatchSampler padding); score each dataset example exactly once.
         pairs = dedupe_by_index(outputs)

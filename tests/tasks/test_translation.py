@@ -297,6 +297,7 @@ def test_writer_under_ddp_writes_one_output_in_input_order(tmp_path: Path, monke
 
     monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
     monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
     for out in (str(tmp_path / "out.es"), None):
         writers = [rank_pending(r, out) for r in range(world)]
         parts = [w._pending for w, _ in writers]
