@@ -35,24 +35,38 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 class Throughput(Callback):
-    """Audio seconds / wall second over training batches only (validation time excluded)."""
+    """Audio seconds / wall second over training batches only (validation time excluded).
+
+    Also splits training wall time into waiting for the DataLoader (gap between one step's end and
+    the next step's start) and compute, which shows whether data loading is the bottleneck.
+    """
 
     def __init__(self) -> None:
         self.audio_s = 0.0
         self.train_s = 0.0
+        self.data_s = 0.0
         self.steps = 0
         self._t = 0.0
+        self._end: float | None = None
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         self._t = time.perf_counter()
+        if self._end is not None:
+            self.data_s += self._t - self._end
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
+        if torch.cuda.is_available() and pl_module.device.type == "cuda":
+            torch.cuda.synchronize()
+        self._end = time.perf_counter()
         if batch.get("empty"):
             return
-        self.train_s += time.perf_counter() - self._t
+        self.train_s += self._end - self._t
         self.audio_s += float(batch["feat_lens"].sum()) * 0.01  # 10 ms frames
         self.steps += 1
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._end = None  # validation time is not data wait
 
 
 def _device_name(accelerator: str) -> str:
@@ -114,7 +128,8 @@ def run(minutes: float, config: Path, out: Path, accelerator: str = "cpu", rtf_f
         "fit_seconds": round(fit_s, 1),
         "steps": trainer.global_step,
         "epochs": trainer.current_epoch,
-        "train_audio_seconds_per_second": round(tput.audio_s / max(tput.train_s, 1e-9), 1),
+        "train_audio_seconds_per_second": round(tput.audio_s / max(tput.train_s + tput.data_s, 1e-9), 1),
+        "data_wait_fraction": round(tput.data_s / max(tput.train_s + tput.data_s, 1e-9), 3),
         "test_cer": round(float(test["test/cer"]), 4),
         "test_wer": round(float(test["test/wer"]), 4),
         "data_overrides": data_overrides or {},
@@ -133,7 +148,7 @@ def markdown(r: dict[str, Any]) -> str:
     return (
         f"| speech (default config, {r['budget_minutes']} min budget) | {r['device']} | "
         f"CER {100 * r['test_cer']:.2f}% / WER {100 * r['test_wer']:.2f}% (unseen voices) | "
-        f"{r['train_audio_seconds_per_second']} audio-s/s training | RTF {r['transcribe_rtf_cpu_beam5']} (CPU, beam 5) | "
+        f"{r['train_audio_seconds_per_second']} audio-s/s training (data wait {100 * r['data_wait_fraction']:.1f} %) | RTF {r['transcribe_rtf_cpu_beam5']} (CPU, beam 5) | "
         f"synthesis {r['synthesis_seconds']} s, {r['steps']} steps |\n\n`{r['command']}`"
     )
 
