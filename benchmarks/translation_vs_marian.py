@@ -324,6 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--skip-decode", action="store_true")
+    p.add_argument("--skip-train", action="store_true", help="only measure decoding")
     p.add_argument("--profile", action="store_true",
                    help="print a torch.profiler table of one eager training step per model (stderr)")
     p.add_argument("--out", type=Path, default=None)
@@ -370,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     peak = result["peak_bf16_flops"]
 
-    for compiled in ([False, True] if args.compile else [False]):
+    for compiled in ([] if args.skip_train else [False, True] if args.compile else [False]):
         key = "compiled" if compiled else "eager"
         result["train"][key] = rows = train_compare(models, init_state, cfg, device, dtype, compiled, steps, warmup,
                                                     args.rounds, args.label_smoothing, params, peak)

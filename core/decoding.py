@@ -11,9 +11,14 @@ under the top-level dict key ``"static"``, which is expanded once and never reor
 outputs, masks and precomputed key projections are identical for all beams of an item, so reordering
 them would be wasted memory traffic).
 
+The value under the top-level dict key ``"shared"`` is never expanded nor reordered: it keeps one row
+per *item* (leading dim = number of unfinished items ``A``) while the other leaves have ``A * beam``
+rows (beams of an item contiguous), so a step function can attend from an item's ``beam`` queries
+to a single copy of its encoder outputs (``N // A`` rows per item; with greedy search ``N == A``).
+
 When a batch item is finished its rows are dropped from the running state (the state, including
-``"static"``, is row-selected), so late steps only pay for items that are still decoding; the loop
-stops as soon as every item is done.
+``"static"`` and ``"shared"``, is row-selected), so late steps only pay for items that are still
+decoding; the loop stops as soon as every item is done.
 
 Scores are length-normalised log-probabilities: ``sum(log p) / length ** length_penalty`` where
 ``length`` counts the generated tokens *including* EOS (a hypothesis cut at ``max_len`` has length
@@ -69,14 +74,17 @@ def tree_map(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
 
 
 def _map_state(state: Any, dynamic_fn: Callable[[Tensor], Tensor],
-               static_fn: Callable[[Tensor], Tensor] | None) -> Any:
-    """Map the dynamic part of ``state`` with ``dynamic_fn`` and its ``"static"`` part with ``static_fn``.
+               static_fn: Callable[[Tensor], Tensor] | None,
+               shared_fn: Callable[[Tensor], Tensor] | None = None) -> Any:
+    """Map the dynamic part of ``state`` with ``dynamic_fn``, its ``"static"`` part with ``static_fn``
+    and its ``"shared"`` part with ``shared_fn``.
 
-    ``static_fn=None`` leaves the static part untouched (the per-step reorder case).
+    ``static_fn=None`` / ``shared_fn=None`` leave that part untouched (the per-step reorder case).
     """
-    if isinstance(state, dict) and "static" in state:
-        out = {k: tree_map(dynamic_fn, v) for k, v in state.items() if k != "static"}
-        out["static"] = state["static"] if static_fn is None else tree_map(static_fn, state["static"])
+    if isinstance(state, dict) and ("static" in state or "shared" in state):
+        fns = {"static": static_fn, "shared": shared_fn}
+        out = {k: (tree_map(dynamic_fn, v) if k not in fns else v if fns[k] is None else tree_map(fns[k], v))
+               for k, v in state.items()}
         return type(state)(out) if type(state) is not dict else out
     return tree_map(dynamic_fn, state)
 
@@ -227,7 +235,8 @@ def beam_search(
         step_fn: see module docstring; called with ``N = (#unfinished items) * beam_size`` rows,
             beams of one item contiguous (row ``i * K + k``).
         init_state: pytree of batch-first tensors (leading dim ``batch_size``), optionally a dict
-            with a ``"static"`` entry that is expanded but never reordered.
+            with a ``"static"`` entry that is expanded but never reordered and a ``"shared"`` entry
+            that is neither expanded nor reordered (one row per unfinished item).
         batch_size: B.
         bos_id: first input token.
         eos_id: end-of-sequence token (not included in the output).
@@ -250,7 +259,7 @@ def beam_search(
     device = _infer_device(init_state, device)
     K = beam_size
     expand = _select_rows(torch.arange(batch_size, device=device).repeat_interleave(K))
-    state = _map_state(init_state, expand, expand)  # every leaf (B, ...) -> (B*K, ...), once
+    state = _map_state(init_state, expand, expand)  # every leaf (B, ...) -> (B*K, ...), once ("shared" stays)
 
     dead = torch.finfo(torch.float32).min  # score of an impossible hypothesis (never selected first)
     active = torch.arange(batch_size, device=device)  # (A,) original item index of each active item
@@ -326,8 +335,9 @@ def beam_search(
                 break
             active, new_scores, new_tok, rows = active[keep], new_scores[keep], new_tok[keep], rows[keep]
             keep_rows = (keep.unsqueeze(1) * K + torch.arange(K, device=device)).reshape(-1)  # (A'*K,)
-            # static: only drop the finished items' rows (beams of an item are identical there)
-            state = _map_state(state, lambda x: x, _select_rows(keep_rows))
+            # static: only drop the finished items' rows (beams of an item are identical there);
+            # shared: one row per item
+            state = _map_state(state, lambda x: x, _select_rows(keep_rows), _select_rows(keep))
         beam_scores = new_scores
         state = _map_state(state, _select_rows(rows.reshape(-1)), None)  # follow the beams
         last = new_tok.reshape(-1)  # (A*K,)

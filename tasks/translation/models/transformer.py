@@ -6,7 +6,7 @@
   cross-attention when alignment weights are requested.
 * Incremental decoding: each decoder self-attention keeps a KV cache ``(N, H, t, Dh)`` grown by one
   position per step; cross-attention keys/values are projected once per source and stored under
-  ``"static"`` so beam search never reorders them.
+  ``"shared"``: beam search neither expands nor reorders them, the beams of an item attend to one copy.
 """
 
 from __future__ import annotations
@@ -79,8 +79,9 @@ class DecoderLayer(nn.Module):
 
         Args:
             x: (B, T, D) decoder inputs (T = 1 when decoding incrementally).
-            memory_kv: cross-attention (k, v), each (B, H, S, Dh), from ``cross_attn.precompute``.
-            memory_mask: (B, S) source mask.
+            memory_kv: cross-attention (k, v), each (A, H, S, Dh), from ``cross_attn.precompute``; A = B, or
+                A = B / g when the g consecutive rows of x (beams of one item) share one memory.
+            memory_mask: (A, S) source mask.
             self_kv: KV cache (k, v) each (B, H, t, Dh) of earlier positions, or None for teacher forcing.
             need_weights: return cross-attention weights (B, H, T, S).
 
@@ -99,10 +100,23 @@ class DecoderLayer(nn.Module):
             sa = self.self_attn(h, None, None, precomputed=new_kv, need_weights=False).context
         x = x + self.dropout(sa)
         h = self.norm2(x)
-        ca = self.cross_attn(h, None, None, memory_mask, precomputed=memory_kv, need_weights=need_weights)
-        x = x + self.dropout(ca.context)
+        n, t, d = h.shape
+        a = memory_kv[0].shape[0]
+        if a != n:
+            # beam search: the n // a beams of an item (contiguous rows) share one copy of its memory;
+            # they become extra query positions of that item: (A * g, T, D) -> (A, g * T, D)
+            ca = self.cross_attn(h.reshape(a, (n // a) * t, d), None, None, memory_mask, precomputed=memory_kv,
+                                 need_weights=need_weights)
+            ctx = ca.context.reshape(n, t, d)
+            w = ca.weights
+            if w is not None:  # (A, H, g * T, S) -> (A * g, H, T, S)
+                w = w.reshape(a, w.shape[1], n // a, t, w.shape[-1]).transpose(1, 2).reshape(n, w.shape[1], t, -1)
+        else:
+            ca = self.cross_attn(h, None, None, memory_mask, precomputed=memory_kv, need_weights=need_weights)
+            ctx, w = ca.context, ca.weights
+        x = x + self.dropout(ctx)
         x = x + self.dropout(self.ff(self.norm3(x)))
-        return x, ca.weights, new_kv
+        return x, w, new_kv
 
 
 class TransformerSeq2Seq(nn.Module):
@@ -179,13 +193,14 @@ class TransformerSeq2Seq(nn.Module):
         return self.out(self.dec_norm(x)), weights
 
     def init_state(self, src: Tensor, src_lengths: Tensor) -> dict[str, Any]:
-        """Decoding state: per-layer cross (k, v) under ``"static"``, empty self-attention KV caches."""
+        """Decoding state: per-layer cross (k, v) and the source mask under ``"shared"`` (one copy per
+        item, never expanded to the beams), empty self-attention KV caches."""
         memory, mask = self.encode(src, src_lengths)
         b = src.shape[0]
         dh = self.d_model // self.num_heads
         empty = memory.new_zeros(b, self.num_heads, 0, dh)  # (B, H, 0, Dh): cache before the first step
         return {
-            "static": {"mask": mask, "cross": [layer.cross_attn.precompute(memory, memory) for layer in self.dec_layers]},
+            "shared": {"mask": mask, "cross": [layer.cross_attn.precompute(memory, memory) for layer in self.dec_layers]},
             "cache": [(empty, empty) for _ in self.dec_layers],
         }
 
@@ -194,7 +209,7 @@ class TransformerSeq2Seq(nn.Module):
         """One incremental step: last_tokens (N,) → log_probs (N, V), new state, attention (N, S) | None."""
         t = state["cache"][0][0].shape[2]  # positions already decoded
         x = self._embed(self.tgt_embedding, last_tokens[:, None], offset=t)  # (N,) -> (N, 1, D)
-        st = state["static"]
+        st = state["shared"]
         new_cache = []
         weights = None
         for i, layer in enumerate(self.dec_layers):
@@ -205,4 +220,4 @@ class TransformerSeq2Seq(nn.Module):
             if w is not None:
                 weights = w.mean(dim=1)[:, 0]  # (N, H, 1, S) -> (N, S)
         logits = self.out(self.dec_norm(x[:, 0]))  # (N, D) -> (N, V)
-        return F.log_softmax(logits.float(), dim=-1), {"static": st, "cache": new_cache}, weights
+        return F.log_softmax(logits.float(), dim=-1), {"shared": st, "cache": new_cache}, weights
