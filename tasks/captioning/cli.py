@@ -79,14 +79,11 @@ def _lightning_cli(argv: Sequence[str]) -> int:
 
 def _caption(args: argparse.Namespace) -> int:
     """The ``caption`` subcommand."""
-    import torch
-
     from tasks.captioning.images import load_rgb
     from tasks.captioning.module import CaptioningModule, save_attention_figure
 
     if args.beam < 1:
         raise UserError(f"--beam must be >= 1, got {args.beam}")
-    torch.set_grad_enabled(False)
     model = CaptioningModule.load_from_checkpoint(args.ckpt, map_location=parse_device(args.device))
     failed = 0
     loaded: list[tuple[str, Any]] = []

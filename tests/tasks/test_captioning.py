@@ -420,6 +420,7 @@ def test_checkpoint_caption_round_trip_and_cli(trained_ckpt: Path, tmp_path: Pat
                  str(tmp_path / "gray.jpg"), "--beam", "2", "--plot", str(tmp_path / "plots")])
     captured = capsys.readouterr()
     assert code == 1  # one image failed, the others were captioned
+    assert torch.is_grad_enabled()  # main() called in-process leaves the caller's autograd state alone
     lines = captured.out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(str(tmp_path / "scene.png") + "\t")
     assert "bad.png" in captured.err and "Traceback" not in captured.err
@@ -587,7 +588,7 @@ def test_validation_scores_count_each_image_once(monkeypatch: pytest.MonkeyPatch
 
     m = _tiny_module()
     m._val_out = [(0, "a b", ["a b"]), (1, "c", ["c d"])]
-    monkeypatch.setattr(mod, "_gather", lambda rows: rows + [rows[0]])  # rank 1 re-evaluated image 0
+    monkeypatch.setattr(mod, "gather_objects", lambda rows: rows + [rows[0]])  # rank 1 re-evaluated image 0
     seen: list[tuple[list[str], list[list[str]]]] = []
     monkeypatch.setattr(mod, "caption_scores", lambda h, r: seen.append((h, r)) or {"bleu4": 0.0})
     monkeypatch.setattr(m, "log", lambda *a, **k: None)
