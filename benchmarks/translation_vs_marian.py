@@ -401,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     out_path.write_text(text + "\n", encoding="utf-8")
     m = result["machine"]
     dev = m["cuda"] or f"CPU {m['cpu']} ({m['torch_threads']} threads)"
-    print(f"\n| what | device | ours | Marian | ours / Marian |\n|---|---|---|---|---|")
+    print("\n| what | device | ours | Marian | ours / Marian |\n|---|---|---|---|---|")
     for key, rows in result["train"].items():
         o, mm = rows["ours"], rows["marian"]
         print(f"| train {key} {size} {dtype} (tgt tok/s; src+tgt) | {dev} | {o['tgt_tokens_per_s']:.0f}; "

@@ -10,7 +10,7 @@ from typing import Any
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from tasks.captioning.module import _gather
+from core.distributed import gather_objects
 
 __all__ = ["CaptionWriter", "format_predictions"]
 
@@ -75,7 +75,7 @@ class CaptionWriter(BasePredictionWriter):
 
     def on_predict_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         super().on_predict_epoch_end(trainer, pl_module)
-        rows = _gather(self._rows)  # every rank takes part in the collective, rank 0 writes
+        rows = gather_objects(self._rows)  # every rank takes part in the collective, rank 0 writes
         self._rows = []
         if trainer.is_global_zero:
             self.write_lines(format_predictions(rows))

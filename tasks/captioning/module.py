@@ -37,9 +37,6 @@ from tasks.captioning.vocab import CaptionVocab
 TASK = "captioning"
 
 
-_gather = gather_objects  # name kept for tasks.captioning.callbacks
-
-
 def dedupe_by_index(items: Sequence[tuple[int, Any, Any]]) -> tuple[list[Any], list[Any]]:
     """Drop repeated dataset indices and sort, after gathering ``(index, hypothesis, refs)`` rows.
 
@@ -299,7 +296,7 @@ class CaptioningModule(L.LightningModule):
             self._plot_batch = batch.images[: self.hparams.plot_images].detach().cpu()
 
     def on_validation_epoch_end(self) -> None:
-        hyps, refs = dedupe_by_index(_gather(self._val_out))
+        hyps, refs = dedupe_by_index(gather_objects(self._val_out))
         self._val_out = []
         if hyps:
             # Every rank holds the gathered lists and computes the same values; sync_dist=True only
@@ -334,9 +331,9 @@ class CaptioningModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         names = list(getattr(dm, "test_names", [])) if dm is not None else []
-        # Every test dataloader, even one this rank got nothing from: _gather is a collective.
+        # Every test dataloader, even one this rank got nothing from: gather_objects is a collective.
         for idx in sorted(set(self._test_out) | set(range(len(names)))):
-            hyps, refs = dedupe_by_index(_gather(self._test_out.get(idx, [])))
+            hyps, refs = dedupe_by_index(gather_objects(self._test_out.get(idx, [])))
             prefix = names[idx] if idx < len(names) else f"test{idx}"
             if hyps:
                 for name, value in caption_scores(hyps, refs).items():

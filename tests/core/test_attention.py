@@ -10,7 +10,6 @@ import torch.nn.functional as F
 
 from core.attention import (
     AdditiveAttention,
-    LocationAttention,
     MultiHeadAttention,
     additive_scores,
     available_attentions,

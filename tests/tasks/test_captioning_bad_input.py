@@ -8,43 +8,28 @@ the file named, no traceback).
 from __future__ import annotations
 
 import json
-import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from core.checkpoint import make_metadata
 from core.errors import ConfigError, DataError
 from tasks.captioning.cli import main
 from tasks.captioning.images import ImageError, load_rgb
 from tasks.captioning.sources import read_flickr_csv
 
+if TYPE_CHECKING:
+    from conftest import BadCheckpoints
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "captioning"
 
 # main(argv) from pytest: LightningCLI warns that the host process has its own sys.argv, which is expected.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _user_error(capsys: pytest.CaptureFixture[str]) -> str:
-    """stderr of a CLI call that failed with a user error: one ``error:`` line, no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _img(path: Path, size: tuple[int, int] = (40, 30), fmt: str | None = None) -> Path:
@@ -101,9 +86,9 @@ def test_caption_cli_bad_images_reported_others_captioned(tiny_ckpt: Path, tmp_p
         assert any(ln.startswith(f"error: {path}: {why}") for ln in errors), (path, err)
 
 
-def test_caption_cli_bad_beam_is_exit_2(tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_caption_cli_bad_beam_is_exit_2(tiny_ckpt: Path, tmp_path: Path, user_error: Callable[[], str]) -> None:
     assert main(["caption", "--ckpt", str(tiny_ckpt), str(_img(tmp_path / "a.png")), "--beam", "0"]) == 2
-    assert _user_error(capsys) == "error: --beam must be >= 1, got 0"
+    assert user_error() == "error: --beam must be >= 1, got 0"
 
 
 # ----------------------------------------------------------------- image modes, large images
@@ -180,7 +165,7 @@ def _coco_root(tmp: Path, text: str) -> Path:
 
 @pytest.mark.parametrize("kind", ["csv-header", "csv-row", "token-no-tab", "non-utf8", "json-invalid",
                                   "json-missing-keys"])
-def test_cli_malformed_captions_file(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_malformed_captions_file(kind: str, tmp_path: Path, user_error: Callable[[], str]) -> None:
     root = tmp_path / "data"
     root.mkdir()
     if kind == "csv-header":
@@ -206,22 +191,22 @@ def test_cli_malformed_captions_file(kind: str, tmp_path: Path, capsys: pytest.C
         bad = _coco_root(root, json.dumps({"images": [{"id": 1}], "annotations": []}))
         args, expected = ["--data.dataset=coco"], f"error: {bad}: expected COCO captions JSON with images[*].id/file_name"
     assert main(_fit_args(tmp_path, *args, f"--data.data_dir={root}")) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert err.startswith(expected), err
 
 
 # ----------------------------------------------------------------- no usable pair / empty split: exit 2
-def test_cli_corpus_without_usable_pair(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_corpus_without_usable_pair(tmp_path: Path, user_error: Callable[[], str]) -> None:
     root = tmp_path / "data"
     _img(root / "Images" / "a.jpg")
     cap = root / "captions.txt"
     cap.write_text("image,caption\na.jpg, . \nb.jpg,A cat .\n", encoding="utf-8")  # empty caption / absent image
     with pytest.warns(UserWarning, match="b.jpg"):
         assert main(_fit_args(tmp_path, "--data.dataset=flickr", f"--data.data_dir={root}")) == 2
-    assert _user_error(capsys).startswith(f"error: {cap}: no usable image-caption pairs")
+    assert user_error().startswith(f"error: {cap}: no usable image-caption pairs")
 
 
-def test_cli_empty_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_empty_split(tmp_path: Path, user_error: Callable[[], str]) -> None:
     root = tmp_path / "data"
     _img(root / "a.jpg")
     _img(root / "b.jpg")
@@ -229,59 +214,31 @@ def test_cli_empty_split(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     (root / "dataset_x.json").write_text(json.dumps(split), encoding="utf-8")
     assert main(_fit_args(tmp_path, "--data.dataset=karpathy", f"--data.data_dir={root}",
                           "--data.captions_file=dataset_x.json")) == 2
-    assert _user_error(capsys) == f"error: karpathy corpus under {root}: the val split is empty"
+    assert user_error() == f"error: karpathy corpus under {root}: the val split is empty"
 
 
 # ----------------------------------------------------------------- bad checkpoints: exit 2
-class _Evil:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
-        return (os.makedirs, (str(self.marker),))
-
-
-CKPT_KINDS = {"missing": "checkpoint file not found", "truncated": "truncated, corrupt or not a PyTorch checkpoint",
-              "not-a-checkpoint": "truncated, corrupt or not a PyTorch checkpoint", "unsafe": "could run code",
-              "other-task": "is a 'translation' checkpoint, expected a 'captioning' checkpoint"}
-
-
-def _bad_checkpoint(tmp: Path, kind: str) -> Path:
-    path = tmp / f"{kind}.ckpt"
-    if kind == "truncated":
-        torch.save({"state_dict": {"w": torch.ones(64)}, "attn_suite": make_metadata("captioning")}, path)
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "not-a-checkpoint":
-        path.write_text("this is not a checkpoint\n", encoding="utf-8")
-    elif kind == "unsafe":
-        torch.save({"state_dict": {}, "attn_suite": make_metadata("captioning"), "x": _Evil(tmp / "pwned")}, path)
-    elif kind == "other-task":
-        torch.save({"state_dict": {}, "attn_suite": make_metadata("translation")}, path)
-    return path  # "missing": never written
-
-
-@pytest.mark.parametrize("kind", list(CKPT_KINDS))
-def test_cli_caption_bad_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _bad_checkpoint(tmp_path, kind)
+def test_cli_caption_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path,
+                                    user_error: Callable[[], str]) -> None:
+    kind = bad_checkpoint_kind
+    path = bad_checkpoints(kind, "captioning")
     assert main(["caption", "--ckpt", str(path), str(_img(tmp_path / "a.png"))]) == 2
-    err = _user_error(capsys)
-    assert str(path) in err and CKPT_KINDS[kind] in err, err
-    assert not (tmp_path / "pwned").exists()
+    err = user_error()
+    assert str(path) in err and bad_checkpoints.expected(kind, "captioning") in err, err
 
 
-def test_cli_ckpt_path_bad_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_ckpt_path_bad_checkpoints(bad_checkpoints: BadCheckpoints, tmp_path: Path,
+                                       user_error: Callable[[], str]) -> None:
     """``test/fit --ckpt_path`` get the same checks as ``caption --ckpt``."""
     base = ["-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"),
             f"--trainer.default_root_dir={tmp_path / 'run'}"]
-    for kind in CKPT_KINDS:
-        path = _bad_checkpoint(tmp_path, kind)
+    for kind in bad_checkpoints.kinds:
+        path = bad_checkpoints(kind, "captioning")
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2, kind
-        err = _user_error(capsys)
-        assert str(path) in err and CKPT_KINDS[kind] in err, err
+        err = user_error()
+        assert str(path) in err and bad_checkpoints.expected(kind, "captioning") in err, (kind, err)
     assert main(["fit", *base, "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
-    assert str(tmp_path / "missing.ckpt") in _user_error(capsys)
-    assert not (tmp_path / "pwned").exists()
+    assert str(tmp_path / "missing.ckpt") in user_error()
 
 
 # ----------------------------------------------------------------- local pretrained weights: exit 2
@@ -296,7 +253,7 @@ def test_pretrained_wrong_architecture(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("kind", ["missing", "unreadable", "wrong-architecture"])
-def test_cli_bad_pretrained_file(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_pretrained_file(kind: str, tmp_path: Path, user_error: Callable[[], str]) -> None:
     path = tmp_path / f"{kind}.pth"
     if kind == "unreadable":
         path.write_bytes(b"junk")
@@ -306,7 +263,7 @@ def test_cli_bad_pretrained_file(kind: str, tmp_path: Path, capsys: pytest.Captu
                 "unreadable": f"error: model.pretrained: cannot read weights file {path}",
                 "wrong-architecture": f"error: model.pretrained: {path} does not match resnet18"}[kind]
     assert main(_fit_args(tmp_path, "--model.encoder=resnet18", f"--model.pretrained={path}")) == 2
-    assert _user_error(capsys).startswith(expected)
+    assert user_error().startswith(expected)
 
 
 def test_datamodule_errors_are_data_errors(tmp_path: Path) -> None:
@@ -339,7 +296,7 @@ def _tampered(tiny_ckpt: Path, tmp: Path, kind: str) -> Path:
                                                ("vocab-type", "word vocabulary"), ("vocab-junk", "list of words"),
                                                ("hparams", "model.decoder='gru'")])
 def test_tampered_checkpoint_is_a_checkpoint_error(kind: str, pattern: str, tiny_ckpt: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+                                                   user_error: Callable[[], str]) -> None:
     from core.errors import CheckpointError
     from tasks.captioning.module import CaptioningModule
 
@@ -348,11 +305,11 @@ def test_tampered_checkpoint_is_a_checkpoint_error(kind: str, pattern: str, tiny
         CaptioningModule.load_from_checkpoint(path)
     assert str(path) in str(info.value)
     assert main(["caption", "--ckpt", str(path), str(_img(tmp_path / "a.png"))]) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert str(path) in err, err
 
 
-def test_ckpt_path_that_does_not_fit_is_a_checkpoint_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_ckpt_path_that_does_not_fit_is_a_checkpoint_error(tmp_path: Path, user_error: Callable[[], str]) -> None:
     """``test --ckpt_path``: weights of another model size -> ``error:`` naming the file, not a traceback."""
     from tasks.captioning.data import CaptionDataModule
     from tasks.captioning.module import CaptioningModule
@@ -367,7 +324,7 @@ def test_ckpt_path_that_does_not_fit_is_a_checkpoint_error(tmp_path: Path, capsy
     torch.save(ckpt, path)
     base = ["-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"), f"--trainer.default_root_dir={tmp_path / 'run'}"]
     assert main(["test", *base, "--ckpt_path", str(path)]) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert str(path) in err and "does not fit" in err and "vs model" in err, err
 
 
@@ -378,19 +335,19 @@ def test_bad_vocab_argument_is_a_config_error() -> None:
         CaptioningModule(vocab={"type": "char", "vocab": ["<pad>", "<s>", "</s>", "<unk>"]})
 
 
-def test_cli_scene_image_size_too_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_scene_image_size_too_small(tmp_path: Path, user_error: Callable[[], str]) -> None:
     from tasks.captioning import scenes
 
     assert main(_fit_args(tmp_path, "--data.image_size=32")) == 2
-    assert _user_error(capsys) == "error: data.image_size must be >= 48 for generated scenes, got 32"
+    assert user_error() == "error: data.image_size must be >= 48 for generated scenes, got 32"
     with pytest.raises(ConfigError, match=r"data\.image_size must be >= 48"):
         scenes.make_scene(0, "train", 0, image_size=40)
 
 
-def test_cli_caption_too_long_for_transformer_positions(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_caption_too_long_for_transformer_positions(tmp_path: Path, user_error: Callable[[], str]) -> None:
     assert main(_fit_args(tmp_path, "--model.decoder=transformer", "--model.d_model=32", "--model.num_heads=2",
                           "--model.ffn_dim=32", "--model.num_layers=1", "--data.max_caption_len=200")) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert err.startswith("error: data.max_caption_len=200 does not fit the transformer decoder's 128 learned positions"), err
 
 

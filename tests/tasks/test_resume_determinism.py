@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,15 +31,6 @@ try:
     HAVE_ESPEAK = True
 except ImportError:  # optional GPL extra
     HAVE_ESPEAK = False
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The test machine is small and shared: one intra-op thread avoids oversubscription stalls.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 class _LossRecorder(pl.Callback):

@@ -7,47 +7,32 @@ the exit status and stderr (``error:`` prefix, the file named, no traceback).
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from core.checkpoint import make_metadata
 from tasks.speech.audio import SAMPLE_RATE, load_audio
 from tasks.speech.cli import main
 from tasks.speech.data import BucketedSpeechDataset, make_char_tokenizer, validate_utterances
 from tasks.speech.features import FeatureConfig
 from tasks.speech.sources import Utterance
 
+if TYPE_CHECKING:
+    from conftest import BadCheckpoints
+
 # main(argv) from pytest: LightningCLI warns that the host process has its own sys.argv, which is expected.
 pytestmark = pytest.mark.filterwarnings("ignore:LightningCLI.s args parameter")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def tone(seconds: float, sr: int = SAMPLE_RATE, freq: float = 440.0) -> np.ndarray:
     t = np.arange(int(seconds * sr)) / sr
     return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
-
-
-def _user_error(capsys: pytest.CaptureFixture[str]) -> str:
-    """stderr of a CLI call that failed with a user error: one ``error:`` line, no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -117,56 +102,28 @@ def test_training_skips_utterances_over_max_seconds(tmp_path: Path) -> None:
     assert [u.text for u in kept] == ["short"]
 
 
-class _Evil:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
-        return (os.makedirs, (str(self.marker),))
-
-
-CKPT_KINDS = {"missing": "checkpoint file not found", "truncated": "truncated, corrupt or not a PyTorch checkpoint",
-              "not-a-checkpoint": "truncated, corrupt or not a PyTorch checkpoint", "unsafe": "could run code",
-              "other-task": "is a 'translation' checkpoint, expected a 'speech' checkpoint"}
-
-
-def _bad_checkpoint(tmp: Path, kind: str) -> Path:
-    path = tmp / f"{kind}.ckpt"
-    if kind == "truncated":
-        torch.save({"state_dict": {"w": torch.ones(64)}, "attn_suite": make_metadata("speech")}, path)
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "not-a-checkpoint":
-        path.write_bytes(b"junk")
-    elif kind == "unsafe":
-        torch.save({"state_dict": {}, "attn_suite": make_metadata("speech"), "x": _Evil(tmp / "pwned")}, path)
-    elif kind == "other-task":
-        torch.save({"state_dict": {}, "attn_suite": make_metadata("translation")}, path)
-    return path  # "missing": never written
-
-
-@pytest.mark.parametrize("kind", list(CKPT_KINDS))
-def test_transcribe_cli_bad_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _bad_checkpoint(tmp_path, kind)
+def test_transcribe_cli_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path,
+                                       user_error: Callable[[], str]) -> None:
+    kind = bad_checkpoint_kind
+    path = bad_checkpoints(kind, "speech")
     assert main(["transcribe", "--ckpt", str(path), str(tmp_path / "a.wav")]) == 2
-    err = _user_error(capsys)
-    assert str(path) in err and CKPT_KINDS[kind] in err, err
-    assert not (tmp_path / "pwned").exists()
+    err = user_error()
+    assert str(path) in err and bad_checkpoints.expected(kind, "speech") in err, err
 
 
-def test_cli_ckpt_path_bad_checkpoints(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_ckpt_path_bad_checkpoints(bad_checkpoints: BadCheckpoints, tmp_path: Path,
+                                       user_error: Callable[[], str]) -> None:
     """``test/fit --ckpt_path`` get the same checks as ``transcribe --ckpt`` (before any data is made)."""
     base = [f"--trainer.default_root_dir={tmp_path / 'run'}", f"--data.cache_dir={tmp_path / 'cache'}",
             "--trainer.logger=false"]
-    for kind in CKPT_KINDS:
-        path = _bad_checkpoint(tmp_path, kind)
+    for kind in bad_checkpoints.kinds:
+        path = bad_checkpoints(kind, "speech")
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2, kind
-        err = _user_error(capsys)
-        assert str(path) in err and CKPT_KINDS[kind] in err, err
+        err = user_error()
+        assert str(path) in err and bad_checkpoints.expected(kind, "speech") in err, (kind, err)
     assert main(["fit", *base, "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
-    assert str(tmp_path / "missing.ckpt") in _user_error(capsys)
+    assert str(tmp_path / "missing.ckpt") in user_error()
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())  # nothing synthesised
-    assert not (tmp_path / "pwned").exists()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,7 +188,7 @@ def _tampered(tiny_ckpt: Path, tmp: Path, how: str) -> Path:
 @pytest.mark.parametrize("how,msg", [("shape", "size mismatch"), ("missing-key", "Missing key"),
                                      ("no-state-dict", "has no 'state_dict'")])
 def test_tampered_checkpoint_is_a_checkpoint_error(how: str, msg: str, tiny_ckpt: Path, tmp_path: Path,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+                                                   user_error: Callable[[], str]) -> None:
     from core.errors import CheckpointError
     from tasks.speech.module import SpeechModule
 
@@ -240,7 +197,7 @@ def test_tampered_checkpoint_is_a_checkpoint_error(how: str, msg: str, tiny_ckpt
         SpeechModule.load_from_checkpoint(path)
     assert str(path) in str(e.value)
     assert main(["transcribe", "--ckpt", str(path), str(tmp_path / "a.wav")]) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert str(path) in err and msg in err, err
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,6 @@ from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 from tasks.translation.module import Translation, TranslationModule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "translation"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    # The test machine is small and shared: one intra-op thread avoids oversubscription stalls.
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 # ----------------------------------------------------------------------------------------- grammar

@@ -6,36 +6,21 @@ the exit status and stderr (``error:`` prefix, the file named, no traceback).
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 import torch
 
-from core.checkpoint import make_metadata
 from tasks.translation.cli import main
 from tasks.translation.data import TranslationDataModule
 
+if TYPE_CHECKING:
+    from conftest import BadCheckpoints
+
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "translation"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-def _user_error(capsys: pytest.CaptureFixture[str]) -> str:
-    """stderr of a CLI call that failed with a user error: one ``error:`` line, no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.startswith("error: ")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 def _fit_args(tmp: Path, *extra: str) -> list[str]:
@@ -65,42 +50,41 @@ def test_tatoeba_bad_lines_skipped_counted_first_five_then_total(tmp_path: Path)
 
 # ------------------------------------------------------------------------ fatal data errors: exit 2
 def test_cli_tsv_missing_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 capsys: pytest.CaptureFixture[str]) -> None:
+                                 user_error: Callable[[], str]) -> None:
     monkeypatch.chdir(tmp_path)
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("english\tspanish\nI love you\tte quiero\n", encoding="utf-8")
     assert main(_fit_args(tmp_path, "--data.source", "tsv", "--data.path", str(tsv))) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert err.startswith(f"error: {tsv}:1: missing column(s) ['en', 'es']; the header has ['english', 'spanish']")
 
 
 def test_cli_non_utf8_names_file_line_and_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               capsys: pytest.CaptureFixture[str]) -> None:
+                                               user_error: Callable[[], str]) -> None:
     monkeypatch.chdir(tmp_path)
     latin = tmp_path / "spa.txt"
     latin.write_bytes("I love you\tte quiero\nthe song\tla canción\n".encode("latin-1"))
     assert main(_fit_args(tmp_path, "--data.source", "tatoeba", "--data.path", str(latin))) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert err.startswith(f"error: {latin}:2: not valid UTF-8 (byte 0xf3 at column 18)"), err
 
 
-def test_cli_parallel_files_differ_in_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_parallel_files_differ_in_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[],
+                                             str]) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "train.en").write_text("I love you\nthe red car\n", encoding="utf-8")
     (tmp_path / "train.es").write_text("te quiero\n", encoding="utf-8")
     assert main(_fit_args(tmp_path, "--data.source", "parallel", "--data.path", str(tmp_path / "train"))) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert err.startswith(f"error: parallel files differ in length: {tmp_path / 'train.en'} has 2 lines, "
                           f"{tmp_path / 'train.es'} has 1"), err
 
 
-def test_cli_missing_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                               capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_missing_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]) -> None:
     monkeypatch.chdir(tmp_path)
     missing = tmp_path / "nope.txt"
     assert main(_fit_args(tmp_path, "--data.source", "tatoeba", "--data.path", str(missing))) == 2
-    assert _user_error(capsys) == f"error: data file not found: {missing}"
+    assert user_error() == f"error: data file not found: {missing}"
 
 
 # ------------------------------------------------------------------------ length limits, unknown chars
@@ -143,57 +127,28 @@ def test_unseen_characters_map_to_unk(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ checkpoints: exit 2
-def _bad_checkpoint(tmp: Path, kind: str) -> Path:
-    path = tmp / f"{kind}.ckpt"
-    if kind == "truncated":
-        torch.save({"state_dict": {"w": torch.ones(64)}, "attn_suite": make_metadata("translation")}, path)
-        data = path.read_bytes()
-        path.write_bytes(data[: len(data) // 2])
-    elif kind == "corrupt":
-        path.write_bytes(b"PK\x03\x04 not really a zip" * 10)
-    elif kind == "unsafe":
-        torch.save({"state_dict": {}, "attn_suite": make_metadata("translation"), "x": _Evil(tmp / "pwned")}, path)
-    elif kind == "other-task":
-        torch.save({"state_dict": {}, "attn_suite": make_metadata("captioning")}, path)
-    return path  # "missing": never written
-
-
-class _Evil:
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
-        return (os.makedirs, (str(self.marker),))
-
-
-CKPT_KINDS = {"missing": "checkpoint file not found", "truncated": "truncated, corrupt or not a PyTorch checkpoint",
-              "corrupt": "truncated, corrupt or not a PyTorch checkpoint", "unsafe": "could run code",
-              "other-task": "is a 'captioning' checkpoint, expected a 'translation' checkpoint"}
-
-
-@pytest.mark.parametrize("kind", list(CKPT_KINDS))
-def test_cli_translate_bad_checkpoint(kind: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _bad_checkpoint(tmp_path, kind)
+def test_cli_translate_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path,
+                                      user_error: Callable[[], str]) -> None:
+    kind = bad_checkpoint_kind
+    path = bad_checkpoints(kind, "translation")
     assert main(["translate", "--ckpt", str(path), "hi"]) == 2
-    err = _user_error(capsys)
-    assert str(path) in err and CKPT_KINDS[kind] in err, err
-    assert not (tmp_path / "pwned").exists()
+    err = user_error()
+    assert str(path) in err and bad_checkpoints.expected(kind, "translation") in err, err
 
 
-def test_cli_ckpt_path_bad_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_ckpt_path_bad_checkpoints(bad_checkpoints: BadCheckpoints, tmp_path: Path,
+                                       monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]) -> None:
     """``fit/test --ckpt_path`` get the same checks as ``translate --ckpt``."""
     monkeypatch.chdir(tmp_path)
     base = ["--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
             "--data.cache_dir", str(tmp_path / "cache")]
-    for kind in CKPT_KINDS:
-        path = _bad_checkpoint(tmp_path, kind)
+    for kind in bad_checkpoints.kinds:
+        path = bad_checkpoints(kind, "translation")
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2, kind
-        err = _user_error(capsys)
-        assert str(path) in err and CKPT_KINDS[kind] in err, err
+        err = user_error()
+        assert str(path) in err and bad_checkpoints.expected(kind, "translation") in err, (kind, err)
     assert main(["fit", *base, "--ckpt_path", str(tmp_path / "missing.ckpt")]) == 2
-    assert str(tmp_path / "missing.ckpt") in _user_error(capsys)
-    assert not (tmp_path / "pwned").exists()
+    assert str(tmp_path / "missing.ckpt") in user_error()
 
 
 # ------------------------------------------------------------------------ bad options: exit 2
@@ -201,11 +156,10 @@ def test_cli_ckpt_path_bad_checkpoints(tmp_path: Path, monkeypatch: pytest.Monke
     (["--beam", "2", "--nbest", "3"], "error: --nbest must be between 1 and --beam (2), got 3"),
     (["--beam", "0"], "error: --beam must be >= 1, got 0"),
 ])
-def test_cli_bad_beam_nbest(args: list[str], expected: str, tmp_path: Path,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_beam_nbest(args: list[str], expected: str, tmp_path: Path, user_error: Callable[[], str]) -> None:
     # Options are checked before the checkpoint is opened: a missing file is not what gets reported.
     assert main(["translate", "--ckpt", str(tmp_path / "never-read.ckpt"), *args, "hi"]) == 2
-    assert _user_error(capsys) == expected
+    assert user_error() == expected
 
 
 # ------------------------------------------------------------------------ tampered checkpoints: exit 2
@@ -247,8 +201,8 @@ TAMPERED = {"ok": None, "wrong-shape": "does not fit TranslationModule", "no-tok
 
 
 @pytest.mark.parametrize("kind", list(TAMPERED))
-def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(kind: str, tmp_path: Path,
-                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(kind: str, tmp_path: Path, user_error: Callable[[],
+                                                                   str]) -> None:
     from core.errors import CheckpointError
     from tasks.translation.module import TranslationModule
 
@@ -261,7 +215,7 @@ def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(kind: str, tm
         TranslationModule.load_from_checkpoint(path)
     assert str(path) in str(info.value) and expected in str(info.value)
     assert main(["translate", "--ckpt", str(path), "--beam", "1", "hi"]) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert str(path) in err and expected in err, err
 
 
@@ -275,10 +229,10 @@ def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(kind: str, tm
      "error: --data.val_size + --data.test_size (200+200) must be smaller than the"),
 ])
 def test_cli_bad_data_options(args: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                              capsys: pytest.CaptureFixture[str]) -> None:
+                              user_error: Callable[[], str]) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(_fit_args(tmp_path, *args)) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert err.startswith(expected), err
 
 
@@ -293,8 +247,8 @@ def test_grammar_too_many_pairs_is_a_config_error(monkeypatch: pytest.MonkeyPatc
         grammar.generate_corpus(n, seed=0)
 
 
-def test_cli_ckpt_path_weights_do_not_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_ckpt_path_weights_do_not_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[],
+                                          str]) -> None:
     """``test --ckpt_path`` with weights that do not fit the configured model: exit 2, file named."""
     monkeypatch.chdir(tmp_path)
     path = _tampered(tmp_path, "wrong-shape")
@@ -303,5 +257,5 @@ def test_cli_ckpt_path_weights_do_not_fit(tmp_path: Path, monkeypatch: pytest.Mo
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the checkpoint's tokenizers differ ..."
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2
-    err = _user_error(capsys)
+    err = user_error()
     assert str(path) in err and "does not fit the configured TranslationModule" in err, err
