@@ -197,7 +197,30 @@ def test_static_state_not_reordered_and_dynamic_follows_beams() -> None:
     model.static_ids.clear()
     beam_search(no_eos, init, batch_size=3, bos_id=BOS, eos_id=EOS, max_len=6, beam_size=4)
     assert len(model.static_ids) == 6
-    assert len(set(model.static_ids)) == 1  # the same (expanded once) tensor object every step
+    assert model.static_ids[0] == id(init["static"]["enc"])  # step 0: the caller's unexpanded rows
+    assert len(set(model.static_ids[1:])) == 1  # then the same (expanded once) tensor object every step
+
+
+def test_first_step_scores_one_row_per_item() -> None:
+    """Step 0 runs on the B initial rows (the beams are identical), later steps on B*K rows."""
+    model = ToyModel(seed=3)
+    rows: list[int] = []
+
+    def counting(last: Tensor, state: Any) -> tuple[Tensor, Any, Tensor]:
+        rows.append(last.numel())
+        return model.step(last, state)
+
+    kw = dict(batch_size=4, bos_id=BOS, eos_id=EOS, max_len=7, beam_size=3, nbest=3)
+    res = beam_search(counting, model.init_state(4), **kw)
+    assert rows[0] == 4 and rows[1] == 12
+    # The (B, V) first step broadcast over each item's beams must keep items apart: every item
+    # decodes exactly as it does alone (teacher-forced scores are checked in the n-best test).
+    for b in range(4):
+        one = beam_search(model.step, _slice(model.init_state(4), b), **{**kw, "batch_size": 1})
+        assert res.tokens[b] == one.tokens[0]
+        assert res.scores[b] == pytest.approx(one.scores[0], abs=1e-5)
+        for a, a1 in zip(res.attention[b], one.attention[0]):
+            torch.testing.assert_close(a, a1)
 
 
 def test_bad_args() -> None:
@@ -240,3 +263,33 @@ def test_cuda_matches_cpu() -> None:
     greedy = greedy_search(cuda.step, tree_map(lambda t: t.cuda(), init), batch_size=4, bos_id=BOS, eos_id=EOS,
                            max_len=10)
     assert greedy.tokens == greedy_search(model.step, init, batch_size=4, bos_id=BOS, eos_id=EOS, max_len=10).tokens
+
+
+@pytest.mark.parametrize("rows,vocab", [(4, 1037), (4, 2048), (1, 1100)])
+def test_blocked_top_candidates_match_topk(rows: int, vocab: int) -> None:
+    """The CPU block-max top-k returns exactly torch.topk's candidates (dead beams, -inf, short last block)."""
+    from core.decoding import _top_candidates
+
+    g = torch.Generator().manual_seed(vocab)
+    a, k, n = 3, 4, 8
+    lp = torch.log_softmax(torch.randn(a, rows, vocab, generator=g) * 3, -1)
+    lp[0, 0, vocab - 1] = 5.0  # best candidate in the short last block
+    lp[1, :, :100] = float("-inf")
+    beam = torch.randn(a, k, generator=g)
+    beam[2, 1:] = torch.finfo(torch.float32).min  # dead beams
+    scores, idx = _top_candidates(beam, lp, n)
+    ref_scores, ref_idx = (beam[:, :rows, None] + lp).view(a, -1).topk(n, dim=1)
+    assert torch.equal(scores, ref_scores)
+    assert torch.equal(idx, ref_idx)
+
+
+def test_beam_search_same_with_and_without_blocked_topk(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.decoding as dec
+
+    model = ToyModel(vocab=3000, dim=16, seed=5, eos_bonus=0.3)
+    kw = dict(batch_size=3, bos_id=BOS, eos_id=EOS, max_len=8, beam_size=4, nbest=4)
+    blocked = beam_search(model.step, model.init_state(3), **kw)
+    monkeypatch.setattr(dec, "TOPK_BLOCK", 10**6)  # one block: the plain topk path
+    plain = beam_search(model.step, model.init_state(3), **kw)
+    assert blocked.tokens == plain.tokens
+    assert blocked.scores == plain.scores
