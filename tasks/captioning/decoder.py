@@ -18,11 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attention import build_attention
 from core.errors import ConfigError
+from core.inference import step_log_probs, vocab_projection
 
 
 def attention_kwargs(name: str, attention_dim: int, num_heads: int, dropout: float) -> dict[str, Any]:
@@ -151,8 +151,8 @@ class LSTMAttentionDecoder(nn.Module):
         emb = self.embed(tokens)  # (N, E)
         ctx, w, prev = self._attend(state["h"], feats, cache, state["prev"])
         h, c = self.cell(torch.cat([emb, ctx], dim=-1), (state["h"], state["c"]))
-        logits = self.out(torch.cat([h, ctx, emb], dim=-1))  # (N, V)
-        return F.log_softmax(logits.float(), dim=-1), {"h": h, "c": c, "prev": prev, "static": state["static"]}, w
+        logits = vocab_projection(self.out, torch.cat([h, ctx, emb], dim=-1))  # (N, V)
+        return step_log_probs(logits), {"h": h, "c": c, "prev": prev, "static": state["static"]}, w
 
 
 class _DecoderLayer(nn.Module):
@@ -281,6 +281,6 @@ class TransformerCaptionDecoder(nn.Module):
             x, w, cache = layer(x, mem, cache, need_weights=i == len(self.layers) - 1)
             new_caches.append(cache)
             weights = w
-        logits = self.out(self.norm(x[:, 0]))  # (N, V)
+        logits = vocab_projection(self.out, self.norm(x[:, 0]))  # (N, V)
         attn = weights.mean(1)[:, 0] if weights is not None else None  # (N, H, 1, S) -> (N, S)
-        return F.log_softmax(logits.float(), dim=-1), {"cache": new_caches, "static": state["static"]}, attn
+        return step_log_probs(logits), {"cache": new_caches, "static": state["static"]}, attn

@@ -19,11 +19,11 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.attention import LocationAttention, build_attention, lengths_to_mask
+from core.inference import step_log_probs, vocab_projection
 from core.tokenizers import PAD_ID
 
 RNNType = Literal["gru", "lstm"]
@@ -226,5 +226,5 @@ class RNNSeq2Seq(nn.Module):
             log_probs (N, V) float32, new state, attention or None.
         """
         feed, state, w = self._decode_step(self.tgt_embedding(last_tokens), state, need_weights)
-        logits = self.out(self.pre_out(feed))  # (N, V)
-        return F.log_softmax(logits.float(), dim=-1), state, (w if need_weights else None)
+        logits = vocab_projection(self.out, self.pre_out(feed))  # (N, V)
+        return step_log_probs(logits), state, (w if need_weights else None)

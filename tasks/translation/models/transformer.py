@@ -15,10 +15,10 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attention import build_attention, lengths_to_mask
+from core.inference import step_log_probs, vocab_projection
 from core.tokenizers import PAD_ID
 
 
@@ -219,5 +219,5 @@ class TransformerSeq2Seq(nn.Module):
             new_cache.append(kv)
             if w is not None:
                 weights = w.mean(dim=1)[:, 0]  # (N, H, 1, S) -> (N, S)
-        logits = self.out(self.dec_norm(x[:, 0]))  # (N, D) -> (N, V)
-        return F.log_softmax(logits.float(), dim=-1), {"shared": st, "cache": new_cache}, weights
+        logits = vocab_projection(self.out, self.dec_norm(x[:, 0]))  # (N, D) -> (N, V)
+        return step_log_probs(logits), {"shared": st, "cache": new_cache}, weights
