@@ -140,36 +140,56 @@ class NaiveRNN(nn.Module):
 
 def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: int = 12, vocab: int = 2000,
                emb: int = 128, hidden: int = 256, device: str = "cpu", profile: bool = False,
-               warmup: int = 3) -> dict[str, Any]:
-    """Training tokens/s of our RNNSeq2Seq vs :class:`NaiveRNN` at equal size on random batches."""
+               warmup: int = 3, compile_mode: str | None = None) -> dict[str, Any]:
+    """Training tokens/s of our RNNSeq2Seq vs :class:`NaiveRNN` at equal size on random batches.
+
+    With ``compile_mode`` (a `torch.compile` mode, e.g. ``default`` or ``reduce-overhead`` for CUDA
+    graphs) a third model, ours under `torch.compile` (same initial weights), is timed too.
+    """
     from tasks.translation.models import RNNSeq2Seq
 
     torch.manual_seed(0)
     src = torch.randint(4, vocab, (batch, src_len), device=device)
     lengths = torch.full((batch,), src_len, device=device)
+    # What TranslationModule passes: the lengths taken on the host before the batch moved.
+    host_lengths = torch.full((batch,), src_len)
     tgt = torch.randint(4, vocab, (batch, tgt_len), device=device)
     models = {"ours": RNNSeq2Seq(vocab, vocab, emb, hidden, dropout=0.0).to(device),
               "naive": NaiveRNN(vocab, vocab, emb, hidden).to(device)}
     out: dict[str, Any] = {"batch": batch, "src_len": src_len, "tgt_len": tgt_len, "vocab": vocab,
-                           "emb": emb, "hidden": hidden, "steps": steps, "warmup": warmup}
+                           "emb": emb, "hidden": hidden, "steps": steps, "warmup": warmup,
+                           "compile_mode": compile_mode}
+    losses: dict[str, Any] = {
+        "ours": lambda: models["ours"](src, lengths, tgt, host_lengths=host_lengths)[0],
+        "naive": lambda: models["naive"](src, tgt),
+    }
+    if compile_mode:
+        twin = RNNSeq2Seq(vocab, vocab, emb, hidden, dropout=0.0).to(device)
+        twin.load_state_dict(models["ours"].state_dict())
+        models["ours_compiled"] = twin
+        fwd = torch.compile(lambda: twin(src, lengths, tgt, host_lengths=host_lengths)[0], mode=compile_mode)
+        losses["ours_compiled"] = fwd
     opts = {name: torch.optim.AdamW(m.parameters(), 1e-3) for name, m in models.items()}
 
     def step(name: str) -> None:
-        m, opt = models[name], opts[name]
-        logits = m(src, lengths, tgt)[0] if name == "ours" else m(src, tgt)
+        if name == "ours_compiled" and compile_mode and "cudagraphs" not in compile_mode and device == "cuda":
+            torch.compiler.cudagraph_mark_step_begin()  # a new training iteration for CUDA-graph trees
+        logits = losses[name]()  # (B, T, V)
         loss = nn.functional.cross_entropy(logits.reshape(-1, vocab), tgt.reshape(-1))  # (B*T, V)
-        opt.zero_grad(set_to_none=True)
+        opts[name].zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
+        opts[name].step()
 
     def sync() -> None:
         if device == "cuda":
             torch.cuda.synchronize()
 
+    t_warm = time.perf_counter()
     for _ in range(warmup):  # warm-up (allocator, cuDNN plans, torch.compile of core kernels)
         for name in models:
             step(name)
     sync()
+    out["warmup_seconds"] = round(time.perf_counter() - t_warm, 1)  # includes compile time
     # The two models' steps alternate (order flipped every round) and each step is timed on its own,
     # so load from other jobs hits both alike; medians resist the outliers such load causes.
     times: dict[str, list[float]] = {name: [] for name in models}
@@ -198,6 +218,20 @@ def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: in
             print(f"--- {name} ---\n" + prof.key_averages().table(sort_by=key, row_limit=15), file=sys.stderr)
     out["speedup_best"] = round(out["ours_best_tokens_per_s"] / out["naive_best_tokens_per_s"], 2)
     out["speedup"] = round(out["ours_tokens_per_s"] / out["naive_tokens_per_s"], 2)
+    # Work per training step (matmul-family FLOPs counted by torch, forward + backward): when both
+    # models run at the same FLOP/s (compute-bound, e.g. on CPU) the speed-up cannot exceed this
+    # ratio; above it, the difference is per-op overhead (kernel launches, dispatch).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    for name in ("ours", "naive"):
+        with FlopCounterMode(display=False) as fc:
+            step(name)
+        flops = fc.get_total_flops()
+        out[f"{name}_gflop_per_step"] = round(flops / 1e9, 3)
+        out[f"{name}_gflop_per_s"] = round(flops / (tokens / out[f"{name}_tokens_per_s"]) / 1e9, 1)
+    out["flop_ratio_naive_over_ours"] = round(out["naive_gflop_per_step"] / out["ours_gflop_per_step"], 2)
+    if compile_mode:
+        out["speedup_compiled"] = round(out["ours_compiled_tokens_per_s"] / out["naive_tokens_per_s"], 2)
     return out
 
 
@@ -228,12 +262,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table per model (stderr)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps of the throughput comparison")
+    p.add_argument("--compile", default=None, metavar="MODE",
+                   help="also time our RNN under torch.compile with this mode (default, reduce-overhead, ...)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"machine": machine()}
     if not args.no_throughput:
-        result["rnn_throughput"] = throughput(device=args.device, profile=args.profile, warmup=args.warmup)
+        result["rnn_throughput"] = throughput(device=args.device, profile=args.profile, warmup=args.warmup,
+                                              compile_mode=args.compile)
     if not args.throughput_only:
         with tempfile.TemporaryDirectory(prefix="bench-translation-") as tmp:
             result["quality"] = quality_run(args.config, args.minutes, extra, Path(tmp))
@@ -252,7 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         r = result["rnn_throughput"]
         print(f"| RNN+additive train throughput (B={r['batch']}, {r['src_len']}+{r['tgt_len']} tok, V={r['vocab']}) "
               f"| {dev} | ours {r['ours_tokens_per_s']:.0f} tok/s vs naive {r['naive_tokens_per_s']:.0f} tok/s "
-              f"= {r['speedup']}x |")
+              f"= {r['speedup']}x (naive does {r['flop_ratio_naive_over_ours']}x our FLOPs per step) |")
+        if r.get("compile_mode"):
+            print(f"| same, ours under torch.compile(mode={r['compile_mode']!r}) | {dev} | "
+                  f"{r['ours_compiled_tokens_per_s']:.0f} tok/s = {r['speedup_compiled']}x naive |")
     return 0
 
 

@@ -308,14 +308,26 @@ class TranslationModule(pl.LightningModule):
         return model
 
     # ------------------------------------------------------------------ training
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False
-                ) -> tuple[Tensor, Tensor | None]:
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Keep a host copy of the source lengths (a tuple: Lightning moves only tensors), so the
+        RNN encoder packs without copying lengths back from the GPU (a sync every step)."""
+        if isinstance(batch, dict) and isinstance(batch.get("src_lengths"), Tensor) \
+                and batch["src_lengths"].device.type == "cpu":
+            batch["src_lengths_host"] = tuple(batch["src_lengths"].tolist())
+        return batch
+
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
+                src_lengths_host: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits (B, T, V) and attention (B, T, S) or None."""
         assert self.model is not None
+        if src_lengths_host is not None and isinstance(self.model, RNNSeq2Seq):
+            host = torch.tensor(src_lengths_host, dtype=torch.long)  # (B,) on CPU
+            return self.model(src, src_lengths, tgt_in, need_weights=need_weights, host_lengths=host)
         return self.model(src, src_lengths, tgt_in, need_weights=need_weights)
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        logits, _ = self(batch["src"], batch["src_lengths"], batch["tgt_in"])
+        logits, _ = self(batch["src"], batch["src_lengths"], batch["tgt_in"],
+                         src_lengths_host=batch.get("src_lengths_host"))
         v = logits.shape[-1]
         loss = F.cross_entropy(logits.reshape(-1, v).float(), batch["tgt_out"].reshape(-1),  # (B*T, V), (B*T,)
                                ignore_index=0, label_smoothing=self.hparams.label_smoothing)

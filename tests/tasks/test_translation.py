@@ -500,3 +500,32 @@ def test_encoder_skips_packing_without_padding(rnn_type: str) -> None:
     h = h[0] if isinstance(h, tuple) else h
     torch.testing.assert_close(out, ref)
     torch.testing.assert_close(final, torch.cat([h[-2], h[-1]], dim=-1))
+
+
+def test_rnn_training_step_packs_from_host_lengths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The module hands the encoder CPU lengths taken before the batch moves (no GPU->CPU copy in the
+    step); padded batches give the same loss either way."""
+    from tasks.translation.models.rnn import RNNEncoder
+
+    dm = _tiny_dm(tmp_path, limit_train_pairs=16)
+    dm.setup("fit")
+    model = TranslationModule(emb_dim=16, hidden_dim=32, dropout=0.0, num_plot_sentences=0)
+    model.set_tokenizers(dm.src_tokenizer, dm.tgt_tokenizer)  # type: ignore[arg-type]
+    model.build_model()
+    batch = next(iter(dm.train_dataloader()))
+    batch["src_lengths"][0] = 2  # force padding: the packed path
+    moved = model.on_before_batch_transfer(dict(batch), 0)
+    assert moved["src_lengths_host"] == tuple(batch["src_lengths"].tolist())
+    seen: list[object] = []
+    original = RNNEncoder.forward
+
+    def spy(self: RNNEncoder, src: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor | None = None):
+        seen.append(host_lengths)
+        return original(self, src, lengths, host_lengths)
+
+    monkeypatch.setattr(RNNEncoder, "forward", spy)
+    with_host, _ = model._loss(moved)
+    without, _ = model._loss(batch)
+    assert isinstance(seen[0], torch.Tensor) and seen[0].tolist() == batch["src_lengths"].tolist()
+    assert seen[1] is None
+    torch.testing.assert_close(with_host, without)

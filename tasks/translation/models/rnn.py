@@ -51,20 +51,22 @@ class RNNEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_dim = 2 * hidden_dim
 
-    def forward(self, src: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, src: Tensor, lengths: Tensor, host_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Encode.
 
         Args:
             src: (B, S) token ids.
             lengths: (B,) valid lengths (≥ 1).
+            host_lengths: the same lengths as a CPU tensor, when the caller has them: packing needs
+                CPU lengths, and copying ``lengths`` from a GPU is a host-device sync per batch.
 
         Returns:
             outputs (B, S, 2H) (zeros at padding) and final (B, 2H) = [forward last; backward first]
             state of the top layer.
         """
         emb = self.dropout(self.embedding(src))  # (B, S, E)
-        # pack_padded_sequence needs CPU lengths: one small host copy per batch, not per step.
-        cpu_lengths = lengths.cpu()
+        # pack_padded_sequence needs CPU lengths: without host_lengths, one small copy per batch.
+        cpu_lengths = host_lengths if host_lengths is not None else lengths.cpu()
         if bool((cpu_lengths == src.shape[1]).all()):
             # No padding (e.g. length-bucketed batches): the plain cuDNN/fused RNN call gives the
             # same result without the sort, pack and unpack kernels.
@@ -141,8 +143,8 @@ class RNNSeq2Seq(nn.Module):
             self.out = nn.Linear(hidden_dim, tgt_vocab)
 
     # ------------------------------------------------------------------ pieces
-    def _encode(self, src: Tensor, src_lengths: Tensor) -> dict[str, Any]:
-        enc, final = self.encoder(src, src_lengths)  # (B, S, 2He), (B, 2He)
+    def _encode(self, src: Tensor, src_lengths: Tensor, host_lengths: Tensor | None = None) -> dict[str, Any]:
+        enc, final = self.encoder(src, src_lengths, host_lengths)  # (B, S, 2He), (B, 2He)
         mask = lengths_to_mask(src_lengths, src.shape[1])  # (B, S) True = real token
         keys = self.key_proj(enc) if self.key_proj is not None else enc  # (B, S, Dk)
         static = {"keys": keys, "values": enc, "mask": mask,
@@ -184,8 +186,8 @@ class RNNSeq2Seq(nn.Module):
         return feed, new_state, weights
 
     # ------------------------------------------------------------------ interface
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False
-                ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
+                host_lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits.
 
         Args:
@@ -193,11 +195,12 @@ class RNNSeq2Seq(nn.Module):
             src_lengths: (B,).
             tgt_in: (B, T) BOS + target ids.
             need_weights: also return attention.
+            host_lengths: ``src_lengths`` as a CPU tensor, if at hand (no host-device sync then).
 
         Returns:
             logits (B, T, V) and attention (B, T, S) or None.
         """
-        state = self._encode(src, src_lengths)
+        state = self._encode(src, src_lengths, host_lengths)
         emb = self.dropout(self.tgt_embedding(tgt_in))  # (B, T, E)
         feeds, attns = [], []
         for t in range(tgt_in.shape[1]):
