@@ -356,6 +356,7 @@ class CaptioningModule(L.LightningModule):
             [{"params": enc, "lr": hp.lr * hp.encoder_lr_scale}, {"params": dec, "lr": hp.lr}],
             lr=hp.lr,
             weight_decay=hp.weight_decay,
+            fused=self.device.type == "cuda",  # one kernel launch for all parameters on GPU
         )
         total = None
         if hp.lr_schedule in ("cosine", "linear"):

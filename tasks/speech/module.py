@@ -359,7 +359,8 @@ class SpeechModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         from core.training import build_scheduler
 
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
+                                fused=self.device.type == "cuda")  # one kernel launch for all parameters on GPU
         return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.hparams.warmup_steps, "inverse_sqrt")}
 
     # ------------------------------------------------------------------------------------------
