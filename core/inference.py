@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import weakref
+
 import torch
 from torch import Tensor, nn
 
@@ -31,14 +33,16 @@ def vocab_projection(layer: nn.Linear, x: Tensor) -> Tensor:
     if x.dim() != 2 or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32 or (
             torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
         return layer(x)
+    # The same tensor object (a weak reference: a replaced weight is not kept alive), storage and
+    # version: an address alone could be reused by a new weight after the old one is freed.
     key = (w.data_ptr(), w._version)
     cached = layer.__dict__.get(_CACHE_ATTR)
-    if cached is None or cached[0] != key:
-        cached = (key, w.detach().t().contiguous())  # (V, D) -> (D, V) row-major
+    if cached is None or cached[0]() is not w or cached[1] != key:
+        cached = (weakref.ref(w), key, w.detach().t().contiguous())  # (V, D) -> (D, V) row-major
         layer.__dict__[_CACHE_ATTR] = cached  # a plain attribute: never in the state_dict
     if layer.bias is None:
-        return torch.mm(x, cached[1])
-    return torch.addmm(layer.bias, x, cached[1])
+        return torch.mm(x, cached[2])
+    return torch.addmm(layer.bias, x, cached[2])
 
 
 def step_log_probs(logits: Tensor) -> Tensor:

@@ -85,3 +85,15 @@ def test_step_log_probs_allocates_when_it_must() -> None:
     assert x.grad is not None
     strided = torch.randn(10, 4).t()
     torch.testing.assert_close(step_log_probs(strided), torch.log_softmax(strided, -1))
+
+
+def test_replaced_weight_is_never_served_from_the_cache() -> None:
+    layer = _layer()
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        vocab_projection(layer, x)
+        for scale in (2.0, 3.0):  # new Parameter objects, never modified in place (version 0)
+            layer.weight = nn.Parameter(torch.randn(50, 16) * scale)
+            torch.testing.assert_close(vocab_projection(layer, x), layer(x))
+        layer.weight.data = torch.randn(50, 16)  # same object, new storage
+        torch.testing.assert_close(vocab_projection(layer, x), layer(x))
