@@ -140,7 +140,8 @@ def _top_candidates(beam_scores: Tensor, log_probs: Tensor, n: int) -> tuple[Ten
     # CPU: torch.topk scans an (A, R*V) row at ~1 ns per element, a vectorised max ~10x faster.
     # Taking the maximum of each block of TOPK_BLOCK log-probs first, the n best candidates lie in
     # the n blocks with the best (offset) maxima: any candidate outside them is beaten by those n
-    # maxima. So the exact top n comes from topk over the block maxima, then over n blocks.
+    # maxima. So the top n scores come from topk over the block maxima, then over n blocks, exactly
+    # (only the order among exactly tied candidates may differ from one flat topk).
     # The (A, R, V) sum is never materialised either.
     x = log_probs.reshape(a * r, v)  # (A*R, V)
     full = (v // TOPK_BLOCK) * TOPK_BLOCK
@@ -330,6 +331,9 @@ def beam_search(
         A = active.numel()
         log_probs, state, attn = step_fn(last, state)
         V = log_probs.size(-1)
+        if log_probs.shape[0] != last.shape[0]:
+            raise ValueError(f"step_fn returned log_probs for {log_probs.shape[0]} rows, "
+                             f"expected one per input token ({last.shape[0]})")
         if t == 0:  # one row per item so far: (B, ...) -> (B*K, ...)
             state = _map_state(state, expand, expand)
             if attn is not None:

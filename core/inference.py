@@ -9,7 +9,10 @@ from torch import Tensor, nn
 
 __all__ = ["step_log_probs", "vocab_projection"]
 
-_CACHE_ATTR = "_decode_weight_t"
+# layer -> (weak reference to its weight, (storage address, version), (D, V) copy). Kept outside the
+# module so that modules still pickle (torch.save(model), spawn) and carry no extra copy when they do.
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref[Tensor], tuple[int, int], Tensor]] = (
+    weakref.WeakKeyDictionary())
 
 
 def vocab_projection(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -18,9 +21,12 @@ def vocab_projection(layer: nn.Linear, x: Tensor) -> Tensor:
     On CPU, oneDNN runs ``(N, D) @ (D, V)`` 10-19 % faster from a contiguous ``(D, V)`` matrix
     than from ``nn.Linear``'s ``(V, D)`` weight at decoding sizes (measured at N 80, D 256,
     V 8000 with 1 and 2 threads; no gain for the small square projections), and the vocabulary
-    projection is the largest matmul of a step. The copy is made once and kept until the weight
-    changes (its version counter or storage), so optimizer steps, ``load_state_dict`` and tied
-    embeddings stay consistent. Elsewhere (GPU, autograd, non-fp32) this is ``layer(x)``.
+    projection is the largest matmul of a step. The copy is made once and remade when the weight
+    changes: another tensor object, another storage, or an in-place update through autograd's
+    version counter (optimizer steps, ``load_state_dict``, writes through a tied embedding).
+    Writes through ``weight.data`` bypass the version counter and are not seen: after
+    ``layer.weight.data.copy_(...)`` call ``vocab_projection.cache_clear()``. Elsewhere (GPU,
+    autograd, non-fp32, inference-mode weights, which have no version counter) this is ``layer(x)``.
 
     Args:
         layer: the output projection (weight ``(V, D)``).
@@ -31,18 +37,25 @@ def vocab_projection(layer: nn.Linear, x: Tensor) -> Tensor:
     """
     w = layer.weight
     if x.dim() != 2 or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32 or (
-            torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
+            w.is_inference() or torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
         return layer(x)
     # The same tensor object (a weak reference: a replaced weight is not kept alive), storage and
     # version: an address alone could be reused by a new weight after the old one is freed.
     key = (w.data_ptr(), w._version)
-    cached = layer.__dict__.get(_CACHE_ATTR)
+    cached = _CACHE.get(layer)
     if cached is None or cached[0]() is not w or cached[1] != key:
         cached = (weakref.ref(w), key, w.detach().t().contiguous())  # (V, D) -> (D, V) row-major
-        layer.__dict__[_CACHE_ATTR] = cached  # a plain attribute: never in the state_dict
+        _CACHE[layer] = cached
     if layer.bias is None:
         return torch.mm(x, cached[2])
     return torch.addmm(layer.bias, x, cached[2])
+
+
+def _cache_clear() -> None:
+    _CACHE.clear()
+
+
+vocab_projection.cache_clear = _cache_clear  # type: ignore[attr-defined]
 
 
 def step_log_probs(logits: Tensor) -> Tensor:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from core import inference
 from core.inference import step_log_probs, vocab_projection
 
 
@@ -19,7 +20,7 @@ def test_matches_layer_with_and_without_bias() -> None:
         layer = _layer(bias)
         with torch.no_grad():
             torch.testing.assert_close(vocab_projection(layer, x), layer(x))
-        assert "_decode_weight_t" in layer.__dict__  # the cached path ran
+        assert layer in inference._CACHE  # the cached path ran
         assert set(layer.state_dict()) == ({"weight", "bias"} if bias else {"weight"})
 
 
@@ -58,7 +59,7 @@ def test_autograd_and_other_shapes_use_the_layer() -> None:
     y = vocab_projection(layer, x)  # grad enabled: plain layer, gradients flow
     y.sum().backward()
     assert layer.weight.grad is not None
-    assert "_decode_weight_t" not in layer.__dict__
+    assert layer not in inference._CACHE
     with torch.no_grad():
         x3 = torch.randn(2, 3, 16)
         torch.testing.assert_close(vocab_projection(layer, x3), layer(x3))
@@ -96,4 +97,30 @@ def test_replaced_weight_is_never_served_from_the_cache() -> None:
             layer.weight = nn.Parameter(torch.randn(50, 16) * scale)
             torch.testing.assert_close(vocab_projection(layer, x), layer(x))
         layer.weight.data = torch.randn(50, 16)  # same object, new storage
+        torch.testing.assert_close(vocab_projection(layer, x), layer(x))
+
+
+def test_modules_still_pickle_and_inference_mode_weights_work() -> None:
+    import io
+    import pickle
+
+    layer = _layer()
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        vocab_projection(layer, x)
+    buf = io.BytesIO()
+    torch.save(layer, buf)  # no cache object inside the module
+    assert isinstance(pickle.loads(pickle.dumps(layer)), nn.Linear)
+    with torch.inference_mode():
+        fresh = _layer()  # inference tensors: no version counter, plain layer(x)
+        torch.testing.assert_close(vocab_projection(fresh, x), fresh(x))
+
+
+def test_writes_through_data_need_cache_clear() -> None:
+    layer = _layer()
+    x = torch.randn(3, 16)
+    with torch.no_grad():
+        vocab_projection(layer, x)
+        layer.weight.data.mul_(2)  # bypasses the version counter (documented)
+        vocab_projection.cache_clear()
         torch.testing.assert_close(vocab_projection(layer, x), layer(x))
