@@ -22,17 +22,23 @@ from core.attention.base import Attention, masked_softmax
 CHUNK_ELEMENTS = 1 << 22
 #: On GPU, fewer and larger blocks: each block is a handful of kernel launches.
 CUDA_CHUNK_ELEMENTS = 1 << 27
-#: ``memory_efficient=None`` (auto) uses the recomputing `additive_scores` only above this many
-#: elements in the ``(B, Tq, S, H)`` energy tensor of one call (a decoder step has Tq = 1), and
-#: the plain formulation below it. See `AdditiveAttention` for the measurements behind them.
-AUTO_CPU_ELEMENTS = 1 << 22
-AUTO_CUDA_ELEMENTS = 1 << 25
+#: ``memory_efficient=None`` (auto) uses the recomputing `additive_scores` only when the energy
+#: tanh that the plain formulation would keep for backward has more than this many elements, and
+#: the plain formulation below it. See `AdditiveAttention` for the rule and the measurements.
+AUTO_CPU_ELEMENTS = 1 << 26
+AUTO_CUDA_ELEMENTS = 1 << 28
 
 
 def auto_memory_efficient(b: int, t: int, s: int, h: int, device: torch.device) -> bool:
-    """What ``memory_efficient=None`` picks for a ``(B, Tq, S, H)`` energy tensor on ``device``."""
+    """What ``memory_efficient=None`` picks for a call with ``(B, Tq, S, H)`` energies on ``device``.
+
+    A decoder step (``Tq == 1``) is one of a loop whose kept tensors add up, so it is budgeted as
+    the ``(B, S, S, H)`` whole loop (about one step per source position); a sequence call
+    (``Tq > 1``) as its own ``(B, Tq, S, H)``.
+    """
     bound = AUTO_CUDA_ELEMENTS if device.type == "cuda" else AUTO_CPU_ELEMENTS
-    return b * t * s * h > bound
+    steps = max(t, s) if t == 1 else t
+    return b * steps * s * h > bound
 
 
 def _chunk_len(b: int, t: int, s: int, h: int, device: torch.device) -> int:
@@ -183,15 +189,16 @@ class AdditiveAttention(Attention):
       micro-benchmark).
     * False: the plain autograd formulation, which keeps the tanh for backward but runs fewer
       ops (3 forward kernels, no Python backward).
-    * None ("auto"): the plain formulation while the energy tensor of one call has at most
-      `AUTO_CPU_ELEMENTS` (2^22, 16 MiB in fp32) elements on CPU or `AUTO_CUDA_ELEMENTS`
-      (2^25) on CUDA, the recomputing one above, where keeping one ``(B, S, H)`` tanh per step
-      becomes the memory problem. Measured, 12 decoder steps fwd+bwd with keys projected once
-      (min of 5 interleaved runs, 2 threads, shared CPU): the recompute ran at 0.56-0.73x the
-      plain speed at every size tried, B128 S12 H256 (0.39M elements per step) to B32 S400
-      H256 (3.3M); on an H200 (bf16) it ran at 0.59x a naive step (keys re-projected every
-      step) at B32 S1000 H512 (16.4M elements), so on CUDA the plain form is kept up to twice
-      that size. Speed never favours the recompute in these figures: it is a memory choice.
+    * None ("auto"): the plain formulation while the tanh it keeps stays small, the recomputing
+      one above: at most `AUTO_CPU_ELEMENTS` (2^26, 256 MiB in fp32) elements on CPU or
+      `AUTO_CUDA_ELEMENTS` (2^28) on CUDA, where a decoder step counts as a loop of about S
+      steps (`auto_memory_efficient`): a step alone is small, the loop's ``(B, T, S, H)`` is
+      not. So short sentences (B128 S12 H256: 4.7M) take the faster plain form and 1,000-frame
+      speech (B4 S1000 H128: 512M) never keeps the loop's tanh. Measured, 12 decoder steps
+      fwd+bwd with keys projected once (min of 5 interleaved runs, 2 threads, shared CPU): the
+      recompute ran at 0.56-0.73x the plain speed at every size tried, B128 S12 H256 to B32
+      S400 H256; on an H200 (bf16) at 0.59x a naive step at B32 S1000 H512. Speed never favours
+      the recompute in these figures: it is a memory choice.
     """
 
     def __init__(

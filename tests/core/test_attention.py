@@ -312,7 +312,7 @@ def test_memory_efficient_flag_same_values_and_grads(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["additive", "location"])
 def test_auto_memory_efficient_picks_by_size_and_matches(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """memory_efficient=None: plain below AUTO_*_ELEMENTS, recompute above; same values and grads."""
+    """memory_efficient=None: plain up to AUTO_*_ELEMENTS, recompute above; same values and grads."""
     import core.attention.additive as additive
 
     kw = {"kernel_size": 3, "conv_channels": 2} if name == "location" else {}
@@ -324,11 +324,11 @@ def test_auto_memory_efficient_picks_by_size_and_matches(name: str, monkeypatch:
     auto.load_state_dict(ref.state_dict())
     k = torch.randn(3, 4, 6, requires_grad=True)
     mask = lengths_to_mask(torch.tensor([4, 2, 0]), 4)  # a fully masked row too
-    q = torch.randn(3, 6, requires_grad=True)  # one decoder step: B*S*H = 3*4*6 elements
+    q = torch.randn(3, 6, requires_grad=True)  # one decoder step, budgeted as a loop: B*S*S*H = 3*4*4*6
     expected = ref(q, k, k, mask)
     g_ref = torch.autograd.grad(expected.context.sum(), (q, k))
     calls.clear()
-    for bound, uses_recompute in [(3 * 4 * 6, False), (3 * 4 * 6 - 1, True)]:
+    for bound, uses_recompute in [(3 * 4 * 4 * 6, False), (3 * 4 * 4 * 6 - 1, True)]:
         monkeypatch.setattr(additive, "AUTO_CPU_ELEMENTS", bound)
         out = auto(q, k, k, mask)
         assert bool(calls) == uses_recompute
@@ -344,11 +344,17 @@ def test_auto_memory_efficient_rule() -> None:
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not auto_memory_efficient(128, 1, 12, 256, cpu)  # the translation benchmark's decoder step
-    assert not auto_memory_efficient(32, 1, 400, 256, cpu)  # plain measured faster on CPU up to here
-    assert auto_memory_efficient(1, 1, AUTO_CPU_ELEMENTS + 1, 1, cpu)
+    assert not auto_memory_efficient(64, 1, 30, 512, cuda)  # Tatoeba-sized sentences on a GPU
+    # A decoder step is budgeted as its loop: (B, S, S, H). 1,000-frame speech, even at batch 4,
+    # and 500-token sources never keep the loop's tanh, though one step alone is small.
+    assert auto_memory_efficient(4, 1, 1000, 128, cpu)
+    assert auto_memory_efficient(32, 1, 1000, 512, cuda)
+    assert auto_memory_efficient(32, 1, 500, 256, cpu)
     assert auto_memory_efficient(32, 100, 400, 256, cpu)  # a full (B, T, S, H) sequence call
-    assert not auto_memory_efficient(32, 1, 1000, 512, cuda)  # H200: the recompute measured 0.59x there
-    assert auto_memory_efficient(1, 1, AUTO_CUDA_ELEMENTS + 1, 1, cuda)
+    assert not auto_memory_efficient(1, 2, 1, AUTO_CPU_ELEMENTS // 2, cpu)  # sequence call: its own size
+    assert auto_memory_efficient(1, 2, 1, AUTO_CPU_ELEMENTS // 2 + 1, cpu)
+    assert auto_memory_efficient(1, 2, 1, AUTO_CUDA_ELEMENTS // 2 + 1, cuda)
+    assert not auto_memory_efficient(1, 2, 1, AUTO_CUDA_ELEMENTS // 2, cuda)
     assert AUTO_CPU_ELEMENTS < AUTO_CUDA_ELEMENTS
 
 
