@@ -25,19 +25,21 @@ CUDA_CHUNK_ELEMENTS = 1 << 27
 #: ``memory_efficient=None`` (auto) uses the recomputing `additive_scores` only when the energy
 #: tanh that the plain formulation would keep for backward has more than this many elements, and
 #: the plain formulation below it. See `AdditiveAttention` for the rule and the measurements.
-AUTO_CPU_ELEMENTS = 1 << 26
-AUTO_CUDA_ELEMENTS = 1 << 28
+AUTO_CPU_ELEMENTS = 1 << 28
+AUTO_CUDA_ELEMENTS = 1 << 30
 
 
-def auto_memory_efficient(b: int, t: int, s: int, h: int, device: torch.device) -> bool:
+def auto_memory_efficient(b: int, t: int, s: int, h: int, device: torch.device, training: bool = True) -> bool:
     """What ``memory_efficient=None`` picks for a call with ``(B, Tq, S, H)`` energies on ``device``.
 
-    A decoder step (``Tq == 1``) is one of a loop whose kept tensors add up, so it is budgeted as
-    the ``(B, S, S, H)`` whole loop (about one step per source position); a sequence call
-    (``Tq > 1``) as its own ``(B, Tq, S, H)``.
+    With autograd recording (``training``), a decoder step (``Tq == 1``) is one of a loop whose kept
+    tensors add up, so it is budgeted as the ``(B, S, S, H)`` whole loop (about one step per source
+    position); a sequence call (``Tq > 1``) as its own ``(B, Tq, S, H)``. Without autograd nothing is
+    kept: only one call's own size counts (the recompute path then just bounds the forward's
+    temporary by evaluating it in chunks).
     """
     bound = AUTO_CUDA_ELEMENTS if device.type == "cuda" else AUTO_CPU_ELEMENTS
-    steps = max(t, s) if t == 1 else t
+    steps = max(t, s) if t == 1 and training else t
     return b * steps * s * h > bound
 
 
@@ -190,15 +192,16 @@ class AdditiveAttention(Attention):
     * False: the plain autograd formulation, which keeps the tanh for backward but runs fewer
       ops (3 forward kernels, no Python backward).
     * None ("auto"): the plain formulation while the tanh it keeps stays small, the recomputing
-      one above: at most `AUTO_CPU_ELEMENTS` (2^26, 256 MiB in fp32) elements on CPU or
-      `AUTO_CUDA_ELEMENTS` (2^28) on CUDA, where a decoder step counts as a loop of about S
-      steps (`auto_memory_efficient`): a step alone is small, the loop's ``(B, T, S, H)`` is
-      not. So short sentences (B128 S12 H256: 4.7M) take the faster plain form and 1,000-frame
-      speech (B4 S1000 H128: 512M) never keeps the loop's tanh. Measured, 12 decoder steps
-      fwd+bwd with keys projected once (min of 5 interleaved runs, 2 threads, shared CPU): the
-      recompute ran at 0.56-0.73x the plain speed at every size tried, B128 S12 H256 to B32
-      S400 H256; on an H200 (bf16) at 0.59x a naive step at B32 S1000 H512. Speed never favours
-      the recompute in these figures: it is a memory choice.
+      one above: at most `AUTO_CPU_ELEMENTS` (2^28, 1 GiB in fp32) elements on CPU or
+      `AUTO_CUDA_ELEMENTS` (2^30, 2 GiB in bf16) on CUDA, where a training decoder step counts as
+      a loop of about S steps (`auto_memory_efficient`): one step alone is small, the loop's
+      ``(B, T, S, H)`` is not. Token-capped sentence batches (B*S <= 16384 tokens, H 512) keep
+      the faster plain form up to S = 128; a batch of 32 1,000-frame utterances (4.1G elements
+      by that estimate) takes the recompute. Without autograd (decoding) only a call's own size
+      counts. Measured, 12 decoder steps fwd+bwd with keys projected once (min of 5 interleaved
+      runs, 2 threads, shared CPU): the recompute ran at 0.56-0.73x the plain speed at every size
+      tried, B128 S12 H256 to B32 S400 H256; on an H200 (bf16) at 0.59x a naive step at B32
+      S1000 H512. Speed never favours the recompute in these figures: it is a memory choice.
     """
 
     def __init__(
@@ -213,7 +216,7 @@ class AdditiveAttention(Attention):
             memory_efficient: recompute the tanh in backward (`additive_scores`) instead of
                 letting autograd keep a ``(B, Tq, S, H)`` tensor; False trades that memory
                 for fewer kernels (faster for short sources on GPU, see benchmarks/RESULTS.md);
-                None picks per call by the size of that tensor (see above).
+                None picks per call by the memory the plain form would keep (see above).
         """
         super().__init__(query_dim, key_dim, value_dim)
         self.hidden_dim = hidden_dim or query_dim
@@ -233,7 +236,8 @@ class AdditiveAttention(Attention):
         me = self.memory_efficient
         if me is None:
             b, t, h = qh.shape
-            me = auto_memory_efficient(b, t, kh.shape[1], h, qh.device)
+            recording = torch.is_grad_enabled() and (qh.requires_grad or kh.requires_grad)
+            me = auto_memory_efficient(b, t, kh.shape[1], h, qh.device, training=recording)
         if me:
             return additive_scores(qh, kh, v, f, None if f is None else u.weight)
         if f is not None:

@@ -330,6 +330,9 @@ def test_auto_memory_efficient_picks_by_size_and_matches(name: str, monkeypatch:
     calls.clear()
     for bound, uses_recompute in [(3 * 4 * 4 * 6, False), (3 * 4 * 4 * 6 - 1, True)]:
         monkeypatch.setattr(additive, "AUTO_CPU_ELEMENTS", bound)
+        with torch.no_grad():  # no autograd: only the step's own (B, 1, S, H) counts, plain here
+            auto(q, k, k, mask)
+        assert not calls
         out = auto(q, k, k, mask)
         assert bool(calls) == uses_recompute
         calls.clear()
@@ -344,17 +347,18 @@ def test_auto_memory_efficient_rule() -> None:
 
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert not auto_memory_efficient(128, 1, 12, 256, cpu)  # the translation benchmark's decoder step
-    assert not auto_memory_efficient(64, 1, 30, 512, cuda)  # Tatoeba-sized sentences on a GPU
-    # A decoder step is budgeted as its loop: (B, S, S, H). 1,000-frame speech, even at batch 4,
-    # and 500-token sources never keep the loop's tanh, though one step alone is small.
+    for s in (30, 100):  # token-capped GPU sentence batches (16384 tokens, H 512) keep the plain form
+        assert not auto_memory_efficient(16384 // s, 1, s, 512, cuda)
+    # A training decoder step is budgeted as its loop, (B, S, S, H): 1,000-frame speech (batch 4 on
+    # CPU, 32 on GPU) and 500-token sources never keep the loop's tanh, though one step is small.
     assert auto_memory_efficient(4, 1, 1000, 128, cpu)
-    assert auto_memory_efficient(32, 1, 1000, 512, cuda)
+    assert auto_memory_efficient(32, 1, 1000, 128, cuda)
     assert auto_memory_efficient(32, 1, 500, 256, cpu)
+    assert not auto_memory_efficient(32, 1, 500, 256, cpu, training=False)  # decoding keeps nothing
     assert auto_memory_efficient(32, 100, 400, 256, cpu)  # a full (B, T, S, H) sequence call
-    assert not auto_memory_efficient(1, 2, 1, AUTO_CPU_ELEMENTS // 2, cpu)  # sequence call: its own size
-    assert auto_memory_efficient(1, 2, 1, AUTO_CPU_ELEMENTS // 2 + 1, cpu)
-    assert auto_memory_efficient(1, 2, 1, AUTO_CUDA_ELEMENTS // 2 + 1, cuda)
-    assert not auto_memory_efficient(1, 2, 1, AUTO_CUDA_ELEMENTS // 2, cuda)
+    for dev, bound in ((cpu, AUTO_CPU_ELEMENTS), (cuda, AUTO_CUDA_ELEMENTS)):  # sequence call: its own size
+        assert not auto_memory_efficient(1, 2, 1, bound // 2, dev)
+        assert auto_memory_efficient(1, 2, 1, bound // 2 + 1, dev)
     assert AUTO_CPU_ELEMENTS < AUTO_CUDA_ELEMENTS
 
 

@@ -122,8 +122,8 @@ class RNNSeq2Seq(nn.Module):
         opts = dict(attention_options or {})
         if attention in ("additive", "location"):
             opts.setdefault("hidden_dim", hidden_dim)
-            # Auto: the plain formulation while a step's (B, S, H) tanh is small (fewer ops, no
-            # Python backward), the recomputing one for long sources (see AdditiveAttention).
+            # Auto: the plain formulation (fewer ops, no Python backward) while the tanh the whole
+            # decoder loop keeps is small, the recomputing one for long sources (AdditiveAttention).
             opts.setdefault("memory_efficient", None)
         if attention == "multihead":
             opts.setdefault("num_heads", 4)
