@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attention.base import Attention, masked_softmax
-from core.attention.dot import sdpa_with_empty_rows
 from core.errors import ConfigError
 
 
@@ -83,20 +82,27 @@ class MultiHeadAttention(Attention):
         k, v = precomputed if precomputed is not None else self.precompute(keys, values)  # (B, H, S, Dh)
         q = self._split_heads(self.q_proj(query))  # (B, H, Tq, Dh)
         head_mask = None if mask is None else mask[:, None]  # (B, Tq|1, S) -> (B, 1, Tq|1, S)
+        # Rows with nothing to attend to get a zero output (below, after the projection, so not the
+        # bias either); computed once here rather than again inside the SDPA wrapper.
+        has_key = None if mask is None else mask.any(dim=-1, keepdim=True)  # (B, Tq|1, 1)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if not need_weights:
             if sdpa_causal:
                 ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+            elif mask is None:
+                ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
             else:
-                ctx = sdpa_with_empty_rows(q, k, v, head_mask, scale=None, dropout_p=dropout_p)
+                # Empty rows attend everywhere (finite values, no NaN); zeroed after the projection.
+                safe = (mask | ~has_key)[:, None]  # (B, 1, Tq|1, S)
+                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p)
         else:
             scores = torch.matmul(q, k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, H, Tq, S)
             weights = masked_softmax(scores, head_mask)
             ctx = torch.matmul(F.dropout(weights, dropout_p).to(v.dtype), v)  # (B, H, Tq, Dh)
         ctx = ctx.transpose(1, 2).reshape(b, tq, self.query_dim)  # (B, H, Tq, Dh) -> (B, Tq, E)
         out = self.out_proj(ctx)
-        if mask is not None:
+        if has_key is not None:
             # A query with nothing to attend to gets a zero context, not the output bias.
-            out = out * mask.any(dim=-1, keepdim=True).to(out.dtype)  # (B, Tq|1, 1)
+            out = out * has_key.to(out.dtype)  # (B, Tq|1, 1)
         return out, weights
