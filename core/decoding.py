@@ -13,6 +13,13 @@ under the top-level dict key ``"static"``, which is expanded once and never reor
 outputs, masks and precomputed key projections are identical for all beams of an item, so reordering
 them would be wasted memory traffic).
 
+A step function may also take over the per-step reorder of part of its state: with a top-level
+``"reorder"`` key (``None`` at first), beam search leaves the value under ``"lazy"`` as it is after a
+step and puts the ``(N,)`` row index to apply to it under ``"reorder"``; the step function applies it
+(``lazy_leaf.index_select(0, reorder)``, or fused with a copy it makes anyway) and returns
+``"reorder": None``. Expanding the first step's state and dropping finished items apply to ``"lazy"``
+as to any other entry. Greedy search never sets ``"reorder"``.
+
 The value under the top-level dict key ``"shared"`` is never expanded nor reordered: it keeps one row
 per *item* (leading dim = number of unfinished items ``A``) while the other leaves have ``A * beam``
 rows (beams of an item contiguous), so a step function can attend from an item's ``beam`` queries
@@ -401,7 +408,15 @@ def beam_search(
             # shared: one row per item
             state = _map_state(state, lambda x: x, _select_rows(keep_rows), _select_rows(keep))
         beam_scores = new_scores
-        state = _map_state(state, _select_rows(rows.reshape(-1)), None)  # follow the beams
+        rows_flat = rows.reshape(-1)  # (A*K,) parent row of each new row
+        if isinstance(state, dict) and "reorder" in state:
+            # The step function follows the beams itself for what is under "lazy" (e.g. fused with
+            # appending to a KV cache: one copy instead of a reorder copy plus an append copy).
+            rest = {k: v for k, v in state.items() if k not in ("lazy", "reorder")}
+            state = {**_map_state(rest, _select_rows(rows_flat), None), "lazy": state.get("lazy"),
+                     "reorder": rows_flat}
+        else:
+            state = _map_state(state, _select_rows(rows_flat), None)  # follow the beams
         last = new_tok.reshape(-1)  # (A*K,)
 
     return _backtrack(finished, hist_tok, hist_parent, hist_attn, nbest)

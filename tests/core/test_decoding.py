@@ -294,3 +294,30 @@ def test_beam_search_same_with_and_without_blocked_topk(monkeypatch: pytest.Monk
     plain = beam_search(model.step, model.init_state(3), **kw)
     assert blocked.tokens == plain.tokens
     assert blocked.scores == plain.scores
+
+
+def test_lazy_state_reordered_by_the_step_function() -> None:
+    """A step function that applies "reorder" to its "lazy" state itself gets the same search as one
+    whose state beam search reorders; finished items are dropped from "lazy" too."""
+    model = ToyModel(seed=11, eos_bonus=0.8)
+
+    def with_history(last: Tensor, state: Any, lazy: bool) -> tuple[Tensor, Any, Tensor]:
+        hist = state["lazy"]["hist"] if lazy else state["hist"]  # (M, t) tokens so far
+        if lazy and state["reorder"] is not None:
+            hist = hist.index_select(0, state["reorder"])
+        hist = torch.cat([hist, last[:, None].float()], 1)  # (N, t+1)
+        # the history must be the row's own prefix: its sum feeds the scores
+        inner = {k: v for k, v in state.items() if k not in ("lazy", "reorder", "hist")}
+        lp, st, attn = model.step(last, inner)
+        lp = torch.log_softmax(lp + 0.01 * hist.sum(1, keepdim=True) * torch.arange(lp.shape[1]), -1)
+        st.update({"lazy": {"hist": hist}, "reorder": None} if lazy else {"hist": hist})
+        return lp, st, attn
+
+    kw = dict(batch_size=4, bos_id=BOS, eos_id=EOS, max_len=9, beam_size=3, nbest=3)
+    init = model.init_state(4)
+    lazy = beam_search(lambda t, s: with_history(t, s, True),
+                       {**init, "lazy": {"hist": torch.zeros(4, 0)}, "reorder": None}, **kw)
+    eager = beam_search(lambda t, s: with_history(t, s, False), {**init, "hist": torch.zeros(4, 0)}, **kw)
+    assert lazy.tokens == eager.tokens
+    assert lazy.scores == eager.scores
+    assert len({len(h[0]) for h in lazy.tokens}) > 1  # items finished at different steps (drops)

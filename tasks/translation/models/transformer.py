@@ -5,8 +5,10 @@
 * Attention runs with ``need_weights=False`` (fused SDPA kernels) except for the last decoder layer's
   cross-attention when alignment weights are requested.
 * Incremental decoding: each decoder self-attention keeps a KV cache ``(N, H, t, Dh)`` grown by one
-  position per step; cross-attention keys/values are projected once per source and stored under
-  ``"shared"``: beam search neither expands nor reorders them, the beams of an item attend to one copy.
+  position per step, under ``"lazy"``: beam search hands the step the row order to follow
+  (``"reorder"``), applied in the same copy that appends the new position. Cross-attention
+  keys/values are projected once per source and stored under ``"shared"``: beam search neither
+  expands nor reorders them, the beams of an item attend to one copy.
 """
 
 from __future__ import annotations
@@ -58,6 +60,30 @@ class EncoderLayer(nn.Module):
         return x + self.dropout(self.ff(self.norm2(x)))
 
 
+def append_to_cache(cache: Tensor, new: Tensor, rows: Tensor | None) -> Tensor:
+    """``cat([cache[rows], new], dim=2)`` with one copy of the cache.
+
+    Args:
+        cache: ``(M, H, t, Dh)`` keys or values of earlier positions.
+        new: ``(N, H, 1, Dh)`` this step's.
+        rows: ``(N,)`` row of ``cache`` that each new row continues (beam search), or None (same rows).
+
+    Returns:
+        ``(N, H, t + 1, Dh)``.
+    """
+    if torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
+        # out= has no autograd: the two-copy form (teacher-forcing checks run steps with grad).
+        return torch.cat([cache if rows is None else cache.index_select(0, rows), new], dim=2)
+    n, h, t, d = new.shape[0], cache.shape[1], cache.shape[2], cache.shape[3]
+    out = new.new_empty(n, h, t + 1, d)
+    if rows is None:
+        out[:, :, :t] = cache
+    else:
+        torch.index_select(cache, 0, rows, out=out[:, :, :t])  # gathered straight into place
+    out[:, :, t:] = new
+    return out
+
+
 class DecoderLayer(nn.Module):
     """Pre-norm causal self-attention + cross-attention + FFN block."""
 
@@ -73,8 +99,8 @@ class DecoderLayer(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
-                self_kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False
-                ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
+                self_kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False,
+                reorder: Tensor | None = None) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
         """Run the block.
 
         Args:
@@ -82,8 +108,9 @@ class DecoderLayer(nn.Module):
             memory_kv: cross-attention (k, v), each (A, H, S, Dh), from ``cross_attn.precompute``; A = B, or
                 A = B / g when the g consecutive rows of x (beams of one item) share one memory.
             memory_mask: (A, S) source mask.
-            self_kv: KV cache (k, v) each (B, H, t, Dh) of earlier positions, or None for teacher forcing.
+            self_kv: KV cache (k, v) each (M, H, t, Dh) of earlier positions, or None for teacher forcing.
             need_weights: return cross-attention weights (B, H, T, S).
+            reorder: (B,) row of ``self_kv`` each row of x continues (beam search), or None (M = B).
 
         Returns:
             (B, T, D) output, cross weights or None, updated KV cache (None without one).
@@ -96,7 +123,8 @@ class DecoderLayer(nn.Module):
             new_kv = None
         else:
             k_new, v_new = self.self_attn.precompute(h, h)  # (B, H, 1, Dh) each
-            new_kv = (torch.cat([self_kv[0], k_new], dim=2), torch.cat([self_kv[1], v_new], dim=2))  # (B, H, t+1, Dh)
+            new_kv = (append_to_cache(self_kv[0], k_new, reorder),
+                      append_to_cache(self_kv[1], v_new, reorder))  # (B, H, t+1, Dh) each
             sa = self.self_attn(h, None, None, precomputed=new_kv, need_weights=False).context
         x = x + self.dropout(sa)
         h = self.norm2(x)
@@ -194,30 +222,33 @@ class TransformerSeq2Seq(nn.Module):
 
     def init_state(self, src: Tensor, src_lengths: Tensor) -> dict[str, Any]:
         """Decoding state: per-layer cross (k, v) and the source mask under ``"shared"`` (one copy per
-        item, never expanded to the beams), empty self-attention KV caches."""
+        item, never expanded to the beams), empty self-attention KV caches under ``"lazy"`` (reordered
+        by `step` itself, see `core.decoding`)."""
         memory, mask = self.encode(src, src_lengths)
         b = src.shape[0]
         dh = self.d_model // self.num_heads
         empty = memory.new_zeros(b, self.num_heads, 0, dh)  # (B, H, 0, Dh): cache before the first step
         return {
             "shared": {"mask": mask, "cross": [layer.cross_attn.precompute(memory, memory) for layer in self.dec_layers]},
-            "cache": [(empty, empty) for _ in self.dec_layers],
+            "lazy": [(empty, empty) for _ in self.dec_layers],
+            "reorder": None,
         }
 
     def step(self, last_tokens: Tensor, state: dict[str, Any], need_weights: bool = False
              ) -> tuple[Tensor, dict[str, Any], Tensor | None]:
         """One incremental step: last_tokens (N,) → log_probs (N, V), new state, attention (N, S) | None."""
-        t = state["cache"][0][0].shape[2]  # positions already decoded
+        t = state["lazy"][0][0].shape[2]  # positions already decoded
+        reorder = state.get("reorder")  # (N,) rows of the caches to continue, from beam search
         x = self._embed(self.tgt_embedding, last_tokens[:, None], offset=t)  # (N,) -> (N, 1, D)
         st = state["shared"]
         new_cache = []
         weights = None
         for i, layer in enumerate(self.dec_layers):
             last = i == len(self.dec_layers) - 1
-            x, w, kv = layer(x, st["cross"][i], st["mask"], self_kv=state["cache"][i],
-                             need_weights=need_weights and last)
+            x, w, kv = layer(x, st["cross"][i], st["mask"], self_kv=state["lazy"][i],
+                             need_weights=need_weights and last, reorder=reorder)
             new_cache.append(kv)
             if w is not None:
                 weights = w.mean(dim=1)[:, 0]  # (N, H, 1, S) -> (N, S)
         logits = vocab_projection(self.out, self.dec_norm(x[:, 0]))  # (N, D) -> (N, V)
-        return step_log_probs(logits), {"shared": st, "cache": new_cache}, weights
+        return step_log_probs(logits), {"shared": st, "lazy": new_cache, "reorder": None}, weights
