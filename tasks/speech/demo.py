@@ -56,7 +56,7 @@ def run_demo(out_dir: Path, max_minutes: float = 3.5) -> list[Path]:
                         gradient_clip_val=5.0, callbacks=[DeadlineStop(deadline)])
     trainer.fit(model, dm)
     ckpt = out_dir / "speech.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=True)  # weights + hparams + metadata: small, no optimizer state
     reloaded = SpeechModule.load_from_checkpoint(ckpt)  # weights_only=True, task check
 
     utts = dm.splits["test"][:4]  # voices never heard in training

@@ -65,7 +65,7 @@ def _run(out_dir: Path, max_minutes: float) -> list[Path]:
         default_root_dir=str(out_dir))
     trainer.fit(model, dm)
     ckpt = out_dir / "translation.ckpt"
-    trainer.save_checkpoint(ckpt)
+    trainer.save_checkpoint(ckpt, weights_only=True)  # weights + hparams + metadata: small, no optimizer state
 
     reloaded = TranslationModule.load_from_checkpoint(ckpt)
     results = reloaded.translate(DEMO_SENTENCES, beam=5, return_attention=True)
