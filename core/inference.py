@@ -7,7 +7,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-__all__ = ["step_log_probs", "vocab_projection"]
+__all__ = ["append_to_cache", "step_log_probs", "vocab_projection"]
 
 # layer -> (weak reference to its weight, (storage address, version), (D, V) copy). Kept outside the
 # module so that modules still pickle (torch.save(model), spawn) and carry no extra copy when they do.
@@ -77,3 +77,27 @@ def step_log_probs(logits: Tensor) -> Tensor:
             and not (torch.is_grad_enabled() and logits.requires_grad)):
         return torch.log_softmax(logits, dim=-1, out=logits)
     return torch.log_softmax(logits.float(), dim=-1)
+
+
+def append_to_cache(cache: Tensor, new: Tensor, rows: Tensor | None) -> Tensor:
+    """``cat([cache[rows], new], dim=2)`` with one copy of the cache.
+
+    Args:
+        cache: ``(M, H, t, Dh)`` keys or values of earlier positions.
+        new: ``(N, H, 1, Dh)`` this step's.
+        rows: ``(N,)`` row of ``cache`` that each new row continues (beam search), or None (same rows).
+
+    Returns:
+        ``(N, H, t + 1, Dh)``.
+    """
+    if torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
+        # out= has no autograd: the two-copy form (teacher-forcing checks run steps with grad).
+        return torch.cat([cache if rows is None else cache.index_select(0, rows), new], dim=2)
+    n, h, t, d = new.shape[0], cache.shape[1], cache.shape[2], cache.shape[3]
+    out = new.new_empty(n, h, t + 1, d)
+    if rows is None:
+        out[:, :, :t] = cache
+    else:
+        torch.index_select(cache, 0, rows, out=out[:, :, :t])  # gathered straight into place
+    out[:, :, t:] = new
+    return out

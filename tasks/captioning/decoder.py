@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from core.attention import build_attention
 from core.errors import ConfigError
-from core.inference import step_log_probs, vocab_projection
+from core.inference import append_to_cache, step_log_probs, vocab_projection
 
 
 def attention_kwargs(name: str, attention_dim: int, num_heads: int, dropout: float) -> dict[str, Any]:
@@ -168,14 +168,16 @@ class _DecoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(
-        self, x: Tensor, memory_kv: Any, kv_cache: tuple[Tensor, Tensor] | None, need_weights: bool
+        self, x: Tensor, memory_kv: Any, kv_cache: tuple[Tensor, Tensor] | None, need_weights: bool,
+        reorder: Tensor | None = None,
     ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
         """Args:
             x: ``(B, T, d)`` (full sequence) or ``(B, 1, d)`` (one step with ``kv_cache``).
             memory_kv: cross-attention ``precompute`` of the image grid.
-            kv_cache: self-attention ``(k, v)`` each ``(B, H, t, Dh)`` of earlier steps, or None
+            kv_cache: self-attention ``(k, v)`` each ``(M, H, t, Dh)`` of earlier steps, or None
                 for a full causal pass.
             need_weights: return cross-attention weights.
+            reorder: ``(B,)`` row of ``kv_cache`` each row of x continues (beam search), or None.
 
         Returns:
             ``(x, cross weights (B, H, T, S) or None, updated kv cache or None)``.
@@ -186,7 +188,8 @@ class _DecoderLayer(nn.Module):
             new_cache = None
         else:
             k_new, v_new = self.self_attn.precompute(y, y)  # (B, H, 1, Dh) each
-            new_cache = (torch.cat([kv_cache[0], k_new], 2), torch.cat([kv_cache[1], v_new], 2))  # (B, H, t+1, Dh)
+            new_cache = (append_to_cache(kv_cache[0], k_new, reorder),
+                         append_to_cache(kv_cache[1], v_new, reorder))  # (B, H, t+1, Dh) each
             # The single new query may see every cached position: no causal mask needed.
             sa = self.self_attn(y, None, None, precomputed=new_cache, need_weights=False).context
         x = x + self.drop(sa)
@@ -258,29 +261,31 @@ class TransformerCaptionDecoder(nn.Module):
         return self.out(self.norm(x)), None
 
     def init_state(self, feats: Tensor) -> dict[str, Any]:
-        """Empty KV caches ``(B, H, 0, Dh)`` per layer plus the static image memory."""
+        """Empty KV caches ``(B, H, 0, Dh)`` per layer under ``"lazy"`` (`step` follows the beams itself
+        through ``"reorder"``, see `core.decoding`) plus the static image memory."""
         b = feats.shape[0]
         memory = self._memory(feats)
         caches = []
         for layer, (k, _) in zip(self.layers, memory):
             empty = k.new_zeros(b, k.shape[1], 0, k.shape[3])  # (B, H, 0, Dh)
             caches.append((empty, empty.clone()))
-        return {"cache": caches, "static": {"memory": memory}}
+        return {"lazy": caches, "reorder": None, "static": {"memory": memory}}
 
     def step(self, tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any], Tensor | None]:
         """One incremental step: ``tokens (N,)`` -> ``(log_probs (N, V), state, attn (N, S))``.
 
         The returned attention is the last layer's cross-attention averaged over heads.
         """
-        t = state["cache"][0][0].shape[2]  # tokens decoded so far = position of this one
+        t = state["lazy"][0][0].shape[2]  # tokens decoded so far = position of this one
         pos = torch.full_like(tokens, min(t, self.max_len - 1))
         x = self.embed(tokens)[:, None] * self.d_model**0.5 + self.pos(pos)[:, None]  # (N, 1, d)
         new_caches = []
         weights = None
-        for i, (layer, mem, cache) in enumerate(zip(self.layers, state["static"]["memory"], state["cache"])):
-            x, w, cache = layer(x, mem, cache, need_weights=i == len(self.layers) - 1)
+        reorder = state.get("reorder")  # (N,) cache rows to continue, from beam search
+        for i, (layer, mem, cache) in enumerate(zip(self.layers, state["static"]["memory"], state["lazy"])):
+            x, w, cache = layer(x, mem, cache, need_weights=i == len(self.layers) - 1, reorder=reorder)
             new_caches.append(cache)
             weights = w
         logits = vocab_projection(self.out, self.norm(x[:, 0]))  # (N, V)
         attn = weights.mean(1)[:, 0] if weights is not None else None  # (N, H, 1, S) -> (N, S)
-        return step_log_probs(logits), {"cache": new_caches, "static": state["static"]}, attn
+        return step_log_probs(logits), {"lazy": new_caches, "reorder": None, "static": state["static"]}, attn

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from core import inference
-from core.inference import step_log_probs, vocab_projection
+from core.inference import append_to_cache, step_log_probs, vocab_projection
 
 
 def _layer(bias: bool = True) -> nn.Linear:
@@ -124,3 +124,19 @@ def test_writes_through_data_need_cache_clear() -> None:
         layer.weight.data.mul_(2)  # bypasses the version counter (documented)
         vocab_projection.cache_clear()
         torch.testing.assert_close(vocab_projection(layer, x), layer(x))
+
+
+def test_append_to_cache_matches_reorder_then_cat() -> None:
+    torch.manual_seed(2)
+    cache, new = torch.randn(6, 2, 5, 4), torch.randn(6, 2, 1, 4)
+    rows = torch.tensor([2, 2, 0, 5, 1, 3])
+    with torch.no_grad():
+        torch.testing.assert_close(append_to_cache(cache, new, rows),
+                                   torch.cat([cache[rows], new], 2), rtol=0, atol=0)
+        torch.testing.assert_close(append_to_cache(cache, new, None), torch.cat([cache, new], 2), rtol=0, atol=0)
+        empty = torch.zeros(3, 2, 0, 4)  # first step: nothing cached yet
+        torch.testing.assert_close(append_to_cache(empty, new[:3], None), new[:3], rtol=0, atol=0)
+    leaf = cache.clone().requires_grad_()
+    out = append_to_cache(leaf, new, rows)  # autograd on: differentiable path
+    out.sum().backward()
+    assert leaf.grad is not None and float(leaf.grad[4].sum()) == 0.0  # row 4 was never continued

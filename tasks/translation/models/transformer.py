@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from core.attention import build_attention, lengths_to_mask
-from core.inference import step_log_probs, vocab_projection
+from core.inference import append_to_cache, step_log_probs, vocab_projection
 from core.tokenizers import PAD_ID
 
 
@@ -58,30 +58,6 @@ class EncoderLayer(nn.Module):
         h = self.norm1(x)
         x = x + self.dropout(self.self_attn(h, h, h, mask, need_weights=False).context)
         return x + self.dropout(self.ff(self.norm2(x)))
-
-
-def append_to_cache(cache: Tensor, new: Tensor, rows: Tensor | None) -> Tensor:
-    """``cat([cache[rows], new], dim=2)`` with one copy of the cache.
-
-    Args:
-        cache: ``(M, H, t, Dh)`` keys or values of earlier positions.
-        new: ``(N, H, 1, Dh)`` this step's.
-        rows: ``(N,)`` row of ``cache`` that each new row continues (beam search), or None (same rows).
-
-    Returns:
-        ``(N, H, t + 1, Dh)``.
-    """
-    if torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
-        # out= has no autograd: the two-copy form (teacher-forcing checks run steps with grad).
-        return torch.cat([cache if rows is None else cache.index_select(0, rows), new], dim=2)
-    n, h, t, d = new.shape[0], cache.shape[1], cache.shape[2], cache.shape[3]
-    out = new.new_empty(n, h, t + 1, d)
-    if rows is None:
-        out[:, :, :t] = cache
-    else:
-        torch.index_select(cache, 0, rows, out=out[:, :, :t])  # gathered straight into place
-    out[:, :, t:] = new
-    return out
 
 
 class DecoderLayer(nn.Module):
