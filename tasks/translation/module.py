@@ -310,7 +310,8 @@ class TranslationModule(pl.LightningModule):
     # ------------------------------------------------------------------ training
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Keep a host copy of the source lengths (a tuple: Lightning moves only tensors), so the
-        RNN encoder packs without copying lengths back from the GPU (a sync every step)."""
+        RNN encoder packs without copying lengths back from the GPU (a sync every step) and the
+        Transformer drops the mask of unpadded batches."""
         if isinstance(batch, dict) and isinstance(batch.get("src_lengths"), Tensor) \
                 and batch["src_lengths"].device.type == "cpu":
             batch["src_lengths_host"] = tuple(batch["src_lengths"].tolist())
@@ -320,10 +321,8 @@ class TranslationModule(pl.LightningModule):
                 src_lengths_host: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits (B, T, V) and attention (B, T, S) or None."""
         assert self.model is not None
-        if src_lengths_host is not None and isinstance(self.model, RNNSeq2Seq):
-            host = torch.tensor(src_lengths_host, dtype=torch.long)  # (B,) on CPU
-            return self.model(src, src_lengths, tgt_in, need_weights=need_weights, host_lengths=host)
-        return self.model(src, src_lengths, tgt_in, need_weights=need_weights)
+        host = None if src_lengths_host is None else torch.tensor(src_lengths_host, dtype=torch.long)  # (B,) CPU
+        return self.model(src, src_lengths, tgt_in, need_weights=need_weights, host_lengths=host)
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
         logits, _ = self(batch["src"], batch["src_lengths"], batch["tgt_in"],

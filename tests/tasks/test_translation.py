@@ -561,3 +561,18 @@ def test_transformer_beam_search_reorders_its_cache_itself() -> None:
             torch.testing.assert_close(x, y)
     # the caches really were reordered (beams changed parents), not only appended to
     assert any(not torch.equal(o, torch.arange(o.numel())) for o in orders)
+
+
+def test_transformer_unpadded_batch_runs_without_mask() -> None:
+    """With host lengths showing no padding the Transformer skips the mask (unmasked SDPA); the logits
+    match the masked computation, and a padded batch still builds its mask."""
+    torch.manual_seed(0)
+    model = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ff_dim=32, enc_layers=2, dec_layers=2).eval()
+    src, tgt = torch.randint(4, 30, (3, 6)), torch.randint(4, 40, (3, 5))
+    full = torch.full((3,), 6)
+    with torch.no_grad():
+        assert model.encode(src, full, host_lengths=full)[1] is None
+        torch.testing.assert_close(model(src, full, tgt, host_lengths=full)[0], model(src, full, tgt)[0])
+        padded = torch.tensor([6, 3, 1])
+        assert model.encode(src, padded, host_lengths=padded)[1] is not None
+        torch.testing.assert_close(model(src, padded, tgt, host_lengths=padded)[0], model(src, padded, tgt)[0])

@@ -53,8 +53,8 @@ class EncoderLayer(nn.Module):
         self.ff = FeedForward(d_model, ff_dim, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
-        """x (B, S, D), mask (B, S) bool True = token → (B, S, D)."""
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """x (B, S, D), mask (B, S) bool True = token, or None (no padding) → (B, S, D)."""
         h = self.norm1(x)
         x = x + self.dropout(self.self_attn(h, h, h, mask, need_weights=False).context)
         return x + self.dropout(self.ff(self.norm2(x)))
@@ -83,7 +83,7 @@ class DecoderLayer(nn.Module):
             x: (B, T, D) decoder inputs (T = 1 when decoding incrementally).
             memory_kv: cross-attention (k, v), each (A, H, S, Dh), from ``cross_attn.precompute``; A = B, or
                 A = B / g when the g consecutive rows of x (beams of one item) share one memory.
-            memory_mask: (A, S) source mask.
+            memory_mask: (A, S) source mask, or None (no padding).
             self_kv: KV cache (k, v) each (M, H, t, Dh) of earlier positions, or None for teacher forcing.
             need_weights: return cross-attention weights (B, H, T, S).
             reorder: (B,) row of ``self_kv`` each row of x continues (beam search), or None (M = B).
@@ -174,18 +174,30 @@ class TransformerSeq2Seq(nn.Module):
         x = emb(ids) * math.sqrt(self.d_model) + self.positions[offset:offset + t]  # (B, T, D)
         return self.dropout(x)
 
-    def encode(self, src: Tensor, src_lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """src (B, S) → memory (B, S, D), mask (B, S)."""
-        mask = lengths_to_mask(src_lengths, src.shape[1])  # (B, S)
+    def encode(self, src: Tensor, src_lengths: Tensor, host_lengths: Tensor | None = None
+               ) -> tuple[Tensor, Tensor | None]:
+        """src (B, S) → memory (B, S, D), mask (B, S) or None.
+
+        ``host_lengths`` (the lengths as a CPU tensor, if at hand) lets an unpadded batch run without a
+        mask: attention then takes SDPA's unmasked fused kernels and skips the masking ops. Without
+        them (or with padding) the mask is always built: checking ``src_lengths`` on a GPU would sync.
+        """
+        if host_lengths is not None and bool((host_lengths == src.shape[1]).all()):
+            mask = None
+        else:
+            mask = lengths_to_mask(src_lengths, src.shape[1])  # (B, S)
         x = self._embed(self.src_embedding, src)
         for layer in self.enc_layers:
             x = layer(x, mask)
         return self.enc_norm(x), mask
 
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False
-                ) -> tuple[Tensor, Tensor | None]:
-        """Teacher-forced logits (B, T, V) and last-layer cross-attention averaged over heads (B, T, S)."""
-        memory, mask = self.encode(src, src_lengths)
+    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
+                host_lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """Teacher-forced logits (B, T, V) and last-layer cross-attention averaged over heads (B, T, S).
+
+        ``host_lengths``: ``src_lengths`` as a CPU tensor, if at hand (see `encode`).
+        """
+        memory, mask = self.encode(src, src_lengths, host_lengths)
         x = self._embed(self.tgt_embedding, tgt_in)  # (B, T, D)
         weights = None
         for i, layer in enumerate(self.dec_layers):
