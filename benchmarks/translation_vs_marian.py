@@ -138,7 +138,6 @@ def make_train_step(name: str, model: nn.Module, cfg: dict[str, int], device: st
     tgt = torch.randint(4, v, (b, s + 1), generator=g).to(device)  # (B, T+1); in/out shifted by one
     tgt_in, tgt_out = tgt[:, :-1].contiguous(), tgt[:, 1:].contiguous()  # (B, T) each
     lengths = torch.full((b,), s, device=device)
-    host_lengths = torch.full((b,), s)  # what TranslationModule passes: lengths taken before the batch moved
     attn_mask = torch.ones(b, s, dtype=torch.long, device=device)
     model.train()
     fwd = torch.compile(model) if compile_ else model
@@ -147,7 +146,9 @@ def make_train_step(name: str, model: nn.Module, cfg: dict[str, int], device: st
 
     def logits_fn() -> Tensor:
         if name == "ours":
-            return fwd(src, lengths, tgt_in, host_lengths=host_lengths)[0]  # (B, T, V)
+            # unpadded=True is what TranslationModule passes for this batch (it checks the lengths it
+            # kept on the host); Marian gets an all-ones attention mask.
+            return fwd(src, lengths, tgt_in, unpadded=True)[0]  # (B, T, V)
         return fwd(input_ids=src, attention_mask=attn_mask, decoder_input_ids=tgt_in, use_cache=False).logits
 
     def step() -> Tensor:

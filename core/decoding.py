@@ -98,6 +98,13 @@ def _map_state(state: Any, dynamic_fn: Callable[[Tensor], Tensor],
     return tree_map(dynamic_fn, state)
 
 
+def _check_reorder_consumed(state: Any) -> None:
+    """A step function using the ``"reorder"`` protocol must apply the index and return None."""
+    if isinstance(state, dict) and state.get("reorder") is not None:
+        raise ValueError("step_fn returned a state whose 'reorder' is not None: apply state['reorder'] to "
+                         "the 'lazy' entries and return 'reorder': None (see core.decoding)")
+
+
 def _check_batch(batch_size: int) -> Callable[[Tensor], Tensor]:
     """Return an identity leaf-fn that validates the leading (batch) dim of state tensors."""
 
@@ -223,6 +230,7 @@ def greedy_search(
 
     for t in range(max_len):
         log_probs, state, attn = step_fn(last, state)
+        _check_reorder_consumed(state)
         log_probs = log_probs.float()  # (N, V); fp32 so sums match beam search bit-for-bit
         best_lp, tok = log_probs.max(dim=-1)  # (N,), (N,)
         sums = sums + best_lp
@@ -337,6 +345,7 @@ def beam_search(
     for t in range(max_len):
         A = active.numel()
         log_probs, state, attn = step_fn(last, state)
+        _check_reorder_consumed(state)
         V = log_probs.size(-1)
         if log_probs.shape[0] != last.shape[0]:
             raise ValueError(f"step_fn returned log_probs for {log_probs.shape[0]} rows, "

@@ -90,8 +90,11 @@ def append_to_cache(cache: Tensor, new: Tensor, rows: Tensor | None) -> Tensor:
     Returns:
         ``(N, H, t + 1, Dh)``.
     """
-    if torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
-        # out= has no autograd: the two-copy form (teacher-forcing checks run steps with grad).
+    if rows is not None:
+        rows = rows.to(cache.device)
+    if cache.dtype != new.dtype or torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
+        # out= has no autograd and needs one dtype: the two-copy form (teacher-forcing checks run
+        # steps with grad; cat promotes mixed dtypes).
         return torch.cat([cache if rows is None else cache.index_select(0, rows), new], dim=2)
     n, h, t, d = new.shape[0], cache.shape[1], cache.shape[2], cache.shape[3]
     out = new.new_empty(n, h, t + 1, d)

@@ -321,3 +321,16 @@ def test_lazy_state_reordered_by_the_step_function() -> None:
     assert lazy.tokens == eager.tokens
     assert lazy.scores == eager.scores
     assert len({len(h[0]) for h in lazy.tokens}) > 1  # items finished at different steps (drops)
+
+
+def test_step_must_consume_reorder() -> None:
+    model = ToyModel(seed=2)
+
+    def forgets(last: Tensor, state: Any) -> tuple[Tensor, Any, Tensor]:
+        inner = {k: v for k, v in state.items() if k not in ("lazy", "reorder")}
+        lp, st, attn = model.step(last, inner)
+        return lp, {**st, "lazy": state["lazy"], "reorder": state["reorder"]}, attn  # never applies it
+
+    init = {**model.init_state(2), "lazy": {"x": torch.zeros(2, 1)}, "reorder": None}
+    with pytest.raises(ValueError, match="reorder"):
+        beam_search(forgets, init, batch_size=2, bos_id=BOS, eos_id=EOS, max_len=5, beam_size=3)

@@ -140,3 +140,11 @@ def test_append_to_cache_matches_reorder_then_cat() -> None:
     out = append_to_cache(leaf, new, rows)  # autograd on: differentiable path
     out.sum().backward()
     assert leaf.grad is not None and float(leaf.grad[4].sum()) == 0.0  # row 4 was never continued
+
+
+def test_append_to_cache_mixed_dtypes_and_device_rows() -> None:
+    cache, new = torch.randn(4, 2, 3, 4), torch.randn(4, 2, 1, 4).to(torch.bfloat16)
+    rows = torch.tensor([1, 0, 3, 2])
+    with torch.no_grad():
+        out = append_to_cache(cache, new, rows)  # cat promotes, as before the one-copy path
+    torch.testing.assert_close(out, torch.cat([cache[rows], new.float()], 2), rtol=0, atol=0)

@@ -690,6 +690,12 @@ def test_transformer_caption_decoder_reorders_its_cache_itself() -> None:
         fused = beam_search(dec.step, lazy, **kw)
         eager = dec.init_state(feats)
         del eager["reorder"]  # beam search then reorders "lazy" like any per-step state
-        plain = beam_search(dec.step, eager, **kw)
+
+        def ordinary(t: torch.Tensor, s: dict) -> tuple:
+            lp, new, w = dec.step(t, {**s, "reorder": None})
+            del new["reorder"]  # keep the protocol off for the whole search
+            return lp, new, w
+
+        plain = beam_search(ordinary, eager, **kw)
     assert fused.tokens == plain.tokens
     assert fused.scores == plain.scores

@@ -552,8 +552,14 @@ def test_transformer_beam_search_reorders_its_cache_itself() -> None:
 
         fused = beam_search(step, lazy_state, **kw)
         eager_state = model.init_state(src, lengths)
-        del eager_state["reorder"]  # "lazy" becomes ordinary per-step state
-        eager = beam_search(lambda t, s: model.step(t, s, True), eager_state, **kw)
+        del eager_state["reorder"]  # "lazy" becomes ordinary per-step state, reordered by beam search
+
+        def ordinary(t: torch.Tensor, s: dict) -> tuple:
+            lp, new, w = model.step(t, {**s, "reorder": None}, True)
+            del new["reorder"]  # keep the protocol off for the whole search
+            return lp, new, w
+
+        eager = beam_search(ordinary, eager_state, **kw)
     assert fused.tokens == eager.tokens
     assert fused.scores == eager.scores  # the same values copied in one step or two
     for a, b in zip(fused.attention, eager.attention):
@@ -564,15 +570,30 @@ def test_transformer_beam_search_reorders_its_cache_itself() -> None:
 
 
 def test_transformer_unpadded_batch_runs_without_mask() -> None:
-    """With host lengths showing no padding the Transformer skips the mask (unmasked SDPA); the logits
-    match the masked computation, and a padded batch still builds its mask."""
+    """Unpadded batches skip the mask (unmasked SDPA) with the same logits; the module decides from its
+    host lengths, so a padded batch keeps its mask."""
     torch.manual_seed(0)
     model = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ff_dim=32, enc_layers=2, dec_layers=2).eval()
     src, tgt = torch.randint(4, 30, (3, 6)), torch.randint(4, 40, (3, 5))
     full = torch.full((3,), 6)
     with torch.no_grad():
-        assert model.encode(src, full, host_lengths=full)[1] is None
-        torch.testing.assert_close(model(src, full, tgt, host_lengths=full)[0], model(src, full, tgt)[0])
-        padded = torch.tensor([6, 3, 1])
-        assert model.encode(src, padded, host_lengths=padded)[1] is not None
-        torch.testing.assert_close(model(src, padded, tgt, host_lengths=padded)[0], model(src, padded, tgt)[0])
+        assert model.encode(src, full, unpadded=True)[1] is None
+        assert model.encode(src, full)[1] is not None
+        torch.testing.assert_close(model(src, full, tgt, unpadded=True)[0], model(src, full, tgt)[0])
+    module = TranslationModule(arch="transformer", hidden_dim=16, num_heads=2, ff_dim=32, enc_layers=1,
+                               dec_layers=1, dropout=0.0, num_plot_sentences=0)
+    module.model = model
+    seen: list[bool] = []
+    original = TransformerSeq2Seq.forward
+
+    def spy(self: TransformerSeq2Seq, *args: object, unpadded: bool = False, **kw: object) -> object:
+        seen.append(unpadded)
+        return original(self, *args, unpadded=unpadded, **kw)
+
+    import unittest.mock
+
+    with unittest.mock.patch.object(TransformerSeq2Seq, "forward", spy), torch.no_grad():
+        module(src, full, tgt, src_lengths_host=(6, 6, 6))
+        module(src, torch.tensor([6, 3, 1]), tgt, src_lengths_host=(6, 3, 1))
+        module(src, full, tgt)  # no host lengths: the mask stays
+    assert seen == [True, False, False]

@@ -174,30 +174,27 @@ class TransformerSeq2Seq(nn.Module):
         x = emb(ids) * math.sqrt(self.d_model) + self.positions[offset:offset + t]  # (B, T, D)
         return self.dropout(x)
 
-    def encode(self, src: Tensor, src_lengths: Tensor, host_lengths: Tensor | None = None
-               ) -> tuple[Tensor, Tensor | None]:
+    def encode(self, src: Tensor, src_lengths: Tensor, unpadded: bool = False) -> tuple[Tensor, Tensor | None]:
         """src (B, S) → memory (B, S, D), mask (B, S) or None.
 
-        ``host_lengths`` (the lengths as a CPU tensor, if at hand) lets an unpadded batch run without a
-        mask: attention then takes SDPA's unmasked fused kernels and skips the masking ops. Without
-        them (or with padding) the mask is always built: checking ``src_lengths`` on a GPU would sync.
+        ``unpadded=True`` says the caller knows every source fills all S positions (the module knows
+        from the lengths it kept on the host): attention then runs without a mask, on SDPA's unmasked
+        fused kernels and without the masking ops. A Python bool, not a tensor check, so that
+        `torch.compile` sees no data-dependent branch and checking lengths on a GPU never syncs.
         """
-        if host_lengths is not None and bool((host_lengths == src.shape[1]).all()):
-            mask = None
-        else:
-            mask = lengths_to_mask(src_lengths, src.shape[1])  # (B, S)
+        mask = None if unpadded else lengths_to_mask(src_lengths, src.shape[1])  # (B, S)
         x = self._embed(self.src_embedding, src)
         for layer in self.enc_layers:
             x = layer(x, mask)
         return self.enc_norm(x), mask
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
-                host_lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                unpadded: bool = False) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits (B, T, V) and last-layer cross-attention averaged over heads (B, T, S).
 
-        ``host_lengths``: ``src_lengths`` as a CPU tensor, if at hand (see `encode`).
+        ``unpadded``: no source has padding (see `encode`).
         """
-        memory, mask = self.encode(src, src_lengths, host_lengths)
+        memory, mask = self.encode(src, src_lengths, unpadded)
         x = self._embed(self.tgt_embedding, tgt_in)  # (B, T, D)
         weights = None
         for i, layer in enumerate(self.dec_layers):
