@@ -151,7 +151,8 @@ def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: in
     torch.manual_seed(0)
     src = torch.randint(4, vocab, (batch, src_len), device=device)
     lengths = torch.full((batch,), src_len, device=device)
-    # What TranslationModule passes: the lengths taken on the host before the batch moved.
+    # What TranslationModule passes for this unpadded batch: the lengths taken on the host before the
+    # batch moved, and unpadded=True (decided in Python from them).
     host_lengths = torch.full((batch,), src_len)
     tgt = torch.randint(4, vocab, (batch, tgt_len), device=device)
     models = {"ours": RNNSeq2Seq(vocab, vocab, emb, hidden, dropout=0.0).to(device),
@@ -160,15 +161,15 @@ def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: in
                            "emb": emb, "hidden": hidden, "steps": steps, "warmup": warmup,
                            "compile_mode": compile_mode}
     losses: dict[str, Any] = {
-        "ours": lambda: models["ours"](src, lengths, tgt, host_lengths=host_lengths)[0],
+        "ours": lambda: models["ours"](src, lengths, tgt, host_lengths=host_lengths, unpadded=True)[0],
         "naive": lambda: models["naive"](src, tgt),
     }
     if compile_mode:
         twin = RNNSeq2Seq(vocab, vocab, emb, hidden, dropout=0.0).to(device)
         twin.load_state_dict(models["ours"].state_dict())
         models["ours_compiled"] = twin
-        fwd = torch.compile(lambda: twin(src, lengths, tgt, host_lengths=host_lengths)[0], mode=compile_mode)
-        losses["ours_compiled"] = fwd
+        losses["ours_compiled"] = torch.compile(
+            lambda: twin(src, lengths, tgt, host_lengths=host_lengths, unpadded=True)[0], mode=compile_mode)
     opts = {name: torch.optim.AdamW(m.parameters(), 1e-3) for name, m in models.items()}
 
     def step(name: str) -> None:

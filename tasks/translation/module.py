@@ -321,11 +321,13 @@ class TranslationModule(pl.LightningModule):
                 src_lengths_host: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits (B, T, V) and attention (B, T, S) or None."""
         assert self.model is not None
+        # Whether any source is padded, decided in Python (no tensor check, nothing for torch.compile
+        # to break on); the RNN also packs padded batches from the host lengths.
+        unpadded = src_lengths_host is not None and all(n == src.shape[1] for n in src_lengths_host)
         if isinstance(self.model, RNNSeq2Seq):
             host = None if src_lengths_host is None else torch.tensor(src_lengths_host, dtype=torch.long)  # (B,)
-            return self.model(src, src_lengths, tgt_in, need_weights=need_weights, host_lengths=host)
-        # The Transformer only needs to know whether any source is padded: a Python bool.
-        unpadded = src_lengths_host is not None and all(n == src.shape[1] for n in src_lengths_host)
+            return self.model(src, src_lengths, tgt_in, need_weights=need_weights, host_lengths=host,
+                              unpadded=unpadded)
         return self.model(src, src_lengths, tgt_in, need_weights=need_weights, unpadded=unpadded)
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:

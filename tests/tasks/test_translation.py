@@ -519,9 +519,11 @@ def test_rnn_training_step_packs_from_host_lengths(tmp_path: Path, monkeypatch: 
     seen: list[object] = []
     original = RNNEncoder.forward
 
-    def spy(self: RNNEncoder, src: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor | None = None):
+    def spy(self: RNNEncoder, src: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor | None = None,
+            unpadded: bool = False):
         seen.append(host_lengths)
-        return original(self, src, lengths, host_lengths)
+        assert not unpadded  # this batch is padded: the module says so
+        return original(self, src, lengths, host_lengths, unpadded)
 
     monkeypatch.setattr(RNNEncoder, "forward", spy)
     with_host, _ = model._loss(moved)

@@ -51,7 +51,8 @@ class RNNEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.output_dim = 2 * hidden_dim
 
-    def forward(self, src: Tensor, lengths: Tensor, host_lengths: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, src: Tensor, lengths: Tensor, host_lengths: Tensor | None = None,
+                unpadded: bool = False) -> tuple[Tensor, Tensor]:
         """Encode.
 
         Args:
@@ -59,6 +60,8 @@ class RNNEncoder(nn.Module):
             lengths: (B,) valid lengths (≥ 1).
             host_lengths: the same lengths as a CPU tensor, when the caller has them: packing needs
                 CPU lengths, and copying ``lengths`` from a GPU is a host-device sync per batch.
+            unpadded: the caller knows no source is padded (a Python bool: no tensor check, so no
+                data-dependent branch under `torch.compile`).
 
         Returns:
             outputs (B, S, 2H) (zeros at padding) and final (B, 2H) = [forward last; backward first]
@@ -66,8 +69,10 @@ class RNNEncoder(nn.Module):
         """
         emb = self.dropout(self.embedding(src))  # (B, S, E)
         # pack_padded_sequence needs CPU lengths: without host_lengths, one small copy per batch.
-        cpu_lengths = host_lengths if host_lengths is not None else lengths.cpu()
-        if bool((cpu_lengths == src.shape[1]).all()):
+        if not unpadded:
+            cpu_lengths = host_lengths if host_lengths is not None else lengths.cpu()
+            unpadded = bool((cpu_lengths == src.shape[1]).all())
+        if unpadded:
             # No padding (e.g. length-bucketed batches): the plain cuDNN/fused RNN call gives the
             # same result without the sort, pack and unpack kernels.
             out, h = self.rnn(emb)  # (B, S, 2H)
@@ -143,8 +148,9 @@ class RNNSeq2Seq(nn.Module):
             self.out = nn.Linear(hidden_dim, tgt_vocab)
 
     # ------------------------------------------------------------------ pieces
-    def _encode(self, src: Tensor, src_lengths: Tensor, host_lengths: Tensor | None = None) -> dict[str, Any]:
-        enc, final = self.encoder(src, src_lengths, host_lengths)  # (B, S, 2He), (B, 2He)
+    def _encode(self, src: Tensor, src_lengths: Tensor, host_lengths: Tensor | None = None,
+                unpadded: bool = False) -> dict[str, Any]:
+        enc, final = self.encoder(src, src_lengths, host_lengths, unpadded)  # (B, S, 2He), (B, 2He)
         mask = lengths_to_mask(src_lengths, src.shape[1])  # (B, S) True = real token
         keys = self.key_proj(enc) if self.key_proj is not None else enc  # (B, S, Dk)
         static = {"keys": keys, "values": enc, "mask": mask,
@@ -187,7 +193,7 @@ class RNNSeq2Seq(nn.Module):
 
     # ------------------------------------------------------------------ interface
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
-                host_lengths: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+                host_lengths: Tensor | None = None, unpadded: bool = False) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits.
 
         Args:
@@ -196,11 +202,12 @@ class RNNSeq2Seq(nn.Module):
             tgt_in: (B, T) BOS + target ids.
             need_weights: also return attention.
             host_lengths: ``src_lengths`` as a CPU tensor, if at hand (no host-device sync then).
+            unpadded: no source is padded (known to the caller; skips packing without a check).
 
         Returns:
             logits (B, T, V) and attention (B, T, S) or None.
         """
-        state = self._encode(src, src_lengths, host_lengths)
+        state = self._encode(src, src_lengths, host_lengths, unpadded)
         emb = self.dropout(self.tgt_embedding(tgt_in))  # (B, T, E)
         feeds, attns = [], []
         for t in range(tgt_in.shape[1]):
