@@ -7,7 +7,7 @@ import weakref
 import torch
 from torch import Tensor, nn
 
-__all__ = ["append_to_cache", "step_log_probs", "vocab_projection"]
+__all__ = ["append_to_cache", "clear_vocab_projection_cache", "step_log_probs", "vocab_projection"]
 
 # layer -> (weak reference to its weight, (storage address, version), (D, V) copy). Kept outside the
 # module so that modules still pickle (torch.save(model), spawn) and carry no extra copy when they do.
@@ -25,7 +25,7 @@ def vocab_projection(layer: nn.Linear, x: Tensor) -> Tensor:
     changes: another tensor object, another storage, or an in-place update through autograd's
     version counter (optimizer steps, ``load_state_dict``, writes through a tied embedding).
     Writes through ``weight.data`` bypass the version counter and are not seen: after
-    ``layer.weight.data.copy_(...)`` call ``vocab_projection.cache_clear()``. Elsewhere (GPU,
+    ``layer.weight.data.copy_(...)`` call `clear_vocab_projection_cache`. Elsewhere (GPU,
     autograd, non-fp32, inference-mode weights, which have no version counter) this is ``layer(x)``.
 
     Args:
@@ -51,11 +51,9 @@ def vocab_projection(layer: nn.Linear, x: Tensor) -> Tensor:
     return torch.addmm(layer.bias, x, cached[2])
 
 
-def _cache_clear() -> None:
+def clear_vocab_projection_cache() -> None:
+    """Drop every cached ``W^T`` (needed only after writes through ``weight.data``)."""
     _CACHE.clear()
-
-
-vocab_projection.cache_clear = _cache_clear  # type: ignore[attr-defined]
 
 
 def step_log_probs(logits: Tensor) -> Tensor:

@@ -12,6 +12,22 @@ from torch import Tensor, nn
 from core.attention.base import Attention, masked_softmax
 
 
+def empty_row_safe_mask(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """A boolean attention mask SDPA can take without NaN, and which query rows it had keys for.
+
+    SDPA gives NaN (or backend-dependent values) for a row with no attendable key, so such rows
+    attend everywhere instead (finite, cheap); the caller zeroes their output with ``has_key``.
+
+    Args:
+        mask: bool ``(..., Tq|1, S)``, True = attend.
+
+    Returns:
+        ``safe`` (same shape as ``mask``) and ``has_key`` ``(..., Tq|1, 1)``.
+    """
+    has_key = mask.any(dim=-1, keepdim=True)  # (..., Tq|1, 1)
+    return mask | ~has_key, has_key
+
+
 def sdpa_with_empty_rows(
     q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, scale: float | None,
     dropout_p: float = 0.0, is_causal: bool = False,
@@ -38,8 +54,7 @@ def sdpa_with_empty_rows(
         return out[:, 0]  # (B, 1, Tq, Dv) -> (B, Tq, Dv)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p, is_causal=is_causal)
-    has_key = mask.any(dim=-1, keepdim=True)  # (..., Tq|1, 1)
-    safe_mask = mask | ~has_key
+    safe_mask, has_key = empty_row_safe_mask(mask)
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=safe_mask, scale=scale, dropout_p=dropout_p)
     return out * has_key.to(out.dtype)  # zero the rows that had nothing to attend to
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attention.base import Attention, masked_softmax
+from core.attention.dot import empty_row_safe_mask
 from core.errors import ConfigError
 
 
@@ -82,9 +83,9 @@ class MultiHeadAttention(Attention):
         k, v = precomputed if precomputed is not None else self.precompute(keys, values)  # (B, H, S, Dh)
         q = self._split_heads(self.q_proj(query))  # (B, H, Tq, Dh)
         head_mask = None if mask is None else mask[:, None]  # (B, Tq|1, S) -> (B, 1, Tq|1, S)
-        # Rows with nothing to attend to get a zero output (below, after the projection, so not the
-        # bias either); computed once here rather than again inside the SDPA wrapper.
-        has_key = None if mask is None else mask.any(dim=-1, keepdim=True)  # (B, Tq|1, 1)
+        # Rows with nothing to attend to attend everywhere (no NaN) and get a zero output below,
+        # after the projection (so not the bias either): one has-key check serves both.
+        safe, has_key = (None, None) if mask is None else empty_row_safe_mask(mask)  # (B, Tq|1, S), (B, Tq|1, 1)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if not need_weights:
@@ -93,9 +94,7 @@ class MultiHeadAttention(Attention):
             elif mask is None:
                 ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
             else:
-                # Empty rows attend everywhere (finite values, no NaN); zeroed after the projection.
-                safe = (mask | ~has_key)[:, None]  # (B, 1, Tq|1, S)
-                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=safe, dropout_p=dropout_p)
+                ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=safe[:, None], dropout_p=dropout_p)
         else:
             scores = torch.matmul(q, k.transpose(-2, -1)) * self.head_dim**-0.5  # (B, H, Tq, S)
             weights = masked_softmax(scores, head_mask)

@@ -334,3 +334,21 @@ def test_step_must_consume_reorder() -> None:
     init = {**model.init_state(2), "lazy": {"x": torch.zeros(2, 1)}, "reorder": None}
     with pytest.raises(ValueError, match="reorder"):
         beam_search(forgets, init, batch_size=2, bos_id=BOS, eos_id=EOS, max_len=5, beam_size=3)
+
+    def sets_one(last: Tensor, state: Any) -> tuple[Tensor, Any, Tensor]:
+        lp, st, attn = forgets(last, state)
+        return lp, {**st, "reorder": torch.arange(last.numel())}, attn
+
+    with pytest.raises(ValueError, match="reorder"):  # greedy never sets it: a step must not either
+        greedy_search(sets_one, init, batch_size=2, bos_id=BOS, eos_id=EOS, max_len=5)
+
+
+def test_step_returning_wrong_row_count_is_an_error() -> None:
+    model = ToyModel(seed=4)
+
+    def drops_a_row(last: Tensor, state: Any) -> tuple[Tensor, Any, Tensor]:
+        lp, st, attn = model.step(last, state)
+        return lp[1:], st, attn
+
+    with pytest.raises(ValueError, match="rows"):
+        beam_search(drops_a_row, model.init_state(3), batch_size=3, bos_id=BOS, eos_id=EOS, max_len=4, beam_size=2)

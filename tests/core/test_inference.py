@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from core import inference
-from core.inference import append_to_cache, step_log_probs, vocab_projection
+from core.inference import append_to_cache, clear_vocab_projection_cache, step_log_probs, vocab_projection
 
 
 def _layer(bias: bool = True) -> nn.Linear:
@@ -116,13 +116,13 @@ def test_modules_still_pickle_and_inference_mode_weights_work() -> None:
         torch.testing.assert_close(vocab_projection(fresh, x), fresh(x))
 
 
-def test_writes_through_data_need_cache_clear() -> None:
+def test_writes_through_data_need_clear_vocab_projection_cache() -> None:
     layer = _layer()
     x = torch.randn(3, 16)
     with torch.no_grad():
         vocab_projection(layer, x)
         layer.weight.data.mul_(2)  # bypasses the version counter (documented)
-        vocab_projection.cache_clear()
+        clear_vocab_projection_cache()
         torch.testing.assert_close(vocab_projection(layer, x), layer(x))
 
 
