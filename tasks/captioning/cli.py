@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.cli import check_ckpt_path_arg, ensure_resumable, parse_device, run_cli, user_errors
+from core.cli import parse_device, run_cli, user_errors
 from core.errors import UserError
 
 PARTIAL_FAILURE_EXIT_CODE = 1  # some images failed; 2 (core.cli) means nothing could be done
@@ -36,28 +36,18 @@ def make_cli(argv: Sequence[str], run: bool = True) -> Any:
     Returns:
         The ``LightningCLI`` instance (``.trainer``, ``.model``, ``.datamodule``).
     """
-    from lightning.pytorch.cli import LightningCLI
-
+    from core.task_cli import TaskCLI
     from tasks.captioning.data import CaptionDataModule
     from tasks.captioning.module import CaptioningModule
 
-    class CaptionCLI(LightningCLI):
-        def add_arguments_to_parser(self, parser: Any) -> None:
+    class CaptionCLI(TaskCLI):
+        def link_task_arguments(self, parser: Any) -> None:
             # The vocabulary is built from the training captions when the data module exists,
             # so it is linked at instantiation; image geometry is linked at parse time.
             parser.link_arguments("data.vocab", "model.vocab", apply_on="instantiate")
             parser.link_arguments("data.image_size", "model.image_size")
             parser.link_arguments("data.mean", "model.mean")
             parser.link_arguments("data.std", "model.std")
-            parser.add_argument("--predict_output", type=str | None, default=None,
-                                help="predict: write '<image><TAB><caption>' lines to this file (default: stdout)")
-
-        def parse_arguments(self, parser: Any, args: Any) -> None:
-            super().parse_arguments(parser, args)
-            check_ckpt_path_arg(self.config, "captioning")  # checked, URL made local, weights_only=True
-
-        def before_fit(self) -> None:
-            ensure_resumable(self.trainer, monitor="val/bleu4", mode="max")  # for configs without our callbacks
 
         def before_predict(self) -> None:
             from lightning.pytorch.callbacks import BasePredictionWriter

@@ -114,6 +114,10 @@ class CaptioningModule(L.LightningModule):
         std: normalisation std (linked from ``data.std``).
     """
 
+    TASK = TASK
+    MONITOR, MONITOR_MODE = "val/bleu4", "max"
+    HPARAMS_FROM_DATA = ("vocab", "image_size", "mean", "std")
+
     def __init__(
         self,
         vocab: dict[str, Any] | None = None,

@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from core.cli import check_ckpt_path_arg, parse_device, run_cli
+from core.cli import parse_device, run_cli
 from core.distributed import gather_objects
 from core.errors import ConfigError, UserError
 
@@ -30,7 +30,8 @@ __all__ = ["main", "transcribe_main"]
 def _speech_cli_class() -> type:
     """LightningCLI subclass whose `predict` prints `<id><TAB><hypothesis>` lines (rank 0)."""
     from lightning.pytorch.callbacks import BasePredictionWriter
-    from lightning.pytorch.cli import LightningCLI
+
+    from core.task_cli import TaskCLI
 
     class _Printer(BasePredictionWriter):
         """Collects every rank's `(id, hypothesis)` rows; rank 0 prints each utterance once, sorted by id."""
@@ -51,10 +52,9 @@ def _speech_cli_class() -> type:
                 for utt_id in sorted(rows):
                     print(f"{utt_id}\t{rows[utt_id]}", flush=True)
 
-    class SpeechCLI(LightningCLI):
-        def parse_arguments(self, parser: Any, args: Any) -> None:
-            super().parse_arguments(parser, args)
-            check_ckpt_path_arg(self.config, "speech")
+    class SpeechCLI(TaskCLI):
+        def before_fit(self) -> None:
+            pass  # trainer_defaults below add the callbacks to every config
 
         def before_predict(self) -> None:
             if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):

@@ -85,6 +85,9 @@ class SpeechModule(L.LightningModule):
             trained at 108 audio-s/s and two threads at 13. DataLoader workers use the other cores.
     """
 
+    TASK = TASK
+    MONITOR, MONITOR_MODE = "val/cer", "min"
+
     def __init__(
         self,
         encoder: str = "lstm",

@@ -24,31 +24,20 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from core.cli import check_ckpt_path_arg, ensure_resumable, parse_device, run_cli
+from core.cli import parse_device, run_cli
 from core.errors import ConfigError
+from core.task_cli import TaskCLI
 
 __all__ = ["TranslationCLI", "main", "translate_main"]
 
 
-class TranslationCLI(LightningCLI):
+class TranslationCLI(TaskCLI):
     """LightningCLI for :class:`TranslationModule` + :class:`TranslationDataModule`.
 
     Adds ``--predict_output FILE`` (default stdout) and a :class:`TranslationWriter` for ``predict``, and
     makes ``--ckpt_path`` loading ``weights_only=True`` by default.
     """
-
-    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--predict_output", type=str | None, default=None,
-                            help="predict: write translations to this file (default: stdout)")
-
-    def parse_arguments(self, parser: LightningArgumentParser, args: object) -> None:
-        super().parse_arguments(parser, args)  # type: ignore[arg-type]
-        check_ckpt_path_arg(self.config, "translation")  # checked, URL made local, weights_only=True
-
-    def before_fit(self) -> None:
-        ensure_resumable(self.trainer, monitor="val/bleu", mode="max")  # for configs without our callbacks
 
     def before_predict(self) -> None:
         from tasks.translation.callbacks import TranslationWriter

@@ -122,6 +122,9 @@ class TranslationModule(pl.LightningModule):
         num_plot_sentences: fixed validation sentences whose attention heatmaps are logged.
     """
 
+    TASK = TASK
+    MONITOR, MONITOR_MODE = "val/bleu", "max"
+
     def __init__(
         self,
         arch: Literal["rnn", "transformer"] = "rnn",
