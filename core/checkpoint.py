@@ -21,14 +21,11 @@ import urllib.parse
 import urllib.request
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import torch
 
 from core.errors import CheckpointError
-
-if TYPE_CHECKING:
-    import lightning.pytorch as pl
 
 __all__ = [
     "META_KEY",
@@ -37,7 +34,6 @@ __all__ = [
     "checkpoint_task",
     "load_checkpoint",
     "make_metadata",
-    "module_from_checkpoint",
     "resolve_checkpoint",
 ]
 
@@ -195,45 +191,3 @@ def checkpoint_task(ckpt: dict[str, Any]) -> str | None:
     if isinstance(meta, dict) and isinstance(meta.get("task"), str):
         return meta["task"]
     return None
-
-
-M = TypeVar("M", bound="pl.LightningModule")
-
-
-def module_from_checkpoint(
-    cls: type[M],
-    path_or_url: str | os.PathLike[str],
-    expected_task: str,
-    map_location: str | torch.device | None = "cpu",
-    sha256: str | None = None,
-    strict: bool | None = None,
-    **hparam_overrides: Any,
-) -> M:
-    """Rebuild a LightningModule from a checkpoint through ``load_checkpoint`` (weights_only + task check).
-
-    Same semantics as ``LightningModule.load_from_checkpoint`` (hyper-parameters from the checkpoint,
-    overridden by ``hparam_overrides``; ``on_load_checkpoint`` runs before the weights load), so a task
-    can override it with::
-
-        @classmethod
-        def load_from_checkpoint(cls, checkpoint_path, map_location="cpu", hparams_file=None,
-                                 strict=None, weights_only=None, **kwargs):
-            return module_from_checkpoint(cls, checkpoint_path, "translation", map_location,
-                                          strict=strict, **kwargs)
-
-    Raises:
-        CheckpointError: unreadable/unsafe/other-task file, or weights that do not fit the model.
-    """
-    from lightning.pytorch.core.saving import _load_state  # Lightning's own restore, minus torch.load
-
-    ckpt = load_checkpoint(path_or_url, expected_task=expected_task, map_location=map_location, sha256=sha256)
-    if "state_dict" not in ckpt:
-        raise CheckpointError(f"checkpoint {path_or_url} has no 'state_dict' (not a Lightning checkpoint)")
-    try:
-        model = _load_state(cls, ckpt, strict=strict, **hparam_overrides)
-    except RuntimeError as err:  # load_state_dict missing/unexpected keys or size mismatch
-        first = str(err).splitlines()[0]
-        raise CheckpointError(f"checkpoint {path_or_url} does not fit {cls.__name__}: {first}") from None
-    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-        model = model.to(map_location)
-    return model  # type: ignore[return-value]

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["gather_objects"]
+__all__ = ["dedupe_by_index", "gather_objects"]
+
+T = TypeVar("T")
 
 
 def gather_objects(items: list[Any]) -> list[Any]:
@@ -27,3 +30,16 @@ def gather_objects(items: list[Any]) -> list[Any]:
         torch.distributed.all_gather_object(parts, items)
         return [x for part in parts for x in part]
     return items
+
+
+def dedupe_by_index(items: Iterable[tuple[int, T]]) -> list[T]:
+    """Values of ``(dataset_index, value)`` pairs in index order, each index once (first seen wins).
+
+    Under DDP every rank runs the same number of steps, so samplers pad the last shards with repeats of
+    earlier examples; after gathering the outputs of all ranks (:func:`gather_objects`) this drops those
+    repeats, so nothing is scored or written twice, and the order no longer depends on the world size.
+    """
+    seen: dict[int, T] = {}
+    for index, value in items:
+        seen.setdefault(int(index), value)
+    return [seen[i] for i in sorted(seen)]

@@ -29,13 +29,24 @@ from typing import Any, Literal, Union
 
 from core.errors import CheckpointError
 
-__all__ = ["Bounds", "FORBIDDEN_KEYS", "check_plain", "validate_hparams"]
+__all__ = ["BEAM", "Bounds", "FORBIDDEN_KEYS", "FRACTION", "LAYERS", "LENGTH", "RATE", "SIZE", "STEPS", "check_plain",
+           "validate_hparams"]
 
 #: Keys an instantiating parser (jsonargparse, Hydra) turns into an import: never accepted from a file.
 FORBIDDEN_KEYS = frozenset({"class_path", "init_args", "dict_kwargs", "__path__", "_target_"})
 
 #: ``{name: (low, high)}`` inclusive bounds of numeric hyper-parameters.
 Bounds = Mapping[str, tuple[float, float]]
+
+# Common bounds: generous for real use, small enough that no value can make the program allocate
+# gigabytes before the weights are compared (the tasks' HPARAM_BOUNDS use them).
+SIZE = (1, 16_384)  #: a width (embedding, hidden, feed-forward)
+LAYERS = (1, 128)  #: layers, heads
+FRACTION = (0.0, 0.999)  #: dropout, label smoothing
+RATE = (0.0, 10.0)  #: learning rate, weight decay
+STEPS = (0, 10**9)  #: step counts
+BEAM = (1, 128)  #: beam sizes
+LENGTH = (1, 10_000)  #: token / step limits
 
 _MAX_DEPTH = 6
 _MAX_ITEMS = 100_000

@@ -3,11 +3,28 @@
 from __future__ import annotations
 
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["append_to_cache", "clear_vocab_projection_cache", "step_log_probs", "vocab_projection"]
+__all__ = ["append_to_cache", "clear_vocab_projection_cache", "eval_mode", "step_log_probs", "vocab_projection"]
+
+
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """Run the block with ``module`` in eval mode, then restore its previous mode (also on errors).
+
+    Inference entry points (``translate``, ``caption``, ``transcribe``) and in-training decoding use it,
+    so calling them from a training loop never leaves dropout off afterwards.
+    """
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
 
 # layer -> (weak reference to its weight, (storage address, version), (D, V) copy). Kept outside the
 # module so that modules still pickle (torch.save(model), spawn) and carry no extra copy when they do.

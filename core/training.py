@@ -21,6 +21,7 @@ from core.errors import UserError
 
 __all__ = [
     "DeadlineStop",
+    "empty_batch_loss",
     "RunCheckpoint",
     "SCHEDULES",
     "FiniteLossGuard",
@@ -94,6 +95,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, sch
     """
     sched = LambdaLR(optimizer, lr_lambda(warmup_steps, schedule, total_steps, min_ratio))
     return {"scheduler": sched, "interval": "step", "frequency": 1, "name": "lr"}
+
+
+def empty_batch_loss(module: pl.LightningModule) -> torch.Tensor | None:
+    """What ``training_step`` returns for a batch with nothing left to train on (every row was unusable).
+
+    One process: ``None``, so Lightning skips the step (no optimizer update at all: with AdamW even zero
+    gradients would move the weights through momentum and weight decay). Under DDP every rank must run
+    backward (the gradient all-reduce is a collective; a rank that skipped it would leave the others
+    waiting forever), so a zero loss that reaches every trainable parameter, giving zero gradients.
+    """
+    trainer = getattr(module, "_trainer", None)
+    if trainer is None or trainer.world_size <= 1:
+        return None
+    zero = torch.zeros((), device=module.device)
+    # a Python sum, not torch.stack: parameters may not all share one dtype
+    return sum((p.sum() * 0.0 for p in module.parameters() if p.requires_grad), zero)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -9,9 +9,8 @@ vocabulary and the image preprocessing, and `CaptioningModule.load_from_checkpoi
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,11 +21,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch import Tensor
 
-from core.checkpoint import META_KEY, load_checkpoint, make_metadata
+from core.checkpoint import META_KEY
 from core.decoding import beam_search
-from core.distributed import gather_objects
+from core.distributed import dedupe_by_index, gather_objects
 from core.errors import CheckpointError, ConfigError
-from core.training import build_scheduler
+from core.inference import eval_mode
+from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
+from core.task_io import TaskCheckpointMixin
+from core.training import build_scheduler, empty_batch_loss
 from tasks.captioning.data import Batch
 from tasks.captioning.decoder import LSTMAttentionDecoder, TransformerCaptionDecoder
 from tasks.captioning.encoder import EncoderName, ImageEncoder
@@ -37,42 +39,13 @@ from tasks.captioning.vocab import CaptionVocab
 TASK = "captioning"
 
 
-def dedupe_by_index(items: Sequence[tuple[int, Any, Any]]) -> tuple[list[Any], list[Any]]:
-    """Drop repeated dataset indices and sort, after gathering ``(index, hypothesis, refs)`` rows.
-
-    Lightning's ``DistributedSampler`` pads the last shard with images that another rank already
-    has (``drop_last=False``), so without this BLEU/CIDEr on more than one rank would count them
-    twice. Sorting by index also makes the corpus order independent of the number of ranks.
-
-    Args:
-        items: ``(dataset index, hypothesis, references)`` per evaluated image, any order.
-
-    Returns:
-        ``(hypotheses, references)`` for the unique indices in ascending index order (the first
-        row of a repeated index is kept; repeats decode the same image, so they are identical).
-    """
-    seen: dict[int, tuple[Any, Any]] = {}
-    for index, hyp, refs in items:
-        seen.setdefault(int(index), (hyp, refs))
-    order = sorted(seen)
-    return [seen[i][0] for i in order], [seen[i][1] for i in order]
+def hyps_and_refs(rows: list[tuple[int, tuple[str, list[str]]]]) -> tuple[list[str], list[list[str]]]:
+    """``(hypotheses, references)`` of gathered ``(index, (hypothesis, references))`` rows, each image once."""
+    pairs = dedupe_by_index(rows)
+    return [h for h, _ in pairs], [r for _, r in pairs]
 
 
-def _state_dict_mismatch(expected: dict[str, Tensor], got: dict[str, Any], strict: bool) -> list[str]:
-    """Human-readable differences between a model's state dict and a checkpoint's (first few)."""
-    problems = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in got.items()
-        if k in expected and isinstance(v, Tensor) and v.shape != expected[k].shape
-    ]
-    problems += [f"{k}: not a tensor ({type(v).__name__})" for k, v in got.items() if k in expected and not isinstance(v, Tensor)]
-    if strict:
-        problems += [f"missing {k}" for k in expected if k not in got]
-        problems += [f"unexpected {k}" for k in got if k not in expected]
-    return problems
-
-
-class CaptioningModule(L.LightningModule):
+class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
     """Image captioning with visual attention (Show, Attend and Tell, plus a Transformer option).
 
     Args:
@@ -117,6 +90,14 @@ class CaptioningModule(L.LightningModule):
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/bleu4", "max"
     HPARAMS_FROM_DATA = ("vocab", "image_size", "mean", "std")
+    HPARAM_BOUNDS = {
+        "trainable_blocks": (-1, 1000), "grid_size": (1, 32), "feat_dim": SIZE, "attention_dim": SIZE,
+        "embed_dim": SIZE, "hidden_dim": SIZE, "alpha_reg": (0.0, 1000.0), "d_model": SIZE, "num_layers": LAYERS,
+        "num_heads": LAYERS, "ffn_dim": SIZE, "dropout": FRACTION, "max_len": LENGTH, "lr": RATE,
+        "encoder_lr_scale": RATE, "weight_decay": RATE, "warmup_steps": STEPS, "label_smoothing": FRACTION,
+        "val_beam_size": BEAM, "plot_images": (0, 1000), "image_size": (16, 1024), "mean": (-10.0, 10.0),
+        "std": (1e-3, 10.0),
+    }
 
     def __init__(
         self,
@@ -177,8 +158,8 @@ class CaptioningModule(L.LightningModule):
             raise ConfigError(f"model.decoder={decoder!r}: expected 'lstm' or 'transformer'")
         self._transform = eval_transform(image_size, tuple(mean), tuple(std))
         # (dataset index, hypothesis, references) per evaluated image; the index drops DDP padding repeats
-        self._val_out: list[tuple[int, str, list[str]]] = []
-        self._test_out: dict[int, list[tuple[int, str, list[str]]]] = {}
+        self._val_out: list[tuple[int, tuple[str, list[str]]]] = []
+        self._test_out: dict[int, list[tuple[int, tuple[str, list[str]]]]] = {}
         self._plot_batch: Tensor | None = None
 
     # ------------------------------------------------------------------ model
@@ -225,16 +206,6 @@ class CaptioningModule(L.LightningModule):
                     f"learned positions: set data.max_caption_len <= {positions - 1} or model.max_len >= {max_caption_len - 1}"
                 )
 
-    def _skipped_loss(self) -> Tensor:
-        """Zero loss that reaches every trainable parameter (zero gradients, but a full backward).
-
-        Under DDP every rank must run backward each step: the gradient all-reduce is a collective,
-        so a rank that skipped it would leave the others waiting forever.
-        """
-        zero = torch.zeros((), device=self.device)
-        # a Python sum, not torch.stack: parameters may not all share one dtype
-        return sum((p.sum() * 0.0 for p in self.parameters() if p.requires_grad), zero)
-
     def training_step(self, batch: Batch | None, batch_idx: int) -> Tensor | None:
         n_skipped = 0 if batch is None else batch.skipped
         # Logged every step (0 when nothing was skipped): with sync_dist every rank must log the same
@@ -244,9 +215,7 @@ class CaptioningModule(L.LightningModule):
         if batch is None or len(batch) == 0:  # every image of this batch failed to decode
             self.log("train/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum",
                      sync_dist=True, batch_size=1)
-            if self._trainer is not None and self.trainer.world_size > 1:
-                return self._skipped_loss()  # keep the DDP gradient all-reduce in step across ranks
-            return None  # single process: Lightning skips the step (no optimizer update at all)
+            return empty_batch_loss(self)
         self.log("train/skipped_batches", 0.0, on_step=False, on_epoch=True, reduce_fx="sum",
                  sync_dist=True, batch_size=1)
         loss, ce = self._loss(batch)
@@ -294,13 +263,13 @@ class CaptioningModule(L.LightningModule):
             return
         loss, _ = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        self._val_out += zip(batch.index.tolist(), self._decode_batch(batch), batch.refs)
+        self._val_out += zip(batch.index.tolist(), zip(self._decode_batch(batch), batch.refs))
         if batch_idx == 0 and self._plot_batch is None and self.hparams.plot_images > 0:
             # The first validation batch is the same every epoch (no shuffling): fixed plot images.
             self._plot_batch = batch.images[: self.hparams.plot_images].detach().cpu()
 
     def on_validation_epoch_end(self) -> None:
-        hyps, refs = dedupe_by_index(gather_objects(self._val_out))
+        hyps, refs = hyps_and_refs(gather_objects(self._val_out))
         self._val_out = []
         if hyps:
             # Every rank holds the gathered lists and computes the same values; sync_dist=True only
@@ -330,14 +299,15 @@ class CaptioningModule(L.LightningModule):
     def test_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> None:
         if batch is None or len(batch) == 0:
             return
-        self._test_out.setdefault(dataloader_idx, []).extend(zip(batch.index.tolist(), self._decode_batch(batch), batch.refs))
+        self._test_out.setdefault(dataloader_idx, []).extend(
+            zip(batch.index.tolist(), zip(self._decode_batch(batch), batch.refs)))
 
     def on_test_epoch_end(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
         names = list(getattr(dm, "test_names", [])) if dm is not None else []
         # Every test dataloader, even one this rank got nothing from: gather_objects is a collective.
         for idx in sorted(set(self._test_out) | set(range(len(names)))):
-            hyps, refs = dedupe_by_index(gather_objects(self._test_out.get(idx, [])))
+            hyps, refs = hyps_and_refs(gather_objects(self._test_out.get(idx, [])))
             prefix = names[idx] if idx < len(names) else f"test{idx}"
             if hyps:
                 for name, value in caption_scores(hyps, refs).items():
@@ -392,12 +362,10 @@ class CaptioningModule(L.LightningModule):
             tasks.captioning.images.ImageError: a file is missing or not a readable image (the
                 message names it; the CLI reports such files one by one and captions the rest).
         """
-        was_training = self.training
-        self.eval()
         pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_rgb(im) for im in images]
         out: list[Any] = []
         g = self.hparams.grid_size
-        try:
+        with eval_mode(self):
             for start in range(0, len(pil), batch_size):
                 x = torch.stack([self._transform(im) for im in pil[start : start + batch_size]]).to(self.device)
                 tokens, attn = self.generate(x, beam_size=beam)
@@ -408,8 +376,6 @@ class CaptioningModule(L.LightningModule):
                         out.append((text, maps))
                     else:
                         out.append(text)
-        finally:
-            self.train(was_training)
         return out
 
     def preprocess(self, image: Image.Image) -> Tensor:
@@ -417,115 +383,37 @@ class CaptioningModule(L.LightningModule):
         return self._transform(image)
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+    def task_metadata(self) -> dict[str, Any]:
+        """The vocabulary and the image preprocessing, so the checkpoint alone can caption."""
         hp = self.hparams
-        checkpoint[META_KEY] = make_metadata(
-            TASK,
-            vocab=self.vocab.to_dict(),
-            image_size=int(hp.image_size),
-            mean=[float(x) for x in hp.mean],
-            std=[float(x) for x in hp.std],
-            grid_size=int(hp.grid_size),
-        )
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """``--ckpt_path`` restores (fit/validate/test/predict): a checkpoint that does not fit this
-        model is a `CheckpointError` naming the file, not a ``load_state_dict`` traceback.
-
-        Runs before Lightning loads the weights. A vocabulary with the same size but other words
-        (data settings changed since training) only warns: the weights fit, the captions may not.
-        """
-        source = str(getattr(self._trainer, "ckpt_path", None) or "the checkpoint") if self._trainer else "the checkpoint"
-        meta = checkpoint.get(META_KEY)
-        vocab = meta.get("vocab") if isinstance(meta, dict) else None
-        if vocab is not None:
-            try:
-                ckpt_vocab = CaptionVocab.from_dict(vocab)
-            except ValueError as err:
-                raise CheckpointError(f"checkpoint {source}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
-            if ckpt_vocab.to_dict() != self.vocab.to_dict() and len(ckpt_vocab) == len(self.vocab):
-                rank_zero_warn(f"checkpoint {source} was trained with another vocabulary of the same size than the data "
-                               "module built now; check data.min_freq / data.max_vocab / the corpus")
-        state = checkpoint.get("state_dict")
-        if not isinstance(state, dict):
-            raise CheckpointError(f"checkpoint {source} has no 'state_dict' (not a Lightning checkpoint)")
-        strict = bool(getattr(self, "strict_loading", True))
-        problems = _state_dict_mismatch(self.state_dict(), state, strict)
-        if problems:
-            hint = ""
-            if vocab is not None and len(CaptionVocab.from_dict(vocab)) != len(self.vocab):
-                hint = (f" (its vocabulary has {len(CaptionVocab.from_dict(vocab))} words, the data module's "
-                        f"{len(self.vocab)}: train and evaluate with the same data settings)")
-            raise CheckpointError(f"checkpoint {source} does not fit this CaptioningModule configuration{hint}: "
-                                  + "; ".join(problems[:3]) + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else ""))
+        return {"vocab": self.vocab.to_dict(), "image_size": int(hp.image_size), "mean": [float(x) for x in hp.mean],
+                "std": [float(x) for x in hp.std], "grid_size": int(hp.grid_size)}
 
     @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls,
-        checkpoint_path: str | os.PathLike[str],
-        map_location: str | torch.device | None = "cpu",
-        strict: bool = True,
-        **overrides: Any,
-    ) -> CaptioningModule:
-        """Rebuild a module from a checkpoint, safely.
+    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """Vocabulary and preprocessing from the metadata; ``pretrained`` off: the weights are in the file,
+        so loading never downloads or reads backbone weights."""
+        out: dict[str, Any] = {k: meta[k] for k in ("vocab", "image_size", "grid_size", "mean", "std") if k in meta}
+        out["pretrained"] = None
+        return out
 
-        Goes through `core.checkpoint.load_checkpoint` (``weights_only=True``; clear errors for
-        missing, truncated, unsafe or other-task files) instead of Lightning's loader.
-
-        Args:
-            checkpoint_path: file path or http(s) URL.
-            map_location: device for the tensors.
-            strict: require an exact state-dict match.
-            **overrides: hyper-parameters to change (e.g. ``val_beam_size=5``).
-
-        Returns:
-            The module in eval mode.
-
-        Raises:
-            CheckpointError: unreadable/unsafe/other-task file, a malformed vocabulary or
-                hyper-parameters, or weights that do not fit (the message names the file).
-        """
-        ckpt = load_checkpoint(checkpoint_path, expected_task=TASK, map_location=map_location)
-        # LightningCLI stores bookkeeping keys (``_instantiator``, ``_class_path``) next to the real
-        # arguments: keep only what __init__ accepts.
-        accepted = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        hparams = {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k in accepted}
-        meta = ckpt[META_KEY]
-        hparams["vocab"] = meta.get("vocab", hparams.get("vocab"))
+    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
+        """``--ckpt_path`` restores: warn when the data module built another vocabulary of the same size
+        (the weights fit, the captions may not)."""
+        vocab = meta.get("vocab")
+        if vocab is None:
+            return
         try:
-            CaptionVocab.from_dict(hparams["vocab"])
+            ckpt_vocab = CaptionVocab.from_dict(vocab)
         except ValueError as err:
-            raise CheckpointError(f"checkpoint {checkpoint_path}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
-        for key in ("image_size", "grid_size"):
-            if key in meta:
-                hparams[key] = meta[key]
-        for key in ("mean", "std"):
-            if key in meta:
-                hparams[key] = tuple(meta[key])
-        # The weights come from the state dict: never re-download or re-read "pretrained" weights.
-        hparams["pretrained"] = None
-        hparams.update(overrides)
-        if not isinstance(ckpt.get("state_dict"), dict):
-            raise CheckpointError(f"{checkpoint_path}: checkpoint has no 'state_dict'")
-        try:
-            model = cls(**hparams)
-        except ConfigError as err:  # e.g. an unknown encoder/decoder name in tampered hyper-parameters
-            raise CheckpointError(f"checkpoint {checkpoint_path}: its hyper-parameters do not build a model: {err}") from None
-        except (TypeError, ValueError, KeyError) as err:
-            raise CheckpointError(
-                f"checkpoint {checkpoint_path}: its hyper-parameters do not build a model ({type(err).__name__}: {err})"
-            ) from None
-        problems = _state_dict_mismatch(model.state_dict(), ckpt["state_dict"], strict)
-        if problems:
-            raise CheckpointError(f"checkpoint {checkpoint_path}: weights do not fit the model: " + "; ".join(problems[:3])
-                                  + (f"; ... {len(problems) - 3} more" if len(problems) > 3 else ""))
-        try:
-            model.load_state_dict(ckpt["state_dict"], strict=strict)
-        except RuntimeError as err:  # anything the shape check above did not foresee
-            raise CheckpointError(f"checkpoint {checkpoint_path}: weights do not fit the model ({' '.join(str(err).split())[:300]})") from None
-        if map_location is not None:
-            model.to(map_location)
-        return model.eval()
+            raise CheckpointError(f"{source}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
+        if ckpt_vocab.to_dict() != self.vocab.to_dict():
+            if len(ckpt_vocab) == len(self.vocab):
+                rank_zero_warn(f"{source} was trained with another vocabulary of the same size than the data "
+                               "module built now; check data.min_freq / data.max_vocab / the corpus")
+            else:
+                raise CheckpointError(f"{source} has a vocabulary of {len(ckpt_vocab)} words, the data module "
+                                      f"{len(self.vocab)}: train and evaluate with the same data settings")
 
 
 def save_attention_figure(

@@ -37,6 +37,33 @@ class FeatureConfig:
         """Plain dict (checkpoint-safe)."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> FeatureConfig:
+        """Rebuild from `to_dict()` output read from `source`, validated (it is untrusted).
+
+        Raises:
+            CheckpointError: not a dict, unknown fields, or values out of a sane range.
+        """
+        from core.errors import CheckpointError
+
+        limits = {"sample_rate": (1000, 192000), "n_mels": (1, 512), "n_fft": (16, 16384), "hop_length": (1, 16384),
+                  "f_min": (0.0, 96000.0), "f_max": (1.0, 96000.0)}
+        if not isinstance(data, dict) or set(data) - set(limits):
+            got = sorted(data) if isinstance(data, dict) else data
+            raise CheckpointError(f"{source}: feature_config must be a dict with fields {sorted(limits)}, got {got!r}")
+        for key, value in data.items():
+            low, high = limits[key]
+            integral = isinstance(getattr(cls, key), int)
+            ok_type = isinstance(value, int) if integral else isinstance(value, (int, float))
+            if isinstance(value, bool) or not ok_type or not low <= value <= high:
+                raise CheckpointError(f"{source}: feature_config.{key} = {value!r}, expected a number in "
+                                      f"[{low}, {high}]")
+        cfg = cls(**data)
+        if cfg.f_min >= cfg.f_max or cfg.f_max > cfg.sample_rate / 2 or cfg.hop_length > cfg.n_fft:
+            raise CheckpointError(f"{source}: feature_config is inconsistent (need f_min < f_max <= sample_rate/2 "
+                                  f"and hop_length <= n_fft): {data}")
+        return cfg
+
 
 class LogMel(nn.Module):
     """Waveform -> log-mel spectrogram `(frames, n_mels)`."""
@@ -44,7 +71,14 @@ class LogMel(nn.Module):
     def __init__(self, cfg: FeatureConfig | None = None) -> None:
         super().__init__()
         self.cfg = cfg or FeatureConfig()
-        self.mel = torchaudio.transforms.MelSpectrogram(
+        # Always real CPU tensors, also when the module is built on the meta device to check a checkpoint's
+        # shapes (core.task_io): torchaudio computes the filterbank with .item(), which meta tensors lack;
+        # its size is bounded by the validated FeatureConfig.
+        with torch.device("cpu"):
+            self.mel = self._mel()
+
+    def _mel(self) -> torchaudio.transforms.MelSpectrogram:
+        return torchaudio.transforms.MelSpectrogram(
             sample_rate=self.cfg.sample_rate, n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length,
             f_min=self.cfg.f_min, f_max=self.cfg.f_max, n_mels=self.cfg.n_mels, power=2.0,
         )

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import inspect
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -14,9 +14,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from core.checkpoint import META_KEY, load_checkpoint, make_metadata
+from core.checkpoint import META_KEY
 from core.decoding import beam_search
 from core.errors import CheckpointError, ConfigError
+from core.inference import eval_mode
+from core.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
+from core.task_io import TaskCheckpointMixin
+from core.training import empty_batch_loss
 from core.tokenizers import tokenizer_from_dict
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, load_audio, split_on_silence
 from tasks.speech.data import make_char_tokenizer
@@ -53,7 +57,7 @@ class Transcription:
     chunks: list[ChunkAlignment] = field(default_factory=list)
 
 
-class SpeechModule(L.LightningModule):
+class SpeechModule(TaskCheckpointMixin, L.LightningModule):
     """Listen-attend-spell style ASR with joint CTC.
 
     Args:
@@ -87,6 +91,12 @@ class SpeechModule(L.LightningModule):
 
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/cer", "min"
+    HPARAM_BOUNDS = {
+        "encoder_hidden": SIZE, "encoder_layers": LAYERS, "encoder_heads": LAYERS, "decoder_hidden": SIZE,
+        "embed_dim": SIZE, "ctc_weight": (0.0, 1.0), "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE,
+        "weight_decay": RATE, "warmup_steps": STEPS, "beam_size": BEAM, "length_penalty": (-10.0, 10.0),
+        "plot_examples": (0, 1000), "max_chunk_seconds": (1.0, 600.0), "cpu_threads": (1, 1024),
+    }
 
     def __init__(
         self,
@@ -144,71 +154,45 @@ class SpeechModule(L.LightningModule):
             if durs:
                 self.max_chunk_seconds = float(max(durs))
 
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Make the checkpoint self-contained: units, feature config and statistics (plain types only)."""
-        checkpoint[META_KEY] = make_metadata(
-            TASK,
-            units=self.tokenizer.to_dict(),
-            feature_config=self.feature_cfg.to_dict(),
-            feature_stats={"mean": self.stats.mean.tolist(), "std": self.stats.std.tolist()},
-            max_chunk_seconds=self.max_chunk_seconds,
-        )
+    def task_metadata(self) -> dict[str, Any]:
+        """Units, feature front end and statistics, chunking range: the checkpoint alone can transcribe."""
+        return {
+            "units": self.tokenizer.to_dict(),
+            "feature_config": self.feature_cfg.to_dict(),
+            "feature_stats": {"mean": self.stats.mean.tolist(), "std": self.stats.std.tolist()},
+            "max_chunk_seconds": self.max_chunk_seconds,
+        }
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore units and the chunking range from the metadata (weights come via the state dict)."""
-        meta = checkpoint.get(META_KEY) or {}
+    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
+        """Units, front end and chunking range from the file (validated: it is untrusted)."""
         if "units" in meta:
-            self.tokenizer = tokenizer_from_dict(meta["units"])
-        if meta.get("max_chunk_seconds"):
-            self.max_chunk_seconds = float(meta["max_chunk_seconds"])
+            try:
+                units = tokenizer_from_dict(meta["units"])
+            except Exception as err:  # noqa: BLE001 - malformed dicts raise anything from KeyError to HF errors
+                raise CheckpointError(f"{source}: malformed speech units in '{META_KEY}.units' "
+                                      f"({type(err).__name__}: {err})") from None
+            if units.vocab_size != self.tokenizer.vocab_size:
+                raise CheckpointError(f"{source}: its speech units number {units.vocab_size}, the model's output "
+                                      f"layer {self.tokenizer.vocab_size}")
+            self.tokenizer = units
+        cfg = meta.get("feature_config")
+        if cfg is not None:
+            feature_cfg = FeatureConfig.from_dict(cfg, source)
+            if feature_cfg != self.feature_cfg:
+                self.feature_cfg = feature_cfg
+                self.logmel = LogMel(feature_cfg)
+        chunk = meta.get("max_chunk_seconds")
+        if chunk is not None:
+            if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or not 1.0 <= chunk <= 600.0:
+                raise CheckpointError(f"{source}: max_chunk_seconds = {chunk!r}, expected seconds in [1, 600]")
+            self.max_chunk_seconds = float(chunk)
 
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls, checkpoint_path: str | Path, map_location: Any = "cpu", strict: bool = True, **overrides: Any
-    ) -> "SpeechModule":
-        """Load a speech checkpoint safely (`weights_only=True`, task check) through `core.checkpoint`.
-
-        Args:
-            checkpoint_path: file path or http(s) URL.
-            map_location: device for the tensors.
-            strict: require an exact state-dict match.
-            **overrides: constructor arguments replacing the saved ones (e.g. `beam_size=10`).
-
-        Returns:
-            The module in eval mode, on `map_location` (a device string or `torch.device`).
-
-        Raises:
-            core.errors.CheckpointError: missing/truncated/unsafe/other-task file, no state dict,
-                or weights that do not fit the model its hyper-parameters describe (the message
-                names the file).
-        """
-        # Same steps as core.checkpoint.module_from_checkpoint, but the module is built directly from
-        # the constructor arguments (like the other tasks) instead of through the "_instantiator"
-        # LightningCLI records, which would re-parse the hyper-parameters with jsonargparse.
-        ckpt = load_checkpoint(checkpoint_path, expected_task=TASK, map_location=map_location)
-        state = ckpt.get("state_dict")
-        if not isinstance(state, dict):
-            raise CheckpointError(f"checkpoint {checkpoint_path} has no 'state_dict' (not a Lightning checkpoint)")
-        allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
-        # LightningCLI adds bookkeeping keys such as "_instantiator": keep constructor arguments only.
-        hp = {k: v for k, v in dict(ckpt.get("hyper_parameters") or {}).items() if k in allowed}
-        hp.update(overrides)
-        try:
-            module = cls(**hp)
-        except (ValueError, TypeError) as err:  # e.g. an encoder kind this version does not know
-            raise CheckpointError(f"checkpoint {checkpoint_path}: its hyper-parameters (with overrides "
-                                  f"{sorted(overrides)}) do not build a {cls.__name__}: {err}") from None
-        module.on_load_checkpoint(ckpt)
-        try:
-            module.load_state_dict(state, strict=strict)
-        except RuntimeError as err:  # missing/unexpected keys or a size mismatch
-            first = str(err).splitlines()[0]
-            detail = next((ln.strip() for ln in str(err).splitlines()[1:] if ln.strip()), "")
-            raise CheckpointError(f"checkpoint {checkpoint_path} does not fit {cls.__name__}: {first} "
-                                  f"{detail}".rstrip()) from None
-        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-            module = module.to(map_location)  # torch.load's map_location only moved the checkpoint tensors
-        return module.eval()
+    def check_loaded(self, source: str) -> None:
+        """Feature statistics must be finite, with positive spreads (they divide every feature)."""
+        mean, std = self.stats.mean, self.stats.std
+        if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all()) and bool((std > 0).all())):
+            raise CheckpointError(f"{source}: feature statistics are not finite or have a zero/negative std "
+                                  f"(stats.mean/stats.std); the file was modified or its training data was broken")
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -290,15 +274,13 @@ class SpeechModule(L.LightningModule):
         self.log(f"{stage}/ctc_infeasible", count, reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True,
                  batch_size=1)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         zero = self._log_counts("train", batch)
         if batch.get("empty"):
-            # Every utterance of this batch was unusable (warned and counted). Under DDP every rank
-            # must run backward (the gradient all-reduce waits for all of them): return a zero loss
-            # that touches every parameter, so this rank contributes zero gradients.
+            # Every utterance of this batch was unusable (warned and counted).
             if self.hparams.ctc_weight > 0:
                 self._log_ctc_infeasible("train", zero)  # same keys on every rank, every step
-            return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+            return empty_batch_loss(self)
         losses = self._losses(batch)
         if "ctc_infeasible" in losses:
             self._log_ctc_infeasible("train", losses["ctc_infeasible"])
@@ -383,9 +365,7 @@ class SpeechModule(L.LightningModule):
         Returns:
             Per utterance: (normalised transcript, attention or None).
         """
-        was_training = self.training
-        self.eval()
-        try:
+        with eval_mode(self):
             enc, mask, ctc_lp = self.model.encode(self.stats(feats), lens)
             dec = self.model.decoder
             state = dec.init_state(enc, mask)
@@ -408,8 +388,6 @@ class SpeechModule(L.LightningModule):
                 text = tk.decode(res.tokens[b][k])
                 out.append((text, att[:, : int(mask[b].sum())] if (with_attention and att is not None) else None))
             return out
-        finally:
-            self.train(was_training)
 
     def _rescore(self, hyps: list[list[int]], scores: list[float], ctc_lp: Tensor) -> int:
         """Index of the best hypothesis under `(1 - w) * attention + w * CTC` (length-normalised).
@@ -457,33 +435,33 @@ class SpeechModule(L.LightningModule):
             core.errors.DataError: an input is missing, unreadable, corrupt or empty (the message
                 names it); use one call per file to keep going over bad files.
         """
-        self.eval()
-        max_s = self.max_chunk_seconds or 15.0
-        chunks: list[tuple[int, float, Tensor]] = []  # (input index, start seconds, features (T, F))
-        dev = self.device
-        for i, src in enumerate(inputs):
-            wav = load_audio(src)
-            for a, b in split_on_silence(wav, max_s):
-                # the front end's filterbank lives on the module's device (e.g. after map_location="cuda")
-                chunks.append((i, a / SAMPLE_RATE, self.logmel(wav[a:b].to(dev))))
-        # Decode chunks sorted by length so batches carry little padding.
-        order = sorted(range(len(chunks)), key=lambda j: chunks[j][2].shape[0])
-        decoded: dict[int, tuple[str, Tensor | None]] = {}
-        for s in range(0, len(order), batch_size):
-            idx = order[s : s + batch_size]
-            feats = [chunks[j][2] for j in idx]
-            lens = torch.tensor([f.shape[0] for f in feats], device=dev)
-            batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(dev)  # (B, T, F)
-            for j, r in zip(idx, self.decode_features(batch, lens, beam=beam, with_attention=return_attention)):
-                decoded[j] = r
-        texts: list[list[str]] = [[] for _ in inputs]
-        aligns: list[list[ChunkAlignment]] = [[] for _ in inputs]
-        for j, (i, start, feats) in enumerate(chunks):
-            text, att = decoded[j]
-            if text:
-                texts[i].append(text)
-            if return_attention and att is not None:
-                aligns[i].append(ChunkAlignment(feats.T.cpu(), att.cpu(), list(text), start))
+        with eval_mode(self):
+            max_s = self.max_chunk_seconds or 15.0
+            chunks: list[tuple[int, float, Tensor]] = []  # (input index, start seconds, features (T, F))
+            dev = self.device
+            for i, src in enumerate(inputs):
+                wav = load_audio(src)
+                for a, b in split_on_silence(wav, max_s):
+                    # the front end's filterbank lives on the module's device (e.g. after map_location="cuda")
+                    chunks.append((i, a / SAMPLE_RATE, self.logmel(wav[a:b].to(dev))))
+            # Decode chunks sorted by length so batches carry little padding.
+            order = sorted(range(len(chunks)), key=lambda j: chunks[j][2].shape[0])
+            decoded: dict[int, tuple[str, Tensor | None]] = {}
+            for s in range(0, len(order), batch_size):
+                idx = order[s : s + batch_size]
+                feats = [chunks[j][2] for j in idx]
+                lens = torch.tensor([f.shape[0] for f in feats], device=dev)
+                batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(dev)  # (B, T, F)
+                for j, r in zip(idx, self.decode_features(batch, lens, beam=beam, with_attention=return_attention)):
+                    decoded[j] = r
+            texts: list[list[str]] = [[] for _ in inputs]
+            aligns: list[list[ChunkAlignment]] = [[] for _ in inputs]
+            for j, (i, start, feats) in enumerate(chunks):
+                text, att = decoded[j]
+                if text:
+                    texts[i].append(text)
+                if return_attention and att is not None:
+                    aligns[i].append(ChunkAlignment(feats.T.cpu(), att.cpu(), list(text), start))
         joined = [" ".join(t) for t in texts]
         if return_attention:
             return [Transcription(t, a) for t, a in zip(joined, aligns)]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from core.distributed import dedupe_by_index  # noqa: F401 - re-exported (its docs mention it)
 from core.errors import ConfigError
 from core.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
@@ -235,16 +236,3 @@ def shard_indices(n: int, num_replicas: int, rank: int) -> list[int]:
     total = math.ceil(n / num_replicas) * num_replicas
     padded = [i % n for i in range(total)]
     return padded[rank::num_replicas]
-
-
-def dedupe_by_index(items: Iterable[tuple[int, T]]) -> list[T]:
-    """Values of ``(dataset_index, value)`` pairs in index order, each index once (first seen wins).
-
-    Under DDP every rank runs the same number of steps, so the last batches are padded with repeats of
-    earlier examples (:class:`TokenBucketBatchSampler`, :func:`shard_indices`); after gathering the
-    outputs of all ranks, this drops those repeats so nothing is scored or written twice.
-    """
-    seen: dict[int, T] = {}
-    for index, value in items:
-        seen.setdefault(int(index), value)
-    return [seen[i] for i in sorted(seen)]

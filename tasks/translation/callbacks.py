@@ -10,8 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 
-from core.distributed import gather_objects
-from tasks.translation.batching import dedupe_by_index
+from core.distributed import dedupe_by_index, gather_objects
 
 
 class TranslationWriter(BasePredictionWriter):

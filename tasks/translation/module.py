@@ -17,9 +17,8 @@ Example:
 
 from __future__ import annotations
 
-import inspect
 import math
-import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -29,14 +28,17 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from core.checkpoint import META_KEY, load_checkpoint, make_metadata
+from core.checkpoint import META_KEY
 from core.decoding import beam_search
-from core.distributed import gather_objects
+from core.distributed import dedupe_by_index, gather_objects
 from core.errors import CheckpointError, ConfigError
+from core.inference import eval_mode
+from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.metrics import corpus_bleu, corpus_chrf
 from core.tokenizers import BOS_ID, EOS_ID, BaseTokenizer, tokenizer_from_dict
+from core.task_io import TaskCheckpointMixin
 from core.training import build_scheduler, log_figure
-from tasks.translation.batching import dedupe_by_index, pad_ids
+from tasks.translation.batching import pad_ids
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 
 TASK = "translation"
@@ -61,20 +63,19 @@ class Translation:
     attention: Tensor | None
 
 
-def tokenizers_from_checkpoint(checkpoint: dict[str, Any], source: str) -> tuple[BaseTokenizer, BaseTokenizer]:
-    """The ``(src, tgt)`` tokenizers stored under ``checkpoint["attn_suite"]["tokenizers"]``.
+def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[BaseTokenizer, BaseTokenizer]:
+    """The ``(src, tgt)`` tokenizers stored in a checkpoint's ``attn_suite`` metadata.
 
     Args:
-        checkpoint: a loaded checkpoint dict.
-        source: the checkpoint's file/URL, for messages.
+        meta: the metadata dict.
+        source: the checkpoint or folder, for messages.
 
     Raises:
         core.errors.CheckpointError: the tokenizers are missing or cannot be rebuilt (names ``source``).
     """
-    meta = checkpoint.get(META_KEY)
-    toks = meta.get("tokenizers") if isinstance(meta, dict) else None
+    toks = meta.get("tokenizers")
     if not isinstance(toks, dict) or not all(isinstance(toks.get(k), dict) for k in ("src", "tgt")):
-        raise CheckpointError(f"checkpoint {source} has no tokenizers (expected '{META_KEY}' -> 'tokenizers' "
+        raise CheckpointError(f"{source} has no tokenizers (expected '{META_KEY}' -> 'tokenizers' "
                               f"-> 'src'/'tgt'); it was not written by this translation task or was modified")
     out = []
     for side in ("src", "tgt"):
@@ -83,12 +84,12 @@ def tokenizers_from_checkpoint(checkpoint: dict[str, Any], source: str) -> tuple
         # ValueError/KeyError/TypeError for malformed dicts; the HF `tokenizers` library raises a plain
         # Exception for an unparsable JSON string.
         except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"checkpoint {source}: the stored {side!r} tokenizer is malformed "
+            raise CheckpointError(f"{source}: the stored {side!r} tokenizer is malformed "
                                   f"({type(err).__name__}: {err})") from None
     return out[0], out[1]
 
 
-class TranslationModule(pl.LightningModule):
+class TranslationModule(TaskCheckpointMixin, pl.LightningModule):
     """Sequence-to-sequence translation with attention.
 
     Args:
@@ -124,6 +125,13 @@ class TranslationModule(pl.LightningModule):
 
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/bleu", "max"
+    HPARAM_BOUNDS = {
+        "emb_dim": SIZE, "hidden_dim": SIZE, "enc_layers": LAYERS, "dec_layers": LAYERS, "num_heads": LAYERS,
+        "ff_dim": SIZE, "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE, "weight_decay": RATE,
+        "warmup_steps": STEPS, "min_lr_ratio": (0.0, 1.0), "val_beam": BEAM, "length_penalty": (-10.0, 10.0),
+        "max_decode_len": LENGTH, "max_source_tokens": LENGTH, "val_bleu_sentences": (0, 10**9),
+        "num_plot_sentences": (0, 1000),
+    }
 
     def __init__(
         self,
@@ -204,111 +212,36 @@ class TranslationModule(pl.LightningModule):
         self.build_model()
 
     # ------------------------------------------------------------------ checkpoints
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the tokenizers (plain dicts) so the checkpoint alone can translate."""
+    def task_metadata(self) -> dict[str, Any]:
+        """The tokenizers (plain dicts), so the checkpoint alone can translate."""
         assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
-        checkpoint[META_KEY] = make_metadata(
-            TASK, tokenizers={"src": self.src_tokenizer.to_dict(), "tgt": self.tgt_tokenizer.to_dict()})
+        return {"tokenizers": {"src": self.src_tokenizer.to_dict(), "tgt": self.tgt_tokenizer.to_dict()}}
 
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Resume/validate with a checkpoint: its tokenizers win over freshly trained ones.
+    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
+        """Take the file's tokenizers and build the network for them.
 
-        Runs before Lightning loads the weights (``--ckpt_path``), so weights that do not fit the
-        configured model become a ``CheckpointError`` naming the file instead of a RuntimeError traceback.
+        During ``--ckpt_path`` restores the checkpoint's tokenizers win over the ones the data module
+        trained: the network is rebuilt for them and the data module re-tokenizes its data.
         """
-        source = str(getattr(self._trainer, "ckpt_path", None) or "(checkpoint)")
-        self._apply_checkpoint_tokenizers(checkpoint, source)
-        self._check_weights_fit(checkpoint, source)
-
-    def _check_weights_fit(self, checkpoint: dict[str, Any], source: str) -> None:
-        state = checkpoint.get("state_dict")
-        if self.model is None or not isinstance(state, dict):
-            return
-        own = self.state_dict()
-        bad = [f"size mismatch for {k}: {tuple(v.shape)} in the checkpoint, {tuple(own[k].shape)} in the model"
-               for k, v in state.items() if k in own and isinstance(v, Tensor) and v.shape != own[k].shape]
-        if self.strict_loading:
-            bad += [f"missing key {k}" for k in own if k not in state]
-            bad += [f"unexpected key {k}" for k in state if k not in own]
-        if bad:
-            more = f" (and {len(bad) - 2} more)" if len(bad) > 2 else ""
-            raise CheckpointError(f"checkpoint {source} does not fit the configured {type(self).__name__} "
-                                  f"(do the --model.* options match the run that wrote it?): "
-                                  f"{'; '.join(bad[:2])}{more}")
-
-    def _apply_checkpoint_tokenizers(self, checkpoint: dict[str, Any], source: str) -> None:
-        meta = checkpoint.get(META_KEY) or {}
-        toks = meta.get("tokenizers") if isinstance(meta, dict) else None
-        if not toks:
-            return
+        toks = meta.get("tokenizers")
         if isinstance(toks, dict) and self.src_tokenizer is not None and self.tgt_tokenizer is not None \
                 and self.src_tokenizer.to_dict() == toks.get("src") and self.tgt_tokenizer.to_dict() == toks.get("tgt"):
             return
-        src, tgt = tokenizers_from_checkpoint(checkpoint, source)  # CheckpointError if malformed
-        rank_zero_warn("the checkpoint's tokenizers differ from the data module's; using the checkpoint's")
+        src, tgt = tokenizers_from_metadata(meta, source)
+        had_data_tokenizers = self.src_tokenizer is not None
         self.set_tokenizers(src, tgt)
         self.model = None
         self.build_model()
+        if self._trainer is None:
+            return
         self.model.to(self.device)
-        dm = self.trainer.datamodule if self._trainer is not None else None
+        dm = self.trainer.datamodule
         if dm is not None and hasattr(dm, "set_tokenizers"):
+            if had_data_tokenizers:
+                rank_zero_warn("the checkpoint's tokenizers differ from the data module's; using the checkpoint's")
             dm.set_tokenizers(self.src_tokenizer, self.tgt_tokenizer)
             dm.datasets.clear()
             dm.setup(self.trainer.state.fn.value if self.trainer.state.fn else None)
-
-    @classmethod
-    def load_from_checkpoint(  # type: ignore[override]
-        cls,
-        checkpoint_path: str | os.PathLike[str],
-        map_location: str | torch.device | None = "cpu",
-        strict: bool = True,
-        **overrides: Any,
-    ) -> TranslationModule:
-        """Load a translation checkpoint safely (``weights_only=True``, task check via core.checkpoint).
-
-        Args:
-            checkpoint_path: file path or http(s) URL.
-            map_location: device to load the tensors on.
-            strict: strict state-dict loading.
-            **overrides: hyperparameters to override (e.g. ``val_beam=1``).
-
-        Raises:
-            core.errors.CheckpointError: missing/corrupt/unsafe file, another task's checkpoint, missing or
-                malformed tokenizers/hyper-parameters, or weights that do not fit the model (the message
-                names the file).
-        """
-        ckpt = load_checkpoint(checkpoint_path, expected_task=TASK, map_location=map_location)
-        where = os.fspath(checkpoint_path)
-        state = ckpt.get("state_dict")
-        if not isinstance(state, dict):
-            raise CheckpointError(f"checkpoint {where} has no 'state_dict' (not a Lightning checkpoint)")
-        src_tok, tgt_tok = tokenizers_from_checkpoint(ckpt, where)
-        params = inspect.signature(cls.__init__).parameters
-        saved = ckpt.get("hyper_parameters") or {}
-        if not isinstance(saved, dict):
-            raise CheckpointError(f"checkpoint {where}: 'hyper_parameters' is a {type(saved).__name__}, "
-                                  f"expected a dict")
-        hp = {k: v for k, v in saved.items() if k in params}
-        hp.update(overrides)
-        try:
-            model = cls(**hp)
-            model.set_tokenizers(src_tok, tgt_tok)
-            model.build_model()
-        except (TypeError, ValueError, KeyError) as err:  # tampered/foreign hyper-parameters
-            raise CheckpointError(f"checkpoint {where}: its hyper-parameters do not build a "
-                                  f"{cls.__name__}: {type(err).__name__}: {err}") from None
-        try:
-            model.load_state_dict(state, strict=strict)
-        except RuntimeError as err:  # missing/unexpected keys or size mismatch
-            # The first line is "Error(s) in loading state_dict for ..."; the next names the weight.
-            lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-            detail = "; ".join(lines[1:3]) or (lines[0] if lines else type(err).__name__)
-            raise CheckpointError(f"checkpoint {where} does not fit {cls.__name__} built from its own "
-                                  f"hyper-parameters and tokenizers: {detail}") from None
-        if map_location is not None:
-            model.to(map_location)
-        model.eval()
-        return model
 
     # ------------------------------------------------------------------ training
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
@@ -490,8 +423,6 @@ class TranslationModule(pl.LightningModule):
         if not 1 <= nbest <= beam:
             raise ConfigError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam}")
         assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
-        was_training = self.training
-        self.eval()
         limit = self.hparams.max_source_tokens
         encoded = []
         for i, t in enumerate(texts):
@@ -504,7 +435,7 @@ class TranslationModule(pl.LightningModule):
         # Decode in length-sorted batches (little padding), then restore the input order.
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         results: list[Any] = [None] * len(texts)
-        try:
+        with eval_mode(self):
             for k in range(0, len(order), batch_size):
                 idx = order[k:k + batch_size]
                 src, lengths = pad_ids([encoded[i] for i in idx])  # (B, S), (B,)
@@ -522,6 +453,4 @@ class TranslationModule(pl.LightningModule):
                         else:
                             hyps.append(text)
                     results[i] = hyps[0] if nbest == 1 else hyps
-        finally:
-            self.train(was_training)
         return results

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from core import checkpoint as ckpt_mod
-from core.checkpoint import load_checkpoint, make_metadata, module_from_checkpoint, resolve_checkpoint
+from core.checkpoint import load_checkpoint, make_metadata, resolve_checkpoint
+from core.task_io import TaskCheckpointMixin, load_task_module
 from core.errors import CheckpointError, UserError
 
 
@@ -147,8 +148,11 @@ def test_download_is_monkeypatchable(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert load_checkpoint("https://example.invalid/x/good.ckpt")["attn_suite"]["task"] == "translation"
 
 
-class _TaskModule(pl.LightningModule):
+class _TaskModule(TaskCheckpointMixin, pl.LightningModule):
     """A task-like module storing metadata + a tokenizer dict, the way the tasks do."""
+
+    TASK = "toy"
+    HPARAM_BOUNDS = {"hidden": (1, 64)}
 
     def __init__(self, hidden: int = 3, name: str = "x") -> None:
         super().__init__()
@@ -166,32 +170,72 @@ class _TaskModule(pl.LightningModule):
     def configure_optimizers(self):  # noqa: ANN201
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
+    def task_metadata(self) -> dict:
         from core.tokenizers import CharTokenizer
 
-        checkpoint["attn_suite"] = make_metadata("toy", tokenizer=CharTokenizer.train(["ñandú"]).to_dict())
+        return {"tokenizer": CharTokenizer.train(["ñandú"]).to_dict()}
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        self.loaded_meta = checkpoint["attn_suite"]
+    def restore_metadata(self, meta, source) -> None:  # noqa: ANN001
+        self.loaded_meta = dict(meta)
 
 
-def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
-
+def _toy_checkpoint(tmp_path: Path) -> tuple[_TaskModule, Path]:
     model = _TaskModule(hidden=5, name="ñ")
     trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
                          enable_checkpointing=False, accelerator="cpu", devices=1)
     trainer.fit(model)
     path = tmp_path / "toy.ckpt"
     trainer.save_checkpoint(path)
+    return model, path
+
+
+def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
+    model, path = _toy_checkpoint(tmp_path)
     torch.load(path, weights_only=True)  # a Lightning checkpoint is weights_only-safe
-    again = module_from_checkpoint(_TaskModule, path, "toy")
-    assert again.hparams.hidden == 5 and again.hparams.name == "ñ"
+    again = _TaskModule.load_from_checkpoint(path)
+    assert again.hparams.hidden == 5 and again.hparams.name == "ñ" and not again.training
     assert again.loaded_meta is not None and again.loaded_meta["tokenizer"]["type"] == "char"
     torch.testing.assert_close(again.lin.weight, model.lin.weight)
-    with pytest.raises(CheckpointError, match="expected a 'other'"):
-        module_from_checkpoint(_TaskModule, path, "other")
-    with pytest.raises(CheckpointError, match="does not fit"):
-        module_from_checkpoint(_TaskModule, path, "toy", hidden=4)
+    with pytest.raises(CheckpointError, match="is a 'toy' checkpoint, expected a 'other'"):
+        load_task_module(type("Other", (_TaskModule,), {"TASK": "other"}), path)
+    with pytest.raises(CheckpointError, match=r"lin\.weight: \(5, 2\) in the file, \(4, 2\) in the model"):
+        _TaskModule.load_from_checkpoint(path, hidden=4)
+
+
+def test_sizes_are_checked_on_the_meta_device_before_any_allocation(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    _, path = _toy_checkpoint(tmp_path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["hyper_parameters"]["hidden"] = 60  # in bounds, but not what the weights were trained with
+    torch.save(ckpt, path)
+    built: list[str] = []
+
+    def spy(self: _TaskModule, meta: dict, source: str) -> None:  # runs right after each construction
+        built.append(self.lin.weight.device.type)
+
+    monkeypatch.setattr(_TaskModule, "restore_metadata", spy)
+    with pytest.raises(CheckpointError, match=r"\(5, 2\) in the file, \(60, 2\) in the model"):
+        _TaskModule.load_from_checkpoint(path)
+    assert built == ["meta"]  # refused before the real module was ever built
+    ckpt["hyper_parameters"]["hidden"] = 10**9
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match=r"'hidden' = 1000000000: expected a value in \[1, 64\]"):
+        _TaskModule.load_from_checkpoint(path)
+    assert built == ["meta"]
+
+
+def test_newer_format_and_bad_metadata_are_named(tmp_path: Path) -> None:
+    _, path = _toy_checkpoint(tmp_path)
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["attn_suite"]["format"] = 99
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="newer attn-suite .*format 99"):
+        _TaskModule.load_from_checkpoint(path)
+    ckpt["attn_suite"]["format"] = 1
+    ckpt["attn_suite"]["x"] = {"class_path": "os.system"}
+    torch.save(ckpt, path)
+    with pytest.raises(CheckpointError, match="class_path"):
+        _TaskModule.load_from_checkpoint(path)
 
 
 def test_cli_ckpt_path_url_is_made_local_checked_and_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

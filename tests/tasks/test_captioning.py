@@ -572,14 +572,13 @@ def test_skipped_images_logged_as_epoch_sum(tmp_path: Path) -> None:
 
 
 def test_dedupe_by_index_drops_ddp_padding_repeats() -> None:
-    from tasks.captioning.module import dedupe_by_index
+    from tasks.captioning.module import hyps_and_refs
 
     # 5 images on 2 ranks: DistributedSampler gives rank 0 [0, 2, 4] and rank 1 [1, 3, 0] (padding repeat)
-    gathered = [(0, "h0", ["r0"]), (2, "h2", ["r2"]), (4, "h4", ["r4"]), (1, "h1", ["r1"]), (3, "h3", ["r3"]),
-                (0, "h0", ["r0"])]
-    hyps, refs = dedupe_by_index(gathered)
+    gathered = [(i, (f"h{i}", [f"r{i}"])) for i in (0, 2, 4, 1, 3, 0)]
+    hyps, refs = hyps_and_refs(gathered)
     assert hyps == ["h0", "h1", "h2", "h3", "h4"] and refs == [["r0"], ["r1"], ["r2"], ["r3"], ["r4"]]
-    assert dedupe_by_index([]) == ([], [])
+    assert hyps_and_refs([]) == ([], [])
 
 
 def test_validation_scores_count_each_image_once(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -587,7 +586,7 @@ def test_validation_scores_count_each_image_once(monkeypatch: pytest.MonkeyPatch
     import tasks.captioning.module as mod
 
     m = _tiny_module()
-    m._val_out = [(0, "a b", ["a b"]), (1, "c", ["c d"])]
+    m._val_out = [(0, ("a b", ["a b"])), (1, ("c", ["c d"]))]
     monkeypatch.setattr(mod, "gather_objects", lambda rows: rows + [rows[0]])  # rank 1 re-evaluated image 0
     seen: list[tuple[list[str], list[list[str]]]] = []
     monkeypatch.setattr(mod, "caption_scores", lambda h, r: seen.append((h, r)) or {"bleu4": 0.0})

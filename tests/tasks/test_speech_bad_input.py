@@ -7,6 +7,8 @@ the exit status and stderr (``error:`` prefix, the file named, no traceback).
 
 from __future__ import annotations
 
+import re
+
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -185,7 +187,7 @@ def _tampered(tiny_ckpt: Path, tmp: Path, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how,msg", [("shape", "size mismatch"), ("missing-key", "Missing key"),
+@pytest.mark.parametrize("how,msg", [("shape", r"model\.ctc_head\.weight: \(\d+, \d+\) in the file"), ("missing-key", "missing model.ctc_head.bias"),
                                      ("no-state-dict", "has no 'state_dict'")])
 def test_tampered_checkpoint_is_a_checkpoint_error(how: str, msg: str, tiny_ckpt: Path, tmp_path: Path,
                                                    user_error: Callable[[], str]) -> None:
@@ -198,7 +200,7 @@ def test_tampered_checkpoint_is_a_checkpoint_error(how: str, msg: str, tiny_ckpt
     assert str(path) in str(e.value)
     assert main(["transcribe", "--ckpt", str(path), str(tmp_path / "a.wav")]) == 2
     err = user_error()
-    assert str(path) in err and msg in err, err
+    assert str(path) in err and re.search(msg, err), err
 
 
 def test_load_from_checkpoint_moves_module_to_map_location(tiny_ckpt: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,22 +211,25 @@ def test_load_from_checkpoint_moves_module_to_map_location(tiny_ckpt: Path, monk
     """
     from tasks.speech import module as mod
 
-    real = mod.load_checkpoint
-    monkeypatch.setattr(mod, "load_checkpoint", lambda p, expected_task=None, map_location=None:
-                        real(p, expected_task=expected_task, map_location="cpu"))
     m = mod.SpeechModule.load_from_checkpoint(tiny_ckpt, map_location="meta")
     assert {p.device.type for p in m.parameters()} == {"meta"}
     assert m.device.type == "meta" and not m.training
 
 
-def test_empty_batch_gives_a_zero_loss_reaching_every_parameter() -> None:
-    """Under DDP a rank that skips backward deadlocks the gradient all-reduce: no None loss."""
+def test_empty_batch_skips_the_step_alone_and_gives_a_zero_loss_under_ddp() -> None:
+    """One process: None (no update at all). Under DDP a rank that skips backward deadlocks the gradient
+    all-reduce: a zero loss reaching every parameter instead."""
+    from types import SimpleNamespace
+
     from tasks.speech.module import SpeechModule
 
     m = SpeechModule(encoder_hidden=8, encoder_layers=1, decoder_hidden=8, embed_dim=8,
                      attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
+        assert m.training_step({"empty": True, "skipped": 3}, 0) is None
+        m._trainer = SimpleNamespace(world_size=2)  # type: ignore[assignment]
+        m.log = lambda *a, **k: None  # type: ignore[method-assign]
         loss = m.training_step({"empty": True, "skipped": 3}, 0)
     assert isinstance(loss, torch.Tensor) and loss.requires_grad and float(loss.detach()) == 0.0
     loss.backward()
