@@ -46,8 +46,8 @@ def run(attention: str, memory_efficient: bool | None, args: argparse.Namespace)
     if attention == "location":
         opts.update(conv_channels=10, kernel_size=15)
     # The default config's sizes (configs/speech/default.yaml).
-    model = ASRModel(args.vocab, n_mels=80, encoder="lstm", encoder_hidden=160, encoder_layers=2,
-                     decoder_hidden=192, embed_dim=48, attention=attention, attention_options=opts,
+    model = ASRModel(args.vocab, n_mels=80, encoder="lstm", encoder_dim=160, encoder_layers=2,
+                     hidden_dim=192, embed_dim=48, attention=attention, attention_options=opts,
                      dropout=0.1).to(dev)
     b, frames, l_out = args.batch, args.frames * 4, args.tokens  # 4x time reduction in the encoder
     feats = torch.randn(b, frames, 80, device=dev)  # (B, T, F)

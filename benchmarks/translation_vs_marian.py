@@ -67,13 +67,13 @@ if str(ROOT) not in sys.path:
 
 SIZES: dict[str, dict[str, int]] = {
     # the GPU spec: Transformer-base-like, 8k vocabulary, 128 sentences x 32 tokens
-    "base": dict(d_model=512, layers=6, heads=8, ff_dim=2048, vocab=8000, batch=128, seq=32,
+    "base": dict(d_model=512, layers=6, heads=8, ffn_dim=2048, vocab=8000, batch=128, seq=32,
                  decode_batch=64, decode_len=32),
     # CPU-sized
-    "small": dict(d_model=256, layers=3, heads=4, ff_dim=1024, vocab=8000, batch=32, seq=32,
+    "small": dict(d_model=256, layers=3, heads=4, ffn_dim=1024, vocab=8000, batch=32, seq=32,
                   decode_batch=16, decode_len=32),
     # plumbing check only (e.g. that --compile works), not a benchmark
-    "tiny": dict(d_model=64, layers=1, heads=2, ff_dim=128, vocab=1000, batch=8, seq=16,
+    "tiny": dict(d_model=64, layers=1, heads=2, ffn_dim=128, vocab=1000, batch=8, seq=16,
                  decode_batch=4, decode_len=8),
 }
 PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}  # dense bf16 (SXM unless named)
@@ -85,7 +85,7 @@ def build_ours(cfg: dict[str, int], dropout: float) -> nn.Module:
     from tasks.translation.models import TransformerSeq2Seq
 
     return TransformerSeq2Seq(cfg["vocab"], cfg["vocab"], d_model=cfg["d_model"], num_heads=cfg["heads"],
-                              ff_dim=cfg["ff_dim"], enc_layers=cfg["layers"], dec_layers=cfg["layers"],
+                              ffn_dim=cfg["ffn_dim"], encoder_layers=cfg["layers"], decoder_layers=cfg["layers"],
                               dropout=dropout, tie_embeddings=True, share_src_tgt_embeddings=False,
                               max_positions=max(512, 2 * cfg["seq"]))
 
@@ -97,7 +97,7 @@ def build_marian(cfg: dict[str, int], dropout: float) -> nn.Module:
         vocab_size=cfg["vocab"], decoder_vocab_size=cfg["vocab"], d_model=cfg["d_model"],
         encoder_layers=cfg["layers"], decoder_layers=cfg["layers"],
         encoder_attention_heads=cfg["heads"], decoder_attention_heads=cfg["heads"],
-        encoder_ffn_dim=cfg["ff_dim"], decoder_ffn_dim=cfg["ff_dim"], activation_function="gelu",
+        encoder_ffn_dim=cfg["ffn_dim"], decoder_ffn_dim=cfg["ffn_dim"], activation_function="gelu",
         dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
         max_position_embeddings=max(512, 2 * cfg["seq"]), scale_embedding=True,
         share_encoder_decoder_embeddings=False, tie_word_embeddings=True,

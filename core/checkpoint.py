@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 META_KEY = "attn_suite"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one vocabulary of hyper-parameter names, shared decoder layers (1 still loads)
 _DEFAULT_CACHE = Path("~/.cache/attn-suite/checkpoints")
 
 

@@ -4,30 +4,25 @@ Both searches drive a model through a *step function* with explicit state::
 
     step_fn(last_tokens: LongTensor (N,), state) -> (log_probs (N, V), new_state, attn (N, S) | None)
 
-``state`` is any pytree (dict / list / tuple nesting of tensors whose leading dim is the batch).
+``state`` is either any pytree (dict / list / tuple nesting of tensors whose leading dim is the batch:
+every leaf follows the hypotheses), or a :class:`DecoderState`, whose named fields say how each part
+follows the beams:
+
+* ``beams``: one row per hypothesis, expanded to the beams and reordered every step (RNN states,
+  previous attention weights);
+* ``source``: one row per hypothesis that is the same for all beams of an item (encoder outputs,
+  masks, precomputed key projections): expanded once, never reordered (wasted memory traffic);
+* ``shared``: one row per *unfinished item*, never expanded nor reordered: the step maps its
+  ``N = A * K`` rows (beams of an item contiguous) onto it, e.g. the Transformer attends from an item's
+  beams, as extra query positions, to one copy of its cross-attention keys/values;
+* ``cache``: one row per hypothesis that the step function reorders itself: before each step beam
+  search puts the ``(N,)`` parent row of every row in ``reorder``; the step applies it (e.g. fused with
+  appending to a KV cache: one copy instead of a reorder copy plus an append) and returns
+  ``reorder=None``. Greedy search never sets it.
+
 Beam search runs the first step on the ``B`` rows of the initial state (all beams of an item start
-identical), expands every tensor leaf of the state it returns to ``B * beam`` rows once
-(``repeat_interleave``) and reorders
-the rows each step (``index_select`` on dim 0) to follow the surviving hypotheses -- except the value
-under the top-level dict key ``"static"``, which is expanded once and never reordered (encoder
-outputs, masks and precomputed key projections are identical for all beams of an item, so reordering
-them would be wasted memory traffic).
-
-A step function may also take over the per-step reorder of part of its state: with a top-level
-``"reorder"`` key (``None`` at first), beam search leaves the value under ``"lazy"`` as it is after a
-step and puts the ``(N,)`` row index to apply to it under ``"reorder"``; the step function applies it
-(``lazy_leaf.index_select(0, reorder)``, or fused with a copy it makes anyway) and returns
-``"reorder": None``. Expanding the first step's state and dropping finished items apply to ``"lazy"``
-as to any other entry. Greedy search never sets ``"reorder"``.
-
-The value under the top-level dict key ``"shared"`` is never expanded nor reordered: it keeps one row
-per *item* (leading dim = number of unfinished items ``A``) while the other leaves have ``A * beam``
-rows (beams of an item contiguous), so a step function can attend from an item's ``beam`` queries
-to a single copy of its encoder outputs (``N // A`` rows per item; with greedy search ``N == A``).
-
-When a batch item is finished its rows are dropped from the running state (the state, including
-``"static"`` and ``"shared"``, is row-selected), so late steps only pay for items that are still
-decoding; the loop stops as soon as every item is done.
+identical) and expands what that step returns to ``B * beam`` rows once. Finished items are dropped from
+the running state, so late steps only pay for items still decoding; the loop stops when all are done.
 
 Scores are length-normalised log-probabilities: ``sum(log p) / length ** length_penalty`` where
 ``length`` counts the generated tokens *including* EOS (a hypothesis cut at ``max_len`` has length
@@ -37,13 +32,13 @@ Scores are length-normalised log-probabilities: ``sum(log p) / length ** length_
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["DecodeResult", "StepFn", "beam_search", "greedy_search", "tree_map"]
+__all__ = ["DecodeResult", "DecoderState", "StepFn", "beam_search", "greedy_search", "tree_map"]
 
 StepFn = Callable[[Tensor, Any], tuple[Tensor, Any, Tensor | None]]
 """``step_fn(last_tokens (N,), state) -> (log_probs (N, V), new_state, attn (N, S) or None)``."""
@@ -66,6 +61,31 @@ class DecodeResult:
     attention: list[list[Tensor | None]] = field(default_factory=list)
 
 
+@dataclass
+class DecoderState:
+    """A step function's state, split by how each part follows the beams (see the module docstring).
+
+    Attributes:
+        beams: pytree, one row per hypothesis; reordered every step.
+        source: pytree, one row per hypothesis, identical across an item's beams; never reordered.
+        shared: pytree, one row per unfinished item; never expanded nor reordered.
+        cache: pytree, one row per hypothesis; the step function reorders it with ``reorder``.
+        reorder: ``(N,)`` parent row of every row, set by beam search for ``cache``; None otherwise.
+    """
+
+    beams: Any = None
+    source: Any = None
+    shared: Any = None
+    cache: Any = None
+    reorder: Tensor | None = None
+
+    def map(self, fn: Callable[[Tensor], Tensor], shared_fn: Callable[[Tensor], Tensor] | None) -> DecoderState:
+        """Every part through ``fn`` (``shared`` through ``shared_fn``, or left as is when None)."""
+        return DecoderState(tree_map(fn, self.beams), tree_map(fn, self.source),
+                            self.shared if shared_fn is None else tree_map(shared_fn, self.shared),
+                            tree_map(fn, self.cache), self.reorder)
+
+
 # ----------------------------------------------------------------------------------------------
 # pytree helpers
 # ----------------------------------------------------------------------------------------------
@@ -82,27 +102,22 @@ def tree_map(fn: Callable[[Tensor], Tensor], tree: Any) -> Any:
     return tree
 
 
-def _map_state(state: Any, dynamic_fn: Callable[[Tensor], Tensor],
-               static_fn: Callable[[Tensor], Tensor] | None,
-               shared_fn: Callable[[Tensor], Tensor] | None = None) -> Any:
-    """Map the dynamic part of ``state`` with ``dynamic_fn``, its ``"static"`` part with ``static_fn``
-    and its ``"shared"`` part with ``shared_fn``.
-
-    ``static_fn=None`` / ``shared_fn=None`` leave that part untouched (the per-step reorder case).
-    """
-    if isinstance(state, dict) and ("static" in state or "shared" in state):
-        fns = {"static": static_fn, "shared": shared_fn}
-        out = {k: (tree_map(dynamic_fn, v) if k not in fns else v if fns[k] is None else tree_map(fns[k], v))
-               for k, v in state.items()}
-        return type(state)(out) if type(state) is not dict else out
-    return tree_map(dynamic_fn, state)
+def _as_state(state: Any) -> tuple[DecoderState, bool]:
+    """``(DecoderState, wrapped)``: a plain pytree is all ``beams`` (``wrapped``: unwrap for the step)."""
+    return (state, False) if isinstance(state, DecoderState) else (DecoderState(beams=state), True)
 
 
-def _check_reorder_consumed(state: Any) -> None:
-    """A step function using the ``"reorder"`` protocol must apply the index and return None."""
-    if isinstance(state, dict) and state.get("reorder") is not None:
-        raise ValueError("step_fn returned a state whose 'reorder' is not None: apply state['reorder'] to "
-                         "the 'lazy' entries and return 'reorder': None (see core.decoding)")
+def _call(step_fn: StepFn, last: Tensor, state: DecoderState, wrapped: bool) -> tuple[Tensor, DecoderState, Any]:
+    """One step, with the state in the form the step function uses; checks the ``reorder`` contract."""
+    log_probs, new, attn = step_fn(last, state.beams if wrapped else state)
+    if wrapped:
+        return log_probs, DecoderState(beams=new), attn
+    if not isinstance(new, DecoderState):
+        raise TypeError(f"step_fn was given a DecoderState and must return one, got {type(new).__name__}")
+    if new.reorder is not None:
+        raise ValueError("step_fn returned a state whose 'reorder' is not None: apply state.reorder to the "
+                         "'cache' entries and return reorder=None (see core.decoding)")
+    return log_probs, new, attn
 
 
 def _check_batch(batch_size: int) -> Callable[[Tensor], Tensor]:
@@ -176,6 +191,13 @@ def _top_candidates(beam_scores: Tensor, log_probs: Tensor, n: int) -> tuple[Ten
     return scores, idx
 
 
+def _suppressed(log_probs: Tensor, ids: tuple[int, ...]) -> Tensor:
+    """``log_probs`` with the columns ``ids`` set to -inf (in place: the step's fresh output)."""
+    if ids:
+        log_probs[:, list(ids)] = float("-inf")
+    return log_probs
+
+
 def _length_norm(score: float, length: int, length_penalty: float) -> float:
     """Length-normalise a summed log-prob (``length`` includes EOS, always >= 1)."""
     return score / (max(length, 1) ** length_penalty)
@@ -195,19 +217,21 @@ def greedy_search(
     max_len: int = 100,
     length_penalty: float = 1.0,
     pad_id: int = 0,
+    suppress: tuple[int, ...] = (),
     device: torch.device | str | None = None,
 ) -> DecodeResult:
     """Greedy (arg-max) decoding, batched; finished items are dropped from the running state.
 
     Args:
         step_fn: see module docstring; called with ``N <= batch_size`` rows (unfinished items).
-        init_state: pytree of batch-first tensors (leading dim ``batch_size``).
+        init_state: a ``DecoderState`` or a pytree of batch-first tensors (leading dim ``batch_size``).
         batch_size: B.
         bos_id: first input token.
         eos_id: end-of-sequence token (ends a hypothesis; not included in the output).
         max_len: maximum number of decoding steps (EOS included).
         length_penalty: exponent of the length normalisation of the returned score.
         pad_id: kept for API symmetry with ``beam_search`` (finished rows are dropped, never padded).
+        suppress: token ids never emitted (e.g. PAD and BOS): their log-probs are set to -inf.
         device: device of the token tensors; defaults to the first tensor leaf's device, else CPU.
 
     Returns:
@@ -216,9 +240,9 @@ def greedy_search(
     del pad_id  # finished rows leave the batch, so no PAD needs to be fed
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    tree_map(_check_batch(batch_size), init_state)
-    device = _infer_device(init_state, device)
-    state = init_state
+    state, wrapped = _as_state(init_state)
+    state.map(_check_batch(batch_size), _check_batch(batch_size))
+    device = _infer_device(state, device)
     active = torch.arange(batch_size, device=device)  # (N,) original batch index of each row
     last = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)  # (N,)
     sums = torch.zeros(batch_size, dtype=torch.float32, device=device)  # (N,)
@@ -229,9 +253,8 @@ def greedy_search(
     ended_by_eos = torch.zeros(batch_size, dtype=torch.bool)
 
     for t in range(max_len):
-        log_probs, state, attn = step_fn(last, state)
-        _check_reorder_consumed(state)
-        log_probs = log_probs.float()  # (N, V); fp32 so sums match beam search bit-for-bit
+        log_probs, state, attn = _call(step_fn, last, state, wrapped)
+        log_probs = _suppressed(log_probs.float(), suppress)  # (N, V); fp32 so sums match beam search bit-for-bit
         best_lp, tok = log_probs.max(dim=-1)  # (N,), (N,)
         sums = sums + best_lp
         full_tok = torch.full((batch_size,), eos_id, dtype=torch.long, device=device)
@@ -254,7 +277,7 @@ def greedy_search(
             if keep.numel() == 0:
                 break
             active, last, sums = active[keep], tok[keep], sums[keep]
-            state = tree_map(_select_rows(keep), state)
+            state = state.map(_select_rows(keep), _select_rows(keep))  # greedy: one row per item everywhere
         else:
             last = tok
 
@@ -286,6 +309,7 @@ def beam_search(
     length_penalty: float = 1.0,
     nbest: int = 1,
     pad_id: int = 0,
+    suppress: tuple[int, ...] = (),
     device: torch.device | str | None = None,
 ) -> DecodeResult:
     """Batched beam search over ``batch_size * beam_size`` rows.
@@ -300,9 +324,8 @@ def beam_search(
         step_fn: see module docstring; called first with the ``batch_size`` rows of ``init_state``
             (one per item: the beams are still identical), then with ``N = (#unfinished items) *
             beam_size`` rows, beams of one item contiguous (row ``i * K + k``).
-        init_state: pytree of batch-first tensors (leading dim ``batch_size``), optionally a dict
-            with a ``"static"`` entry that is expanded but never reordered and a ``"shared"`` entry
-            that is neither expanded nor reordered (one row per unfinished item).
+        init_state: a ``DecoderState`` (parts that follow the beams differently) or a pytree of
+            batch-first tensors (leading dim ``batch_size``; every leaf follows the beams).
         batch_size: B.
         bos_id: first input token.
         eos_id: end-of-sequence token (not included in the output).
@@ -312,6 +335,8 @@ def beam_search(
         nbest: hypotheses returned per item (<= beam_size); fewer only if the vocabulary is too small
             to form that many distinct hypotheses.
         pad_id: token fed to rows whose hypothesis can no longer be extended (never scored).
+        suppress: token ids never emitted (e.g. PAD and BOS): their log-probs are set to -inf, so every
+            returned token is a real output token with its own attention row.
         device: device of the token tensors; defaults to the first tensor leaf's device, else CPU.
 
     Returns:
@@ -321,14 +346,14 @@ def beam_search(
         raise ValueError(f"max_len must be >= 1, got {max_len}")
     if beam_size < 1 or not 1 <= nbest <= beam_size:
         raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {beam_size=}, {nbest=}")
-    tree_map(_check_batch(batch_size), init_state)
-    device = _infer_device(init_state, device)
+    state, wrapped = _as_state(init_state)
+    state.map(_check_batch(batch_size), _check_batch(batch_size))
+    device = _infer_device(state, device)
     K = beam_size
     # The first step runs on the B unexpanded rows: the K beams of an item are identical until they
     # first branch, so scoring K copies would be (K-1)/K wasted work on that step. Its output state is
-    # then expanded to B*K rows once (every leaf, "static" included; "shared" stays one row per item).
+    # then expanded to B*K rows once (every part but `shared`, which stays one row per item).
     expand = _select_rows(torch.arange(batch_size, device=device).repeat_interleave(K))
-    state = init_state
 
     dead = torch.finfo(torch.float32).min  # score of an impossible hypothesis (never selected first)
     active = torch.arange(batch_size, device=device)  # (A,) original item index of each active item
@@ -344,19 +369,18 @@ def beam_search(
 
     for t in range(max_len):
         A = active.numel()
-        log_probs, state, attn = step_fn(last, state)
-        _check_reorder_consumed(state)
+        log_probs, state, attn = _call(step_fn, last, state, wrapped)
         V = log_probs.size(-1)
         if log_probs.shape[0] != last.shape[0]:
             raise ValueError(f"step_fn returned log_probs for {log_probs.shape[0]} rows, "
                              f"expected one per input token ({last.shape[0]})")
         if t == 0:  # one row per item so far: (B, ...) -> (B*K, ...)
-            state = _map_state(state, expand, expand)
+            state = state.map(expand, None)
             if attn is not None:
                 attn = attn.repeat_interleave(K, dim=0)  # (B, *attn) -> (B*K, *attn)
         n_top = min(2 * K, K * V)
         # At t == 0 log_probs is (B, V): one row per item, whose beam 0 is the only live one.
-        lp = log_probs.float().reshape(A, -1, V)  # (A, K|1, V)
+        lp = _suppressed(log_probs.float(), suppress).reshape(A, -1, V)  # (A, K|1, V)
         top_scores, top_idx = _top_candidates(beam_scores, lp, n_top)  # (A, 2K) sorted desc
         top_parent = torch.div(top_idx, V, rounding_mode="floor")  # (A, 2K)
         top_tok = top_idx % V  # (A, 2K)
@@ -413,19 +437,16 @@ def beam_search(
                 break
             active, new_scores, new_tok, rows = active[keep], new_scores[keep], new_tok[keep], rows[keep]
             keep_rows = (keep.unsqueeze(1) * K + torch.arange(K, device=device)).reshape(-1)  # (A'*K,)
-            # static: only drop the finished items' rows (beams of an item are identical there);
-            # shared: one row per item
-            state = _map_state(state, lambda x: x, _select_rows(keep_rows), _select_rows(keep))
+            # `source` and `shared` drop the finished items' rows here; `beams` and `cache` are about to be
+            # re-indexed by `rows` (parent rows into the current, unfiltered state), which drops them too.
+            state = replace(state, source=tree_map(_select_rows(keep_rows), state.source),
+                            shared=tree_map(_select_rows(keep), state.shared))
         beam_scores = new_scores
         rows_flat = rows.reshape(-1)  # (A*K,) parent row of each new row
-        if isinstance(state, dict) and "reorder" in state:
-            # The step function follows the beams itself for what is under "lazy" (e.g. fused with
-            # appending to a KV cache: one copy instead of a reorder copy plus an append copy).
-            rest = {k: v for k, v in state.items() if k not in ("lazy", "reorder")}
-            state = {**_map_state(rest, _select_rows(rows_flat), None), "lazy": state.get("lazy"),
-                     "reorder": rows_flat}
-        else:
-            state = _map_state(state, _select_rows(rows_flat), None)  # follow the beams
+        # Follow the beams: `beams` here; `cache` by the step itself (fused with its own copy);
+        # `source` and `shared` never change within an item.
+        state = replace(state, beams=tree_map(_select_rows(rows_flat), state.beams),
+                        reorder=rows_flat if state.cache is not None else None)
         last = new_tok.reshape(-1)  # (A*K,)
 
     return _backtrack(finished, hist_tok, hist_parent, hist_attn, nbest)
@@ -469,10 +490,10 @@ def _backtrack(
     return res
 
 
-def _infer_device(state: Any, device: torch.device | str | None) -> torch.device:
+def _infer_device(state: DecoderState, device: torch.device | str | None) -> torch.device:
     """Device for token tensors: explicit, else the first tensor leaf's, else CPU."""
     if device is not None:
         return torch.device(device)
     found: list[torch.device] = []
-    tree_map(lambda t: (found.append(t.device), t)[1], state)
+    state.map(lambda t: (found.append(t.device), t)[1], lambda t: (found.append(t.device), t)[1])
     return found[0] if found else torch.device("cpu")

@@ -1,20 +1,26 @@
-"""The one LightningCLI of every task: safe ``--ckpt_path``, resumable runs, rank-safe ``predict`` output.
+"""The one command line of every task: LightningCLI (fit/validate/test/predict), the inference subcommand
+and ``export``.
 
-A task's ``cli.py`` builds :class:`TaskCLI` with its module and data module; the module class names its
-task (``TASK``), the metric ``best.ckpt`` follows (``MONITOR``/``MONITOR_MODE``) and how one prediction
-row becomes an output line (``format_prediction``).
+A task's ``cli.py`` is a few lines: ``main(argv)`` calls :func:`task_main` with its module and data module
+classes and its :class:`core.infer_cli.InferenceSpec`. The module class names its task (``TASK``) and the
+metric ``best.ckpt`` follows (``MONITOR``/``MONITOR_MODE``); its ``predict_step`` returns
+``core.predict.Prediction`` rows.
 """
 
 from __future__ import annotations
 
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from core.cli import check_ckpt_path_arg, ensure_resumable
+from core.cli import check_ckpt_path_arg, ensure_resumable, run_cli, user_errors
 
-__all__ = ["TaskCLI"]
+__all__ = ["TaskCLI", "export_main", "task_main"]
 
 
 class TaskCLI(LightningCLI):
@@ -85,3 +91,76 @@ class TaskCLI(LightningCLI):
         if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
             out = self.config[self.subcommand].get("predict_output")
             self.trainer.callbacks.append(PredictionWriter(out))
+
+
+def _export_parser(prog: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Write a trained model as a Hugging Face style model folder "
+                                "(model.safetensors, config.json, tokenizer/vocabulary files, README.md model card).")
+    p.add_argument("--ckpt", required=True, help="a .ckpt file, an http(s) URL, a model folder or hf://ORG/NAME")
+    p.add_argument("--out", required=True, help="the model folder to write (replaced if it exists)")
+    p.add_argument("--push", metavar="ORG/NAME", default=None, help="also upload the folder to the Hugging Face Hub")
+    p.add_argument("--private", action="store_true", help="with --push: create a private repository")
+    p.add_argument("--figure", default=None, help="an attention figure (PNG) to include in the model card")
+    p.add_argument("--metrics", default=None,
+                   help="a JSON file of {name: value} scores for the model card (default: the scores the "
+                        "checkpoint recorded when it was saved)")
+    return p
+
+
+def export_main(module_cls: Any, prog: str, argv: Sequence[str]) -> int:
+    """The ``export`` subcommand: load any ``--ckpt`` form, write the folder, optionally push it."""
+    import json
+
+    from core.errors import ConfigError
+    from core.model_folder import load_task_model, push_to_hub
+
+    args = _export_parser(prog).parse_args(list(argv))
+    metrics = None
+    if args.metrics is not None:
+        try:
+            metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ConfigError(f"--metrics {args.metrics}: cannot read a JSON object of scores ({err})") from None
+        if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
+            raise ConfigError(f"--metrics {args.metrics}: expected a JSON object of name -> number")
+    if args.figure is not None and not Path(args.figure).is_file():
+        raise ConfigError(f"--figure {args.figure}: file not found")
+    model = load_task_model(module_cls, args.ckpt)
+    folder = model.save_pretrained(args.out, metrics=metrics, figure=args.figure)
+    print(folder)
+    if args.push:
+        print(push_to_hub(folder, args.push, private=args.private))
+    return 0
+
+
+def task_main(argv: Sequence[str] | None, module_cls: Any, datamodule_cls: Any, inference: Any,
+              cli_class: type[TaskCLI] = TaskCLI, **cli_kwargs: Any) -> int:
+    """A task's ``main``: the inference subcommand, ``export``, or LightningCLI; returns the exit status.
+
+    Args:
+        argv: arguments without the program name (None = ``sys.argv[1:]``).
+        module_cls: the task's LightningModule class.
+        datamodule_cls: its LightningDataModule class.
+        inference: its ``core.infer_cli.InferenceSpec`` (the subcommand is the last word of its ``prog``).
+        cli_class: ``TaskCLI`` or a task's subclass (e.g. with linked arguments).
+        **cli_kwargs: more LightningCLI arguments (``trainer_defaults``, ...).
+    """
+    from core.infer_cli import run_inference
+
+    def main(args: Sequence[str] | None) -> int:
+        args = list(sys.argv[1:] if args is None else args)
+        program = inference.prog.split()[0]
+        if args and args[0] == inference.prog.split()[-1]:
+            return run_inference(inference, args[1:])
+        if args and args[0] == "export":
+            return export_main(module_cls, f"{program} export", args[1:])
+        with warnings.catch_warnings():
+            # main(argv) is called from Python (tests, scripts) with explicit args; LightningCLI warns when
+            # the host process also has its own sys.argv, which is expected here.
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+            with user_errors():
+                cli_class(module_cls, datamodule_cls, args=args, seed_everything_default=0,
+                          save_config_kwargs={"overwrite": True}, **cli_kwargs)
+        return 0
+
+    return run_cli(main, argv)

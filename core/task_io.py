@@ -86,6 +86,7 @@ class TaskCheckpointMixin:
     HPARAM_BOUNDS: ClassVar[Mapping[str, tuple[float, float]]] = {}
     HPARAM_RENAMES: ClassVar[Mapping[str, str]] = {}
     HPARAMS_FROM_DATA: ClassVar[tuple[str, ...]] = ()
+    FOLDER_FILES: ClassVar[Mapping[str, str]] = {}  # metadata key (dotted) -> its own file in a model folder
 
     # ---------------------------------------------------------------- hooks a task overrides
     def task_metadata(self) -> dict[str, Any]:
@@ -115,7 +116,7 @@ class TaskCheckpointMixin:
 
     # ---------------------------------------------------------------- Lightning hooks
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[META_KEY] = make_metadata(self.TASK, **self.task_metadata())
+        checkpoint[META_KEY] = make_metadata(self.TASK, **self.task_metadata(), training=_training_record(self))
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """``--ckpt_path`` restores (fit/validate/test/predict): metadata back, then the one shape check.
@@ -151,6 +152,51 @@ class TaskCheckpointMixin:
         """Rebuild the module from a checkpoint file or http(s) URL, safely; see :func:`load_task_module`."""
         return load_task_module(cls, checkpoint_path, map_location=map_location, strict=strict, sha256=sha256,
                                 **overrides)
+
+    @classmethod
+    def from_pretrained(cls: type[M], pretrained_model_name_or_path: str | os.PathLike[str],
+                        map_location: str | torch.device | None = "cpu", strict: bool = True, **overrides: Any) -> M:
+        """Load a model folder, ``hf://ORG/NAME[@REVISION]`` or a ``.ckpt`` (``core.model_folder.load_task_model``).
+
+        Strict by default: a missing weight is an error, never a random initialisation.
+        """
+        from core.model_folder import load_task_model
+
+        return load_task_model(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
+                               **overrides)
+
+    def save_pretrained(self, save_directory: str | os.PathLike[str], metrics: Mapping[str, float] | None = None,
+                        figure: str | os.PathLike[str] | None = None, push_to_hub: str | None = None) -> str:
+        """Write this model as a model folder (``core.model_folder``); optionally upload it to ``push_to_hub``.
+
+        Returns:
+            The folder path, or the hub URL when pushed.
+        """
+        from core.model_folder import push_to_hub as push
+        from core.model_folder import save_pretrained
+
+        folder = save_pretrained(self, save_directory, metrics=metrics, figure=figure)
+        return push(folder, push_to_hub) if push_to_hub else str(folder)
+
+
+def _training_record(module: Any) -> dict[str, Any]:
+    """How the checkpoint was made, for model cards: command, data options, steps, the latest scores."""
+    import json
+    import shlex
+    import sys
+
+    trainer = getattr(module, "_trainer", None)
+    record: dict[str, Any] = {"command": " ".join(shlex.quote(a) for a in sys.argv)}
+    if trainer is None:
+        return record
+    record["steps"] = int(trainer.global_step)
+    dm = getattr(trainer, "datamodule", None)
+    if dm is not None and getattr(dm, "hparams", None):
+        # plain data only (paths and the like become strings): the checkpoint stays weights_only-loadable
+        record["data"] = json.loads(json.dumps({type(dm).__name__: dict(dm.hparams)}, default=str))
+    record["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()
+                         if k.startswith(("val/", "test/")) and getattr(v, "numel", lambda: 1)() == 1}
+    return record
 
 
 def _format_version(meta: Mapping[str, Any], source: str) -> int:

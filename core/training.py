@@ -21,6 +21,8 @@ from core.errors import UserError
 
 __all__ = [
     "DeadlineStop",
+    "OPTIMIZERS",
+    "configure_optimizer",
     "empty_batch_loss",
     "RunCheckpoint",
     "SCHEDULES",
@@ -35,6 +37,7 @@ __all__ = [
 ]
 
 SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
+OPTIMIZERS = ("adamw", "adam", "sgd")
 
 
 @dataclass
@@ -111,6 +114,58 @@ def empty_batch_loss(module: pl.LightningModule) -> torch.Tensor | None:
     zero = torch.zeros((), device=module.device)
     # a Python sum, not torch.stack: parameters may not all share one dtype
     return sum((p.sum() * 0.0 for p in module.parameters() if p.requires_grad), zero)
+
+
+def configure_optimizer(module: pl.LightningModule, groups: list[tuple[list[torch.nn.Parameter], float]] | None = None
+                        ) -> dict[str, Any]:
+    """``configure_optimizers`` of every task, from the module's typed hyper-parameters.
+
+    Reads ``optimizer`` (adamw / adam / sgd), ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``,
+    ``lr_schedule`` and ``min_lr_ratio`` from ``module.hparams``. Biases and normalisation weights (1-D
+    parameters) get no weight decay. AdamW/Adam use their fused kernels on CUDA (one launch for all
+    parameters). Cosine/linear decay run over the trainer's step budget; without one they fall back to
+    inverse-sqrt with a warning. (LightningCLI's own ``--optimizer``/``--lr_scheduler`` still override all
+    of this when given.)
+
+    Args:
+        module: the LightningModule.
+        groups: ``[(parameters, lr multiplier)]``, e.g. a pretrained encoder at a lower LR; default all
+            trainable parameters at ``lr``.
+
+    Returns:
+        Lightning's ``{"optimizer": ..., "lr_scheduler": ...}``.
+    """
+    hp = module.hparams
+    if groups is None:
+        groups = [([p for p in module.parameters() if p.requires_grad], 1.0)]
+    param_groups = []
+    names = {id(p): n for n, p in module.named_parameters()}
+    for params, scale in groups:
+        decay = [p for p in params if p.requires_grad and p.dim() >= 2 and "norm" not in names.get(id(p), "")]
+        no_decay = [p for p in params if p.requires_grad and not (p.dim() >= 2 and "norm" not in names.get(id(p), ""))]
+        for ps, wd in ((decay, hp.weight_decay), (no_decay, 0.0)):
+            if ps:
+                param_groups.append({"params": ps, "lr": hp.lr * scale, "weight_decay": wd})
+    kind = getattr(hp, "optimizer", "adamw")
+    if kind not in OPTIMIZERS:
+        raise UserError(f"optimizer {kind!r} is not one of {', '.join(OPTIMIZERS)}")
+    if kind == "sgd":
+        opt: torch.optim.Optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=0.9, nesterov=True)
+    else:
+        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+        opt = cls(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=module.device.type == "cuda")
+    schedule, total = hp.lr_schedule, None
+    if schedule in ("cosine", "linear"):
+        trainer = getattr(module, "_trainer", None)
+        est = trainer.estimated_stepping_batches if trainer is not None else None
+        if est is None or not math.isfinite(est):
+            rank_zero_warn(f"lr_schedule={schedule} needs a step budget (trainer.max_steps/max_epochs); "
+                           f"using inverse_sqrt")
+            schedule = "inverse_sqrt"
+        else:
+            total = int(est)
+    return {"optimizer": opt,
+            "lr_scheduler": build_scheduler(opt, hp.warmup_steps, schedule, total, hp.min_lr_ratio)}
 
 
 # ----------------------------------------------------------------------------------------------

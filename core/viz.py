@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["plot_alignment", "plot_image_attention", "plot_spectrogram_alignment", "save_figure"]
+__all__ = ["plain", "plot_alignment", "plot_image_attention", "plot_spectrogram_alignment", "save_figure"]
 
 
 def _to_numpy(x: Any) -> np.ndarray:
@@ -66,12 +66,30 @@ def _quiet_glyphs() -> Iterator[None]:
         yield
 
 
+def plain(text: str) -> str:
+    """``text`` drawn literally: matplotlib would parse a ``$...$`` span as TeX math (and raise on a bad
+    one, e.g. a sentence about prices), so every user string is escaped before it is drawn."""
+    return str(text).replace("$", r"\$")
+
+
 def save_figure(fig: Figure, path: str | Path) -> Path:
-    """Write ``fig`` as PNG to ``path`` (parent dirs created); returns the path."""
+    """Write ``fig`` as PNG to ``path`` (parent dirs created), atomically; returns the path.
+
+    The PNG is rendered into a temporary file in the same folder and renamed over ``path``: a crash or a
+    full disk never leaves a truncated figure, and an existing figure is replaced in one step.
+    """
+    import os
+    import tempfile
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet_glyphs():
-        fig.savefig(path, format="png", bbox_inches="tight")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png.part")
+    try:
+        with os.fdopen(fd, "wb") as f, _quiet_glyphs():
+            fig.savefig(f, format="png", bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
     return path
 
 
@@ -110,14 +128,14 @@ def plot_alignment(
     ax.set_xlabel("source")
     ax.set_ylabel("output")
     if title:
-        ax.set_title(title)
+        ax.set_title(plain(title))
     fig.colorbar(im, ax=ax, fraction=0.04)
     return _finish(fig, path)
 
 
 def _labels(tokens: Sequence[str], n: int) -> list[str]:
-    """Exactly ``n`` tick labels (pad with '' / crop) so a length mismatch never crashes a plot."""
-    out = [str(t) for t in list(tokens)[:n]]
+    """Exactly ``n`` tick labels (pad with '' / crop) so a length mismatch never crashes a plot; drawn literally."""
+    out = [plain(str(t)) for t in list(tokens)[:n]]
     return out + [""] * (n - len(out))
 
 
@@ -220,7 +238,7 @@ def plot_spectrogram_alignment(
     ax_spec.set_ylabel("freq bin")
     ax_spec.tick_params(labelbottom=False)
     if title:
-        ax_spec.set_title(title)
+        ax_spec.set_title(plain(title))
     ax_att.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest", extent=(0, frames, T, 0),
                   vmin=0.0, vmax=max(float(w.max(initial=0.0)), 1e-6))
     ax_att.set_yticks([t + 0.5 for t in range(T)], labels=_labels(tokens, T))

@@ -614,7 +614,7 @@ class CaptionDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The ``data.predict_path`` images when set, else the test split.
 
-        Items keep their dataset index, so `tasks.captioning.callbacks.CaptionWriter` can write
+        Items keep their dataset index, so `core.predict.PredictionWriter` can write
         them back in input order (and name them) whatever the DDP sharding did.
         """
         if self.hparams.predict_path and "predict" not in self.datasets:

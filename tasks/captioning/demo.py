@@ -41,8 +41,8 @@ def run_demo(out_dir: Path, max_minutes: float = 2.5) -> list[Path]:
     # 250 steps / ~100 s on 2 CPU cores), without validation so the whole budget trains.
     dm = CaptionDataModule(batch_size=64, train_size=8000, val_size=32, test_size=8, unseen_size=8, num_workers=0)
     model = CaptioningModule(
-        vocab=dm.vocab, grid_size=6, feat_dim=256, attention_dim=128, embed_dim=128, hidden_dim=256,
-        dropout=0.2, max_len=24, lr=2e-3, warmup_steps=100, val_beam_size=1, plot_images=0,
+        vocab=dm.vocab, grid_size=6, encoder_dim=256, attention_options={"hidden_dim": 128}, embed_dim=128, hidden_dim=256,
+        dropout=0.2, max_len=24, lr=2e-3, warmup_steps=100, beam_size=1, plot_examples=0,
     )
     train_budget = max_minutes * 60.0 * 0.75
     trainer = L.Trainer(

@@ -3,36 +3,32 @@
 Validation decodes with beam search and scores BLEU-1..4 / CIDEr-D (`tasks.captioning.metrics`,
 COCO-toolkit style); it also logs per-word attention overlays of a few fixed validation images.
 Checkpoints are self-contained: ``checkpoint["attn_suite"]`` carries the task name, the word
-vocabulary and the image preprocessing, and `CaptioningModule.load_from_checkpoint` goes through
-`core.checkpoint.load_checkpoint` (``weights_only=True``, task check).
+vocabulary and the image preprocessing; loading goes through ``core.task_io`` (``weights_only=True``,
+task check, validated hyper-parameters). Captioning itself is in :mod:`tasks.captioning.inference`.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
-import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
-from PIL import Image
 from torch import Tensor
 
 from core.checkpoint import META_KEY
-from core.decoding import beam_search
 from core.distributed import dedupe_by_index, gather_objects
 from core.errors import CheckpointError, ConfigError
-from core.inference import eval_mode
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
+from core.predict import Prediction
 from core.task_io import TaskCheckpointMixin
-from core.training import build_scheduler, empty_batch_loss
+from core.training import configure_optimizer, empty_batch_loss
 from tasks.captioning.data import Batch
-from tasks.captioning.decoder import LSTMAttentionDecoder, TransformerCaptionDecoder
+from tasks.captioning.decoder import TransformerCaptionDecoder, show_attend_tell_decoder, upgrade_decoder_v1
 from tasks.captioning.encoder import EncoderName, ImageEncoder
-from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform, load_rgb
+from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform
+from tasks.captioning.inference import Caption, CaptionMixin, save_attention_figure  # noqa: F401 - re-exported
 from tasks.captioning.metrics import caption_scores
 from tasks.captioning.vocab import CaptionVocab
 
@@ -45,7 +41,25 @@ def hyps_and_refs(rows: list[tuple[int, tuple[str, list[str]]]]) -> tuple[list[s
     return [h for h, _ in pairs], [r for _, r in pairs]
 
 
-class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
+def _dataset_of(trainer: Any, dataloader_idx: int) -> Any:
+    """The dataset behind predict dataloader ``dataloader_idx`` (None when unknown)."""
+    loaders = getattr(trainer, "predict_dataloaders", None) if trainer is not None else None
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[dataloader_idx] if dataloader_idx < len(loaders) else None
+    return getattr(loaders, "dataset", None)
+
+
+def _attention_defaults(attention: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The RNN decoder's attention options with this task's defaults (hidden size 256, 4 heads)."""
+    opts = dict(options or {})
+    if attention in ("additive", "location"):
+        opts.setdefault("hidden_dim", 256)
+    elif attention == "multihead":
+        opts.setdefault("num_heads", 4)
+    return opts
+
+
+class CaptioningModule(CaptionMixin, TaskCheckpointMixin, L.LightningModule):
     """Image captioning with visual attention (Show, Attend and Tell, plus a Transformer option).
 
     Args:
@@ -57,31 +71,35 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
             once) or a local weights file (``state_dict`` of the torchvision model); None = random.
         trainable_blocks: -1 train the whole encoder, 0 freeze it, k fine-tune the last k blocks.
         grid_size: the encoder's feature map is pooled to ``grid_size x grid_size`` cells.
-        feat_dim: size of each grid feature after projection.
-        decoder: ``lstm`` (soft attention, Show-Attend-Tell) or ``transformer``.
-        attention: `core.attention` mechanism for the LSTM decoder (additive, dot, general,
+        encoder_dim: size of each grid feature after projection.
+        decoder: ``rnn`` (soft attention, Show-Attend-Tell) or ``transformer``.
+        rnn_type: ``lstm`` (the paper's) or ``gru``, for the RNN decoder.
+        attention: `core.attention` mechanism of the RNN decoder (additive, dot, general,
             scaled_dot, multihead, location).
-        attention_dim: hidden size of additive/location attention.
-        embed_dim: LSTM word embedding size.
-        hidden_dim: LSTM state size.
-        gate: LSTM: gating scalar beta on the attention context.
-        alpha_reg: LSTM: weight lambda of the doubly stochastic attention regulariser
-            ``lambda * mean_s (1 - sum_t alpha_ts)^2`` (0 disables it).
-        d_model: Transformer width.
-        num_layers: Transformer decoder layers.
-        num_heads: attention heads (Transformer, or LSTM with multihead attention).
+        attention_options: its options (default ``{"hidden_dim": 256}`` / ``{"num_heads": 4}``).
+        embed_dim: RNN word embedding size.
+        hidden_dim: decoder width: RNN state size / Transformer d_model.
+        decoder_layers: stacked RNN cells / Transformer layers.
+        num_heads: Transformer attention heads.
         ffn_dim: Transformer feed-forward width.
+        gate: RNN: gating scalar beta on the attention context.
+        alpha_reg: RNN: weight lambda of the doubly stochastic attention regulariser
+            ``lambda * mean_s (1 - sum_t alpha_ts)^2`` (0 disables it).
         dropout: decoder dropout.
         max_len: longest generated caption (words).
-        lr: peak learning rate (AdamW).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.training.configure_optimizer``).
+        lr: peak learning rate.
         encoder_lr_scale: encoder LR = ``lr * encoder_lr_scale`` (lower for pretrained backbones).
-        weight_decay: AdamW weight decay.
+        weight_decay: weight decay (not on biases and norms).
+        betas: Adam betas.
+        eps: Adam epsilon.
         warmup_steps: linear LR warmup steps.
         lr_schedule: after warmup: ``constant``, ``inverse_sqrt``, ``cosine`` or ``linear``
-            (cosine/linear decay over ``total_steps`` = the trainer's estimate).
+            (cosine/linear decay over the trainer's step budget).
+        min_lr_ratio: floor of cosine/linear decay, as a fraction of ``lr``.
         label_smoothing: cross-entropy label smoothing.
-        val_beam_size: beam size for validation/test decoding (1 = greedy, faster).
-        plot_images: number of fixed validation images whose attention overlays are logged.
+        beam_size: beam size of validation/test/predict decoding (1 = greedy, faster).
+        plot_examples: fixed validation images whose attention overlays are logged.
         image_size: network input side (linked from ``data.image_size``).
         mean: normalisation mean (linked from ``data.mean``).
         std: normalisation std (linked from ``data.std``).
@@ -91,13 +109,15 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
     MONITOR, MONITOR_MODE = "val/bleu4", "max"
     HPARAMS_FROM_DATA = ("vocab", "image_size", "mean", "std")
     HPARAM_BOUNDS = {
-        "trainable_blocks": (-1, 1000), "grid_size": (1, 32), "feat_dim": SIZE, "attention_dim": SIZE,
-        "embed_dim": SIZE, "hidden_dim": SIZE, "alpha_reg": (0.0, 1000.0), "d_model": SIZE, "num_layers": LAYERS,
-        "num_heads": LAYERS, "ffn_dim": SIZE, "dropout": FRACTION, "max_len": LENGTH, "lr": RATE,
-        "encoder_lr_scale": RATE, "weight_decay": RATE, "warmup_steps": STEPS, "label_smoothing": FRACTION,
-        "val_beam_size": BEAM, "plot_images": (0, 1000), "image_size": (16, 1024), "mean": (-10.0, 10.0),
-        "std": (1e-3, 10.0),
+        "trainable_blocks": (-1, 1000), "grid_size": (1, 32), "encoder_dim": SIZE, "embed_dim": SIZE,
+        "hidden_dim": SIZE, "decoder_layers": LAYERS, "num_heads": LAYERS, "ffn_dim": SIZE,
+        "alpha_reg": (0.0, 1000.0), "dropout": FRACTION, "max_len": LENGTH, "lr": RATE, "encoder_lr_scale": RATE,
+        "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
+        "min_lr_ratio": (0.0, 1.0), "label_smoothing": FRACTION, "beam_size": BEAM, "plot_examples": (0, 1000),
+        "image_size": (16, 1024), "mean": (-10.0, 10.0), "std": (1e-3, 10.0),
     }
+    HPARAM_RENAMES = {"feat_dim": "encoder_dim", "val_beam_size": "beam_size", "plot_images": "plot_examples"}
+    FOLDER_FILES = {"vocab": "vocab.json"}
 
     def __init__(
         self,
@@ -106,28 +126,32 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
         pretrained: str | None = None,
         trainable_blocks: int = -1,
         grid_size: int = 6,
-        feat_dim: int = 256,
-        decoder: Literal["lstm", "transformer"] = "lstm",
+        encoder_dim: int = 256,
+        decoder: Literal["rnn", "transformer"] = "rnn",
+        rnn_type: Literal["gru", "lstm"] = "lstm",
         attention: str = "additive",
-        attention_dim: int = 256,
+        attention_options: dict[str, int | float | str | bool | None] | None = None,
         embed_dim: int = 128,
         hidden_dim: int = 256,
-        gate: bool = True,
-        alpha_reg: float = 1.0,
-        d_model: int = 256,
-        num_layers: int = 2,
+        decoder_layers: int = 1,
         num_heads: int = 4,
         ffn_dim: int = 1024,
+        gate: bool = True,
+        alpha_reg: float = 1.0,
         dropout: float = 0.3,
         max_len: int = 30,
+        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
         lr: float = 1e-3,
         encoder_lr_scale: float = 1.0,
         weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
         warmup_steps: int = 100,
         lr_schedule: Literal["constant", "inverse_sqrt", "cosine", "linear"] = "constant",
+        min_lr_ratio: float = 0.0,
         label_smoothing: float = 0.0,
-        val_beam_size: int = 3,
-        plot_images: int = 4,
+        beam_size: int = 3,
+        plot_examples: int = 4,
         image_size: int = 96,
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
@@ -143,41 +167,69 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
             self.vocab = CaptionVocab.from_dict(vocab)
         except ValueError as err:
             raise ConfigError(f"model.vocab: not a captioning word vocabulary: {err}") from None
-        self.encoder = ImageEncoder(encoder, feat_dim, grid_size, pretrained, trainable_blocks, dropout=0.0)
+        self.encoder = ImageEncoder(encoder, encoder_dim, grid_size, pretrained, trainable_blocks, dropout=0.0)
         v = len(self.vocab)
-        if decoder == "lstm":
-            self.decoder: LSTMAttentionDecoder | TransformerCaptionDecoder = LSTMAttentionDecoder(
-                v, feat_dim, embed_dim, hidden_dim, attention, attention_dim, num_heads, gate, dropout
-            )
+        if decoder == "rnn":
+            self.decoder: Any = show_attend_tell_decoder(
+                v, encoder_dim, embed_dim, hidden_dim, decoder_layers, rnn_type, attention,
+                _attention_defaults(attention, attention_options), gate, dropout)
         elif decoder == "transformer":
             self.decoder = TransformerCaptionDecoder(
                 # Positions also cover teacher-forced training captions, which may be longer than max_len.
-                v, feat_dim, d_model, num_layers, num_heads, ffn_dim, dropout, max(max_len + 2, 128)
-            )
+                v, encoder_dim, hidden_dim, decoder_layers, num_heads, ffn_dim, dropout, max(max_len + 2, 128))
         else:
-            raise ConfigError(f"model.decoder={decoder!r}: expected 'lstm' or 'transformer'")
+            raise ConfigError(f"model.decoder={decoder!r}: expected 'rnn' or 'transformer'")
         self._transform = eval_transform(image_size, tuple(mean), tuple(std))
-        # (dataset index, hypothesis, references) per evaluated image; the index drops DDP padding repeats
+        # (dataset index, (hypothesis, references)) per evaluated image; the index drops DDP padding repeats
         self._val_out: list[tuple[int, tuple[str, list[str]]]] = []
         self._test_out: dict[int, list[tuple[int, tuple[str, list[str]]]]] = {}
         self._plot_batch: Tensor | None = None
 
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict[str, Any], version: int) -> dict[str, Any]:
+        """Format 1 named the RNN decoder ``lstm`` and spelled its attention options as ``attention_dim`` /
+        ``num_heads``, and the Transformer's width and depth as ``d_model`` / ``num_layers``."""
+        if version >= 2:
+            return hparams
+        hp = dict(hparams)
+        attention_dim, heads = hp.pop("attention_dim", None), hp.get("num_heads")
+        d_model, layers = hp.pop("d_model", None), hp.pop("num_layers", None)
+        if hp.get("decoder", "lstm") == "lstm":
+            hp.update(decoder="rnn", rnn_type="lstm", decoder_layers=1)
+            if hp.get("attention", "additive") in ("additive", "location") and attention_dim is not None:
+                hp["attention_options"] = {"hidden_dim": attention_dim}
+            elif hp.get("attention") == "multihead" and heads is not None:
+                hp["attention_options"] = {"num_heads": heads}
+        else:
+            if d_model is not None:
+                hp["hidden_dim"] = d_model
+            if layers is not None:
+                hp["decoder_layers"] = layers
+        return hp
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        return upgrade_decoder_v1(state) if version < 2 else state
+
     # ------------------------------------------------------------------ model
-    def forward(self, images: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, images: Tensor, inputs: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced scores.
 
         Args:
             images: ``(B, 3, H, W)`` normalised images.
             inputs: ``(B, T)`` BOS-prefixed caption tokens.
+            need_weights: also return the attention (RNN decoder).
 
         Returns:
             ``(logits (B, T, V), attention (B, T, S) or None)``.
         """
-        return self.decoder(self.encoder(images), inputs)
+        feats = self.encoder(images)  # (B, S, D)
+        return self.decoder(feats, None, inputs, summary=feats.mean(1), need_weights=need_weights)
 
     def _loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
         """Cross-entropy (+ doubly stochastic regulariser); returns ``(total, ce)``."""
-        logits, alphas = self(batch.images, batch.inputs)  # (B, T, V), (B, T, S) | None
+        reg = self.hparams.alpha_reg > 0 and self.hparams.decoder == "rnn"
+        logits, alphas = self(batch.images, batch.inputs, need_weights=reg)  # (B, T, V), (B, T, S) | None
         ce = F.cross_entropy(
             logits.flatten(0, 1).float(),  # (B*T, V)
             batch.targets.flatten(),  # (B*T,)
@@ -185,7 +237,7 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
             label_smoothing=self.hparams.label_smoothing,
         )
         loss = ce
-        if alphas is not None and self.hparams.alpha_reg > 0:
+        if alphas is not None and reg:
             valid = (batch.targets != self.vocab.pad_id).unsqueeze(-1).to(alphas.dtype)  # (B, T, 1)
             coverage = (alphas * valid).sum(1)  # (B, S): total attention each cell received
             # Paper eq. 14: encourage every cell to be attended about once over the caption. Averaged
@@ -223,40 +275,6 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
         self.log("train/ce", ce, batch_size=len(batch))
         return loss
 
-    # ------------------------------------------------------------------ decoding
-    @torch.no_grad()
-    def generate(
-        self, images: Tensor, beam_size: int = 5, max_len: int | None = None, length_penalty: float = 1.0
-    ) -> tuple[list[list[int]], list[Tensor | None]]:
-        """Beam-search captions for a batch of preprocessed images.
-
-        Args:
-            images: ``(B, 3, H, W)`` normalised.
-            beam_size: beam width (1 = greedy).
-            max_len: maximum caption length in words (default: ``hparams.max_len``).
-            length_penalty: exponent of the length normalisation.
-
-        Returns:
-            ``(token ids per image, attention (len, S) per image or None)``.
-        """
-        feats = self.encoder(images)  # (B, S, D)
-        res = beam_search(
-            self.decoder.step,
-            self.decoder.init_state(feats),
-            batch_size=images.shape[0],
-            bos_id=self.vocab.bos_id,
-            eos_id=self.vocab.eos_id,
-            max_len=(max_len or self.hparams.max_len) + 1,  # +1: the EOS step
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            pad_id=self.vocab.pad_id,
-        )
-        return [t[0] for t in res.tokens], [a[0] for a in res.attention]
-
-    def _decode_batch(self, batch: Batch) -> list[str]:
-        tokens, _ = self.generate(batch.images, beam_size=self.hparams.val_beam_size)
-        return [self.vocab.decode(t) for t in tokens]
-
     # ------------------------------------------------------------------ validation / test
     def validation_step(self, batch: Batch | None, batch_idx: int) -> None:
         if batch is None or len(batch) == 0:
@@ -264,9 +282,9 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
         loss, _ = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
         self._val_out += zip(batch.index.tolist(), zip(self._decode_batch(batch), batch.refs))
-        if batch_idx == 0 and self._plot_batch is None and self.hparams.plot_images > 0:
+        if batch_idx == 0 and self._plot_batch is None and self.hparams.plot_examples > 0:
             # The first validation batch is the same every epoch (no shuffling): fixed plot images.
-            self._plot_batch = batch.images[: self.hparams.plot_images].detach().cpu()
+            self._plot_batch = batch.images[: self.hparams.plot_examples].detach().cpu()
 
     def on_validation_epoch_end(self) -> None:
         hyps, refs = hyps_and_refs(gather_objects(self._val_out))
@@ -287,13 +305,13 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
         from core.viz import plot_image_attention
 
         images = self._plot_batch.to(self.device)
-        tokens, attn = self.generate(images, beam_size=self.hparams.val_beam_size)
+        captions = self.generate(images, beam_size=self.hparams.beam_size)
         pix = denormalize(images, tuple(self.hparams.mean), tuple(self.hparams.std))  # (B, H, W, 3)
-        g = self.hparams.grid_size
-        for i, (tok, a) in enumerate(zip(tokens, attn)):
-            if a is None or not tok:
+        for i, hyps in enumerate(captions):
+            best = hyps[0]
+            if best.attention is None or not best.words:
                 continue
-            fig = plot_image_attention(pix[i], a.view(len(tok), g, g), self.vocab.words(tok))
+            fig = plot_image_attention(pix[i], best.attention, best.words)
             log_figure(self, f"val_attention/{i}", fig)
 
     def test_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -314,73 +332,23 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
                     self.log(f"{prefix}/{name}", value, sync_dist=True, add_dataloader_idx=False)
         self._test_out = {}
 
-    def predict_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> list[dict[str, Any]]:
-        """``{"index", "caption", "references"}`` per image (`tasks.captioning.callbacks.CaptionWriter` writes them)."""
+    def predict_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
+        """One ``(dataset index, (image name, caption))`` row per image (``core.predict.PredictionWriter``).
+
+        Images are named by their dataset (the file path for ``data.predict_path`` and real corpora,
+        ``scene test/3 (seed 0)`` for generated scenes); unreadable ones were skipped with a warning.
+        """
         if batch is None or len(batch) == 0:
             return []
-        caps = self._decode_batch(batch)
-        return [{"index": int(i), "caption": c, "references": r} for i, c, r in zip(batch.index, caps, batch.refs)]
+        namer = getattr(_dataset_of(self._trainer, dataloader_idx), "name", None)
+        return [Prediction(int(i), (namer(int(i)) if callable(namer) else f"item {int(i)}", c))
+                for i, c in zip(batch.index.tolist(), self._decode_batch(batch))]
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
         enc = [p for p in self.encoder.parameters() if p.requires_grad]
         dec = [p for p in self.decoder.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(
-            [{"params": enc, "lr": hp.lr * hp.encoder_lr_scale}, {"params": dec, "lr": hp.lr}],
-            lr=hp.lr,
-            weight_decay=hp.weight_decay,
-            fused=self.device.type == "cuda",  # one kernel launch for all parameters on GPU
-        )
-        total = None
-        if hp.lr_schedule in ("cosine", "linear"):
-            total = int(self.trainer.estimated_stepping_batches) if self._trainer is not None else 10_000
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, hp.warmup_steps, hp.lr_schedule, total)}
-
-    # ------------------------------------------------------------------ inference API
-    @torch.no_grad()
-    def caption(
-        self,
-        images: Sequence[str | os.PathLike[str] | Image.Image],
-        beam: int = 5,
-        return_attention: bool = False,
-        batch_size: int = 16,
-    ) -> list[str] | list[tuple[str, Tensor]]:
-        """Caption images.
-
-        Args:
-            images: file paths or PIL images (any mode; converted to RGB).
-            beam: beam width (1 = greedy).
-            return_attention: also return each caption's attention maps.
-            batch_size: images per forward pass.
-
-        Returns:
-            One caption per image; with ``return_attention``, ``(caption, weights)`` pairs where
-            ``weights`` is ``(n_words, grid_size, grid_size)`` (row t = where word t looked).
-
-        Raises:
-            tasks.captioning.images.ImageError: a file is missing or not a readable image (the
-                message names it; the CLI reports such files one by one and captions the rest).
-        """
-        pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_rgb(im) for im in images]
-        out: list[Any] = []
-        g = self.hparams.grid_size
-        with eval_mode(self):
-            for start in range(0, len(pil), batch_size):
-                x = torch.stack([self._transform(im) for im in pil[start : start + batch_size]]).to(self.device)
-                tokens, attn = self.generate(x, beam_size=beam)
-                for tok, a in zip(tokens, attn):
-                    text = self.vocab.decode(tok)
-                    if return_attention:
-                        maps = a.view(len(tok), g, g) if a is not None else torch.zeros(len(tok), g, g)
-                        out.append((text, maps))
-                    else:
-                        out.append(text)
-        return out
-
-    def preprocess(self, image: Image.Image) -> Tensor:
-        """RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor (inference transform)."""
-        return self._transform(image)
+        return configure_optimizer(self, [(enc, self.hparams.encoder_lr_scale), (dec, 1.0)])
 
     # ------------------------------------------------------------------ checkpoints
     def task_metadata(self) -> dict[str, Any]:
@@ -414,29 +382,3 @@ class CaptioningModule(TaskCheckpointMixin, L.LightningModule):
             else:
                 raise CheckpointError(f"{source} has a vocabulary of {len(ckpt_vocab)} words, the data module "
                                       f"{len(self.vocab)}: train and evaluate with the same data settings")
-
-
-def save_attention_figure(
-    image: Image.Image, caption: str, weights: Tensor, path: str | Path, image_size: int
-) -> Path:
-    """Write the per-word attention overlay of one captioned image as a PNG.
-
-    Args:
-        image: the RGB image that was captioned.
-        caption: its caption (one panel per word).
-        weights: ``(n_words, g, g)`` attention maps from `CaptioningModule.caption`.
-        path: PNG destination (parent folders are created).
-        image_size: the image is shown resized/cropped as the network saw it.
-
-    Returns:
-        The PNG path.
-    """
-    from core.viz import plot_image_attention
-
-    from torchvision.transforms import v2
-
-    shown = v2.CenterCrop(image_size)(v2.Resize(image_size)(image))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    plot_image_attention(shown, weights, caption.split(), path=path)
-    return path

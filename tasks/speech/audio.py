@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import io
+import math
+import warnings
 from pathlib import Path
 from typing import Any, Union
 
@@ -18,9 +20,16 @@ import torchaudio
 
 from core.errors import DataError
 
-__all__ = ["SAMPLE_RATE", "AudioInput", "resampler", "load_audio", "to_mono_16k", "split_on_silence", "audio_info"]
+__all__ = ["SAMPLE_RATE", "MIN_SAMPLES", "SILENCE_DB", "AudioInput", "resampler", "load_audio", "to_mono_16k",
+           "split_on_silence", "audio_info", "is_silent"]
 
 SAMPLE_RATE = 16000
+#: Shortest usable input: one 25 ms analysis window at 16 kHz (a shorter one has no speech in it, and the
+#: encoder's subsampling would leave nothing to attend to).
+MIN_SAMPLES = 400
+#: A chunk whose loudest 25 ms frame stays below this level (dB re full scale) is silence: speech, even
+#: quiet, is tens of dB above it, while digital silence and dither sit below.
+SILENCE_DB = -60.0
 
 # What `transcribe` and the datasets accept: a path, or (waveform, sample_rate) with the waveform
 # shaped (N,) or (channels, N) (numpy array or tensor).
@@ -60,11 +69,22 @@ def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Te
         raise DataError(f"{source}: invalid sample rate {sample_rate}")
     if x.numel() == 0:
         raise DataError(f"{source}: the audio is empty (zero samples)")
+    min_in = max(1, math.ceil(MIN_SAMPLES * sample_rate / SAMPLE_RATE)) if sample_rate > 0 else MIN_SAMPLES
+    if x.numel() < min_in:
+        raise DataError(f"{source}: the audio is too short ({x.numel()} samples at {sample_rate} Hz; at least "
+                        f"{min_in}, i.e. {1000 * MIN_SAMPLES // SAMPLE_RATE} ms)")
     # A float file can hold NaN/Inf; one such sample would poison the features, the feature
     # statistics and the loss (and `nan == 0.0` is False, so silence checks would not catch it).
     if not bool(torch.isfinite(x).all()):
         bad = int((~torch.isfinite(x)).sum())
         raise DataError(f"{source}: the audio contains {bad} NaN or infinite sample(s)")
+    peak = float(x.abs().max())
+    if peak > 1.0:
+        # Float files may hold samples beyond full scale (or a tool wrote raw integers as floats): squared
+        # in the power spectrum they overflow float32 and every feature becomes inf. Scale to full scale;
+        # the log-mel features only shift by a constant.
+        warnings.warn(f"{source}: samples reach {peak:.3g}, beyond full scale (1.0); scaled down")
+        x = x / peak
     if sample_rate != SAMPLE_RATE:
         with torch.no_grad():
             x = resampler(int(sample_rate), SAMPLE_RATE)(x)
@@ -132,6 +152,11 @@ def frame_energy_db(wav: torch.Tensor, frame: int = 400, hop: int = 160) -> torc
         wav = torch.nn.functional.pad(wav, (0, frame - wav.numel()))
     frames = wav.unfold(0, frame, hop)  # (F, frame)
     return 10.0 * torch.log10(frames.pow(2).mean(dim=1) + 1e-10)
+
+
+def is_silent(wav: torch.Tensor, threshold_db: float = SILENCE_DB) -> bool:
+    """Whether the loudest 25 ms frame of `(N,)` samples stays below `threshold_db` (no speech in it)."""
+    return wav.numel() == 0 or float(frame_energy_db(wav).max()) < threshold_db
 
 
 def split_on_silence(

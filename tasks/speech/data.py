@@ -63,7 +63,8 @@ def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
 
     Returns:
         `feats (B, T, F)` zero-padded, `feat_lens (B,)`, `tokens (B, L)` pad-padded, `token_lens (B,)`,
-        `texts` list[str], `ids` list[str], `skipped` = tensor(0) (the dataset sets it).
+        `texts` list[str], `ids` list[str], `indices` (positions in the split: input order for predict),
+        `skipped` = tensor(0) (the dataset sets it).
     """
     b = len(items)
     t_max = max(it["feats"].shape[0] for it in items)
@@ -81,6 +82,7 @@ def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         "token_lens": torch.tensor([it["tokens"].numel() for it in items]),
         "texts": [it["text"] for it in items],
         "ids": [it["id"] for it in items],
+        "indices": [it.get("index", i) for i, it in enumerate(items)],
         "skipped": torch.tensor(0),
     }
 
@@ -142,7 +144,7 @@ class BucketedSpeechDataset(Dataset):
             return None
         text = normalize_text(u.text)
         return {"feats": self.logmel(wav), "tokens": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
-                "text": text, "id": u.name}
+                "text": text, "id": u.name, "index": i}
 
     def _skip(self, why: str) -> None:
         """Count a skipped utterance; warn for the first few only (a bad corpus must not flood the log)."""

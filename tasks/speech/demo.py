@@ -46,7 +46,7 @@ def run_demo(out_dir: Path, max_minutes: float = 3.5) -> list[Path]:
                           max_batch=24)
     dm.prepare_data()  # synthesis (cached)
     dm.setup("fit")
-    model = SpeechModule(encoder_hidden=128, encoder_layers=2, decoder_hidden=160, embed_dim=32, lr=3e-3,
+    model = SpeechModule(encoder_dim=128, encoder_layers=2, hidden_dim=160, embed_dim=32, lr=3e-3,
                          warmup_steps=100, beam_size=3, plot_examples=0, ctc_weight=0.5,
                          attention_options={"hidden_dim": 96, "conv_channels": 8, "kernel_size": 15})
     # Leave ~35 s of the budget for validation, saving, reloading and decoding.

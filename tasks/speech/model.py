@@ -7,14 +7,16 @@ Encoders (all shorten time by 4x before the sequence model, so attention and CTC
   * "transformer": conv2d subsampling x4 -> sinusoidal positions -> Transformer encoder layers.
   * "conformer":   conv2d subsampling x4 -> Conformer blocks (FFN/2, MHSA, depthwise conv, FFN/2).
 
-The decoder is an LSTM that attends over the encoder output with any `core.attention` mechanism
-(location-aware by default). Key projections are computed once per utterance (`precompute`) and
-the previous step's weights are carried with `attn.accumulate`, for training and beam search alike.
+The decoder is ``core.layers.AttentionalRNNDecoder`` (an LSTM, Listen-Attend-Spell style: the previous
+context joins the input) attending over the encoder output with any `core.attention` mechanism
+(location-aware by default). Key projections are computed once per utterance (`precompute`) and the
+previous step's weights are carried with `attn.accumulate`, for training and beam search alike. Self-attention
+in the transformer/conformer encoders is ``core.attention`` multi-head attention too (bool masks,
+True = attend: one convention everywhere).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -22,8 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attention import build_attention, lengths_to_mask
+from core.layers import AttentionalRNNDecoder, SinusoidalPositions, TransformerEncoderLayer
 
-__all__ = ["SpeechEncoder", "AttentionDecoder", "ASRModel", "subsampled_lengths"]
+__all__ = ["SpeechEncoder", "ASRModel", "subsampled_lengths", "upgrade_state_dict_v1"]
 
 
 def subsampled_lengths(lengths: Tensor) -> Tensor:
@@ -113,24 +116,6 @@ class BiLSTM(nn.Module):
         return x
 
 
-class PositionalEncoding(nn.Module):
-    """Sinusoidal positions added to `(B, T, D)`, computed on the fly (any length)."""
-
-    def __init__(self, d_model: int) -> None:
-        super().__init__()
-        self.d_model = d_model
-
-    def forward(self, x: Tensor) -> Tensor:
-        t = x.shape[1]
-        pos = torch.arange(t, device=x.device, dtype=torch.float32)[:, None]  # (T, 1)
-        div = torch.exp(torch.arange(0, self.d_model, 2, device=x.device, dtype=torch.float32)
-                        * (-math.log(10000.0) / self.d_model))  # (D/2,)
-        pe = torch.zeros(t, self.d_model, device=x.device)
-        pe[:, 0::2] = torch.sin(pos * div)
-        pe[:, 1::2] = torch.cos(pos * div)
-        return x * math.sqrt(self.d_model) + pe.to(x.dtype)
-
-
 class ConformerBlock(nn.Module):
     """Conformer block (Gulati et al. 2020): half FFN, MHSA, depthwise-conv module, half FFN."""
 
@@ -143,7 +128,7 @@ class ConformerBlock(nn.Module):
 
         self.ff1, self.ff2 = ffn(), ffn()
         self.attn_norm = nn.LayerNorm(d)
-        self.attn = nn.MultiheadAttention(d, heads, dropout=dropout, batch_first=True)
+        self.attn = build_attention("multihead", query_dim=d, key_dim=d, num_heads=heads, dropout=dropout)
         self.conv_norm = nn.LayerNorm(d)
         self.pw1 = nn.Conv1d(d, 2 * d, 1)
         self.dw = nn.Conv1d(d, d, kernel, padding=kernel // 2, groups=d)
@@ -156,7 +141,7 @@ class ConformerBlock(nn.Module):
         """Args: x `(B, T, D)`, mask `(B, T)` bool True = valid. Returns `(B, T, D)`."""
         x = x + 0.5 * self.ff1(x)
         h = self.attn_norm(x)
-        x = x + self.drop(self.attn(h, h, h, key_padding_mask=~mask, need_weights=False)[0])
+        x = x + self.drop(self.attn(h, h, h, mask, need_weights=False).context)
         h = self.conv_norm(x).masked_fill(~mask[..., None], 0.0).transpose(1, 2)  # (B, D, T)
         h = F.glu(self.pw1(h), dim=1)  # (B, 2D, T) -> (B, D, T)
         # Mask again: pw1's bias and the GLU turn zeroed padding into non-zero values, which the
@@ -203,12 +188,11 @@ class SpeechEncoder(nn.Module):
             self.output_dim = 2 * hidden
         else:
             self.sub = ConvSubsampling(n_mels, conv_channels, hidden)
-            self.pos = PositionalEncoding(hidden)
+            self.pos = SinusoidalPositions(hidden)
             if kind == "transformer":
-                layer = nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True, norm_first=True)
-                self.blocks = nn.ModuleList([layer] + [
-                    nn.TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, batch_first=True, norm_first=True)
-                    for _ in range(layers - 1)])
+                # ReLU feed-forward of 4x width, as in the 2017 Transformer (and format-1 checkpoints)
+                self.blocks = nn.ModuleList([TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, "relu")
+                                             for _ in range(layers)])
             else:
                 self.blocks = nn.ModuleList([ConformerBlock(hidden, heads, dropout=dropout) for _ in range(layers)])
             self.norm = nn.LayerNorm(hidden)
@@ -245,102 +229,8 @@ class SpeechEncoder(nn.Module):
         mask = lengths_to_mask(lens, x.shape[1])  # (B, S) True = valid
         x = self.drop(self.pos(x))
         for blk in self.blocks:
-            x = blk(x, mask) if self.kind == "conformer" else blk(x, src_key_padding_mask=~mask)
+            x = blk(x, mask)
         return self.norm(x), lens
-
-
-class AttentionDecoder(nn.Module):
-    """LSTM decoder attending over encoder states (one `core.attention` mechanism by name).
-
-    Args:
-        vocab_size: output units.
-        enc_dim: encoder state size (attention keys/values).
-        embed_dim: token embedding size.
-        hidden: LSTM size (attention query).
-        attention: name for `core.attention.build_attention` ("location" by default).
-        attention_options: extra keyword arguments for the attention (e.g. hidden_dim, num_heads).
-        dropout: dropout on embeddings and before the output layer.
-    """
-
-    def __init__(self, vocab_size: int, enc_dim: int, embed_dim: int = 64, hidden: int = 256,
-                 attention: str = "location", attention_options: dict[str, Any] | None = None,
-                 dropout: float = 0.1) -> None:
-        super().__init__()
-        opts = dict(attention_options or {})
-        if attention in ("additive", "location"):
-            opts.setdefault("hidden_dim", 128)
-        if attention == "multihead":
-            opts.setdefault("num_heads", 4)
-            # Multi-head projects the query to its own size; keep query == key size for it.
-        self.attn = build_attention(attention, query_dim=hidden, key_dim=enc_dim, **opts)
-        self.ctx_dim = self.attn.output_dim
-        self.embed = nn.Embedding(vocab_size, embed_dim)
-        self.cell = nn.LSTMCell(embed_dim + self.ctx_dim, hidden)
-        self.drop = nn.Dropout(dropout)
-        self.out = nn.Sequential(nn.Linear(hidden + self.ctx_dim, hidden), nn.Tanh(), nn.Linear(hidden, vocab_size))
-        self.hidden = hidden
-
-    def init_state(self, enc: Tensor, enc_mask: Tensor) -> dict[str, Any]:
-        """Decoder state before the first step.
-
-        Args:
-            enc: encoder states `(B, S, D)`.
-            enc_mask: `(B, S)` bool, True = valid frame.
-
-        Returns:
-            A pytree for `core.decoding`: per-hypothesis tensors at the top level, and under
-            "static" what never changes across steps (encoder output, mask, key projections).
-        """
-        b = enc.shape[0]
-        z = enc.new_zeros(b, self.hidden)
-        return {
-            "h": z, "c": z.clone(), "ctx": enc.new_zeros(b, self.ctx_dim),
-            # Location attention starts from uniform weights over valid frames (its own rule).
-            "prev_w": enc_mask.to(enc.dtype) / enc_mask.sum(-1, keepdim=True).clamp_min(1).to(enc.dtype),
-            "static": {"enc": enc, "mask": enc_mask, "pre": self.attn.precompute(enc, enc)},
-        }
-
-    def step(self, tokens: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any], Tensor]:
-        """One decoder step.
-
-        Args:
-            tokens: previous tokens `(N,)`.
-            state: from `init_state` or the previous step.
-
-        Returns:
-            logits `(N, V)`, the new state, attention weights `(N, S)` (heads averaged).
-        """
-        st = state["static"]
-        x = torch.cat([self.drop(self.embed(tokens)), state["ctx"]], dim=-1)  # (N, E + C)
-        h, c = self.cell(x, (state["h"], state["c"]))
-        pre = st["pre"]
-        out = self.attn(h, None if isinstance(pre, tuple) else st["enc"], None if isinstance(pre, tuple) else st["enc"],
-                        st["mask"], precomputed=pre, prev_weights=state["prev_w"])
-        w = out.weights
-        if w is not None and w.dim() == 3:
-            w = w.mean(dim=1)  # (N, H, S) -> (N, S): multi-head, averaged for carry and plots
-        if w is None:
-            w = state["prev_w"]
-        logits = self.out(self.drop(torch.cat([h, out.context], dim=-1)))  # (N, V)
-        new = {"h": h, "c": c, "ctx": out.context, "prev_w": self.attn.accumulate(state["prev_w"], w), "static": st}
-        return logits, new, w
-
-    def forward(self, enc: Tensor, enc_mask: Tensor, inputs: Tensor) -> tuple[Tensor, Tensor]:
-        """Teacher-forced decoding.
-
-        Args:
-            enc: `(B, S, D)`; enc_mask: `(B, S)`; inputs: `(B, L)` tokens starting with BOS.
-
-        Returns:
-            logits `(B, L, V)` and attention weights `(B, L, S)`.
-        """
-        state = self.init_state(enc, enc_mask)
-        logits, weights = [], []
-        for t in range(inputs.shape[1]):
-            lg, state, w = self.step(inputs[:, t], state)
-            logits.append(lg)
-            weights.append(w)
-        return torch.stack(logits, 1), torch.stack(weights, 1)
 
 
 class ASRModel(nn.Module):
@@ -350,24 +240,29 @@ class ASRModel(nn.Module):
         vocab_size: units including pad/bos/eos/unk.
         n_mels: feature size.
         encoder: encoder kind.
-        encoder_hidden: encoder size (per direction for LSTMs).
+        encoder_dim: encoder size (per direction for LSTMs).
         encoder_layers: encoder layers.
-        encoder_heads: heads for transformer/conformer encoders.
-        decoder_hidden: decoder LSTM size.
+        num_heads: heads for transformer/conformer encoders.
+        hidden_dim: decoder LSTM size.
         embed_dim: token embedding size.
         attention: `core.attention` mechanism name.
-        attention_options: its extra options.
+        attention_options: its extra options (default ``{"hidden_dim": 128}`` / ``{"num_heads": 4}``).
         dropout: dropout everywhere.
     """
 
-    def __init__(self, vocab_size: int, n_mels: int = 80, encoder: str = "lstm", encoder_hidden: int = 192,
-                 encoder_layers: int = 3, encoder_heads: int = 4, decoder_hidden: int = 256, embed_dim: int = 64,
+    def __init__(self, vocab_size: int, n_mels: int = 80, encoder: str = "lstm", encoder_dim: int = 192,
+                 encoder_layers: int = 3, num_heads: int = 4, hidden_dim: int = 256, embed_dim: int = 64,
                  attention: str = "location", attention_options: dict[str, Any] | None = None,
                  dropout: float = 0.1) -> None:
         super().__init__()
-        self.encoder = SpeechEncoder(encoder, n_mels, encoder_hidden, encoder_layers, encoder_heads, dropout)
-        self.decoder = AttentionDecoder(vocab_size, self.encoder.output_dim, embed_dim, decoder_hidden, attention,
-                                        attention_options, dropout)
+        self.encoder = SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout)
+        opts = dict(attention_options or {})
+        if attention in ("additive", "location"):
+            opts.setdefault("hidden_dim", 128)
+        if attention == "multihead":
+            opts.setdefault("num_heads", 4)
+        self.decoder = AttentionalRNNDecoder(vocab_size, self.encoder.output_dim, embed_dim, hidden_dim, 1, "lstm",
+                                             attention, opts, dropout, input_feed="context")
         self.ctc_head = nn.Linear(self.encoder.output_dim, vocab_size)
 
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -375,3 +270,36 @@ class ASRModel(nn.Module):
         enc, lens = self.encoder(feats, lengths)
         mask = lengths_to_mask(lens, enc.shape[1])
         return enc, mask, self.ctc_head(enc).log_softmax(-1)
+
+
+def _split_in_proj(out: dict[str, Any], prefix: str, key: str, value: Any) -> bool:
+    """``torch.nn.MultiheadAttention``'s packed ``in_proj_*`` -> core multi-head ``q/k/v_proj``."""
+    for kind in ("weight", "bias"):
+        if key == f"{prefix}in_proj_{kind}":
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                out[f"{prefix}{name}.{kind}"] = part.clone()
+            return True
+    return False
+
+
+def upgrade_state_dict_v1(state: dict[str, Any]) -> dict[str, Any]:
+    """Format-1 weight names under today's modules: the decoder on the shared attentional RNN decoder, and
+    encoder self-attention on core multi-head attention instead of ``torch.nn`` layers."""
+    dec = {"model.decoder.embed.": "model.decoder.embedding.", "model.decoder.attn.": "model.decoder.attention.",
+           "model.decoder.cell.": "model.decoder.cells.0.", "model.decoder.out.0.": "model.decoder.combine.",
+           "model.decoder.out.2.": "model.decoder.out."}
+    ffn = {".linear1.": ".ff.0.", ".linear2.": ".ff.3."}
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        for old, new in dec.items():
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        if key.startswith("model.encoder.blocks."):
+            if key.endswith(("in_proj_weight", "in_proj_bias")):
+                _split_in_proj(out, key[: key.rfind("in_proj_")], key, value)
+                continue
+            for old, new in ffn.items():
+                key = key.replace(old, new)
+        out[key] = value
+    return out

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal
 
 import lightning as L
 import torch
@@ -15,57 +12,31 @@ from torch import Tensor
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from core.checkpoint import META_KEY
-from core.decoding import beam_search
 from core.errors import CheckpointError, ConfigError
-from core.inference import eval_mode
 from core.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
 from core.task_io import TaskCheckpointMixin
-from core.training import empty_batch_loss
+from core.predict import Prediction
+from core.training import configure_optimizer, empty_batch_loss
 from core.tokenizers import tokenizer_from_dict
-from tasks.speech.audio import SAMPLE_RATE, AudioInput, load_audio, split_on_silence
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
-from tasks.speech.model import ASRModel
+from tasks.speech.inference import ChunkAlignment, Hypothesis, TranscribeMixin, Transcription  # noqa: F401
+from tasks.speech.model import ASRModel, upgrade_state_dict_v1
 
-__all__ = ["SpeechModule", "Transcription", "ChunkAlignment"]
+__all__ = ["SpeechModule", "Transcription", "ChunkAlignment"]  # the last two re-exported from .inference
 
 TASK = "speech"
 
 
-@dataclass
-class ChunkAlignment:
-    """Attention of one decoded chunk (for plots).
-
-    Attributes:
-        spec: log-mel `(n_mels, frames)` of the chunk (unnormalised).
-        weights: `(T, S_enc)` attention of each output unit over encoder frames.
-        tokens: the `T` output units (characters).
-        start: chunk start in seconds within the input.
-    """
-
-    spec: Tensor
-    weights: Tensor
-    tokens: list[str]
-    start: float
-
-
-@dataclass
-class Transcription:
-    """`transcribe(..., return_attention=True)` result for one input."""
-
-    text: str
-    chunks: list[ChunkAlignment] = field(default_factory=list)
-
-
-class SpeechModule(TaskCheckpointMixin, L.LightningModule):
+class SpeechModule(TranscribeMixin, TaskCheckpointMixin, L.LightningModule):
     """Listen-attend-spell style ASR with joint CTC.
 
     Args:
         encoder: "lstm" (conv x4 + BiLSTM), "pblstm" (pyramidal BiLSTM), "transformer" or "conformer".
-        encoder_hidden: encoder size (per direction for LSTMs, d_model otherwise).
+        encoder_dim: encoder size (per direction for LSTMs, d_model otherwise).
         encoder_layers: encoder layers.
-        encoder_heads: attention heads of transformer/conformer encoders.
-        decoder_hidden: decoder LSTM size.
+        num_heads: attention heads of transformer/conformer encoders.
+        hidden_dim: decoder LSTM size.
         embed_dim: character embedding size.
         attention: `core.attention` mechanism of the decoder ("location", "additive", "dot",
             "general", "scaled_dot", "multihead").
@@ -74,9 +45,14 @@ class SpeechModule(TaskCheckpointMixin, L.LightningModule):
             rescoring the beam's n-best).
         dropout: dropout.
         label_smoothing: label smoothing of the attention cross-entropy.
-        lr: peak AdamW learning rate.
-        weight_decay: AdamW weight decay.
-        warmup_steps: linear warmup steps before inverse-sqrt decay.
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.training.configure_optimizer``).
+        lr: peak learning rate.
+        weight_decay: weight decay (not on biases and norms).
+        betas: Adam betas.
+        eps: Adam epsilon.
+        warmup_steps: linear warmup steps.
+        lr_schedule: decay after warmup: ``inverse_sqrt``, ``cosine``, ``linear`` or ``constant``.
+        min_lr_ratio: floor of cosine/linear decay, as a fraction of ``lr``.
         spec_augment: frequency/time masking during training.
         beam_size: beam width for validation/test/predict decoding.
         length_penalty: exponent of the beam's length normalisation.
@@ -92,28 +68,37 @@ class SpeechModule(TaskCheckpointMixin, L.LightningModule):
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/cer", "min"
     HPARAM_BOUNDS = {
-        "encoder_hidden": SIZE, "encoder_layers": LAYERS, "encoder_heads": LAYERS, "decoder_hidden": SIZE,
+        "encoder_dim": SIZE, "encoder_layers": LAYERS, "num_heads": LAYERS, "hidden_dim": SIZE,
         "embed_dim": SIZE, "ctc_weight": (0.0, 1.0), "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE,
-        "weight_decay": RATE, "warmup_steps": STEPS, "beam_size": BEAM, "length_penalty": (-10.0, 10.0),
-        "plot_examples": (0, 1000), "max_chunk_seconds": (1.0, 600.0), "cpu_threads": (1, 1024),
+        "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
+        "min_lr_ratio": (0.0, 1.0), "beam_size": BEAM, "length_penalty": (-10.0, 10.0), "plot_examples": (0, 1000),
+        "max_chunk_seconds": (1.0, 600.0), "cpu_threads": (1, 1024),
     }
+    # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
+    HPARAM_RENAMES = {"encoder_hidden": "encoder_dim", "encoder_heads": "num_heads", "decoder_hidden": "hidden_dim"}
+    FOLDER_FILES = {"units": "units.json", "feature_config": "preprocessor_config.json"}
 
     def __init__(
         self,
-        encoder: str = "lstm",
-        encoder_hidden: int = 160,
+        encoder: Literal["lstm", "pblstm", "transformer", "conformer"] = "lstm",
+        encoder_dim: int = 160,
         encoder_layers: int = 2,
-        encoder_heads: int = 4,
-        decoder_hidden: int = 192,
+        num_heads: int = 4,
+        hidden_dim: int = 192,
         embed_dim: int = 48,
         attention: str = "location",
-        attention_options: dict[str, Any] | None = None,
+        attention_options: dict[str, int | float | str | bool | None] | None = None,
         ctc_weight: float = 0.3,
         dropout: float = 0.1,
         label_smoothing: float = 0.1,
+        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
         warmup_steps: int = 200,
+        lr_schedule: Literal["inverse_sqrt", "cosine", "linear", "constant"] = "inverse_sqrt",
+        min_lr_ratio: float = 0.0,
         spec_augment: bool = True,
         beam_size: int = 5,
         length_penalty: float = 1.0,
@@ -130,9 +115,8 @@ class SpeechModule(TaskCheckpointMixin, L.LightningModule):
         self.logmel = LogMel(self.feature_cfg)
         self.stats = FeatureStats(self.feature_cfg.n_mels)
         self.specaug = SpecAugment() if spec_augment else None
-        self.model = ASRModel(self.tokenizer.vocab_size, self.feature_cfg.n_mels, encoder, encoder_hidden,
-                              encoder_layers, encoder_heads, decoder_hidden, embed_dim, attention,
-                              attention_options, dropout)
+        self.model = ASRModel(self.tokenizer.vocab_size, self.feature_cfg.n_mels, encoder, encoder_dim,
+                              encoder_layers, num_heads, hidden_dim, embed_dim, attention, attention_options, dropout)
         self.max_chunk_seconds = max_chunk_seconds
         self.val_cer, self.val_wer = CharErrorRate(), WordErrorRate()
         self.test_cer, self.test_wer = CharErrorRate(), WordErrorRate()
@@ -153,6 +137,10 @@ class SpeechModule(TaskCheckpointMixin, L.LightningModule):
             durs = [u.duration or 0.0 for u in dm.splits.get("train", [])]
             if durs:
                 self.max_chunk_seconds = float(max(durs))
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        return upgrade_state_dict_v1(state) if version < 2 else state
 
     def task_metadata(self) -> dict[str, Any]:
         """Units, feature front end and statistics, chunking range: the checkpoint alone can transcribe."""
@@ -301,9 +289,9 @@ class SpeechModule(TaskCheckpointMixin, L.LightningModule):
         b = len(batch["texts"])
         losses = self._losses(batch)
         self.log(f"{stage}/loss", losses["loss"], prog_bar=True, batch_size=b, sync_dist=True)
-        hyps = self.decode_features(batch["feats"], batch["feat_lens"], beam=self.hparams.beam_size,
-                                    with_attention=(stage == "val" and batch_idx == 0))
-        texts = [h[0] for h in hyps]
+        hyps = [h[0] for h in self.decode_features(batch["feats"], batch["feat_lens"], beam=self.hparams.beam_size,
+                                                   with_attention=(stage == "val" and batch_idx == 0))]
+        texts = [h.text for h in hyps]
         cer, wer = (self.val_cer, self.val_wer) if stage == "val" else (self.test_cer, self.test_wer)
         cer.update(texts, batch["texts"])
         wer.update(texts, batch["texts"])
@@ -318,14 +306,14 @@ class SpeechModule(TaskCheckpointMixin, L.LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "test")
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, str]]:
-        """Returns `{"id", "hyp", "ref"}` per utterance."""
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[Prediction]:
+        """One ``(position in the split, (utterance id, transcript))`` row per utterance."""
         if batch.get("empty"):
             return []
         hyps = self.decode_features(batch["feats"], batch["feat_lens"], beam=self.hparams.beam_size)
-        return [{"id": i, "hyp": h[0], "ref": r} for i, h, r in zip(batch["ids"], hyps, batch["texts"])]
+        return [Prediction(int(i), (u, h[0].text)) for i, u, h in zip(batch["indices"], batch["ids"], hyps)]
 
-    def _plot(self, batch: dict[str, Any], hyps: list[tuple[str, Tensor | None]]) -> None:
+    def _plot(self, batch: dict[str, Any], hyps: list[Hypothesis]) -> None:
         """Spectrogram + attention of the first validation utterances (rank zero only, via log_figure)."""
         if self._trainer is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
@@ -333,7 +321,7 @@ class SpeechModule(TaskCheckpointMixin, L.LightningModule):
         from core.viz import plot_spectrogram_alignment
 
         for i in range(min(self.hparams.plot_examples, len(hyps))):
-            text, att = hyps[i]
+            text, att = hyps[i].text, hyps[i].attention
             if att is None or att.shape[0] == 0:
                 continue
             n = int(batch["feat_lens"][i])
@@ -342,127 +330,4 @@ class SpeechModule(TaskCheckpointMixin, L.LightningModule):
             log_figure(self, f"val/alignment_{i}", fig)
 
     def configure_optimizers(self) -> Any:
-        from core.training import build_scheduler
-
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                fused=self.device.type == "cuda")  # one kernel launch for all parameters on GPU
-        return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, self.hparams.warmup_steps, "inverse_sqrt")}
-
-    # ------------------------------------------------------------------------------------------
-    # decoding
-    # ------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def decode_features(self, feats: Tensor, lens: Tensor, beam: int = 5,
-                        with_attention: bool = False) -> list[tuple[str, Tensor | None]]:
-        """Beam search with CTC rescoring of the n-best.
-
-        Args:
-            feats: unnormalised log-mel `(B, T, F)`.
-            lens: valid frames `(B,)`.
-            beam: beam width (1 = greedy).
-            with_attention: return the best hypothesis' attention `(T_out, S_enc)`.
-
-        Returns:
-            Per utterance: (normalised transcript, attention or None).
-        """
-        with eval_mode(self):
-            enc, mask, ctc_lp = self.model.encode(self.stats(feats), lens)
-            dec = self.model.decoder
-            state = dec.init_state(enc, mask)
-            s_max = enc.shape[1]
-
-            def step_fn(tokens: Tensor, st: Any) -> tuple[Tensor, Any, Tensor]:
-                logits, new, w = dec.step(tokens, st)
-                return logits.float().log_softmax(-1), new, w
-
-            tk = self.tokenizer
-            nbest = beam if self.hparams.ctc_weight > 0 else 1
-            # 40 ms encoder frames; even fast speech stays under ~1 character per frame.
-            res = beam_search(step_fn, state, batch_size=enc.shape[0], bos_id=tk.bos_id, eos_id=tk.eos_id,
-                              max_len=s_max + 5, beam_size=beam, nbest=nbest,
-                              length_penalty=self.hparams.length_penalty, pad_id=tk.pad_id)
-            out = []
-            for b in range(enc.shape[0]):
-                k = self._rescore(res.tokens[b], res.scores[b], ctc_lp[b, : int(mask[b].sum())]) if nbest > 1 else 0
-                att = res.attention[b][k]
-                text = tk.decode(res.tokens[b][k])
-                out.append((text, att[:, : int(mask[b].sum())] if (with_attention and att is not None) else None))
-            return out
-
-    def _rescore(self, hyps: list[list[int]], scores: list[float], ctc_lp: Tensor) -> int:
-        """Index of the best hypothesis under `(1 - w) * attention + w * CTC` (length-normalised).
-
-        Args:
-            hyps: n-best token lists; scores: their length-normalised attention log-probs;
-            ctc_lp: CTC log-probs of the utterance `(S, V)`.
-        """
-        if len(hyps) <= 1:
-            return 0
-        w, lp = self.hparams.ctc_weight, self.hparams.length_penalty
-        n = len(hyps)
-        targets = torch.tensor([t for h in hyps for t in h], dtype=torch.long)  # concatenated (sum L_i,)
-        tlens = torch.tensor([len(h) for h in hyps], dtype=torch.long)
-        lp_in = ctc_lp.float().cpu().unsqueeze(1).expand(-1, n, -1)  # (S, N, V): one utterance, N hypotheses
-        in_lens = torch.full((n,), ctc_lp.shape[0], dtype=torch.long)
-        ctc = -F.ctc_loss(lp_in, targets, in_lens, tlens, blank=self.tokenizer.pad_id, reduction="none")  # (N,)
-        norm = torch.tensor([(len(h) + 1) ** lp for h in hyps], dtype=torch.float32)
-        total = (1 - w) * torch.tensor(scores, dtype=torch.float32) + w * ctc / norm
-        total = torch.nan_to_num(total, nan=-math.inf)
-        return int(total.argmax())
-
-    # ------------------------------------------------------------------------------------------
-    # inference API
-    # ------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def transcribe(self, inputs: Sequence[AudioInput], beam: int = 5, return_attention: bool = False,
-                   batch_size: int = 16) -> list[str] | list[Transcription]:
-        """Transcribe audio files or waveforms.
-
-        Audio longer than the trained range (`max_chunk_seconds`) is cut into chunks at the
-        quietest points (energy-based) and the chunk transcripts are joined with a space.
-
-        Args:
-            inputs: paths, or `(waveform, sample_rate)` with the waveform `(N,)` or `(channels, N)`;
-                any sample rate and channel count (resampled to 16 kHz, downmixed).
-            beam: beam width.
-            return_attention: return `Transcription` objects with per-chunk spectrogram/attention.
-            batch_size: chunks decoded together.
-
-        Returns:
-            One normalised transcript per input (or `Transcription` with `return_attention`).
-
-        Raises:
-            core.errors.DataError: an input is missing, unreadable, corrupt or empty (the message
-                names it); use one call per file to keep going over bad files.
-        """
-        with eval_mode(self):
-            max_s = self.max_chunk_seconds or 15.0
-            chunks: list[tuple[int, float, Tensor]] = []  # (input index, start seconds, features (T, F))
-            dev = self.device
-            for i, src in enumerate(inputs):
-                wav = load_audio(src)
-                for a, b in split_on_silence(wav, max_s):
-                    # the front end's filterbank lives on the module's device (e.g. after map_location="cuda")
-                    chunks.append((i, a / SAMPLE_RATE, self.logmel(wav[a:b].to(dev))))
-            # Decode chunks sorted by length so batches carry little padding.
-            order = sorted(range(len(chunks)), key=lambda j: chunks[j][2].shape[0])
-            decoded: dict[int, tuple[str, Tensor | None]] = {}
-            for s in range(0, len(order), batch_size):
-                idx = order[s : s + batch_size]
-                feats = [chunks[j][2] for j in idx]
-                lens = torch.tensor([f.shape[0] for f in feats], device=dev)
-                batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(dev)  # (B, T, F)
-                for j, r in zip(idx, self.decode_features(batch, lens, beam=beam, with_attention=return_attention)):
-                    decoded[j] = r
-            texts: list[list[str]] = [[] for _ in inputs]
-            aligns: list[list[ChunkAlignment]] = [[] for _ in inputs]
-            for j, (i, start, feats) in enumerate(chunks):
-                text, att = decoded[j]
-                if text:
-                    texts[i].append(text)
-                if return_attention and att is not None:
-                    aligns[i].append(ChunkAlignment(feats.T.cpu(), att.cpu(), list(text), start))
-        joined = [" ".join(t) for t in texts]
-        if return_attention:
-            return [Transcription(t, a) for t, a in zip(joined, aligns)]
-        return joined
+        return configure_optimizer(self)

@@ -391,7 +391,7 @@ class TranslationDataModule(pl.LightningDataModule):
         if world > 1 and not injected:
             # The CLI turns Lightning's sampler injection off, so without this every rank would translate
             # everything. Each rank takes a strided shard; items keep their dataset "index", so the
-            # TranslationWriter gathers the shards and writes one output in input order.
+            # core.predict.PredictionWriter gathers the shards and writes one output in input order.
             ds = Subset(ds, shard_indices(len(ds), world, rank))  # type: ignore[assignment]
         return DataLoader(ds, batch_size=64, shuffle=False, collate_fn=collate, num_workers=self.num_workers)
 

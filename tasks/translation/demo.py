@@ -54,7 +54,7 @@ def _run(out_dir: Path, max_minutes: float) -> list[Path]:
     pl.seed_everything(0, verbose=False)
     dm = TranslationDataModule(n_pairs=12_000, val_size=200, test_size=200, vocab_size=1200,
                                max_tokens=1024, cache_dir=str(out_dir / "cache"))
-    model = TranslationModule(emb_dim=96, hidden_dim=192, lr=4e-3, warmup_steps=50, num_plot_sentences=0)
+    model = TranslationModule(embed_dim=96, hidden_dim=192, lr=4e-3, warmup_steps=50, plot_examples=0)
     # Leave ~30 s (or a third of a tiny budget) for setup, checkpointing, reloading and plotting.
     reserve = min(30.0, max_minutes * 60 / 3)
     train_seconds = max(5.0, max_minutes * 60 - reserve - (time.monotonic() - start))

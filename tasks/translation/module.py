@@ -1,13 +1,13 @@
 """LightningModule for attention-based translation (RNN or Transformer encoder–decoder).
 
 The network is built in :meth:`TranslationModule.setup` from the data module's tokenizers (vocabulary
-sizes are only known after the tokenizers are trained), or from the tokenizers stored in a checkpoint by
-:meth:`TranslationModule.load_from_checkpoint`. Checkpoints are self-contained::
+sizes are only known after the tokenizers are trained), or from the tokenizers stored in a checkpoint or
+model folder (``core.task_io``). Checkpoints are self-contained::
 
-    checkpoint["attn_suite"] = {"task": "translation", "format": 1,
-                                "tokenizers": {"src": {...}, "tgt": {...}}}
+    checkpoint["attn_suite"] = {"task": "translation", "format": 2, "tokenizers": {"src": {...}, "tgt": {...}}}
 
-and load with ``torch.load(path, weights_only=True)``.
+and load with ``torch.load(path, weights_only=True)``; translation itself is in
+:mod:`tasks.translation.inference`.
 
 Example:
     >>> model = TranslationModule.load_from_checkpoint("model.ckpt")  # doctest: +SKIP
@@ -17,9 +17,7 @@ Example:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -29,38 +27,19 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from core.checkpoint import META_KEY
-from core.decoding import beam_search
 from core.distributed import dedupe_by_index, gather_objects
 from core.errors import CheckpointError, ConfigError
-from core.inference import eval_mode
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.metrics import corpus_bleu, corpus_chrf
-from core.tokenizers import BOS_ID, EOS_ID, BaseTokenizer, tokenizer_from_dict
+from core.predict import Prediction
 from core.task_io import TaskCheckpointMixin
-from core.training import build_scheduler, log_figure
-from tasks.translation.batching import pad_ids
+from core.tokenizers import BaseTokenizer, tokenizer_from_dict
+from core.training import configure_optimizer, log_figure
+from tasks.translation.inference import TranslateMixin, Translation  # noqa: F401 - Translation re-exported
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
+from tasks.translation.models.rnn import upgrade_state_dict_v1
 
 TASK = "translation"
-
-
-@dataclass
-class Translation:
-    """One hypothesis with its alignment.
-
-    Attributes:
-        text: detokenized translation.
-        score: length-normalised log-probability.
-        src_tokens: source subword strings (S).
-        tgt_tokens: output subword strings (T).
-        attention: (T, S) weights used to emit each output token, or None.
-    """
-
-    text: str
-    score: float
-    src_tokens: list[str]
-    tgt_tokens: list[str]
-    attention: Tensor | None
 
 
 def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[BaseTokenizer, BaseTokenizer]:
@@ -89,86 +68,104 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
     return out[0], out[1]
 
 
-class TranslationModule(TaskCheckpointMixin, pl.LightningModule):
+class TranslationModule(TranslateMixin, TaskCheckpointMixin, pl.LightningModule):
     """Sequence-to-sequence translation with attention.
 
     Args:
         arch: ``rnn`` (bidirectional GRU/LSTM encoder, attentional decoder with input feeding) or
             ``transformer`` (pre-norm encoder–decoder on core multi-head attention).
-        emb_dim: embedding size (RNN; the Transformer uses ``hidden_dim`` as d_model).
-        hidden_dim: RNN decoder size / Transformer d_model.
-        enc_layers: encoder layers.
-        dec_layers: decoder layers.
+        embed_dim: embedding size (RNN; the Transformer uses ``hidden_dim`` as d_model).
+        hidden_dim: decoder width: RNN decoder size / Transformer d_model.
+        encoder_layers: encoder layers.
+        decoder_layers: decoder layers.
         rnn_type: ``gru`` or ``lstm`` (RNN only).
         attention: core attention name for the RNN decoder (additive, location, dot, general,
             scaled_dot, multihead); the Transformer always uses multihead.
         attention_options: extra options of that mechanism, e.g. ``{"hidden_dim": 128}``.
         num_heads: Transformer heads.
-        ff_dim: Transformer FFN size.
+        ffn_dim: Transformer feed-forward size.
         dropout: dropout rate.
         label_smoothing: label smoothing of the cross-entropy.
         tie_embeddings: tie the target embedding and the output projection.
-        lr: peak learning rate (AdamW).
-        weight_decay: AdamW weight decay.
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.training.configure_optimizer``).
+        lr: peak learning rate.
+        weight_decay: weight decay (not on biases and norms).
+        betas: Adam betas.
+        eps: Adam epsilon.
         warmup_steps: linear warmup steps.
         lr_schedule: decay after warmup: ``inverse_sqrt``, ``cosine``, ``linear`` or ``constant``
             (cosine/linear decay over the trainer's estimated total steps).
         min_lr_ratio: floor of cosine/linear decay, as a fraction of ``lr``.
-        val_beam: beam size of the validation/test decoding behind BLEU/chrF.
+        beam_size: beam size of validation/test/predict decoding (BLEU/chrF).
         length_penalty: beam-search length normalisation exponent.
-        max_decode_len: cap on output tokens (also ``2 * source length + 10``).
+        max_len: cap on output tokens (also ``2 * source length + 10``).
         max_source_tokens: longer inputs are truncated (with a warning) before translation.
         val_bleu_sentences: decode at most this many validation sentences per validation for BLEU
             (None = all); the loss always uses all.
-        num_plot_sentences: fixed validation sentences whose attention heatmaps are logged.
+        plot_examples: fixed validation sentences whose attention heatmaps are logged.
     """
 
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/bleu", "max"
     HPARAM_BOUNDS = {
-        "emb_dim": SIZE, "hidden_dim": SIZE, "enc_layers": LAYERS, "dec_layers": LAYERS, "num_heads": LAYERS,
-        "ff_dim": SIZE, "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE, "weight_decay": RATE,
-        "warmup_steps": STEPS, "min_lr_ratio": (0.0, 1.0), "val_beam": BEAM, "length_penalty": (-10.0, 10.0),
-        "max_decode_len": LENGTH, "max_source_tokens": LENGTH, "val_bleu_sentences": (0, 10**9),
-        "num_plot_sentences": (0, 1000),
+        "embed_dim": SIZE, "hidden_dim": SIZE, "encoder_layers": LAYERS, "decoder_layers": LAYERS,
+        "num_heads": LAYERS, "ffn_dim": SIZE, "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE,
+        "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
+        "min_lr_ratio": (0.0, 1.0), "beam_size": BEAM, "length_penalty": (-10.0, 10.0), "max_len": LENGTH,
+        "max_source_tokens": LENGTH, "val_bleu_sentences": (0, 10**9), "plot_examples": (0, 1000),
     }
+    # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
+    HPARAM_RENAMES = {"emb_dim": "embed_dim", "enc_layers": "encoder_layers", "dec_layers": "decoder_layers",
+                      "ff_dim": "ffn_dim", "val_beam": "beam_size", "num_plot_sentences": "plot_examples",
+                      "max_decode_len": "max_len"}
+    FOLDER_FILES = {"tokenizers.src": "tokenizer_src.json", "tokenizers.tgt": "tokenizer_tgt.json"}
 
     def __init__(
         self,
         arch: Literal["rnn", "transformer"] = "rnn",
-        emb_dim: int = 256,
+        embed_dim: int = 256,
         hidden_dim: int = 256,
-        enc_layers: int = 1,
-        dec_layers: int = 1,
+        encoder_layers: int = 1,
+        decoder_layers: int = 1,
         rnn_type: Literal["gru", "lstm"] = "gru",
         attention: str = "additive",
-        attention_options: dict[str, Any] | None = None,
+        attention_options: dict[str, int | float | str | bool | None] | None = None,
         num_heads: int = 4,
-        ff_dim: int = 1024,
+        ffn_dim: int = 1024,
         dropout: float = 0.1,
         label_smoothing: float = 0.1,
         tie_embeddings: bool = False,
+        optimizer: Literal["adamw", "adam", "sgd"] = "adamw",
         lr: float = 2e-3,
         weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-9,
         warmup_steps: int = 200,
         lr_schedule: Literal["inverse_sqrt", "cosine", "linear", "constant"] = "inverse_sqrt",
         min_lr_ratio: float = 0.0,
-        val_beam: int = 5,
+        beam_size: int = 5,
         length_penalty: float = 1.0,
-        max_decode_len: int = 100,
+        max_len: int = 100,
         max_source_tokens: int = 100,
         val_bleu_sentences: int | None = None,
-        num_plot_sentences: int = 3,
+        plot_examples: int = 3,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        if val_beam < 1:
-            raise ConfigError(f"--model.val_beam must be >= 1, got {val_beam}")
+        if beam_size < 1:
+            raise ConfigError(f"--model.beam_size must be >= 1, got {beam_size}")
         self.model: nn.Module | None = None
         self.src_tokenizer: BaseTokenizer | None = None
         self.tgt_tokenizer: BaseTokenizer | None = None
         # prefix -> [(dataset index, (hypothesis, reference))]; the index lets DDP padding repeats be dropped
         self._eval_outputs: dict[str, list[tuple[int, tuple[str, str]]]] = {}
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        """Format 1 kept the RNN decoder's parts directly under the seq2seq model."""
+        if version < 2 and any(k.startswith("model.cells.") for k in state):
+            return upgrade_state_dict_v1(state)
+        return state
 
     # ------------------------------------------------------------------ building
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
@@ -184,12 +181,12 @@ class TranslationModule(TaskCheckpointMixin, pl.LightningModule):
         hp = self.hparams
         sv, tv = self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size
         if hp.arch == "rnn":
-            self.model = RNNSeq2Seq(sv, tv, hp.emb_dim, hp.hidden_dim, hp.enc_layers, hp.dec_layers, hp.rnn_type,
-                                    hp.attention, hp.attention_options, hp.dropout, hp.tie_embeddings)
+            self.model = RNNSeq2Seq(sv, tv, hp.embed_dim, hp.hidden_dim, hp.encoder_layers, hp.decoder_layers,
+                                    hp.rnn_type, hp.attention, hp.attention_options, hp.dropout, hp.tie_embeddings)
         elif hp.arch == "transformer":
-            self.model = TransformerSeq2Seq(sv, tv, hp.hidden_dim, hp.num_heads, hp.ff_dim, hp.enc_layers,
-                                            hp.dec_layers, hp.dropout, hp.tie_embeddings,
-                                            max_positions=max(512, hp.max_decode_len + 1, hp.max_source_tokens))
+            self.model = TransformerSeq2Seq(sv, tv, hp.hidden_dim, hp.num_heads, hp.ffn_dim, hp.encoder_layers,
+                                            hp.decoder_layers, hp.dropout, hp.tie_embeddings,
+                                            max_positions=max(512, hp.max_len + 1, hp.max_source_tokens))
         else:
             raise ConfigError(f"--model.arch must be 'rnn' or 'transformer', got {hp.arch!r}")
 
@@ -285,26 +282,7 @@ class TranslationModule(TaskCheckpointMixin, pl.LightningModule):
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.named_parameters():
-            if p.requires_grad:
-                (no_decay if p.dim() < 2 or "norm" in name else decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        fused = self.device.type == "cuda"  # fused AdamW kernels: one launch for all params on GPU
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=(0.9, 0.98), eps=1e-9, fused=fused)
-        schedule = hp.lr_schedule
-        total = None
-        if schedule in ("cosine", "linear"):
-            est = self.trainer.estimated_stepping_batches
-            if est is None or not math.isfinite(est):
-                rank_zero_warn(f"lr_schedule={schedule} needs a step budget (trainer.max_steps/max_epochs); "
-                               f"using inverse_sqrt")
-                schedule = "inverse_sqrt"
-            else:
-                total = int(est)
-        return {"optimizer": opt,
-                "lr_scheduler": build_scheduler(opt, hp.warmup_steps, schedule, total, hp.min_lr_ratio)}
+        return configure_optimizer(self)
 
     # ------------------------------------------------------------------ evaluation
     def _eval_step(self, batch: dict[str, Any], prefix: str, limit: int | None) -> None:
@@ -321,7 +299,7 @@ class TranslationModule(TaskCheckpointMixin, pl.LightningModule):
             src, lengths = src.index_select(0, keep), lengths.index_select(0, keep)
             refs = [refs[i] for i in keep.tolist()]
             indices = [indices[i] for i in keep.tolist()]
-        res = self._decode(src, lengths, beam=self.hparams.val_beam, nbest=1, need_weights=False)
+        res = self._decode(src, lengths, beam=self.hparams.beam_size, nbest=1, need_weights=False)
         assert self.tgt_tokenizer is not None
         out = self._eval_outputs.setdefault(prefix, [])
         for index, hyps, ref in zip(indices, res.tokens, refs):
@@ -362,7 +340,7 @@ class TranslationModule(TaskCheckpointMixin, pl.LightningModule):
     def _log_heatmaps(self) -> None:
         from core.viz import plot_alignment
 
-        n = self.hparams.num_plot_sentences
+        n = self.hparams.plot_examples
         dm = self.trainer.datamodule
         if n <= 0 or dm is None or not hasattr(dm, "fixed_examples"):
             return
@@ -376,81 +354,11 @@ class TranslationModule(TaskCheckpointMixin, pl.LightningModule):
             fig = plot_alignment(r.attention, r.src_tokens, r.tgt_tokens, title=f"{src} → {r.text}")
             log_figure(self, f"val/attention_{i}", fig)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[str]:
-        """Translations (beam ``val_beam``) of a batch, in batch order."""
-        res = self._decode(batch["src"], batch["src_lengths"], beam=self.hparams.val_beam, nbest=1,
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
+        """One ``(dataset index, (translation,))`` row per input line (beam ``beam_size``); an empty input
+        line gets an empty output line, so output line i always translates input line i."""
+        res = self._decode(batch["src"], batch["src_lengths"], beam=self.hparams.beam_size, nbest=1,
                            need_weights=False)
         assert self.tgt_tokenizer is not None
-        # Empty input lines stay empty so output line i always translates input line i.
-        return ["" if not src.strip() else self.tgt_tokenizer.decode(h[0])
-                for h, src in zip(res.tokens, batch["src_text"])]
-
-    # ------------------------------------------------------------------ inference
-    def _decode(self, src: Tensor, src_lengths: Tensor, beam: int, nbest: int, need_weights: bool) -> Any:
-        assert self.model is not None
-        model = self.model
-        state = model.init_state(src, src_lengths)
-        max_len = min(self.hparams.max_decode_len, int(src_lengths.max()) * 2 + 10)
-
-        def step_fn(last: Tensor, st: Any) -> tuple[Tensor, Any, Tensor | None]:
-            return model.step(last, st, need_weights)
-
-        return beam_search(step_fn, state, batch_size=src.shape[0], bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len,
-                           beam_size=beam, length_penalty=self.hparams.length_penalty, nbest=nbest,
-                           device=src.device)
-
-    @torch.no_grad()
-    def translate(self, texts: list[str], beam: int = 5, nbest: int = 1, return_attention: bool = False,
-                  batch_size: int = 64) -> list[Any]:
-        """Translate sentences.
-
-        Characters never seen in training map to the unknown token (never an error). Inputs longer than
-        ``max_source_tokens`` subwords are truncated with a warning.
-
-        Args:
-            texts: source sentences.
-            beam: beam size (1 = greedy).
-            nbest: hypotheses per sentence (≤ beam).
-            return_attention: return :class:`Translation` objects with (T, S) attention instead of strings.
-            batch_size: sentences decoded together.
-
-        Returns:
-            ``nbest == 1``: one item per input; else a list of ``nbest`` items per input. Items are
-            strings, or :class:`Translation` when ``return_attention``.
-        """
-        if self.model is None:
-            self.build_model()
-        if not 1 <= nbest <= beam:
-            raise ConfigError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam}")
-        assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
-        limit = self.hparams.max_source_tokens
-        encoded = []
-        for i, t in enumerate(texts):
-            ids = self.src_tokenizer.encode(t)
-            if len(ids) > limit:
-                rank_zero_warn(f"input {i} has {len(ids)} subword tokens; truncated to "
-                               f"max_source_tokens={limit}")
-                ids = ids[:limit]
-            encoded.append(ids)
-        # Decode in length-sorted batches (little padding), then restore the input order.
-        order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        results: list[Any] = [None] * len(texts)
-        with eval_mode(self):
-            for k in range(0, len(order), batch_size):
-                idx = order[k:k + batch_size]
-                src, lengths = pad_ids([encoded[i] for i in idx])  # (B, S), (B,)
-                res = self._decode(src.to(self.device), lengths.to(self.device), beam, nbest, return_attention)
-                for j, i in enumerate(idx):
-                    hyps = []
-                    for toks, score, att in zip(res.tokens[j], res.scores[j], res.attention[j]):
-                        text = self.tgt_tokenizer.decode(toks)
-                        if return_attention:
-                            s_len = max(1, len(encoded[i]))
-                            hyps.append(Translation(
-                                text, float(score), [self.src_tokenizer.id_to_token(t) for t in encoded[i]],
-                                [self.tgt_tokenizer.id_to_token(t) for t in toks],
-                                None if att is None else att[:, :s_len].float().cpu()))  # (T, S)
-                        else:
-                            hyps.append(text)
-                    results[i] = hyps[0] if nbest == 1 else hyps
-        return results
+        return [Prediction(int(i), ("" if not src.strip() else self.tgt_tokenizer.decode(h[0]),))
+                for i, h, src in zip(batch["index"].tolist(), res.tokens, batch["src_text"])]

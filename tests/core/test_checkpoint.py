@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from core import checkpoint as ckpt_mod
-from core.checkpoint import load_checkpoint, make_metadata, resolve_checkpoint
+from core.checkpoint import FORMAT_VERSION, load_checkpoint, make_metadata, resolve_checkpoint
 from core.task_io import TaskCheckpointMixin, load_task_module
 from core.errors import CheckpointError, UserError
 
@@ -39,7 +39,7 @@ def _good(tmp_path: Path, task: str = "translation") -> Path:
 def test_good_checkpoint_and_task(tmp_path: Path) -> None:
     path = _good(tmp_path)
     ck = load_checkpoint(path, expected_task="translation")
-    assert ck["attn_suite"] == {"task": "translation", "format": 1, "vocab": ["a"]}
+    assert ck["attn_suite"] == {"task": "translation", "format": FORMAT_VERSION, "vocab": ["a"]}
     with pytest.raises(CheckpointError, match=r"good\.ckpt.*'translation' checkpoint, expected a 'speech'"):
         load_checkpoint(path, expected_task="speech")
     plain = tmp_path / "plain.ckpt"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from core.decoding import beam_search, greedy_search, tree_map
+from core.decoding import DecoderState, beam_search, greedy_search
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -17,8 +17,8 @@ PAD, BOS, EOS = 0, 1, 2
 class ToyModel:
     """A small random recurrent scorer with dot attention over a fake encoder output.
 
-    state = {"h": (N, D), "t": (N,), "static": {"enc": (N, S, D)}}; EOS gets a bonus growing with t so
-    that hypotheses end at different lengths.
+    state = DecoderState(beams={"h": (N, D), "t": (N,)}, source={"enc": (N, S, D)}); EOS gets a bonus growing
+    with t so that hypotheses end at different lengths.
     """
 
     def __init__(self, vocab: int = 11, dim: int = 8, src_len: int = 6, eos_bonus: float = 0.6,
@@ -30,26 +30,28 @@ class ToyModel:
         self.vocab, self.dim, self.src_len, self.eos_bonus = vocab, dim, src_len, eos_bonus
         self.static_ids: list[int] = []
 
-    def init_state(self, batch: int, seed: int = 1) -> dict[str, Any]:
+    def init_state(self, batch: int, seed: int = 1) -> DecoderState:
         g = torch.Generator().manual_seed(seed)
         enc = torch.randn(batch, self.src_len, self.dim, generator=g)
-        return {"h": enc.mean(1), "t": torch.zeros(batch), "static": {"enc": enc}}
+        return DecoderState(beams={"h": enc.mean(1), "t": torch.zeros(batch)}, source={"enc": enc})
 
-    def step(self, last: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any], Tensor]:
-        self.static_ids.append(id(state["static"]["enc"]))
-        enc = state["static"]["enc"]  # (N, S, D)
-        h = torch.tanh(state["h"] @ self.w + self.emb[last])  # (N, D)
+    def step(self, last: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState, Tensor]:
+        self.static_ids.append(id(state.source["enc"]))
+        enc = state.source["enc"]  # (N, S, D)
+        beams = state.beams
+        h = torch.tanh(beams["h"] @ self.w + self.emb[last])  # (N, D)
         attn = torch.softmax((enc @ h.unsqueeze(-1)).squeeze(-1), dim=-1)  # (N, S)
         ctx = (attn.unsqueeze(-1) * enc).sum(1)  # (N, D)
         logits = (h + ctx) @ self.out  # (N, V)
-        logits[:, EOS] += self.eos_bonus * state["t"]
+        logits[:, EOS] += self.eos_bonus * beams["t"]
         logits[:, PAD] = torch.finfo(logits.dtype).min  # never generate PAD / BOS
         logits[:, BOS] = torch.finfo(logits.dtype).min
-        return torch.log_softmax(logits, -1), {"h": h, "t": state["t"] + 1, "static": state["static"]}, attn
+        new = DecoderState(beams={**beams, "h": h, "t": beams["t"] + 1}, source=state.source, cache=state.cache)
+        return torch.log_softmax(logits, -1), new, attn
 
 
-def _slice(state: Any, b: int) -> Any:
-    return tree_map(lambda t: t[b : b + 1], state)
+def _slice(state: DecoderState, b: int) -> DecoderState:
+    return state.map(lambda t: t[b : b + 1], lambda t: t[b : b + 1])
 
 
 def _teacher_force(model: ToyModel, state: Any, tokens: list[int], with_eos: bool) -> tuple[float, Tensor]:
@@ -170,7 +172,7 @@ def test_early_stop_calls() -> None:
         lp, st, attn = model.step(last, state)
         lp = torch.full_like(lp, -30.0)
         lp[:, 5] = 0.0
-        lp[:, EOS] = torch.where(state["t"] >= 1, 5.0, -30.0)  # EOS certain from step 2 on
+        lp[:, EOS] = torch.where(state.beams["t"] >= 1, 5.0, -30.0)  # EOS certain from step 2 on
         return torch.log_softmax(lp, -1), st, attn
 
     res = beam_search(eos_second, model.init_state(3), batch_size=3, bos_id=BOS, eos_id=EOS, max_len=50,
@@ -182,22 +184,21 @@ def test_early_stop_calls() -> None:
 def test_static_state_not_reordered_and_dynamic_follows_beams() -> None:
     model = ToyModel(eos_bonus=0.0)
 
-    def no_eos(last: Tensor, state: Any) -> tuple[Tensor, Any, Tensor]:
-        # dynamic "item" must keep naming the batch item (beams never cross items) while reordering
-        assert torch.equal(state["item"], state["static"]["item"])
+    def no_eos(last: Tensor, state: DecoderState) -> tuple[Tensor, Any, Tensor]:
+        # the beams' "item" must keep naming the batch item (beams never cross items) while reordering
+        assert torch.equal(state.beams["item"], state.source["item"])
         lp, st, attn = model.step(last, state)
         lp = lp.clone()
         lp[:, EOS] = float("-inf")
-        st["item"] = state["item"]
         return lp, st, attn
 
     init = model.init_state(3)
-    init["item"] = torch.arange(3.0)
-    init["static"]["item"] = torch.arange(3.0)
+    init.beams["item"] = torch.arange(3.0)
+    init.source["item"] = torch.arange(3.0)
     model.static_ids.clear()
     beam_search(no_eos, init, batch_size=3, bos_id=BOS, eos_id=EOS, max_len=6, beam_size=4)
     assert len(model.static_ids) == 6
-    assert model.static_ids[0] == id(init["static"]["enc"])  # step 0: the caller's unexpanded rows
+    assert model.static_ids[0] == id(init.source["enc"])  # step 0: the caller's unexpanded rows
     assert len(set(model.static_ids[1:])) == 1  # then the same (expanded once) tensor object every step
 
 
@@ -296,51 +297,70 @@ def test_beam_search_same_with_and_without_blocked_topk(monkeypatch: pytest.Monk
     assert blocked.scores == plain.scores
 
 
-def test_lazy_state_reordered_by_the_step_function() -> None:
-    """A step function that applies "reorder" to its "lazy" state itself gets the same search as one
-    whose state beam search reorders; finished items are dropped from "lazy" too."""
+def test_cache_reordered_by_the_step_function() -> None:
+    """A step function that applies ``reorder`` to its ``cache`` itself gets the same search as one whose
+    ``beams`` beam search reorders; finished items are dropped from the cache too."""
     model = ToyModel(seed=11, eos_bonus=0.8)
 
-    def with_history(last: Tensor, state: Any, lazy: bool) -> tuple[Tensor, Any, Tensor]:
-        hist = state["lazy"]["hist"] if lazy else state["hist"]  # (M, t) tokens so far
-        if lazy and state["reorder"] is not None:
-            hist = hist.index_select(0, state["reorder"])
+    def with_history(last: Tensor, state: DecoderState, cached: bool) -> tuple[Tensor, DecoderState, Tensor]:
+        hist = state.cache["hist"] if cached else state.beams["hist"]  # (M, t) tokens so far
+        if cached and state.reorder is not None:
+            hist = hist.index_select(0, state.reorder)
         hist = torch.cat([hist, last[:, None].float()], 1)  # (N, t+1)
         # the history must be the row's own prefix: its sum feeds the scores
-        inner = {k: v for k, v in state.items() if k not in ("lazy", "reorder", "hist")}
-        lp, st, attn = model.step(last, inner)
+        lp, st, attn = model.step(last, state)
         lp = torch.log_softmax(lp + 0.01 * hist.sum(1, keepdim=True) * torch.arange(lp.shape[1]), -1)
-        st.update({"lazy": {"hist": hist}, "reorder": None} if lazy else {"hist": hist})
+        if cached:
+            st = DecoderState(beams=st.beams, source=st.source, cache={"hist": hist})
+        else:
+            st.beams["hist"] = hist
         return lp, st, attn
 
     kw = dict(batch_size=4, bos_id=BOS, eos_id=EOS, max_len=9, beam_size=3, nbest=3)
     init = model.init_state(4)
-    lazy = beam_search(lambda t, s: with_history(t, s, True),
-                       {**init, "lazy": {"hist": torch.zeros(4, 0)}, "reorder": None}, **kw)
-    eager = beam_search(lambda t, s: with_history(t, s, False), {**init, "hist": torch.zeros(4, 0)}, **kw)
-    assert lazy.tokens == eager.tokens
-    assert lazy.scores == eager.scores
-    assert len({len(h[0]) for h in lazy.tokens}) > 1  # items finished at different steps (drops)
+    cached = beam_search(lambda t, s: with_history(t, s, True),
+                         DecoderState(beams=init.beams, source=init.source, cache={"hist": torch.zeros(4, 0)}), **kw)
+    eager = beam_search(lambda t, s: with_history(t, s, False),
+                        DecoderState(beams={**init.beams, "hist": torch.zeros(4, 0)}, source=init.source), **kw)
+    assert cached.tokens == eager.tokens
+    assert cached.scores == eager.scores
+    assert len({len(h[0]) for h in cached.tokens}) > 1  # items finished at different steps (drops)
 
 
 def test_step_must_consume_reorder() -> None:
     model = ToyModel(seed=2)
 
-    def forgets(last: Tensor, state: Any) -> tuple[Tensor, Any, Tensor]:
-        inner = {k: v for k, v in state.items() if k not in ("lazy", "reorder")}
-        lp, st, attn = model.step(last, inner)
-        return lp, {**st, "lazy": state["lazy"], "reorder": state["reorder"]}, attn  # never applies it
+    def forgets(last: Tensor, state: DecoderState) -> tuple[Tensor, Any, Tensor]:
+        lp, st, attn = model.step(last, state)
+        return lp, DecoderState(st.beams, st.source, cache=state.cache, reorder=state.reorder), attn  # never applies it
 
-    init = {**model.init_state(2), "lazy": {"x": torch.zeros(2, 1)}, "reorder": None}
+    init = model.init_state(2)
+    init.cache = {"x": torch.zeros(2, 1)}
     with pytest.raises(ValueError, match="reorder"):
         beam_search(forgets, init, batch_size=2, bos_id=BOS, eos_id=EOS, max_len=5, beam_size=3)
 
-    def sets_one(last: Tensor, state: Any) -> tuple[Tensor, Any, Tensor]:
+    def sets_one(last: Tensor, state: DecoderState) -> tuple[Tensor, Any, Tensor]:
         lp, st, attn = forgets(last, state)
-        return lp, {**st, "reorder": torch.arange(last.numel())}, attn
+        st.reorder = torch.arange(last.numel())
+        return lp, st, attn
 
     with pytest.raises(ValueError, match="reorder"):  # greedy never sets it: a step must not either
         greedy_search(sets_one, init, batch_size=2, bos_id=BOS, eos_id=EOS, max_len=5)
+
+
+def test_plain_pytree_state_follows_the_beams() -> None:
+    """A step function may keep a plain pytree as its state: every leaf is treated as ``beams``."""
+    model = ToyModel(seed=6)
+
+    def plain(last: Tensor, state: dict[str, Any]) -> tuple[Tensor, dict[str, Any], Tensor]:
+        lp, st, attn = model.step(last, DecoderState(beams=state["beams"], source=state["source"]))
+        return lp, {"beams": st.beams, "source": st.source}, attn
+
+    init = model.init_state(3)
+    kw = dict(batch_size=3, bos_id=BOS, eos_id=EOS, max_len=7, beam_size=3, nbest=2)
+    typed = beam_search(model.step, init, **kw)
+    untyped = beam_search(plain, {"beams": init.beams, "source": init.source}, **kw)
+    assert typed.tokens == untyped.tokens and typed.scores == untyped.scores
 
 
 def test_step_returning_wrong_row_count_is_an_error() -> None:

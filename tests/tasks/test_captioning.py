@@ -13,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from core.checkpoint import FORMAT_VERSION
 from core.errors import ConfigError, DataError, UserError
 from tasks.captioning import scenes
 from tasks.captioning.images import ImageError, load_rgb
@@ -309,28 +310,29 @@ def _vocab() -> dict:
 
 
 @pytest.mark.parametrize(
-    ("decoder", "attention"), [("lstm", "additive"), ("lstm", "location"), ("lstm", "multihead"), ("transformer", "additive")]
+    ("decoder", "attention"), [("rnn", "additive"), ("rnn", "location"), ("rnn", "multihead"), ("transformer", "additive")]
 )
 def test_incremental_step_matches_teacher_forcing(decoder: str, attention: str) -> None:
     from tasks.captioning.module import CaptioningModule
 
     torch.manual_seed(0)
-    m = CaptioningModule(vocab=_vocab(), decoder=decoder, attention=attention, feat_dim=32, attention_dim=16,
-                         embed_dim=16, hidden_dim=32, d_model=32, num_heads=2, ffn_dim=64, dropout=0.0, image_size=48).eval()
+    m = CaptioningModule(vocab=_vocab(), decoder=decoder, attention=attention, encoder_dim=32,
+                         attention_options={"hidden_dim": 16} if attention != "multihead" else {"num_heads": 2},
+                         embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, dropout=0.0, image_size=48).eval()
     images = torch.randn(2, 3, 48, 48)
     inputs = torch.tensor([[1, 4, 21, 8, 0], [1, 4, 20, 9, 10]])  # shorter first: exercises the re-sorting
     with torch.no_grad():
-        logits, alphas = m(images, inputs)  # (B, T, V)
+        logits, alphas = m(images, inputs, need_weights=True)  # (B, T, V)
         feats = m.encoder(images)
         assert feats.shape == (2, 36, 32)  # 48 px / 16 -> 3x3 map, pooled to the 6x6 grid
-        state = m.decoder.init_state(feats)
+        state = m.decoder.init_state(feats, None, summary=feats.mean(1))
         for t in range(inputs.shape[1]):
             logp, state, attn = m.decoder.step(inputs[:, t], state)
             real = inputs[:, t] != 0  # padded positions are not computed in teacher forcing
             assert torch.allclose(logp[real], logits[real, t].log_softmax(-1), atol=1e-4), t
             assert attn is not None and attn.shape == (2, 36)
             assert torch.allclose(attn.sum(-1), torch.ones(2), atol=1e-4)
-    if decoder == "lstm":
+    if decoder == "rnn":
         assert alphas is not None and alphas.shape == (2, 5, 36)
 
 
@@ -397,7 +399,7 @@ def trained_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_cli_checkpoint_loads_weights_only(trained_ckpt: Path) -> None:
     ckpt = torch.load(trained_ckpt, weights_only=True, map_location="cpu")
     meta = ckpt["attn_suite"]
-    assert meta["task"] == "captioning" and meta["format"] == 1 and meta["image_size"] == 96
+    assert meta["task"] == "captioning" and meta["format"] == FORMAT_VERSION and meta["image_size"] == 96
     assert meta["vocab"]["vocab"][:4] == ["<pad>", "<s>", "</s>", "<unk>"]
 
 
@@ -424,7 +426,7 @@ def test_checkpoint_caption_round_trip_and_cli(trained_ckpt: Path, tmp_path: Pat
     lines = captured.out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith(str(tmp_path / "scene.png") + "\t")
     assert "bad.png" in captured.err and "Traceback" not in captured.err
-    assert (tmp_path / "plots" / "scene_attention.png").stat().st_size > 1000 or not lines[0].split("\t")[1]
+    assert (tmp_path / "plots" / "0000_scene.png").stat().st_size > 1000 or not lines[0].split("\t")[1]
 
 
 def test_cli_predict_writes_one_caption_per_image_in_order(trained_ckpt: Path, tmp_path: Path) -> None:
@@ -478,7 +480,7 @@ def test_overfit_handful_of_scenes_to_exact_captions() -> None:
     dm = CaptionDataModule(batch_size=4, train_size=4, image_size=64)
     dm.setup("fit")
     dm.datasets["train"].train = False  # always the canonical caption, so "exact" is well defined
-    model = CaptioningModule(vocab=dm.vocab, feat_dim=64, attention_dim=32, embed_dim=32, hidden_dim=96, dropout=0.0,
+    model = CaptioningModule(vocab=dm.vocab, encoder_dim=64, attention_options={"hidden_dim": 32}, embed_dim=32, hidden_dim=96, dropout=0.0,
                              alpha_reg=0.0, lr=1e-2, warmup_steps=1, lr_schedule="constant", image_size=64)
     trainer = L.Trainer(max_steps=70, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
@@ -507,8 +509,8 @@ def _tiny_module(**kw: object):
     from tasks.captioning.module import CaptioningModule
 
     torch.manual_seed(0)
-    args = dict(vocab=_vocab(), feat_dim=16, attention_dim=8, embed_dim=8, hidden_dim=16, max_len=4, image_size=48,
-                val_beam_size=1, plot_images=0)
+    args = dict(vocab=_vocab(), encoder_dim=16, attention_options={"hidden_dim": 8}, embed_dim=8, hidden_dim=16, max_len=4, image_size=48,
+                beam_size=1, plot_examples=0)
     args.update(kw)
     return CaptioningModule(**args)
 
@@ -596,41 +598,11 @@ def test_validation_scores_count_each_image_once(monkeypatch: pytest.MonkeyPatch
     assert seen == [(["a b", "c"], [["a b"], ["c d"]])]
 
 
-def test_caption_writer_orders_dedupes_and_names(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from types import SimpleNamespace
-
-    from tasks.captioning.callbacks import CaptionWriter, format_predictions
-
-    class _DS:
-        def name(self, i: int) -> str:
-            return f"img{i}.png"
-
-    trainer = SimpleNamespace(is_global_zero=True, predict_dataloaders=SimpleNamespace(dataset=_DS()))
-    out = tmp_path / "sub" / "caps.tsv"
-    w = CaptionWriter(str(out))
-    w.on_predict_epoch_start(trainer, None)  # type: ignore[arg-type]
-    # batches arrive out of order (as from two interleaved DDP ranks) with one repeat
-    w.write_on_batch_end(trainer, None, [{"index": 2, "caption": "c two"}, {"index": 0, "caption": "c zero"}],  # type: ignore[arg-type]
-                         None, None, 0, 0)
-    w.write_on_batch_end(trainer, None, [{"index": 1, "caption": "c one"}, {"index": 0, "caption": "c zero"}], None, None, 1, 0)  # type: ignore[arg-type]
-    w.write_on_batch_end(trainer, None, [], None, None, 2, 0)  # type: ignore[arg-type]  # all images unreadable
-    w.on_predict_epoch_end(trainer, None)  # type: ignore[arg-type]
-    assert out.read_text(encoding="utf-8").splitlines() == ["img0.png\tc zero", "img1.png\tc one", "img2.png\tc two"]
-    # stdout when no file is given; a rank other than 0 writes nothing
-    w = CaptionWriter()
-    w.write_on_batch_end(trainer, None, [{"index": 5, "caption": "x"}], None, None, 0, 0)  # type: ignore[arg-type]
-    w.on_predict_epoch_end(trainer, None)  # type: ignore[arg-type]
-    w.write_on_batch_end(trainer, None, [{"index": 6, "caption": "y"}], None, None, 0, 0)  # type: ignore[arg-type]
-    w.on_predict_epoch_end(SimpleNamespace(is_global_zero=False, predict_dataloaders=None), None)  # type: ignore[arg-type]
-    assert capsys.readouterr().out == "img5.png\tx\n"
-    assert format_predictions([(1, 0, "b", "y"), (0, 3, "a", "x"), (1, 0, "b", "y")]) == ["a\tx", "b\ty"]
-
-
-def test_predict_path_with_caption_writer(tmp_path: Path) -> None:
+def test_predict_path_with_prediction_writer(tmp_path: Path) -> None:
     """``data.predict_path`` images, predicted through a Trainer with the writer: input order, file names."""
     import lightning as L
 
-    from tasks.captioning.callbacks import CaptionWriter
+    from core.predict import PredictionWriter
     from tasks.captioning.data import CaptionDataModule
 
     folder = tmp_path / "imgs"
@@ -645,7 +617,7 @@ def test_predict_path_with_caption_writer(tmp_path: Path) -> None:
         dm = CaptionDataModule(predict_path=str(path), eval_batch_size=2)
         out = tmp_path / "out.tsv"
         trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[CaptionWriter(str(out))], default_root_dir=tmp_path)
+                            callbacks=[PredictionWriter(str(out))], default_root_dir=tmp_path)
         trainer.predict(m, datamodule=dm, return_predictions=False)
         lines = out.read_text(encoding="utf-8").splitlines()
         assert [Path(ln.split("\t")[0]).name for ln in lines] == expected, (path, lines)
@@ -673,9 +645,9 @@ def test_pretrained_download_failure_is_a_config_error(monkeypatch: pytest.Monke
 
 
 def test_transformer_caption_decoder_reorders_its_cache_itself() -> None:
-    """Beam search over the Transformer caption decoder: its KV caches follow the beams through the
-    "reorder" protocol; the same search with ordinary per-step reordering gives the same captions."""
-    from core.decoding import beam_search
+    """Beam search over the Transformer caption decoder: its KV caches follow the beams through
+    ``DecoderState.reorder``; the same search with ordinary per-step reordering gives the same captions."""
+    from core.decoding import DecoderState, beam_search
     from tasks.captioning.decoder import TransformerCaptionDecoder
 
     torch.manual_seed(0)
@@ -684,16 +656,14 @@ def test_transformer_caption_decoder_reorders_its_cache_itself() -> None:
     feats = torch.randn(3, 9, 12)  # (B, S, D) image grid
     kw = dict(batch_size=3, bos_id=1, eos_id=2, max_len=7, beam_size=4, nbest=4, pad_id=0)
     with torch.no_grad():
-        lazy = dec.init_state(feats)
-        assert "reorder" in lazy
-        fused = beam_search(dec.step, lazy, **kw)
-        eager = dec.init_state(feats)
-        del eager["reorder"]  # beam search then reorders "lazy" like any per-step state
+        cached = dec.init_state(feats)
+        assert cached.cache is not None
+        fused = beam_search(dec.step, cached, **kw)
+        eager = DecoderState(beams=cached.cache, shared=cached.shared)  # beam search reorders them itself
 
-        def ordinary(t: torch.Tensor, s: dict) -> tuple:
-            lp, new, w = dec.step(t, {**s, "reorder": None})
-            del new["reorder"]  # keep the protocol off for the whole search
-            return lp, new, w
+        def ordinary(t: torch.Tensor, s: DecoderState) -> tuple:
+            lp, new, w = dec.step(t, DecoderState(shared=s.shared, cache=s.beams))
+            return lp, DecoderState(beams=new.cache, shared=new.shared), w
 
         plain = beam_search(ordinary, eager, **kw)
     assert fused.tokens == plain.tokens

@@ -51,7 +51,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tasks.captioning.module import CaptioningModule
 
     torch.manual_seed(0)
-    m = CaptioningModule(vocab=CaptionDataModule().vocab, feat_dim=16, attention_dim=8, embed_dim=8, hidden_dim=16,
+    m = CaptioningModule(vocab=CaptionDataModule().vocab, encoder_dim=16, attention_options={"hidden_dim": 8}, embed_dim=8, hidden_dim=16,
                          max_len=4, image_size=32)
     ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}
     m.on_save_checkpoint(ckpt)
@@ -88,7 +88,7 @@ def test_caption_cli_bad_images_reported_others_captioned(tiny_ckpt: Path, tmp_p
 
 def test_caption_cli_bad_beam_is_exit_2(tiny_ckpt: Path, tmp_path: Path, user_error: Callable[[], str]) -> None:
     assert main(["caption", "--ckpt", str(tiny_ckpt), str(_img(tmp_path / "a.png")), "--beam", "0"]) == 2
-    assert user_error() == "error: --beam must be >= 1, got 0"
+    assert user_error() == "error: --beam must be between 1 and 128, got 0"
 
 
 # ----------------------------------------------------------------- image modes, large images
@@ -316,7 +316,7 @@ def test_ckpt_path_that_does_not_fit_is_a_checkpoint_error(tmp_path: Path, user_
 
     # LightningCLI rebuilds the model from the checkpoint's hyper-parameters, so only weights that do not
     # match their own hyper-parameters (a tampered or hand-edited file) can fail to fit.
-    m = CaptioningModule(vocab=CaptionDataModule().vocab, feat_dim=16, attention_dim=8, embed_dim=8, hidden_dim=16)
+    m = CaptioningModule(vocab=CaptionDataModule().vocab, encoder_dim=16, attention_options={"hidden_dim": 8}, embed_dim=8, hidden_dim=16)
     ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), "pytorch-lightning_version": "2.4.0"}
     m.on_save_checkpoint(ckpt)
     ckpt["state_dict"]["decoder.out.weight"] = torch.zeros(3, 3)
@@ -345,8 +345,8 @@ def test_cli_scene_image_size_too_small(tmp_path: Path, user_error: Callable[[],
 
 
 def test_cli_caption_too_long_for_transformer_positions(tmp_path: Path, user_error: Callable[[], str]) -> None:
-    assert main(_fit_args(tmp_path, "--model.decoder=transformer", "--model.d_model=32", "--model.num_heads=2",
-                          "--model.ffn_dim=32", "--model.num_layers=1", "--data.max_caption_len=200")) == 2
+    assert main(_fit_args(tmp_path, "--model.decoder=transformer", "--model.hidden_dim=32", "--model.num_heads=2",
+                          "--model.ffn_dim=32", "--model.decoder_layers=1", "--data.max_caption_len=200")) == 2
     err = user_error()
     assert err.startswith("error: data.max_caption_len=200 does not fit the transformer decoder's 128 learned positions"), err
 
@@ -356,7 +356,7 @@ def test_transformer_forward_too_long_is_a_config_error() -> None:
 
     dec = TransformerCaptionDecoder(10, 8, 8, 1, 2, 16, 0.0, 4)
     with pytest.raises(ConfigError, match=r"data\.max_caption_len"):
-        dec(torch.zeros(1, 4, 8), torch.ones(1, 5, dtype=torch.long))
+        dec(torch.zeros(1, 4, 8), None, torch.ones(1, 5, dtype=torch.long))
 
 
 def test_setup_warnings_only_on_rank_zero(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

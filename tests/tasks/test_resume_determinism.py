@@ -153,8 +153,8 @@ def test_captioning_same_seed_same_losses_and_captions() -> None:
         pl.seed_everything(0, verbose=False)
         dm = CaptionDataModule(batch_size=8, train_size=32, image_size=64, augment=True)
         dm.setup("fit")
-        model = CaptioningModule(vocab=dm.vocab, feat_dim=32, attention_dim=16, embed_dim=16, hidden_dim=32,
-                                 dropout=0.2, max_len=10, warmup_steps=1, image_size=64, plot_images=0)
+        model = CaptioningModule(vocab=dm.vocab, encoder_dim=32, attention_options={"hidden_dim": 16}, embed_dim=16, hidden_dim=32,
+                                 dropout=0.2, max_len=10, warmup_steps=1, image_size=64, plot_examples=0)
         rec = _LossRecorder()
         trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
@@ -214,7 +214,7 @@ def test_captioning_nan_loss_step_is_skipped(tmp_path: Path, monkeypatch: pytest
 # speech
 # =============================================================================================
 ASR_TINY = [
-    "--model.encoder_hidden=32", "--model.encoder_layers=1", "--model.decoder_hidden=48", "--model.embed_dim=16",
+    "--model.encoder_dim=32", "--model.encoder_layers=1", "--model.hidden_dim=48", "--model.embed_dim=16",
     '--model.attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5}', "--model.beam_size=2",
     "--model.plot_examples=0", "--data.num_workers=0", "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
@@ -284,7 +284,7 @@ def test_speech_same_seed_same_losses_and_transcripts(corpus: Path) -> None:
         pl.seed_everything(0, verbose=False)
         dm = SpeechDataModule(cache_dir=str(corpus.parent), synth_train=24, synth_val=6, synth_test=6,
                               num_workers=0, max_frames=600)
-        m = SpeechModule(encoder_hidden=32, encoder_layers=1, decoder_hidden=48, embed_dim=16, lr=3e-3,
+        m = SpeechModule(encoder_dim=32, encoder_layers=1, hidden_dim=48, embed_dim=16, lr=3e-3,
                          warmup_steps=2, plot_examples=0, beam_size=2,
                          attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5})
         rec = _LossRecorder()

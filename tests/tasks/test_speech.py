@@ -15,6 +15,7 @@ import pytest
 import soundfile as sf
 import torch
 
+from core.checkpoint import FORMAT_VERSION
 from core.errors import DataError
 from tasks.speech.audio import SAMPLE_RATE, load_audio, split_on_silence
 from tasks.speech.data import CHARSET, SpeechDataModule, make_char_tokenizer, validate_utterances
@@ -33,7 +34,7 @@ needs_espeak = pytest.mark.skipif(not HAVE_ESPEAK, reason="espeakng-loader (attn
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 TINY = [
-    "--model.encoder_hidden=32", "--model.encoder_layers=1", "--model.decoder_hidden=48", "--model.embed_dim=16",
+    "--model.encoder_dim=32", "--model.encoder_layers=1", "--model.hidden_dim=48", "--model.embed_dim=16",
     '--model.attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5}', "--model.beam_size=2",
     "--model.plot_examples=1", "--data.num_workers=0", "--data.max_frames=6000",
     "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
@@ -261,12 +262,12 @@ def test_split_on_silence_cuts_in_pause() -> None:
 def test_encoder_shapes(encoder: str) -> None:
     from tasks.speech.model import ASRModel
 
-    m = ASRModel(32, encoder=encoder, encoder_hidden=16, encoder_layers=3 if encoder == "pblstm" else 1,
-                 encoder_heads=2, decoder_hidden=24, embed_dim=8, attention_options={"hidden_dim": 8})
+    m = ASRModel(32, encoder=encoder, encoder_dim=16, encoder_layers=3 if encoder == "pblstm" else 1,
+                 num_heads=2, hidden_dim=24, embed_dim=8, attention_options={"hidden_dim": 8})
     feats, lens = torch.randn(2, 41, 80), torch.tensor([41, 30])
     enc, mask, ctc = m.encode(feats, lens)
     assert enc.shape[1] == 11 and mask.sum(1).tolist() == [11, 8] and ctc.shape == (2, 11, 32)
-    logits, w = m.decoder(enc, mask, torch.ones(2, 5, dtype=torch.long))
+    logits, w = m.decoder(enc, mask, torch.ones(2, 5, dtype=torch.long), need_weights=True)
     assert logits.shape == (2, 5, 32) and w.shape == (2, 5, 11)
     assert torch.allclose(w.sum(-1), torch.ones(2, 5), atol=1e-5) and (w[1, :, 8:] == 0).all()
 
@@ -275,7 +276,7 @@ def test_encoder_shapes(encoder: str) -> None:
 def test_other_attentions(attention: str) -> None:
     from tasks.speech.module import SpeechModule
 
-    m = SpeechModule(encoder_hidden=16, encoder_layers=1, decoder_hidden=32, embed_dim=8, attention=attention,
+    m = SpeechModule(encoder_dim=16, encoder_layers=1, hidden_dim=32, embed_dim=8, attention=attention,
                      attention_options={"hidden_dim": 8} if attention == "additive" else None)
     out = m.transcribe([(tone(0.5), 16000)], beam=2)
     assert isinstance(out[0], str)
@@ -310,7 +311,7 @@ def test_fast_dev_run_cli(corpus: Path, tmp_path: Path) -> None:
 def test_checkpoint_weights_only_and_metadata(trained_ckpt: Path) -> None:
     ck = torch.load(trained_ckpt, map_location="cpu", weights_only=True)
     meta = ck["attn_suite"]
-    assert meta["task"] == "speech" and meta["format"] == 1
+    assert meta["task"] == "speech" and meta["format"] == FORMAT_VERSION
     assert len(meta["feature_stats"]["mean"]) == 80 and meta["feature_config"]["n_mels"] == 80
     assert meta["units"] and meta["max_chunk_seconds"] > 0
     assert any(abs(m) > 1e-3 for m in meta["feature_stats"]["mean"])  # real statistics, not defaults
@@ -386,7 +387,7 @@ def test_overfit_few_utterances(corpus: Path) -> None:
     torch.manual_seed(0)
     dm = SpeechDataModule(cache_dir=str(corpus.parent), synth_train=24, synth_val=6, synth_test=6, limit_train=4,
                           num_workers=0, max_frames=100000)
-    m = SpeechModule(encoder_hidden=64, encoder_layers=1, decoder_hidden=96, embed_dim=32, dropout=0.0,
+    m = SpeechModule(encoder_dim=64, encoder_layers=1, hidden_dim=96, embed_dim=32, dropout=0.0,
                      label_smoothing=0.0, spec_augment=False, lr=3e-3, warmup_steps=10, plot_examples=0,
                      attention_options={"hidden_dim": 64, "conv_channels": 4, "kernel_size": 9})
     tr = L.Trainer(max_steps=150, logger=False, enable_checkpointing=False, limit_val_batches=0,

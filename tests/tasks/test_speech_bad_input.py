@@ -42,7 +42,7 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tasks.speech.module import SpeechModule
 
     torch.manual_seed(0)
-    m = SpeechModule(encoder_hidden=8, encoder_layers=1, decoder_hidden=8, embed_dim=8, beam_size=1,
+    m = SpeechModule(encoder_dim=8, encoder_layers=1, hidden_dim=8, embed_dim=8, beam_size=1,
                      attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3})
     ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}
     m.on_save_checkpoint(ckpt)
@@ -223,7 +223,7 @@ def test_empty_batch_skips_the_step_alone_and_gives_a_zero_loss_under_ddp() -> N
 
     from tasks.speech.module import SpeechModule
 
-    m = SpeechModule(encoder_hidden=8, encoder_layers=1, decoder_hidden=8, embed_dim=8,
+    m = SpeechModule(encoder_dim=8, encoder_layers=1, hidden_dim=8, embed_dim=8,
                      attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
@@ -273,7 +273,7 @@ def test_fit_logs_skipped_utterances_batches_and_ctc_infeasible(tmp_path: Path) 
     train = _jsonl(tmp_path / "train.jsonl", rows)
     val = _jsonl(tmp_path / "val.jsonl", [(tmp_path / "ok1.wav", "hi")])
     dm = SpeechDataModule(train=str(train), val=str(val), num_workers=1, max_batch=1, max_seconds=5.0)
-    model = SpeechModule(encoder_hidden=8, encoder_layers=1, decoder_hidden=8, embed_dim=8, beam_size=1,
+    model = SpeechModule(encoder_dim=8, encoder_layers=1, hidden_dim=8, embed_dim=8, beam_size=1,
                          plot_examples=0, attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3})
     trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1)
@@ -378,8 +378,8 @@ def test_encoder_output_does_not_depend_on_batch_padding(encoder: str) -> None:
     from tasks.speech.model import ASRModel
 
     torch.manual_seed(0)
-    m = ASRModel(32, encoder=encoder, encoder_hidden=16, encoder_layers=3 if encoder == "pblstm" else 2,
-                 encoder_heads=2, decoder_hidden=16, embed_dim=8, attention_options={"hidden_dim": 8}).eval()
+    m = ASRModel(32, encoder=encoder, encoder_dim=16, encoder_layers=3 if encoder == "pblstm" else 2,
+                 num_heads=2, hidden_dim=16, embed_dim=8, attention_options={"hidden_dim": 8}).eval()
     short, long = torch.randn(1, 37, 80), torch.randn(1, 90, 80)
     batch = torch.full((2, 90, 80), 3.0)  # normalised padding is not zero: use a value that would show
     batch[0, :37], batch[1] = short[0], long[0]
@@ -409,7 +409,7 @@ def test_ddp_rank_with_an_empty_batch_does_not_hang(tmp_path: Path) -> None:
     train = _jsonl(tmp_path / "train.jsonl", rows)
     val = _jsonl(tmp_path / "val.jsonl", [(tmp_path / "ok1.wav", "hi")] * 2)
     args = ["fit", f"--data.train={train}", f"--data.val={val}", "--data.max_batch=1", "--data.num_workers=0",
-            "--model.encoder_hidden=8", "--model.encoder_layers=1", "--model.decoder_hidden=8", "--model.embed_dim=8",
+            "--model.encoder_dim=8", "--model.encoder_layers=1", "--model.hidden_dim=8", "--model.embed_dim=8",
             '--model.attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3}',
             "--model.beam_size=1", "--model.plot_examples=0", "--trainer.max_epochs=1", "--trainer.strategy=ddp",
             "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",

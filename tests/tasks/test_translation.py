@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from core.checkpoint import FORMAT_VERSION
 from tasks.translation import grammar
 from tasks.translation.cli import main
 from tasks.translation.data import TranslationDataModule
@@ -80,11 +81,11 @@ def test_grammar_size_determinism_and_disjoint_splits() -> None:
 def test_incremental_decoding_matches_teacher_forcing(kind: str) -> None:
     torch.manual_seed(0)
     if kind == "transformer":
-        model: torch.nn.Module = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ff_dim=32,
-                                                    enc_layers=1, dec_layers=2)
+        model: torch.nn.Module = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ffn_dim=32,
+                                                    encoder_layers=1, decoder_layers=2)
     else:
         _, rnn, attn = kind.split("-")
-        model = RNNSeq2Seq(30, 40, 16, 16, rnn_type=rnn, attention=attn, dec_layers=2, tie_embeddings=True)
+        model = RNNSeq2Seq(30, 40, 16, 16, rnn_type=rnn, attention=attn, decoder_layers=2, tie_embeddings=True)
     model.eval()
     torch.set_grad_enabled(False)
     src = torch.randint(4, 30, (3, 6))
@@ -116,8 +117,8 @@ def test_overfit_16_pairs_and_checkpoint_roundtrip(tmp_path: Path) -> None:
 
     pl.seed_everything(0)
     dm = _tiny_dm(tmp_path, limit_train_pairs=16)
-    model = TranslationModule(emb_dim=64, hidden_dim=128, dropout=0.0, label_smoothing=0.0, lr=5e-3,
-                              warmup_steps=10, lr_schedule="constant", num_plot_sentences=0)
+    model = TranslationModule(embed_dim=64, hidden_dim=128, dropout=0.0, label_smoothing=0.0, lr=5e-3,
+                              warmup_steps=10, lr_schedule="constant", plot_examples=0)
     trainer = pl.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                          use_distributed_sampler=False)
@@ -130,7 +131,7 @@ def test_overfit_16_pairs_and_checkpoint_roundtrip(tmp_path: Path) -> None:
     ckpt = tmp_path / "m.ckpt"
     trainer.save_checkpoint(ckpt)
     raw = torch.load(ckpt, weights_only=True)
-    assert raw["attn_suite"]["task"] == "translation" and raw["attn_suite"]["format"] == 1
+    assert raw["attn_suite"]["task"] == "translation" and raw["attn_suite"]["format"] == FORMAT_VERSION
     loaded = TranslationModule.load_from_checkpoint(ckpt)
     assert loaded.translate(sources, beam=5) == model.translate(sources, beam=5)
     a = model.translate(sources[:2], beam=3, nbest=2, return_attention=True)
@@ -146,7 +147,7 @@ def test_overfit_16_pairs_and_checkpoint_roundtrip(tmp_path: Path) -> None:
 def test_unknown_characters_and_overlong_input(tmp_path: Path) -> None:
     dm = _tiny_dm(tmp_path)
     dm.setup("fit")
-    model = TranslationModule(emb_dim=16, hidden_dim=16, max_source_tokens=8, max_decode_len=5)
+    model = TranslationModule(embed_dim=16, hidden_dim=16, max_source_tokens=8, max_len=5)
     model.set_tokenizers(dm.src_tokenizer, dm.tgt_tokenizer)  # type: ignore[arg-type]
     out = model.translate(["你好 ☃ wörld", ""], beam=2)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
@@ -178,10 +179,11 @@ def test_tiny_overlay_has_its_own_run_folder() -> None:
 
     tiny = yaml.safe_load((CONFIGS / "tiny.yaml").read_text(encoding="utf-8"))["trainer"]
     assert tiny["default_root_dir"] == "runs/translation/tiny"
-    assert tiny["logger"] is False or tiny["logger"]["init_args"]["save_dir"] == "runs/translation/tiny"
     for name in ("default.yaml", "transformer.yaml", "tatoeba.yaml"):
         other = yaml.safe_load((CONFIGS / name).read_text(encoding="utf-8"))["trainer"]
         assert other["default_root_dir"] != tiny["default_root_dir"]
+        # Lightning's default logger writes under default_root_dir: moving the run moves its logs too
+        assert "logger" not in other
     # No checkpoint dirpath pinned in the overlay: checkpoints follow its default_root_dir.
     assert "runs/translation/default" not in (CONFIGS / "tiny.yaml").read_text(encoding="utf-8")
 
@@ -221,7 +223,7 @@ def test_cli_translate_args_stdin_nbest_plot(cli_ckpt: Path, tmp_path: Path, cap
                  "--plot", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["alignment_0000.png", "alignment_0001.png"]
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["0000_argument_1.png", "0001_argument_2.png"]  # input order, unique
     monkeypatch.setattr(sys, "stdin", io.StringIO("I love you\n\nshe sees them\n"))
     assert main(["translate", "--ckpt", str(cli_ckpt), "--beam", "1", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out.split("\n")
@@ -252,7 +254,7 @@ def test_finish_eval_scores_each_example_once(monkeypatch: pytest.MonkeyPatch) -
 
     from core.metrics import corpus_bleu
 
-    model = TranslationModule(emb_dim=8, hidden_dim=8)
+    model = TranslationModule(embed_dim=8, hidden_dim=8)
     model._trainer = SimpleNamespace(world_size=1)  # type: ignore[assignment]
     logged: dict[str, float] = {}
     monkeypatch.setattr(model, "log", lambda name, value, **kw: logged.__setitem__(name, value))
@@ -263,47 +265,23 @@ def test_finish_eval_scores_each_example_once(monkeypatch: pytest.MonkeyPatch) -
     assert logged["test/bleu"] == pytest.approx(corpus_bleu([good[0], bad[0]], [good[1], bad[1]]))
 
 
-def test_writer_under_ddp_writes_one_output_in_input_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                           capsys: pytest.CaptureFixture[str]) -> None:
-    """Two ranks' shards (simulated: gather patched) -> rank 0 writes every line once, in order."""
-    from types import SimpleNamespace
+def test_predict_rows_keep_input_order_and_empty_lines(tmp_path: Path) -> None:
+    """predict_step rows carry the dataset index, so the shared writer restores input order after
+    length-bucketed (and under DDP, sharded) batches; an empty input line gets an empty output line."""
+    from tasks.translation.batching import PairDataset, collate
 
-    from tasks.translation.batching import PairDataset, collate, shard_indices
-    from tasks.translation.callbacks import TranslationWriter
-
-    n, world = 7, 2
-    ds = PairDataset([[5]] * n, [[]] * n, [f"s{i}" for i in range(n)], [""] * n)
-
-    def rank_pending(rank: int, out: str | None) -> tuple[TranslationWriter, SimpleNamespace]:
-        writer = TranslationWriter(out)
-        trainer = SimpleNamespace(world_size=world, is_global_zero=rank == 0, global_rank=rank)
-        writer.on_predict_start(trainer, None)  # type: ignore[arg-type]
-        idx = shard_indices(n, world, rank)
-        for k in range(0, len(idx), 3):  # batches of 3 of this rank's shard
-            batch = collate([ds[i] for i in idx[k:k + 3]])
-            writer.write_on_batch_end(trainer, None, [f"t{t[1:]}" for t in batch["src_text"]],  # type: ignore[arg-type]
-                                      None, batch, 0, 0)
-        return writer, trainer
-
-    monkeypatch.setattr(torch.distributed, "is_available", lambda: True)
-    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: True)
-    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: world)
-    for out in (str(tmp_path / "out.es"), None):
-        writers = [rank_pending(r, out) for r in range(world)]
-        parts = [w._pending for w, _ in writers]
-
-        def fake_gather(dst: list, obj: object) -> None:
-            dst[:] = parts  # what every rank receives from all_gather_object
-
-        monkeypatch.setattr(torch.distributed, "all_gather_object", fake_gather)
-        for w, tr in reversed(writers):  # rank 1 first: only rank 0 may write
-            w.on_predict_end(tr, None)  # type: ignore[arg-type]
-        expected = [f"t{i}" for i in range(n)]
-        if out is not None:
-            assert (tmp_path / "out.es").read_text(encoding="utf-8").splitlines() == expected
-            assert not list(tmp_path.glob("out.es.rank*"))
-        else:
-            assert capsys.readouterr().out.splitlines() == expected  # one copy on stdout, not one per rank
+    dm = _tiny_dm(tmp_path)
+    dm.setup("fit")
+    model = TranslationModule(embed_dim=16, hidden_dim=16, beam_size=1)
+    model.set_tokenizers(dm.src_tokenizer, dm.tgt_tokenizer)
+    model.build_model()
+    texts = ["the red car", "", "I love you"]
+    ids = [dm.src_tokenizer.encode(t) for t in texts]
+    ds = PairDataset(ids, [[]] * 3, texts, [""] * 3)
+    batch = collate([ds[2], ds[1], ds[0]])  # reordered, as a length-bucketed loader would
+    rows = model.predict_step(batch, 0)
+    assert [r.index for r in rows] == [2, 1, 0]
+    assert rows[1].fields == ("",) and all(len(r.fields) == 1 for r in rows)
 
 
 # ------------------------------------------------------------------------------------------- bad input
@@ -389,7 +367,7 @@ def test_same_seed_same_losses(tmp_path: Path) -> None:
     for _ in range(2):
         pl.seed_everything(0)
         dm = _tiny_dm(tmp_path)
-        model = TranslationModule(emb_dim=16, hidden_dim=16, num_plot_sentences=0)
+        model = TranslationModule(embed_dim=16, hidden_dim=16, plot_examples=0)
         trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
                              enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                              use_distributed_sampler=False)
@@ -509,7 +487,7 @@ def test_rnn_training_step_packs_from_host_lengths(tmp_path: Path, monkeypatch: 
 
     dm = _tiny_dm(tmp_path, limit_train_pairs=16)
     dm.setup("fit")
-    model = TranslationModule(emb_dim=16, hidden_dim=32, dropout=0.0, num_plot_sentences=0)
+    model = TranslationModule(embed_dim=16, hidden_dim=32, dropout=0.0, plot_examples=0)
     model.set_tokenizers(dm.src_tokenizer, dm.tgt_tokenizer)  # type: ignore[arg-type]
     model.build_model()
     batch = next(iter(dm.train_dataloader()))
@@ -534,32 +512,31 @@ def test_rnn_training_step_packs_from_host_lengths(tmp_path: Path, monkeypatch: 
 
 
 def test_transformer_beam_search_reorders_its_cache_itself() -> None:
-    """The Transformer's KV caches follow the beams through the "reorder" protocol (one copy per
-    step); without the "reorder" key beam search reorders them as ordinary state: same hypotheses."""
-    from core.decoding import beam_search
+    """The Transformer's KV caches follow the beams through ``DecoderState.reorder`` (one copy per step);
+    kept as ordinary ``beams`` state, beam search reorders them itself: same hypotheses."""
+    from core.decoding import DecoderState, beam_search
 
     torch.manual_seed(0)
-    model = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ff_dim=32, enc_layers=1, dec_layers=2).eval()
+    model = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=2).eval()
     src, lengths = torch.randint(4, 30, (3, 6)), torch.tensor([6, 4, 2])
     kw = dict(batch_size=3, bos_id=1, eos_id=2, max_len=8, beam_size=4, nbest=4)
     with torch.no_grad():
-        lazy_state = model.init_state(src, lengths)
-        assert "reorder" in lazy_state
+        cached = model.init_state(src, lengths)
+        assert cached.cache is not None and cached.shared is not None
         orders: list[torch.Tensor] = []
 
-        def step(t: torch.Tensor, s: dict) -> tuple:
-            if s["reorder"] is not None:
-                orders.append(s["reorder"])
+        def step(t: torch.Tensor, s: DecoderState) -> tuple:
+            if s.reorder is not None:
+                orders.append(s.reorder)
             return model.step(t, s, True)
 
-        fused = beam_search(step, lazy_state, **kw)
-        eager_state = model.init_state(src, lengths)
-        del eager_state["reorder"]  # "lazy" becomes ordinary per-step state, reordered by beam search
+        fused = beam_search(step, cached, **kw)
+        # The same caches as ordinary `beams` state, reordered by beam search itself.
+        eager_state = DecoderState(beams=cached.cache, shared=cached.shared)
 
-        def ordinary(t: torch.Tensor, s: dict) -> tuple:
-            lp, new, w = model.step(t, {**s, "reorder": None}, True)
-            del new["reorder"]  # keep the protocol off for the whole search
-            return lp, new, w
+        def ordinary(t: torch.Tensor, s: DecoderState) -> tuple:
+            lp, new, w = model.step(t, DecoderState(shared=s.shared, cache=s.beams), True)
+            return lp, DecoderState(beams=new.cache, shared=new.shared), w
 
         eager = beam_search(ordinary, eager_state, **kw)
     assert fused.tokens == eager.tokens
@@ -575,15 +552,15 @@ def test_transformer_unpadded_batch_runs_without_mask() -> None:
     """Unpadded batches skip the mask (unmasked SDPA) with the same logits; the module decides from its
     host lengths, so a padded batch keeps its mask."""
     torch.manual_seed(0)
-    model = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ff_dim=32, enc_layers=2, dec_layers=2).eval()
+    model = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ffn_dim=32, encoder_layers=2, decoder_layers=2).eval()
     src, tgt = torch.randint(4, 30, (3, 6)), torch.randint(4, 40, (3, 5))
     full = torch.full((3,), 6)
     with torch.no_grad():
         assert model.encode(src, full, unpadded=True)[1] is None
         assert model.encode(src, full)[1] is not None
         torch.testing.assert_close(model(src, full, tgt, unpadded=True)[0], model(src, full, tgt)[0])
-    module = TranslationModule(arch="transformer", hidden_dim=16, num_heads=2, ff_dim=32, enc_layers=1,
-                               dec_layers=1, dropout=0.0, num_plot_sentences=0)
+    module = TranslationModule(arch="transformer", hidden_dim=16, num_heads=2, ffn_dim=32, encoder_layers=1,
+                               decoder_layers=1, dropout=0.0, plot_examples=0)
     module.model = model
     seen: list[bool] = []
     original = TransformerSeq2Seq.forward

@@ -120,7 +120,7 @@ def test_unseen_characters_map_to_unk(tmp_path: Path) -> None:
     assert tok is not None
     ids = tok.encode("the ☃ car 你好")
     assert tok.unk_id in ids
-    model = TranslationModule(emb_dim=16, hidden_dim=16, max_decode_len=4)
+    model = TranslationModule(embed_dim=16, hidden_dim=16, max_len=4)
     model.set_tokenizers(dm.src_tokenizer, dm.tgt_tokenizer)  # type: ignore[arg-type]
     out = model.translate(["☃☃☃", "你好 ☃ wörld"], beam=2)
     assert len(out) == 2 and all(isinstance(o, str) for o in out)
@@ -154,7 +154,7 @@ def test_cli_ckpt_path_bad_checkpoints(bad_checkpoints: BadCheckpoints, tmp_path
 # ------------------------------------------------------------------------ bad options: exit 2
 @pytest.mark.parametrize(("args", "expected"), [
     (["--beam", "2", "--nbest", "3"], "error: --nbest must be between 1 and --beam (2), got 3"),
-    (["--beam", "0"], "error: --beam must be >= 1, got 0"),
+    (["--beam", "0"], "error: --beam must be between 1 and 128, got 0"),
 ])
 def test_cli_bad_beam_nbest(args: list[str], expected: str, tmp_path: Path, user_error: Callable[[], str]) -> None:
     # Options are checked before the checkpoint is opened: a missing file is not what gets reported.
@@ -169,7 +169,7 @@ def _real_checkpoint(tmp: Path) -> dict:
     from tasks.translation.module import TranslationModule
 
     tok = CharTokenizer.train(["I love you", "te quiero", "the red car", "el coche rojo"])
-    model = TranslationModule(emb_dim=8, hidden_dim=8, num_plot_sentences=0)
+    model = TranslationModule(embed_dim=8, hidden_dim=8, plot_examples=0)
     model.set_tokenizers(tok, tok)
     model.build_model()
     import lightning

@@ -1,0 +1,13 @@
+"""Layers shared by the tasks, built on ``core.attention`` (one mask convention: bool, True = attend)."""
+
+from core.layers.rnn_decoder import AttentionalRNNDecoder
+from core.layers.transformer import (
+    FeedForward,
+    SinusoidalPositions,
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+    sinusoidal_table,
+)
+
+__all__ = ["AttentionalRNNDecoder", "FeedForward", "SinusoidalPositions", "TransformerDecoderLayer",
+           "TransformerEncoderLayer", "sinusoidal_table"]

@@ -1,0 +1,200 @@
+"""Speech recognition with a trained module: beam search with CTC rescoring, and the library API
+(``SpeechModule.transcribe``) with its result types."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from core.decoding import beam_search
+from core.inference import eval_mode
+from tasks.speech.audio import SAMPLE_RATE, AudioInput, is_silent, load_audio, split_on_silence
+
+__all__ = ["ChunkAlignment", "Hypothesis", "TranscribeMixin", "Transcription"]
+
+
+@dataclass
+class Hypothesis:
+    """One decoded transcript of an utterance.
+
+    Attributes:
+        text: normalised transcript.
+        score: ``(1 - w) * attention + w * CTC`` log-probability (length-normalised; ``w = ctc_weight``).
+        attention: ``(T_out, S_enc)`` weights of each output unit over the encoder frames, or None.
+    """
+
+    text: str
+    score: float
+    attention: Tensor | None = None
+
+
+@dataclass
+class ChunkAlignment:
+    """Attention of one decoded chunk (for plots).
+
+    Attributes:
+        spec: log-mel `(n_mels, frames)` of the chunk (unnormalised).
+        weights: `(T, S_enc)` attention of each output unit over encoder frames.
+        tokens: the `T` output units (characters).
+        start: chunk start in seconds within the input.
+    """
+
+    spec: Tensor
+    weights: Tensor
+    tokens: list[str]
+    start: float
+
+
+@dataclass
+class Transcription:
+    """`transcribe(..., return_attention=True)` result for one input.
+
+    Attributes:
+        text: the best transcript (chunk transcripts joined with a space).
+        chunks: per decoded chunk, its spectrogram and alignment.
+        nbest: ``(text, score)`` alternatives, best first. For audio cut into chunks, alternative k joins
+            the k-th best of every chunk (the best where a chunk has fewer) and averages their scores.
+    """
+
+    text: str
+    chunks: list[ChunkAlignment] = field(default_factory=list)
+    nbest: list[tuple[str, float]] = field(default_factory=list)
+
+
+class TranscribeMixin:
+    """Decoding for :class:`tasks.speech.module.SpeechModule` (needs ``model``, ``stats``, ``logmel``,
+    ``tokenizer`` and the ``ctc_weight`` / ``length_penalty`` hyper-parameters)."""
+
+    @torch.no_grad()
+    def decode_features(self, feats: Tensor, lens: Tensor, beam: int = 5, nbest: int = 1,
+                        with_attention: bool = False) -> list[list[Hypothesis]]:
+        """Beam search, the n-best rescored with CTC.
+
+        Args:
+            feats: unnormalised log-mel `(B, T, F)`.
+            lens: valid frames `(B,)`.
+            beam: beam width (1 = greedy).
+            nbest: hypotheses returned per utterance (<= beam).
+            with_attention: keep each hypothesis' attention `(T_out, S_enc)`.
+
+        Returns:
+            Per utterance, ``nbest`` hypotheses sorted by the joint score.
+        """
+        hp, tk = self.hparams, self.tokenizer  # type: ignore[attr-defined]
+        with eval_mode(self):  # type: ignore[arg-type]
+            enc, mask, ctc_lp = self.model.encode(self.stats(feats), lens)  # type: ignore[attr-defined]
+            dec = self.model.decoder  # type: ignore[attr-defined]
+            # CTC rescoring needs alternatives: keep the whole beam when CTC has a say.
+            keep = beam if hp.ctc_weight > 0 else nbest
+            # 40 ms encoder frames; even fast speech stays under ~1 character per frame.
+            res = beam_search(dec.step, dec.init_state(enc, mask), batch_size=enc.shape[0], bos_id=tk.bos_id,
+                              eos_id=tk.eos_id, max_len=enc.shape[1] + 5, beam_size=beam, nbest=keep,
+                              length_penalty=hp.length_penalty, pad_id=tk.pad_id, suppress=(tk.pad_id, tk.bos_id))
+            out = []
+            for b in range(enc.shape[0]):
+                n_frames = int(mask[b].sum())
+                scores = self._joint_scores(res.tokens[b], res.scores[b], ctc_lp[b, :n_frames])
+                order = sorted(range(len(scores)), key=lambda k: scores[k], reverse=True)[:nbest]
+                out.append([Hypothesis(tk.decode(res.tokens[b][k]), scores[k],
+                                       res.attention[b][k][:, :n_frames]
+                                       if with_attention and res.attention[b][k] is not None else None)
+                            for k in order])
+            return out
+
+    def _joint_scores(self, hyps: list[list[int]], scores: list[float], ctc_lp: Tensor) -> list[float]:
+        """``(1 - w) * attention + w * CTC`` per hypothesis (length-normalised; the attention score alone
+        when ``ctc_weight`` is 0).
+
+        Args:
+            hyps: n-best token lists; scores: their length-normalised attention log-probs;
+            ctc_lp: CTC log-probs of the utterance `(S, V)`.
+        """
+        w, lp = self.hparams.ctc_weight, self.hparams.length_penalty  # type: ignore[attr-defined]
+        if w == 0 or not hyps:
+            return [float(s) for s in scores]
+        n = len(hyps)
+        targets = torch.tensor([t for h in hyps for t in h], dtype=torch.long)  # concatenated (sum L_i,)
+        tlens = torch.tensor([len(h) for h in hyps], dtype=torch.long)
+        lp_in = ctc_lp.float().cpu().unsqueeze(1).expand(-1, n, -1)  # (S, N, V): one utterance, N hypotheses
+        in_lens = torch.full((n,), ctc_lp.shape[0], dtype=torch.long)
+        ctc = -F.ctc_loss(lp_in, targets, in_lens, tlens, blank=self.tokenizer.pad_id,  # type: ignore[attr-defined]
+                          reduction="none")  # (N,)
+        norm = torch.tensor([(len(h) + 1) ** lp for h in hyps], dtype=torch.float32)
+        total = (1 - w) * torch.tensor(scores, dtype=torch.float32) + w * ctc / norm
+        return torch.nan_to_num(total, nan=-math.inf, posinf=-math.inf).tolist()
+
+    @torch.no_grad()
+    def transcribe(self, inputs: Sequence[AudioInput], beam: int = 5, nbest: int = 1, return_attention: bool = False,
+                   batch_size: int = 16) -> list[Any]:
+        """Transcribe audio files or waveforms.
+
+        Audio longer than the trained range (`max_chunk_seconds`) is cut into chunks at the quietest points
+        (energy-based) and the chunk transcripts are joined with a space. A silent chunk (digital silence or
+        near it) is not decoded: it has no words, and a decoder asked anyway would make some up.
+
+        Args:
+            inputs: paths, or `(waveform, sample_rate)` with the waveform `(N,)` or `(channels, N)`;
+                any sample rate and channel count (resampled to 16 kHz, downmixed).
+            beam: beam width.
+            nbest: alternatives kept per input (in ``Transcription.nbest``).
+            return_attention: return `Transcription` objects with per-chunk spectrogram/attention.
+            batch_size: chunks decoded together.
+
+        Returns:
+            One normalised transcript per input, or `Transcription` objects with ``return_attention`` or
+            ``nbest > 1``.
+
+        Raises:
+            core.errors.DataError: an input is missing, unreadable, corrupt, empty or too short (the message
+                names it); use one call per file to keep going over bad files.
+        """
+        max_s = self.max_chunk_seconds or 15.0  # type: ignore[attr-defined]
+        dev = self.device  # type: ignore[attr-defined]
+        chunks: list[tuple[int, float, Tensor, bool]] = []  # (input index, start s, features (T, F), silent)
+        with eval_mode(self):  # type: ignore[arg-type]
+            for i, src in enumerate(inputs):
+                wav = load_audio(src)
+                for a, b in split_on_silence(wav, max_s):
+                    piece = wav[a:b]
+                    # the front end's filterbank lives on the module's device (e.g. after map_location="cuda")
+                    chunks.append((i, a / SAMPLE_RATE, self.logmel(piece.to(dev)), is_silent(piece)))  # type: ignore[attr-defined]
+            # Decode the non-silent chunks sorted by length so batches carry little padding.
+            todo = sorted((j for j, c in enumerate(chunks) if not c[3]), key=lambda j: chunks[j][2].shape[0])
+            decoded: dict[int, list[Hypothesis]] = {}
+            for s in range(0, len(todo), batch_size):
+                idx = todo[s:s + batch_size]
+                feats = [chunks[j][2] for j in idx]
+                lens = torch.tensor([f.shape[0] for f in feats], device=dev)
+                batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(dev)  # (B, T, F)
+                hyps = self.decode_features(batch, lens, beam=beam, nbest=nbest, with_attention=return_attention)
+                decoded.update(zip(idx, hyps))
+        per_input: list[list[tuple[list[Hypothesis], ChunkAlignment | None]]] = [[] for _ in inputs]
+        for j, (i, start, feats, _) in enumerate(chunks):
+            hyps = decoded.get(j, [])
+            best = hyps[0] if hyps else None
+            align = (ChunkAlignment(feats.T.cpu(), best.attention.cpu(), list(best.text), start)
+                     if return_attention and best is not None and best.attention is not None else None)
+            per_input[i].append((hyps, align))
+        results = [_join(parts) for parts in per_input]
+        if return_attention or nbest > 1:
+            return results
+        return [r.text for r in results]
+
+
+def _join(parts: list[tuple[list[Hypothesis], ChunkAlignment | None]]) -> Transcription:
+    """One input's transcription from its chunks' n-best lists (silent chunks have none)."""
+    spoken = [hyps for hyps, _ in parts if hyps]
+    depth = max((len(h) for h in spoken), default=0)
+    nbest = []
+    for k in range(depth):
+        picks = [h[min(k, len(h) - 1)] for h in spoken]
+        text = " ".join(p.text for p in picks if p.text)
+        nbest.append((text, sum(p.score for p in picks) / len(picks)))
+    text = nbest[0][0] if nbest else ""
+    return Transcription(text, [a for _, a in parts if a is not None], nbest)
