@@ -257,11 +257,11 @@ def test_cuda_matches_cpu() -> None:
     init = model.init_state(4)
     kw = dict(batch_size=4, bos_id=BOS, eos_id=EOS, max_len=10, beam_size=3, nbest=3)
     cpu_res = beam_search(model.step, init, **kw)
-    gpu_res = beam_search(cuda.step, tree_map(lambda t: t.cuda(), init), **kw)
+    gpu_res = beam_search(cuda.step, init.map(lambda t: t.cuda(), lambda t: t.cuda()), **kw)
     assert gpu_res.tokens == cpu_res.tokens
     assert gpu_res.scores == pytest.approx(cpu_res.scores, abs=1e-3)
     assert gpu_res.attention[0][0].device.type == "cpu"
-    greedy = greedy_search(cuda.step, tree_map(lambda t: t.cuda(), init), batch_size=4, bos_id=BOS, eos_id=EOS,
+    greedy = greedy_search(cuda.step, init.map(lambda t: t.cuda(), lambda t: t.cuda()), batch_size=4, bos_id=BOS, eos_id=EOS,
                            max_len=10)
     assert greedy.tokens == greedy_search(model.step, init, batch_size=4, bos_id=BOS, eos_id=EOS, max_len=10).tokens
 
