@@ -13,9 +13,10 @@ import hashlib
 import os
 import pickle
 import re
-import shutil
 import struct
+import sys
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -31,6 +32,7 @@ __all__ = [
     "META_KEY",
     "FORMAT_VERSION",
     "cache_dir",
+    "check_sha256_arg",
     "checkpoint_task",
     "load_checkpoint",
     "make_metadata",
@@ -65,19 +67,75 @@ def _sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def check_sha256_arg(sha256: str | None) -> str | None:
+    """``sha256`` lower-cased, or a ``CheckpointError`` unless it is 8 to 64 hex digits (an empty or tiny
+    prefix would match almost any file, silently turning the check off)."""
+    if sha256 is None:
+        return None
+    if not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256):
+        raise CheckpointError(f"--sha256 {sha256!r}: expected 8 to 64 hexadecimal digits of the file's SHA-256")
+    return sha256.lower()
+
+
 def _check_hash(path: Path, sha256: str | None, source: str) -> None:
-    """Accept a full hex digest or a prefix of it (as ``torch.hub`` does)."""
+    """Accept a full hex digest or a prefix of at least 8 digits (as ``torch.hub`` does)."""
+    sha256 = check_sha256_arg(sha256)
     if sha256 is None:
         return
     got = _sha256_file(path)
-    if not got.startswith(sha256.lower()):
+    if not got.startswith(sha256):
         raise CheckpointError(f"sha256 mismatch for checkpoint {source}: expected {sha256}, got {got}")
 
 
-def _download(url: str, dst: Path, timeout: float = 60.0) -> None:
-    """Stream ``url`` into ``dst`` (module-level so tests can monkeypatch it)."""
+def download_deadline() -> float:
+    """Seconds a whole checkpoint download may take: ``$ATTN_SUITE_DOWNLOAD_TIMEOUT`` or 30 minutes."""
+    try:
+        return max(1.0, float(os.environ.get("ATTN_SUITE_DOWNLOAD_TIMEOUT", "1800")))
+    except ValueError:
+        return 1800.0
+
+
+def _download(url: str, dst: Path, timeout: float = 60.0, deadline_s: float | None = None) -> None:
+    """Stream ``url`` into ``dst`` with an overall deadline and progress on stderr.
+
+    ``timeout`` bounds each network read; a server that keeps sending a trickle of bytes would never trip
+    it, so the whole download also has a deadline (``download_deadline()``). Progress goes to stderr every
+    few seconds. Module-level so tests can monkeypatch it.
+
+    Raises:
+        TimeoutError: the deadline passed (the partial file is removed by the caller).
+    """
+    limit = deadline_s if deadline_s is not None else download_deadline()
+    start = last = time.monotonic()
     with urllib.request.urlopen(url, timeout=timeout) as resp, open(dst, "wb") as out:
-        shutil.copyfileobj(resp, out, length=1 << 20)
+        total = int(resp.headers.get("Content-Length") or 0)
+        done = 0
+        while True:
+            # read1: whatever has arrived (at most 1 MiB), so the deadline is checked while bytes trickle in
+            chunk = resp.read1(1 << 20) if hasattr(resp, "read1") else resp.read(1 << 16)
+            if not chunk:
+                break
+            out.write(chunk)
+            done += len(chunk)
+            now = time.monotonic()
+            if now - start > limit:
+                raise TimeoutError(f"the download did not finish within {limit:.0f} s ({done / 1e6:.1f} MB "
+                                   f"received); set ATTN_SUITE_DOWNLOAD_TIMEOUT (seconds) to allow longer")
+            if now - last >= 5.0:
+                size = f" of {total / 1e6:.1f}" if total else ""
+                print(f"downloading {url}: {done / 1e6:.1f}{size} MB", file=sys.stderr, flush=True)
+                last = now
+
+
+def _remove_stale_parts(folder: Path, age_s: float = 86_400.0) -> None:
+    """Delete ``.part-*`` downloads older than a day: what a killed process could not clean up itself."""
+    now = time.time()
+    for part in folder.glob(".part-*"):
+        try:
+            if now - part.stat().st_mtime > age_s:
+                part.unlink()
+        except OSError:
+            pass
 
 
 def resolve_checkpoint(path_or_url: str | os.PathLike[str], sha256: str | None = None) -> Path:
@@ -106,6 +164,7 @@ def resolve_checkpoint(path_or_url: str | os.PathLike[str], sha256: str | None =
             except CheckpointError:
                 dst.unlink()  # stale/corrupt cache entry: fetch again
         dst.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_parts(dst.parent)
         # download to a temp file in the same dir, then rename: a crash never leaves a half file as dst
         fd, tmp_name = tempfile.mkstemp(dir=dst.parent, prefix=".part-")
         os.close(fd)
@@ -113,7 +172,7 @@ def resolve_checkpoint(path_or_url: str | os.PathLike[str], sha256: str | None =
         try:
             try:
                 _download(src, tmp)
-            except (urllib.error.URLError, OSError, ValueError) as err:
+            except (urllib.error.URLError, OSError, ValueError) as err:  # TimeoutError is an OSError
                 raise CheckpointError(f"could not download checkpoint {src}: {err}") from None
             _check_hash(tmp, sha256, src)
             os.replace(tmp, dst)

@@ -19,9 +19,19 @@ def _report(err: UserError) -> None:
     print(f"error: {err}", file=sys.stderr, flush=True)
 
 
+def _misconfiguration() -> tuple[type[BaseException], ...]:
+    """Lightning's own "your configuration is invalid" error (e.g. ``--trainer.max_epochs -5``)."""
+    try:
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+    except ImportError:  # pragma: no cover - Lightning is a dependency
+        return ()
+    return (MisconfigurationException,)
+
+
 @contextmanager
 def user_errors() -> Iterator[None]:
-    """Context manager: on ``UserError`` print ``error: <msg>`` and ``sys.exit(2)``.
+    """Context manager: on ``UserError`` (or Lightning's configuration error) print ``error: <msg>`` and
+    ``sys.exit(2)``.
 
     Use it around code that cannot return an exit code (e.g. inside ``LightningCLI``). Checkpoint
     errors are ``UserError`` subclasses, so they are covered too.
@@ -30,6 +40,9 @@ def user_errors() -> Iterator[None]:
         yield
     except UserError as err:
         _report(err)
+        raise SystemExit(USER_ERROR_EXIT_CODE) from None
+    except _misconfiguration() as err:
+        _report(UserError(f"invalid configuration: {err}"))
         raise SystemExit(USER_ERROR_EXIT_CODE) from None
 
 

@@ -122,7 +122,8 @@ def _parser(spec: InferenceSpec) -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps); default cpu")
     p.add_argument("--batch-size", type=int, default=spec.batch_size,
                    help=f"inputs decoded together; default {spec.batch_size}")
-    p.add_argument("--sha256", default=None, help="expected SHA-256 of the checkpoint file (full or a prefix)")
+    p.add_argument("--sha256", default=None, help="expected SHA-256 of the checkpoint file, or of a model folder's "
+                   "model.safetensors (full, or a prefix of at least 8 hex digits)")
     return p
 
 
@@ -133,6 +134,9 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--nbest must be between 1 and --beam ({args.beam}), got {args.nbest}")
     if not 1 <= args.batch_size <= 4096:
         raise ConfigError(f"--batch-size must be between 1 and 4096, got {args.batch_size}")
+    from core.checkpoint import check_sha256_arg
+
+    args.sha256 = check_sha256_arg(args.sha256)
 
 
 def _batches(items: Iterable[InputItem], size: int) -> Iterator[list[InputItem]]:

@@ -276,9 +276,12 @@ def load_task_model(cls: type[M], source: str | os.PathLike[str], map_location: 
     """
     from core.task_io import load_task_module
 
+    from core.checkpoint import _check_hash
+
     text = os.fspath(source)
-    if text.startswith(HUB_PREFIX):
-        return from_pretrained(cls, resolve_hub(text), map_location=map_location, strict=strict, **overrides)
-    if Path(text).expanduser().is_dir():
-        return from_pretrained(cls, text, map_location=map_location, strict=strict, **overrides)
+    folder = resolve_hub(text) if text.startswith(HUB_PREFIX) else Path(text).expanduser()
+    if folder.is_dir():
+        if sha256 is not None and (folder / WEIGHTS_NAME).is_file():  # a folder's weights are what it pins
+            _check_hash(folder / WEIGHTS_NAME, sha256, f"{text} ({WEIGHTS_NAME})")
+        return from_pretrained(cls, folder, map_location=map_location, strict=strict, **overrides)
     return load_task_module(cls, text, map_location=map_location, strict=strict, sha256=sha256, **overrides)

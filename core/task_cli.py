@@ -10,17 +10,57 @@ metric ``best.ckpt`` follows (``MONITOR``/``MONITOR_MODE``); its ``predict_step`
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from core.cli import check_ckpt_path_arg, ensure_resumable, run_cli, user_errors
+from core.errors import ConfigError
 
-__all__ = ["TaskCLI", "export_main", "task_main"]
+__all__ = ["TaskCLI", "export_main", "run_folder_lock", "task_main"]
+
+
+@contextmanager
+def run_folder_lock(root: Path) -> Iterator[None]:
+    """Hold ``<root>/.attn-suite.lock`` while a ``fit`` runs there, or refuse naming the process that holds it.
+
+    Two fits sharing one run folder would both exit 0 with ``best.ckpt`` from one run and ``last.ckpt`` from
+    the other. An OS lock (``flock``) is released by the kernel when its process dies, so a crashed run never
+    leaves a stale lock behind. Only the launching process (local/node rank 0) takes it: DDP workers it
+    starts are part of the same run. Without ``fcntl`` (Windows) the run is not locked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    if os.environ.get("LOCAL_RANK", "0") != "0" or os.environ.get("NODE_RANK", "0") != "0":
+        yield
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / ".attn-suite.lock"
+    with open(path, "a+", encoding="utf-8") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            other = f.read().strip() or "unknown"
+            raise ConfigError(f"run folder {root} is in use by another fit (process {other}); wait for it to "
+                              f"finish or give this run its own --trainer.default_root_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 class TaskCLI(LightningCLI):
@@ -82,6 +122,12 @@ class TaskCLI(LightningCLI):
     def before_fit(self) -> None:
         cls = self.model_class
         ensure_resumable(self.trainer, monitor=cls.MONITOR, mode=cls.MONITOR_MODE)
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand != "fit":
+            return super()._run_subcommand(subcommand)
+        with run_folder_lock(Path(self.trainer.default_root_dir)):
+            return super()._run_subcommand(subcommand)
 
     def before_predict(self) -> None:
         from lightning.pytorch.callbacks import BasePredictionWriter

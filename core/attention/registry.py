@@ -9,6 +9,7 @@ from core.attention.additive import AdditiveAttention, LocationAttention
 from core.attention.base import Attention
 from core.attention.dot import DotAttention, GeneralAttention, ScaledDotAttention
 from core.attention.multihead import MultiHeadAttention
+from core.attention.pooling import PoolingAttention
 from core.errors import ConfigError
 
 _REGISTRY: dict[str, type[Attention]] = {}
@@ -35,6 +36,7 @@ for _name, _cls in (
     ("scaled_dot", ScaledDotAttention),
     ("multihead", MultiHeadAttention),
     ("location", LocationAttention),
+    ("pooling", PoolingAttention),
 ):
     register_attention(_name)(_cls)
 

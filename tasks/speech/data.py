@@ -21,11 +21,11 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from core.tokenizers import BaseTokenizer, CharTokenizer
 from tasks.speech.audio import audio_info, load_audio
 from tasks.speech.features import FeatureConfig, LogMel
-from tasks.speech.sources import Utterance, load_source
+from tasks.speech.sources import Utterance, read_source
 from tasks.speech.text import normalize_text
 
 __all__ = ["SpeechDataModule", "BucketedSpeechDataset", "make_char_tokenizer", "CHARSET", "collate_items",
@@ -263,6 +263,13 @@ class SpeechDataModule(L.LightningDataModule):
         seed: int = 0,
     ) -> None:
         super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"data.val_fraction must be in [0, 1), got {val_fraction}")
+        for name, value in (("max_frames", max_frames), ("max_batch", max_batch), ("synth_train", synth_train)):
+            if value < 1:
+                raise ConfigError(f"data.{name} must be >= 1, got {value}")
+        if not max_seconds > 0:
+            raise ConfigError(f"data.max_seconds must be > 0, got {max_seconds}")
         self.save_hyperparameters()
         self.tokenizer = make_char_tokenizer()
         self.feature_cfg = FeatureConfig()
@@ -287,7 +294,7 @@ class SpeechDataModule(L.LightningDataModule):
 
         # Returns immediately when prepare_data already generated it (the cache key is deterministic).
         d = generate_corpus(**self._synth_kwargs(), progress=False)
-        return load_source(d / f"{split}.jsonl")
+        return read_source(d / f"{split}.jsonl")
 
     # -- setup ---------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -298,12 +305,12 @@ class SpeechDataModule(L.LightningDataModule):
         h = self.hparams
         if h.train is None:
             train = self._synth_split("train")
-            val = load_source(h.val) if h.val else self._synth_split("val")
-            test = load_source(h.test) if h.test else self._synth_split("test")
+            val = read_source(h.val) if h.val else self._synth_split("val")
+            test = read_source(h.test) if h.test else self._synth_split("test")
         else:
-            train = load_source(h.train)
+            train = read_source(h.train)
             if h.val:
-                val = load_source(h.val)
+                val = read_source(h.val)
             else:
                 rng = random.Random(h.seed)
                 idx = list(range(len(train)))
@@ -312,7 +319,7 @@ class SpeechDataModule(L.LightningDataModule):
                 held = set(idx[:n_val])
                 val = [u for i, u in enumerate(train) if i in held]
                 train = [u for i, u in enumerate(train) if i not in held]
-            test = load_source(h.test) if h.test else val
+            test = read_source(h.test) if h.test else val
         if h.limit_train:
             train = train[: h.limit_train]
         self.splits = {

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from core.errors import DataError
 from tasks.speech.text import DIGIT_WORDS
 
-__all__ = ["Utterance", "load_source", "load_librispeech", "load_manifest", "load_fsdd", "load_hf_dataset"]
+__all__ = ["Utterance", "read_source", "read_librispeech", "read_manifest", "read_fsdd", "read_hf_dataset"]
 
 _PATH_KEYS = ("path", "audio", "audio_filepath", "audio_path", "file", "filename", "wav", "file_name")
 _TEXT_KEYS = ("text", "sentence", "transcript", "transcription", "normalized_text", "label")
@@ -79,7 +79,7 @@ def _read_text(path: Path) -> str:
                         f"save the file as UTF-8") from None
 
 
-def load_librispeech(root: str | Path) -> list[Utterance]:
+def read_librispeech(root: str | Path) -> list[Utterance]:
     """Read a LibriSpeech-style tree: `*.trans.txt` files ("<id> <TEXT>" lines) next to `<id>.flac`.
 
     Args:
@@ -126,7 +126,7 @@ def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
-def load_manifest(path: str | Path) -> list[Utterance]:
+def read_manifest(path: str | Path) -> list[Utterance]:
     """Read a JSONL, CSV or TSV manifest (also Common Voice `*.tsv`).
 
     Columns: an audio path (`path`, `audio`, `audio_filepath`, `file`, ...), a transcript (`text`,
@@ -183,6 +183,10 @@ def load_manifest(path: str | Path) -> list[Utterance]:
         if pk is None or tk is None or not str(row[pk]).strip():
             raise DataError(f"{path}:{lineno}: missing audio path or transcript column "
                             f"(expected one of {list(_PATH_KEYS[:4])} and one of {list(_TEXT_KEYS[:3])})")
+        for key, what in ((pk, "audio path"), (tk, "transcript")):
+            if row[key] is not None and not isinstance(row[key], (str, int, float)):
+                raise DataError(f"{path}:{lineno}: field {key!r} (the {what}) is a {type(row[key]).__name__}, "
+                                f"expected a string")
         audio = _resolve(base, str(row[pk]).strip())
         if not audio.is_file():
             missing.append(str(audio))
@@ -207,7 +211,7 @@ def load_manifest(path: str | Path) -> list[Utterance]:
 _FSDD_NAME = re.compile(r"^(\d)_([A-Za-z0-9-]+)_(\d+)$")
 
 
-def load_fsdd(root: str | Path) -> list[Utterance]:
+def read_fsdd(root: str | Path) -> list[Utterance]:
     """Read a Free Spoken Digit Dataset folder: `<digit>_<speaker>_<index>.wav`, label in the name.
 
     Args:
@@ -229,7 +233,7 @@ def load_fsdd(root: str | Path) -> list[Utterance]:
     return out
 
 
-def load_hf_dataset(name: str, split: str = "train", audio_column: str = "audio",
+def read_hf_dataset(name: str, split: str = "train", audio_column: str = "audio",
                     text_column: str | None = None) -> list[Utterance]:
     """Read a Hugging Face `datasets` audio dataset (a local `save_to_disk` folder or a hub name).
 
@@ -287,7 +291,7 @@ def load_hf_dataset(name: str, split: str = "train", audio_column: str = "audio"
     return out
 
 
-def load_source(spec: str | Path, split: str = "train") -> list[Utterance]:
+def read_source(spec: str | Path, split: str = "train") -> list[Utterance]:
     """Read any supported source, chosen from its form.
 
     - `hf:<name-or-path>[:<split>]` -> Hugging Face datasets;
@@ -308,17 +312,17 @@ def load_source(spec: str | Path, split: str = "train") -> list[Utterance]:
     s = str(spec)
     if s.startswith("hf:"):
         name, _, sp = s[3:].partition(":") if not Path(s[3:]).exists() else (s[3:], "", "")
-        return load_hf_dataset(name, sp or split)
+        return read_hf_dataset(name, sp or split)
     p = Path(s).expanduser()
     if p.is_file():
-        return load_manifest(p)
+        return read_manifest(p)
     if p.is_dir():
         if next(p.rglob("*.trans.txt"), None) is not None:
-            return load_librispeech(p)
+            return read_librispeech(p)
         if (p / "dataset_info.json").is_file() or (p / "dataset_dict.json").is_file():
-            return load_hf_dataset(str(p), split)
+            return read_hf_dataset(str(p), split)
         for m in ("transcripts.tsv", "validated.tsv", "train.tsv", "manifest.jsonl"):
             if (p / m).is_file():
-                return load_manifest(p / m)
-        return load_fsdd(p)
+                return read_manifest(p / m)
+        return read_fsdd(p)
     raise DataError(f"{s}: no such file or folder (expected a manifest, a LibriSpeech/FSDD folder or hf:NAME)")

@@ -20,7 +20,7 @@ from core.errors import DataError
 from tasks.speech.audio import SAMPLE_RATE, load_audio, split_on_silence
 from tasks.speech.data import CHARSET, SpeechDataModule, make_char_tokenizer, validate_utterances
 from tasks.speech.features import FeatureStats, LogMel, SpecAugment
-from tasks.speech.sources import Utterance, load_fsdd, load_manifest, load_source
+from tasks.speech.sources import Utterance, read_fsdd, read_manifest, read_source
 from tasks.speech.text import normalize_text
 
 try:
@@ -176,7 +176,7 @@ def test_librispeech_layout(tmp_path: Path) -> None:
         sf.write(d / f"19-198-000{i}.flac", tone(0.5), 16000)
     (d / "19-198.trans.txt").write_text("19-198-0000 HELLO WORLD\n19-198-0001 IT'S ME\n19-198-0002 MISSING ONE\n")
     with pytest.warns(UserWarning, match="skipped 1 row"):
-        utts = load_source(tmp_path / "LibriSpeech")
+        utts = read_source(tmp_path / "LibriSpeech")
     assert [u.text for u in utts] == ["HELLO WORLD", "IT'S ME"] and utts[0].speaker == "19"
 
 
@@ -187,21 +187,21 @@ def test_manifests(tmp_path: Path) -> None:
     (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.wav", "text": "A b", "duration": 0.5}) + "\n"
                                       + json.dumps({"path": "nope.wav", "text": "x"}) + "\n")
     with pytest.warns(UserWarning, match="nope.wav"):
-        utts = load_manifest(tmp_path / "m.jsonl")
+        utts = read_manifest(tmp_path / "m.jsonl")
     assert len(utts) == 1 and utts[0].duration == 0.5
     (tmp_path / "m.csv").write_text("path,text\na.wav,\"hello, there\"\n")
-    assert load_manifest(tmp_path / "m.csv")[0].text == "hello, there"
+    assert read_manifest(tmp_path / "m.csv")[0].text == "hello, there"
     # Common Voice: header with `sentence`, clips/ next to the TSV; and a header-less path<TAB>text TSV.
     (tmp_path / "cv.tsv").write_text("client_id\tpath\tsentence\nxyz\tb.wav\tGood morning!\n")
-    assert load_manifest(tmp_path / "cv.tsv")[0].audio.endswith("clips/b.wav")
+    assert read_manifest(tmp_path / "cv.tsv")[0].audio.endswith("clips/b.wav")
     (tmp_path / "plain.tsv").write_text("clips/b.wav\tone\n")
-    assert load_manifest(tmp_path / "plain.tsv")[0].text == "one"
+    assert read_manifest(tmp_path / "plain.tsv")[0].text == "one"
     (tmp_path / "bad.jsonl").write_text('{"path": "a.wav", "text": "ok"}\n{not json\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2"):
-        load_manifest(tmp_path / "bad.jsonl")
+        read_manifest(tmp_path / "bad.jsonl")
     (tmp_path / "nocol.jsonl").write_text('{"file_x": "a.wav"}\n')
     with pytest.raises(DataError, match="nocol.jsonl:1"):
-        load_manifest(tmp_path / "nocol.jsonl")
+        read_manifest(tmp_path / "nocol.jsonl")
 
 
 def test_fsdd_and_validation(tmp_path: Path) -> None:
@@ -209,11 +209,11 @@ def test_fsdd_and_validation(tmp_path: Path) -> None:
     rec.mkdir()
     sf.write(rec / "7_jackson_0.wav", tone(0.4, 8000), 8000)
     sf.write(rec / "3_theo_1.wav", tone(0.3, 8000), 8000)
-    utts = load_fsdd(tmp_path)
+    utts = read_fsdd(tmp_path)
     assert sorted(u.text for u in utts) == ["seven", "three"]
     (rec / "0_x_0.wav").write_bytes(b"junk")  # corrupt: skipped and counted
     sf.write(rec / "1_x_0.wav", np.zeros(0, dtype=np.float32), 8000)  # zero-length
-    utts = load_fsdd(tmp_path) + [Utterance(str(rec / "7_jackson_0.wav"), "Ωμέγα")]  # only non-unit chars
+    utts = read_fsdd(tmp_path) + [Utterance(str(rec / "7_jackson_0.wav"), "Ωμέγα")]  # only non-unit chars
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
         kept = validate_utterances(utts, "fsdd", max_seconds=10.0)
@@ -224,10 +224,10 @@ def test_fsdd_and_validation(tmp_path: Path) -> None:
 @pytest.mark.shared_data
 @pytest.mark.skipif(not (SHARED / "librispeech-mini").is_dir(), reason="../shared/data absent")
 def test_shared_corpora_load() -> None:
-    assert len(load_source(SHARED / "librispeech-mini" / "LibriSpeech")) > 100
-    cv = load_source(SHARED / "common-voice-100")
+    assert len(read_source(SHARED / "librispeech-mini" / "LibriSpeech")) > 100
+    cv = read_source(SHARED / "common-voice-100")
     assert cv and all(Path(str(u.audio)).is_file() for u in cv)
-    fsdd = load_source(SHARED / "fsdd-subset")
+    fsdd = read_source(SHARED / "fsdd-subset")
     assert len(fsdd) > 100 and load_audio(fsdd[0].audio).numel() > 0  # 8 kHz -> 16 kHz
 
 
@@ -442,10 +442,10 @@ def test_hf_datasets_saved_to_disk(tmp_path: Path) -> None:
     saved = tmp_path / "hf_ds"
     datasets.DatasetDict({"train": ds}).save_to_disk(str(saved))
 
-    utts = load_source(f"hf:{saved}", split="train")
+    utts = read_source(f"hf:{saved}", split="train")
     assert [u.text for u in utts] == ["Hello world", "two"]
     assert isinstance(utts[1].audio, bytes)
     lengths = [load_audio(u.audio).shape[-1] for u in utts]
     assert lengths == [SAMPLE_RATE // 2, SAMPLE_RATE // 4]  # 22.05 kHz resampled to 16 kHz
     with pytest.raises(DataError, match="no split 'test'"):
-        load_source(f"hf:{saved}", split="test")
+        read_source(f"hf:{saved}", split="test")

@@ -304,19 +304,19 @@ def test_row_warnings_are_summarised(tmp_path: Path) -> None:
 def test_hf_dataset_that_cannot_be_loaded_is_a_data_error(tmp_path: Path) -> None:
     pytest.importorskip("datasets")
     from core.errors import DataError
-    from tasks.speech.sources import load_hf_dataset
+    from tasks.speech.sources import read_hf_dataset
 
     junk = tmp_path / "not_a_dataset"
     junk.mkdir()
     (junk / "x.txt").write_text("hello")
     with pytest.raises(DataError, match="could not load HF dataset .*not_a_dataset"):
-        load_hf_dataset(str(junk))
+        read_hf_dataset(str(junk))
 
 
 @pytest.mark.parametrize("name", ["m.jsonl", "m.tsv", "m.csv", "LibriSpeech"])
 def test_non_utf8_text_files_name_file_and_line(name: str, tmp_path: Path) -> None:
     from core.errors import DataError
-    from tasks.speech.sources import load_source
+    from tasks.speech.sources import read_source
 
     sf.write(tmp_path / "a.wav", tone(0.2), SAMPLE_RATE)
     if name == "LibriSpeech":
@@ -336,16 +336,16 @@ def test_non_utf8_text_files_name_file_and_line(name: str, tmp_path: Path) -> No
         src = f
     line = 2 if name in ("m.jsonl", "LibriSpeech") else 3
     with pytest.raises(DataError, match=rf"{f.name}:{line}: not valid UTF-8"):
-        load_source(src)
+        read_source(src)
 
 
 def test_non_finite_manifest_duration_read_from_header(tmp_path: Path) -> None:
-    from tasks.speech.sources import load_manifest
+    from tasks.speech.sources import read_manifest
 
     sf.write(tmp_path / "a.wav", tone(0.5), SAMPLE_RATE)
     (tmp_path / "m.csv").write_text("path,text,duration\na.wav,one,nan\na.wav,two,inf\na.wav,three,0.5\n")
     with pytest.warns(UserWarning, match=r"2 row\(s\) have a non-finite duration .*m.csv:2, .*m.csv:3"):
-        utts = load_manifest(tmp_path / "m.csv")
+        utts = read_manifest(tmp_path / "m.csv")
     assert [u.duration for u in utts] == [None, None, 0.5]
     kept = validate_utterances(utts, "m", max_seconds=None)
     assert [u.duration for u in kept] == [0.5, 0.5, 0.5]

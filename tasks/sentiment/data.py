@@ -1,0 +1,59 @@
+"""Generated review sentences ("the film was not good" -> negative) and their data module."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from core.tokenizers import WordTokenizer
+
+POSITIVE, NEGATIVE = ("good", "great", "fun", "lovely", "brilliant"), ("bad", "boring", "awful", "dull", "terrible")
+NOUNS, FILLER = ("film", "book", "meal", "game", "song", "show"), ("long", "short", "new", "old", "loud")
+LABELS = ("negative", "positive")
+
+
+def review(rng: random.Random) -> tuple[str, int]:
+    """One sentence and its label: the adjective's polarity, flipped by "not"; a neutral clause may follow."""
+    positive, negated = rng.random() < 0.5, rng.random() < 0.3
+    words = ["the", rng.choice(NOUNS), rng.choice(("is", "was"))] + ["not"] * negated
+    words += [rng.choice(("very", "really"))] * (rng.random() < 0.3) + [rng.choice(POSITIVE if positive else NEGATIVE)]
+    if rng.random() < 0.5:  # a distractor the attention should learn to ignore
+        words += ["and", "the", rng.choice(NOUNS), rng.choice(("is", "was")), rng.choice(FILLER)]
+    return " ".join(words), int(positive != negated)
+
+
+class SentimentDataModule(L.LightningDataModule):
+    """Train/val/test splits of generated reviews (80/10/10) and a word vocabulary from the training split."""
+
+    def __init__(self, size: int = 3000, batch_size: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        rng = random.Random(seed)
+        data = [review(rng) for _ in range(size)]
+        n = size // 10
+        self.splits = {"train": data[2 * n:], "val": data[:n], "test": data[n:2 * n]}
+        self.tokenizer = WordTokenizer.train([t for t, _ in self.splits["train"]], min_freq=1)
+        self.vocab = self.tokenizer.to_dict()  # the CLI links it into the model
+
+    def collate(self, rows: list[tuple[str, int]]) -> dict[str, Any]:
+        ids = [self.tokenizer.encode(t) or [self.tokenizer.unk_id] for t, _ in rows]
+        x = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)  # (B, S), 0 = padding
+        for i, seq in enumerate(ids):
+            x[i, : len(seq)] = torch.tensor(seq)
+        return {"ids": x, "lengths": torch.tensor([len(s) for s in ids]), "labels": torch.tensor([y for _, y in rows])}
+
+    def _loader(self, split: str) -> DataLoader:
+        return DataLoader(self.splits[split], self.hparams.batch_size, shuffle=split == "train", collate_fn=self.collate)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
