@@ -186,18 +186,19 @@ def run_inference(spec: InferenceSpec, argv: Sequence[str]) -> int:
     model = load_task_model(spec.module_cls, args.ckpt, map_location=device, sha256=args.sha256)
     failed = 0
     for batch in _batches(spec.inputs(args), args.batch_size):
+        # Rows are printed in input order once the batch is done: a failed input's placeholder row stays in
+        # its place (translation keeps output line i for input line i).
+        outcome: dict[int, Output | Exception] = {}
         loaded: list[tuple[InputItem, Any]] = []
         for item in batch:
             try:
                 loaded.append((item, item.load()))
             except UserError as err:  # one bad input never stops the others
-                _report(item, err)
-                failed += 1
-                _print_rows(spec.failed_rows(item, args))
-        if not loaded:
-            continue
-        results = _decode_each(spec, model, loaded, args)
-        for (item, _), res in zip(loaded, results):
+                outcome[item.index] = err
+        if loaded:
+            outcome.update((item.index, res) for (item, _), res in zip(loaded, _decode_each(spec, model, loaded, args)))
+        for item in batch:
+            res = outcome[item.index]
             if isinstance(res, Exception):
                 _report(item, res)
                 failed += 1

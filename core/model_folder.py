@@ -22,6 +22,7 @@ or ``hf://ORG/NAME[@REVISION]`` (downloaded through huggingface_hub and its cach
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -111,10 +112,12 @@ def save_pretrained(model: Any, folder: str | os.PathLike[str], metrics: Mapping
     folder = Path(folder).expanduser()
     meta = {"task": model.TASK, "format": FORMAT_VERSION, **model.task_metadata()}
     rest, files = _split_metadata(meta, getattr(model, "FOLDER_FILES", {}))
-    recorded = dict(rest.pop("training", None) or {})
-    training = {**recorded, **(training or {})}
-    metrics = dict(metrics if metrics is not None else training.pop("metrics", None) or {})
-    training.pop("metrics", None)
+    recorded = rest.pop("training", None)
+    training = {**(recorded if isinstance(recorded, dict) else {}), **(training or {})}  # a record read from a file
+    found = training.pop("metrics", None)
+    metrics = dict(metrics if metrics is not None else found if isinstance(found, dict) else {})
+    metrics = {str(k): float(v) for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
     hparams = {k: v for k, v in dict(model.hparams).items() if not str(k).startswith("_")}
     config = {"library_name": LIBRARY, "task": model.TASK, "format": FORMAT_VERSION,
               "architecture": type(model).__name__, "hyper_parameters": hparams, "metadata": rest,
@@ -274,9 +277,8 @@ def load_task_model(cls: type[M], source: str | os.PathLike[str], map_location: 
     Raises:
         CheckpointError: anything unusable, with a message naming the source.
     """
-    from core.task_io import load_task_module
-
     from core.checkpoint import _check_hash
+    from core.task_io import load_task_module
 
     text = os.fspath(source)
     folder = resolve_hub(text) if text.startswith(HUB_PREFIX) else Path(text).expanduser()

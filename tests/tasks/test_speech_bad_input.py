@@ -426,3 +426,36 @@ def test_ddp_rank_with_an_empty_batch_does_not_hang(tmp_path: Path) -> None:
         logged = [r for r in csv.DictReader(f) if r.get("train/skipped_utterances")]
     assert [float(r["train/skipped_utterances"]) for r in logged] == [1.0]
     assert [float(r["train/skipped_batches"]) for r in logged] == [1.0]
+
+
+def test_transcribe_short_huge_and_silent_audio(tiny_ckpt: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """Too short: an error naming the file, the others still transcribed. Samples far beyond full scale are
+    scaled down (no inf features). Digital silence is transcribed as nothing, not as an invented sentence."""
+    good, short, huge, silent = (tmp_path / f"{n}.wav" for n in ("good", "short", "huge", "silent"))
+    sf.write(good, tone(0.5), SAMPLE_RATE)
+    sf.write(short, tone(0.005), SAMPLE_RATE)  # 80 samples
+    sf.write(huge, tone(0.5) * 1e20, SAMPLE_RATE, subtype="FLOAT")
+    sf.write(silent, np.zeros(48000, np.float32), SAMPLE_RATE)
+    code = main(["transcribe", "--ckpt", str(tiny_ckpt), str(good), str(short), str(huge), str(silent)])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err
+    rows = [ln.split("\t") for ln in out.splitlines()]
+    assert [r[0] for r in rows] == [str(good), str(huge), str(silent)]
+    assert rows[2] == [str(silent), ""]
+    assert f"error: {short}: the audio is too short (80 samples at 16000 Hz; at least 400" in err
+
+
+def test_transcribe_nbest_lines_and_unique_plots(tiny_ckpt: Path, tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    sf.write(tmp_path / "a" / "x.wav", tone(0.5), SAMPLE_RATE)
+    sf.write(tmp_path / "b" / "x.wav", tone(0.5, freq=500.0), SAMPLE_RATE)  # same base name
+    code = main(["transcribe", "--ckpt", str(tiny_ckpt), str(tmp_path / "a" / "x.wav"), str(tmp_path / "b" / "x.wav"),
+                 "--beam", "3", "--nbest", "2", "--plot", str(tmp_path / "plots")])
+    assert code == 0
+    rows = [ln.split("\t") for ln in capsys.readouterr().out.splitlines()]
+    assert all(len(r) == 3 for r in rows) and 2 <= len(rows) <= 4
+    float(rows[0][1])  # a score
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["0000_x.png", "0001_x.png"]

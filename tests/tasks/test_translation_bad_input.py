@@ -259,3 +259,35 @@ def test_cli_ckpt_path_weights_do_not_fit(tmp_path: Path, monkeypatch: pytest.Mo
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2
     err = user_error()
     assert str(path) in err and "does not fit the configured TranslationModule" in err, err
+
+
+@pytest.fixture
+def cli_ckpt(tmp_path: Path) -> Path:
+    from tiny_models import save_checkpoint, tiny_translation
+
+    return save_checkpoint(tiny_translation(), tmp_path / "tiny.ckpt")
+
+
+def test_translate_bad_lines_keep_the_others_and_the_alignment(cli_ckpt: Path, tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """Invalid UTF-8 or a NUL byte costs only its own line: error on stderr, an empty output line in its place,
+    every other line translated, exit 1. A sentence with TeX-like dollars still gets its figure."""
+    import io
+    import sys
+
+    raw = b"I love you\n\xff\xfe broken\nthe red car\nnul\x00here\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
+    code = main(["translate", "--ckpt", str(cli_ckpt), "--beam", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Traceback" not in err
+    lines = out.split("\n")[:-1]
+    assert len(lines) == 4 and lines[1] == "" and lines[3] == "" and lines[0] and lines[2]
+    assert "error: stdin line 2: not valid UTF-8" in err and "error: stdin line 4: contains a NUL byte" in err
+    code = main(["translate", "--ckpt", str(cli_ckpt), "the car costs $5 and $\\frac{", "--plot", str(tmp_path / "p")])
+    assert code == 0 and (tmp_path / "p").is_dir() and len(list((tmp_path / "p").iterdir())) == 1
+    assert main(["translate", "--ckpt", str(cli_ckpt), "--beam", "100000", "x"]) == 2
+    assert "--beam must be between 1 and 128" in capsys.readouterr().err
+    (tmp_path / "plotfile").write_text("x")
+    assert main(["translate", "--ckpt", str(cli_ckpt), "x", "--plot", str(tmp_path / "plotfile")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
