@@ -23,7 +23,7 @@ from PIL import Image
 from torch import Tensor
 
 from core.checkpoint import META_KEY, load_checkpoint, make_metadata
-from core.decoding import beam_search
+from core.decoding import DecodeResult, beam_search
 from core.distributed import gather_objects
 from core.errors import CheckpointError, ConfigError
 from core.training import build_scheduler
@@ -266,8 +266,22 @@ class CaptioningModule(L.LightningModule):
         Returns:
             ``(token ids per image, attention (len, S) per image or None)``.
         """
+        res = self.generate_nbest(images, beam_size, 1, max_len, length_penalty)
+        return [t[0] for t in res.tokens], [a[0] for a in res.attention]
+
+    @torch.no_grad()
+    def generate_nbest(
+        self, images: Tensor, beam_size: int = 5, nbest: int = 1, max_len: int | None = None,
+        length_penalty: float = 1.0,
+    ) -> DecodeResult:
+        """Like `generate`, but the ``nbest`` best hypotheses of each image with their scores.
+
+        Returns:
+            `core.decoding.DecodeResult`: ``tokens[b][k]``, ``scores[b][k]`` (length-normalised
+            log-probability) and ``attention[b][k]`` ``(len, S)``, best first.
+        """
         feats = self.encoder(images)  # (B, S, D)
-        res = beam_search(
+        return beam_search(
             self.decoder.step,
             self.decoder.init_state(feats),
             batch_size=images.shape[0],
@@ -277,8 +291,8 @@ class CaptioningModule(L.LightningModule):
             beam_size=beam_size,
             length_penalty=length_penalty,
             pad_id=self.vocab.pad_id,
+            nbest=nbest,
         )
-        return [t[0] for t in res.tokens], [a[0] for a in res.attention]
 
     def _decode_batch(self, batch: Batch) -> list[str]:
         tokens, _ = self.generate(batch.images, beam_size=self.hparams.val_beam_size)
@@ -371,7 +385,8 @@ class CaptioningModule(L.LightningModule):
         beam: int = 5,
         return_attention: bool = False,
         batch_size: int = 16,
-    ) -> list[str] | list[tuple[str, Tensor]]:
+        nbest: int = 1,
+    ) -> list[Any]:
         """Caption images.
 
         Args:
@@ -379,15 +394,21 @@ class CaptioningModule(L.LightningModule):
             beam: beam width (1 = greedy).
             return_attention: also return each caption's attention maps.
             batch_size: images per forward pass.
+            nbest: hypotheses per image (<= beam).
 
         Returns:
             One caption per image; with ``return_attention``, ``(caption, weights)`` pairs where
             ``weights`` is ``(n_words, grid_size, grid_size)`` (row t = where word t looked).
+            With ``nbest > 1``, a list per image of up to ``nbest`` ``(caption, score)`` pairs (or
+            ``(caption, weights, score)`` with ``return_attention``), best first; ``score`` is the
+            length-normalised log-probability.
 
         Raises:
             tasks.captioning.images.ImageError: a file is missing or not a readable image (the
                 message names it; the CLI reports such files one by one and captions the rest).
         """
+        if not 1 <= nbest <= beam:
+            raise ConfigError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam}")
         was_training = self.training
         self.eval()
         pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_rgb(im) for im in images]
@@ -396,14 +417,17 @@ class CaptioningModule(L.LightningModule):
         try:
             for start in range(0, len(pil), batch_size):
                 x = torch.stack([self._transform(im) for im in pil[start : start + batch_size]]).to(self.device)
-                tokens, attn = self.generate(x, beam_size=beam)
-                for tok, a in zip(tokens, attn):
-                    text = self.vocab.decode(tok)
-                    if return_attention:
+                res = self.generate_nbest(x, beam_size=beam, nbest=nbest)
+                for toks, scores, atts in zip(res.tokens, res.scores, res.attention):
+                    hyps: list[Any] = []
+                    for tok, score, a in zip(toks, scores, atts):
+                        text = self.vocab.decode(tok)
                         maps = a.view(len(tok), g, g) if a is not None else torch.zeros(len(tok), g, g)
-                        out.append((text, maps))
-                    else:
-                        out.append(text)
+                        if nbest == 1:
+                            hyps.append((text, maps) if return_attention else text)
+                        else:
+                            hyps.append((text, maps, score) if return_attention else (text, score))
+                    out.append(hyps[0] if nbest == 1 else hyps)
         finally:
             self.train(was_training)
         return out

@@ -51,6 +51,8 @@ class Transcription:
 
     text: str
     chunks: list[ChunkAlignment] = field(default_factory=list)
+    #: up to ``transcribe(nbest=k)`` ``(text, score)`` alternatives, best first (the first is ``text``)
+    nbest: list[tuple[str, float]] = field(default_factory=list)
 
 
 class SpeechModule(L.LightningModule):
@@ -368,7 +370,7 @@ class SpeechModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def decode_features(self, feats: Tensor, lens: Tensor, beam: int = 5,
-                        with_attention: bool = False) -> list[tuple[str, Tensor | None]]:
+                        with_attention: bool = False, nbest: int = 1) -> list[Any]:
         """Beam search with CTC rescoring of the n-best.
 
         Args:
@@ -376,10 +378,22 @@ class SpeechModule(L.LightningModule):
             lens: valid frames `(B,)`.
             beam: beam width (1 = greedy).
             with_attention: return the best hypothesis' attention `(T_out, S_enc)`.
+            nbest: hypotheses per utterance (<= beam).
 
         Returns:
-            Per utterance: (normalised transcript, attention or None).
+            Per utterance: (normalised transcript, attention or None). With `nbest > 1`, per
+            utterance a list of up to `nbest` `(transcript, attention or None, score)`, best first by
+            the CTC-rescored score (the attention score when `ctc_weight` is 0).
         """
+        res = self._decode_nbest(feats, lens, beam, with_attention, nbest)
+        return [hyps[0][:2] for hyps in res] if nbest == 1 else res
+
+    @torch.no_grad()
+    def _decode_nbest(self, feats: Tensor, lens: Tensor, beam: int, with_attention: bool,
+                      nbest: int) -> list[list[tuple[str, Tensor | None, float]]]:
+        """`decode_features` with `nbest` `(text, attention, score)` per utterance whatever `nbest` is."""
+        if not 1 <= nbest <= beam:
+            raise ConfigError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam}")
         was_training = self.training
         self.eval()
         try:
@@ -393,30 +407,33 @@ class SpeechModule(L.LightningModule):
                 return logits.float().log_softmax(-1), new, w
 
             tk = self.tokenizer
-            nbest = beam if self.hparams.ctc_weight > 0 else 1
+            searched = beam if self.hparams.ctc_weight > 0 else nbest
             # 40 ms encoder frames; even fast speech stays under ~1 character per frame.
             res = beam_search(step_fn, state, batch_size=enc.shape[0], bos_id=tk.bos_id, eos_id=tk.eos_id,
-                              max_len=s_max + 5, beam_size=beam, nbest=nbest,
+                              max_len=s_max + 5, beam_size=beam, nbest=searched,
                               length_penalty=self.hparams.length_penalty, pad_id=tk.pad_id)
             out = []
             for b in range(enc.shape[0]):
-                k = self._rescore(res.tokens[b], res.scores[b], ctc_lp[b, : int(mask[b].sum())]) if nbest > 1 else 0
-                att = res.attention[b][k]
-                text = tk.decode(res.tokens[b][k])
-                out.append((text, att[:, : int(mask[b].sum())] if (with_attention and att is not None) else None))
+                n_enc = int(mask[b].sum())
+                total = (self._rescored(res.tokens[b], res.scores[b], ctc_lp[b, :n_enc]) if searched > 1
+                         else torch.tensor(res.scores[b][:1]))
+                hyps = []
+                for k in total.argsort(descending=True, stable=True)[:nbest].tolist():
+                    att = res.attention[b][k]
+                    att = att[:, :n_enc] if (with_attention and att is not None) else None
+                    hyps.append((tk.decode(res.tokens[b][k]), att, float(total[k])))
+                out.append(hyps)
             return out
         finally:
             self.train(was_training)
 
-    def _rescore(self, hyps: list[list[int]], scores: list[float], ctc_lp: Tensor) -> int:
-        """Index of the best hypothesis under `(1 - w) * attention + w * CTC` (length-normalised).
+    def _rescored(self, hyps: list[list[int]], scores: list[float], ctc_lp: Tensor) -> Tensor:
+        """`(N,)` scores `(1 - w) * attention + w * CTC` (length-normalised) of the beam's n-best.
 
         Args:
             hyps: n-best token lists; scores: their length-normalised attention log-probs;
             ctc_lp: CTC log-probs of the utterance `(S, V)`.
         """
-        if len(hyps) <= 1:
-            return 0
         w, lp = self.hparams.ctc_weight, self.hparams.length_penalty
         n = len(hyps)
         targets = torch.tensor([t for h in hyps for t in h], dtype=torch.long)  # concatenated (sum L_i,)
@@ -426,15 +443,14 @@ class SpeechModule(L.LightningModule):
         ctc = -F.ctc_loss(lp_in, targets, in_lens, tlens, blank=self.tokenizer.pad_id, reduction="none")  # (N,)
         norm = torch.tensor([(len(h) + 1) ** lp for h in hyps], dtype=torch.float32)
         total = (1 - w) * torch.tensor(scores, dtype=torch.float32) + w * ctc / norm
-        total = torch.nan_to_num(total, nan=-math.inf)
-        return int(total.argmax())
+        return torch.nan_to_num(total, nan=-math.inf)
 
     # ------------------------------------------------------------------------------------------
     # inference API
     # ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def transcribe(self, inputs: Sequence[AudioInput], beam: int = 5, return_attention: bool = False,
-                   batch_size: int = 16) -> list[str] | list[Transcription]:
+                   batch_size: int = 16, nbest: int = 1) -> list[str] | list[Transcription]:
         """Transcribe audio files or waveforms.
 
         Audio longer than the trained range (`max_chunk_seconds`) is cut into chunks at the
@@ -446,14 +462,19 @@ class SpeechModule(L.LightningModule):
             beam: beam width.
             return_attention: return `Transcription` objects with per-chunk spectrogram/attention.
             batch_size: chunks decoded together.
+            nbest: alternatives per input (<= beam); with `nbest > 1` the results are `Transcription`
+                objects whose `nbest` lists them with their scores, best first (audio cut into chunks:
+                alternative k joins the k-th best of every chunk, and its score is their mean).
 
         Returns:
-            One normalised transcript per input (or `Transcription` with `return_attention`).
+            One normalised transcript per input (or `Transcription` with `return_attention` or `nbest > 1`).
 
         Raises:
             core.errors.DataError: an input is missing, unreadable, corrupt or empty (the message
                 names it); use one call per file to keep going over bad files.
         """
+        if not 1 <= nbest <= beam:
+            raise ConfigError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam}")
         self.eval()
         max_s = self.max_chunk_seconds or 15.0
         chunks: list[tuple[int, float, Tensor]] = []  # (input index, start seconds, features (T, F))
@@ -465,23 +486,35 @@ class SpeechModule(L.LightningModule):
                 chunks.append((i, a / SAMPLE_RATE, self.logmel(wav[a:b].to(dev))))
         # Decode chunks sorted by length so batches carry little padding.
         order = sorted(range(len(chunks)), key=lambda j: chunks[j][2].shape[0])
-        decoded: dict[int, tuple[str, Tensor | None]] = {}
+        decoded: dict[int, list[tuple[str, Tensor | None, float]]] = {}  # chunk -> hypotheses, best first
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             feats = [chunks[j][2] for j in idx]
             lens = torch.tensor([f.shape[0] for f in feats], device=dev)
             batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(dev)  # (B, T, F)
-            for j, r in zip(idx, self.decode_features(batch, lens, beam=beam, with_attention=return_attention)):
+            for j, r in zip(idx, self._decode_nbest(batch, lens, beam, return_attention, nbest)):
                 decoded[j] = r
         texts: list[list[str]] = [[] for _ in inputs]
         aligns: list[list[ChunkAlignment]] = [[] for _ in inputs]
+        alts: list[list[list[tuple[str, float]]]] = [[] for _ in inputs]  # input -> chunk -> (text, score)
         for j, (i, start, feats) in enumerate(chunks):
-            text, att = decoded[j]
+            text, att, _ = decoded[j][0]
             if text:
                 texts[i].append(text)
             if return_attention and att is not None:
                 aligns[i].append(ChunkAlignment(feats.T.cpu(), att.cpu(), list(text), start))
+            alts[i].append([(t, sc) for t, _, sc in decoded[j]])
         joined = [" ".join(t) for t in texts]
-        if return_attention:
-            return [Transcription(t, a) for t, a in zip(joined, aligns)]
+        if return_attention or nbest > 1:
+            return [Transcription(t, a, _join_alternatives(c, nbest)) for t, a, c in zip(joined, aligns, alts)]
         return joined
+
+
+def _join_alternatives(chunks: list[list[tuple[str, float]]], nbest: int) -> list[tuple[str, float]]:
+    """Whole-input alternatives from per-chunk n-best lists: alternative k joins the k-th best of every
+    chunk (a chunk's last one when it has fewer), scored by the mean chunk score."""
+    out = []
+    for k in range(max((len(c) for c in chunks), default=0)):
+        picks = [c[min(k, len(c) - 1)] for c in chunks if c]
+        out.append((" ".join(t for t, _ in picks if t), sum(sc for _, sc in picks) / len(picks)))
+    return out[:nbest]
