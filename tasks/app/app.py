@@ -99,9 +99,11 @@ def _translation_tab(model: Any, limits: Limits) -> None:
     out = gr.Textbox(label="translation (one per line)", elem_id="translation-output", interactive=False)
     table = gr.Dataframe(headers=["line", "rank", "translation", "score"], label="n-best (score = length-normalised "
                          "log-probability)", interactive=False, wrap=True)
-    figs = gr.Gallery(label="alignment", columns=2, height="auto", format="png", elem_id="translation-alignment")
+    figs = gr.Gallery(label="alignment", columns=2, height=460, object_fit="contain", preview=False, format="png",
+                      elem_id="translation-alignment")
     gr.Markdown(NOTES["alignment"])
-    heads = gr.Gallery(label="per layer and head", columns=3, height="auto", format="png")
+    heads = gr.Gallery(label="per layer and head", columns=3, height=420, object_fit="contain", preview=False,
+                       format="png", elem_id="translation-heads")
     gr.Markdown(NOTES["heads"])
     gr.Examples([["the red car"], ["I love you\nthe dog eats bread"]], inputs=[text])
     fn = _handler(run_translation, model, limits, with_details=True)
@@ -122,9 +124,11 @@ def _captioning_tab(model: Any, limits: Limits, examples_dir: Path) -> None:
                 label="bundled examples (generated scenes)")
     out = gr.Textbox(label="caption", elem_id="captioning-output", interactive=False)
     table = gr.Dataframe(headers=["rank", "caption", "score"], label="n-best", interactive=False, wrap=True)
-    figs = gr.Gallery(label="attention per word", columns=1, height="auto", format="png")
+    figs = gr.Gallery(label="attention per word", columns=1, height=520, object_fit="contain", preview=False,
+                      format="png", elem_id="captioning-overlay")
     gr.Markdown(NOTES["overlay"])
-    words = gr.Gallery(label="word by word", columns=6, height="auto", format="png")
+    words = gr.Gallery(label="word by word", columns=6, height=260, object_fit="contain", preview=False,
+                       format="png", elem_id="captioning-words")
     gr.Markdown(NOTES["words"])
     # preprocess=False: the handler gets the upload itself and reports a file PIL cannot open by name,
     # with what was expected, instead of Gradio's generic processing error.
@@ -144,7 +148,8 @@ def _speech_tab(model: Any, limits: Limits) -> None:
     out = gr.Textbox(label="transcript", elem_id="speech-output", interactive=False)
     table = gr.Dataframe(headers=["rank", "transcript", "score"], label="n-best (attention + CTC rescored)",
                          interactive=False, wrap=True)
-    figs = gr.Gallery(label="spectrogram and alignment", columns=1, height="auto", format="png")
+    figs = gr.Gallery(label="spectrogram and alignment", columns=1, height=520, object_fit="contain", preview=False,
+                      format="png", elem_id="speech-alignment")
     gr.Markdown(NOTES["speech"])
     go.click(_handler(run_speech, model, limits, with_details=False), [audio, beam, nbest], [out, table, figs],
              api_name=API_NAMES["speech"])
