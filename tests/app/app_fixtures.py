@@ -10,7 +10,7 @@ import ipaddress
 import socket
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from app_tiny_models import tiny_checkpoints
@@ -44,7 +44,7 @@ class ConnectionLog:
         self.addresses: list[Any] = []
         self._orig = socket.socket.connect
 
-    def __enter__(self) -> ConnectionLog:
+    def __enter__(self) -> Self:
         log, orig = self, self._orig
 
         def connect(sock: socket.socket, address: Any) -> Any:

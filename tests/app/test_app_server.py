@@ -2,6 +2,8 @@
 bad input answered with a message while the server keeps serving, upload limits, no outside traffic,
 the ``attn-app`` command line, and one real-browser test (headless Debian Chromium)."""
 
+# The fixtures come from app_fixtures (imported below, see its docstring): test arguments "redefine" them.
+# ruff: noqa: F811
 from __future__ import annotations
 
 import json
