@@ -62,8 +62,12 @@ def theme() -> gr.themes.Base:
     return gr.themes.Base(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
 
 
-def _handler(run: Callable[..., TabResult], model: Any, limits: Limits, with_details: bool) -> Callable[..., tuple]:
-    """Wrap a ``run_*`` function: bad input becomes a message in the page, the server goes on."""
+def _handler(run: Callable[..., TabResult], model: Any, limits: Limits,
+             outputs: Callable[[TabResult], tuple]) -> Callable[..., tuple]:
+    """Wrap a ``run_*`` function: bad input becomes a message in the page, the server goes on.
+
+    ``outputs`` maps the result onto the tab's output components.
+    """
 
     def handle(value: Any, beam: Any, nbest: Any) -> tuple:
         try:
@@ -74,8 +78,7 @@ def _handler(run: Callable[..., TabResult], model: Any, limits: Limits, with_det
             log.exception("request failed")
             raise gr.Error(f"internal error ({type(err).__name__}: {err}); the app keeps running",
                            title="Internal error") from None
-        out = (res.text, res.nbest, res.figures)
-        return (*out, res.details) if with_details else out
+        return outputs(res)
 
     return handle
 
@@ -106,7 +109,7 @@ def _translation_tab(model: Any, limits: Limits) -> None:
                        format="png", elem_id="translation-heads")
     gr.Markdown(NOTES["heads"])
     gr.Examples([["the red car"], ["I love you\nthe dog eats bread"]], inputs=[text])
-    fn = _handler(run_translation, model, limits, with_details=True)
+    fn = _handler(run_translation, model, limits, lambda r: (r.text, r.nbest, r.figures, r.details))
     go.click(fn, [text, beam, nbest], [out, table, figs, heads], api_name=API_NAMES["translation"])
     text.submit(fn, [text, beam, nbest], [out, table, figs, heads], api_visibility="private")
 
@@ -124,15 +127,17 @@ def _captioning_tab(model: Any, limits: Limits, examples_dir: Path) -> None:
                 label="bundled examples (generated scenes)")
     out = gr.Textbox(label="caption", elem_id="captioning-output", interactive=False)
     table = gr.Dataframe(headers=["rank", "caption", "score"], label="n-best", interactive=False, wrap=True)
-    figs = gr.Gallery(label="attention per word", columns=1, height=520, object_fit="contain", preview=False,
-                      format="png", elem_id="captioning-overlay")
+    figs = gr.Image(label="attention per word", type="pil", format="png", interactive=False,
+                    elem_id="captioning-overlay")
     gr.Markdown(NOTES["overlay"])
     words = gr.Gallery(label="word by word", columns=6, height=260, object_fit="contain", preview=False,
                        format="png", elem_id="captioning-words")
     gr.Markdown(NOTES["words"])
     # preprocess=False: the handler gets the upload itself and reports a file PIL cannot open by name,
     # with what was expected, instead of Gradio's generic processing error.
-    go.click(_handler(run_captioning, model, limits, with_details=True), [image, beam, nbest],
+    fn = _handler(run_captioning, model, limits, lambda r: (r.text, r.nbest, r.figures[0][0] if r.figures else None,
+                                                             r.details))
+    go.click(fn, [image, beam, nbest],
              [out, table, figs, words], api_name=API_NAMES["captioning"], preprocess=False)
 
 
@@ -148,10 +153,12 @@ def _speech_tab(model: Any, limits: Limits) -> None:
     out = gr.Textbox(label="transcript", elem_id="speech-output", interactive=False)
     table = gr.Dataframe(headers=["rank", "transcript", "score"], label="n-best (attention + CTC rescored)",
                          interactive=False, wrap=True)
-    figs = gr.Gallery(label="spectrogram and alignment", columns=1, height=520, object_fit="contain", preview=False,
-                      format="png", elem_id="speech-alignment")
+    # one figure per chunk the audio was cut into (usually one)
+    figs = gr.Gallery(label="spectrogram and alignment", columns=1, height="auto", object_fit="contain",
+                      preview=False, format="png", elem_id="speech-alignment")
     gr.Markdown(NOTES["speech"])
-    go.click(_handler(run_speech, model, limits, with_details=False), [audio, beam, nbest], [out, table, figs],
+    go.click(_handler(run_speech, model, limits, lambda r: (r.text, r.nbest, r.figures)), [audio, beam, nbest],
+             [out, table, figs],
              api_name=API_NAMES["speech"])
 
 

@@ -56,7 +56,7 @@ def test_caption_through_gradio_client(client: Any, tmp_path: Path) -> None:
     (img,) = example_images(tmp_path, count=1)
     caption, table, overlay, words = client.predict(handle_file(str(img)), 2, 2, api_name="/caption")
     assert caption and table["data"][0][1] == caption and len(table["data"]) == 2
-    assert len(_figures(overlay)) == 1 and len(_figures(words)) >= 1
+    assert str(overlay.get("url") or overlay.get("path")).endswith(".png") and len(_figures(words)) >= 1
 
 
 def test_transcribe_through_gradio_client(client: Any, tmp_path: Path) -> None:
