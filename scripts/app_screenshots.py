@@ -84,7 +84,7 @@ def take(url: str, out: Path, work: Path) -> list[Path]:
         box = WebDriverWait(d, 90).until(lambda d: d.find_element(By.CSS_SELECTOR, "#translation-input textarea"))
         box.send_keys(SENTENCES)
         d.find_element(By.ID, "translation-submit").click()
-        _wait_images(d, "#translation-heads")
+        _wait_images(d, "#translation-alignment")  # (the heads gallery stays empty for single-head RNN attention)
         shots.append(out / "app_translation.png")
         _shoot(d, shots[-1], 2000)
 
