@@ -374,3 +374,11 @@ def test_setup_warnings_only_on_rank_zero(tmp_path: Path, monkeypatch: pytest.Mo
         warnings.simplefilter("error")
         records, _ = read_flickr_csv(tmp_path / "captions.txt", tmp_path / "Images")
     assert len(records) == 3
+
+
+@pytest.mark.parametrize("kw", [{"val_fraction": -0.1}, {"test_fraction": 1.0}, {"val_fraction": 0.6, "test_fraction": 0.5}])
+def test_bad_split_fractions_are_config_errors(kw: dict) -> None:
+    from tasks.captioning.data import CaptionDataModule
+
+    with pytest.raises(ConfigError, match="fraction"):
+        CaptionDataModule(**kw)

@@ -459,3 +459,54 @@ def test_transcribe_nbest_lines_and_unique_plots(tiny_ckpt: Path, tmp_path: Path
     assert all(len(r) == 3 for r in rows) and 2 <= len(rows) <= 4
     float(rows[0][1])  # a score
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["0000_x.png", "0001_x.png"]
+
+
+def test_manifest_field_types_are_checked(tmp_path: Path) -> None:
+    import json
+
+    from core.errors import DataError
+    from tasks.speech.sources import read_manifest
+
+    sf.write(tmp_path / "a.wav", tone(0.3), SAMPLE_RATE)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.wav", "text": ["hi", "there"]}) + "\n")
+    with pytest.raises(DataError, match=r"m\.jsonl:1: field 'text' \(the transcript\) is a list, expected a string"):
+        read_manifest(tmp_path / "m.jsonl")
+
+
+@pytest.mark.parametrize("kw", [{"val_fraction": -0.5}, {"val_fraction": 1.0}, {"max_frames": 0}, {"max_batch": 0},
+                                {"max_seconds": 0.0}])
+def test_bad_data_options_are_config_errors(kw: dict) -> None:
+    from core.errors import ConfigError
+    from tasks.speech.data import SpeechDataModule
+
+    with pytest.raises(ConfigError, match="data."):
+        SpeechDataModule(**kw)
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("units", {"type": "char", "vocab": 5}, "malformed speech units"),
+    ("units", {"type": "char", "vocab": ["<pad>", "<s>", "</s>", "<unk>", "a"]}, "units number"),
+    ("max_chunk_seconds", 0.001, r"max_chunk_seconds = 0\.001"),
+    ("feature_config", {"n_mels": 100000}, r"feature_config\.n_mels"),
+    ("feature_config", {"sample_rate": 16000, "f_max": 12000.0}, "inconsistent"),
+])
+def test_tampered_speech_metadata(field: str, value: object, match: str, tiny_ckpt: Path, tmp_path: Path) -> None:
+    from core.errors import CheckpointError
+    from tasks.speech.module import SpeechModule
+
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["attn_suite"][field] = value
+    torch.save(ckpt, tmp_path / "t.ckpt")
+    with pytest.raises(CheckpointError, match=match):
+        SpeechModule.load_from_checkpoint(tmp_path / "t.ckpt")
+
+
+def test_zero_feature_std_is_refused(tiny_ckpt: Path, tmp_path: Path) -> None:
+    from core.errors import CheckpointError
+    from tasks.speech.module import SpeechModule
+
+    ckpt = torch.load(tiny_ckpt, weights_only=True)
+    ckpt["state_dict"]["stats.std"] = torch.zeros_like(ckpt["state_dict"]["stats.std"])
+    torch.save(ckpt, tmp_path / "t.ckpt")
+    with pytest.raises(CheckpointError, match="zero/negative std"):
+        SpeechModule.load_from_checkpoint(tmp_path / "t.ckpt")
