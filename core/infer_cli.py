@@ -162,9 +162,9 @@ def _decode_each(spec: InferenceSpec, model: Any, batch: list[tuple[InputItem, A
     """Decode a batch; when a bad input makes the batch fail, decode one by one so only it fails."""
     try:
         return list(spec.decode(model, [x for _, x in batch], args))
-    except UserError:
+    except UserError as err:
         if len(batch) == 1:
-            raise
+            return [err]
     out: list[Output | Exception] = []
     for pair in batch:
         try:
