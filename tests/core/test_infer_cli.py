@@ -56,7 +56,7 @@ def test_inputs_are_read_one_batch_at_a_time_and_printed_in_order(tmp_path: Path
                       "decode [4]"]
     out, err = capsys.readouterr()
     assert out.splitlines() == ["out 0", "out 1", "", "out 3", ""]  # failed inputs keep their place
-    assert "error: item 2: unreadable" in err and "error: dir0/same.txt: cannot decode 4" in err
+    assert "error: dir0/same.txt: item 2: unreadable" in err and "error: dir0/same.txt: cannot decode 4" in err
     # same base name, one figure each, numbered by input position
     assert sorted(p.name for p in (tmp_path / "p").iterdir()) == ["0000_same.png", "0001_same.png",
                                                                   "0003_same.png"]
