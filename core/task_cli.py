@@ -72,7 +72,8 @@ class TaskCLI(LightningCLI):
       own merge would hand them to jsonargparse, which imports and instantiates a ``{"class_path": ...}``
       dict found in a dict-typed option: a checkpoint could run code or truncate files.
     * ``fit`` gets ``RunCheckpoint`` + ``NonFiniteLossGuard`` when the config has none
-      (``core.cli.ensure_resumable``), monitoring the module's ``MONITOR``.
+      (``core.cli.ensure_resumable``), monitoring the module's ``MONITOR``, and with a ``max_time`` a
+      ``core.schedule.ScheduleCheck`` that warns when warm-up, decay, validation or checkpoints cannot fit it.
     * ``predict`` writes one output (file given by ``--predict_output`` or stdout) from global rank 0, in
       input order (``core.predict.PredictionWriter``), unless the config adds its own writer.
     """
@@ -122,6 +123,13 @@ class TaskCLI(LightningCLI):
     def before_fit(self) -> None:
         cls = self.model_class
         ensure_resumable(self.trainer, monitor=cls.MONITOR, mode=cls.MONITOR_MODE)
+        from lightning.pytorch.callbacks import Timer
+
+        from core.schedule import ScheduleCheck
+
+        cbs = self.trainer.callbacks
+        if any(isinstance(cb, Timer) for cb in cbs) and not any(isinstance(cb, ScheduleCheck) for cb in cbs):
+            cbs.append(ScheduleCheck())  # a max_time budget: warn when the schedule cannot fit it
 
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand != "fit":

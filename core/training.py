@@ -1,12 +1,13 @@
-"""Training helpers shared by the tasks: LR schedules, figure logging, non-finite loss guard, checkpoints."""
+"""Training helpers shared by the tasks: figure logging, non-finite loss guard, checkpoints, deadlines.
+
+The optimizer and LR schedules are in :mod:`core.schedule` (re-exported here).
+"""
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -15,9 +16,17 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
-from torch.optim.lr_scheduler import LambdaLR
 
 from core.errors import UserError
+from core.schedule import (  # noqa: F401 - re-exported: the tasks and configs name them here
+    OPTIMIZERS,
+    SCHEDULES,
+    ScheduleCheck,
+    WarmupSchedule,
+    build_scheduler,
+    configure_optimizer,
+    lr_lambda,
+)
 
 __all__ = [
     "DeadlineStop",
@@ -26,6 +35,7 @@ __all__ = [
     "empty_batch_loss",
     "RunCheckpoint",
     "SCHEDULES",
+    "ScheduleCheck",
     "FiniteLossGuard",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
@@ -35,70 +45,6 @@ __all__ = [
     "log_figure",
     "lr_lambda",
 ]
-
-SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
-OPTIMIZERS = ("adamw", "adam", "sgd")
-
-
-@dataclass
-class WarmupSchedule:
-    """LR multiplier: linear warmup over ``warmup_steps``, then the chosen decay.
-
-    A dataclass rather than a closure so ``LambdaLR.state_dict()`` stores its plain fields (closures
-    are dropped) and the checkpoint stays ``weights_only``-loadable.
-
-    Attributes:
-        warmup_steps: steps of linear warmup (multiplier ``(step + 1) / warmup_steps``).
-        schedule: ``inverse_sqrt`` (``sqrt(warmup / step)``), ``cosine`` / ``linear`` (to ``min_ratio`` at
-            ``total_steps``) or ``constant``.
-        total_steps: required by cosine / linear.
-        min_ratio: floor of the cosine / linear decay.
-    """
-
-    warmup_steps: int = 0
-    schedule: str = "inverse_sqrt"
-    total_steps: int | None = None
-    min_ratio: float = 0.0
-
-    def __post_init__(self) -> None:
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"lr schedule {self.schedule!r} is not one of {', '.join(SCHEDULES)}")
-        if self.warmup_steps < 0:
-            raise UserError(f"lr warmup_steps must be >= 0, got {self.warmup_steps}")
-        if self.schedule in ("cosine", "linear") and not self.total_steps:
-            raise UserError(f"lr schedule {self.schedule!r} needs total_steps > 0")
-
-    def __call__(self, step: int) -> float:
-        """Multiplier of the base LR at optimizer step ``step`` (0-based)."""
-        if step < self.warmup_steps:
-            return (step + 1) / self.warmup_steps  # never 0: the very first update already moves
-        if self.schedule == "constant":
-            return 1.0
-        if self.schedule == "inverse_sqrt":
-            return math.sqrt(max(self.warmup_steps, 1) / (step + 1))  # == 1 right after warmup
-        assert self.total_steps is not None
-        span = max(self.total_steps - self.warmup_steps, 1)
-        progress = min(max((step - self.warmup_steps) / span, 0.0), 1.0)
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress)) if self.schedule == "cosine" else 1.0 - progress
-        return self.min_ratio + (1.0 - self.min_ratio) * decay
-
-
-def lr_lambda(warmup_steps: int = 0, schedule: str = "inverse_sqrt", total_steps: int | None = None,
-              min_ratio: float = 0.0) -> WarmupSchedule:
-    """Factory for a ``LambdaLR`` multiplier (see ``WarmupSchedule``)."""
-    return WarmupSchedule(warmup_steps, schedule, total_steps, min_ratio)
-
-
-def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, schedule: str = "inverse_sqrt",
-                    total_steps: int | None = None, min_ratio: float = 0.0) -> dict[str, Any]:
-    """Lightning ``lr_scheduler`` config (stepped every optimizer step) for ``configure_optimizers``.
-
-    Example:
-        ``return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, 400, "inverse_sqrt")}``
-    """
-    sched = LambdaLR(optimizer, lr_lambda(warmup_steps, schedule, total_steps, min_ratio))
-    return {"scheduler": sched, "interval": "step", "frequency": 1, "name": "lr"}
-
 
 def empty_batch_loss(module: pl.LightningModule) -> torch.Tensor | None:
     """What ``training_step`` returns for a batch with nothing left to train on (every row was unusable).
@@ -114,58 +60,6 @@ def empty_batch_loss(module: pl.LightningModule) -> torch.Tensor | None:
     zero = torch.zeros((), device=module.device)
     # a Python sum, not torch.stack: parameters may not all share one dtype
     return sum((p.sum() * 0.0 for p in module.parameters() if p.requires_grad), zero)
-
-
-def configure_optimizer(module: pl.LightningModule, groups: list[tuple[list[torch.nn.Parameter], float]] | None = None
-                        ) -> dict[str, Any]:
-    """``configure_optimizers`` of every task, from the module's typed hyper-parameters.
-
-    Reads ``optimizer`` (adamw / adam / sgd), ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``,
-    ``lr_schedule`` and ``min_lr_ratio`` from ``module.hparams``. Biases and normalisation weights (1-D
-    parameters) get no weight decay. AdamW/Adam use their fused kernels on CUDA (one launch for all
-    parameters). Cosine/linear decay run over the trainer's step budget; without one they fall back to
-    inverse-sqrt with a warning. (LightningCLI's own ``--optimizer``/``--lr_scheduler`` still override all
-    of this when given.)
-
-    Args:
-        module: the LightningModule.
-        groups: ``[(parameters, lr multiplier)]``, e.g. a pretrained encoder at a lower LR; default all
-            trainable parameters at ``lr``.
-
-    Returns:
-        Lightning's ``{"optimizer": ..., "lr_scheduler": ...}``.
-    """
-    hp = module.hparams
-    if groups is None:
-        groups = [([p for p in module.parameters() if p.requires_grad], 1.0)]
-    param_groups = []
-    names = {id(p): n for n, p in module.named_parameters()}
-    for params, scale in groups:
-        decay = [p for p in params if p.requires_grad and p.dim() >= 2 and "norm" not in names.get(id(p), "")]
-        no_decay = [p for p in params if p.requires_grad and not (p.dim() >= 2 and "norm" not in names.get(id(p), ""))]
-        for ps, wd in ((decay, hp.weight_decay), (no_decay, 0.0)):
-            if ps:
-                param_groups.append({"params": ps, "lr": hp.lr * scale, "weight_decay": wd})
-    kind = getattr(hp, "optimizer", "adamw")
-    if kind not in OPTIMIZERS:
-        raise UserError(f"optimizer {kind!r} is not one of {', '.join(OPTIMIZERS)}")
-    if kind == "sgd":
-        opt: torch.optim.Optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=0.9, nesterov=True)
-    else:
-        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-        opt = cls(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=module.device.type == "cuda")
-    schedule, total = hp.lr_schedule, None
-    if schedule in ("cosine", "linear"):
-        trainer = getattr(module, "_trainer", None)
-        est = trainer.estimated_stepping_batches if trainer is not None else None
-        if est is None or not math.isfinite(est):
-            rank_zero_warn(f"lr_schedule={schedule} needs a step budget (trainer.max_steps/max_epochs); "
-                           f"using inverse_sqrt")
-            schedule = "inverse_sqrt"
-        else:
-            total = int(est)
-    return {"optimizer": opt,
-            "lr_scheduler": build_scheduler(opt, hp.warmup_steps, schedule, total, hp.min_lr_ratio)}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -186,3 +186,50 @@ def test_log_figure_png_path_needs_no_collective(tmp_path: Path, monkeypatch: py
     fig.add_subplot().plot([0, 1])
     path = log_figure(model, "val/x", fig, step=3)
     assert path is not None and path.is_file() and path.name == "val_x_step3.png"
+
+
+def test_schedule_problems_name_what_cannot_fit() -> None:
+    from core.schedule import schedule_problems
+
+    assert schedule_problems(1000, warmup_steps=50, decay_total=1100, val_every=200, checkpoint_every=100) == []
+    probs = schedule_problems(460, warmup_steps=1000, decay_total=20000, val_every=500, checkpoint_every=500)
+    text = " ".join(probs)
+    assert len(probs) == 4 and "warm-up (1000 steps)" in text and "20000 steps" in text
+    assert "validation every 500 steps runs 0 time(s)" in text and "written 0 time(s)" in text
+
+
+def test_schedule_check_warns_for_a_gpu_schedule_on_a_slow_run(tmp_path) -> None:  # noqa: ANN001
+    """A 1,000-step warm-up and 500-step validation under a short max_time: one warning naming both."""
+    import time as _time
+
+    import lightning.pytorch as pl
+    import torch
+
+    from core.schedule import ScheduleCheck
+
+    class Slow(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.save_hyperparameters({"warmup_steps": 1000, "lr_schedule": "inverse_sqrt"})
+            self.lin = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, idx):  # noqa: ANN001, ANN201
+            _time.sleep(0.02)
+            return self.lin(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, idx) -> None:  # noqa: ANN001
+            pass
+
+        def configure_optimizers(self):  # noqa: ANN201
+            return torch.optim.SGD(self.parameters(), lr=0.01)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(2000, 2)), batch_size=1)
+    check = ScheduleCheck(measure=10, skip=2)
+    trainer = pl.Trainer(max_time={"seconds": 20}, max_steps=30, val_check_interval=500, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[check], limit_val_batches=1, num_sanity_val_steps=0)
+    with pytest.warns(UserWarning, match="optimizer steps per minute"):
+        trainer.fit(Slow(), data, data)
+    assert check.steps_per_minute and 100 < check.steps_per_minute < 3100
+    assert any("warm-up (1000 steps)" in p for p in check.problems)
+    assert any("validation every 500 steps" in p for p in check.problems)
