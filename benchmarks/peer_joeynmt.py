@@ -122,11 +122,12 @@ def joey_config(work: Path, cfg: dict[str, Any], seed: int, validation_freq: int
     return path
 
 
-def _snapshot(pattern_dir: Path, glob: str, marks: list[float], start: float, dest: Path) -> threading.Thread:
+def _snapshot(pattern_dir: Path, glob: str, marks: list[float], budget: float, start: float,
+              dest: Path) -> threading.Thread:
     """A thread that, at each mark (minutes after `start`), copies the newest matching checkpoint to
     `dest/<mark>.ckpt` (the state a user would have if they stopped there)."""
     def run() -> None:
-        for mark in marks:
+        for mark in [m for m in marks if m < budget]:  # the end of the budget: the final checkpoint, after exit
             wait = start + 60 * mark - time.monotonic()
             if wait > 0:
                 time.sleep(wait)
@@ -149,26 +150,23 @@ def run_joeynmt(work: Path, cfg: dict[str, Any], args: argparse.Namespace) -> di
     start = time.monotonic()
     proc = subprocess.Popen([str(JOEY_PY), "-m", "joeynmt", "train", str(config), "--skip-test"], env=env,
                             stdout=open(work / "joey_train.log", "w"), stderr=subprocess.STDOUT)
-    snap = _snapshot(model_dir, "[0-9]*.ckpt", args.marks, start, work / "joey_marks")
+    snap = _snapshot(model_dir, "[0-9]*.ckpt", args.marks, args.minutes, start, work / "joey_marks")
     try:
         proc.wait(timeout=60 * args.minutes + 5)
     except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)  # JoeyNMT's own clean stop
+        proc.send_signal(signal.SIGINT)  # JoeyNMT's own clean stop: it saves the current weights
         proc.wait(timeout=300)
     snap.join(timeout=120)
-    steps = _joey_steps(work / "joey_train.log")
+    final = model_dir / "latest.ckpt"
+    for mark in [m for m in args.marks if m >= args.minutes]:
+        if final.exists():
+            shutil.copy2(final.resolve(), work / "joey_marks" / f"{mark:g}.ckpt")
+    steps = max((int(p.stem) for p in model_dir.glob("[0-9]*.ckpt")), default=None)  # its checkpoints: step.ckpt
     curve = {}
     for mark in args.marks:
         ckpt = work / "joey_marks" / f"{mark:g}.ckpt"
         curve[f"{mark:g}"] = _joey_score(work, config, ckpt, env) if ckpt.is_file() else None
     return {"toolkit": "joeynmt 2.3.0", "updates": steps, "bleu_at_minutes": curve}
-
-
-def _joey_steps(log: Path) -> int | None:
-    import re
-
-    found = re.findall(r"Step:\s+(\d+)", log.read_text(encoding="utf-8", errors="replace")) if log.is_file() else []
-    return int(found[-1]) if found else None
 
 
 def _joey_score(work: Path, config: Path, ckpt: Path, env: dict[str, str]) -> float:
@@ -178,10 +176,12 @@ def _joey_score(work: Path, config: Path, ckpt: Path, env: dict[str, str]) -> fl
     cfg["testing"]["load_model"] = str(ckpt)
     test_cfg = work / f"joey_test_{ckpt.stem}.yaml"
     test_cfg.write_text(_yaml(cfg), encoding="utf-8")
-    out = work / f"joey_hyp_{ckpt.stem}"
-    subprocess.run([str(JOEY_PY), "-m", "joeynmt", "translate", str(test_cfg), "-o", str(out)], env=env, check=True,
-                   stdin=open(work / "test.en"), capture_output=True)
-    hyps = out.read_text(encoding="utf-8").splitlines()
+    # Hypotheses from stdout: JoeyNMT 2.3.0's `translate -o FILE` with piped input fails (`args.n_best`); its
+    # log goes to stderr.
+    proc = subprocess.run([str(JOEY_PY), "-m", "joeynmt", "translate", str(test_cfg)], env=env, check=True,
+                          stdin=open(work / "test.en"), capture_output=True, text=True)
+    hyps = proc.stdout.splitlines()
+    (work / f"joey_hyp_{ckpt.stem}.es").write_text(proc.stdout, encoding="utf-8")
     return _bleu(hyps, (work / "test.es").read_text(encoding="utf-8").splitlines())
 
 
@@ -199,10 +199,14 @@ def run_ours(work: Path, config: Path, args: argparse.Namespace) -> dict[str, An
            "--trainer.default_root_dir", str(root), "--trainer.max_time", f"00:00:{args.minutes:02d}:00",
            "--seed_everything", str(args.seed), "--trainer.enable_progress_bar", "false"]
     start = time.monotonic()
-    snap = _snapshot(root / "checkpoints", "last.ckpt", args.marks, start, work / "ours_marks")
+    snap = _snapshot(root / "checkpoints", "last.ckpt", args.marks, args.minutes, start, work / "ours_marks")
     log = open(work / "ours_train.log", "w")
     subprocess.run(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False)
     snap.join(timeout=120)
+    final = root / "checkpoints" / "last.ckpt"  # RunCheckpoint writes the final state when max_time stops fit
+    for mark in [m for m in args.marks if m >= args.minutes]:
+        if final.exists():
+            shutil.copy2(final, work / "ours_marks" / f"{mark:g}.ckpt")
     import torch
 
     from tasks.translation.module import TranslationModule

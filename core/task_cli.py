@@ -130,6 +130,9 @@ class TaskCLI(LightningCLI):
         cbs = self.trainer.callbacks
         if any(isinstance(cb, Timer) for cb in cbs) and not any(isinstance(cb, ScheduleCheck) for cb in cbs):
             cbs.append(ScheduleCheck())  # a max_time budget: warn when the schedule cannot fit it
+        from core.progress_bar import with_throughput
+
+        cbs[:] = [with_throughput(cb) for cb in cbs]  # Lightning's default bar + throughput and next validation
 
     def _run_subcommand(self, subcommand: str) -> None:
         if subcommand != "fit":

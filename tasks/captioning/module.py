@@ -22,6 +22,7 @@ from core.distributed import dedupe_by_index, gather_objects
 from core.errors import CheckpointError, ConfigError
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.predict import Prediction
+from core.progress_bar import ThroughputMixin
 from core.task_io import TaskCheckpointMixin
 from core.training import configure_optimizer, empty_batch_loss
 from tasks.captioning.data import Batch
@@ -59,7 +60,7 @@ def _attention_defaults(attention: str, options: Mapping[str, Any] | None) -> di
     return opts
 
 
-class CaptioningModule(CaptionMixin, TaskCheckpointMixin, L.LightningModule):
+class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule):
     """Image captioning with visual attention (Show, Attend and Tell, plus a Transformer option).
 
     Args:
@@ -107,6 +108,7 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, L.LightningModule):
 
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/bleu4", "max"
+    THROUGHPUT_UNIT = "img"
     HPARAMS_FROM_DATA = ("vocab", "image_size", "mean", "std")
     HPARAM_BOUNDS = {
         "trainable_blocks": (-1, 1000), "grid_size": (1, 32), "encoder_dim": SIZE, "embed_dim": SIZE,
@@ -210,6 +212,9 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, L.LightningModule):
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
         return upgrade_decoder_v1(state) if version < 2 else state
+
+    def batch_units(self, batch: Batch | None) -> float:
+        return float(len(batch)) if batch is not None else 0.0
 
     # ------------------------------------------------------------------ model
     def forward(self, images: Tensor, inputs: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:

@@ -16,6 +16,7 @@ from core.errors import CheckpointError, ConfigError
 from core.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
 from core.task_io import TaskCheckpointMixin
 from core.predict import Prediction
+from core.progress_bar import ThroughputMixin
 from core.training import configure_optimizer, empty_batch_loss
 from core.tokenizers import tokenizer_from_dict
 from tasks.speech.data import make_char_tokenizer
@@ -28,7 +29,7 @@ __all__ = ["SpeechModule", "Transcription", "ChunkAlignment"]  # the last two re
 TASK = "speech"
 
 
-class SpeechModule(TranscribeMixin, TaskCheckpointMixin, L.LightningModule):
+class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule):
     """Listen-attend-spell style ASR with joint CTC.
 
     Args:
@@ -67,6 +68,7 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, L.LightningModule):
 
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/cer", "min"
+    THROUGHPUT_UNIT = "audio-s"  # seconds of audio per second of training
     HPARAM_BOUNDS = {
         "encoder_dim": SIZE, "encoder_layers": LAYERS, "num_heads": LAYERS, "hidden_dim": SIZE,
         "embed_dim": SIZE, "ctc_weight": (0.0, 1.0), "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE,
@@ -141,6 +143,10 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, L.LightningModule):
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
         return upgrade_state_dict_v1(state) if version < 2 else state
+
+    def batch_units(self, batch: dict[str, Any]) -> float:
+        """Seconds of audio in a host batch (10 ms frames)."""
+        return float(batch["feat_lens"].sum()) * self.feature_cfg.hop_length / self.feature_cfg.sample_rate
 
     def task_metadata(self) -> dict[str, Any]:
         """Units, feature front end and statistics, chunking range: the checkpoint alone can transcribe."""

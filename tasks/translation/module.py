@@ -32,6 +32,7 @@ from core.errors import CheckpointError, ConfigError
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.metrics import corpus_bleu, corpus_chrf
 from core.predict import Prediction
+from core.progress_bar import ThroughputMixin
 from core.task_io import TaskCheckpointMixin
 from core.tokenizers import BaseTokenizer, tokenizer_from_dict
 from core.training import configure_optimizer, log_figure
@@ -68,7 +69,7 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
     return out[0], out[1]
 
 
-class TranslationModule(TranslateMixin, TaskCheckpointMixin, pl.LightningModule):
+class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl.LightningModule):
     """Sequence-to-sequence translation with attention.
 
     Args:
@@ -107,6 +108,7 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, pl.LightningModule)
 
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/bleu", "max"
+    THROUGHPUT_UNIT = "tok"  # source + target tokens, padding excluded
     HPARAM_BOUNDS = {
         "embed_dim": SIZE, "hidden_dim": SIZE, "encoder_layers": LAYERS, "decoder_layers": LAYERS,
         "num_heads": LAYERS, "ffn_dim": SIZE, "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE,
@@ -248,7 +250,11 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, pl.LightningModule)
         if isinstance(batch, dict) and isinstance(batch.get("src_lengths"), Tensor) \
                 and batch["src_lengths"].device.type == "cpu":
             batch["src_lengths_host"] = tuple(batch["src_lengths"].tolist())
-        return batch
+        return super().on_before_batch_transfer(batch, dataloader_idx)  # ThroughputMixin counts the tokens
+
+    def batch_units(self, batch: Any) -> float:
+        """Tokens of a host batch: source lengths plus non-padding targets."""
+        return float(sum(batch["src_lengths_host"]) + int((batch["tgt_out"] != 0).sum()))
 
     def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
                 src_lengths_host: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor | None]:
