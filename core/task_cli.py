@@ -105,13 +105,20 @@ class TaskCLI(LightningCLI):
         ckpt_path = self.config[sub].get("ckpt_path")
         if not ckpt_path or not Path(str(ckpt_path)).is_file():
             return
-        from core.checkpoint import load_checkpoint
-        from core.hparams import validate_hparams
+        from core.checkpoint import META_KEY, load_checkpoint
+        from core.hparams import check_plain, validate_hparams
 
         ckpt = load_checkpoint(ckpt_path, expected_task=self.task)
         cls = self.model_class
-        hparams = validate_hparams(cls, ckpt.get("hyper_parameters"), f"checkpoint {ckpt_path}",
-                                   bounds=getattr(cls, "HPARAM_BOUNDS", None),
+        source = f"checkpoint {ckpt_path}"
+        raw = ckpt.get("hyper_parameters")
+        meta = ckpt.get(META_KEY)
+        if isinstance(raw, dict) and isinstance(meta, dict):
+            # What the metadata decides (e.g. a pretrained part rebuilt from its stored config, so that
+            # resuming never downloads it again), validated with the rest.
+            check_plain(meta, f"{source}: metadata")
+            raw = {**raw, **cls.hparams_from_metadata(meta, source)}
+        hparams = validate_hparams(cls, raw, source, bounds=getattr(cls, "HPARAM_BOUNDS", None),
                                    renames=getattr(cls, "HPARAM_RENAMES", None))
         # Values the data module links into the model at instantiation are the data's to decide.
         for name in getattr(cls, "HPARAMS_FROM_DATA", ()):
