@@ -74,7 +74,8 @@ def whisper_folder(path: Path) -> Path:
     torch.manual_seed(0)
     cfg = tr.WhisperConfig(d_model=32, encoder_layers=2, decoder_layers=1, encoder_attention_heads=2,
                            decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64, num_mel_bins=16,
-                           vocab_size=64, max_source_positions=1500, max_target_positions=32)
+                           vocab_size=64, max_source_positions=1500, max_target_positions=32, pad_token_id=1,
+                           bos_token_id=0, eos_token_id=1, decoder_start_token_id=0)
     tr.WhisperModel(cfg).save_pretrained(path)
     tr.WhisperFeatureExtractor(feature_size=16).save_pretrained(path)
     return path
