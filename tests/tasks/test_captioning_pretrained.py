@@ -141,3 +141,12 @@ def test_bad_pretrained_folders_are_one_line_errors(hf_dir: Path, tmp_path: Path
     assert "'google/vit-base-patch16-224' is not a local folder" in line and "local model folder" in line
     with pytest.raises(ConfigError, match="expected one of"):
         CaptioningModule(vocab=CaptionDataModule().vocab, encoder="vit")
+
+
+def test_grid_larger_than_transformer_positions_is_a_config_error(tmp_path: Path) -> None:
+    folder = vision_folder(tmp_path / "vit144", image_size=144)  # 18 x 18 patches = 324 cells > 256 positions
+    with pytest.raises(ConfigError, match=r"its 18x18 feature grid has more cells than the transformer decoder's 256"):
+        CaptioningModule(vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", decoder="transformer",
+                         image_size=144, mean=(0.5,) * 3, std=(0.5,) * 3)
+    assert CaptioningModule(vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", image_size=144,
+                            mean=(0.5,) * 3, std=(0.5,) * 3).hparams.grid_size == 18  # the RNN decoder has no limit
