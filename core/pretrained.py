@@ -244,13 +244,15 @@ def _auto_class(kind: str) -> Any:
     return transformers.AutoModelForSeq2SeqLM if kind == "translation" else transformers.AutoModel
 
 
-def build_from_config(config: Mapping[str, Any], kind: str, source: str, **model_kwargs: Any) -> nn.Module:
+def build_from_config(config: Mapping[str, Any], kind: str, source: str,
+                      overrides: Mapping[str, Any] | None = None, **model_kwargs: Any) -> nn.Module:
     """Rebuild a pretrained part from its stored config, offline (random weights: the caller loads its own).
 
     Args:
         config: :func:`export_config` output read back from a checkpoint (untrusted: checked here).
         kind: ``vision``, ``speech`` or ``translation``.
         source: the checkpoint or folder, for messages.
+        overrides: config entries the task imposes (as in :func:`load_pretrained`).
         **model_kwargs: constructor options (e.g. ``add_pooling_layer=False``).
 
     Raises:
@@ -258,7 +260,7 @@ def build_from_config(config: Mapping[str, Any], kind: str, source: str, **model
     """
     from transformers import AutoConfig
 
-    fields = check_config(dict(config), kind, source)
+    fields = {**check_config(dict(config), kind, source), **(overrides or {})}
     model_type = str(config["model_type"])
     try:
         hf_config = AutoConfig.for_model(model_type, **fields)
@@ -272,7 +274,8 @@ def build_from_config(config: Mapping[str, Any], kind: str, source: str, **model
                               f"({type(err).__name__}: {err})") from None
 
 
-def load_pretrained(folder: Path, kind: str, option: str, **model_kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def load_pretrained(folder: Path, kind: str, option: str, overrides: Mapping[str, Any] | None = None,
+                    **model_kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
     """Load a pretrained model's weights from a local folder with ``transformers`` (no remote code).
 
     A full CLIP / SigLIP folder gives its vision tower; a Whisper folder gives its encoder.
@@ -281,6 +284,8 @@ def load_pretrained(folder: Path, kind: str, option: str, **model_kwargs: Any) -
         folder: from :func:`resolve_pretrained`.
         kind: ``vision``, ``speech`` or ``translation``.
         option: the option that named it, for messages.
+        overrides: config entries the task imposes (e.g. ``{"layerdrop": 0.0}``); kept in the returned config,
+            so a rebuild gets them too.
         **model_kwargs: constructor options passed to ``from_pretrained``.
 
     Returns:
@@ -298,6 +303,8 @@ def load_pretrained(folder: Path, kind: str, option: str, **model_kwargs: Any) -
         config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
         if model_type in VISION_TOWERS:
             config = config.vision_config
+        for key, value in (overrides or {}).items():
+            setattr(config, key, value)
         model = _auto_class(kind).from_pretrained(folder, config=config, local_files_only=True,
                                                   trust_remote_code=False, dtype=torch.float32, **model_kwargs)
     except (OSError, ValueError, KeyError, TypeError) as err:

@@ -14,10 +14,11 @@ Checkpoints store the backbone's config and the processor settings as plain data
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from core.errors import ConfigError
@@ -36,7 +37,8 @@ __all__ = ["HFImageEncoder", "hf_image_encoder", "image_settings", "vision_setti
 _TRANSFORMERS = ("vit", "dinov2", "clip_vision_model", "siglip_vision_model")
 # Parameters our features never reach (pooling heads): never trained, so DDP finds no unused parameter.
 # (transformers versions differ in whether the vision towers nest their modules under `vision_model`.)
-_NEVER = {"vit": ("pooler.",), "clip_vision_model": ("post_layernorm.", "vision_model.post_layernorm."),
+_NEVER = {"vit": ("pooler.", "embeddings.mask_token"), "dinov2": ("embeddings.mask_token",),
+          "clip_vision_model": ("post_layernorm.", "vision_model.post_layernorm."),
           "siglip_vision_model": ("head.", "vision_model.head."), "convnext": ("layernorm.",)}
 OPTION = "--model.encoder"
 
@@ -166,7 +168,8 @@ class HFImageEncoder(nn.Module):
 
 
 def hf_image_encoder(spec: str, stored: Mapping[str, Any] | None, dim: int, image_size: int,
-                     trainable_blocks: int, unfreeze_after_steps: int | None) -> tuple[HFImageEncoder, dict[str, Any]]:
+                     trainable_blocks: int, unfreeze_after_steps: int | None, mean: Sequence[float] = (0.5,) * 3,
+                     std: Sequence[float] = (0.5,) * 3) -> tuple[HFImageEncoder, dict[str, Any]]:
     """Build the encoder of ``--model.encoder hf:...``.
 
     Args:
@@ -174,6 +177,7 @@ def hf_image_encoder(spec: str, stored: Mapping[str, Any] | None, dim: int, imag
         stored: the ``pretrained_config`` a checkpoint holds (then nothing is read but it: offline), or None
             to load the pretrained weights from ``spec``.
         dim, image_size, trainable_blocks, unfreeze_after_steps: see :class:`HFImageEncoder`.
+        mean, std: the normalisation the module was given (a warning when it is not the processor's).
 
     Returns:
         ``(encoder, pretrained_config)``: ``{"source", "model_type", "config", "processor"}`` as plain data.
@@ -187,6 +191,10 @@ def hf_image_encoder(spec: str, stored: Mapping[str, Any] | None, dim: int, imag
         settings = vision_settings(str(folder))
         backbone, config = load_pretrained(folder, "vision", OPTION)
         info = {"source": hf_name(spec), "model_type": config["model_type"], "config": config, "processor": settings}
+        if (settings["image_size"], settings["mean"], settings["std"]) != (image_size, list(mean), list(std)):
+            rank_zero_warn(f"{OPTION}={spec} expects {settings['image_size']} px images normalised with mean "
+                           f"{settings['mean']} / std {settings['std']} (its image processor), got {image_size} px, "
+                           f"{list(mean)} / {list(std)}: give the data module these values (the CLI does it itself)")
     model_type = str(info["config"]["model_type"])
     if info.get("processor") is not None:
         image_settings({"size": info["processor"].get("image_size"), "image_mean": info["processor"].get("mean"),

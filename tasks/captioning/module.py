@@ -214,15 +214,8 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, L.LightningModule):
                     unfreeze_after_steps: int | None) -> Any:
         """The ``hf:`` backbone (`tasks.captioning.hf_encoder`); ``grid_size`` becomes its feature grid."""
         enc, self.pretrained_info = hf_image_encoder(encoder, stored, dim, image_size, trainable_blocks,
-                                                     unfreeze_after_steps)
+                                                     unfreeze_after_steps, mean, std)
         self.hparams["grid_size"] = enc.grid_size
-        proc = self.pretrained_info.get("processor") or {}
-        if stored is None and (proc.get("image_size") != image_size or list(proc.get("mean", mean)) != list(mean)
-                               or list(proc.get("std", std)) != list(std)):
-            rank_zero_warn(f"model.encoder={encoder} expects {proc.get('image_size')} px images normalised with "
-                           f"mean {proc.get('mean')} / std {proc.get('std')} (its image processor), got "
-                           f"{image_size} px, {list(mean)} / {list(std)}: give the data module these values "
-                           f"(the CLI does it by itself)")
         return enc
 
     @classmethod

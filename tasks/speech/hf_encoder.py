@@ -34,6 +34,10 @@ from core.pretrained import (
 
 __all__ = ["HFSpeechEncoder", "hf_speech_encoder", "speech_settings"]
 
+# LayerDrop skips whole layers in training, which leaves hidden states out of the weighted sum (and
+# `transformers` then returns fewer of them): off, as SpeechBrain's weighted-SSL models do.
+_NO_LAYERDROP = {"layerdrop": 0.0, "encoder_layerdrop": 0.0}
+
 OPTION = "--model.encoder"
 INPUT_RATE = 16000  # what tasks.speech.audio.load_audio delivers
 _WHISPER_KEYS = ("feature_size", "hop_length", "chunk_length", "n_fft", "padding_value")
@@ -121,7 +125,11 @@ class HFSpeechEncoder(nn.Module):
         return x, lengths, mask
 
     def _run(self, x: Tensor, lengths: Tensor, mask: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
-        """The backbone's hidden states (each ``(B, S, D)``) and the valid output frames ``(B,)``."""
+        """The backbone's hidden states (each ``(B, S, D)``) and the valid output frames ``(B,)``.
+
+        The last one is the model's output (``last_hidden_state``): for pre-norm models (wav2vec2 "stable layer
+        norm", Whisper) the final layer norm is part of it, so that norm is used and trained too.
+        """
         if self._whisper_fe is not None:
             # Whisper reads the log-mels of a 30 s window (padded); its convolutions halve the frame rate,
             # so one output frame covers 2 * hop_length input samples.
@@ -130,11 +138,12 @@ class HFSpeechEncoder(nn.Module):
                        return_tensors="pt").input_features.to(x.device)  # (B, n_mels, frames)
             out = self.backbone(feats, output_hidden_states=True)
             frames = (lengths.to(x.device) + 2 * fe.hop_length - 1) // (2 * fe.hop_length)
-            return out.hidden_states, frames.clamp(1, out.last_hidden_state.shape[1])
-        attention = mask.long() if self.settings["return_attention_mask"] else None
-        out = self.backbone(x, attention_mask=attention, output_hidden_states=True)
-        frames = self.backbone._get_feat_extract_output_lengths(lengths.to(x.device))  # (B,)
-        return out.hidden_states, frames.clamp(1, out.last_hidden_state.shape[1])
+        else:
+            attention = mask.long() if self.settings["return_attention_mask"] else None
+            out = self.backbone(x, attention_mask=attention, output_hidden_states=True)
+            frames = self.backbone._get_feat_extract_output_lengths(lengths.to(x.device))  # (B,)
+        hidden = (*out.hidden_states[:-1], out.last_hidden_state)
+        return hidden, frames.clamp(1, out.last_hidden_state.shape[1])
 
     def forward(self, wavs: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
         """Encode waveforms.
@@ -152,6 +161,9 @@ class HFSpeechEncoder(nn.Module):
                               f"model.max_chunk_seconds / data.max_seconds below it")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_policy.fully_frozen):
             hidden, frames = self._run(x, lengths, mask)
+        if len(hidden) != self.layer_weights.numel():
+            raise RuntimeError(f"the {self.model_type} encoder returned {len(hidden)} hidden states, expected "
+                               f"{self.layer_weights.numel()} (is LayerDrop on?)")
         stack = torch.stack(hidden)  # (L+1, B, S, D)
         stack = F.layer_norm(stack, stack.shape[-1:])
         weights = torch.softmax(self.layer_weights, dim=0).to(stack.dtype)  # (L+1,)
@@ -172,7 +184,8 @@ def hf_speech_encoder(spec: str, stored: Mapping[str, Any] | None, trainable_blo
         ``(encoder, pretrained_config)``: ``{"source", "model_type", "config", "processor"}`` as plain data.
     """
     if stored is not None:
-        backbone = build_from_config(stored.get("config"), "speech", "--model.pretrained_config")  # type: ignore[arg-type]
+        backbone = build_from_config(stored.get("config"), "speech", "--model.pretrained_config",  # type: ignore[arg-type]
+                                     overrides=_NO_LAYERDROP)
         info = dict(stored)
         model_type = str(info["config"]["model_type"])
         processor = info.get("processor")
@@ -185,7 +198,7 @@ def hf_speech_encoder(spec: str, stored: Mapping[str, Any] | None, trainable_blo
         processor = read_json_file(folder / "preprocessor_config.json", what,
                                    "the feature extractor's sampling rate and normalisation")
         settings = speech_settings(processor, model_type, what)
-        backbone, config = load_pretrained(folder, "speech", OPTION)
+        backbone, config = load_pretrained(folder, "speech", OPTION, overrides=_NO_LAYERDROP)
         info = {"source": hf_name(spec), "model_type": model_type, "config": config, "processor": settings}
     return HFSpeechEncoder(backbone, model_type, info["config"], settings, trainable_blocks,
                            unfreeze_after_steps), info

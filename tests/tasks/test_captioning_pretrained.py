@@ -136,7 +136,8 @@ def test_bad_pretrained_folders_are_one_line_errors(hf_dir: Path, tmp_path: Path
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     assert main(["fit", "-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"),
-                 f"--trainer.default_root_dir={tmp_path / 'r3'}", "--model.encoder=hf:google/vit-base-patch16-224"]) == 2
+                 f"--trainer.default_root_dir={tmp_path / 'r3'}",
+                 "--model.encoder=hf:google/vit-base-patch16-224"]) == 2
     line = user_error()
     assert "'google/vit-base-patch16-224' is not a local folder" in line and "local model folder" in line
     with pytest.raises(ConfigError, match="expected one of"):

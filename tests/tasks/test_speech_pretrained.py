@@ -173,3 +173,14 @@ def test_bad_encoder_folders_are_one_line_errors(corpus: Path, tmp_path: Path, u
         SpeechModule(encoder="wav2vec2")
     with pytest.raises(ConfigError, match=r"trainable_blocks=5: expected -1 \(all\), 0 \(frozen\) or 1..2"):
         SpeechModule(encoder=f"hf:{speech_folder(tmp_path / 'ok')}", trainable_blocks=5)
+
+
+@pytest.mark.parametrize("mask", [True, False])
+def test_every_trainable_encoder_parameter_gets_a_gradient(tmp_path: Path, mask: bool) -> None:
+    """DDP needs it: LayerDrop is off (a dropped layer would leave the weighted sum short) and a pre-norm model's
+    final layer norm is part of the last hidden state."""
+    model = SpeechModule(encoder=f"hf:{speech_folder(tmp_path / 'w2v', attention_mask=mask)}", **SMALL).train()
+    assert model.pretrained_info["config"]["layerdrop"] == 0.0  # type: ignore[index]
+    feats, _ = model.model.encoder(torch.randn(2, 16000), torch.tensor([16000, 12000]))
+    feats.sum().backward()
+    assert [n for n, p in model.model.encoder.named_parameters() if p.requires_grad and p.grad is None] == []
