@@ -115,9 +115,8 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, pl.LightningModule)
         plot_examples: fixed validation sentences whose attention heatmaps are logged.
         pretrained: ``marian``: the MarianMT model to fine-tune, a hub id (``Helsinki-NLP/opus-mt-en-es``) or a
             local folder (``hf:`` prefix allowed).
-        trainable_blocks: ``marian``: -1 fine-tune all, k > 0 only its last k decoder layers.
-        unfreeze_after_steps: not for ``marian`` (no new layers could train while it is frozen); kept for the
-            one vocabulary of options.
+        trainable_blocks: ``marian``: -1 fine-tune all, k > 0 only its last k decoder layers (there is no
+            ``unfreeze_after_steps``: a Marian model has no new layers that could train while it is frozen).
         pretrained_config: ``marian``: its config as plain data; filled from a checkpoint's metadata when one is
             loaded (rebuilt offline, never downloaded); leave it None.
     """
@@ -130,7 +129,7 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, pl.LightningModule)
         "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
         "min_lr_ratio": (0.0, 1.0), "beam_size": BEAM, "length_penalty": (-10.0, 10.0), "max_len": LENGTH,
         "max_source_tokens": LENGTH, "val_bleu_sentences": (0, 10**9), "plot_examples": (0, 1000),
-        "trainable_blocks": (-1, 1000), "unfreeze_after_steps": STEPS,
+        "trainable_blocks": (-1, 1000),
     }
     # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
     HPARAM_RENAMES = {"emb_dim": "embed_dim", "enc_layers": "encoder_layers", "dec_layers": "decoder_layers",
@@ -171,7 +170,6 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, pl.LightningModule)
         plot_examples: int = 3,
         pretrained: str | None = None,
         trainable_blocks: int = -1,
-        unfreeze_after_steps: int | None = None,
         pretrained_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
@@ -227,7 +225,7 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, pl.LightningModule)
         if hp.arch == "marian":
             assert self.pretrained_info is not None
             self.model = marian_network(self.pretrained_info, pretrained, tv, hp.trainable_blocks,
-                                        hp.unfreeze_after_steps, max(hp.max_len, hp.max_source_tokens))
+                                        max(hp.max_len, hp.max_source_tokens))
         elif hp.arch == "rnn":
             self.model = RNNSeq2Seq(sv, tv, hp.embed_dim, hp.hidden_dim, hp.encoder_layers, hp.decoder_layers,
                                     hp.rnn_type, hp.attention, hp.attention_options, hp.dropout, hp.tie_embeddings)

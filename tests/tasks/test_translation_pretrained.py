@@ -197,7 +197,7 @@ def test_bad_marian_options_are_clear_errors(marian: Path, tsv: Path, tmp_path: 
         TranslationModule(arch="marian")
     with pytest.raises(ConfigError, match="--model.pretrained is for --model.arch marian"):
         TranslationModule(arch="rnn", pretrained=str(marian))
-    with pytest.raises(ConfigError, match="leave nothing of a marian model to train"):
+    with pytest.raises(ConfigError, match="leaves nothing of a marian model to train"):
         TranslationModule(arch="marian", pretrained=str(marian), trainable_blocks=0)
     with pytest.raises(ConfigError, match="below the marian model's 128 positions"):
         TranslationModule(arch="marian", pretrained=str(marian), max_len=200)

@@ -45,18 +45,16 @@ class MarianSeq2Seq(nn.Module):
     Args:
         marian: the pretrained (or rebuilt) ``MarianMTModel``.
         trainable_blocks: -1 fine-tune everything; ``k > 0`` only the last ``k`` decoder layers (embeddings,
-            encoder and lower decoder layers frozen).
-        unfreeze_after_steps: refused (with ``trainable_blocks=0``): a Marian model has no new layers that could
-            train while it is frozen.
+            encoder and lower decoder layers frozen). 0 is refused: a Marian model has no new layers that could
+            train while it is frozen (hence no ``unfreeze_after_steps`` either).
     """
 
-    def __init__(self, marian: nn.Module, trainable_blocks: int = -1, unfreeze_after_steps: int | None = None) -> None:
+    def __init__(self, marian: nn.Module, trainable_blocks: int = -1) -> None:
         super().__init__()
         cfg = marian.config  # type: ignore[attr-defined]
-        if trainable_blocks == 0 or unfreeze_after_steps:
-            raise ConfigError("--model.trainable_blocks=0 / --model.unfreeze_after_steps leave nothing of a marian "
-                              "model to train (it has no new layers): use -1 (all) or the number of top decoder "
-                              "layers to fine-tune")
+        if trainable_blocks == 0:
+            raise ConfigError("--model.trainable_blocks=0 leaves nothing of a marian model to train (it has no new "
+                              "layers): use -1 (all) or the number of top decoder layers to fine-tune")
         self.marian = marian
         self.m_pad, self.m_eos = int(cfg.pad_token_id), int(cfg.eos_token_id)
         start = cfg.decoder_start_token_id
@@ -178,14 +176,14 @@ def load_marian(pretrained: str | None) -> tuple[nn.Module, dict[str, bytes], di
 
 
 def marian_network(info: dict[str, Any], backbone: nn.Module | None, vocab_size: int, trainable_blocks: int,
-                   unfreeze_after_steps: int | None, longest: int) -> MarianSeq2Seq:
+                   longest: int) -> MarianSeq2Seq:
     """The task's Marian network, checked against its tokenizer and the length options.
 
     Args:
         info: ``{"source", "model_type", "config"}`` (:func:`load_marian`, or a checkpoint's, untrusted).
         backbone: the loaded model, or None to rebuild it from ``info["config"]`` (offline).
         vocab_size: our target vocabulary size (the tokenizer's + 2).
-        trainable_blocks, unfreeze_after_steps: see :class:`MarianSeq2Seq`.
+        trainable_blocks: see :class:`MarianSeq2Seq`.
         longest: the longest source or output the options allow (tokens).
 
     Raises:
@@ -193,7 +191,7 @@ def marian_network(info: dict[str, Any], backbone: nn.Module | None, vocab_size:
     """
     if backbone is None:
         backbone = build_from_config(info.get("config"), "translation", "--model.pretrained_config")  # type: ignore[arg-type]
-    model = MarianSeq2Seq(backbone, trainable_blocks, unfreeze_after_steps)
+    model = MarianSeq2Seq(backbone, trainable_blocks)
     if model.vocab_size != vocab_size:
         raise ConfigError(f"marian model {info.get('source')}: its tokenizer has {vocab_size - OFFSET} tokens, its "
                           f"vocab_size is {model.vocab_size - OFFSET}: tokenizer and weights are from different models")
