@@ -57,6 +57,9 @@ def model_card(model: Any, config: Mapping[str, Any], figure: str | None) -> str
         "| --- | --- |",
     ]
     lines += [f"| `{k}` | `{_fmt(hp[k])}` |" for k in _ARCH_KEYS if k in hp]
+    pretrained = (config.get("metadata") or {}).get("pretrained")
+    if isinstance(pretrained, dict):  # a transformers model inside (core.pretrained): name where it came from
+        lines.append(f"| pretrained | `{pretrained.get('source')}` ({pretrained.get('model_type')}) |")
     n_params = sum(p.numel() for p in model.parameters())
     lines += [f"| parameters | {n_params:,} |", ""]
     lines += ["## Training", ""]
@@ -93,7 +96,8 @@ def model_card(model: Any, config: Mapping[str, Any], figure: str | None) -> str
         "",
         "## Licence",
         "",
-        "The model code is MIT-licensed. The weights inherit the terms of the training data named above.",
+        "The model code is MIT-licensed. The weights inherit the terms of the training data named above"
+        + (" and of the pretrained model they were fine-tuned from." if isinstance(pretrained, dict) else "."),
         "",
     ]
     return "\n".join(lines)

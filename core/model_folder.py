@@ -6,7 +6,8 @@ A folder holds::
     config.json              task, format, architecture, the hyper-parameters it is rebuilt from, metadata
     tokenizer_*.json, vocab.json, units.json, preprocessor_config.json, ...
                              the task's tokenizers / vocabularies / front end, each in its own format
-                             (a subword tokenizer is a HF ``tokenizers`` tokenizer.json)
+                             (a subword tokenizer is a HF ``tokenizers`` tokenizer.json; the files of a
+                             pretrained model's own tokenizer, e.g. Marian's ``source.spm``, byte for byte)
     README.md                a model card: task, architecture, attention, data, command, metrics, figure
     attention.png            an attention figure, when one was given
 
@@ -36,8 +37,8 @@ from core.checkpoint import FORMAT_VERSION
 from core.errors import CheckpointError
 from core.model_card import model_card
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "from_pretrained", "load_task_model", "push_to_hub", "resolve_hub",
-           "save_pretrained"]
+__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "file_bytes", "file_value", "from_pretrained", "load_task_model",
+           "push_to_hub", "resolve_hub", "save_pretrained"]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -56,23 +57,49 @@ def _tokenizer_text(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, indent=1)
 
 
-def _split_metadata(meta: Mapping[str, Any], files: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
-    """``(metadata left for config.json, {file name: text})`` for the task's ``FOLDER_FILES``."""
+def file_value(data: bytes) -> dict[str, str]:
+    """A file's bytes as plain metadata (``{"type": "file", "base64": ...}``): checkpoint-safe, and written
+    back byte for byte into a model folder (``FOLDER_RAW_FILES``)."""
+    import base64
+
+    return {"type": "file", "base64": base64.b64encode(data).decode("ascii")}
+
+
+def file_bytes(value: Any, what: str) -> bytes:
+    """Inverse of :func:`file_value`; ``CheckpointError`` naming ``what`` for anything else."""
+    import base64
+    import binascii
+
+    if not (isinstance(value, dict) and value.get("type") == "file" and isinstance(value.get("base64"), str)):
+        raise CheckpointError(f"{what}: expected a stored file ({{'type': 'file', 'base64': ...}})")
+    try:
+        return base64.b64decode(value["base64"], validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise CheckpointError(f"{what}: the stored file is not valid base64 ({err})") from None
+
+
+def _split_metadata(meta: Mapping[str, Any], files: Mapping[str, str], raw: Mapping[str, str] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, str | bytes]]:
+    """``(metadata left for config.json, {file name: text or bytes})`` for the task's ``FOLDER_FILES`` (and
+    ``FOLDER_RAW_FILES``, written byte for byte)."""
     rest = {k: v for k, v in meta.items() if k not in ("task", "format")}
-    out: dict[str, str] = {}
-    for dotted, name in files.items():
+    out: dict[str, str | bytes] = {}
+    entries = [(d, n, False) for d, n in files.items()] + [(d, n, True) for d, n in (raw or {}).items()]
+    for dotted, name, is_raw in entries:
         head, _, tail = dotted.partition(".")
         if head not in rest:
             continue
         if tail:
             group = dict(rest[head])
             if tail in group:
-                out[name] = _tokenizer_text(group.pop(tail))
+                value = group.pop(tail)
+                out[name] = file_bytes(value, f"metadata {dotted}") if is_raw else _tokenizer_text(value)
             rest[head] = group
             if not group:
                 del rest[head]
         else:
-            out[name] = _tokenizer_text(rest.pop(head))
+            value = rest.pop(head)
+            out[name] = file_bytes(value, f"metadata {dotted}") if is_raw else _tokenizer_text(value)
     return rest, out
 
 
@@ -111,7 +138,7 @@ def save_pretrained(model: Any, folder: str | os.PathLike[str], metrics: Mapping
 
     folder = Path(folder).expanduser()
     meta = {"task": model.TASK, "format": FORMAT_VERSION, **model.task_metadata()}
-    rest, files = _split_metadata(meta, getattr(model, "FOLDER_FILES", {}))
+    rest, files = _split_metadata(meta, getattr(model, "FOLDER_FILES", {}), getattr(model, "FOLDER_RAW_FILES", {}))
     recorded = rest.pop("training", None)
     training = {**(recorded if isinstance(recorded, dict) else {}), **(training or {})}  # a record read from a file
     found = training.pop("metrics", None)
@@ -128,7 +155,10 @@ def save_pretrained(model: Any, folder: str | os.PathLike[str], metrics: Mapping
         save_file(_state_for_safetensors(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         (tmp / CONFIG_NAME).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         for name, text in files.items():
-            (tmp / name).write_text(text, encoding="utf-8")
+            if isinstance(text, bytes):
+                (tmp / name).write_bytes(text)
+            else:
+                (tmp / name).write_text(text, encoding="utf-8")
         figure_name = None
         if figure is not None and Path(figure).is_file():
             figure_name = "attention.png"
@@ -166,6 +196,13 @@ def _tokenizer_value(path: Path, what: str) -> Any:
     return value
 
 
+def _raw_value(path: Path, what: str) -> dict[str, str]:
+    """A ``FOLDER_RAW_FILES`` file as its metadata value (:func:`file_value`)."""
+    if not path.is_file() or path.stat().st_size > _MAX_JSON_BYTES:
+        raise CheckpointError(f"{what}: {path.name} is not a file of at most {_MAX_JSON_BYTES >> 20} MB")
+    return file_value(path.read_bytes())
+
+
 def from_pretrained(cls: type[M], folder: str | os.PathLike[str], map_location: str | torch.device | None = "cpu",
                     strict: bool = True, **overrides: Any) -> M:
     """Rebuild a task module from a model folder (no pickle; validated; strict by default).
@@ -193,11 +230,12 @@ def from_pretrained(cls: type[M], folder: str | os.PathLike[str], map_location: 
     if not isinstance(meta, dict):
         raise CheckpointError(f"{what}: 'metadata' in {CONFIG_NAME} must be an object")
     meta = {**meta, "task": task, "format": config.get("format", 1)}
-    for dotted, name in getattr(cls, "FOLDER_FILES", {}).items():
+    raw = getattr(cls, "FOLDER_RAW_FILES", {})
+    for dotted, name in [*getattr(cls, "FOLDER_FILES", {}).items(), *raw.items()]:
         if not (path / name).exists():
             continue
         head, _, tail = dotted.partition(".")
-        value = _tokenizer_value(path / name, what)
+        value = _raw_value(path / name, what) if dotted in raw else _tokenizer_value(path / name, what)
         if tail:
             group = meta.setdefault(head, {})
             if not isinstance(group, dict):

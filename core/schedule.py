@@ -101,7 +101,9 @@ def configure_optimizer(module: pl.LightningModule, groups: list[tuple[list[torc
     Args:
         module: the LightningModule.
         groups: ``[(parameters, lr multiplier)]``, e.g. a pretrained encoder at a lower LR; default all
-            trainable parameters at ``lr``.
+            trainable parameters at ``lr``. Given groups are used as they are, also parameters frozen now
+            (``requires_grad=False``): a freeze schedule (``core.finetune``) may unfreeze them later, and the
+            optimizer skips a parameter while it has no gradient.
 
     Returns:
         Lightning's ``{"optimizer": ..., "lr_scheduler": ...}``.
@@ -112,8 +114,8 @@ def configure_optimizer(module: pl.LightningModule, groups: list[tuple[list[torc
     param_groups = []
     names = {id(p): n for n, p in module.named_parameters()}
     for params, scale in groups:
-        decay = [p for p in params if p.requires_grad and p.dim() >= 2 and "norm" not in names.get(id(p), "")]
-        no_decay = [p for p in params if p.requires_grad and not (p.dim() >= 2 and "norm" not in names.get(id(p), ""))]
+        decay = [p for p in params if p.dim() >= 2 and "norm" not in names.get(id(p), "")]
+        no_decay = [p for p in params if not (p.dim() >= 2 and "norm" not in names.get(id(p), ""))]
         for ps, wd in ((decay, hp.weight_decay), (no_decay, 0.0)):
             if ps:
                 param_groups.append({"params": ps, "lr": hp.lr * scale, "weight_decay": wd})

@@ -98,21 +98,34 @@ class TaskCLI(LightningCLI):
         """Merge the ``--ckpt_path`` file's hyper-parameters into the config, as plain validated data.
 
         Replaces LightningCLI's version, which passes the file's ``hyper_parameters`` (and a ``_class_path``
-        entry) straight to the parser.
+        entry) straight to the parser. What the file's metadata decides (``hparams_from_metadata``: e.g. a
+        pretrained part rebuilt from its stored config, so that resuming never downloads it again) is merged
+        too, also for ``--ckpt_path last`` (``<default_root_dir>/checkpoints/last.ckpt``, where
+        ``RunCheckpoint`` writes it), which otherwise keeps the command line's options.
         """
         if not self.config.get("subcommand"):
             return
         sub = self.config["subcommand"]
         ckpt_path = self.config[sub].get("ckpt_path")
+        only_meta = str(ckpt_path) == "last"
+        if only_meta:
+            trainer_cfg = self.config[sub].get("trainer") or {}
+            root = (trainer_cfg.get("default_root_dir") if hasattr(trainer_cfg, "get") else None) or "."
+            ckpt_path = Path(root) / "checkpoints" / "last.ckpt"
         if not ckpt_path or not Path(str(ckpt_path)).is_file():
             return
-        from core.checkpoint import load_checkpoint
-        from core.hparams import validate_hparams
+        from core.checkpoint import META_KEY, load_checkpoint
+        from core.hparams import check_plain, validate_hparams
 
         ckpt = load_checkpoint(ckpt_path, expected_task=self.task)
         cls = self.model_class
-        hparams = validate_hparams(cls, ckpt.get("hyper_parameters"), f"checkpoint {ckpt_path}",
-                                   bounds=getattr(cls, "HPARAM_BOUNDS", None),
+        source = f"checkpoint {ckpt_path}"
+        raw = {} if only_meta else ckpt.get("hyper_parameters")
+        meta = ckpt.get(META_KEY)
+        if isinstance(raw, dict) and isinstance(meta, dict):
+            check_plain(meta, f"{source}: metadata")
+            raw = {**raw, **cls.hparams_from_metadata(meta, source)}
+        hparams = validate_hparams(cls, raw, source, bounds=getattr(cls, "HPARAM_BOUNDS", None),
                                    renames=getattr(cls, "HPARAM_RENAMES", None))
         # Values the data module links into the model at instantiation are the data's to decide.
         for name in getattr(cls, "HPARAMS_FROM_DATA", ()):

@@ -87,6 +87,7 @@ class TaskCheckpointMixin:
     HPARAM_RENAMES: ClassVar[Mapping[str, str]] = {}
     HPARAMS_FROM_DATA: ClassVar[tuple[str, ...]] = ()
     FOLDER_FILES: ClassVar[Mapping[str, str]] = {}  # metadata key (dotted) -> its own file in a model folder
+    FOLDER_RAW_FILES: ClassVar[Mapping[str, str]] = {}  # the same for core.model_folder.file_value files (bytes)
 
     # ---------------------------------------------------------------- hooks a task overrides
     def task_metadata(self) -> dict[str, Any]:

@@ -57,6 +57,15 @@ def layer_head_attention(module: Any, src_ids: list[int], tgt_ids: list[int]) ->
         mechanisms, ``T = len(tgt_ids)``, ``S = len(src_ids)``.
     """
     model = module.model
+    t = len(tgt_ids)
+    if hasattr(model, "layer_head_attention"):  # a model that returns them itself (a pretrained Marian)
+        with eval_mode(module):
+            dev = module.device
+            src = torch.tensor([src_ids], dtype=torch.long, device=dev)  # (1, S)
+            lengths = torch.tensor([len(src_ids)], dtype=torch.long, device=dev)  # (1,)
+            tgt_in = torch.tensor([[BOS_ID, *tgt_ids]], dtype=torch.long, device=dev)  # (1, T + 1)
+            layers = model.layer_head_attention(src, lengths, tgt_in)  # (1, H, T + 1, S + 1) each
+        return [w[0, :, :t, :len(src_ids)].float().cpu() for w in layers]
     targets = cross_attention_modules(model)
     captured: list[list[Tensor]] = [[] for _ in targets]
 
@@ -84,7 +93,6 @@ def layer_head_attention(module: Any, src_ids: list[int], tgt_ids: list[int]) ->
     finally:
         for h in handles:
             h.remove()
-    t = len(tgt_ids)
     per_step = len(targets) == 1 and targets[0] is getattr(getattr(model, "decoder", None), "attention", None)
     out = []
     for steps in captured:

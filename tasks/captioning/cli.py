@@ -38,6 +38,24 @@ class CaptionCLI(TaskCLI):
         parser.link_arguments("data.mean", "model.mean")
         parser.link_arguments("data.std", "model.std")
 
+    def before_instantiate_classes(self) -> None:
+        """``--model.encoder hf:...``: images are sized and normalised as the backbone's image processor does
+        (read from its folder, or from the checkpoint of ``--ckpt_path``), for the data and the model."""
+        from core.pretrained import is_hf_spec
+        from tasks.captioning.hf_encoder import vision_settings
+
+        cfg = self.config[self.subcommand] if self.subcommand else self.config
+        encoder = cfg.get("model.encoder")
+        if not is_hf_spec(encoder):
+            return
+        stored = cfg.get("model.pretrained_config")
+        settings = stored.get("processor") if isinstance(stored, dict) else None
+        settings = settings if isinstance(settings, dict) else vision_settings(encoder)
+        for part in ("data", "model"):
+            cfg[f"{part}.image_size"] = int(settings["image_size"])
+            cfg[f"{part}.mean"] = tuple(settings["mean"])
+            cfg[f"{part}.std"] = tuple(settings["std"])
+
 
 def make_cli(argv: Sequence[str], run: bool = True) -> Any:
     """Build the captioning ``LightningCLI`` (benchmarks and tests; ``run=False`` only instantiates).

@@ -20,14 +20,17 @@ from torch import Tensor
 from core.checkpoint import META_KEY
 from core.distributed import dedupe_by_index, gather_objects
 from core.errors import CheckpointError, ConfigError
+from core.finetune import FreezeSchedule, optimizer_groups
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.predict import Prediction
+from core.pretrained import is_hf_spec
 from core.progress_bar import ThroughputMixin
 from core.task_io import TaskCheckpointMixin
 from core.training import configure_optimizer, empty_batch_loss
 from tasks.captioning.data import Batch
 from tasks.captioning.decoder import TransformerCaptionDecoder, show_attend_tell_decoder, upgrade_decoder_v1
-from tasks.captioning.encoder import EncoderName, ImageEncoder
+from tasks.captioning.encoder import ImageEncoder
+from tasks.captioning.hf_encoder import hf_image_encoder
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform
 from tasks.captioning.inference import Caption, CaptionMixin, save_attention_figure  # noqa: F401 - re-exported
 from tasks.captioning.metrics import caption_scores
@@ -67,11 +70,19 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
         vocab: word vocabulary as ``CaptionVocab.to_dict()``; the CLI links it from
             ``data.vocab`` (built from the training captions), so configs never spell it out.
         encoder: CNN backbone: ``tiny`` (from scratch, fast on CPU), ``resnet18/34/50``,
-            ``mobilenet_v3_small/large``.
+            ``mobilenet_v3_small/large``, or ``hf:<hub-id-or-folder>``: a ``transformers`` vision backbone
+            (ViT, DINOv2, ConvNeXt, ResNet, CLIP/SigLIP vision tower; `tasks.captioning.hf_encoder`) whose
+            patch/grid features are attended, with its image processor's size and normalisation.
         pretrained: torchvision weights (``imagenet``/``DEFAULT``/an enum name; needs network
             once) or a local weights file (``state_dict`` of the torchvision model); None = random.
         trainable_blocks: -1 train the whole encoder, 0 freeze it, k fine-tune the last k blocks.
-        grid_size: the encoder's feature map is pooled to ``grid_size x grid_size`` cells.
+        unfreeze_after_steps: ``hf:`` encoders: frozen for this many optimizer steps first (the decoder
+            trains alone), then ``trainable_blocks`` applies; None = from the start.
+        pretrained_config: ``hf:`` encoders: the backbone's config and processor settings as plain data.
+            Filled from a checkpoint's metadata when one is loaded (the backbone is then rebuilt offline,
+            never downloaded); leave it None.
+        grid_size: the encoder's feature map is pooled to ``grid_size x grid_size`` cells (``hf:``
+            encoders: set to their own patch/feature grid).
         encoder_dim: size of each grid feature after projection.
         decoder: ``rnn`` (soft attention, Show-Attend-Tell) or ``transformer``.
         rnn_type: ``lstm`` (the paper's) or ``gru``, for the RNN decoder.
@@ -111,7 +122,8 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
     THROUGHPUT_UNIT = "img"
     HPARAMS_FROM_DATA = ("vocab", "image_size", "mean", "std")
     HPARAM_BOUNDS = {
-        "trainable_blocks": (-1, 1000), "grid_size": (1, 32), "encoder_dim": SIZE, "embed_dim": SIZE,
+        "trainable_blocks": (-1, 1000), "unfreeze_after_steps": STEPS, "grid_size": (1, 64), "encoder_dim": SIZE,
+        "embed_dim": SIZE,
         "hidden_dim": SIZE, "decoder_layers": LAYERS, "num_heads": LAYERS, "ffn_dim": SIZE,
         "alpha_reg": (0.0, 1000.0), "dropout": FRACTION, "max_len": LENGTH, "lr": RATE, "encoder_lr_scale": RATE,
         "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
@@ -124,9 +136,11 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
     def __init__(
         self,
         vocab: dict[str, Any] | None = None,
-        encoder: EncoderName = "tiny",
+        encoder: str = "tiny",
         pretrained: str | None = None,
         trainable_blocks: int = -1,
+        unfreeze_after_steps: int | None = None,
+        pretrained_config: dict[str, Any] | None = None,
         grid_size: int = 6,
         encoder_dim: int = 256,
         decoder: Literal["rnn", "transformer"] = "rnn",
@@ -169,7 +183,12 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
             self.vocab = CaptionVocab.from_dict(vocab)
         except ValueError as err:
             raise ConfigError(f"model.vocab: not a captioning word vocabulary: {err}") from None
-        self.encoder = ImageEncoder(encoder, encoder_dim, grid_size, pretrained, trainable_blocks, dropout=0.0)
+        self.pretrained_info: dict[str, Any] | None = None
+        if is_hf_spec(encoder):
+            self.encoder: Any = self._hf_encoder(encoder, pretrained_config, encoder_dim, image_size, mean, std,
+                                                 trainable_blocks, unfreeze_after_steps)
+        else:
+            self.encoder = ImageEncoder(encoder, encoder_dim, grid_size, pretrained, trainable_blocks, dropout=0.0)
         v = len(self.vocab)
         if decoder == "rnn":
             self.decoder: Any = show_attend_tell_decoder(
@@ -181,11 +200,25 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
                 v, encoder_dim, hidden_dim, decoder_layers, num_heads, ffn_dim, dropout, max(max_len + 2, 128))
         else:
             raise ConfigError(f"model.decoder={decoder!r}: expected 'rnn' or 'transformer'")
+        cells = getattr(getattr(self.decoder, "feat_pos", None), "shape", (0, 10**9))[1]
+        if self.hparams.grid_size ** 2 > cells:  # an hf: backbone's own grid may be larger than the positions
+            raise ConfigError(f"model.encoder={encoder}: its {self.hparams.grid_size}x{self.hparams.grid_size} feature "
+                              f"grid has more cells than the transformer decoder's {cells} positions; use "
+                              f"model.decoder=rnn or a smaller data.image_size")
         self._transform = eval_transform(image_size, tuple(mean), tuple(std))
         # (dataset index, (hypothesis, references)) per evaluated image; the index drops DDP padding repeats
         self._val_out: list[tuple[int, tuple[str, list[str]]]] = []
         self._test_out: dict[int, list[tuple[int, tuple[str, list[str]]]]] = {}
         self._plot_batch: Tensor | None = None
+
+    def _hf_encoder(self, encoder: str, stored: dict[str, Any] | None, dim: int, image_size: int,
+                    mean: tuple[float, ...], std: tuple[float, ...], trainable_blocks: int,
+                    unfreeze_after_steps: int | None) -> Any:
+        """The ``hf:`` backbone (`tasks.captioning.hf_encoder`); ``grid_size`` becomes its feature grid."""
+        enc, self.pretrained_info = hf_image_encoder(encoder, stored, dim, image_size, trainable_blocks,
+                                                     unfreeze_after_steps, mean, std)
+        self.hparams["grid_size"] = enc.grid_size
+        return enc
 
     @classmethod
     def upgrade_hparams(cls, hparams: dict[str, Any], version: int) -> dict[str, Any]:
@@ -351,6 +384,9 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
+        groups = optimizer_groups(self, self.hparams.encoder_lr_scale)  # hf: backbone, projection, decoder
+        if groups is not None:
+            return configure_optimizer(self, groups)
         enc = [p for p in self.encoder.parameters() if p.requires_grad]
         dec = [p for p in self.decoder.parameters() if p.requires_grad]
         return configure_optimizer(self, [(enc, self.hparams.encoder_lr_scale), (dec, 1.0)])
@@ -359,8 +395,15 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
     def task_metadata(self) -> dict[str, Any]:
         """The vocabulary and the image preprocessing, so the checkpoint alone can caption."""
         hp = self.hparams
-        return {"vocab": self.vocab.to_dict(), "image_size": int(hp.image_size), "mean": [float(x) for x in hp.mean],
+        meta = {"vocab": self.vocab.to_dict(), "image_size": int(hp.image_size), "mean": [float(x) for x in hp.mean],
                 "std": [float(x) for x in hp.std], "grid_size": int(hp.grid_size)}
+        if self.pretrained_info is not None:  # the hf: backbone's config: rebuilt from it, offline
+            meta["pretrained"] = self.pretrained_info
+        return meta
+
+    def configure_callbacks(self) -> list[Any]:
+        """`core.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
+        return [FreezeSchedule()] if self.pretrained_info is not None else []
 
     @classmethod
     def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -368,6 +411,8 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
         so loading never downloads or reads backbone weights."""
         out: dict[str, Any] = {k: meta[k] for k in ("vocab", "image_size", "grid_size", "mean", "std") if k in meta}
         out["pretrained"] = None
+        if isinstance(meta.get("pretrained"), dict):  # an hf: backbone: rebuilt from its stored config
+            out["pretrained_config"] = meta["pretrained"]
         return out
 
     def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:

@@ -64,7 +64,8 @@ def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
     Returns:
         `feats (B, T, F)` zero-padded, `feat_lens (B,)`, `tokens (B, L)` pad-padded, `token_lens (B,)`,
         `texts` list[str], `ids` list[str], `indices` (positions in the split: input order for predict),
-        `skipped` = tensor(0) (the dataset sets it).
+        `skipped` = tensor(0) (the dataset sets it); with waveforms in the items (`wav (N_i,)`) also
+        `wavs (B, N)` zero-padded and `wav_lens (B,)`.
     """
     b = len(items)
     t_max = max(it["feats"].shape[0] for it in items)
@@ -75,7 +76,12 @@ def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
     for i, it in enumerate(items):
         feats[i, : it["feats"].shape[0]] = it["feats"]
         tokens[i, : it["tokens"].numel()] = it["tokens"]
+    extra: dict[str, Any] = {}
+    if "wav" in items[0]:  # raw audio for encoders that read waveforms (tasks.speech.hf_encoder)
+        extra["wavs"] = torch.nn.utils.rnn.pad_sequence([it["wav"] for it in items], batch_first=True)  # (B, N)
+        extra["wav_lens"] = torch.tensor([it["wav"].numel() for it in items])
     return {
+        **extra,
         "feats": feats,
         "feat_lens": torch.tensor([it["feats"].shape[0] for it in items]),
         "tokens": tokens,
@@ -104,11 +110,14 @@ class BucketedSpeechDataset(Dataset):
         max_batch: cap on utterances per batch.
         seed: seed for tie-breaking between equal lengths (batch composition is deterministic).
         split: split name used in warnings.
+        waveforms: also carry each utterance's 16 kHz waveform (`wavs`, `wav_lens` in the batch).
     """
 
     def __init__(self, utts: list[Utterance], tokenizer: BaseTokenizer, feature_cfg: FeatureConfig,
-                 max_frames: int = 20000, max_batch: int = 64, seed: int = 0, split: str = "train") -> None:
+                 max_frames: int = 20000, max_batch: int = 64, seed: int = 0, split: str = "train",
+                 waveforms: bool = False) -> None:
         self.utts, self.tokenizer = utts, tokenizer
+        self.waveforms = waveforms
         self.logmel = LogMel(feature_cfg)
         hop = feature_cfg.hop_length / feature_cfg.sample_rate
         rng = random.Random(seed)
@@ -143,8 +152,11 @@ class BucketedSpeechDataset(Dataset):
             self._skip(f"{u.name}: the audio is digital silence")
             return None
         text = normalize_text(u.text)
-        return {"feats": self.logmel(wav), "tokens": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
+        item = {"feats": self.logmel(wav), "tokens": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
                 "text": text, "id": u.name, "index": i}
+        if self.waveforms:
+            item["wav"] = wav
+        return item
 
     def _skip(self, why: str) -> None:
         """Count a skipped utterance; warn for the first few only (a bad corpus must not flood the log)."""
@@ -275,6 +287,9 @@ class SpeechDataModule(L.LightningDataModule):
         self.feature_cfg = FeatureConfig()
         self.splits: dict[str, list[Utterance]] = {}
         self.feature_stats: tuple[Tensor, Tensor] | None = None
+        # Set by a model that reads raw audio (an hf: encoder) before the loaders are made: batches then also
+        # carry the padded waveforms.
+        self.waveforms = False
 
     # -- synthesised corpus -------------------------------------------------------------------
     def _synth_kwargs(self) -> dict[str, Any]:
@@ -378,7 +393,7 @@ class SpeechDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
         ds = BucketedSpeechDataset(self.splits[split], self.tokenizer, self.feature_cfg, h.max_frames,
-                                   h.max_batch, h.seed, split=split)
+                                   h.max_batch, h.seed, split=split, waveforms=self.waveforms)
         return DataLoader(ds, batch_size=None, shuffle=shuffle, num_workers=h.num_workers,
                           persistent_workers=h.num_workers > 0 and split == "train")
 

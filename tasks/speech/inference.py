@@ -73,7 +73,8 @@ class TranscribeMixin:
 
     @torch.no_grad()
     def decode_features(self, feats: Tensor, lens: Tensor, beam: int = 5, nbest: int = 1,
-                        with_attention: bool = False) -> list[list[Hypothesis]]:
+                        with_attention: bool = False, wavs: Tensor | None = None,
+                        wav_lens: Tensor | None = None) -> list[list[Hypothesis]]:
         """Beam search, the n-best rescored with CTC.
 
         Args:
@@ -82,13 +83,20 @@ class TranscribeMixin:
             beam: beam width (1 = greedy).
             nbest: hypotheses returned per utterance (<= beam).
             with_attention: keep each hypothesis' attention `(T_out, S_enc)`.
+            wavs: `(B, N)` 16 kHz waveforms, for an encoder that reads them (``reads_waveforms``).
+            wav_lens: their valid samples `(B,)`.
 
         Returns:
             Per utterance, ``nbest`` hypotheses sorted by the joint score.
         """
         hp, tk = self.hparams, self.tokenizer  # type: ignore[attr-defined]
         with eval_mode(self):  # type: ignore[arg-type]
-            enc, mask, ctc_lp = self.model.encode(self.stats(feats), lens)  # type: ignore[attr-defined]
+            if getattr(self, "reads_waveforms", False):
+                if wavs is None or wav_lens is None:
+                    raise ValueError("this model's encoder reads waveforms: pass wavs and wav_lens")
+                enc, mask, ctc_lp = self.model.encode(wavs, wav_lens)  # type: ignore[attr-defined]
+            else:
+                enc, mask, ctc_lp = self.model.encode(self.stats(feats), lens)  # type: ignore[attr-defined]
             dec = self.model.decoder  # type: ignore[attr-defined]
             # CTC rescoring needs alternatives: keep the whole beam when CTC has a say.
             keep = beam if hp.ctc_weight > 0 else nbest
@@ -156,14 +164,15 @@ class TranscribeMixin:
         """
         max_s = self.max_chunk_seconds or 15.0  # type: ignore[attr-defined]
         dev = self.device  # type: ignore[attr-defined]
-        chunks: list[tuple[int, float, Tensor, bool]] = []  # (input index, start s, features (T, F), silent)
+        # (input index, start s, features (T, F), silent, waveform (N,))
+        chunks: list[tuple[int, float, Tensor, bool, Tensor]] = []
         with eval_mode(self):  # type: ignore[arg-type]
             for i, src in enumerate(inputs):
                 wav = load_audio(src)
                 for a, b in split_on_silence(wav, max_s):
                     piece = wav[a:b]
                     # the front end's filterbank lives on the module's device (e.g. after map_location="cuda")
-                    chunks.append((i, a / SAMPLE_RATE, self.logmel(piece.to(dev)), is_silent(piece)))  # type: ignore[attr-defined]
+                    chunks.append((i, a / SAMPLE_RATE, self.logmel(piece.to(dev)), is_silent(piece), piece))  # type: ignore[attr-defined]
             # Decode the non-silent chunks sorted by length so batches carry little padding.
             todo = sorted((j for j, c in enumerate(chunks) if not c[3]), key=lambda j: chunks[j][2].shape[0])
             decoded: dict[int, list[Hypothesis]] = {}
@@ -172,10 +181,16 @@ class TranscribeMixin:
                 feats = [chunks[j][2] for j in idx]
                 lens = torch.tensor([f.shape[0] for f in feats], device=dev)
                 batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(dev)  # (B, T, F)
-                hyps = self.decode_features(batch, lens, beam=beam, nbest=nbest, with_attention=return_attention)
+                wavs = wav_lens = None
+                if getattr(self, "reads_waveforms", False):
+                    waves = [chunks[j][4] for j in idx]
+                    wavs = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True).to(dev)  # (B, N)
+                    wav_lens = torch.tensor([w.numel() for w in waves], device=dev)
+                hyps = self.decode_features(batch, lens, beam=beam, nbest=nbest, with_attention=return_attention,
+                                            wavs=wavs, wav_lens=wav_lens)
                 decoded.update(zip(idx, hyps))
         per_input: list[list[tuple[list[Hypothesis], ChunkAlignment | None]]] = [[] for _ in inputs]
-        for j, (i, start, feats, _) in enumerate(chunks):
+        for j, (i, start, feats, _, _) in enumerate(chunks):
             hyps = decoded.get(j, [])
             best = hyps[0] if hyps else None
             align = (ChunkAlignment(feats.T.cpu(), best.attention.cpu(), list(best.text), start)

@@ -248,14 +248,17 @@ class ASRModel(nn.Module):
         attention: `core.attention` mechanism name.
         attention_options: its extra options (default ``{"hidden_dim": 128}`` / ``{"num_heads": 4}``).
         dropout: dropout everywhere.
+        encoder_module: an encoder to use instead of a `SpeechEncoder` (e.g. `tasks.speech.hf_encoder`), called
+            as ``encoder_module(inputs, lengths) -> (states, lengths)`` and with an ``output_dim``.
     """
 
     def __init__(self, vocab_size: int, n_mels: int = 80, encoder: str = "lstm", encoder_dim: int = 192,
                  encoder_layers: int = 3, num_heads: int = 4, hidden_dim: int = 256, embed_dim: int = 64,
                  attention: str = "location", attention_options: dict[str, Any] | None = None,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, encoder_module: nn.Module | None = None) -> None:
         super().__init__()
-        self.encoder = SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout)
+        self.encoder: Any = (encoder_module if encoder_module is not None
+                             else SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout))
         opts = dict(attention_options or {})
         if attention in ("additive", "location"):
             opts.setdefault("hidden_dim", 128)
@@ -266,7 +269,8 @@ class ASRModel(nn.Module):
         self.ctc_head = nn.Linear(self.encoder.output_dim, vocab_size)
 
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """Returns encoder states `(B, S, D)`, their mask `(B, S)` and CTC log-probs `(B, S, V)`."""
+        """Encoder states `(B, S, D)`, their mask `(B, S)` and CTC log-probs `(B, S, V)` of features `(B, T, F)`
+        (or of waveforms `(B, N)` for an `encoder_module` that reads them) and their lengths `(B,)`."""
         enc, lens = self.encoder(feats, lengths)
         mask = lengths_to_mask(lens, enc.shape[1])
         return enc, mask, self.ctc_head(enc).log_softmax(-1)

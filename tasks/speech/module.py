@@ -13,27 +13,34 @@ from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from core.checkpoint import META_KEY
 from core.errors import CheckpointError, ConfigError
+from core.finetune import FreezeSchedule, optimizer_groups
 from core.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
-from core.task_io import TaskCheckpointMixin
 from core.predict import Prediction
+from core.pretrained import is_hf_spec
 from core.progress_bar import ThroughputMixin
-from core.training import configure_optimizer, empty_batch_loss
+from core.task_io import TaskCheckpointMixin
 from core.tokenizers import tokenizer_from_dict
+from core.training import configure_optimizer, empty_batch_loss
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
+from tasks.speech.hf_encoder import hf_speech_encoder
 from tasks.speech.inference import ChunkAlignment, Hypothesis, TranscribeMixin, Transcription  # noqa: F401
 from tasks.speech.model import ASRModel, upgrade_state_dict_v1
 
 __all__ = ["SpeechModule", "Transcription", "ChunkAlignment"]  # the last two re-exported from .inference
 
 TASK = "speech"
+ENCODERS = ("lstm", "pblstm", "transformer", "conformer")
 
 
 class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule):
     """Listen-attend-spell style ASR with joint CTC.
 
     Args:
-        encoder: "lstm" (conv x4 + BiLSTM), "pblstm" (pyramidal BiLSTM), "transformer" or "conformer".
+        encoder: "lstm" (conv x4 + BiLSTM), "pblstm" (pyramidal BiLSTM), "transformer", "conformer", or
+            ``hf:<hub-id-or-folder>``: a pretrained wav2vec2 / HuBERT / WavLM (or Whisper's encoder) read through
+            ``transformers`` from the raw waveform, a learned weighted sum of its layers under the decoder and
+            CTC (`tasks.speech.hf_encoder`; ``encoder_dim``/``encoder_layers``/``num_heads`` are then its own).
         encoder_dim: encoder size (per direction for LSTMs, d_model otherwise).
         encoder_layers: encoder layers.
         num_heads: attention heads of transformer/conformer encoders.
@@ -64,6 +71,13 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
             The per-step tensors of this model are small, so intra-op parallelism buys little and
             its barriers cost a lot when cores are shared: on a busy 2-core machine one thread
             trained at 108 audio-s/s and two threads at 13. DataLoader workers use the other cores.
+        trainable_blocks: ``hf:`` encoders: -1 fine-tune all its Transformer layers, 0 freeze it (only the layer
+            weights and what is above train), k the top k layers; its CNN feature encoder stays frozen.
+        encoder_lr_scale: ``hf:`` encoders: their learning rate is ``lr * encoder_lr_scale``.
+        unfreeze_after_steps: ``hf:`` encoders: frozen for this many optimizer steps first (decoder and CTC
+            train alone), then ``trainable_blocks`` applies; None = from the start.
+        pretrained_config: ``hf:`` encoders: their config and feature-extractor settings as plain data; filled
+            from a checkpoint's metadata when one is loaded (rebuilt offline, never downloaded); leave it None.
     """
 
     TASK = TASK
@@ -74,7 +88,8 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         "embed_dim": SIZE, "ctc_weight": (0.0, 1.0), "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE,
         "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
         "min_lr_ratio": (0.0, 1.0), "beam_size": BEAM, "length_penalty": (-10.0, 10.0), "plot_examples": (0, 1000),
-        "max_chunk_seconds": (1.0, 600.0), "cpu_threads": (1, 1024),
+        "max_chunk_seconds": (1.0, 600.0), "cpu_threads": (1, 1024), "trainable_blocks": (-1, 1000),
+        "encoder_lr_scale": RATE, "unfreeze_after_steps": STEPS,
     }
     # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
     HPARAM_RENAMES = {"encoder_hidden": "encoder_dim", "encoder_heads": "num_heads", "decoder_hidden": "hidden_dim"}
@@ -82,7 +97,7 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
 
     def __init__(
         self,
-        encoder: Literal["lstm", "pblstm", "transformer", "conformer"] = "lstm",
+        encoder: str = "lstm",
         encoder_dim: int = 160,
         encoder_layers: int = 2,
         num_heads: int = 4,
@@ -107,18 +122,31 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         plot_examples: int = 2,
         max_chunk_seconds: float | None = None,
         cpu_threads: int | None = 1,
+        trainable_blocks: int = -1,
+        encoder_lr_scale: float = 1.0,
+        unfreeze_after_steps: int | None = None,
+        pretrained_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
             raise ConfigError(f"model.ctc_weight must be in [0, 1], got {ctc_weight}")
+        if not is_hf_spec(encoder) and encoder not in ENCODERS:
+            raise ConfigError(f"model.encoder={encoder!r}: expected one of {', '.join(ENCODERS)} or "
+                              f"hf:<hub-id-or-folder> (a pretrained wav2vec2 / HuBERT / WavLM / Whisper)")
         self.save_hyperparameters()
         self.tokenizer = make_char_tokenizer()
         self.feature_cfg = FeatureConfig()
         self.logmel = LogMel(self.feature_cfg)
         self.stats = FeatureStats(self.feature_cfg.n_mels)
         self.specaug = SpecAugment() if spec_augment else None
+        self.pretrained_info: dict[str, Any] | None = None
+        hf_encoder = None
+        if is_hf_spec(encoder):
+            hf_encoder, self.pretrained_info = hf_speech_encoder(encoder, pretrained_config, trainable_blocks,
+                                                                 unfreeze_after_steps)
         self.model = ASRModel(self.tokenizer.vocab_size, self.feature_cfg.n_mels, encoder, encoder_dim,
-                              encoder_layers, num_heads, hidden_dim, embed_dim, attention, attention_options, dropout)
+                              encoder_layers, num_heads, hidden_dim, embed_dim, attention, attention_options, dropout,
+                              encoder_module=hf_encoder)
         self.max_chunk_seconds = max_chunk_seconds
         self.val_cer, self.val_wer = CharErrorRate(), WordErrorRate()
         self.test_cer, self.test_wer = CharErrorRate(), WordErrorRate()
@@ -133,6 +161,8 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None:
             return
+        if self.reads_waveforms and hasattr(dm, "waveforms"):
+            dm.waveforms = True  # before the loaders are made: batches carry the raw audio too
         if not bool(self.stats.initialized) and getattr(dm, "feature_stats", None) is not None:
             self.stats.set(*dm.feature_stats)
         if self.max_chunk_seconds is None and getattr(dm, "splits", None):
@@ -148,14 +178,31 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         """Seconds of audio in a host batch (10 ms frames)."""
         return float(batch["feat_lens"].sum()) * self.feature_cfg.hop_length / self.feature_cfg.sample_rate
 
+    @property
+    def reads_waveforms(self) -> bool:
+        """Whether the encoder reads raw 16 kHz audio (an ``hf:`` encoder) instead of log-mel features."""
+        return self.pretrained_info is not None
+
     def task_metadata(self) -> dict[str, Any]:
         """Units, feature front end and statistics, chunking range: the checkpoint alone can transcribe."""
-        return {
+        meta = {
             "units": self.tokenizer.to_dict(),
             "feature_config": self.feature_cfg.to_dict(),
             "feature_stats": {"mean": self.stats.mean.tolist(), "std": self.stats.std.tolist()},
             "max_chunk_seconds": self.max_chunk_seconds,
         }
+        if self.pretrained_info is not None:  # the hf: encoder's config: rebuilt from it, offline
+            meta["pretrained"] = self.pretrained_info
+        return meta
+
+    @classmethod
+    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """An ``hf:`` encoder is rebuilt from the config stored with it: loading never downloads it."""
+        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
+
+    def configure_callbacks(self) -> list[Any]:
+        """`core.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
+        return [FreezeSchedule()] if self.pretrained_info is not None else []
 
     def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
         """Units, front end and chunking range from the file (validated: it is untrusted)."""
@@ -209,10 +256,13 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         zeroes their CTC loss, so they only train the attention decoder; they are counted, not
         filtered out, because the attention loss is still valid for them.
         """
-        feats = self.stats(batch["feats"])  # (B, T, F)
-        if self.specaug is not None and self.training:
-            feats = self.specaug(feats)
-        enc, mask, ctc_lp = self.model.encode(feats, batch["feat_lens"])  # (B, S, D), (B, S), (B, S, V)
+        if self.reads_waveforms:
+            enc, mask, ctc_lp = self.model.encode(batch["wavs"], batch["wav_lens"])  # (B, N) audio in
+        else:
+            feats = self.stats(batch["feats"])  # (B, T, F)
+            if self.specaug is not None and self.training:
+                feats = self.specaug(feats)
+            enc, mask, ctc_lp = self.model.encode(feats, batch["feat_lens"])  # (B, S, D), (B, S), (B, S, V)
         inputs, targets = self._targets(batch["tokens"], batch["token_lens"])
         logits, _ = self.model.decoder(enc, mask, inputs)  # (B, L+1, V)
         ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.tokenizer.pad_id,
@@ -296,7 +346,8 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         losses = self._losses(batch)
         self.log(f"{stage}/loss", losses["loss"], prog_bar=True, batch_size=b, sync_dist=True)
         hyps = [h[0] for h in self.decode_features(batch["feats"], batch["feat_lens"], beam=self.hparams.beam_size,
-                                                   with_attention=(stage == "val" and batch_idx == 0))]
+                                                   with_attention=(stage == "val" and batch_idx == 0),
+                                                   wavs=batch.get("wavs"), wav_lens=batch.get("wav_lens"))]
         texts = [h.text for h in hyps]
         cer, wer = (self.val_cer, self.val_wer) if stage == "val" else (self.test_cer, self.test_wer)
         cer.update(texts, batch["texts"])
@@ -316,7 +367,8 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         """One ``(position in the split, (utterance id, transcript))`` row per utterance."""
         if batch.get("empty"):
             return []
-        hyps = self.decode_features(batch["feats"], batch["feat_lens"], beam=self.hparams.beam_size)
+        hyps = self.decode_features(batch["feats"], batch["feat_lens"], beam=self.hparams.beam_size,
+                                    wavs=batch.get("wavs"), wav_lens=batch.get("wav_lens"))
         return [Prediction(int(i), (u, h[0].text)) for i, u, h in zip(batch["indices"], batch["ids"], hyps)]
 
     def _plot(self, batch: dict[str, Any], hyps: list[Hypothesis]) -> None:
@@ -336,4 +388,4 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
             log_figure(self, f"val/alignment_{i}", fig)
 
     def configure_optimizers(self) -> Any:
-        return configure_optimizer(self)
+        return configure_optimizer(self, optimizer_groups(self, self.hparams.encoder_lr_scale))

@@ -10,6 +10,7 @@ Usage::
     attn-translate translate --ckpt PATH "I love you" "the red car"    # one translation per line
     echo "I love you" | attn-translate translate --ckpt PATH           # stdin, streamed in batches
     attn-translate translate --ckpt PATH --beam 5 --nbest 3 --plot plots/ "she sees them"
+    attn-translate translate --ckpt PATH --plot plots/ --heads "she sees them"    # + one figure per head
     attn-translate export --ckpt PATH --out my-model [--push ORG/NAME]
 
 ``translate`` prints one line per input line (an empty or unreadable line gets an empty line, so line i
@@ -85,14 +86,33 @@ def _decode(model: Any, loaded: list[tuple[int, str]], args: argparse.Namespace)
                 return []
             best = hyps[0]
             fig = plot_alignment(best.attention, best.src_tokens, best.tgt_tokens, title=f"{text} → {best.text}")
-            return [save_figure(fig, stem.with_suffix(".png"))]
+            paths = [save_figure(fig, stem.with_suffix(".png"))]
+            if args.heads:
+                paths += _head_figures(model, text, best, stem)
+            return paths
 
         outputs.append(Output(rows, plot))
     return outputs
 
 
+def _head_figures(model: Any, text: str, best: Any, stem: Path) -> list[Path]:
+    """``--heads``: one alignment per head of the last decoder layer's cross-attention (``STEM_headK.png``)."""
+    from core.viz import plot_alignment, save_figure
+    from tasks.app.heads import layer_head_attention, target_ids
+
+    ids = model.src_tokenizer.encode(text)[: model.hparams.max_source_tokens]
+    last = layer_head_attention(model, ids, target_ids(model.tgt_tokenizer, best.tgt_tokens))[-1]  # (H, T, S)
+    if last.shape[0] == 1:  # one head: the averaged figure is already it
+        return []
+    return [save_figure(plot_alignment(w, best.src_tokens, best.tgt_tokens, title=f"{best.text} (head {h + 1})"),
+                        stem.parent / f"{stem.name}_head{h + 1}.png") for h, w in enumerate(last)]
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", help="sentences; none = read stdin line by line (streamed in batches)")
+    p.add_argument("--heads", action="store_true",
+                   help="with --plot: also one figure per head of the last decoder layer's cross-attention "
+                        "(Transformer and pretrained Marian models; the main figure averages the heads)")
 
 
 def _spec() -> InferenceSpec:

@@ -37,7 +37,10 @@ from core.task_io import TaskCheckpointMixin
 from core.tokenizers import BaseTokenizer, tokenizer_from_dict
 from core.training import configure_optimizer, log_figure
 from tasks.translation.inference import TranslateMixin, Translation  # noqa: F401 - Translation re-exported
+from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
+from tasks.translation.marian_tokenizer import files_from_metadata, files_to_metadata, marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
+from tasks.translation.models.marian import load_marian, marian_network
 from tasks.translation.models.rnn import upgrade_state_dict_v1
 
 TASK = "translation"
@@ -57,6 +60,11 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
     if not isinstance(toks, dict) or not all(isinstance(toks.get(k), dict) for k in ("src", "tgt")):
         raise CheckpointError(f"{source} has no tokenizers (expected '{META_KEY}' -> 'tokenizers' "
                               f"-> 'src'/'tgt'); it was not written by this translation task or was modified")
+    if toks["src"].get("type") == "marian":  # a pretrained Marian model's own tokenizer, files stored once
+        try:
+            return marian_tokenizers(files_from_metadata(meta, source), source)
+        except ConfigError as err:
+            raise CheckpointError(str(err)) from None
     out = []
     for side in ("src", "tgt"):
         try:
@@ -73,8 +81,10 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
     """Sequence-to-sequence translation with attention.
 
     Args:
-        arch: ``rnn`` (bidirectional GRU/LSTM encoder, attentional decoder with input feeding) or
-            ``transformer`` (pre-norm encoder–decoder on core multi-head attention).
+        arch: ``rnn`` (bidirectional GRU/LSTM encoder, attentional decoder with input feeding),
+            ``transformer`` (pre-norm encoder–decoder on core multi-head attention) or ``marian``: a pretrained
+            MarianMT from ``pretrained``, with its own tokenizer (`tasks.translation.models.marian`; the size
+            options do not apply).
         embed_dim: embedding size (RNN; the Transformer uses ``hidden_dim`` as d_model).
         hidden_dim: decoder width: RNN decoder size / Transformer d_model.
         encoder_layers: encoder layers.
@@ -104,6 +114,12 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         val_bleu_sentences: decode at most this many validation sentences per validation for BLEU
             (None = all); the loss always uses all.
         plot_examples: fixed validation sentences whose attention heatmaps are logged.
+        pretrained: ``marian``: the MarianMT model to fine-tune, a hub id (``Helsinki-NLP/opus-mt-en-es``) or a
+            local folder (``hf:`` prefix allowed).
+        trainable_blocks: ``marian``: -1 fine-tune all, k > 0 only its last k decoder layers (there is no
+            ``unfreeze_after_steps``: a Marian model has no new layers that could train while it is frozen).
+        pretrained_config: ``marian``: its config as plain data; filled from a checkpoint's metadata when one is
+            loaded (rebuilt offline, never downloaded); leave it None.
     """
 
     TASK = TASK
@@ -115,16 +131,19 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
         "min_lr_ratio": (0.0, 1.0), "beam_size": BEAM, "length_penalty": (-10.0, 10.0), "max_len": LENGTH,
         "max_source_tokens": LENGTH, "val_bleu_sentences": (0, 10**9), "plot_examples": (0, 1000),
+        "trainable_blocks": (-1, 1000),
     }
     # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
     HPARAM_RENAMES = {"emb_dim": "embed_dim", "enc_layers": "encoder_layers", "dec_layers": "decoder_layers",
                       "ff_dim": "ffn_dim", "val_beam": "beam_size", "num_plot_sentences": "plot_examples",
                       "max_decode_len": "max_len"}
     FOLDER_FILES = {"tokenizers.src": "tokenizer_src.json", "tokenizers.tgt": "tokenizer_tgt.json"}
+    # a Marian model's own tokenizer files, byte for byte (`tasks.translation.marian_tokenizer`)
+    FOLDER_RAW_FILES = {f"hf_tokenizer.{name}": name for name in MARIAN_FILES}
 
     def __init__(
         self,
-        arch: Literal["rnn", "transformer"] = "rnn",
+        arch: Literal["rnn", "transformer", "marian"] = "rnn",
         embed_dim: int = 256,
         hidden_dim: int = 256,
         encoder_layers: int = 1,
@@ -151,6 +170,9 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         max_source_tokens: int = 100,
         val_bleu_sentences: int | None = None,
         plot_examples: int = 3,
+        pretrained: str | None = None,
+        trainable_blocks: int = -1,
+        pretrained_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -159,8 +181,24 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         self.model: nn.Module | None = None
         self.src_tokenizer: BaseTokenizer | None = None
         self.tgt_tokenizer: BaseTokenizer | None = None
+        self.pretrained_info: dict[str, Any] | None = None  # marian: {"source", "model_type", "config"}
+        self.hf_tokenizer_files: dict[str, bytes] | None = None  # marian: its tokenizer files
+        if arch == "marian":
+            self._init_marian(pretrained, pretrained_config)
+        elif pretrained is not None:
+            raise ConfigError(f"--model.pretrained is for --model.arch marian, not {arch!r}")
         # prefix -> [(dataset index, (hypothesis, reference))]; the index lets DDP padding repeats be dropped
         self._eval_outputs: dict[str, list[tuple[int, tuple[str, str]]]] = {}
+
+    def _init_marian(self, pretrained: str | None, stored: dict[str, Any] | None) -> None:
+        """``arch=marian``: from a checkpoint's stored config (offline; tokenizers come with its metadata), or
+        the pretrained model and its tokenizer read from ``pretrained`` (a hub id, downloaded once, or a folder)."""
+        if stored is not None:
+            self.pretrained_info = dict(stored)
+            return
+        backbone, self.hf_tokenizer_files, self.pretrained_info = load_marian(pretrained)
+        self.set_tokenizers(*marian_tokenizers(self.hf_tokenizer_files, f"--model.pretrained={pretrained}"))
+        self.build_model(backbone)
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
@@ -174,15 +212,23 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         """Attach the tokenizers (vocabulary sizes decide the embedding shapes)."""
         self.src_tokenizer, self.tgt_tokenizer = src, tgt
 
-    def build_model(self) -> None:
-        """Create the network from the hyperparameters and the attached tokenizers (idempotent)."""
+    def build_model(self, pretrained: nn.Module | None = None) -> None:
+        """Create the network from the hyperparameters and the attached tokenizers (idempotent).
+
+        Args:
+            pretrained: ``marian``: the loaded ``MarianMTModel`` (default: rebuilt from ``pretrained_info``).
+        """
         if self.model is not None:
             return
         if self.src_tokenizer is None or self.tgt_tokenizer is None:
             raise RuntimeError("set_tokenizers() (or a data module with tokenizers) is needed before build_model()")
         hp = self.hparams
         sv, tv = self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size
-        if hp.arch == "rnn":
+        if hp.arch == "marian":
+            assert self.pretrained_info is not None
+            self.model = marian_network(self.pretrained_info, pretrained, tv, hp.trainable_blocks,
+                                        max(hp.max_len, hp.max_source_tokens))
+        elif hp.arch == "rnn":
             self.model = RNNSeq2Seq(sv, tv, hp.embed_dim, hp.hidden_dim, hp.encoder_layers, hp.decoder_layers,
                                     hp.rnn_type, hp.attention, hp.attention_options, hp.dropout, hp.tie_embeddings)
         elif hp.arch == "transformer":
@@ -190,10 +236,14 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
                                             hp.decoder_layers, hp.dropout, hp.tie_embeddings,
                                             max_positions=max(512, hp.max_len + 1, hp.max_source_tokens))
         else:
-            raise ConfigError(f"--model.arch must be 'rnn' or 'transformer', got {hp.arch!r}")
+            raise ConfigError(f"--model.arch must be 'rnn', 'transformer' or 'marian', got {hp.arch!r}")
 
     def setup(self, stage: str) -> None:
         """Take the tokenizers from the data module (unless already set) and build the network."""
+        if self.hparams.arch == "marian" and self.src_tokenizer is None:
+            # Rebuilt from a checkpoint's config (--ckpt_path): its tokenizers (never the data module's) arrive
+            # with the checkpoint's metadata when Lightning restores it; restore_metadata builds the network.
+            return
         if self.src_tokenizer is None:
             dm = self.trainer.datamodule if self._trainer is not None else None
             src, tgt = getattr(dm, "src_tokenizer", None), getattr(dm, "tgt_tokenizer", None)
@@ -214,7 +264,18 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
     def task_metadata(self) -> dict[str, Any]:
         """The tokenizers (plain dicts), so the checkpoint alone can translate."""
         assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
-        return {"tokenizers": {"src": self.src_tokenizer.to_dict(), "tgt": self.tgt_tokenizer.to_dict()}}
+        meta: dict[str, Any] = {"tokenizers": {"src": self.src_tokenizer.to_dict(),
+                                               "tgt": self.tgt_tokenizer.to_dict()}}
+        if self.pretrained_info is not None:  # marian: its config (rebuilt from it, offline) and tokenizer files
+            meta["pretrained"] = self.pretrained_info
+        if self.hf_tokenizer_files is not None:
+            meta["hf_tokenizer"] = files_to_metadata(self.hf_tokenizer_files)
+        return meta
+
+    @classmethod
+    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """A Marian model is rebuilt from the config stored with it: loading never downloads it."""
+        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
 
     def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
         """Take the file's tokenizers and build the network for them.
@@ -227,6 +288,8 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
                 and self.src_tokenizer.to_dict() == toks.get("src") and self.tgt_tokenizer.to_dict() == toks.get("tgt"):
             return
         src, tgt = tokenizers_from_metadata(meta, source)
+        if getattr(src, "kind", None) == "marian":
+            self.hf_tokenizer_files = files_from_metadata(meta, source)
         had_data_tokenizers = self.src_tokenizer is not None
         self.set_tokenizers(src, tgt)
         self.model = None
@@ -288,6 +351,9 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
+        if self.model is None:
+            raise ConfigError("--model.pretrained_config is filled from checkpoints; to start from a pretrained "
+                              "Marian model give --model.pretrained (or --ckpt_path for its checkpoint)")
         return configure_optimizer(self)
 
     # ------------------------------------------------------------------ evaluation
