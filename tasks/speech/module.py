@@ -168,7 +168,9 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         if self.max_chunk_seconds is None and getattr(dm, "splits", None):
             durs = [u.duration or 0.0 for u in dm.splits.get("train", [])]
             if durs:
-                self.max_chunk_seconds = float(max(durs))
+                # within the bounds a checkpoint may hold (1-600 s): clips shorter than a second still make a
+                # loadable checkpoint, and longer audio is cut where it must be anyway
+                self.max_chunk_seconds = float(min(600.0, max(1.0, max(durs))))
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:

@@ -8,7 +8,6 @@ the exit status and stderr (``error:`` prefix, the file named, no traceback).
 from __future__ import annotations
 
 import re
-
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -510,3 +509,22 @@ def test_zero_feature_std_is_refused(tiny_ckpt: Path, tmp_path: Path) -> None:
     torch.save(ckpt, tmp_path / "t.ckpt")
     with pytest.raises(CheckpointError, match="zero/negative std"):
         SpeechModule.load_from_checkpoint(tmp_path / "t.ckpt")
+
+
+def test_short_training_clips_still_give_a_loadable_checkpoint(tmp_path: Path) -> None:
+    """Trained only on clips under a second, the stored chunk length is clamped into what loading accepts."""
+    from types import SimpleNamespace
+
+    from tiny_models import save_checkpoint, tiny_speech
+
+    from tasks.speech.module import SpeechModule
+
+    m = tiny_speech()
+    m.max_chunk_seconds = None
+    dm = SimpleNamespace(splits={"train": [Utterance("a.wav", "x", duration=0.4)]}, feature_stats=None)
+    m._trainer = SimpleNamespace(datamodule=dm, strategy=SimpleNamespace(root_device=torch.device("cpu")))  # type: ignore[assignment]
+    m.setup("fit")
+    assert m.max_chunk_seconds == 1.0
+    m._trainer = None
+    again = SpeechModule.load_from_checkpoint(save_checkpoint(m, tmp_path / "s.ckpt"))
+    assert again.max_chunk_seconds == 1.0
