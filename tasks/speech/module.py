@@ -21,6 +21,7 @@ from core.tokenizers import tokenizer_from_dict
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, load_audio, split_on_silence
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
+from tasks.speech.guided import guided_attention_loss
 from tasks.speech.model import ASRModel
 
 __all__ = ["SpeechModule", "Transcription", "ChunkAlignment"]
@@ -83,6 +84,9 @@ class SpeechModule(L.LightningModule):
             The per-step tensors of this model are small, so intra-op parallelism buys little and
             its barriers cost a lot when cores are shared: on a busy 2-core machine one thread
             trained at 108 audio-s/s and two threads at 13. DataLoader workers use the other cores.
+        guided_attention_weight: weight of the guided attention loss (`tasks.speech.guided`), a
+            diagonal prior that makes the decoder find the monotonic alignment early (0 = off).
+        guided_attention_sigma: width of that prior's diagonal band, as a fraction of the utterance.
     """
 
     def __init__(
@@ -107,6 +111,8 @@ class SpeechModule(L.LightningModule):
         plot_examples: int = 2,
         max_chunk_seconds: float | None = None,
         cpu_threads: int | None = 1,
+        guided_attention_weight: float = 0.0,
+        guided_attention_sigma: float = 0.2,
     ) -> None:
         super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
@@ -233,7 +239,7 @@ class SpeechModule(L.LightningModule):
             feats = self.specaug(feats)
         enc, mask, ctc_lp = self.model.encode(feats, batch["feat_lens"])  # (B, S, D), (B, S), (B, S, V)
         inputs, targets = self._targets(batch["tokens"], batch["token_lens"])
-        logits, _ = self.model.decoder(enc, mask, inputs)  # (B, L+1, V)
+        logits, att = self.model.decoder(enc, mask, inputs)  # (B, L+1, V), (B, L+1, S)
         ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.tokenizer.pad_id,
                              label_smoothing=self.hparams.label_smoothing)
         w = self.hparams.ctc_weight
@@ -247,6 +253,11 @@ class SpeechModule(L.LightningModule):
             out["loss"] = (1 - w) * ce + w * out["ctc"]
         else:
             out["loss"] = ce
+        ga = self.hparams.get("guided_attention_weight", 0.0)  # .get: checkpoints saved before it existed
+        if ga > 0 and self.training:  # a training prior: validation losses stay comparable across settings
+            out["guided"] = guided_attention_loss(att, batch["token_lens"] + 1, mask.sum(-1),
+                                                  self.hparams.guided_attention_sigma)
+            out["loss"] = out["loss"] + ga * out["guided"]
         return out
 
     @staticmethod
@@ -304,6 +315,8 @@ class SpeechModule(L.LightningModule):
         self.log("train/ce", losses["ce"], batch_size=b)
         if "ctc" in losses:
             self.log("train/ctc", losses["ctc"], batch_size=b)
+        if "guided" in losses:
+            self.log("train/guided", losses["guided"], batch_size=b)
         # audio seconds in this batch: feature frames are 10 ms
         self.log("train/audio_seconds", batch["feat_lens"].sum().float() * self.feature_cfg.hop_length
                  / self.feature_cfg.sample_rate, reduce_fx="sum", batch_size=b)

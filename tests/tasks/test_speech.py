@@ -448,3 +448,54 @@ def test_hf_datasets_saved_to_disk(tmp_path: Path) -> None:
     assert lengths == [SAMPLE_RATE // 2, SAMPLE_RATE // 4]  # 22.05 kHz resampled to 16 kHz
     with pytest.raises(DataError, match="no split 'test'"):
         load_source(f"hf:{saved}", split="test")
+
+
+# ---------------------------------------------------------------------------------------------
+# guided attention (tasks.speech.guided)
+# ---------------------------------------------------------------------------------------------
+def test_guided_attention_loss_prefers_the_diagonal_and_ignores_padding() -> None:
+    from tasks.speech.guided import diagonal_penalty, guided_attention_loss
+
+    out_lens, in_lens = torch.tensor([4, 2]), torch.tensor([8, 4])
+    diag = torch.zeros(2, 4, 8)
+    for b, (lo, li) in enumerate(zip(out_lens.tolist(), in_lens.tolist())):
+        for t in range(lo):
+            diag[b, t, int((t + 0.5) * li / lo)] = 1.0  # one-hot on the diagonal
+    stuck = torch.zeros(2, 4, 8)
+    stuck[:, :, 0] = 1.0  # every step on the first frame: the failure the loss is for
+    assert guided_attention_loss(diag, out_lens, in_lens) < 0.15 < 0.4 < guided_attention_loss(stuck, out_lens, in_lens)
+    w = diagonal_penalty(out_lens, in_lens, 4, 8, 0.2)  # (B, L, S)
+    assert w.shape == (2, 4, 8) and (w[1, 2:] == 0).all() and (w[1, :, 4:] == 0).all()  # padding costs nothing
+    assert float(w.min()) >= 0.0 and float(w.max()) < 1.0
+    # Attention mass on padded steps/frames changes nothing.
+    noisy = diag.clone()
+    noisy[1, 2:, :] = 5.0
+    noisy[1, :, 4:] += 3.0
+    assert torch.allclose(guided_attention_loss(noisy, out_lens, in_lens), guided_attention_loss(diag, out_lens, in_lens))
+
+
+def test_guided_attention_weight_adds_a_training_term_only() -> None:
+    from tasks.speech.module import SpeechModule
+
+    torch.manual_seed(0)
+    kw = {"encoder_hidden": 16, "encoder_layers": 1, "decoder_hidden": 24, "embed_dim": 8,
+          "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 5}, "spec_augment": False}
+    tk = make_char_tokenizer()
+    texts = ["a cat", "dogs run"]
+    tokens = torch.nn.utils.rnn.pad_sequence([torch.tensor(tk.encode(t)) for t in texts], batch_first=True)
+    batch = {"feats": torch.randn(2, 120, 80), "feat_lens": torch.tensor([120, 90]), "tokens": tokens,
+             "token_lens": torch.tensor([len(t) for t in texts]), "texts": texts}
+    plain = SpeechModule(**kw)
+    guided = SpeechModule(**kw, guided_attention_weight=2.0)
+    guided.load_state_dict(plain.state_dict())
+    plain.train(), guided.train()
+    torch.manual_seed(1)
+    a = plain._losses(batch)
+    torch.manual_seed(1)
+    b = guided._losses(batch)
+    assert "guided" not in a and 0.0 < float(b["guided"]) < 1.0
+    assert torch.allclose(b["loss"], a["loss"] + 2.0 * b["guided"])
+    b["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in guided.parameters() if p.grad is not None)
+    guided.eval()
+    assert "guided" not in guided._losses(batch)  # validation losses stay comparable across settings
