@@ -221,10 +221,10 @@ def run_seed(task: str, setup: str, seed: int, data: dict[str, Any], model: dict
     dm, module, kw, evaluate = SETUPS[task](setup, seed, data, model, workdir)
     setup_s = time.perf_counter() - t0
     ttq = TimeToQuality(evaluate, TARGETS[task], every_s, max_minutes * 60.0, clock)
-    kw.setdefault("max_epochs", 10_000)
-    trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                        num_sanity_val_steps=0, callbacks=[ttq], default_root_dir=str(workdir), **kw)
+    base = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
+            "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
+            "num_sanity_val_steps": 0, "max_epochs": 10_000, "default_root_dir": str(workdir)}
+    trainer = L.Trainer(callbacks=[ttq], **{**base, **kw})
     trainer.fit(module, dm)
     hit = ttq.reached
     last = ttq.curve[-1] if ttq.curve else {}
