@@ -13,7 +13,7 @@ import math
 import random
 import unicodedata
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 import torch
@@ -29,7 +29,7 @@ from tasks.speech.sources import Utterance, load_source
 from tasks.speech.text import normalize_text
 
 __all__ = ["SpeechDataModule", "BucketedSpeechDataset", "make_char_tokenizer", "CHARSET", "collate_items",
-           "validate_utterances"]
+           "validate_utterances", "SortaGradSampler"]
 
 # Utterances skipped when a batch is loaded (unreadable, NaN, silent) get an individual warning up to
 # this many times per dataset copy (each DataLoader worker has one); the rest are only counted, in the
@@ -164,6 +164,34 @@ class BucketedSpeechDataset(Dataset):
         return batch
 
 
+class SortaGradSampler(torch.utils.data.Sampler[int]):
+    """Batch order for `BucketedSpeechDataset`: shortest batches first in the first epoch, shuffled after.
+
+    SortaGrad (Amodei et al. 2016, Deep Speech 2): short utterances are easier to align, so the first
+    pass over the data in length order lets the attention find the monotonic alignment on them before
+    it meets long ones. The dataset's batches are already built in ascending length order, so the first
+    epoch is simply `0 .. n-1`. Under DDP Lightning replaces this sampler with its distributed one.
+
+    Args:
+        num_batches: batches in the dataset.
+        seed: seed of the later epochs' shuffles.
+    """
+
+    def __init__(self, num_batches: int, seed: int = 0) -> None:
+        self.num_batches, self.seed = num_batches, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if epoch == 0:
+            return iter(range(self.num_batches))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return iter(torch.randperm(self.num_batches, generator=g).tolist())
+
+
 def validate_utterances(utts: list[Utterance], source: str, max_seconds: float | None) -> list[Utterance]:
     """Drop unusable utterances (counted, with one warning per reason naming examples).
 
@@ -239,6 +267,7 @@ class SpeechDataModule(L.LightningDataModule):
         stats_utterances: training utterances used for the mean/variance statistics.
         limit_train: keep only the first N training utterances (overfitting tests, smoke runs).
         seed: seed for the held-out split and batch composition.
+        sortagrad: first training epoch in ascending length order, shuffled after (`SortaGradSampler`).
     """
 
     def __init__(
@@ -259,6 +288,7 @@ class SpeechDataModule(L.LightningDataModule):
         stats_utterances: int = 400,
         limit_train: int | None = None,
         seed: int = 0,
+        sortagrad: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -370,7 +400,11 @@ class SpeechDataModule(L.LightningDataModule):
         h = self.hparams
         ds = BucketedSpeechDataset(self.splits[split], self.tokenizer, self.feature_cfg, h.max_frames,
                                    h.max_batch, h.seed, split=split)
-        return DataLoader(ds, batch_size=None, shuffle=shuffle, num_workers=h.num_workers,
+        sampler = None
+        if shuffle and h.get("sortagrad"):
+            # The sampler's own seed: torch's global RNG (seeded per run) picks it, as it would the shuffle.
+            sampler, shuffle = SortaGradSampler(len(ds), int(torch.randint(0, 2**31 - 1, ()).item())), False
+        return DataLoader(ds, batch_size=None, shuffle=shuffle, sampler=sampler, num_workers=h.num_workers,
                           persistent_workers=h.num_workers > 0 and split == "train")
 
     def train_dataloader(self) -> DataLoader:

@@ -499,3 +499,15 @@ def test_guided_attention_weight_adds_a_training_term_only() -> None:
     assert all(torch.isfinite(p.grad).all() for p in guided.parameters() if p.grad is not None)
     guided.eval()
     assert "guided" not in guided._losses(batch)  # validation losses stay comparable across settings
+
+
+def test_sortagrad_sampler_goes_short_to_long_once_then_shuffles() -> None:
+    from tasks.speech.data import SortaGradSampler
+
+    s = SortaGradSampler(20, seed=3)
+    first, second, third = list(s), list(s), list(s)
+    assert first == list(range(20))  # the dataset's batches are built in ascending length order
+    assert sorted(second) == sorted(third) == first and second != first and second != third
+    assert len(s) == 20
+    again = SortaGradSampler(20, seed=3)
+    assert [list(again) for _ in range(3)][1:] == [second, third]  # seeded: the same order every run
