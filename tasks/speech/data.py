@@ -102,10 +102,15 @@ class BucketedSpeechDataset(Dataset):
         max_batch: cap on utterances per batch.
         seed: seed for tie-breaking between equal lengths (batch composition is deterministic).
         split: split name used in warnings.
+        cache_features: keep each utterance's features after its first load (in the process that loads
+            it: with persistent DataLoader workers every epoch after the first costs no decoding or FFTs).
+            Features are ~32 KB per second of audio; SpecAugment runs later, in the model, so a cached
+            utterance is still augmented differently every epoch.
     """
 
     def __init__(self, utts: list[Utterance], tokenizer: BaseTokenizer, feature_cfg: FeatureConfig,
-                 max_frames: int = 20000, max_batch: int = 64, seed: int = 0, split: str = "train") -> None:
+                 max_frames: int = 20000, max_batch: int = 64, seed: int = 0, split: str = "train",
+                 cache_features: bool = False) -> None:
         self.utts, self.tokenizer = utts, tokenizer
         self.logmel = LogMel(feature_cfg)
         hop = feature_cfg.hop_length / feature_cfg.sample_rate
@@ -125,12 +130,21 @@ class BucketedSpeechDataset(Dataset):
             self.batches.append(cur)
         self.split = split
         self.num_failed = 0  # in this process only (workers have their own copies): see "skipped"
+        self._cache: dict[int, dict[str, Any]] | None = {} if cache_features else None
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def load_item(self, i: int) -> dict[str, Any] | None:
         """Features and tokens of utterance `i`, or None when its audio is unreadable or silent."""
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        item = self._load_item(i)
+        if self._cache is not None and item is not None:
+            self._cache[i] = item
+        return item
+
+    def _load_item(self, i: int) -> dict[str, Any] | None:
         u = self.utts[i]
         try:
             wav = load_audio(u.audio)
@@ -268,6 +282,8 @@ class SpeechDataModule(L.LightningDataModule):
         limit_train: keep only the first N training utterances (overfitting tests, smoke runs).
         seed: seed for the held-out split and batch composition.
         sortagrad: first training epoch in ascending length order, shuffled after (`SortaGradSampler`).
+        cache_features: keep training features in memory after their first epoch (small corpora; see
+            `BucketedSpeechDataset`).
     """
 
     def __init__(
@@ -289,6 +305,7 @@ class SpeechDataModule(L.LightningDataModule):
         limit_train: int | None = None,
         seed: int = 0,
         sortagrad: bool = False,
+        cache_features: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -399,7 +416,8 @@ class SpeechDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
         ds = BucketedSpeechDataset(self.splits[split], self.tokenizer, self.feature_cfg, h.max_frames,
-                                   h.max_batch, h.seed, split=split)
+                                   h.max_batch, h.seed, split=split,
+                                   cache_features=bool(h.get("cache_features")) and split == "train")
         sampler = None
         if shuffle and h.get("sortagrad"):
             # The sampler's own seed: torch's global RNG (seeded per run) picks it, as it would the shuffle.
