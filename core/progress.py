@@ -56,25 +56,35 @@ class ProgressBoard:
         done = bool(event.get("done"))
         if self.tty:
             bar = self._bars.get(key)
-            if bar is None:
+            if bar is None and not done:
+                # No fixed position: tqdm gives each live bar the lowest free line, so the bars of the
+                # stages still running stay together at the bottom.
                 bar = self._bars[key] = tqdm(
                     total=total, desc=f"{key[0]}: {key[1]}", unit=event.get("unit", "it"), file=self.file,
-                    dynamic_ncols=True, leave=True, position=len(self._bars),
+                    dynamic_ncols=True, leave=False,
                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}{postfix}]")
-            bar.n = min(n, total) if total else n
-            bar.set_postfix(postfix, refresh=False)
-            bar.refresh()
+            if bar is not None:
+                bar.n = min(n, total) if total else n
+                bar.set_postfix(postfix, refresh=False)
+                bar.refresh()
             if done:
-                bar.close()
+                # A finished stage becomes one plain line above the bars still running.
+                if bar is not None:
+                    bar.close()
+                    del self._bars[key]
+                self.write(self._line(key, n, total, event.get("unit", "it"), postfix, done=True))
             return
         now = time.monotonic()
         if done or now - self._last_line.get(key, -1e9) >= self.log_interval_s:
             self._last_line[key] = now
-            amount = f"{n:.0f}/{total:.0f}" if total else f"{n:.0f}"
-            extra = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
-            state = "done" if done else "..."
-            print(f"{key[0]}: {key[1]} {amount} {event.get('unit', 'it')} {state} {extra}".rstrip(),
-                  file=self.file, flush=True)
+            print(self._line(key, n, total, event.get("unit", "it"), postfix, done), file=self.file, flush=True)
+
+    @staticmethod
+    def _line(key: tuple[str, str], n: float, total: float | None, unit: str, postfix: dict[str, Any],
+              done: bool) -> str:
+        amount = f"{n:.0f}/{total:.0f}" if total else f"{n:.0f}"
+        extra = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
+        return f"{key[0]}: {key[1]} {amount} {unit} {'done' if done else '...'} {extra}".rstrip()
 
     def write(self, message: str) -> None:
         """Print a line without breaking the bars."""
