@@ -111,7 +111,7 @@ def evaluate(model: Any, feats: Sequence[tuple[torch.Tensor, str]], beam: int = 
     from core.metrics import char_error_rate, word_error_rate
 
     order = sorted(range(len(feats)), key=lambda i: feats[i][0].shape[0])
-    hyps = [""] * len(feats)
+    hyps, greedy_ctc = [""] * len(feats), [""] * len(feats)
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         x = [feats[i][0] for i in idx]
@@ -119,10 +119,30 @@ def evaluate(model: Any, feats: Sequence[tuple[torch.Tensor, str]], beam: int = 
         batch = torch.nn.utils.rnn.pad_sequence(x, batch_first=True).to(model.device)  # (B, T, F)
         for i, (text, _) in zip(idx, model.decode_features(batch, lens, beam=beam)):
             hyps[i] = text
+        if model.hparams.ctc_weight > 0:  # a diagnostic: how far the encoder alone (CTC head) has got
+            for i, text in zip(idx, _ctc_greedy(model, batch, lens)):
+                greedy_ctc[i] = text
         if progress is not None:
             progress.update(len(idx))
     refs = [r for _, r in feats]
-    return {"cer": 100.0 * char_error_rate(hyps, refs), "wer": 100.0 * word_error_rate(hyps, refs)}, hyps
+    scores = {"cer": 100.0 * char_error_rate(hyps, refs), "wer": 100.0 * word_error_rate(hyps, refs)}
+    if model.hparams.ctc_weight > 0:
+        scores["cer_ctc_greedy"] = 100.0 * char_error_rate(greedy_ctc, refs)
+    return scores, hyps
+
+
+def _ctc_greedy(model: Any, feats: torch.Tensor, lens: torch.Tensor) -> list[str]:
+    """Best-path CTC transcripts: argmax per encoder frame, repeats merged, blanks dropped."""
+    model.eval()
+    _, mask, lp = model.model.encode(model.stats(feats), lens)  # (B, S), (B, S, V)
+    best = lp.argmax(-1)  # (B, S)
+    blank = model.tokenizer.pad_id
+    out = []
+    for b in range(best.shape[0]):
+        seq = best[b, : int(mask[b].sum())].tolist()
+        ids = [t for k, t in enumerate(seq) if t != blank and (k == 0 or t != seq[k - 1])]
+        out.append(model.tokenizer.decode(ids))
+    return out
 
 
 def run_demo(out_dir: Path, max_minutes: float = 3.5, seed: int = 0, sink: Sink = null_sink,
