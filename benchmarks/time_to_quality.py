@@ -49,6 +49,8 @@ from tasks.demo_report import TARGETS, Target  # noqa: E402
 
 #: Held-out sizes (the demo's own held-out sets are at least this large).
 HELD_OUT = {"translation": 200, "captioning": 100, "speech": 100}
+#: Speech: also report the CER of joint CTC/attention decoding (``--diagnose-joint``).
+DIAGNOSE_JOINT = False
 #: Seconds of training between evaluations.
 EVAL_EVERY = {"translation": 15.0, "captioning": 20.0, "speech": 30.0}
 
@@ -207,7 +209,19 @@ def setup_speech(name: str, seed: int, data: dict[str, Any], model: dict[str, An
         module = SpeechModule(**{**cfg["model"], "plot_examples": 0, **model})
         kw = _trainer_from_config(cfg)
     feats = demo.load_features(demo.held_out(dm, n))
-    return dm, module, kw, lambda m: demo.evaluate(m, feats)[0]
+
+    def evaluate(m: Any) -> dict[str, float]:
+        scores = demo.evaluate(m, feats)[0]
+        if DIAGNOSE_JOINT and m.hparams.ctc_weight > 0 and not m.hparams.get("joint_ctc_decoding"):
+            # A diagnostic next to the scored CER: the same weights decoded with joint CTC/attention scores.
+            m.hparams.joint_ctc_decoding = True
+            try:
+                scores["cer_joint"] = demo.evaluate(m, feats)[0]["cer"]
+            finally:
+                m.hparams.joint_ctc_decoding = False
+        return scores
+
+    return dm, module, kw, evaluate
 
 
 SETUPS = {"translation": setup_translation, "captioning": setup_captioning, "speech": setup_speech}
@@ -296,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="data module overrides")
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE", help="model overrides")
     p.add_argument("--label", default=None, help="name of this variant in the table")
+    p.add_argument("--diagnose-joint", action="store_true",
+                   help="speech: also report cer_joint, the CER with joint CTC/attention decoding (not a target)")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ttq")
     p.add_argument("--out", type=Path, default=None, help="JSON output")
     p.add_argument("--table", type=Path, nargs="*", default=None, help="print a markdown table of these JSON files")
@@ -306,6 +322,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.task:
         p.error("--task is required")
     torch.set_num_threads(args.threads)
+    global DIAGNOSE_JOINT
+    DIAGNOSE_JOINT = args.diagnose_joint
     data, model = _kv(args.data), _kv(args.model)
     every = args.eval_every or EVAL_EVERY[args.task]
     runs = []

@@ -87,6 +87,9 @@ class SpeechModule(L.LightningModule):
         guided_attention_weight: weight of the guided attention loss (`tasks.speech.guided`), a
             diagonal prior that makes the decoder find the monotonic alignment early (0 = off).
         guided_attention_sigma: width of that prior's diagonal band, as a fraction of the utterance.
+        joint_ctc_decoding: beam search scores every step with `(1 - w)` attention + `w` CTC prefix
+            log-probability (`tasks.speech.ctc_prefix`, `w = ctc_weight`) instead of rescoring the
+            attention beam's n-best with CTC at the end.
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class SpeechModule(L.LightningModule):
         cpu_threads: int | None = 1,
         guided_attention_weight: float = 0.0,
         guided_attention_sigma: float = 0.2,
+        joint_ctc_decoding: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
@@ -382,7 +386,7 @@ class SpeechModule(L.LightningModule):
     @torch.no_grad()
     def decode_features(self, feats: Tensor, lens: Tensor, beam: int = 5,
                         with_attention: bool = False) -> list[tuple[str, Tensor | None]]:
-        """Beam search with CTC rescoring of the n-best.
+        """Beam search with CTC rescoring of the n-best (or joint CTC/attention scores, `joint_ctc_decoding`).
 
         Args:
             feats: unnormalised log-mel `(B, T, F)`.
@@ -407,6 +411,12 @@ class SpeechModule(L.LightningModule):
 
             tk = self.tokenizer
             nbest = beam if self.hparams.ctc_weight > 0 else 1
+            if self.hparams.get("joint_ctc_decoding") and self.hparams.ctc_weight > 0:
+                from tasks.speech.ctc_prefix import CTCPrefixScorer, joint_search_inputs
+
+                scorer = CTCPrefixScorer(ctc_lp, mask.sum(-1), blank=tk.pad_id, eos=tk.eos_id, never=(tk.bos_id,))
+                step_fn, state = joint_search_inputs(step_fn, state, scorer, self.hparams.ctc_weight)
+                nbest = 1  # CTC is already in every score
             # 40 ms encoder frames; even fast speech stays under ~1 character per frame.
             res = beam_search(step_fn, state, batch_size=enc.shape[0], bos_id=tk.bos_id, eos_id=tk.eos_id,
                               max_len=s_max + 5, beam_size=beam, nbest=nbest,

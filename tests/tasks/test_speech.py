@@ -532,3 +532,67 @@ def test_feature_cache_loads_each_utterance_once(tmp_path: Path, monkeypatch: py
     plain = data.BucketedSpeechDataset(utts, make_char_tokenizer(), data.FeatureConfig())
     _ = [plain[b] for b in range(len(plain))] + [plain[b] for b in range(len(plain))]
     assert len(loads) == 3 + 6
+
+
+# ---------------------------------------------------------------------------------------------
+# joint CTC/attention decoding (tasks.speech.ctc_prefix)
+# ---------------------------------------------------------------------------------------------
+def _ctc_log_probs(t: int, seed: int) -> torch.Tensor:
+    """`(t, 6)` log-probs: blank 0, labels 1-3, BOS 4 and EOS 5 (both practically impossible)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(t, 6, generator=g, dtype=torch.float64) * 2
+    logits[:, 4:] = -1e4
+    return logits.log_softmax(-1)
+
+
+def test_ctc_prefix_scores_sum_to_the_ctc_probability_of_the_sequence() -> None:
+    import torch.nn.functional as F
+
+    from tasks.speech.ctc_prefix import CTCPrefixScorer
+
+    lps = [_ctc_log_probs(9, 0), _ctc_log_probs(6, 1)]
+    lens = torch.tensor([9, 6])
+    batch = torch.nn.utils.rnn.pad_sequence(lps, batch_first=True)  # (2, 9, 6), the second one padded
+    labels = [[1, 2, 2, 3], [3, 1]]
+    scorer = CTCPrefixScorer(batch, lens, blank=0, eos=5, never=(4,))
+    state, static = scorer.initial_state(), scorer.static()
+    total = torch.zeros(2, dtype=torch.float64)
+    last = torch.tensor([4, 4])  # BOS
+    running = [True, True]
+    for step in range(len(labels[0]) + 1):
+        delta, state = scorer.step(last, state, static)
+        assert torch.isinf(delta[:, 0]).all() and torch.isinf(delta[:, 4]).all()  # blank, BOS: never labels
+        # The prefix probability splits over what comes next: the sequence ends here, or one more label.
+        split = torch.logsumexp(delta.double()[:, [1, 2, 3, 5]], dim=1)  # log sum of p(g+c...)/p(g...)
+        for b in range(2):
+            if running[b]:
+                assert abs(float(split[b])) < 1e-6, (step, b)
+        chosen = [lab[step] if step < len(lab) else 5 for lab in labels]
+        for b in range(2):
+            if running[b]:
+                total[b] += float(delta[b, chosen[b]])
+                running[b] = chosen[b] != 5
+        last = torch.tensor([c if c != 5 else 0 for c in chosen])  # a finished row is fed blank (pad)
+    want = -F.ctc_loss(batch.transpose(0, 1), torch.tensor(labels[0] + labels[1]), lens,
+                       torch.tensor([len(x) for x in labels]), blank=0, reduction="none")
+    assert torch.allclose(total, want.double(), atol=1e-6)  # log p_ctc(y), padding ignored
+
+
+def test_ctc_prefix_eos_scores_match_ctc_loss_for_each_length() -> None:
+    import torch.nn.functional as F
+
+    from tasks.speech.ctc_prefix import CTCPrefixScorer
+
+    lp = _ctc_log_probs(10, 2)[None]  # (1, 10, 6)
+    for labels in ([1], [2, 2], [3, 1, 3], [1, 1, 1]):
+        scorer = CTCPrefixScorer(lp, torch.tensor([10]), blank=0, eos=5, never=(4,))
+        state, static, total, last = scorer.initial_state(), scorer.static(), 0.0, torch.tensor([4])
+        for c in labels:
+            delta, state = scorer.step(last, state, static)
+            total += float(delta[0, c])
+            last = torch.tensor([c])
+        delta, _ = scorer.step(last, state, static)
+        total += float(delta[0, 5])
+        want = -F.ctc_loss(lp.transpose(0, 1), torch.tensor([labels]), torch.tensor([10]), torch.tensor([len(labels)]),
+                           blank=0, reduction="sum")
+        assert abs(total - float(want)) < 1e-5, labels
