@@ -7,6 +7,7 @@ scoring that ``benchmarks/time_to_quality.py`` measures.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -95,7 +96,20 @@ def evaluate(model: CaptioningModule, groups: dict[str, Sequence[scenes.Scene]],
                 progress.update(len(items[k:k + 50]))
         outputs[name] = caps
         scores[f"bleu4_{name}"] = corpus_bleu(caps, [s.captions for s in items])[3]
+        # Diagnostics of the errors the issue names: how many objects, and which (size, colour, shape).
+        said = [_objects(c) for c in caps]
+        truth = [sorted((o.size, o.colour, o.shape) for o in s.objects) for s in items]
+        scores[f"count_acc_{name}"] = 100.0 * sum(len(a) == len(b) for a, b in zip(said, truth)) / max(len(items), 1)
+        scores[f"objects_acc_{name}"] = 100.0 * sum(sorted(a) == b for a, b in zip(said, truth)) / max(len(items), 1)
     return scores, outputs
+
+
+_PHRASE = re.compile(r"\ba (small|large) (\w+) (circle|square|triangle|diamond)\b")
+
+
+def _objects(caption: str) -> list[tuple[str, str, str]]:
+    """The ``(size, colour, shape)`` noun phrases a scene caption names, in order."""
+    return [m.groups() for m in _PHRASE.finditer(caption)]  # type: ignore[misc]
 
 
 def run_demo(out_dir: Path, max_minutes: float = 2.5, seed: int = 0, sink: Sink = null_sink,
