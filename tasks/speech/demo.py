@@ -110,15 +110,22 @@ def evaluate(model: Any, feats: Sequence[tuple[torch.Tensor, str]], beam: int = 
     """
     from core.metrics import char_error_rate, word_error_rate
 
+    from tasks.speech.guided import diagonal_penalty
+
     order = sorted(range(len(feats)), key=lambda i: feats[i][0].shape[0])
     hyps, greedy_ctc = [""] * len(feats), [""] * len(feats)
+    off_diagonal: list[float] = []
     for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
         x = [feats[i][0] for i in idx]
         lens = torch.tensor([f.shape[0] for f in x], device=model.device)
         batch = torch.nn.utils.rnn.pad_sequence(x, batch_first=True).to(model.device)  # (B, T, F)
-        for i, (text, _) in zip(idx, model.decode_features(batch, lens, beam=beam)):
+        for i, (text, att) in zip(idx, model.decode_features(batch, lens, beam=beam, with_attention=True)):
             hyps[i] = text
+            if att is not None and att.shape[0] > 0:  # (L, S): how far the attention is from the diagonal
+                lo, li = torch.tensor([att.shape[0]]), torch.tensor([att.shape[1]])
+                w = diagonal_penalty(lo, li, att.shape[0], att.shape[1], 0.2)[0]  # (L, S)
+                off_diagonal.append(float((att.float() * w).sum() / att.shape[0]))
         if model.hparams.ctc_weight > 0:  # a diagnostic: how far the encoder alone (CTC head) has got
             for i, text in zip(idx, _ctc_greedy(model, batch, lens)):
                 greedy_ctc[i] = text
@@ -128,6 +135,8 @@ def evaluate(model: Any, feats: Sequence[tuple[torch.Tensor, str]], beam: int = 
     scores = {"cer": 100.0 * char_error_rate(hyps, refs), "wer": 100.0 * word_error_rate(hyps, refs)}
     if model.hparams.ctc_weight > 0:
         scores["cer_ctc_greedy"] = 100.0 * char_error_rate(greedy_ctc, refs)
+    if off_diagonal:  # a diagnostic of the alignment the figures show (0 = on the diagonal, ~0.5 = stuck)
+        scores["attention_off_diagonal"] = 100.0 * sum(off_diagonal) / len(off_diagonal)
     return scores, hyps
 
 
