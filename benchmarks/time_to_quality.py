@@ -51,6 +51,8 @@ from tasks.demo_report import TARGETS, Target  # noqa: E402
 HELD_OUT = {"translation": 200, "captioning": 100, "speech": 100}
 #: Speech: also report the CER of joint CTC/attention decoding (``--diagnose-joint``).
 DIAGNOSE_JOINT = False
+#: Save each seed's final weights into the work folder (``--save-ckpt``).
+SAVE_CKPT = False
 #: Seconds of training between evaluations.
 EVAL_EVERY = {"translation": 15.0, "captioning": 20.0, "speech": 30.0}
 
@@ -240,6 +242,8 @@ def run_seed(task: str, setup: str, seed: int, data: dict[str, Any], model: dict
             "num_sanity_val_steps": 0, "max_epochs": 10_000, "default_root_dir": str(workdir)}
     trainer = L.Trainer(callbacks=[ttq], **{**base, **kw})
     trainer.fit(module, dm)
+    if SAVE_CKPT:  # the weights at the target (or the cap), e.g. to look at their attention figures
+        trainer.save_checkpoint(workdir / f"{task}_{setup}_seed{seed}.ckpt", weights_only=True)
     hit = ttq.reached
     last = ttq.curve[-1] if ttq.curve else {}
     return {
@@ -310,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="data module overrides")
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE", help="model overrides")
     p.add_argument("--label", default=None, help="name of this variant in the table")
+    p.add_argument("--save-ckpt", action="store_true", help="save each seed's final weights into --workdir")
     p.add_argument("--diagnose-joint", action="store_true",
                    help="speech: also report cer_joint, the CER with joint CTC/attention decoding (not a target)")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ttq")
@@ -322,8 +327,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.task:
         p.error("--task is required")
     torch.set_num_threads(args.threads)
-    global DIAGNOSE_JOINT
-    DIAGNOSE_JOINT = args.diagnose_joint
+    global DIAGNOSE_JOINT, SAVE_CKPT
+    DIAGNOSE_JOINT, SAVE_CKPT = args.diagnose_joint, args.save_ckpt
     data, model = _kv(args.data), _kv(args.model)
     every = args.eval_every or EVAL_EVERY[args.task]
     runs = []
