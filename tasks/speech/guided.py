@@ -18,7 +18,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["diagonal_penalty", "guided_attention_loss"]
+__all__ = ["diagonal_penalty", "guided_attention_loss", "guided_weight"]
 
 
 def diagonal_penalty(out_lens: Tensor, in_lens: Tensor, max_out: int, max_in: int, sigma: float) -> Tensor:
@@ -64,3 +64,15 @@ def guided_attention_loss(weights: Tensor, out_lens: Tensor, in_lens: Tensor, si
     w = diagonal_penalty(out_lens, in_lens, max_out, max_in, sigma).to(weights.dtype)  # (B, L, S)
     steps = out_lens.to(weights.device).clamp(max=max_out).sum().clamp_min(1)
     return (weights * w).sum() / steps
+
+
+def guided_weight(weight: float, fade_steps: int | None, step: int) -> float:
+    """Weight of the guided loss at optimizer step `step`: `weight`, fading linearly to 0 over `fade_steps`.
+
+    A linear diagonal is only roughly right (speaking rate varies within an utterance); held for the
+    whole run it pulls the attention off the real alignment, so it can be faded out once the decoder
+    has found it.
+    """
+    if not fade_steps:
+        return weight
+    return weight * max(0.0, 1.0 - step / fade_steps)

@@ -21,7 +21,7 @@ from core.tokenizers import tokenizer_from_dict
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, load_audio, split_on_silence
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
-from tasks.speech.guided import guided_attention_loss
+from tasks.speech.guided import guided_attention_loss, guided_weight
 from tasks.speech.model import ASRModel
 
 __all__ = ["SpeechModule", "Transcription", "ChunkAlignment"]
@@ -87,6 +87,8 @@ class SpeechModule(L.LightningModule):
         guided_attention_weight: weight of the guided attention loss (`tasks.speech.guided`), a
             diagonal prior that makes the decoder find the monotonic alignment early (0 = off).
         guided_attention_sigma: width of that prior's diagonal band, as a fraction of the utterance.
+        guided_attention_steps: the guided weight fades linearly to 0 over this many optimizer steps (a
+            prior to find the alignment, not a constraint on it later); None = constant.
         joint_ctc_decoding: beam search scores every step with `(1 - w)` attention + `w` CTC prefix
             log-probability (`tasks.speech.ctc_prefix`, `w = ctc_weight`) instead of rescoring the
             attention beam's n-best with CTC at the end.
@@ -116,6 +118,7 @@ class SpeechModule(L.LightningModule):
         cpu_threads: int | None = 1,
         guided_attention_weight: float = 0.0,
         guided_attention_sigma: float = 0.2,
+        guided_attention_steps: int | None = None,
         joint_ctc_decoding: bool = False,
     ) -> None:
         super().__init__()
@@ -257,7 +260,8 @@ class SpeechModule(L.LightningModule):
             out["loss"] = (1 - w) * ce + w * out["ctc"]
         else:
             out["loss"] = ce
-        ga = self.hparams.get("guided_attention_weight", 0.0)  # .get: checkpoints saved before it existed
+        ga = guided_weight(self.hparams.get("guided_attention_weight", 0.0),  # .get: older checkpoints
+                           self.hparams.get("guided_attention_steps"), self.global_step if self._trainer else 0)
         if ga > 0 and self.training:  # a training prior: validation losses stay comparable across settings
             out["guided"] = guided_attention_loss(att, batch["token_lens"] + 1, mask.sum(-1),
                                                   self.hparams.guided_attention_sigma)

@@ -596,3 +596,10 @@ def test_ctc_prefix_eos_scores_match_ctc_loss_for_each_length() -> None:
         want = -F.ctc_loss(lp.transpose(0, 1), torch.tensor([labels]), torch.tensor([10]), torch.tensor([len(labels)]),
                            blank=0, reduction="sum")
         assert abs(total - float(want)) < 1e-5, labels
+
+
+def test_guided_weight_fades_out() -> None:
+    from tasks.speech.guided import guided_weight
+
+    assert guided_weight(2.0, None, 10_000) == 2.0
+    assert [guided_weight(2.0, 100, s) for s in (0, 50, 100, 500)] == [2.0, 1.0, 0.0, 0.0]
