@@ -358,14 +358,16 @@ class ASRModel(nn.Module):
         attention: `core.attention` mechanism name.
         attention_options: its extra options.
         dropout: dropout everywhere.
+        conv_channels: channels of the encoder's conv2d subsampling.
     """
 
     def __init__(self, vocab_size: int, n_mels: int = 80, encoder: str = "lstm", encoder_hidden: int = 192,
                  encoder_layers: int = 3, encoder_heads: int = 4, decoder_hidden: int = 256, embed_dim: int = 64,
                  attention: str = "location", attention_options: dict[str, Any] | None = None,
-                 dropout: float = 0.1) -> None:
+                 dropout: float = 0.1, conv_channels: int = 32) -> None:
         super().__init__()
-        self.encoder = SpeechEncoder(encoder, n_mels, encoder_hidden, encoder_layers, encoder_heads, dropout)
+        self.encoder = SpeechEncoder(encoder, n_mels, encoder_hidden, encoder_layers, encoder_heads, dropout,
+                                     conv_channels)
         self.decoder = AttentionDecoder(vocab_size, self.encoder.output_dim, embed_dim, decoder_hidden, attention,
                                         attention_options, dropout)
         self.ctc_head = nn.Linear(self.encoder.output_dim, vocab_size)
