@@ -87,9 +87,9 @@ class TimeToQuality(L.Callback):
     """
 
     def __init__(self, evaluate: Callable[[Any], dict[str, float]], targets: tuple[Target, ...], every_s: float,
-                 max_s: float, clock: str = "cpu") -> None:
+                 max_s: float, clock: str = "cpu", keep_going: bool = False) -> None:
         self.evaluate, self.targets, self.every_s, self.max_s = evaluate, targets, every_s, max_s
-        self.clock = clock
+        self.clock, self.keep_going = clock, keep_going
         self.curve: list[dict[str, Any]] = []
         self.reached: dict[str, Any] | None = None
         self._t0 = self._c0 = self._eval_wall = self._eval_cpu = 0.0
@@ -125,10 +125,10 @@ class TimeToQuality(L.Callback):
               f"{point['metrics']}  load {point['loadavg'][0]}", flush=True)
         self._eval_wall += time.perf_counter() - e0
         self._eval_cpu += time.process_time() - c0
-        if all(t.met(metrics.get(t.metric)) for t in self.targets):
+        if self.reached is None and all(t.met(metrics.get(t.metric)) for t in self.targets):
             self.reached = point
-            trainer.should_stop = True
-        elif now >= self.max_s:
+            trainer.should_stop = not self.keep_going
+        if now >= self.max_s:
             trainer.should_stop = True
 
 
@@ -230,13 +230,13 @@ SETUPS = {"translation": setup_translation, "captioning": setup_captioning, "spe
 
 
 def run_seed(task: str, setup: str, seed: int, data: dict[str, Any], model: dict[str, Any], every_s: float,
-             max_minutes: float, workdir: Path, clock: str = "cpu") -> dict[str, Any]:
+             max_minutes: float, workdir: Path, clock: str = "cpu", keep_going: bool = False) -> dict[str, Any]:
     """Train one seed until the targets (or the cap); returns its record."""
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     dm, module, kw, evaluate = SETUPS[task](setup, seed, data, model, workdir)
     setup_s = time.perf_counter() - t0
-    ttq = TimeToQuality(evaluate, TARGETS[task], every_s, max_minutes * 60.0, clock)
+    ttq = TimeToQuality(evaluate, TARGETS[task], every_s, max_minutes * 60.0, clock, keep_going)
     base = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
             "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
             "num_sanity_val_steps": 0, "max_epochs": 10_000, "default_root_dir": str(workdir)}
@@ -315,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE", help="model overrides")
     p.add_argument("--label", default=None, help="name of this variant in the table")
     p.add_argument("--save-ckpt", action="store_true", help="save each seed's final weights into --workdir")
+    p.add_argument("--keep-going", action="store_true",
+                   help="train to --max-minutes after reaching the targets (the curve beyond them)")
     p.add_argument("--diagnose-joint", action="store_true",
                    help="speech: also report cer_joint, the CER with joint CTC/attention decoding (not a target)")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ttq")
@@ -335,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in args.seeds:
         print(f"{args.task}/{args.setup} seed {seed}: {data or ''} {model or ''}", flush=True)
         runs.append(run_seed(args.task, args.setup, seed, data, model, every, args.max_minutes, args.workdir,
-                             args.clock))
+                             args.clock, args.keep_going))
         r = runs[-1]
         print(f"  -> reached={r['reached']} minutes={r['minutes_to_target']} cpu={r['cpu_minutes_to_target']} "
               f"steps={r['steps_to_target']}", flush=True)
