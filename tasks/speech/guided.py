@@ -66,13 +66,13 @@ def guided_attention_loss(weights: Tensor, out_lens: Tensor, in_lens: Tensor, si
     return (weights * w).sum() / steps
 
 
-def guided_weight(weight: float, fade_steps: int | None, step: int) -> float:
-    """Weight of the guided loss at optimizer step `step`: `weight`, fading linearly to 0 over `fade_steps`.
+def guided_weight(weight: float, fade_steps: int | None, step: int, final: float = 0.0) -> float:
+    """Weight of the guided loss at optimizer step `step`: `weight`, fading linearly to `final` over `fade_steps`.
 
-    A linear diagonal is only roughly right (speaking rate varies within an utterance); held for the
-    whole run it pulls the attention off the real alignment, so it can be faded out once the decoder
-    has found it.
+    A linear diagonal is only roughly right (speaking rate varies within an utterance); held at full
+    weight for the whole run it pulls the attention off the real alignment, so it can be faded once the
+    decoder has found it, to a small `final` weight that keeps it from drifting back.
     """
     if not fade_steps:
         return weight
-    return weight * max(0.0, 1.0 - step / fade_steps)
+    return final + (weight - final) * max(0.0, 1.0 - step / fade_steps)

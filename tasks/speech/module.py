@@ -87,8 +87,9 @@ class SpeechModule(L.LightningModule):
         guided_attention_weight: weight of the guided attention loss (`tasks.speech.guided`), a
             diagonal prior that makes the decoder find the monotonic alignment early (0 = off).
         guided_attention_sigma: width of that prior's diagonal band, as a fraction of the utterance.
-        guided_attention_steps: the guided weight fades linearly to 0 over this many optimizer steps (a
-            prior to find the alignment, not a constraint on it later); None = constant.
+        guided_attention_steps: the guided weight fades linearly to `guided_attention_final_weight` over this
+            many optimizer steps (a prior to find the alignment, not a constraint on it later); None = constant.
+        guided_attention_final_weight: the weight it fades to.
         encoder_conv_channels: channels of the encoder's conv2d subsampling (half of 32 halves its cost;
             measured 0.163 -> 0.082 CPU-s per encoder forward+backward of a demo batch).
         joint_ctc_decoding: beam search scores every step with `(1 - w)` attention + `w` CTC prefix
@@ -121,6 +122,7 @@ class SpeechModule(L.LightningModule):
         guided_attention_weight: float = 0.0,
         guided_attention_sigma: float = 0.2,
         guided_attention_steps: int | None = None,
+        guided_attention_final_weight: float = 0.0,
         joint_ctc_decoding: bool = False,
         encoder_conv_channels: int = 32,
     ) -> None:
@@ -263,8 +265,9 @@ class SpeechModule(L.LightningModule):
             out["loss"] = (1 - w) * ce + w * out["ctc"]
         else:
             out["loss"] = ce
-        ga = guided_weight(self.hparams.get("guided_attention_weight", 0.0),  # .get: older checkpoints
-                           self.hparams.get("guided_attention_steps"), self.global_step if self._trainer else 0)
+        hp = self.hparams
+        ga = guided_weight(hp.get("guided_attention_weight", 0.0), hp.get("guided_attention_steps"),  # .get: older
+                           self.global_step if self._trainer else 0, hp.get("guided_attention_final_weight", 0.0))
         if ga > 0 and self.training:  # a training prior: validation losses stay comparable across settings
             out["guided"] = guided_attention_loss(att, batch["token_lens"] + 1, mask.sum(-1),
                                                   self.hparams.guided_attention_sigma)

@@ -603,3 +603,4 @@ def test_guided_weight_fades_out() -> None:
 
     assert guided_weight(2.0, None, 10_000) == 2.0
     assert [guided_weight(2.0, 100, s) for s in (0, 50, 100, 500)] == [2.0, 1.0, 0.0, 0.0]
+    assert [guided_weight(2.0, 100, s, final=0.2) for s in (0, 50, 100, 500)] == [2.0, 1.1, 0.2, 0.2]
