@@ -274,8 +274,8 @@ def _fmt(x: float | None, cap: float, unit: str = "") -> str:
 
 def table(paths: list[Path]) -> str:
     """Markdown table over result files (one row per file)."""
-    rows = ["| task | setup | variant | seeds reaching target | CPU minutes to target, median / worst | "
-            "wall minutes, median / worst | steps, median / worst | load average (1 min) during runs | file |",
+    rows = [("| task | setup | variant | seeds reaching target | CPU minutes to target, median / worst | "
+             "wall minutes, median / worst | steps, median / worst | load average (1 min) during runs | file |"),
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for p in paths:
         r = json.loads(p.read_text())

@@ -19,13 +19,13 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Self, TextIO
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ProgressBar
 from tqdm import tqdm
 
-__all__ = ["Sink", "ProgressBoard", "StageProgress", "BudgetProgressBar", "null_sink"]
+__all__ = ["BudgetProgressBar", "ProgressBoard", "Sink", "StageProgress", "null_sink"]
 
 Sink = Callable[[dict[str, Any]], None]
 
@@ -137,7 +137,7 @@ class StageProgress:
         """Report the final state."""
         self._emit(done=True)
 
-    def __enter__(self) -> StageProgress:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -11,7 +11,7 @@ import lightning as L
 from core.progress import BudgetProgressBar, Sink, null_sink
 from core.training import DeadlineStop
 
-__all__ = ["demo_trainer", "shown_indices", "TrainClock"]
+__all__ = ["TrainClock", "demo_trainer", "shown_indices"]
 
 
 class TrainClock(L.Callback):

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Target", "TARGETS", "Example", "TaskReport", "format_table", "write_summary", "write_html"]
+__all__ = ["TARGETS", "Example", "Target", "TaskReport", "format_table", "write_html", "write_summary"]
 
 
 @dataclass(frozen=True)
@@ -208,8 +208,8 @@ def _section(r: TaskReport) -> str:
                  f'{r.seconds:.0f} s for the whole task (data, training, reloading the checkpoint, '
                  f'evaluation, figures). Showing {len(r.examples)} held-out examples.</p>')
     if r.examples:
-        rows = ["<table><tr><th>#</th><th>input</th><th>output</th><th>reference</th><th></th>"
-                "<th>attention</th></tr>"]
+        rows = [("<table><tr><th>#</th><th>input</th><th>output</th><th>reference</th><th></th>"
+                 "<th>attention</th></tr>")]
         for i, e in enumerate(r.examples):
             cell = []
             if e.group:

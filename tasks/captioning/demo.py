@@ -25,7 +25,7 @@ from tasks.demo_report import Example, TaskReport
 
 TASK = "captioning"
 
-__all__ = ["run_demo", "build", "held_out", "evaluate"]
+__all__ = ["build", "evaluate", "held_out", "run_demo"]
 
 #: Data settings of the demo.
 DEMO_DATA: dict[str, Any] = {"batch_size": 64, "train_size": 8000, "val_size": 32, "test_size": 8,

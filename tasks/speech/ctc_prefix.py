@@ -46,7 +46,7 @@ class CTCPrefixScorer:
 
     def __init__(self, log_probs: Tensor, lengths: Tensor, blank: int, eos: int, never: tuple[int, ...] = ()) -> None:
         self.blank, self.eos, self.never = blank, eos, never
-        b, t, v = log_probs.shape
+        t = log_probs.shape[1]
         valid = torch.arange(t, device=log_probs.device)[None, :] < lengths.to(log_probs.device)[:, None]  # (B, T)
         # Frames past the end get log 1 (not -inf): the cumulative sums stay finite there, and every
         # value that reads them is masked or gathered at the last valid frame.
@@ -55,7 +55,7 @@ class CTCPrefixScorer:
 
     def initial_state(self) -> dict[str, Tensor]:
         """State of the empty prefix for every candidate column (so the first step's BOS gathers it)."""
-        b, t, v = self.x.shape
+        b, t, v = self.x.shape  # (B, T, V)
         rb = torch.cat([self.x.new_zeros(b, 1), self.x[..., self.blank].cumsum(1)], dim=1)  # (B, T+1): blanks only
         rn = torch.full_like(rb, NEG_INF)
         r = torch.stack([rn, rb], dim=-1)[:, :, None, :].expand(b, t + 1, v, 2).contiguous()  # (B, T+1, V, 2)

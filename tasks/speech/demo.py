@@ -8,8 +8,9 @@ held-out scoring that `benchmarks/time_to_quality.py` measures.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import lightning as L
 import torch
@@ -18,7 +19,7 @@ from core.progress import Sink, StageProgress, null_sink
 from tasks.demo_common import TrainClock, demo_trainer, shown_indices
 from tasks.demo_report import Example, TaskReport
 
-__all__ = ["run_demo", "build", "held_out", "evaluate", "load_features"]
+__all__ = ["build", "evaluate", "held_out", "load_features", "run_demo"]
 
 TASK = "speech"
 
@@ -120,7 +121,6 @@ def evaluate(model: Any, feats: Sequence[tuple[torch.Tensor, str]], beam: int = 
         `({"cer": ..., "wer": ...}, hypotheses in input order)`.
     """
     from core.metrics import char_error_rate, word_error_rate
-
     from tasks.speech.guided import diagonal_penalty
 
     order = sorted(range(len(feats)), key=lambda i: feats[i][0].shape[0])

@@ -60,7 +60,7 @@ def guided_attention_loss(weights: Tensor, out_lens: Tensor, in_lens: Tensor, si
     Returns:
         Scalar loss in [0, 1).
     """
-    b, max_out, max_in = weights.shape
+    _, max_out, max_in = weights.shape
     w = diagonal_penalty(out_lens, in_lens, max_out, max_in, sigma).to(weights.dtype)  # (B, L, S)
     steps = out_lens.to(weights.device).clamp(max=max_out).sum().clamp_min(1)
     return (weights * w).sum() / steps

@@ -6,6 +6,7 @@ import json
 import os
 from html.parser import HTMLParser
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -67,7 +68,7 @@ def test_quick_demo_end_to_end_writes_summary_and_page(tmp_path: Path, monkeypat
 class _Page(HTMLParser):
     """Collects element ids and media sources, and checks that every opened element is closed."""
 
-    VOID = {"meta", "img", "br", "hr", "link", "input", "source"}
+    VOID: ClassVar[set[str]] = {"meta", "img", "br", "hr", "link", "input", "source"}
 
     def __init__(self) -> None:
         super().__init__()

@@ -463,7 +463,8 @@ def test_guided_attention_loss_prefers_the_diagonal_and_ignores_padding() -> Non
             diag[b, t, int((t + 0.5) * li / lo)] = 1.0  # one-hot on the diagonal
     stuck = torch.zeros(2, 4, 8)
     stuck[:, :, 0] = 1.0  # every step on the first frame: the failure the loss is for
-    assert guided_attention_loss(diag, out_lens, in_lens) < 0.15 < 0.4 < guided_attention_loss(stuck, out_lens, in_lens)
+    assert guided_attention_loss(diag, out_lens, in_lens) < 0.15  # on the diagonal: close to 0
+    assert guided_attention_loss(stuck, out_lens, in_lens) > 0.4  # stuck on the first frame: far from it
     w = diagonal_penalty(out_lens, in_lens, 4, 8, 0.2)  # (B, L, S)
     assert w.shape == (2, 4, 8) and (w[1, 2:] == 0).all() and (w[1, :, 4:] == 0).all()  # padding costs nothing
     assert float(w.min()) >= 0.0 and float(w.max()) < 1.0
@@ -514,7 +515,7 @@ def test_sortagrad_sampler_goes_short_to_long_once_then_shuffles() -> None:
 
 
 def test_feature_cache_loads_each_utterance_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.speech.data as data
+    from tasks.speech import data
 
     paths = []
     for i in range(3):
