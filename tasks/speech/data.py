@@ -13,7 +13,7 @@ import math
 import random
 import unicodedata
 import warnings
-from typing import Any
+from typing import Any, Iterator
 
 import lightning as L
 import torch
@@ -29,7 +29,7 @@ from tasks.speech.sources import Utterance, read_source
 from tasks.speech.text import normalize_text
 
 __all__ = ["SpeechDataModule", "BucketedSpeechDataset", "make_char_tokenizer", "CHARSET", "collate_items",
-           "validate_utterances"]
+           "validate_utterances", "SortaGradSampler"]
 
 # Utterances skipped when a batch is loaded (unreadable, NaN, silent) get an individual warning up to
 # this many times per dataset copy (each DataLoader worker has one); the rest are only counted, in the
@@ -111,11 +111,15 @@ class BucketedSpeechDataset(Dataset):
         seed: seed for tie-breaking between equal lengths (batch composition is deterministic).
         split: split name used in warnings.
         waveforms: also carry each utterance's 16 kHz waveform (`wavs`, `wav_lens` in the batch).
+        cache_features: keep each utterance's features after its first load (in the process that loads
+            it: with persistent DataLoader workers every epoch after the first costs no decoding or FFTs).
+            Features are ~32 KB per second of audio; SpecAugment runs later, in the model, so a cached
+            utterance is still augmented differently every epoch.
     """
 
     def __init__(self, utts: list[Utterance], tokenizer: BaseTokenizer, feature_cfg: FeatureConfig,
                  max_frames: int = 20000, max_batch: int = 64, seed: int = 0, split: str = "train",
-                 waveforms: bool = False) -> None:
+                 waveforms: bool = False, cache_features: bool = False) -> None:
         self.utts, self.tokenizer = utts, tokenizer
         self.waveforms = waveforms
         self.logmel = LogMel(feature_cfg)
@@ -136,12 +140,21 @@ class BucketedSpeechDataset(Dataset):
             self.batches.append(cur)
         self.split = split
         self.num_failed = 0  # in this process only (workers have their own copies): see "skipped"
+        self._cache: dict[int, dict[str, Any]] | None = {} if cache_features else None
 
     def __len__(self) -> int:
         return len(self.batches)
 
     def load_item(self, i: int) -> dict[str, Any] | None:
         """Features and tokens of utterance `i`, or None when its audio is unreadable or silent."""
+        if self._cache is not None and i in self._cache:
+            return self._cache[i]
+        item = self._load_item(i)
+        if self._cache is not None and item is not None:
+            self._cache[i] = item
+        return item
+
+    def _load_item(self, i: int) -> dict[str, Any] | None:
         u = self.utts[i]
         try:
             wav = load_audio(u.audio)
@@ -176,6 +189,34 @@ class BucketedSpeechDataset(Dataset):
         batch = collate_items(items, self.tokenizer.pad_id)
         batch["skipped"] = torch.tensor(skipped)
         return batch
+
+
+class SortaGradSampler(torch.utils.data.Sampler[int]):
+    """Batch order for `BucketedSpeechDataset`: shortest batches first in the first epoch, shuffled after.
+
+    SortaGrad (Amodei et al. 2016, Deep Speech 2): short utterances are easier to align, so the first
+    pass over the data in length order lets the attention find the monotonic alignment on them before
+    it meets long ones. The dataset's batches are already built in ascending length order, so the first
+    epoch is simply `0 .. n-1`. Under DDP Lightning replaces this sampler with its distributed one.
+
+    Args:
+        num_batches: batches in the dataset.
+        seed: seed of the later epochs' shuffles.
+    """
+
+    def __init__(self, num_batches: int, seed: int = 0) -> None:
+        self.num_batches, self.seed = num_batches, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[int]:
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        if epoch == 0:
+            return iter(range(self.num_batches))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return iter(torch.randperm(self.num_batches, generator=g).tolist())
 
 
 def validate_utterances(utts: list[Utterance], source: str, max_seconds: float | None) -> list[Utterance]:
@@ -253,6 +294,9 @@ class SpeechDataModule(L.LightningDataModule):
         stats_utterances: training utterances used for the mean/variance statistics.
         limit_train: keep only the first N training utterances (overfitting tests, smoke runs).
         seed: seed for the held-out split and batch composition.
+        sortagrad: first training epoch in ascending length order, shuffled after (`SortaGradSampler`).
+        cache_features: keep training features in memory after their first epoch (small corpora; see
+            `BucketedSpeechDataset`).
     """
 
     def __init__(
@@ -273,6 +317,8 @@ class SpeechDataModule(L.LightningDataModule):
         stats_utterances: int = 400,
         limit_train: int | None = None,
         seed: int = 0,
+        sortagrad: bool = False,
+        cache_features: bool = False,
     ) -> None:
         super().__init__()
         if not 0.0 <= val_fraction < 1.0:
@@ -393,8 +439,13 @@ class SpeechDataModule(L.LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
         ds = BucketedSpeechDataset(self.splits[split], self.tokenizer, self.feature_cfg, h.max_frames,
-                                   h.max_batch, h.seed, split=split, waveforms=self.waveforms)
-        return DataLoader(ds, batch_size=None, shuffle=shuffle, num_workers=h.num_workers,
+                                   h.max_batch, h.seed, split=split, waveforms=self.waveforms,
+                                   cache_features=bool(h.cache_features) and split == "train")
+        sampler = None
+        if shuffle and h.sortagrad:
+            # The sampler's own seed: torch's global RNG (seeded per run) picks it, as it would the shuffle.
+            sampler, shuffle = SortaGradSampler(len(ds), int(torch.randint(0, 2**31 - 1, ()).item())), False
+        return DataLoader(ds, batch_size=None, shuffle=shuffle, sampler=sampler, num_workers=h.num_workers,
                           persistent_workers=h.num_workers > 0 and split == "train")
 
     def train_dataloader(self) -> DataLoader:

@@ -15,6 +15,7 @@ from torch import Tensor
 from core.decoding import beam_search
 from core.inference import eval_mode
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, is_silent, load_audio, split_on_silence
+from tasks.speech.ctc_prefix import CTCPrefixScorer, joint_search_inputs
 
 __all__ = ["ChunkAlignment", "Hypothesis", "TranscribeMixin", "Transcription"]
 
@@ -75,7 +76,7 @@ class TranscribeMixin:
     def decode_features(self, feats: Tensor, lens: Tensor, beam: int = 5, nbest: int = 1,
                         with_attention: bool = False, wavs: Tensor | None = None,
                         wav_lens: Tensor | None = None) -> list[list[Hypothesis]]:
-        """Beam search, the n-best rescored with CTC.
+        """Beam search, the n-best rescored with CTC (or CTC prefix scores at every step: ``joint_ctc_decoding``).
 
         Args:
             feats: unnormalised log-mel `(B, T, F)`.
@@ -98,16 +99,22 @@ class TranscribeMixin:
             else:
                 enc, mask, ctc_lp = self.model.encode(self.stats(feats), lens)  # type: ignore[attr-defined]
             dec = self.model.decoder  # type: ignore[attr-defined]
+            step_fn, state = dec.step, dec.init_state(enc, mask)
+            joint = bool(hp.joint_ctc_decoding) and hp.ctc_weight > 0
+            if joint:  # CTC prefix scores in every step's scores: nothing left to rescore
+                scorer = CTCPrefixScorer(ctc_lp, mask.sum(-1), blank=tk.pad_id, eos=tk.eos_id, never=(tk.bos_id,))
+                step_fn, state = joint_search_inputs(step_fn, state, scorer, hp.ctc_weight)
             # CTC rescoring needs alternatives: keep the whole beam when CTC has a say.
-            keep = beam if hp.ctc_weight > 0 else nbest
+            keep = beam if hp.ctc_weight > 0 and not joint else nbest
             # 40 ms encoder frames; even fast speech stays under ~1 character per frame.
-            res = beam_search(dec.step, dec.init_state(enc, mask), batch_size=enc.shape[0], bos_id=tk.bos_id,
+            res = beam_search(step_fn, state, batch_size=enc.shape[0], bos_id=tk.bos_id,
                               eos_id=tk.eos_id, max_len=enc.shape[1] + 5, beam_size=beam, nbest=keep,
                               length_penalty=hp.length_penalty, pad_id=tk.pad_id, suppress=(tk.pad_id, tk.bos_id))
             out = []
             for b in range(enc.shape[0]):
                 n_frames = int(mask[b].sum())
-                scores = self._joint_scores(res.tokens[b], res.scores[b], ctc_lp[b, :n_frames])
+                scores = ([float(x) for x in res.scores[b]] if joint
+                          else self._joint_scores(res.tokens[b], res.scores[b], ctc_lp[b, :n_frames]))
                 order = sorted(range(len(scores)), key=lambda k: scores[k], reverse=True)[:nbest]
                 out.append([Hypothesis(tk.decode(res.tokens[b][k]), scores[k],
                                        res.attention[b][k][:, :n_frames]

@@ -250,15 +250,18 @@ class ASRModel(nn.Module):
         dropout: dropout everywhere.
         encoder_module: an encoder to use instead of a `SpeechEncoder` (e.g. `tasks.speech.hf_encoder`), called
             as ``encoder_module(inputs, lengths) -> (states, lengths)`` and with an ``output_dim``.
+        conv_channels: channels of the encoder's conv2d subsampling (16 halves its cost; unused with
+            ``encoder_module``).
     """
 
     def __init__(self, vocab_size: int, n_mels: int = 80, encoder: str = "lstm", encoder_dim: int = 192,
                  encoder_layers: int = 3, num_heads: int = 4, hidden_dim: int = 256, embed_dim: int = 64,
                  attention: str = "location", attention_options: dict[str, Any] | None = None,
-                 dropout: float = 0.1, encoder_module: nn.Module | None = None) -> None:
+                 dropout: float = 0.1, encoder_module: nn.Module | None = None, conv_channels: int = 32) -> None:
         super().__init__()
         self.encoder: Any = (encoder_module if encoder_module is not None
-                             else SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout))
+                             else SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout,
+                                                conv_channels))
         opts = dict(attention_options or {})
         if attention in ("additive", "location"):
             opts.setdefault("hidden_dim", 128)

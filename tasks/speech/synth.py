@@ -24,7 +24,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -265,7 +265,7 @@ def generate_corpus(
     num_test: int = 300,
     digit_fraction: float = 0.25,
     snr_db: tuple[float, float] = (15.0, 40.0),
-    progress: bool = True,
+    progress: bool | Callable[[int, int], None] = True,
 ) -> Path:
     """Generate (once) and cache the synthesised corpus; return its directory.
 
@@ -281,7 +281,8 @@ def generate_corpus(
         num_train, num_val, num_test: utterances per split.
         digit_fraction: share of digit strings among the transcripts.
         snr_db: range of the additive white-noise SNR in dB.
-        progress: show a progress bar (rich).
+        progress: show a progress bar (rich); or a callable `(done, total)` called as utterances are
+            written (e.g. to report to another display).
 
     Returns:
         The corpus directory.
@@ -360,8 +361,20 @@ def _write_all(jobs: list[tuple[str, VoiceSpec]], owners: list[tuple[str, int]],
         bar(len(wavs))
 
 
-def _progress(total: int, desc: str, enabled: bool) -> Any:
-    """A tiny progress-bar callable over rich (falls back to nothing when disabled/unavailable)."""
+def _progress(total: int, desc: str, enabled: bool | Callable[[int, int], None]) -> Any:
+    """A tiny progress-bar callable over rich (falls back to nothing when disabled/unavailable).
+
+    A callable `enabled` is called with `(done, total)` instead of drawing a bar.
+    """
+    if callable(enabled):
+        report = enabled
+        count = [0]
+
+        def forward(n: int, done: bool = False) -> None:
+            count[0] += n
+            report(count[0], total)
+
+        return forward
     if not enabled:
         return lambda n, done=False: None
     try:

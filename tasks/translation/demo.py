@@ -1,13 +1,24 @@
 """Short end-to-end demo: train on the embedded corpus, checkpoint, reload, translate, plot alignments.
 
 Run it alone with ``python -m tasks.translation.demo OUT_DIR [MAX_MINUTES]``; ``make demo`` runs all tasks.
+`build` and `evaluate` are the recipe and the held-out scoring that ``benchmarks/time_to_quality.py``
+measures.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from core.progress import Sink, StageProgress, null_sink
+from core.predict import write_text_atomic
+from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
+from tasks.demo_report import Example, TaskReport
+
+TASK = "translation"
 
 DEMO_SENTENCES = [
     "I love you",
@@ -18,18 +29,97 @@ DEMO_SENTENCES = [
 ]
 
 
-def run_demo(out_dir: Path, max_minutes: float = 2.5, threads: int | None = 1) -> list[Path]:
-    """Train a small RNN+additive-attention model briefly and write its outputs into ``out_dir``.
+#: Data settings of the demo (the tokenizer cache folder is added by the caller).
+DEMO_DATA: dict[str, Any] = {"n_pairs": 12_000, "val_size": 200, "test_size": 200, "vocab_size": 1200,
+                             "max_tokens": 1024}
+#: Model settings of the demo.
+DEMO_MODEL: dict[str, Any] = {"embed_dim": 96, "hidden_dim": 192, "lr": 4e-3, "warmup_steps": 50,
+                              "plot_examples": 0}
+#: Trainer settings of the demo (besides the budget).
+DEMO_TRAINER: dict[str, Any] = {"gradient_clip_val": 1.0, "use_distributed_sampler": False}
+#: Beam width of the demo's translations (and of the held-out score).
+DEMO_BEAM = 5
+#: Held-out test sentences the demo scores.
+HELD_OUT = 200
+#: Seconds of the budget kept for saving, reloading, scoring and figures.
+RESERVE_S = 25.0
+#: Data settings of `attn-demo --quick` (a pipeline check: tiny corpus, meaningless scores).
+QUICK_DATA: dict[str, Any] = {"n_pairs": 2000, "val_size": 20, "test_size": 20, "vocab_size": 400}
+
+
+def build(seed: int = 0, data: dict[str, Any] | None = None, model: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    """The demo's data module (tokenizers trained) and model, seeded.
+
+    Args:
+        seed: seed of the model initialisation and batch order (the corpus and its splits are fixed).
+        data: `TranslationDataModule` arguments replacing the demo's (e.g. ``cache_dir``).
+        model: `TranslationModule` arguments replacing the demo's.
+
+    Returns:
+        `(datamodule, module)`.
+    """
+    import lightning.pytorch as pl
+
+    from tasks.translation.data import TranslationDataModule
+    from tasks.translation.module import TranslationModule
+
+    pl.seed_everything(seed, verbose=False)
+    dm = TranslationDataModule(**{**DEMO_DATA, **(data or {})})
+    dm.prepare_data()
+    return dm, TranslationModule(**{**DEMO_MODEL, **(model or {})})
+
+
+def held_out(dm: Any, n: int | None = None) -> list[tuple[str, str]]:
+    """The first `n` test pairs (English sentences never seen in training, with all their translations)."""
+    test = dm.load_splits()["test"]
+    return list(test if n is None else test[:n])
+
+
+def evaluate(model: Any, pairs: Sequence[tuple[str, str]], beam: int = DEMO_BEAM,
+             progress: StageProgress | None = None) -> tuple[dict[str, float], list[str]]:
+    """Corpus BLEU and chrF (sacrebleu) of `model` on `(source, reference)` pairs.
+
+    Args:
+        model: a `TranslationModule`.
+        pairs: held-out `(source, reference)` pairs.
+        beam: beam width.
+        progress: advanced by the sentences translated.
+
+    Returns:
+        `({"bleu": ..., "chrf": ...}, hypotheses in input order)`.
+    """
+    from core.metrics import corpus_bleu, corpus_chrf
+
+    hyps: list[str] = []
+    for k in range(0, len(pairs), 50):
+        hyps += model.translate([s for s, _ in pairs[k:k + 50]], beam=beam)
+        if progress is not None:
+            progress.update(len(pairs[k:k + 50]))
+    refs = [r for _, r in pairs]
+    return {"bleu": corpus_bleu(hyps, refs), "chrf": corpus_chrf(hyps, refs)}, hyps
+
+
+def run_demo(out_dir: Path, max_minutes: float = 2.5, seed: int = 0, sink: Sink = null_sink,
+             n_held_out: int = HELD_OUT, data: dict[str, Any] | None = None, threads: int | None = 1) -> TaskReport:
+    """Train a small RNN+additive-attention model for ``max_minutes``, reload it, score and show it.
+
+    Writes into ``out_dir``: ``translation.ckpt`` (reloaded through the safe loader before use),
+    ``translations.txt`` (every held-out sentence with its output and reference, then the hand-picked
+    `DEMO_SENTENCES`) and ``translation_alignment_<i>.png`` for the examples the page shows.
 
     Args:
         out_dir: destination folder (created).
-        max_minutes: wall-clock budget for the whole demo; training gets what setup/plots leave.
+        max_minutes: wall-clock budget of the whole task; training gets what evaluation and figures leave.
+        seed: training seed (initialisation and batch order).
+        sink: progress sink (`core.progress`).
+        n_held_out: held-out test sentences to score.
+        data: `TranslationDataModule` arguments replacing the demo's (e.g. `QUICK_DATA`).
         threads: torch intra-op threads while the demo runs (restored afterwards). One thread is the
             fastest choice for this small model when other demos/processes share a 2-core machine;
             ``None`` keeps torch's setting.
 
     Returns:
-        Written files: the checkpoint, ``translations.txt`` and one alignment PNG per demo sentence.
+        The task's report (scores against the targets, examples, files).
     """
     import torch
 
@@ -37,59 +127,62 @@ def run_demo(out_dir: Path, max_minutes: float = 2.5, threads: int | None = 1) -
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run(Path(out_dir), max_minutes)
+        return _run(Path(out_dir), max_minutes, seed, sink, n_held_out, data or {})
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _run(out_dir: Path, max_minutes: float) -> list[Path]:
-    import lightning.pytorch as pl
-
+def _run(out_dir: Path, max_minutes: float, seed: int, sink: Sink, n_held_out: int, data: dict[str, Any]) -> TaskReport:
     from core.viz import plot_alignment
-    from tasks.translation.data import TranslationDataModule
     from tasks.translation.module import TranslationModule
 
     start = time.monotonic()
     out_dir.mkdir(parents=True, exist_ok=True)
-    pl.seed_everything(0, verbose=False)
-    dm = TranslationDataModule(n_pairs=12_000, val_size=200, test_size=200, vocab_size=1200,
-                               max_tokens=1024, cache_dir=str(out_dir / "cache"))
-    model = TranslationModule(embed_dim=96, hidden_dim=192, lr=4e-3, warmup_steps=50, plot_examples=0)
-    # Leave ~30 s (or a third of a tiny budget) for setup, checkpointing, reloading and plotting.
-    reserve = min(30.0, max_minutes * 60 / 3)
-    train_seconds = max(5.0, max_minutes * 60 - reserve - (time.monotonic() - start))
-    trainer = pl.Trainer(
-        max_time={"seconds": train_seconds}, max_epochs=1000, accelerator="cpu", devices=1, logger=False,
-        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        limit_val_batches=0, gradient_clip_val=1.0, use_distributed_sampler=False,
-        default_root_dir=str(out_dir))
+    dm, model = build(seed, data={"cache_dir": str(out_dir / "cache"), **data})
+    # Leave RESERVE_S (or a third of a tiny budget) for checkpointing, reloading, scoring and figures.
+    deadline = start + max(5.0, max_minutes * 60 - min(RESERVE_S, max_minutes * 60 / 3))
+    clock = TrainClock()
+    trainer = demo_trainer(TASK, deadline, sink, clock, default_root_dir=str(out_dir), **DEMO_TRAINER)
     trainer.fit(model, dm)
     ckpt = out_dir / "translation.ckpt"
     trainer.save_checkpoint(ckpt, weights_only=True)  # weights + hparams + metadata: small, no optimizer state
 
     reloaded = TranslationModule.load_from_checkpoint(ckpt)
-    results = reloaded.translate(DEMO_SENTENCES, beam=5, return_attention=True)
-    written = [ckpt]
-    lines = []
-    for i, (src, res) in enumerate(zip(DEMO_SENTENCES, results)):
-        lines.append(f"{src}\t{res.text}")
-        if res.attention is not None:
-            png = out_dir / f"translation_alignment_{i}.png"
-            fig = plot_alignment(res.attention, res.src_tokens, res.tgt_tokens, path=png, title=f"{src} → {res.text}")
-            if "matplotlib.pyplot" in sys.modules:
-                sys.modules["matplotlib.pyplot"].close(fig)
-            written.append(png)
+    pairs = held_out(dm, n_held_out)
+    with StageProgress(sink, TASK, f"scoring {len(pairs)} held-out sentences", len(pairs), "sentences") as prog:
+        metrics, hyps = evaluate(reloaded, pairs, progress=prog)
+    correct = [h == r for h, (_, r) in zip(hyps, pairs)]
+    shown = shown_indices(correct)
+    # Alignments of the shown sentences (same beam, so the same outputs as scored).
+    results = reloaded.translate([pairs[i][0] for i in shown], beam=DEMO_BEAM, return_attention=True)
+    report = TaskReport(TASK, metrics=metrics, n_examples={"test": len(pairs)}, train_steps=trainer.global_step,
+                        train_seconds=clock.seconds, files=[ckpt])
+    for k, (i, res) in enumerate(zip(shown, results)):
+        src, ref = pairs[i]
+        png = out_dir / f"translation_alignment_{k}.png"
+        fig = plot_alignment(res.attention, res.src_tokens, res.tgt_tokens, path=png, title=f"{src} → {res.text}")
+        if "matplotlib.pyplot" in sys.modules:
+            sys.modules["matplotlib.pyplot"].close(fig)
+        report.files.append(png)
+        report.examples.append(Example(output=hyps[i], references=[ref], correct=correct[i], text=src,
+                                       figure=f"{out_dir.name}/{png.name}", group=f"test #{i}"))
+    own = reloaded.translate(DEMO_SENTENCES, beam=DEMO_BEAM)
     txt = out_dir / "translations.txt"
-    txt.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    written.insert(1, txt)
-    print(f"translation demo: {trainer.global_step} steps in {time.monotonic() - start:.0f} s")
-    for line in lines:
-        print("  " + line.replace("\t", "  →  "))
-    return written
+    lines = [f"{s}\t{h}\t{r}\t{'ok' if c else 'WRONG'}" for (s, r), h, c in zip(pairs, hyps, correct)]
+    lines += [f"{s}\t{h}\t\thand-picked" for s, h in zip(DEMO_SENTENCES, own)]
+    write_text_atomic(txt, "source\toutput\treference\tresult\n" + "\n".join(lines) + "\n")
+    report.files.insert(1, txt)
+    figures = [f for f in report.files if f.suffix == ".png"]
+    folder = export_model(reloaded, out_dir, report.metrics, figures[0] if figures else None)
+    report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
+    report.seconds = time.monotonic() - start
+    return report
 
 
 if __name__ == "__main__":
+    from core.progress import ProgressBoard
+    from tasks.demo_report import format_table
+
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("demo_out/translation")
     minutes = float(sys.argv[2]) if len(sys.argv) > 2 else 2.5
-    for p in run_demo(out, minutes):
-        print(p)
+    print(format_table([run_demo(out, minutes, sink=ProgressBoard())]))

@@ -7,6 +7,7 @@ tiny and train for a handful of steps, so the whole file runs in about a minute 
 from __future__ import annotations
 
 import json
+import math
 import warnings
 from pathlib import Path
 
@@ -449,3 +450,182 @@ def test_hf_datasets_saved_to_disk(tmp_path: Path) -> None:
     assert lengths == [SAMPLE_RATE // 2, SAMPLE_RATE // 4]  # 22.05 kHz resampled to 16 kHz
     with pytest.raises(DataError, match="no split 'test'"):
         read_source(f"hf:{saved}", split="test")
+
+
+# ---------------------------------------------------------------------------------------------
+# guided attention (tasks.speech.guided)
+# ---------------------------------------------------------------------------------------------
+def test_guided_attention_loss_prefers_the_diagonal_and_ignores_padding() -> None:
+    from tasks.speech.guided import diagonal_penalty, guided_attention_loss
+
+    out_lens, in_lens = torch.tensor([4, 2]), torch.tensor([8, 4])
+    diag = torch.zeros(2, 4, 8)
+    for b, (lo, li) in enumerate(zip(out_lens.tolist(), in_lens.tolist())):
+        for t in range(lo):
+            diag[b, t, int((t + 0.5) * li / lo)] = 1.0  # one-hot on the diagonal
+    stuck = torch.zeros(2, 4, 8)
+    stuck[:, :, 0] = 1.0  # every step on the first frame: the failure the loss is for
+    assert guided_attention_loss(diag, out_lens, in_lens) < 0.15  # on the diagonal: close to 0
+    assert guided_attention_loss(stuck, out_lens, in_lens) > 0.4  # stuck on the first frame: far from it
+    w = diagonal_penalty(out_lens, in_lens, 4, 8, 0.2)  # (B, L, S)
+    assert w.shape == (2, 4, 8) and (w[1, 2:] == 0).all() and (w[1, :, 4:] == 0).all()  # padding costs nothing
+    assert float(w.min()) >= 0.0 and float(w.max()) < 1.0
+    # Attention mass on padded steps/frames changes nothing.
+    noisy = diag.clone()
+    noisy[1, 2:, :] = 5.0
+    noisy[1, :, 4:] += 3.0
+    assert torch.allclose(guided_attention_loss(noisy, out_lens, in_lens), guided_attention_loss(diag, out_lens, in_lens))
+
+
+def test_guided_attention_weight_adds_a_training_term_only() -> None:
+    from tasks.speech.module import SpeechModule
+
+    torch.manual_seed(0)
+    kw = {"encoder_dim": 16, "encoder_layers": 1, "hidden_dim": 24, "embed_dim": 8,
+          "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 5}, "spec_augment": False}
+    tk = make_char_tokenizer()
+    texts = ["a cat", "dogs run"]
+    tokens = torch.nn.utils.rnn.pad_sequence([torch.tensor(tk.encode(t)) for t in texts], batch_first=True)
+    batch = {"feats": torch.randn(2, 120, 80), "feat_lens": torch.tensor([120, 90]), "tokens": tokens,
+             "token_lens": torch.tensor([len(t) for t in texts]), "texts": texts}
+    plain = SpeechModule(**kw)
+    guided = SpeechModule(**kw, guided_attention_weight=2.0)
+    guided.load_state_dict(plain.state_dict())
+    plain.train(), guided.train()
+    torch.manual_seed(1)
+    a = plain._losses(batch)
+    torch.manual_seed(1)
+    b = guided._losses(batch)
+    assert "guided" not in a and 0.0 < float(b["guided"].detach()) < 1.0
+    assert torch.allclose(b["loss"], a["loss"] + 2.0 * b["guided"])
+    b["loss"].backward()
+    assert all(torch.isfinite(p.grad).all() for p in guided.parameters() if p.grad is not None)
+    guided.eval()
+    assert "guided" not in guided._losses(batch)  # validation losses stay comparable across settings
+
+
+def test_sortagrad_sampler_goes_short_to_long_once_then_shuffles() -> None:
+    from tasks.speech.data import SortaGradSampler
+
+    s = SortaGradSampler(20, seed=3)
+    first, second, third = list(s), list(s), list(s)
+    assert first == list(range(20))  # the dataset's batches are built in ascending length order
+    assert sorted(second) == sorted(third) == first and second != first and second != third
+    assert len(s) == 20
+    again = SortaGradSampler(20, seed=3)
+    assert [list(again) for _ in range(3)][1:] == [second, third]  # seeded: the same order every run
+
+
+def test_feature_cache_loads_each_utterance_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.speech import data
+
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"u{i}.wav")
+        sf.write(paths[-1], tone(0.3 + 0.1 * i, freq=300.0 + 50 * i), SAMPLE_RATE)
+    utts = validate_utterances([Utterance(str(p), "a b") for p in paths], "t", None)
+    loads: list[str] = []
+    real = data.load_audio
+    monkeypatch.setattr(data, "load_audio", lambda src: loads.append(src) or real(src))
+    cached = data.BucketedSpeechDataset(utts, make_char_tokenizer(), data.FeatureConfig(), cache_features=True)
+    first = [cached[b] for b in range(len(cached))]
+    again = [cached[b] for b in range(len(cached))]
+    assert len(loads) == 3  # the second epoch decodes nothing
+    assert all(torch.equal(x["feats"], y["feats"]) for x, y in zip(first, again))
+    plain = data.BucketedSpeechDataset(utts, make_char_tokenizer(), data.FeatureConfig())
+    _ = [plain[b] for b in range(len(plain))] + [plain[b] for b in range(len(plain))]
+    assert len(loads) == 3 + 6
+
+
+# ---------------------------------------------------------------------------------------------
+# joint CTC/attention decoding (tasks.speech.ctc_prefix)
+# ---------------------------------------------------------------------------------------------
+def _ctc_log_probs(t: int, seed: int) -> torch.Tensor:
+    """`(t, 6)` log-probs: blank 0, labels 1-3, BOS 4 and EOS 5 (both practically impossible)."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(t, 6, generator=g, dtype=torch.float64) * 2
+    logits[:, 4:] = -1e4
+    return logits.log_softmax(-1)
+
+
+def test_ctc_prefix_scores_sum_to_the_ctc_probability_of_the_sequence() -> None:
+    import torch.nn.functional as F
+
+    from tasks.speech.ctc_prefix import CTCPrefixScorer
+
+    lps = [_ctc_log_probs(9, 0), _ctc_log_probs(6, 1)]
+    lens = torch.tensor([9, 6])
+    batch = torch.nn.utils.rnn.pad_sequence(lps, batch_first=True)  # (2, 9, 6), the second one padded
+    labels = [[1, 2, 2, 3], [3, 1]]
+    scorer = CTCPrefixScorer(batch, lens, blank=0, eos=5, never=(4,))
+    state, static = scorer.initial_state(), scorer.static()
+    total = torch.zeros(2, dtype=torch.float64)
+    last = torch.tensor([4, 4])  # BOS
+    running = [True, True]
+    for step in range(len(labels[0]) + 1):
+        delta, state = scorer.step(last, state, static)
+        assert torch.isinf(delta[:, 0]).all() and torch.isinf(delta[:, 4]).all()  # blank, BOS: never labels
+        # The prefix probability splits over what comes next: the sequence ends here, or one more label.
+        split = torch.logsumexp(delta.double()[:, [1, 2, 3, 5]], dim=1)  # log sum of p(g+c...)/p(g...)
+        for b in range(2):
+            if running[b]:
+                assert abs(float(split[b])) < 1e-6, (step, b)
+        chosen = [lab[step] if step < len(lab) else 5 for lab in labels]
+        for b in range(2):
+            if running[b]:
+                total[b] += float(delta[b, chosen[b]])
+                running[b] = chosen[b] != 5
+        last = torch.tensor([c if c != 5 else 0 for c in chosen])  # a finished row is fed blank (pad)
+    want = -F.ctc_loss(batch.transpose(0, 1), torch.tensor(labels[0] + labels[1]), lens,
+                       torch.tensor([len(x) for x in labels]), blank=0, reduction="none")
+    assert torch.allclose(total, want.double(), atol=1e-6)  # log p_ctc(y), padding ignored
+
+
+def test_ctc_prefix_eos_scores_match_ctc_loss_for_each_length() -> None:
+    import torch.nn.functional as F
+
+    from tasks.speech.ctc_prefix import CTCPrefixScorer
+
+    lp = _ctc_log_probs(10, 2)[None]  # (1, 10, 6)
+    for labels in ([1], [2, 2], [3, 1, 3], [1, 1, 1]):
+        scorer = CTCPrefixScorer(lp, torch.tensor([10]), blank=0, eos=5, never=(4,))
+        state, static, total, last = scorer.initial_state(), scorer.static(), 0.0, torch.tensor([4])
+        for c in labels:
+            delta, state = scorer.step(last, state, static)
+            total += float(delta[0, c])
+            last = torch.tensor([c])
+        delta, _ = scorer.step(last, state, static)
+        total += float(delta[0, 5])
+        want = -F.ctc_loss(lp.transpose(0, 1), torch.tensor([labels]), torch.tensor([10]), torch.tensor([len(labels)]),
+                           blank=0, reduction="sum")
+        assert abs(total - float(want)) < 1e-5, labels
+
+
+def test_guided_weight_fades_out() -> None:
+    from tasks.speech.guided import guided_weight
+
+    assert guided_weight(2.0, None, 10_000) == 2.0
+    assert [guided_weight(2.0, 100, s) for s in (0, 50, 100, 500)] == [2.0, 1.0, 0.0, 0.0]
+    assert [guided_weight(2.0, 100, s, final=0.2) for s in (0, 50, 100, 500)] == [2.0, 1.1, 0.2, 0.2]
+
+
+def test_joint_ctc_decoding_runs_through_beam_search_with_the_decoder_state() -> None:
+    from tasks.speech.module import SpeechModule
+
+    torch.manual_seed(0)
+    kw = {"encoder_dim": 16, "encoder_layers": 1, "hidden_dim": 24, "embed_dim": 8, "ctc_weight": 0.5,
+          "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 5}, "spec_augment": False}
+    rescored, joint = SpeechModule(**kw), SpeechModule(**kw, joint_ctc_decoding=True)
+    joint.load_state_dict(rescored.state_dict())
+    feats, lens = torch.randn(3, 160, 80), torch.tensor([160, 120, 64])
+    a = rescored.decode_features(feats, lens, beam=3, nbest=2, with_attention=True)
+    b = joint.decode_features(feats, lens, beam=3, nbest=2, with_attention=True)
+    assert [len(h) for h in a] == [len(h) for h in b] == [2, 2, 2]
+    _, mask, _ = joint.eval().model.encode(joint.stats(feats), lens)
+    for hyps, n in zip(b, mask.sum(-1).tolist()):
+        assert hyps[0].score >= hyps[1].score and math.isfinite(hyps[0].score)
+        assert hyps[0].attention is not None and hyps[0].attention.shape[1] == n  # over the valid encoder frames
+    # beam 1 with CTC weight 1: the joint search follows the CTC prefix scores alone (a valid CTC labelling).
+    joint.hparams.ctc_weight = 1.0
+    greedy = joint.decode_features(feats[:1], lens[:1], beam=1)[0][0]
+    assert math.isfinite(greedy.score)

@@ -423,13 +423,15 @@ def test_cli_ddp_predict_prints_one_output_in_input_order(cli_ckpt: Path, tmp_pa
 
 @pytest.mark.slow
 def test_demo_writes_checkpoint_translations_and_plots(tmp_path: Path) -> None:
-    from tasks.translation.demo import DEMO_SENTENCES, run_demo
+    from tasks.translation.demo import DEMO_SENTENCES, QUICK_DATA, run_demo
 
-    paths = run_demo(tmp_path / "demo", max_minutes=0.2)
-    assert all(p.is_file() for p in paths)
-    assert sum(p.suffix == ".png" for p in paths) == len(DEMO_SENTENCES)
+    report = run_demo(tmp_path / "demo", max_minutes=0.2, n_held_out=5, data=QUICK_DATA)
+    assert all(p.is_file() for p in report.files)
+    assert report.n_examples == {"test": 5} and set(report.metrics) == {"bleu", "chrf"} and report.train_steps > 0
+    assert sum(p.suffix == ".png" for p in report.files) == len(report.examples) == 5  # one alignment per example
     lines = (tmp_path / "demo" / "translations.txt").read_text(encoding="utf-8").splitlines()
-    assert [ln.split("\t")[0] for ln in lines] == DEMO_SENTENCES
+    assert len(lines) == 1 + 5 + len(DEMO_SENTENCES)  # header, held-out sentences, hand-picked ones
+    assert [ln.split("\t")[0] for ln in lines[-len(DEMO_SENTENCES):]] == DEMO_SENTENCES
 
 
 @pytest.mark.slow
