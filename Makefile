@@ -5,15 +5,19 @@ VENV ?= $(if $(ATTN_VENV),$(ATTN_VENV),.venv)
 PY := $(VENV)/bin/python
 OUT ?= demo_output
 
-.PHONY: setup demo test test-fast bench-attention
+.PHONY: setup demo test lint test-fast bench-attention
 setup:
 	@ATTN_VENV=$(VENV) bash scripts/setup.sh
 
 demo: setup
 	$(VENV)/bin/attn-demo --out $(OUT)
 
-test: setup
+test: setup lint
 	$(PY) -m pytest -n 2 --timeout 600 -q -p no:cacheprovider
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 test-fast: setup
 	$(PY) -m pytest -n 2 -q -m "not slow" -p no:cacheprovider

@@ -22,8 +22,8 @@ import argparse
 import json
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -97,12 +97,14 @@ def bench_full(device: torch.device, dtype: torch.dtype, sizes: list[tuple[int, 
                 attn(q, k, k, mask, need_weights=need).context.float().sum().backward()
 
             if name == "additive":
+
                 def naive() -> None:
                     qh, kh = attn.query_proj(q), attn.key_proj(k)
                     e = torch.tanh(qh[:, :, None] + kh[:, None]) @ attn.energy.weight.view(-1)  # (B, T, S)
                     w = e.masked_fill(~mask[:, None], torch.finfo(e.dtype).min).softmax(-1)
                     (w @ k).float().sum().backward()
             elif name == "multihead":
+
                 def naive() -> None:
                     # Same projections, attention core written out (weights materialised).
                     b_, h_ = q.shape[0], attn.num_heads
@@ -113,19 +115,32 @@ def bench_full(device: torch.device, dtype: torch.dtype, sizes: list[tuple[int, 
                     o = (s_.softmax(-1) @ vv).transpose(1, 2).reshape(b_, -1, d)  # (B, H, T, Dh) -> (B, T, E)
                     attn.out_proj(o).float().sum().backward()
             else:
+
                 def naive() -> None:
                     naive_dot(q, k, k, mask, d**-0.5).float().sum().backward()
 
-            row = {"group": "full", "mechanism": name, "B": b, "T": t, "S": s, "D": d, "dtype": str(dtype),
-                   "ours_ms": 1e3 * timeit(ours, device), "naive_ms": 1e3 * timeit(naive, device),
-                   "ours_saved_MB": saved_bytes(lambda: attn(q, k, k, mask, need_weights=False).context) / 2**20,
-                   "ours_peak_MB": _mb(peak_cuda(ours, device)), "naive_peak_MB": _mb(peak_cuda(naive, device))}
+            row = {
+                "group": "full",
+                "mechanism": name,
+                "B": b,
+                "T": t,
+                "S": s,
+                "D": d,
+                "dtype": str(dtype),
+                "ours_ms": 1e3 * timeit(ours, device),
+                "naive_ms": 1e3 * timeit(naive, device),
+                "ours_saved_MB": saved_bytes(lambda: attn(q, k, k, mask, need_weights=False).context) / 2**20,
+                "ours_peak_MB": _mb(peak_cuda(ours, device)),
+                "naive_peak_MB": _mb(peak_cuda(naive, device)),
+            }
             row["speedup_vs_naive"] = row["naive_ms"] / row["ours_ms"]
             rows.append(row)
     return rows
 
 
-def bench_decoder_steps(device: torch.device, dtype: torch.dtype, b: int, s: int, d: int, h: int, steps: int) -> list[dict]:
+def bench_decoder_steps(
+    device: torch.device, dtype: torch.dtype, b: int, s: int, d: int, h: int, steps: int
+) -> list[dict]:
     rows = []
     enc = torch.randn(b, s, d, device=device, dtype=dtype, requires_grad=True)
     queries = torch.randn(steps, b, d, device=device, dtype=dtype, requires_grad=True)
@@ -156,14 +171,23 @@ def bench_decoder_steps(device: torch.device, dtype: torch.dtype, b: int, s: int
                 total = total + (w[:, None] @ enc).float().sum()
             return total
 
-        row = {"group": "decoder_steps", "mechanism": name, "B": b, "steps": steps, "S": s, "D": d, "H": h,
-               "dtype": str(dtype),
-               "ours_ms": 1e3 * timeit(lambda: ours().backward(), device, min_time=0.3),
-               "naive_ms": 1e3 * timeit(lambda: naive().backward(), device, min_time=0.3),
-               "ours_saved_MB": saved_bytes(ours) / 2**20, "naive_saved_MB": saved_bytes(naive) / 2**20,
-               "ours_peak_MB": _mb(peak_cuda(lambda: ours().backward(), device)),
-               "naive_peak_MB": _mb(peak_cuda(lambda: naive().backward(), device)),
-               "BTSH_MB": b * steps * s * h * torch.finfo(dtype).bits / 8 / 2**20}
+        row = {
+            "group": "decoder_steps",
+            "mechanism": name,
+            "B": b,
+            "steps": steps,
+            "S": s,
+            "D": d,
+            "H": h,
+            "dtype": str(dtype),
+            "ours_ms": 1e3 * timeit(lambda: ours().backward(), device, min_time=0.3),
+            "naive_ms": 1e3 * timeit(lambda: naive().backward(), device, min_time=0.3),
+            "ours_saved_MB": saved_bytes(ours) / 2**20,
+            "naive_saved_MB": saved_bytes(naive) / 2**20,
+            "ours_peak_MB": _mb(peak_cuda(lambda: ours().backward(), device)),
+            "naive_peak_MB": _mb(peak_cuda(lambda: naive().backward(), device)),
+            "BTSH_MB": b * steps * s * h * torch.finfo(dtype).bits / 8 / 2**20,
+        }
         row["speedup_vs_naive"] = row["naive_ms"] / row["ours_ms"]
         row["memory_ratio_naive_over_ours"] = row["naive_saved_MB"] / max(row["ours_saved_MB"], 1e-9)
         rows.append(row)
@@ -200,12 +224,28 @@ def bench_sdpa(device: torch.device, dtype: torch.dtype, b: int, h: int, t: int,
     flops = 3.5 * 4 * b * h * t * t * dh  # fwd + bwd attention core, FlashAttention convention
     proj_flops = 3 * 4 * 2 * b * t * e * e  # four E x E projections, fwd + 2x bwd
     rows = []
-    for name, ours, base, total in [("multihead", ours_mha, raw_mha, flops + proj_flops),
-                                    ("scaled_dot", ours_sdot, raw_sdpa, flops)]:
+    for name, ours, base, total in [
+        ("multihead", ours_mha, raw_mha, flops + proj_flops),
+        ("scaled_dot", ours_sdot, raw_sdpa, flops),
+    ]:
         ms, base_ms = 1e3 * timeit(ours, device), 1e3 * timeit(base, device)
-        rows.append({"group": "sdpa", "mechanism": name, "B": b, "H": h, "T": t, "S": t, "Dh": dh, "dtype": str(dtype),
-                     "ours_ms": ms, "baseline_ms": base_ms, "overhead_vs_baseline": ms / base_ms - 1,
-                     "TFLOPs_ours": total / ms / 1e9, "TFLOPs_baseline": total / base_ms / 1e9})
+        rows.append(
+            {
+                "group": "sdpa",
+                "mechanism": name,
+                "B": b,
+                "H": h,
+                "T": t,
+                "S": t,
+                "Dh": dh,
+                "dtype": str(dtype),
+                "ours_ms": ms,
+                "baseline_ms": base_ms,
+                "overhead_vs_baseline": ms / base_ms - 1,
+                "TFLOPs_ours": total / ms / 1e9,
+                "TFLOPs_baseline": total / base_ms / 1e9,
+            }
+        )
     return rows
 
 
@@ -223,9 +263,11 @@ def main() -> None:
     gpu = device.type == "cuda"
     dtype = torch.bfloat16 if gpu else torch.float32
     results = {
-        "device": torch.cuda.get_device_name() if gpu else f"CPU ({platform.processor() or platform.machine()}, "
-                                                            f"{torch.get_num_threads()} threads)",
-        "torch": torch.__version__, "dtype": str(dtype),
+        "device": torch.cuda.get_device_name()
+        if gpu
+        else f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "dtype": str(dtype),
         "rows": [],
     }
     if gpu:

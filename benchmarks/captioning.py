@@ -34,7 +34,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tasks.captioning.cli import make_cli  # noqa: E402
+from tasks.captioning.cli import make_cli
 
 
 class ThroughputMeter(L.Callback):
@@ -50,13 +50,17 @@ class ThroughputMeter(L.Callback):
         self.curve: list[dict[str, float]] = []
         self._t0 = time.perf_counter()
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         now = time.perf_counter()
         if self._end is not None:
             self.data_s += now - self._end  # gap since the previous step ended = waiting for the loader
         self._start = now
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if torch.cuda.is_available():
             torch.cuda.synchronize()
         now = time.perf_counter()
@@ -79,14 +83,24 @@ class ThroughputMeter(L.Callback):
                     "val_cider": round(float(m.get("val/cider", float("nan"))), 3),
                 }
             )
-            print(f"[bench] step {trainer.global_step} t={self.curve[-1]['elapsed_s']}s val/bleu4={self.curve[-1]['val_bleu4']}", flush=True)
+            print(
+                f"[bench] step {trainer.global_step} t={self.curve[-1]['elapsed_s']}s "
+                f"val/bleu4={self.curve[-1]['val_bleu4']}",
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--config", action="append", default=None, help="config file(s); default configs/captioning/default.yaml")
-    p.add_argument("--minutes", type=float, default=14.0,
-                   help="training time cap (validation included); the config's max_epochs may end the run first")
+    p.add_argument(
+        "--config", action="append", default=None, help="config file(s); default configs/captioning/default.yaml"
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=14.0,
+        help="training time cap (validation included); the config's max_epochs may end the run first",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (e.g. 2 for the 2-core target)")
     p.add_argument("--accelerator", default="cpu", help="cpu, gpu or auto")
     p.add_argument("--out", default=None, help="JSON output file")

@@ -59,8 +59,9 @@ def recipe(config: Path) -> dict[str, Any]:
     return yaml.safe_load(config.read_text(encoding="utf-8"))
 
 
-def write_splits(data: str, work: Path, cfg: dict[str, Any], limit: int | None = None
-                 ) -> dict[str, list[tuple[str, str]]]:
+def write_splits(
+    data: str, work: Path, cfg: dict[str, Any], limit: int | None = None
+) -> dict[str, list[tuple[str, str]]]:
     """Our data module's train / val / test pairs, written as `<split>.en` / `<split>.es` for JoeyNMT."""
     from tasks.translation.data import TranslationDataModule
 
@@ -81,40 +82,94 @@ def joey_config(work: Path, cfg: dict[str, Any], seed: int, validation_freq: int
     vocab = int(d.get("vocab_size", 8000))
     spm = work / "spm"
     if not (spm.with_suffix(".model")).is_file():
-        code = ("import sentencepiece as s, sys; s.SentencePieceTrainer.train(input=sys.argv[1] + ',' + sys.argv[2], "
-                "model_prefix=sys.argv[3], vocab_size=int(sys.argv[4]), model_type='bpe', character_coverage=1.0, "
-                "unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1)")
-        subprocess.run([str(JOEY_PY), "-c", code, str(work / "train.en"), str(work / "train.es"), str(spm),
-                        str(vocab - 3)], check=True, capture_output=True)
+        code = (
+            "import sentencepiece as s, sys; s.SentencePieceTrainer.train(input=sys.argv[1] + ',' + sys.argv[2], "
+            "model_prefix=sys.argv[3], vocab_size=int(sys.argv[4]), model_type='bpe', character_coverage=1.0, "
+            "unk_id=0, bos_id=-1, eos_id=-1, pad_id=-1)"
+        )
+        subprocess.run(
+            [str(JOEY_PY), "-c", code, str(work / "train.en"), str(work / "train.es"), str(spm), str(vocab - 3)],
+            check=True,
+            capture_output=True,
+        )
         pieces = [ln.split("\t")[0] for ln in spm.with_suffix(".vocab").read_text(encoding="utf-8").splitlines()]
         # JoeyNMT's ids: <unk> 0, <pad> 1, <s> 2, </s> 3, then the pieces (sentencepiece's own <unk> first)
-        (work / "vocab.txt").write_text("\n".join(["<unk>", "<pad>", "<s>", "</s>", *pieces[1:]]) + "\n",
-                                        encoding="utf-8")
-    side = {"max_length": 100, "lowercase": False, "normalize": False, "level": "bpe",
-            "voc_file": str(work / "vocab.txt"), "tokenizer_type": "sentencepiece",
-            "tokenizer_cfg": {"model_file": str(spm.with_suffix(".model"))}}
-    layer = {"type": "transformer", "num_layers": int(m["encoder_layers"]), "num_heads": int(m["num_heads"]),
-             "embeddings": {"embedding_dim": int(m["hidden_dim"]), "scale": True}, "hidden_size": int(m["hidden_dim"]),
-             "ff_size": int(m["ffn_dim"]), "dropout": float(m.get("dropout", 0.1)), "layer_norm": "pre"}
+        (work / "vocab.txt").write_text(
+            "\n".join(["<unk>", "<pad>", "<s>", "</s>", *pieces[1:]]) + "\n", encoding="utf-8"
+        )
+    side = {
+        "max_length": 100,
+        "lowercase": False,
+        "normalize": False,
+        "level": "bpe",
+        "voc_file": str(work / "vocab.txt"),
+        "tokenizer_type": "sentencepiece",
+        "tokenizer_cfg": {"model_file": str(spm.with_suffix(".model"))},
+    }
+    layer = {
+        "type": "transformer",
+        "num_layers": int(m["encoder_layers"]),
+        "num_heads": int(m["num_heads"]),
+        "embeddings": {"embedding_dim": int(m["hidden_dim"]), "scale": True},
+        "hidden_size": int(m["hidden_dim"]),
+        "ff_size": int(m["ffn_dim"]),
+        "dropout": float(m.get("dropout", 0.1)),
+        "layer_norm": "pre",
+    }
     config = {
-        "name": "peer", "joeynmt_version": "2.3.0", "model_dir": str(work / "joey_model"), "use_cuda": False,
+        "name": "peer",
+        "joeynmt_version": "2.3.0",
+        "model_dir": str(work / "joey_model"),
+        "use_cuda": False,
         "random_seed": seed,
-        "data": {"train": str(work / "train"), "dev": str(work / "val"), "test": str(work / "test"),
-                 "dataset_type": "plain", "sample_dev_subset": int(m.get("val_bleu_sentences") or 500),
-                 "src": {"lang": "en", **side}, "trg": {"lang": "es", **side}},
-        "testing": {"beam_size": 5, "beam_alpha": 1.0, "batch_size": 2048, "batch_type": "token",
-                    "eval_metrics": ["bleu"], "sacrebleu_cfg": {"tokenize": "13a"}},
-        "training": {"optimizer": "adamw", "adam_betas": [0.9, 0.98], "learning_rate": float(m["lr"]),
-                     "learning_rate_min": 1e-8, "learning_rate_warmup": int(m["warmup_steps"]),
-                     "scheduling": "warmupinversesquareroot", "weight_decay": float(m.get("weight_decay", 0.0)),
-                     "label_smoothing": float(m.get("label_smoothing", 0.1)), "clip_grad_norm": 1.0,
-                     "batch_size": int(d["max_tokens"]), "batch_type": "token", "epochs": 1000,
-                     "validation_freq": validation_freq, "logging_freq": min(100, validation_freq),
-                     "early_stopping_metric": "bleu", "keep_best_ckpts": -1, "overwrite": True, "shuffle": True,
-                     "print_valid_sents": [], "num_workers": 0},
-        "model": {"initializer": "xavier_uniform", "embed_initializer": "xavier_uniform", "bias_initializer": "zeros",
-                  "tied_embeddings": True, "tied_softmax": True, "encoder": layer,
-                  "decoder": {**layer, "num_layers": int(m["decoder_layers"])}},
+        "data": {
+            "train": str(work / "train"),
+            "dev": str(work / "val"),
+            "test": str(work / "test"),
+            "dataset_type": "plain",
+            "sample_dev_subset": int(m.get("val_bleu_sentences") or 500),
+            "src": {"lang": "en", **side},
+            "trg": {"lang": "es", **side},
+        },
+        "testing": {
+            "beam_size": 5,
+            "beam_alpha": 1.0,
+            "batch_size": 2048,
+            "batch_type": "token",
+            "eval_metrics": ["bleu"],
+            "sacrebleu_cfg": {"tokenize": "13a"},
+        },
+        "training": {
+            "optimizer": "adamw",
+            "adam_betas": [0.9, 0.98],
+            "learning_rate": float(m["lr"]),
+            "learning_rate_min": 1e-8,
+            "learning_rate_warmup": int(m["warmup_steps"]),
+            "scheduling": "warmupinversesquareroot",
+            "weight_decay": float(m.get("weight_decay", 0.0)),
+            "label_smoothing": float(m.get("label_smoothing", 0.1)),
+            "clip_grad_norm": 1.0,
+            "batch_size": int(d["max_tokens"]),
+            "batch_type": "token",
+            "epochs": 1000,
+            "validation_freq": validation_freq,
+            "logging_freq": min(100, validation_freq),
+            "early_stopping_metric": "bleu",
+            "keep_best_ckpts": -1,
+            "overwrite": True,
+            "shuffle": True,
+            "print_valid_sents": [],
+            "num_workers": 0,
+        },
+        "model": {
+            "initializer": "xavier_uniform",
+            "embed_initializer": "xavier_uniform",
+            "bias_initializer": "zeros",
+            "tied_embeddings": True,
+            "tied_softmax": True,
+            "encoder": layer,
+            "decoder": {**layer, "num_layers": int(m["decoder_layers"])},
+        },
     }
     del t
     path = work / "joey.yaml"
@@ -122,10 +177,12 @@ def joey_config(work: Path, cfg: dict[str, Any], seed: int, validation_freq: int
     return path
 
 
-def _snapshot(pattern_dir: Path, glob: str, marks: list[float], budget: float, start: float,
-              dest: Path) -> threading.Thread:
+def _snapshot(
+    pattern_dir: Path, glob: str, marks: list[float], budget: float, start: float, dest: Path
+) -> threading.Thread:
     """A thread that, at each mark (minutes after `start`), copies the newest matching checkpoint to
     `dest/<mark>.ckpt` (the state a user would have if they stopped there)."""
+
     def run() -> None:
         for mark in [m for m in marks if m < budget]:  # the end of the budget: the final checkpoint, after exit
             wait = start + 60 * mark - time.monotonic()
@@ -135,6 +192,7 @@ def _snapshot(pattern_dir: Path, glob: str, marks: list[float], budget: float, s
             found = [p for p in found if not p.is_symlink()]
             if found:
                 shutil.copy2(found[-1], dest / f"{mark:g}.ckpt")
+
     dest.mkdir(parents=True, exist_ok=True)
     th = threading.Thread(target=run, daemon=True)
     th.start()
@@ -148,8 +206,12 @@ def run_joeynmt(work: Path, cfg: dict[str, Any], args: argparse.Namespace) -> di
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     model_dir = work / "joey_model"
     start = time.monotonic()
-    proc = subprocess.Popen([str(JOEY_PY), "-m", "joeynmt", "train", str(config), "--skip-test"], env=env,
-                            stdout=open(work / "joey_train.log", "w"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [str(JOEY_PY), "-m", "joeynmt", "train", str(config), "--skip-test"],
+        env=env,
+        stdout=open(work / "joey_train.log", "w"),
+        stderr=subprocess.STDOUT,
+    )
     snap = _snapshot(model_dir, "[0-9]*.ckpt", args.marks, args.minutes, start, work / "joey_marks")
     try:
         proc.wait(timeout=60 * args.minutes + 5)
@@ -178,8 +240,14 @@ def _joey_score(work: Path, config: Path, ckpt: Path, env: dict[str, str]) -> fl
     test_cfg.write_text(_yaml(cfg), encoding="utf-8")
     # Hypotheses from stdout: JoeyNMT 2.3.0's `translate -o FILE` with piped input fails (`args.n_best`); its
     # log goes to stderr.
-    proc = subprocess.run([str(JOEY_PY), "-m", "joeynmt", "translate", str(test_cfg)], env=env, check=True,
-                          stdin=open(work / "test.en"), capture_output=True, text=True)
+    proc = subprocess.run(
+        [str(JOEY_PY), "-m", "joeynmt", "translate", str(test_cfg)],
+        env=env,
+        check=True,
+        stdin=open(work / "test.en"),
+        capture_output=True,
+        text=True,
+    )
     hyps = proc.stdout.splitlines()
     (work / f"joey_hyp_{ckpt.stem}.es").write_text(proc.stdout, encoding="utf-8")
     return _bleu(hyps, (work / "test.es").read_text(encoding="utf-8").splitlines())
@@ -195,9 +263,24 @@ def run_ours(work: Path, config: Path, args: argparse.Namespace) -> dict[str, An
     """Train our CPU recipe for the budget through the CLI, snapshot at the marks, translate the test set."""
     root = work / "ours"
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    cmd = [sys.executable, "-m", "tasks.translation.cli", "fit", "--config", str(config), "--data.path", args.data,
-           "--trainer.default_root_dir", str(root), "--trainer.max_time", f"00:00:{args.minutes:02d}:00",
-           "--seed_everything", str(args.seed), "--trainer.enable_progress_bar", "false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "tasks.translation.cli",
+        "fit",
+        "--config",
+        str(config),
+        "--data.path",
+        args.data,
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.max_time",
+        f"00:00:{args.minutes:02d}:00",
+        "--seed_everything",
+        str(args.seed),
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     start = time.monotonic()
     snap = _snapshot(root / "checkpoints", "last.ckpt", args.marks, args.minutes, start, work / "ours_marks")
     log = open(work / "ours_train.log", "w")
@@ -236,8 +319,12 @@ def main() -> None:
     p.add_argument("--marks", type=float, nargs="+", default=[5, 10, 20, 30])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--validation-freq", type=int, default=500,
-                   help="JoeyNMT validation (and checkpoint) interval in updates; match our recipe's rhythm")
+    p.add_argument(
+        "--validation-freq",
+        type=int,
+        default=500,
+        help="JoeyNMT validation (and checkpoint) interval in updates; match our recipe's rhythm",
+    )
     p.add_argument("--test-limit", type=int, default=None, help="score only the first N test pairs (smoke runs)")
     p.add_argument("--work", type=Path, default=REPO / ".peer" / "work")
     p.add_argument("--out", type=Path, default=None)
@@ -249,8 +336,14 @@ def main() -> None:
     work = args.work / f"seed{args.seed}"
     write_splits(args.data, work, cfg, args.test_limit)
     load = os.getloadavg()
-    result: dict[str, Any] = {"config": str(args.config.relative_to(REPO)), "minutes": args.minutes,
-                              "threads": args.threads, "seed": args.seed, "load_average_at_start": load, "runs": []}
+    result: dict[str, Any] = {
+        "config": str(args.config.relative_to(REPO)),
+        "minutes": args.minutes,
+        "threads": args.threads,
+        "seed": args.seed,
+        "load_average_at_start": load,
+        "runs": [],
+    }
     if args.toolkit in ("ours", "both"):
         result["runs"].append(run_ours(work, args.config, args))
     if args.toolkit in ("joeynmt", "both"):

@@ -49,13 +49,16 @@ class Throughput(Callback):
         self._t = 0.0
         self._end: float | None = None
 
-    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._t = time.perf_counter()
         if self._end is not None:
             self.data_s += self._t - self._end
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if torch.cuda.is_available() and pl_module.device.type == "cuda":
             torch.cuda.synchronize()
         self._end = time.perf_counter()
@@ -77,8 +80,14 @@ def _device_name(accelerator: str) -> str:
     return f"CPU ({platform.processor() or platform.machine()}, {cores} usable cores)"
 
 
-def run(minutes: float, config: Path, out: Path, accelerator: str = "cpu", rtf_files: int = 30,
-        data_overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def run(
+    minutes: float,
+    config: Path,
+    out: Path,
+    accelerator: str = "cpu",
+    rtf_files: int = 30,
+    data_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """Train the config for `minutes`, evaluate on the test split, time transcription."""
     from tasks.speech.data import SpeechDataModule
     from tasks.speech.module import SpeechModule
@@ -98,8 +107,15 @@ def run(minutes: float, config: Path, out: Path, accelerator: str = "cpu", rtf_f
     tput = Throughput()
     ckpt = ModelCheckpoint(dirpath=out / "ckpt", monitor="val/cer", mode="min", save_last=True)
     tr_cfg = {k: v for k, v in (cfg.get("trainer") or {}).items() if k not in ("default_root_dir", "max_time")}
-    trainer = L.Trainer(**tr_cfg, max_time={"seconds": int(minutes * 60)}, accelerator=accelerator, devices=1,
-                        default_root_dir=str(out), callbacks=[tput, ckpt], enable_progress_bar=False)
+    trainer = L.Trainer(
+        **tr_cfg,
+        max_time={"seconds": int(minutes * 60)},
+        accelerator=accelerator,
+        devices=1,
+        default_root_dir=str(out),
+        callbacks=[tput, ckpt],
+        enable_progress_bar=False,
+    )
     t1 = time.perf_counter()
     trainer.fit(model, dm)
     fit_s = time.perf_counter() - t1
@@ -148,7 +164,8 @@ def markdown(r: dict[str, Any]) -> str:
     return (
         f"| speech (default config, {r['budget_minutes']} min budget) | {r['device']} | "
         f"CER {100 * r['test_cer']:.2f}% / WER {100 * r['test_wer']:.2f}% (unseen voices) | "
-        f"{r['train_audio_seconds_per_second']} audio-s/s training (data wait {100 * r['data_wait_fraction']:.1f} %) | RTF {r['transcribe_rtf_cpu_beam5']} (CPU, beam 5) | "
+        f"{r['train_audio_seconds_per_second']} audio-s/s training (data wait {100 * r['data_wait_fraction']:.1f} %) | "
+        f"RTF {r['transcribe_rtf_cpu_beam5']} (CPU, beam 5) | "
         f"synthesis {r['synthesis_seconds']} s, {r['steps']} steps |\n\n`{r['command']}`"
     )
 

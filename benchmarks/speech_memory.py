@@ -35,8 +35,8 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.attention import saved_bytes  # noqa: E402
-from tasks.speech.model import ASRModel  # noqa: E402
+from benchmarks.attention import saved_bytes
+from tasks.speech.model import ASRModel
 
 
 def run(attention: str, memory_efficient: bool | None, args: argparse.Namespace) -> dict[str, Any]:
@@ -46,9 +46,18 @@ def run(attention: str, memory_efficient: bool | None, args: argparse.Namespace)
     if attention == "location":
         opts.update(conv_channels=10, kernel_size=15)
     # The default config's sizes (configs/speech/default.yaml).
-    model = ASRModel(args.vocab, n_mels=80, encoder="lstm", encoder_dim=160, encoder_layers=2,
-                     hidden_dim=192, embed_dim=48, attention=attention, attention_options=opts,
-                     dropout=0.1).to(dev)
+    model = ASRModel(
+        args.vocab,
+        n_mels=80,
+        encoder="lstm",
+        encoder_dim=160,
+        encoder_layers=2,
+        hidden_dim=192,
+        embed_dim=48,
+        attention=attention,
+        attention_options=opts,
+        dropout=0.1,
+    ).to(dev)
     b, frames, l_out = args.batch, args.frames * 4, args.tokens  # 4x time reduction in the encoder
     feats = torch.randn(b, frames, 80, device=dev)  # (B, T, F)
     feat_lens = torch.full((b,), frames, device=dev)
@@ -60,8 +69,13 @@ def run(attention: str, memory_efficient: bool | None, args: argparse.Namespace)
             enc, mask, ctc_lp = model.encode(feats, feat_lens)  # (B, S, D), (B, S), (B, S, V)
             logits, _ = model.decoder(enc, mask, inputs)  # (B, L, V)
         ce = F.cross_entropy(logits.float().transpose(1, 2), tokens)
-        ctc = F.ctc_loss(ctc_lp.float().transpose(0, 1), tokens, mask.sum(-1), torch.full((b,), l_out, device=dev),
-                         zero_infinity=True)
+        ctc = F.ctc_loss(
+            ctc_lp.float().transpose(0, 1),
+            tokens,
+            mask.sum(-1),
+            torch.full((b,), l_out, device=dev),
+            zero_infinity=True,
+        )
         return ce + ctc
 
     def step() -> None:
@@ -98,10 +112,15 @@ def run(attention: str, memory_efficient: bool | None, args: argparse.Namespace)
         step()
         torch.cuda.synchronize()
         peak = torch.cuda.max_memory_allocated()
-    return {"attention": attention, "memory_efficient": memory_efficient, "encoder_frames": s,
-            "saved_for_backward_mb": round(saved / 2**20, 1), "decoder_saved_mb": round(saved_dec / 2**20, 1),
-            "step_ms": round(statistics.median(times) * 1e3, 1),
-            "cuda_peak_mb": None if peak is None else round(peak / 2**20, 1)}
+    return {
+        "attention": attention,
+        "memory_efficient": memory_efficient,
+        "encoder_frames": s,
+        "saved_for_backward_mb": round(saved / 2**20, 1),
+        "decoder_saved_mb": round(saved_dec / 2**20, 1),
+        "step_ms": round(statistics.median(times) * 1e3, 1),
+        "cuda_peak_mb": None if peak is None else round(peak / 2**20, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,10 +148,17 @@ def main(argv: list[str] | None = None) -> int:
     b, s, h, l_out = args.batch, rows[0]["encoder_frames"], args.attn_dim, args.tokens
     result = {
         "command": "python benchmarks/speech_memory.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "machine": {"python": platform.python_version(), "torch": torch.__version__, "device": args.device,
-                    "cuda": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
-                    "torch_threads": torch.get_num_threads()},
-        "batch": b, "encoder_frames": s, "decoder_steps": l_out, "attention_hidden": h,
+        "machine": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "device": args.device,
+            "cuda": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
+            "torch_threads": torch.get_num_threads(),
+        },
+        "batch": b,
+        "encoder_frames": s,
+        "decoder_steps": l_out,
+        "attention_hidden": h,
         "dtype": "bf16 autocast" if args.device.startswith("cuda") else "fp32",
         "full_BLSH_tensor_mb": round(b * l_out * s * h * (2 if args.device.startswith("cuda") else 4) / 2**20, 1),
         "rows": rows,
@@ -142,12 +168,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(text + "\n", encoding="utf-8")
-    print("\n| attention | memory_efficient | saved, whole step (MB) | saved, decoder (MB) | decoder plain / this "
-          "| step ms | this / plain | CUDA peak MB |\n|---|---|---|---|---|---|---|---|")
+    print(
+        "\n| attention | memory_efficient | saved, whole step (MB) | saved, decoder (MB) | decoder plain / this "
+        "| step ms | this / plain | CUDA peak MB |\n|---|---|---|---|---|---|---|---|"
+    )
     for r in rows:
-        print(f"| {r['attention']} | {r['memory_efficient']} | {r['saved_for_backward_mb']} | {r['decoder_saved_mb']} | "
-              f"{r['decoder_saved_ratio_plain_over_this']}x | {r['step_ms']} | {r['time_ratio_this_over_plain']} | "
-              f"{r['cuda_peak_mb']} |")
+        print(
+            f"| {r['attention']} | {r['memory_efficient']} | {r['saved_for_backward_mb']} | {r['decoder_saved_mb']} | "
+            f"{r['decoder_saved_ratio_plain_over_this']}x | {r['step_ms']} | {r['time_ratio_this_over_plain']} | "
+            f"{r['cuda_peak_mb']} |"
+        )
     return 0
 
 

@@ -41,9 +41,18 @@ def run_one(name: str, source: str, minutes: float, out: Path) -> dict[str, Any]
     dm.setup("fit")
     load_s = time.perf_counter() - t0
     model = SpeechModule(**cfg["model"])
-    trainer = L.Trainer(max_time={"seconds": int(minutes * 60)}, max_epochs=1000, accelerator="cpu", devices=1,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False, limit_val_batches=0,
-                        gradient_clip_val=5.0, default_root_dir=str(out))
+    trainer = L.Trainer(
+        max_time={"seconds": int(minutes * 60)},
+        max_epochs=1000,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        limit_val_batches=0,
+        gradient_clip_val=5.0,
+        default_root_dir=str(out),
+    )
     t1 = time.perf_counter()
     trainer.fit(model, dm)
     fit_s = time.perf_counter() - t1
@@ -57,11 +66,17 @@ def run_one(name: str, source: str, minutes: float, out: Path) -> dict[str, Any]
     tr_cer, tr_wer = score(train_utts)
     te_cer, te_wer = score(held)
     return {
-        "source": source, "train_utterances": len(dm.splits["train"]), "heldout_utterances": len(held),
+        "source": source,
+        "train_utterances": len(dm.splits["train"]),
+        "heldout_utterances": len(held),
         "train_hours": round(sum(u.duration or 0 for u in dm.splits["train"]) / 3600, 3),
-        "load_seconds": round(load_s, 1), "fit_seconds": round(fit_s, 1), "steps": trainer.global_step,
-        "train_cer": round(tr_cer, 4), "train_wer": round(tr_wer, 4),
-        "heldout_cer": round(te_cer, 4), "heldout_wer": round(te_wer, 4),
+        "load_seconds": round(load_s, 1),
+        "fit_seconds": round(fit_s, 1),
+        "steps": trainer.global_step,
+        "train_cer": round(tr_cer, 4),
+        "train_wer": round(tr_wer, 4),
+        "heldout_cer": round(te_cer, 4),
+        "heldout_wer": round(te_wer, 4),
     }
 
 
@@ -82,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         print(name, json.dumps(results[name]), flush=True)
     (args.out / "speech_real.json").write_text(json.dumps(results, indent=1))
     for name, r in results.items():
-        print(f"| {name} | {r['train_utterances']} utts / {r['train_hours']} h | {r['steps']} steps in "
-              f"{r['fit_seconds']} s | train CER {100 * r['train_cer']:.1f}% WER {100 * r['train_wer']:.1f}% | "
-              f"held-out CER {100 * r['heldout_cer']:.1f}% WER {100 * r['heldout_wer']:.1f}% |")
+        print(
+            f"| {name} | {r['train_utterances']} utts / {r['train_hours']} h | {r['steps']} steps in "
+            f"{r['fit_seconds']} s | train CER {100 * r['train_cer']:.1f}% WER {100 * r['train_wer']:.1f}% | "
+            f"held-out CER {100 * r['heldout_cer']:.1f}% WER {100 * r['heldout_wer']:.1f}% |"
+        )
     return 0
 
 

@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import lightning as L  # noqa: E402
-import torch  # noqa: E402
-import yaml  # noqa: E402
+import lightning as L
+import torch
+import yaml
 
-from tasks.demo_report import TARGETS, Target  # noqa: E402
+from tasks.demo_report import TARGETS, Target
 
 #: Held-out sizes (the demo's own held-out sets are at least this large).
 HELD_OUT = {"translation": 200, "captioning": 100, "speech": 100}
@@ -86,8 +86,15 @@ class TimeToQuality(L.Callback):
             would take, and robust to other jobs on a shared machine) or ``"wall"``.
     """
 
-    def __init__(self, evaluate: Callable[[Any], dict[str, float]], targets: tuple[Target, ...], every_s: float,
-                 max_s: float, clock: str = "cpu", keep_going: bool = False) -> None:
+    def __init__(
+        self,
+        evaluate: Callable[[Any], dict[str, float]],
+        targets: tuple[Target, ...],
+        every_s: float,
+        max_s: float,
+        clock: str = "cpu",
+        keep_going: bool = False,
+    ) -> None:
         self.evaluate, self.targets, self.every_s, self.max_s = evaluate, targets, every_s, max_s
         self.clock, self.keep_going = clock, keep_going
         self.curve: list[dict[str, Any]] = []
@@ -116,13 +123,21 @@ class TimeToQuality(L.Callback):
             metrics = self.evaluate(pl_module)
         finally:
             pl_module.train(was_training)
-        point = {"train_s": round(wall, 1), "cpu_s": round(cpu, 1), "step": trainer.global_step,
-                 "epoch": trainer.current_epoch, "loadavg": [round(x, 2) for x in os.getloadavg()],
-                 "eval_s": round(time.perf_counter() - e0, 1),
-                 "metrics": {k: round(v, 2) for k, v in metrics.items()}}
+        point = {
+            "train_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "step": trainer.global_step,
+            "epoch": trainer.current_epoch,
+            "loadavg": [round(x, 2) for x in os.getloadavg()],
+            "eval_s": round(time.perf_counter() - e0, 1),
+            "metrics": {k: round(v, 2) for k, v in metrics.items()},
+        }
         self.curve.append(point)
-        print(f"  step {point['step']:5d}  train {wall / 60:5.2f} min  cpu {cpu / 60:5.2f} min  "
-              f"{point['metrics']}  load {point['loadavg'][0]}", flush=True)
+        print(
+            f"  step {point['step']:5d}  train {wall / 60:5.2f} min  cpu {cpu / 60:5.2f} min  "
+            f"{point['metrics']}  load {point['loadavg'][0]}",
+            flush=True,
+        )
         self._eval_wall += time.perf_counter() - e0
         self._eval_cpu += time.process_time() - c0
         if self.reached is None and all(t.met(metrics.get(t.metric)) for t in self.targets):
@@ -229,17 +244,36 @@ def setup_speech(name: str, seed: int, data: dict[str, Any], model: dict[str, An
 SETUPS = {"translation": setup_translation, "captioning": setup_captioning, "speech": setup_speech}
 
 
-def run_seed(task: str, setup: str, seed: int, data: dict[str, Any], model: dict[str, Any], every_s: float,
-             max_minutes: float, workdir: Path, clock: str = "cpu", keep_going: bool = False) -> dict[str, Any]:
+def run_seed(
+    task: str,
+    setup: str,
+    seed: int,
+    data: dict[str, Any],
+    model: dict[str, Any],
+    every_s: float,
+    max_minutes: float,
+    workdir: Path,
+    clock: str = "cpu",
+    keep_going: bool = False,
+) -> dict[str, Any]:
     """Train one seed until the targets (or the cap); returns its record."""
     load0 = os.getloadavg()
     t0 = time.perf_counter()
     dm, module, kw, evaluate = SETUPS[task](setup, seed, data, model, workdir)
     setup_s = time.perf_counter() - t0
     ttq = TimeToQuality(evaluate, TARGETS[task], every_s, max_minutes * 60.0, clock, keep_going)
-    base = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-            "enable_progress_bar": False, "enable_model_summary": False, "limit_val_batches": 0,
-            "num_sanity_val_steps": 0, "max_epochs": 10_000, "default_root_dir": str(workdir)}
+    base = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "max_epochs": 10_000,
+        "default_root_dir": str(workdir),
+    }
     trainer = L.Trainer(callbacks=[ttq], **{**base, **kw})
     trainer.fit(module, dm)
     if SAVE_CKPT:  # the weights at the target (or the cap), e.g. to look at their attention figures
@@ -247,12 +281,15 @@ def run_seed(task: str, setup: str, seed: int, data: dict[str, Any], model: dict
     hit = ttq.reached
     last = ttq.curve[-1] if ttq.curve else {}
     return {
-        "seed": seed, "reached": hit is not None,
+        "seed": seed,
+        "reached": hit is not None,
         "minutes_to_target": round(hit["train_s"] / 60, 2) if hit else None,
         "cpu_minutes_to_target": round(hit["cpu_s"] / 60, 2) if hit else None,
         "steps_to_target": hit["step"] if hit else None,
-        "final": last, "setup_seconds": round(setup_s, 1),
-        "loadavg_start": [round(x, 2) for x in load0], "loadavg_end": [round(x, 2) for x in os.getloadavg()],
+        "final": last,
+        "setup_seconds": round(setup_s, 1),
+        "loadavg_start": [round(x, 2) for x in load0],
+        "loadavg_end": [round(x, 2) for x in os.getloadavg()],
         "curve": ttq.curve,
     }
 
@@ -274,21 +311,28 @@ def _fmt(x: float | None, cap: float, unit: str = "") -> str:
 
 def table(paths: list[Path]) -> str:
     """Markdown table over result files (one row per file)."""
-    rows = [("| task | setup | variant | seeds reaching target | CPU minutes to target, median / worst | "
-             "wall minutes, median / worst | steps, median / worst | load average (1 min) during runs | file |"),
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        (
+            "| task | setup | variant | seeds reaching target | CPU minutes to target, median / worst | "
+            "wall minutes, median / worst | steps, median / worst | load average (1 min) during runs | file |"
+        ),
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for p in paths:
         r = json.loads(p.read_text())
         s, cap = r["summary"], r["max_minutes"]
         loads = [pt["loadavg"][0] for run in r["runs"] for pt in run["curve"]]
         load = f"{min(loads):.1f}–{max(loads):.1f}" if loads else "?"
-        variant = r.get("label") or (", ".join(f"{k}={v}" for k, v in {**r["data"], **r["model"]}.items()) or "as shipped")
+        variant = r.get("label") or (
+            ", ".join(f"{k}={v}" for k, v in {**r["data"], **r["model"]}.items()) or "as shipped"
+        )
         rows.append(
             f"| {r['task']} | {r['setup']} | {variant} | {s['reached']}/{s['seeds']} | "
             f"{_fmt(s['cpu_minutes_to_target']['median'], cap)} / {_fmt(s['cpu_minutes_to_target']['worst'], cap)} | "
             f"{_fmt(s['minutes_to_target']['median'], cap)} / {_fmt(s['minutes_to_target']['worst'], cap)} | "
             f"{_fmt(s['steps_to_target']['median'], 0)} / {_fmt(s['steps_to_target']['worst'], 0)} | {load} | "
-            f"`{p.name}` |")
+            f"`{p.name}` |"
+        )
     return "\n".join(rows)
 
 
@@ -308,17 +352,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--max-minutes", type=float, default=10.0, help="training minutes after which a seed gives up")
     p.add_argument("--eval-every", type=float, default=None, help="training seconds between evaluations")
-    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
-                   help="what --eval-every and --max-minutes count (both are recorded)")
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="what --eval-every and --max-minutes count (both are recorded)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     p.add_argument("--data", nargs="*", default=[], metavar="KEY=VALUE", help="data module overrides")
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE", help="model overrides")
     p.add_argument("--label", default=None, help="name of this variant in the table")
     p.add_argument("--save-ckpt", action="store_true", help="save each seed's final weights into --workdir")
-    p.add_argument("--keep-going", action="store_true",
-                   help="train to --max-minutes after reaching the targets (the curve beyond them)")
-    p.add_argument("--diagnose-joint", action="store_true",
-                   help="speech: also report cer_joint, the CER with joint CTC/attention decoding (not a target)")
+    p.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="train to --max-minutes after reaching the targets (the curve beyond them)",
+    )
+    p.add_argument(
+        "--diagnose-joint",
+        action="store_true",
+        help="speech: also report cer_joint, the CER with joint CTC/attention decoding (not a target)",
+    )
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "ttq")
     p.add_argument("--out", type=Path, default=None, help="JSON output")
     p.add_argument("--table", type=Path, nargs="*", default=None, help="print a markdown table of these JSON files")
@@ -336,19 +390,47 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     for seed in args.seeds:
         print(f"{args.task}/{args.setup} seed {seed}: {data or ''} {model or ''}", flush=True)
-        runs.append(run_seed(args.task, args.setup, seed, data, model, every, args.max_minutes, args.workdir,
-                             args.clock, args.keep_going))
+        runs.append(
+            run_seed(
+                args.task,
+                args.setup,
+                seed,
+                data,
+                model,
+                every,
+                args.max_minutes,
+                args.workdir,
+                args.clock,
+                args.keep_going,
+            )
+        )
         r = runs[-1]
-        print(f"  -> reached={r['reached']} minutes={r['minutes_to_target']} cpu={r['cpu_minutes_to_target']} "
-              f"steps={r['steps_to_target']}", flush=True)
+        print(
+            f"  -> reached={r['reached']} minutes={r['minutes_to_target']} cpu={r['cpu_minutes_to_target']} "
+            f"steps={r['steps_to_target']}",
+            flush=True,
+        )
     res = {
-        "task": args.task, "setup": args.setup, "label": args.label, "data": data, "model": model,
-        "targets": [t.__dict__ for t in TARGETS[args.task]], "held_out": HELD_OUT[args.task],
-        "eval_every_s": every, "max_minutes": args.max_minutes, "clock": args.clock, "threads": args.threads,
-        "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "python": platform.python_version(), "torch": torch.__version__},
+        "task": args.task,
+        "setup": args.setup,
+        "label": args.label,
+        "data": data,
+        "model": model,
+        "targets": [t.__dict__ for t in TARGETS[args.task]],
+        "held_out": HELD_OUT[args.task],
+        "eval_every_s": every,
+        "max_minutes": args.max_minutes,
+        "clock": args.clock,
+        "threads": args.threads,
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+        },
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "summary": summarise(runs, args.max_minutes), "runs": runs,
+        "summary": summarise(runs, args.max_minutes),
+        "runs": runs,
     }
     print(json.dumps(res["summary"], indent=1))
     if args.out:

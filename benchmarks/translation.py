@@ -67,11 +67,27 @@ def quality_run(config: Path, minutes: float, extra: list[str], workdir: Path) -
 
     hh, rem = divmod(int(minutes * 60), 3600)
     mm, ss = divmod(rem, 60)
-    args = ["--config", str(config), "--trainer.max_time", f"00:{hh:02d}:{mm:02d}:{ss:02d}",
-            "--trainer.default_root_dir", str(workdir), "--trainer.enable_progress_bar", "false",
-            "--trainer.logger", "false", *extra]
-    cli = TranslationCLI(TranslationModule, TranslationDataModule, args=args, run=False,
-                         trainer_defaults={"use_distributed_sampler": False}, seed_everything_default=0)
+    args = [
+        "--config",
+        str(config),
+        "--trainer.max_time",
+        f"00:{hh:02d}:{mm:02d}:{ss:02d}",
+        "--trainer.default_root_dir",
+        str(workdir),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.logger",
+        "false",
+        *extra,
+    ]
+    cli = TranslationCLI(
+        TranslationModule,
+        TranslationDataModule,
+        args=args,
+        run=False,
+        trainer_defaults={"use_distributed_sampler": False},
+        seed_everything_default=0,
+    )
     trainer, model, dm = cli.trainer, cli.model, cli.datamodule
     from lightning.pytorch.callbacks import LearningRateMonitor
 
@@ -138,9 +154,19 @@ class NaiveRNN(nn.Module):
         return torch.stack(logits, 1)  # (B, T, V)
 
 
-def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: int = 12, vocab: int = 2000,
-               emb: int = 128, hidden: int = 256, device: str = "cpu", profile: bool = False,
-               warmup: int = 3, compile_mode: str | None = None) -> dict[str, Any]:
+def throughput(
+    steps: int = 20,
+    batch: int = 128,
+    src_len: int = 12,
+    tgt_len: int = 12,
+    vocab: int = 2000,
+    emb: int = 128,
+    hidden: int = 256,
+    device: str = "cpu",
+    profile: bool = False,
+    warmup: int = 3,
+    compile_mode: str | None = None,
+) -> dict[str, Any]:
     """Training tokens/s of our RNNSeq2Seq vs :class:`NaiveRNN` at equal size on random batches.
 
     With ``compile_mode`` (a `torch.compile` mode, e.g. ``default`` or ``reduce-overhead`` for CUDA
@@ -155,11 +181,21 @@ def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: in
     # batch moved, and unpadded=True (decided in Python from them).
     host_lengths = torch.full((batch,), src_len)
     tgt = torch.randint(4, vocab, (batch, tgt_len), device=device)
-    models = {"ours": RNNSeq2Seq(vocab, vocab, emb, hidden, dropout=0.0).to(device),
-              "naive": NaiveRNN(vocab, vocab, emb, hidden).to(device)}
-    out: dict[str, Any] = {"batch": batch, "src_len": src_len, "tgt_len": tgt_len, "vocab": vocab,
-                           "emb": emb, "hidden": hidden, "steps": steps, "warmup": warmup,
-                           "compile_mode": compile_mode}
+    models = {
+        "ours": RNNSeq2Seq(vocab, vocab, emb, hidden, dropout=0.0).to(device),
+        "naive": NaiveRNN(vocab, vocab, emb, hidden).to(device),
+    }
+    out: dict[str, Any] = {
+        "batch": batch,
+        "src_len": src_len,
+        "tgt_len": tgt_len,
+        "vocab": vocab,
+        "emb": emb,
+        "hidden": hidden,
+        "steps": steps,
+        "warmup": warmup,
+        "compile_mode": compile_mode,
+    }
     losses: dict[str, Any] = {
         "ours": lambda: models["ours"](src, lengths, tgt, host_lengths=host_lengths, unpadded=True)[0],
         "naive": lambda: models["naive"](src, tgt),
@@ -169,7 +205,8 @@ def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: in
         twin.load_state_dict(models["ours"].state_dict())
         models["ours_compiled"] = twin
         losses["ours_compiled"] = torch.compile(
-            lambda: twin(src, lengths, tgt, host_lengths=host_lengths, unpadded=True)[0], mode=compile_mode)
+            lambda: twin(src, lengths, tgt, host_lengths=host_lengths, unpadded=True)[0], mode=compile_mode
+        )
     opts = {name: torch.optim.AdamW(m.parameters(), 1e-3) for name, m in models.items()}
 
     def step(name: str) -> None:
@@ -195,7 +232,7 @@ def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: in
     # so load from other jobs hits both alike; medians resist the outliers such load causes.
     times: dict[str, list[float]] = {name: [] for name in models}
     for i in range(steps):
-        for name in (list(models) if i % 2 == 0 else list(models)[::-1]):
+        for name in list(models) if i % 2 == 0 else list(models)[::-1]:
             t0 = time.perf_counter()
             step(name)
             sync()
@@ -232,8 +269,11 @@ def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: in
     for name in ("ours", "naive"):
         m = copy.deepcopy(models[name]).cpu()
         with FlopCounterMode(display=False) as fc:
-            logits = (m(cpu["src"], cpu["lengths"], cpu["tgt"], host_lengths=host_lengths)[0] if name == "ours"
-                      else m(cpu["src"], cpu["tgt"]))
+            logits = (
+                m(cpu["src"], cpu["lengths"], cpu["tgt"], host_lengths=host_lengths)[0]
+                if name == "ours"
+                else m(cpu["src"], cpu["tgt"])
+            )
             nn.functional.cross_entropy(logits.reshape(-1, vocab), cpu["tgt"].reshape(-1)).backward()
         flops = fc.get_total_flops()
         out[f"{name}_gflop_per_step"] = round(flops / 1e9, 3)
@@ -248,9 +288,14 @@ def throughput(steps: int = 20, batch: int = 128, src_len: int = 12, tgt_len: in
 def machine() -> dict[str, Any]:
     import lightning
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": lightning.__version__,
-            "cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,28 +303,38 @@ def main(argv: list[str] | None = None) -> int:
     extra: list[str] = []
     if "--" in argv:
         i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
+        argv, extra = argv[:i], argv[i + 1 :]
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", type=Path, default=ROOT / "configs" / "translation" / "default.yaml")
     p.add_argument("--minutes", type=float, default=10.0, help="training wall-clock budget")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's choice; 1 helps on a shared machine)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice; 1 helps on a shared machine)",
+    )
     p.add_argument("--throughput-only", action="store_true", help="skip the quality run")
     p.add_argument("--no-throughput", action="store_true", help="skip the naive-baseline comparison")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="device of the throughput comparison")
+    p.add_argument(
+        "--device", default="cuda" if torch.cuda.is_available() else "cpu", help="device of the throughput comparison"
+    )
     p.add_argument("--out", type=Path, default=None, help="write the JSON result here")
     p.add_argument("--profile", action="store_true", help="print a torch.profiler table per model (stderr)")
     p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps of the throughput comparison")
-    p.add_argument("--compile", default=None, metavar="MODE",
-                   help="also time our RNN under torch.compile with this mode (default, reduce-overhead, ...)")
+    p.add_argument(
+        "--compile",
+        default=None,
+        metavar="MODE",
+        help="also time our RNN under torch.compile with this mode (default, reduce-overhead, ...)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     result: dict[str, Any] = {"machine": machine()}
     if not args.no_throughput:
-        result["rnn_throughput"] = throughput(device=args.device, profile=args.profile, warmup=args.warmup,
-                                              compile_mode=args.compile)
+        result["rnn_throughput"] = throughput(
+            device=args.device, profile=args.profile, warmup=args.warmup, compile_mode=args.compile
+        )
     if not args.throughput_only:
         with tempfile.TemporaryDirectory(prefix="bench-translation-") as tmp:
             result["quality"] = quality_run(args.config, args.minutes, extra, Path(tmp))
@@ -292,16 +347,22 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| benchmark | device | figures |\n|---|---|---|")
     if "quality" in result:
         q = result["quality"]
-        print(f"| translation {q['config']} {q['budget_minutes']} min | {dev} | test BLEU {q['test_bleu']}, "
-              f"chrF {q['test_chrf']}, {q['steps']} steps, {q['train_tokens_per_s']:.0f} train tok/s |")
+        print(
+            f"| translation {q['config']} {q['budget_minutes']} min | {dev} | test BLEU {q['test_bleu']}, "
+            f"chrF {q['test_chrf']}, {q['steps']} steps, {q['train_tokens_per_s']:.0f} train tok/s |"
+        )
     if "rnn_throughput" in result:
         r = result["rnn_throughput"]
-        print(f"| RNN+additive train throughput (B={r['batch']}, {r['src_len']}+{r['tgt_len']} tok, V={r['vocab']}) "
-              f"| {dev} | ours {r['ours_tokens_per_s']:.0f} tok/s vs naive {r['naive_tokens_per_s']:.0f} tok/s "
-              f"= {r['speedup']}x (naive does {r['flop_ratio_naive_over_ours']}x our FLOPs per step) |")
+        print(
+            f"| RNN+additive train throughput (B={r['batch']}, {r['src_len']}+{r['tgt_len']} tok, V={r['vocab']}) "
+            f"| {dev} | ours {r['ours_tokens_per_s']:.0f} tok/s vs naive {r['naive_tokens_per_s']:.0f} tok/s "
+            f"= {r['speedup']}x (naive does {r['flop_ratio_naive_over_ours']}x our FLOPs per step) |"
+        )
         if r.get("compile_mode"):
-            print(f"| same, ours under torch.compile(mode={r['compile_mode']!r}) | {dev} | "
-                  f"{r['ours_compiled_tokens_per_s']:.0f} tok/s = {r['speedup_compiled']}x naive |")
+            print(
+                f"| same, ours under torch.compile(mode={r['compile_mode']!r}) | {dev} | "
+                f"{r['ours_compiled_tokens_per_s']:.0f} tok/s = {r['speedup_compiled']}x naive |"
+            )
     return 0
 
 

@@ -32,10 +32,25 @@ def _fit(config: str, steps: int, work: Path, gpu: bool = True) -> dict[str, Any
     cfg = ROOT / "configs" / "translation"
     overlay = ["--config", str(cfg / "gpu.yaml")] if gpu else ["--trainer.accelerator", "cpu"]
     device = "cuda" if gpu else "cpu"
-    args = ["--config", str(cfg / config), *overlay,
-            "--trainer.max_time", "null", "--trainer.max_epochs", "null", "--trainer.max_steps", str(steps),
-            "--trainer.val_check_interval", str(steps), "--trainer.check_val_every_n_epoch", "null",
-            "--trainer.enable_progress_bar", "false", "--data.cache_dir", str(work / "cache")]
+    args = [
+        "--config",
+        str(cfg / config),
+        *overlay,
+        "--trainer.max_time",
+        "null",
+        "--trainer.max_epochs",
+        "null",
+        "--trainer.max_steps",
+        str(steps),
+        "--trainer.val_check_interval",
+        str(steps),
+        "--trainer.check_val_every_n_epoch",
+        "null",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--data.cache_dir",
+        str(work / "cache"),
+    ]
     old = os.getcwd()
     os.chdir(work)
     try:
@@ -45,13 +60,25 @@ def _fit(config: str, steps: int, work: Path, gpu: bool = True) -> dict[str, Any
         ckpt = next((work / "runs").rglob("last.ckpt"), None)
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
-            rc_tr = main(["translate", "--ckpt", str(ckpt), "--device", device, "I love you", "the red car",
-                          "she sees them"]) if ckpt else 1
+            rc_tr = (
+                main(
+                    ["translate", "--ckpt", str(ckpt), "--device", device, "I love you", "the red car", "she sees them"]
+                )
+                if ckpt
+                else 1
+            )
         rc_test = main(["test", *args, "--ckpt_path", str(ckpt)]) if ckpt else 1
     finally:
         os.chdir(old)
-    return {"config": config, "steps": steps, "fit_rc": rc_fit, "fit_seconds": round(fit_s, 1),
-            "translate_rc": rc_tr, "translations": out.getvalue().splitlines(), "test_rc": rc_test}
+    return {
+        "config": config,
+        "steps": steps,
+        "fit_rc": rc_fit,
+        "fit_seconds": round(fit_s, 1),
+        "translate_rc": rc_tr,
+        "translations": out.getvalue().splitlines(),
+        "test_rc": rc_test,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +88,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpu", action="store_true", help="plumbing check without a GPU (no gpu.yaml overlay)")
     args = p.parse_args(argv)
     import torch
-
     from translation import machine, throughput  # benchmarks/translation.py
 
     result: dict[str, Any] = {"machine": machine(), "runs": []}

@@ -67,14 +67,15 @@ if str(ROOT) not in sys.path:
 
 SIZES: dict[str, dict[str, int]] = {
     # the issue's GPU spec: Transformer-base-like, 8k vocabulary, 128 sentences x 32 tokens
-    "base": dict(d_model=512, layers=6, heads=8, ffn_dim=2048, vocab=8000, batch=128, seq=32,
-                 decode_batch=64, decode_len=32),
+    "base": dict(
+        d_model=512, layers=6, heads=8, ffn_dim=2048, vocab=8000, batch=128, seq=32, decode_batch=64, decode_len=32
+    ),
     # CPU-sized
-    "small": dict(d_model=256, layers=3, heads=4, ffn_dim=1024, vocab=8000, batch=32, seq=32,
-                  decode_batch=16, decode_len=32),
+    "small": dict(
+        d_model=256, layers=3, heads=4, ffn_dim=1024, vocab=8000, batch=32, seq=32, decode_batch=16, decode_len=32
+    ),
     # plumbing check only (e.g. that --compile works), not a benchmark
-    "tiny": dict(d_model=64, layers=1, heads=2, ffn_dim=128, vocab=1000, batch=8, seq=16,
-                 decode_batch=4, decode_len=8),
+    "tiny": dict(d_model=64, layers=1, heads=2, ffn_dim=128, vocab=1000, batch=8, seq=16, decode_batch=4, decode_len=8),
 }
 PEAK_BF16_FLOPS = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12}  # dense bf16 (SXM unless named)
 PAD, BOS, EOS = 0, 1, 2
@@ -84,25 +85,48 @@ PAD, BOS, EOS = 0, 1, 2
 def build_ours(cfg: dict[str, int], dropout: float) -> nn.Module:
     from tasks.translation.models import TransformerSeq2Seq
 
-    return TransformerSeq2Seq(cfg["vocab"], cfg["vocab"], d_model=cfg["d_model"], num_heads=cfg["heads"],
-                              ffn_dim=cfg["ffn_dim"], encoder_layers=cfg["layers"], decoder_layers=cfg["layers"],
-                              dropout=dropout, tie_embeddings=True, share_src_tgt_embeddings=False,
-                              max_positions=max(512, 2 * cfg["seq"]))
+    return TransformerSeq2Seq(
+        cfg["vocab"],
+        cfg["vocab"],
+        d_model=cfg["d_model"],
+        num_heads=cfg["heads"],
+        ffn_dim=cfg["ffn_dim"],
+        encoder_layers=cfg["layers"],
+        decoder_layers=cfg["layers"],
+        dropout=dropout,
+        tie_embeddings=True,
+        share_src_tgt_embeddings=False,
+        max_positions=max(512, 2 * cfg["seq"]),
+    )
 
 
 def build_marian(cfg: dict[str, int], dropout: float) -> nn.Module:
     from transformers import MarianConfig, MarianMTModel
 
     mc = MarianConfig(
-        vocab_size=cfg["vocab"], decoder_vocab_size=cfg["vocab"], d_model=cfg["d_model"],
-        encoder_layers=cfg["layers"], decoder_layers=cfg["layers"],
-        encoder_attention_heads=cfg["heads"], decoder_attention_heads=cfg["heads"],
-        encoder_ffn_dim=cfg["ffn_dim"], decoder_ffn_dim=cfg["ffn_dim"], activation_function="gelu",
-        dropout=dropout, attention_dropout=dropout, activation_dropout=dropout,
-        max_position_embeddings=max(512, 2 * cfg["seq"]), scale_embedding=True,
-        share_encoder_decoder_embeddings=False, tie_word_embeddings=True,
-        pad_token_id=PAD, bos_token_id=BOS, eos_token_id=EOS, decoder_start_token_id=BOS,
-        forced_eos_token_id=None, use_cache=True,
+        vocab_size=cfg["vocab"],
+        decoder_vocab_size=cfg["vocab"],
+        d_model=cfg["d_model"],
+        encoder_layers=cfg["layers"],
+        decoder_layers=cfg["layers"],
+        encoder_attention_heads=cfg["heads"],
+        decoder_attention_heads=cfg["heads"],
+        encoder_ffn_dim=cfg["ffn_dim"],
+        decoder_ffn_dim=cfg["ffn_dim"],
+        activation_function="gelu",
+        dropout=dropout,
+        attention_dropout=dropout,
+        activation_dropout=dropout,
+        max_position_embeddings=max(512, 2 * cfg["seq"]),
+        scale_embedding=True,
+        share_encoder_decoder_embeddings=False,
+        tie_word_embeddings=True,
+        pad_token_id=PAD,
+        bos_token_id=BOS,
+        eos_token_id=EOS,
+        decoder_start_token_id=BOS,
+        forced_eos_token_id=None,
+        use_cache=True,
     )
     try:
         return MarianMTModel(mc, attn_implementation="sdpa")
@@ -128,8 +152,9 @@ def _autocast(device: str, dtype: str) -> Any:
     return torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16)
 
 
-def make_train_step(name: str, model: nn.Module, cfg: dict[str, int], device: str, dtype: str, compile_: bool,
-                    label_smoothing: float) -> Any:
+def make_train_step(
+    name: str, model: nn.Module, cfg: dict[str, int], device: str, dtype: str, compile_: bool, label_smoothing: float
+) -> Any:
     """One optimizer step (forward, label-smoothed CE, backward, AdamW) on a fixed random batch."""
     g = torch.Generator().manual_seed(0)
     b, s = cfg["batch"], cfg["seq"]
@@ -141,8 +166,9 @@ def make_train_step(name: str, model: nn.Module, cfg: dict[str, int], device: st
     attn_mask = torch.ones(b, s, dtype=torch.long, device=device)
     model.train()
     fwd = torch.compile(model) if compile_ else model
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0,
-                            fused=device.startswith("cuda"))
+    opt = torch.optim.AdamW(
+        model.parameters(), lr=1e-4, betas=(0.9, 0.98), eps=1e-9, weight_decay=0.0, fused=device.startswith("cuda")
+    )
 
     def logits_fn() -> Tensor:
         if name == "ours":
@@ -154,8 +180,9 @@ def make_train_step(name: str, model: nn.Module, cfg: dict[str, int], device: st
     def step() -> Tensor:
         with _autocast(device, dtype):
             logits = logits_fn()
-        loss = F.cross_entropy(logits.reshape(-1, v).float(), tgt_out.reshape(-1), ignore_index=PAD,
-                               label_smoothing=label_smoothing)  # same loss as TranslationModule._loss
+        loss = F.cross_entropy(
+            logits.reshape(-1, v).float(), tgt_out.reshape(-1), ignore_index=PAD, label_smoothing=label_smoothing
+        )  # same loss as TranslationModule._loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -181,9 +208,20 @@ def _median(xs: list[float]) -> float:
     return ys[mid] if len(ys) % 2 else 0.5 * (ys[mid - 1] + ys[mid])
 
 
-def train_compare(models: dict[str, nn.Module], init_state: dict[str, Any], cfg: dict[str, int], device: str,
-                  dtype: str, compile_: bool, steps: int, warmup: int, rounds: int, label_smoothing: float,
-                  params: dict[str, int], peak: float | None) -> dict[str, Any]:
+def train_compare(
+    models: dict[str, nn.Module],
+    init_state: dict[str, Any],
+    cfg: dict[str, int],
+    device: str,
+    dtype: str,
+    compile_: bool,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    label_smoothing: float,
+    params: dict[str, int],
+    peak: float | None,
+) -> dict[str, Any]:
     """Interleaved timing: each round times ``steps`` steps of every model, order alternating per round,
     so load changes on a shared machine hit both models alike. Figures are medians over rounds; the
     ratio is the median of the per-round ratios."""
@@ -203,7 +241,7 @@ def train_compare(models: dict[str, nn.Module], init_state: dict[str, Any], cfg:
     cpu_round: dict[str, list[float]] = {k: [] for k in models}
     names = list(models)
     for r in range(rounds):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             wall, cpu = time_steps(fns[name], steps, device)
             per_round[name].append(wall)
             cpu_round[name].append(cpu)
@@ -211,12 +249,17 @@ def train_compare(models: dict[str, nn.Module], init_state: dict[str, Any], cfg:
     for name in names:
         dt = _median(per_round[name])
         tps = b * s / dt
-        out[name] = {"step_ms": round(dt * 1e3, 2), "step_ms_per_round": [round(x * 1e3, 1) for x in per_round[name]],
-                     "tgt_tokens_per_s": round(tps, 1), "src_tgt_tokens_per_s": round(2 * tps, 1),
-                     "mfu": round(6 * params[name] * tps / peak, 4) if peak and dtype == "bf16" else None,
-                     "best_step_ms": round(min(per_round[name]) * 1e3, 2),
-                     "process_cpu_ms_per_step": round(_median(cpu_round[name]) * 1e3, 2),
-                     "warmup_s": round(warm[name][0], 1), "loss_after_warmup": round(warm[name][1], 3)}
+        out[name] = {
+            "step_ms": round(dt * 1e3, 2),
+            "step_ms_per_round": [round(x * 1e3, 1) for x in per_round[name]],
+            "tgt_tokens_per_s": round(tps, 1),
+            "src_tgt_tokens_per_s": round(2 * tps, 1),
+            "mfu": round(6 * params[name] * tps / peak, 4) if peak and dtype == "bf16" else None,
+            "best_step_ms": round(min(per_round[name]) * 1e3, 2),
+            "process_cpu_ms_per_step": round(_median(cpu_round[name]) * 1e3, 2),
+            "warmup_s": round(warm[name][0], 1),
+            "loss_after_warmup": round(warm[name][1], 3),
+        }
     if device.startswith("cuda"):
         out["peak_mem_mb_both"] = round(torch.cuda.max_memory_allocated() / 2**20)
     ratios = [m / o for o, m in zip(per_round["ours"], per_round["marian"])]  # tokens/s ours / marian
@@ -244,20 +287,44 @@ def make_decode(name: str, model: nn.Module, cfg: dict[str, int], device: str, d
         with _autocast(device, dtype):
             if name == "ours":  # what TranslationModule._decode runs, minus tokenization
                 state = model.init_state(src, lengths)
-                res = beam_search(lambda last, st: model.step(last, st), state, batch_size=b, bos_id=BOS,
-                                  eos_id=cfg["vocab"],  # an id the model can never emit: no early stop
-                                  max_len=n, beam_size=beam, length_penalty=1.0, nbest=1, device=src.device)
+                res = beam_search(
+                    lambda last, st: model.step(last, st),
+                    state,
+                    batch_size=b,
+                    bos_id=BOS,
+                    eos_id=cfg["vocab"],  # an id the model can never emit: no early stop
+                    max_len=n,
+                    beam_size=beam,
+                    length_penalty=1.0,
+                    nbest=1,
+                    device=src.device,
+                )
                 return sorted({len(h[0]) for h in res.tokens})
-            ids = model.generate(input_ids=src, attention_mask=torch.ones_like(src), num_beams=beam,
-                                 min_new_tokens=n, max_new_tokens=n, do_sample=False, early_stopping=False,
-                                 length_penalty=1.0, num_return_sequences=1)  # (B, 1 + n)
+            ids = model.generate(
+                input_ids=src,
+                attention_mask=torch.ones_like(src),
+                num_beams=beam,
+                min_new_tokens=n,
+                max_new_tokens=n,
+                do_sample=False,
+                early_stopping=False,
+                length_penalty=1.0,
+                num_return_sequences=1,
+            )  # (B, 1 + n)
             return [ids.shape[1] - 1]  # minus the decoder start token
 
     return run
 
 
-def decode_compare(models: dict[str, nn.Module], init_state: dict[str, Any], cfg: dict[str, int], device: str,
-                   dtype: str, beam: int, reps: int) -> dict[str, Any]:
+def decode_compare(
+    models: dict[str, nn.Module],
+    init_state: dict[str, Any],
+    cfg: dict[str, int],
+    device: str,
+    dtype: str,
+    beam: int,
+    reps: int,
+) -> dict[str, Any]:
     """Interleaved like `train_compare`: one warm-up batch per model, then ``reps`` rounds."""
     fns, lens = {}, {}
     for name, m in models.items():
@@ -268,7 +335,7 @@ def decode_compare(models: dict[str, nn.Module], init_state: dict[str, Any], cfg
     per_round: dict[str, list[float]] = {k: [] for k in models}
     cpu_round: dict[str, list[float]] = {k: [] for k in models}
     for r in range(reps):
-        for name in (names if r % 2 == 0 else names[::-1]):
+        for name in names if r % 2 == 0 else names[::-1]:
             wall, cpu = time_steps(fns[name], 1, device)
             per_round[name].append(wall)
             cpu_round[name].append(cpu)
@@ -276,10 +343,14 @@ def decode_compare(models: dict[str, nn.Module], init_state: dict[str, Any], cfg
     out: dict[str, Any] = {"batch": b, "src_len": cfg["seq"], "new_tokens": cfg["decode_len"], "beam": beam}
     for name in names:
         dt = _median(per_round[name])
-        out[name] = {"ms_per_batch": round(dt * 1e3, 1), "ms_per_round": [round(x * 1e3, 1) for x in per_round[name]],
-                     "sentences_per_s": round(b / dt, 2), "best_ms_per_batch": round(min(per_round[name]) * 1e3, 1),
-                     "process_cpu_ms_per_batch": round(_median(cpu_round[name]) * 1e3, 1),
-                     "output_lengths": lens[name]}
+        out[name] = {
+            "ms_per_batch": round(dt * 1e3, 1),
+            "ms_per_round": [round(x * 1e3, 1) for x in per_round[name]],
+            "sentences_per_s": round(b / dt, 2),
+            "best_ms_per_batch": round(min(per_round[name]) * 1e3, 1),
+            "process_cpu_ms_per_batch": round(_median(cpu_round[name]) * 1e3, 1),
+            "output_lengths": lens[name],
+        }
     ratios = [m / o for o, m in zip(per_round["ours"], per_round["marian"])]  # sentences/s ours / marian
     out["ratio_sentences_per_s"] = round(_median(ratios), 3)
     out["ratio_per_round"] = [round(x, 3) for x in ratios]
@@ -295,10 +366,17 @@ def machine(device: str, threads: int) -> dict[str, Any]:
     import transformers
 
     cuda = torch.cuda.get_device_name(0) if device.startswith("cuda") else None
-    return {"python": platform.python_version(), "torch": torch.__version__,
-            "transformers": transformers.__version__, "cpu": platform.processor() or platform.machine(),
-            "torch_threads": threads, "cpu_count": os.cpu_count(), "device": device, "cuda": cuda,
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu": platform.processor() or platform.machine(),
+        "torch_threads": threads,
+        "cpu_count": os.cpu_count(),
+        "device": device,
+        "cuda": cuda,
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def peak_flops(device: str) -> float | None:
@@ -313,22 +391,33 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--size", choices=sorted(SIZES), default=None, help="default: base on CUDA, small on CPU")
-    p.add_argument("--dtype", choices=["bf16", "fp32"], default=None,
-                   help="bf16 autocast (default on CUDA) or fp32 (default on CPU)")
+    p.add_argument(
+        "--dtype",
+        choices=["bf16", "fp32"],
+        default=None,
+        help="bf16 autocast (default on CUDA) or fp32 (default on CPU)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     p.add_argument("--steps", type=int, default=None, help="timed training steps per round (default 20 CUDA, 3 CPU)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3 CUDA, 5 CPU)")
     p.add_argument("--warmup", type=int, default=None, help="untimed warm-up steps (default 5 CUDA, 2 CPU)")
     p.add_argument("--compile", action="store_true", help="also measure torch.compile of both models")
     p.add_argument("--beam", type=int, default=5)
-    p.add_argument("--decode-reps", type=int, default=None,
-                   help="timed decode batches per model, interleaved (default 5 CUDA, 3 CPU)")
+    p.add_argument(
+        "--decode-reps",
+        type=int,
+        default=None,
+        help="timed decode batches per model, interleaved (default 5 CUDA, 3 CPU)",
+    )
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--label-smoothing", type=float, default=0.1)
     p.add_argument("--skip-decode", action="store_true")
     p.add_argument("--skip-train", action="store_true", help="only measure decoding")
-    p.add_argument("--profile", action="store_true",
-                   help="print a torch.profiler table of one eager training step per model (stderr)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print a torch.profiler table of one eager training step per model (stderr)",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
     device = args.device
@@ -345,38 +434,66 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     cfg = SIZES[size]
-    tag = (torch.cuda.get_device_name(0).split()[1].lower() if cuda and len(torch.cuda.get_device_name(0).split()) > 1
-           else "cpu")
+    tag = (
+        torch.cuda.get_device_name(0).split()[1].lower()
+        if cuda and len(torch.cuda.get_device_name(0).split()) > 1
+        else "cpu"
+    )
     out_path = args.out or ROOT / "benchmarks" / "results" / f"translation_vs_marian_{tag}.json"
 
     torch.manual_seed(0)
     models = {"ours": build_ours(cfg, args.dropout).to(device), "marian": build_marian(cfg, args.dropout).to(device)}
     params = {k: n_params(m) for k, m in models.items()}
-    print(f"params: ours {params['ours']:,}  marian {params['marian']:,}  "
-          f"ratio {params['ours'] / params['marian']:.4f}", file=sys.stderr)
+    print(
+        f"params: ours {params['ours']:,}  marian {params['marian']:,}  ratio {params['ours'] / params['marian']:.4f}",
+        file=sys.stderr,
+    )
     if abs(params["ours"] / params["marian"] - 1) > 0.03:
         raise SystemExit("parameter counts differ by more than 3 %: the comparison is not at equal size")
     init_state = {k: {n: t.detach().clone() for n, t in m.state_dict().items()} for k, m in models.items()}
 
     result: dict[str, Any] = {
         "command": "python benchmarks/translation_vs_marian.py " + " ".join(shlex.quote(a) for a in argv),
-        "env": {k: os.environ[k] for k in ("OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "CUDA_VISIBLE_DEVICES")
-                if k in os.environ},
+        "env": {
+            k: os.environ[k]
+            for k in ("OMP_NUM_THREADS", "TORCHINDUCTOR_CACHE_DIR", "CUDA_VISIBLE_DEVICES")
+            if k in os.environ
+        },
         "machine": machine(device, torch.get_num_threads()),
-        "size": size, "config": cfg, "dtype": dtype, "dropout": args.dropout,
-        "label_smoothing": args.label_smoothing, "steps_per_round": steps, "rounds": args.rounds,
-        "warmup": warmup, "decode_reps": reps,
+        "size": size,
+        "config": cfg,
+        "dtype": dtype,
+        "dropout": args.dropout,
+        "label_smoothing": args.label_smoothing,
+        "steps_per_round": steps,
+        "rounds": args.rounds,
+        "warmup": warmup,
+        "decode_reps": reps,
         "data": "random token batches (uniform over ids 4..V-1, no padding), random weights",
         "marian_attn_implementation": getattr(models["marian"].config, "_attn_implementation", None),
         "params": {**params, "ratio_ours_over_marian": round(params["ours"] / params["marian"], 4)},
-        "peak_bf16_flops": peak_flops(device), "train": {}, "decode": {},
+        "peak_bf16_flops": peak_flops(device),
+        "train": {},
+        "decode": {},
     }
     peak = result["peak_bf16_flops"]
 
-    for compiled in ([] if args.skip_train else [False, True] if args.compile else [False]):
+    for compiled in [] if args.skip_train else [False, True] if args.compile else [False]:
         key = "compiled" if compiled else "eager"
-        result["train"][key] = rows = train_compare(models, init_state, cfg, device, dtype, compiled, steps, warmup,
-                                                    args.rounds, args.label_smoothing, params, peak)
+        result["train"][key] = rows = train_compare(
+            models,
+            init_state,
+            cfg,
+            device,
+            dtype,
+            compiled,
+            steps,
+            warmup,
+            args.rounds,
+            args.label_smoothing,
+            params,
+            peak,
+        )
         print(f"train {key}: {json.dumps(rows)}", file=sys.stderr)
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
@@ -406,16 +523,20 @@ def main(argv: list[str] | None = None) -> int:
     print("\n| what | device | ours | Marian | ours / Marian |\n|---|---|---|---|---|")
     for key, rows in result["train"].items():
         o, mm = rows["ours"], rows["marian"]
-        print(f"| train {key} {size} {dtype} (tgt tok/s; src+tgt) | {dev} | {o['tgt_tokens_per_s']:.0f}; "
-              f"{o['src_tgt_tokens_per_s']:.0f} (MFU {o['mfu']}) | {mm['tgt_tokens_per_s']:.0f}; "
-              f"{mm['src_tgt_tokens_per_s']:.0f} (MFU {mm['mfu']}) | {rows['ratio_tokens_per_s']} (best round "
-              f"{rows['ratio_best_round']}, CPU time {rows['ratio_process_cpu_time']}) |")
+        print(
+            f"| train {key} {size} {dtype} (tgt tok/s; src+tgt) | {dev} | {o['tgt_tokens_per_s']:.0f}; "
+            f"{o['src_tgt_tokens_per_s']:.0f} (MFU {o['mfu']}) | {mm['tgt_tokens_per_s']:.0f}; "
+            f"{mm['src_tgt_tokens_per_s']:.0f} (MFU {mm['mfu']}) | {rows['ratio_tokens_per_s']} (best round "
+            f"{rows['ratio_best_round']}, CPU time {rows['ratio_process_cpu_time']}) |"
+        )
     if result["decode"]:
         d = result["decode"]
-        print(f"| beam {args.beam} decode, {d['batch']} sent x {d['new_tokens']} tokens (sent/s) | "
-              f"{dev} | {d['ours']['sentences_per_s']} | {d['marian']['sentences_per_s']} | "
-              f"{d['ratio_sentences_per_s']} (best round {d['ratio_best_round']}, CPU time "
-              f"{d['ratio_process_cpu_time']}) |")
+        print(
+            f"| beam {args.beam} decode, {d['batch']} sent x {d['new_tokens']} tokens (sent/s) | "
+            f"{dev} | {d['ours']['sentences_per_s']} | {d['marian']['sentences_per_s']} | "
+            f"{d['ratio_sentences_per_s']} (best round {d['ratio_best_round']}, CPU time "
+            f"{d['ratio_process_cpu_time']}) |"
+        )
     return 0
 
 

@@ -29,8 +29,8 @@ import torch
 from core.errors import CheckpointError
 
 __all__ = [
-    "META_KEY",
     "FORMAT_VERSION",
+    "META_KEY",
     "cache_dir",
     "check_sha256_arg",
     "checkpoint_task",
@@ -119,8 +119,10 @@ def _download(url: str, dst: Path, timeout: float = 60.0, deadline_s: float | No
             done += len(chunk)
             now = time.monotonic()
             if now - start > limit:
-                raise TimeoutError(f"the download did not finish within {limit:.0f} s ({done / 1e6:.1f} MB "
-                                   f"received); set ATTN_SUITE_DOWNLOAD_TIMEOUT (seconds) to allow longer")
+                raise TimeoutError(
+                    f"the download did not finish within {limit:.0f} s ({done / 1e6:.1f} MB "
+                    f"received); set ATTN_SUITE_DOWNLOAD_TIMEOUT (seconds) to allow longer"
+                )
             if now - last >= 5.0:
                 size = f" of {total / 1e6:.1f}" if total else ""
                 print(f"downloading {url}: {done / 1e6:.1f}{size} MB", file=sys.stderr, flush=True)
@@ -216,8 +218,10 @@ def load_checkpoint(
         msg = str(err)
         if "Weights only load failed" in msg:
             # The safe unpickler refused a global: loading would import/call arbitrary Python code.
-            detail = next((ln.strip() for ln in msg.splitlines() if "GLOBAL" in ln or "Unsupported" in ln),
-                          "it contains pickled Python objects")
+            detail = next(
+                (ln.strip() for ln in msg.splitlines() if "GLOBAL" in ln or "Unsupported" in ln),
+                "it contains pickled Python objects",
+            )
             raise CheckpointError(
                 f"refusing to load checkpoint {path}: it is not a plain weights file and could run code "
                 f"when unpickled ({detail}). Only tensors, numbers, strings, lists and dicts are allowed."
@@ -227,8 +231,7 @@ def load_checkpoint(
         # zip "central directory" errors (truncated/corrupt files), empty files, random bytes
         first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(
-            f"could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch "
-            f"checkpoint ({first})"
+            f"could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint ({first})"
         ) from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"{path} is not a checkpoint: expected a dict, got {type(ckpt).__name__}")

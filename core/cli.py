@@ -108,8 +108,10 @@ def check_ckpt_path_arg(config: Any, task: str) -> None:
         root = Path((trainer_cfg.get("default_root_dir") if hasattr(trainer_cfg, "get") else None) or ".")
         ckpt = root / "checkpoints" / "best.ckpt"
         if not ckpt.is_file():
-            raise CheckpointError(f"--ckpt_path best: {ckpt} does not exist (fit writes it at validation); "
-                                  "pass the checkpoint's path instead")
+            raise CheckpointError(
+                f"--ckpt_path best: {ckpt} does not exist (fit writes it at validation); "
+                "pass the checkpoint's path instead"
+            )
     if ckpt and str(ckpt) not in ("last", "hpc") and not str(ckpt).startswith("registry"):
         from core.checkpoint import load_checkpoint, resolve_checkpoint
 
@@ -146,8 +148,11 @@ def ensure_resumable(trainer: Any, monitor: str, mode: str = "max", every_n_trai
 
     added: list[str] = []
     cbs = trainer.callbacks
-    defaults = [cb for cb in cbs if type(cb) is ModelCheckpoint and cb.dirpath is None and cb.monitor is None
-                and cb._every_n_train_steps == 0]
+    defaults = [
+        cb
+        for cb in cbs
+        if type(cb) is ModelCheckpoint and cb.dirpath is None and cb.monitor is None and cb._every_n_train_steps == 0
+    ]
     if defaults and not any(isinstance(cb, RunCheckpoint) for cb in cbs):
         for cb in defaults:
             cbs.remove(cb)

@@ -81,9 +81,13 @@ class DecoderState:
 
     def map(self, fn: Callable[[Tensor], Tensor], shared_fn: Callable[[Tensor], Tensor] | None) -> DecoderState:
         """Every part through ``fn`` (``shared`` through ``shared_fn``, or left as is when None)."""
-        return DecoderState(tree_map(fn, self.beams), tree_map(fn, self.source),
-                            self.shared if shared_fn is None else tree_map(shared_fn, self.shared),
-                            tree_map(fn, self.cache), self.reorder)
+        return DecoderState(
+            tree_map(fn, self.beams),
+            tree_map(fn, self.source),
+            self.shared if shared_fn is None else tree_map(shared_fn, self.shared),
+            tree_map(fn, self.cache),
+            self.reorder,
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -115,8 +119,10 @@ def _call(step_fn: StepFn, last: Tensor, state: DecoderState, wrapped: bool) -> 
     if not isinstance(new, DecoderState):
         raise TypeError(f"step_fn was given a DecoderState and must return one, got {type(new).__name__}")
     if new.reorder is not None:
-        raise ValueError("step_fn returned a state whose 'reorder' is not None: apply state.reorder to the "
-                         "'cache' entries and return reorder=None (see core.decoding)")
+        raise ValueError(
+            "step_fn returned a state whose 'reorder' is not None: apply state.reorder to the "
+            "'cache' entries and return reorder=None (see core.decoding)"
+        )
     return log_probs, new, attn
 
 
@@ -282,8 +288,11 @@ def greedy_search(
             last = tok
 
     tok_mat = torch.stack(hist_tok, dim=1).cpu()  # (B, T)
-    attn_mat = (torch.stack([a for a in hist_attn], dim=1).float().cpu()  # (B, T, *attn_shape)
-                if hist_attn and hist_attn[0] is not None else None)
+    attn_mat = (
+        torch.stack([a for a in hist_attn], dim=1).float().cpu()  # (B, T, *attn_shape)
+        if hist_attn and hist_attn[0] is not None
+        else None
+    )
     res = DecodeResult()
     for b in range(batch_size):
         n_tok = int(lengths[b]) - int(ended_by_eos[b])  # drop the EOS position
@@ -372,8 +381,10 @@ def beam_search(
         log_probs, state, attn = _call(step_fn, last, state, wrapped)
         V = log_probs.size(-1)
         if log_probs.shape[0] != last.shape[0]:
-            raise ValueError(f"step_fn returned log_probs for {log_probs.shape[0]} rows, "
-                             f"expected one per input token ({last.shape[0]})")
+            raise ValueError(
+                f"step_fn returned log_probs for {log_probs.shape[0]} rows, "
+                f"expected one per input token ({last.shape[0]})"
+            )
         if t == 0:  # one row per item so far: (B, ...) -> (B*K, ...)
             state = state.map(expand, None)
             if attn is not None:
@@ -416,8 +427,7 @@ def beam_search(
                 b = act[a]
                 if len(finished[b]) < K:
                     # EOS at step t: tokens end at step t-1 in slot `par`; length t+1 includes EOS
-                    finished[b].append((_length_norm(float(sc[a, r]), t + 1, length_penalty), t - 1,
-                                        int(par[a, r])))
+                    finished[b].append((_length_norm(float(sc[a, r]), t + 1, length_penalty), t - 1, int(par[a, r])))
         if t == max_len - 1:  # out of steps: live beams finish as they are
             live = new_scores.cpu()
             for a, b in enumerate(active.tolist()):
@@ -439,14 +449,20 @@ def beam_search(
             keep_rows = (keep.unsqueeze(1) * K + torch.arange(K, device=device)).reshape(-1)  # (A'*K,)
             # `source` and `shared` drop the finished items' rows here; `beams` and `cache` are about to be
             # re-indexed by `rows` (parent rows into the current, unfiltered state), which drops them too.
-            state = replace(state, source=tree_map(_select_rows(keep_rows), state.source),
-                            shared=tree_map(_select_rows(keep), state.shared))
+            state = replace(
+                state,
+                source=tree_map(_select_rows(keep_rows), state.source),
+                shared=tree_map(_select_rows(keep), state.shared),
+            )
         beam_scores = new_scores
         rows_flat = rows.reshape(-1)  # (A*K,) parent row of each new row
         # Follow the beams: `beams` here; `cache` by the step itself (fused with its own copy);
         # `source` and `shared` never change within an item.
-        state = replace(state, beams=tree_map(_select_rows(rows_flat), state.beams),
-                        reorder=rows_flat if state.cache is not None else None)
+        state = replace(
+            state,
+            beams=tree_map(_select_rows(rows_flat), state.beams),
+            reorder=rows_flat if state.cache is not None else None,
+        )
         last = new_tok.reshape(-1)  # (A*K,)
 
     return _backtrack(finished, hist_tok, hist_parent, hist_attn, nbest)
@@ -462,8 +478,11 @@ def _backtrack(
     """Rebuild the ``nbest`` best hypotheses of every item from the per-step back-pointers."""
     tok = torch.stack(hist_tok).cpu()  # (T, B, K)
     par = torch.stack(hist_parent).cpu()  # (T, B, K)
-    att = (torch.stack([a for a in hist_attn]).float().cpu()  # (T, B, K, *attn)
-           if hist_attn and hist_attn[0] is not None else None)
+    att = (
+        torch.stack([a for a in hist_attn]).float().cpu()  # (T, B, K, *attn)
+        if hist_attn and hist_attn[0] is not None
+        else None
+    )
     res = DecodeResult()
     for b, hyps in enumerate(finished):
         hyps = sorted(hyps, key=lambda h: h[0], reverse=True)[:nbest]

@@ -7,7 +7,7 @@ file/line/field and say what was expected. Bugs stay ordinary exceptions (with t
 
 from __future__ import annotations
 
-__all__ = ["UserError", "CheckpointError", "DataError", "ConfigError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "UserError"]
 
 
 class UserError(Exception):

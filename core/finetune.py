@@ -28,12 +28,24 @@ from torch import nn
 
 from core.errors import ConfigError
 
-__all__ = ["FreezePolicy", "FreezeSchedule", "attn_implementation", "find_blocks", "freeze_policies",
-           "optimizer_groups"]
+__all__ = [
+    "FreezePolicy",
+    "FreezeSchedule",
+    "attn_implementation",
+    "find_blocks",
+    "freeze_policies",
+    "optimizer_groups",
+]
 
 # Attribute paths of the layer stacks of the transformers models we load, tried in order.
-_BLOCK_PATHS = ("encoder.layer", "encoder.layers", "encoder.stages", "vision_model.encoder.layers", "layers",
-                "model.decoder.layers")
+_BLOCK_PATHS = (
+    "encoder.layer",
+    "encoder.layers",
+    "encoder.stages",
+    "vision_model.encoder.layers",
+    "layers",
+    "model.decoder.layers",
+)
 
 
 def find_blocks(model: nn.Module, paths: Sequence[str] = _BLOCK_PATHS) -> list[nn.Module]:
@@ -66,13 +78,21 @@ class FreezePolicy:
         ConfigError: ``trainable_blocks`` below -1 or above the number of blocks.
     """
 
-    def __init__(self, model: nn.Module, blocks: Sequence[nn.Module], trainable_blocks: int = -1,
-                 unfreeze_after_steps: int | None = None, never: Sequence[str] = (),
-                 what: str = "--model.trainable_blocks") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        blocks: Sequence[nn.Module],
+        trainable_blocks: int = -1,
+        unfreeze_after_steps: int | None = None,
+        never: Sequence[str] = (),
+        what: str = "--model.trainable_blocks",
+    ) -> None:
         if not -1 <= trainable_blocks <= len(blocks):
             choices = f"-1 (all), 0 (frozen) or 1..{len(blocks)}" if blocks else "-1 (all) or 0 (frozen)"
-            raise ConfigError(f"{what}={trainable_blocks}: expected {choices} (this pretrained network has "
-                              f"{len(blocks)} layer blocks)")
+            raise ConfigError(
+                f"{what}={trainable_blocks}: expected {choices} (this pretrained network has "
+                f"{len(blocks)} layer blocks)"
+            )
         self.model = model
         self.unfreeze_after_steps = unfreeze_after_steps or 0
         names = {id(p): n for n, p in model.named_parameters()}
@@ -82,7 +102,7 @@ class FreezePolicy:
         elif trainable_blocks == 0:
             chosen = []
         else:
-            top = list(blocks)[len(blocks) - trainable_blocks:]
+            top = list(blocks)[len(blocks) - trainable_blocks :]
             chosen = [p for b in top for p in b.parameters()]
             # parameters registered after the last block (e.g. a final layer norm) work on its output
             order = {id(p): i for i, p in enumerate(model.parameters())}
@@ -96,8 +116,11 @@ class FreezePolicy:
                 self.trainable.append(p)
         self._trainable_ids = seen
         # modules with parameters none of which ever train: kept in eval mode (dropout off, BN statistics fixed)
-        self.frozen_modules = [m for m in model.modules()
-                               if any(True for _ in m.parameters()) and not any(id(p) in seen for p in m.parameters())]
+        self.frozen_modules = [
+            m
+            for m in model.modules()
+            if any(True for _ in m.parameters()) and not any(id(p) in seen for p in m.parameters())
+        ]
         self.frozen_phase = False
         self.apply(0)
 
@@ -129,8 +152,7 @@ def freeze_policies(module: nn.Module) -> list[FreezePolicy]:
     return [p for p in found if isinstance(p, FreezePolicy)]
 
 
-def optimizer_groups(module: nn.Module, pretrained_lr_scale: float
-                     ) -> list[tuple[list[nn.Parameter], float]] | None:
+def optimizer_groups(module: nn.Module, pretrained_lr_scale: float) -> list[tuple[list[nn.Parameter], float]] | None:
     """``core.training.configure_optimizer`` groups: pretrained parameters that may train (now or after a
     frozen phase) at ``lr * pretrained_lr_scale``, everything else that trains at ``lr``; None without a
     pretrained part (the default grouping)."""
@@ -154,15 +176,18 @@ class FreezeSchedule(pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         delayed = any(p.unfreeze_after_steps for p in freeze_policies(pl_module))
         if stage == "fit" and trainer.world_size > 1 and delayed:
-            raise ConfigError("--model.unfreeze_after_steps does not work with several processes (DDP registers "
-                              "the trainable parameters once); use --model.trainable_blocks, or train on one device")
+            raise ConfigError(
+                "--model.unfreeze_after_steps does not work with several processes (DDP registers "
+                "the trainable parameters once); use --model.trainable_blocks, or train on one device"
+            )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         for policy in freeze_policies(pl_module):
             policy.apply(trainer.global_step)
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
-                             batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         for policy in freeze_policies(pl_module):
             frozen = trainer.global_step < policy.unfreeze_after_steps
             if policy.unfreeze_after_steps and policy.frozen_phase != frozen:

@@ -29,8 +29,19 @@ from typing import Any, Literal, Union
 
 from core.errors import CheckpointError
 
-__all__ = ["BEAM", "Bounds", "FORBIDDEN_KEYS", "FRACTION", "LAYERS", "LENGTH", "RATE", "SIZE", "STEPS", "check_plain",
-           "validate_hparams"]
+__all__ = [
+    "BEAM",
+    "FORBIDDEN_KEYS",
+    "FRACTION",
+    "LAYERS",
+    "LENGTH",
+    "RATE",
+    "SIZE",
+    "STEPS",
+    "Bounds",
+    "check_plain",
+    "validate_hparams",
+]
 
 #: Keys an instantiating parser (jsonargparse, Hydra) turns into an import: never accepted from a file.
 FORBIDDEN_KEYS = frozenset({"class_path", "init_args", "dict_kwargs", "__path__", "_target_"})
@@ -91,7 +102,8 @@ def check_plain(value: Any, where: str, depth: int = 0) -> None:
             if k in FORBIDDEN_KEYS:
                 raise CheckpointError(
                     f"{where}: holds {k!r}, which would name Python code to import; a checkpoint or model "
-                    f"folder may hold plain data only (refused, nothing was imported)")
+                    f"folder may hold plain data only (refused, nothing was imported)"
+                )
             check_plain(v, f"{where}.{k}", depth + 1)
         return
     raise CheckpointError(f"{where}: a {type(value).__name__}, expected plain data (numbers, strings, lists, dicts)")
@@ -214,6 +226,9 @@ def validate_hparams(
     if unknown and warn_unknown:
         import warnings
 
-        warnings.warn(f"{source}: ignoring hyper-parameters this version of {cls.__name__} does not take: "
-                      f"{', '.join(sorted(unknown))}", stacklevel=2)
+        warnings.warn(
+            f"{source}: ignoring hyper-parameters this version of {cls.__name__} does not take: "
+            f"{', '.join(sorted(unknown))}",
+            stacklevel=2,
+        )
     return out

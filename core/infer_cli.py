@@ -26,8 +26,15 @@ from core.errors import ConfigError, UserError
 from core.hparams import BEAM
 from core.predict import format_line
 
-__all__ = ["InferenceSpec", "InputItem", "Output", "PARTIAL_FAILURE_EXIT_CODE", "check_plot_dir", "run_inference",
-           "slug"]
+__all__ = [
+    "PARTIAL_FAILURE_EXIT_CODE",
+    "InferenceSpec",
+    "InputItem",
+    "Output",
+    "check_plot_dir",
+    "run_inference",
+    "slug",
+]
 
 PARTIAL_FAILURE_EXIT_CODE = 1  # some inputs failed; 2 (core.cli) means nothing could be done
 
@@ -83,8 +90,7 @@ class InferenceSpec:
     add_arguments: Callable[[argparse.ArgumentParser], None]
     inputs: Callable[[argparse.Namespace], Iterable[InputItem]]
     decode: Callable[[Any, list[Any], argparse.Namespace], list[Output]]
-    failed_rows: Callable[[InputItem, argparse.Namespace], list[tuple[str, ...]]] = field(
-        default=lambda item, args: [])
+    failed_rows: Callable[[InputItem, argparse.Namespace], list[tuple[str, ...]]] = field(default=lambda item, args: [])
     batch_size: int = 16
 
 
@@ -113,17 +119,29 @@ def check_plot_dir(path: str | None) -> Path | None:
 def _parser(spec: InferenceSpec) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=spec.prog, description=spec.description)
     spec.add_arguments(p)
-    p.add_argument("--ckpt", required=True,
-                   help="a .ckpt file, an http(s) URL, a model folder (export) or hf://ORG/NAME[@REVISION]")
+    p.add_argument(
+        "--ckpt",
+        required=True,
+        help="a .ckpt file, an http(s) URL, a model folder (export) or hf://ORG/NAME[@REVISION]",
+    )
     p.add_argument("--beam", type=int, default=5, help=f"beam size (1 = greedy, at most {BEAM[1]}); default 5")
-    p.add_argument("--nbest", type=int, default=1,
-                   help="hypotheses per input (<= --beam); with K > 1 each prints as its own line with its score")
+    p.add_argument(
+        "--nbest",
+        type=int,
+        default=1,
+        help="hypotheses per input (<= --beam); with K > 1 each prints as its own line with its score",
+    )
     p.add_argument("--plot", metavar="DIR", default=None, help="write one attention figure (PNG) per input into DIR")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps); default cpu")
-    p.add_argument("--batch-size", type=int, default=spec.batch_size,
-                   help=f"inputs decoded together; default {spec.batch_size}")
-    p.add_argument("--sha256", default=None, help="expected SHA-256 of the checkpoint file, or of a model folder's "
-                   "model.safetensors (full, or a prefix of at least 8 hex digits)")
+    p.add_argument(
+        "--batch-size", type=int, default=spec.batch_size, help=f"inputs decoded together; default {spec.batch_size}"
+    )
+    p.add_argument(
+        "--sha256",
+        default=None,
+        help="expected SHA-256 of the checkpoint file, or of a model folder's "
+        "model.safetensors (full, or a prefix of at least 8 hex digits)",
+    )
     return p
 
 
@@ -157,8 +175,9 @@ def _report(item: InputItem, err: Exception) -> None:
     print(f"error: {format_line([text])}", file=sys.stderr, flush=True)
 
 
-def _decode_each(spec: InferenceSpec, model: Any, batch: list[tuple[InputItem, Any]],
-                 args: argparse.Namespace) -> list[Output | Exception]:
+def _decode_each(
+    spec: InferenceSpec, model: Any, batch: list[tuple[InputItem, Any]], args: argparse.Namespace
+) -> list[Output | Exception]:
     """Decode a batch; when a bad input makes the batch fail, decode one by one so only it fails."""
     try:
         return list(spec.decode(model, [x for _, x in batch], args))

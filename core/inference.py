@@ -26,10 +26,12 @@ def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     finally:
         module.train(was_training)
 
+
 # layer -> (weak reference to its weight, (storage address, version), (D, V) copy). Kept outside the
 # module so that modules still pickle (torch.save(model), spawn) and carry no extra copy when they do.
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[weakref.ref[Tensor], tuple[int, int], Tensor]] = (
-    weakref.WeakKeyDictionary())
+    weakref.WeakKeyDictionary()
+)
 
 
 def vocab_projection(layer: nn.Linear, x: Tensor) -> Tensor:
@@ -53,8 +55,13 @@ def vocab_projection(layer: nn.Linear, x: Tensor) -> Tensor:
         Logits ``(N, V)``.
     """
     w = layer.weight
-    if x.dim() != 2 or x.device.type != "cpu" or x.dtype != torch.float32 or w.dtype != torch.float32 or (
-            w.is_inference() or torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)):
+    if (
+        x.dim() != 2
+        or x.device.type != "cpu"
+        or x.dtype != torch.float32
+        or w.dtype != torch.float32
+        or (w.is_inference() or (torch.is_grad_enabled() and (w.requires_grad or x.requires_grad)))
+    ):
         return layer(x)
     # The same tensor object (a weak reference: a replaced weight is not kept alive), storage and
     # version: an address alone could be reused by a new weight after the old one is freed.
@@ -88,8 +95,12 @@ def step_log_probs(logits: Tensor) -> Tensor:
     Returns:
         Log-probabilities ``(N, V)`` in float32.
     """
-    if (logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.is_contiguous()
-            and not (torch.is_grad_enabled() and logits.requires_grad)):
+    if (
+        logits.device.type == "cpu"
+        and logits.dtype == torch.float32
+        and logits.is_contiguous()
+        and not (torch.is_grad_enabled() and logits.requires_grad)
+    ):
         return torch.log_softmax(logits, dim=-1, out=logits)
     return torch.log_softmax(logits.float(), dim=-1)
 
@@ -107,7 +118,7 @@ def append_to_cache(cache: Tensor, new: Tensor, rows: Tensor | None) -> Tensor:
     """
     if rows is not None:
         rows = rows.to(cache.device)
-    if cache.dtype != new.dtype or torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad):
+    if cache.dtype != new.dtype or (torch.is_grad_enabled() and (cache.requires_grad or new.requires_grad)):
         # out= has no autograd and needs one dtype: the two-copy form (teacher-forcing checks run
         # steps with grad; cat promotes mixed dtypes).
         return torch.cat([cache if rows is None else cache.index_select(0, rows), new], dim=2)

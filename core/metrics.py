@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["corpus_bleu", "corpus_chrf", "word_error_rate", "char_error_rate"]
+__all__ = ["char_error_rate", "corpus_bleu", "corpus_chrf", "word_error_rate"]
 
 
 def _check(hyps: Sequence[str], refs: Sequence[str]) -> None:

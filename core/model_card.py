@@ -9,14 +9,33 @@ from typing import Any
 __all__ = ["model_card"]
 
 _PIPELINE = {"translation": "translation", "captioning": "image-to-text", "speech": "automatic-speech-recognition"}
-_CLI = {"translation": ("attn-translate", "translate", '"I love you"'),
-        "captioning": ("attn-caption", "caption", "photo.jpg"),
-        "speech": ("attn-asr", "transcribe", "speech.wav")}
-_LIBRARY_CALL = {"translation": 'model.translate(["I love you"])',
-                 "captioning": 'model.caption(["photo.jpg"])',
-                 "speech": 'model.transcribe(["speech.wav"])'}
-_ARCH_KEYS = ("arch", "encoder", "decoder", "rnn_type", "attention", "attention_options", "embed_dim", "emb_dim",
-              "hidden_dim", "encoder_dim", "encoder_layers", "decoder_layers", "num_heads", "ffn_dim", "grid_size")
+_CLI = {
+    "translation": ("attn-translate", "translate", '"I love you"'),
+    "captioning": ("attn-caption", "caption", "photo.jpg"),
+    "speech": ("attn-asr", "transcribe", "speech.wav"),
+}
+_LIBRARY_CALL = {
+    "translation": 'model.translate(["I love you"])',
+    "captioning": 'model.caption(["photo.jpg"])',
+    "speech": 'model.transcribe(["speech.wav"])',
+}
+_ARCH_KEYS = (
+    "arch",
+    "encoder",
+    "decoder",
+    "rnn_type",
+    "attention",
+    "attention_options",
+    "embed_dim",
+    "emb_dim",
+    "hidden_dim",
+    "encoder_dim",
+    "encoder_layers",
+    "decoder_layers",
+    "num_heads",
+    "ffn_dim",
+    "grid_size",
+)
 
 
 def _fmt(value: Any) -> str:

@@ -37,8 +37,17 @@ from core.checkpoint import FORMAT_VERSION
 from core.errors import CheckpointError
 from core.model_card import model_card
 
-__all__ = ["CONFIG_NAME", "WEIGHTS_NAME", "file_bytes", "file_value", "from_pretrained", "load_task_model",
-           "push_to_hub", "resolve_hub", "save_pretrained"]
+__all__ = [
+    "CONFIG_NAME",
+    "WEIGHTS_NAME",
+    "file_bytes",
+    "file_value",
+    "from_pretrained",
+    "load_task_model",
+    "push_to_hub",
+    "resolve_hub",
+    "save_pretrained",
+]
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -78,8 +87,9 @@ def file_bytes(value: Any, what: str) -> bytes:
         raise CheckpointError(f"{what}: the stored file is not valid base64 ({err})") from None
 
 
-def _split_metadata(meta: Mapping[str, Any], files: Mapping[str, str], raw: Mapping[str, str] | None = None
-                    ) -> tuple[dict[str, Any], dict[str, str | bytes]]:
+def _split_metadata(
+    meta: Mapping[str, Any], files: Mapping[str, str], raw: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str | bytes]]:
     """``(metadata left for config.json, {file name: text or bytes})`` for the task's ``FOLDER_FILES`` (and
     ``FOLDER_RAW_FILES``, written byte for byte)."""
     rest = {k: v for k, v in meta.items() if k not in ("task", "format")}
@@ -116,8 +126,13 @@ def _state_for_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return state
 
 
-def save_pretrained(model: Any, folder: str | os.PathLike[str], metrics: Mapping[str, float] | None = None,
-                    figure: str | os.PathLike[str] | None = None, training: Mapping[str, Any] | None = None) -> Path:
+def save_pretrained(
+    model: Any,
+    folder: str | os.PathLike[str],
+    metrics: Mapping[str, float] | None = None,
+    figure: str | os.PathLike[str] | None = None,
+    training: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``model`` (a ``TaskCheckpointMixin`` module) as a model folder.
 
     The folder is assembled in a temporary sibling and renamed into place, so a crash never leaves a
@@ -143,12 +158,23 @@ def save_pretrained(model: Any, folder: str | os.PathLike[str], metrics: Mapping
     training = {**(recorded if isinstance(recorded, dict) else {}), **(training or {})}  # a record read from a file
     found = training.pop("metrics", None)
     metrics = dict(metrics if metrics is not None else found if isinstance(found, dict) else {})
-    metrics = {str(k): float(v) for k, v in metrics.items()
-               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    metrics = {
+        str(k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
     hparams = {k: v for k, v in dict(model.hparams).items() if not str(k).startswith("_")}
-    config = {"library_name": LIBRARY, "task": model.TASK, "format": FORMAT_VERSION,
-              "architecture": type(model).__name__, "hyper_parameters": hparams, "metadata": rest,
-              "files": sorted(files), "training": training, "metrics": metrics}
+    config = {
+        "library_name": LIBRARY,
+        "task": model.TASK,
+        "format": FORMAT_VERSION,
+        "architecture": type(model).__name__,
+        "hyper_parameters": hparams,
+        "metadata": rest,
+        "files": sorted(files),
+        "training": training,
+        "metrics": metrics,
+    }
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.part-"))
     try:
@@ -203,8 +229,13 @@ def _raw_value(path: Path, what: str) -> dict[str, str]:
     return file_value(path.read_bytes())
 
 
-def from_pretrained(cls: type[M], folder: str | os.PathLike[str], map_location: str | torch.device | None = "cpu",
-                    strict: bool = True, **overrides: Any) -> M:
+def from_pretrained(
+    cls: type[M],
+    folder: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    **overrides: Any,
+) -> M:
     """Rebuild a task module from a model folder (no pickle; validated; strict by default).
 
     Raises:
@@ -218,9 +249,11 @@ def from_pretrained(cls: type[M], folder: str | os.PathLike[str], map_location: 
         raise CheckpointError(f"{what}: not a folder")
     config = _read_json(path / CONFIG_NAME, what)
     if not isinstance(config, dict) or config.get("library_name") != LIBRARY:
-        raise CheckpointError(f"{what}: {CONFIG_NAME} is not an {LIBRARY} model config (no library_name "
-                              f"'{LIBRARY}'); a transformers model folder is loaded with --model.encoder / "
-                              f"--model.pretrained instead")
+        raise CheckpointError(
+            f"{what}: {CONFIG_NAME} is not an {LIBRARY} model config (no library_name "
+            f"'{LIBRARY}'); a transformers model folder is loaded with --model.encoder / "
+            f"--model.pretrained instead"
+        )
     task = config.get("task")
     if task != cls.TASK:  # type: ignore[attr-defined]
         raise CheckpointError(f"{what} holds a {task!r} model, expected a {cls.TASK!r} model")  # type: ignore[attr-defined]
@@ -253,8 +286,16 @@ def from_pretrained(cls: type[M], folder: str | os.PathLike[str], map_location: 
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{what}: {WEIGHTS_NAME} is truncated or not a safetensors file ({err})") from None
-    return build_task_module(cls, config.get("hyper_parameters"), meta, state, what, map_location=map_location,
-                             strict=strict, overrides=overrides)
+    return build_task_module(
+        cls,
+        config.get("hyper_parameters"),
+        meta,
+        state,
+        what,
+        map_location=map_location,
+        strict=strict,
+        overrides=overrides,
+    )
 
 
 # ---------------------------------------------------------------------------------------------- the hub
@@ -273,7 +314,7 @@ def resolve_hub(spec: str) -> Path:
         RevisionNotFoundError,
     )
 
-    body = spec[len(HUB_PREFIX):]
+    body = spec[len(HUB_PREFIX) :]
     repo_id, _, revision = body.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise CheckpointError(f"{spec}: expected hf://ORG/NAME or hf://ORG/NAME@REVISION")
@@ -282,12 +323,15 @@ def resolve_hub(spec: str) -> Path:
     except RevisionNotFoundError:
         raise CheckpointError(f"{spec}: revision {revision!r} not found in {repo_id}") from None
     except (RepositoryNotFoundError, GatedRepoError):
-        raise CheckpointError(f"{spec}: repository {repo_id} not found, private or gated (log in with "
-                              f"`hf auth login` if you have access)") from None
+        raise CheckpointError(
+            f"{spec}: repository {repo_id} not found, private or gated (log in with `hf auth login` if you have access)"
+        ) from None
     except LocalEntryNotFoundError:
-        raise CheckpointError(f"{spec}: not in the local Hugging Face cache and the hub cannot be reached "
-                              f"(offline, or HF_HUB_OFFLINE=1); download it once with a network, or pass a "
-                              f"local model folder") from None
+        raise CheckpointError(
+            f"{spec}: not in the local Hugging Face cache and the hub cannot be reached "
+            f"(offline, or HF_HUB_OFFLINE=1); download it once with a network, or pass a "
+            f"local model folder"
+        ) from None
     except HFValidationError as err:
         raise CheckpointError(f"{spec}: not a valid repository id ({err})") from None
     except (HfHubHTTPError, OSError) as err:
@@ -308,8 +352,14 @@ def push_to_hub(folder: str | os.PathLike[str], repo_id: str, private: bool = Fa
     return str(url)
 
 
-def load_task_model(cls: type[M], source: str | os.PathLike[str], map_location: str | torch.device | None = "cpu",
-                    sha256: str | None = None, strict: bool = True, **overrides: Any) -> M:
+def load_task_model(
+    cls: type[M],
+    source: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    sha256: str | None = None,
+    strict: bool = True,
+    **overrides: Any,
+) -> M:
     """The module behind a ``--ckpt`` value: a ``.ckpt`` file, an http(s) URL, a model folder or ``hf://...``.
 
     Raises:

@@ -32,8 +32,19 @@ from torch import nn
 from core.errors import CheckpointError, ConfigError
 from core.hparams import FORBIDDEN_KEYS, check_plain
 
-__all__ = ["HF_PREFIX", "MODEL_TYPES", "build_from_config", "check_config", "export_config", "hf_name",
-           "is_hf_spec", "load_pretrained", "read_json_file", "read_model_type", "resolve_pretrained"]
+__all__ = [
+    "HF_PREFIX",
+    "MODEL_TYPES",
+    "build_from_config",
+    "check_config",
+    "export_config",
+    "hf_name",
+    "is_hf_spec",
+    "load_pretrained",
+    "read_json_file",
+    "read_model_type",
+    "resolve_pretrained",
+]
 
 HF_PREFIX = "hf:"
 
@@ -52,28 +63,71 @@ _HUB_FILES = ["*.json", "*.safetensors", "pytorch_model.bin", "*.spm", "*.model"
 
 # Config entries never kept nor accepted: bookkeeping, local paths, label tables of task heads we do not
 # build, and anything that would name code (auto_map is how a config asks for remote code).
-_DROP_KEYS = frozenset({"_name_or_path", "transformers_version", "architectures", "dtype", "torch_dtype",
-                        "id2label", "label2id", "_attn_implementation_autoset", "_commit_hash"})
+_DROP_KEYS = frozenset(
+    {
+        "_name_or_path",
+        "transformers_version",
+        "architectures",
+        "dtype",
+        "torch_dtype",
+        "id2label",
+        "label2id",
+        "_attn_implementation_autoset",
+        "_commit_hash",
+    }
+)
 _CODE_KEYS = frozenset({"auto_map", "trust_remote_code", "custom_pipelines"}) | FORBIDDEN_KEYS
 
 # Size entries of the configs we build, bounded so that a tampered checkpoint cannot make the rebuild
 # allocate gigabytes before its weights are compared (some modules compute tables at init, e.g. Marian's
 # sinusoidal positions). Every other number must stay within +-_MAX_NUMBER.
 _LIMITS: dict[str, tuple[int, int]] = {
-    **dict.fromkeys(("hidden_size", "d_model", "embedding_size", "output_hidden_size", "hidden_sizes",
-                     "conv_dim", "tdnn_dim", "classifier_proj_size", "xvector_output_dim",
-                     "proj_codevector_dim", "codevector_dim"), (1, 16_384)),
+    **dict.fromkeys(
+        (
+            "hidden_size",
+            "d_model",
+            "embedding_size",
+            "output_hidden_size",
+            "hidden_sizes",
+            "conv_dim",
+            "tdnn_dim",
+            "classifier_proj_size",
+            "xvector_output_dim",
+            "proj_codevector_dim",
+            "codevector_dim",
+        ),
+        (1, 16_384),
+    ),
     **dict.fromkeys(("intermediate_size", "encoder_ffn_dim", "decoder_ffn_dim"), (1, 65_536)),
-    **dict.fromkeys(("num_hidden_layers", "encoder_layers", "decoder_layers", "depths", "num_adapter_layers",
-                     "num_feat_extract_layers"), (0, 128)),
-    **dict.fromkeys(("num_attention_heads", "encoder_attention_heads", "decoder_attention_heads",
-                     "num_conv_pos_embedding_groups"), (1, 256)),
+    **dict.fromkeys(
+        (
+            "num_hidden_layers",
+            "encoder_layers",
+            "decoder_layers",
+            "depths",
+            "num_adapter_layers",
+            "num_feat_extract_layers",
+        ),
+        (0, 128),
+    ),
+    **dict.fromkeys(
+        ("num_attention_heads", "encoder_attention_heads", "decoder_attention_heads", "num_conv_pos_embedding_groups"),
+        (1, 256),
+    ),
     **dict.fromkeys(("vocab_size", "decoder_vocab_size"), (1, 1_000_000)),
-    **dict.fromkeys(("max_position_embeddings", "max_source_positions", "max_target_positions",
-                     "max_length"), (1, 65_536)),
-    "image_size": (1, 4096), "patch_size": (1, 1024), "num_channels": (1, 16), "num_mel_bins": (1, 512),
-    "num_conv_pos_embeddings": (1, 4096), "conv_kernel": (1, 4096), "conv_stride": (1, 4096),
-    "num_codevectors_per_group": (1, 65_536), "num_codevector_groups": (1, 64), "num_buckets": (1, 65_536),
+    **dict.fromkeys(
+        ("max_position_embeddings", "max_source_positions", "max_target_positions", "max_length"), (1, 65_536)
+    ),
+    "image_size": (1, 4096),
+    "patch_size": (1, 1024),
+    "num_channels": (1, 16),
+    "num_mel_bins": (1, 512),
+    "num_conv_pos_embeddings": (1, 4096),
+    "conv_kernel": (1, 4096),
+    "conv_stride": (1, 4096),
+    "num_codevectors_per_group": (1, 65_536),
+    "num_codevector_groups": (1, 64),
+    "num_buckets": (1, 65_536),
     "max_bucket_distance": (1, 65_536),
 }
 _MAX_NUMBER = 10_000_000
@@ -87,7 +141,7 @@ def is_hf_spec(value: Any) -> bool:
 
 def hf_name(value: str) -> str:
     """``hf:NAME`` -> ``NAME`` (a value without the prefix is returned as is)."""
-    return value[len(HF_PREFIX):] if value.startswith(HF_PREFIX) else value
+    return value[len(HF_PREFIX) :] if value.startswith(HF_PREFIX) else value
 
 
 def resolve_pretrained(name: str, option: str) -> Path:
@@ -107,8 +161,10 @@ def resolve_pretrained(name: str, option: str) -> Path:
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ConfigError(f"{option}={name}: a file, expected a Hugging Face model folder (config.json, "
-                              f"weights, processor/tokenizer files) or a hub id such as ORG/NAME")
+            raise ConfigError(
+                f"{option}={name}: a file, expected a Hugging Face model folder (config.json, "
+                f"weights, processor/tokenizer files) or a hub id such as ORG/NAME"
+            )
         return path
     repo_id, _, revision = name.partition("@")
     if name.startswith((".", "/", "~")) or repo_id.count("/") > 1 or not all(repo_id.split("/")):
@@ -123,19 +179,26 @@ def resolve_pretrained(name: str, option: str) -> Path:
         RevisionNotFoundError,
     )
 
-    local = f"download it once where there is a network (`hf download {repo_id}`) or pass a local model folder: " \
-            f"{option} hf:/path/to/folder"
+    local = (
+        f"download it once where there is a network (`hf download {repo_id}`) or pass a local model folder: "
+        f"{option} hf:/path/to/folder"
+    )
     try:
-        return Path(snapshot_download(repo_id, revision=revision or None, allow_patterns=_HUB_FILES,
-                                      library_name="attn-suite"))
+        return Path(
+            snapshot_download(repo_id, revision=revision or None, allow_patterns=_HUB_FILES, library_name="attn-suite")
+        )
     except RevisionNotFoundError:
         raise ConfigError(f"{option}: revision {revision!r} not found in the hub repository {repo_id}") from None
     except (RepositoryNotFoundError, GatedRepoError):
-        raise ConfigError(f"{option}: hub repository {repo_id!r} not found, private or gated (log in with "
-                          f"`hf auth login` if you have access); or pass a local folder") from None
+        raise ConfigError(
+            f"{option}: hub repository {repo_id!r} not found, private or gated (log in with "
+            f"`hf auth login` if you have access); or pass a local folder"
+        ) from None
     except LocalEntryNotFoundError:
-        raise ConfigError(f"{option}: {repo_id!r} is not a local folder, is not in the Hugging Face cache and the "
-                          f"hub cannot be reached (offline, or HF_HUB_OFFLINE=1); {local}") from None
+        raise ConfigError(
+            f"{option}: {repo_id!r} is not a local folder, is not in the Hugging Face cache and the "
+            f"hub cannot be reached (offline, or HF_HUB_OFFLINE=1); {local}"
+        ) from None
     except HFValidationError as err:
         raise ConfigError(f"{option}: {name!r} is neither a folder nor a valid hub id ({err})") from None
     except (HfHubHTTPError, OSError) as err:
@@ -170,8 +233,10 @@ def read_model_type(folder: Path, kind: str, option: str) -> str:
     what = f"{option}={folder}"
     cfg = read_json_file(folder / "config.json", what, "the model's configuration")
     if cfg.get("library_name") == "attn-suite":
-        raise ConfigError(f"{what} is an attn-suite model folder (a trained task model); load it with --ckpt, "
-                          f"not as a pretrained component")
+        raise ConfigError(
+            f"{what} is an attn-suite model folder (a trained task model); load it with --ckpt, "
+            f"not as a pretrained component"
+        )
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise ConfigError(f"{what}: config.json has no 'model_type' (not a transformers model folder)")
@@ -180,8 +245,9 @@ def read_model_type(folder: Path, kind: str, option: str) -> str:
     if model_type not in MODEL_TYPES[kind]:
         other = _kind_of(model_type)
         found = f"a {model_type!r} model ({_WHAT[other]})" if other else f"a {model_type!r} model"
-        raise ConfigError(f"{what} holds {found}; {option} expects {_WHAT[kind]} of type "
-                          f"{', '.join(MODEL_TYPES[kind])}")
+        raise ConfigError(
+            f"{what} holds {found}; {option} expects {_WHAT[kind]} of type {', '.join(MODEL_TYPES[kind])}"
+        )
     return model_type
 
 
@@ -244,8 +310,9 @@ def _auto_class(kind: str) -> Any:
     return transformers.AutoModelForSeq2SeqLM if kind == "translation" else transformers.AutoModel
 
 
-def build_from_config(config: Mapping[str, Any], kind: str, source: str,
-                      overrides: Mapping[str, Any] | None = None, **model_kwargs: Any) -> nn.Module:
+def build_from_config(
+    config: Mapping[str, Any], kind: str, source: str, overrides: Mapping[str, Any] | None = None, **model_kwargs: Any
+) -> nn.Module:
     """Rebuild a pretrained part from its stored config, offline (random weights: the caller loads its own).
 
     Args:
@@ -270,12 +337,14 @@ def build_from_config(config: Mapping[str, Any], kind: str, source: str,
             return WhisperEncoder(hf_config).float()
         return _auto_class(kind).from_config(hf_config, trust_remote_code=False, **model_kwargs).float()
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:
-        raise ConfigError(f"{source}: its pretrained {model_type} config does not build a model "
-                              f"({type(err).__name__}: {err})") from None
+        raise ConfigError(
+            f"{source}: its pretrained {model_type} config does not build a model ({type(err).__name__}: {err})"
+        ) from None
 
 
-def load_pretrained(folder: Path, kind: str, option: str, overrides: Mapping[str, Any] | None = None,
-                    **model_kwargs: Any) -> tuple[nn.Module, dict[str, Any]]:
+def load_pretrained(
+    folder: Path, kind: str, option: str, overrides: Mapping[str, Any] | None = None, **model_kwargs: Any
+) -> tuple[nn.Module, dict[str, Any]]:
     """Load a pretrained model's weights from a local folder with ``transformers`` (no remote code).
 
     A full CLIP / SigLIP folder gives its vision tower; a Whisper folder gives its encoder.
@@ -305,14 +374,18 @@ def load_pretrained(folder: Path, kind: str, option: str, overrides: Mapping[str
             config = config.vision_config
         for key, value in (overrides or {}).items():
             setattr(config, key, value)
-        model = _auto_class(kind).from_pretrained(folder, config=config, local_files_only=True,
-                                                  trust_remote_code=False, dtype=torch.float32, **model_kwargs)
+        model = _auto_class(kind).from_pretrained(
+            folder, config=config, local_files_only=True, trust_remote_code=False, dtype=torch.float32, **model_kwargs
+        )
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{what}: cannot load the {model_type} model ({type(err).__name__}: "
-                          f"{' '.join(str(err).split())[:300]})") from None
+        raise ConfigError(
+            f"{what}: cannot load the {model_type} model ({type(err).__name__}: {' '.join(str(err).split())[:300]})"
+        ) from None
     except RuntimeError as err:  # transformers raises it for weights whose shapes differ from config.json
-        raise ConfigError(f"{what}: its weights do not fit its config.json (mismatched sizes, e.g. hidden_size; "
-                          f"see the load report above): {' '.join(str(err).split())[:200]}") from None
+        raise ConfigError(
+            f"{what}: its weights do not fit its config.json (mismatched sizes, e.g. hidden_size; "
+            f"see the load report above): {' '.join(str(err).split())[:200]}"
+        ) from None
     if model_type == "whisper":
         model = model.get_encoder()  # the decoder is never used: do not keep it
     return model.float(), export_config(config)

@@ -60,9 +60,14 @@ class ProgressBoard:
                 # No fixed position: tqdm gives each live bar the lowest free line, so the bars of the
                 # stages still running stay together at the bottom.
                 bar = self._bars[key] = tqdm(
-                    total=total, desc=f"{key[0]}: {key[1]}", unit=event.get("unit", "it"), file=self.file,
-                    dynamic_ncols=True, leave=False,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}{postfix}]")
+                    total=total,
+                    desc=f"{key[0]}: {key[1]}",
+                    unit=event.get("unit", "it"),
+                    file=self.file,
+                    dynamic_ncols=True,
+                    leave=False,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} {unit} [{elapsed}{postfix}]",
+                )
             if bar is not None:
                 bar.n = min(n, total) if total else n
                 bar.set_postfix(postfix, refresh=False)
@@ -80,8 +85,9 @@ class ProgressBoard:
             print(self._line(key, n, total, event.get("unit", "it"), postfix, done), file=self.file, flush=True)
 
     @staticmethod
-    def _line(key: tuple[str, str], n: float, total: float | None, unit: str, postfix: dict[str, Any],
-              done: bool) -> str:
+    def _line(
+        key: tuple[str, str], n: float, total: float | None, unit: str, postfix: dict[str, Any], done: bool
+    ) -> str:
         amount = f"{n:.0f}/{total:.0f}" if total else f"{n:.0f}"
         extra = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in postfix.items())
         return f"{key[0]}: {key[1]} {amount} {unit} {'done' if done else '...'} {extra}".rstrip()
@@ -112,8 +118,9 @@ class StageProgress:
         interval_s: minimum seconds between events (a queue to another process must not flood).
     """
 
-    def __init__(self, sink: Sink, task: str, stage: str, total: float, unit: str = "it",
-                 interval_s: float = 0.5) -> None:
+    def __init__(
+        self, sink: Sink, task: str, stage: str, total: float, unit: str = "it", interval_s: float = 0.5
+    ) -> None:
         self.sink, self.task, self.stage, self.total, self.unit = sink, task, stage, total, unit
         self.interval_s = interval_s
         self.n = 0.0
@@ -121,8 +128,17 @@ class StageProgress:
         self.postfix: dict[str, Any] = {}
 
     def _emit(self, done: bool = False) -> None:
-        self.sink({"task": self.task, "stage": self.stage, "n": self.n, "total": self.total, "unit": self.unit,
-                   "postfix": dict(self.postfix), "done": done})
+        self.sink(
+            {
+                "task": self.task,
+                "stage": self.stage,
+                "n": self.n,
+                "total": self.total,
+                "unit": self.unit,
+                "postfix": dict(self.postfix),
+                "done": done,
+            }
+        )
 
     def update(self, n: float = 1, **postfix: Any) -> None:
         """Advance by `n` items and replace the shown fields."""
@@ -159,8 +175,9 @@ class BudgetProgressBar(ProgressBar):
         interval_s: minimum seconds between events.
     """
 
-    def __init__(self, sink: Sink, task: str, budget_s: float, start: float | None = None,
-                 interval_s: float = 0.5) -> None:
+    def __init__(
+        self, sink: Sink, task: str, budget_s: float, start: float | None = None, interval_s: float = 0.5
+    ) -> None:
         super().__init__()
         self.sink, self.task = sink, task
         self.budget_s = max(float(budget_s), 1.0)
@@ -184,8 +201,17 @@ class BudgetProgressBar(ProgressBar):
         metrics = self.get_metrics(trainer, pl_module)
         postfix: dict[str, Any] = {"step": trainer.global_step}
         postfix.update({k.split("/")[-1]: v for k, v in metrics.items() if k.endswith("loss")})
-        self.sink({"task": self.task, "stage": "training", "n": min(now - self._start, self.budget_s),
-                   "total": self.budget_s, "unit": "s", "postfix": postfix, "done": done})
+        self.sink(
+            {
+                "task": self.task,
+                "stage": "training",
+                "n": min(now - self._start, self.budget_s),
+                "total": self.budget_s,
+                "unit": "s",
+                "postfix": postfix,
+                "done": done,
+            }
+        )
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._start is None:

@@ -41,7 +41,7 @@ class ThroughputMixin:
 
 def format_seconds(seconds: float) -> str:
     """``125.3`` -> ``"2:05"``; ``3725`` -> ``"1:02:05"``."""
-    s = max(0, int(round(seconds)))
+    s = max(0, round(seconds))
     h, rem = divmod(s, 3600)
     m, sec = divmod(rem, 60)
     return f"{h}:{m:02d}:{sec:02d}" if h else f"{m}:{sec:02d}"
@@ -59,8 +59,9 @@ class _Throughput:
         self._steps: deque[float] = deque()
         self._since_val = 0
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         now = time.monotonic()
         self._events.append((now, float(getattr(pl_module, "last_batch_units", 0.0))))
         self._steps.append(now)

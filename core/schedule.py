@@ -20,8 +20,16 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from core.errors import UserError
 
-__all__ = ["OPTIMIZERS", "SCHEDULES", "ScheduleCheck", "WarmupSchedule", "build_scheduler", "configure_optimizer",
-           "lr_lambda", "schedule_problems"]
+__all__ = [
+    "OPTIMIZERS",
+    "SCHEDULES",
+    "ScheduleCheck",
+    "WarmupSchedule",
+    "build_scheduler",
+    "configure_optimizer",
+    "lr_lambda",
+    "schedule_problems",
+]
 
 SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adam", "sgd")
@@ -70,14 +78,20 @@ class WarmupSchedule:
         return self.min_ratio + (1.0 - self.min_ratio) * decay
 
 
-def lr_lambda(warmup_steps: int = 0, schedule: str = "inverse_sqrt", total_steps: int | None = None,
-              min_ratio: float = 0.0) -> WarmupSchedule:
+def lr_lambda(
+    warmup_steps: int = 0, schedule: str = "inverse_sqrt", total_steps: int | None = None, min_ratio: float = 0.0
+) -> WarmupSchedule:
     """Factory for a ``LambdaLR`` multiplier (see ``WarmupSchedule``)."""
     return WarmupSchedule(warmup_steps, schedule, total_steps, min_ratio)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, schedule: str = "inverse_sqrt",
-                    total_steps: int | None = None, min_ratio: float = 0.0) -> dict[str, Any]:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int = 0,
+    schedule: str = "inverse_sqrt",
+    total_steps: int | None = None,
+    min_ratio: float = 0.0,
+) -> dict[str, Any]:
     """Lightning ``lr_scheduler`` config (stepped every optimizer step) for ``configure_optimizers``.
 
     Example:
@@ -87,8 +101,9 @@ def build_scheduler(optimizer: torch.optim.Optimizer, warmup_steps: int = 0, sch
     return {"scheduler": sched, "interval": "step", "frequency": 1, "name": "lr"}
 
 
-def configure_optimizer(module: pl.LightningModule, groups: list[tuple[list[torch.nn.Parameter], float]] | None = None
-                        ) -> dict[str, Any]:
+def configure_optimizer(
+    module: pl.LightningModule, groups: list[tuple[list[torch.nn.Parameter], float]] | None = None
+) -> dict[str, Any]:
     """``configure_optimizers`` of every task, from the module's typed hyper-parameters.
 
     Reads ``optimizer`` (adamw / adam / sgd), ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``,
@@ -132,20 +147,25 @@ def configure_optimizer(module: pl.LightningModule, groups: list[tuple[list[torc
         trainer = getattr(module, "_trainer", None)
         est = trainer.estimated_stepping_batches if trainer is not None else None
         if est is None or not math.isfinite(est):
-            rank_zero_warn(f"lr_schedule={schedule} needs a step budget (trainer.max_steps/max_epochs); "
-                           f"using inverse_sqrt")
+            rank_zero_warn(
+                f"lr_schedule={schedule} needs a step budget (trainer.max_steps/max_epochs); using inverse_sqrt"
+            )
             schedule = "inverse_sqrt"
         else:
             total = int(est)
-    return {"optimizer": opt,
-            "lr_scheduler": build_scheduler(opt, hp.warmup_steps, schedule, total, hp.min_lr_ratio)}
+    return {"optimizer": opt, "lr_scheduler": build_scheduler(opt, hp.warmup_steps, schedule, total, hp.min_lr_ratio)}
 
 
 # ----------------------------------------------------------------------------------------------
 # does the schedule fit the budget?
 # ----------------------------------------------------------------------------------------------
-def schedule_problems(steps_in_budget: float, warmup_steps: int, decay_total: int | None, val_every: int | None,
-                      checkpoint_every: int | None) -> list[str]:
+def schedule_problems(
+    steps_in_budget: float,
+    warmup_steps: int,
+    decay_total: int | None,
+    val_every: int | None,
+    checkpoint_every: int | None,
+) -> list[str]:
     """What of a schedule cannot happen within ``steps_in_budget`` optimizer steps.
 
     Args:
@@ -161,18 +181,26 @@ def schedule_problems(steps_in_budget: float, warmup_steps: int, decay_total: in
     n = max(steps_in_budget, 1.0)
     out = []
     if warmup_steps > 0.3 * n:
-        out.append(f"the LR warm-up ({warmup_steps} steps) takes {warmup_steps / n:.0%} of them: the peak LR comes "
-                   f"late or never (a warm-up of at most ~10% of the budget, e.g. {max(1, int(0.1 * n))} steps)")
+        out.append(
+            f"the LR warm-up ({warmup_steps} steps) takes {warmup_steps / n:.0%} of them: the peak LR comes "
+            f"late or never (a warm-up of at most ~10% of the budget, e.g. {max(1, int(0.1 * n))} steps)"
+        )
     if decay_total is not None and decay_total > 1.5 * n:
-        out.append(f"the LR decay is stretched over {decay_total} steps: the run stops {n / decay_total:.0%} of the "
-                   f"way through it (set trainer.max_steps to ~{int(n)} so the decay ends with the budget)")
+        out.append(
+            f"the LR decay is stretched over {decay_total} steps: the run stops {n / decay_total:.0%} of the "
+            f"way through it (set trainer.max_steps to ~{int(n)} so the decay ends with the budget)"
+        )
     if val_every is not None and val_every > n / 2:
         times = int(n // val_every)
-        out.append(f"validation every {val_every} steps runs {times} time(s) (use a fraction of an epoch or a "
-                   f"time-based trainer.val_check_interval such as \"00:00:05:00\")")
+        out.append(
+            f"validation every {val_every} steps runs {times} time(s) (use a fraction of an epoch or a "
+            f'time-based trainer.val_check_interval such as "00:00:05:00")'
+        )
     if checkpoint_every is not None and checkpoint_every > n / 2:
-        out.append(f"the rolling checkpoint every {checkpoint_every} steps is written {int(n // checkpoint_every)} "
-                   f"time(s): a crash loses up to the whole run")
+        out.append(
+            f"the rolling checkpoint every {checkpoint_every} steps is written {int(n // checkpoint_every)} "
+            f"time(s): a crash loses up to the whole run"
+        )
     return out
 
 
@@ -218,11 +246,14 @@ class ScheduleCheck(pl.Callback):
         if hp.get("lr_schedule") in ("cosine", "linear"):
             est = trainer.estimated_stepping_batches
             decay = int(est) if est is not None and math.isfinite(est) else None
-        self.problems = schedule_problems(n, int(hp.get("warmup_steps", 0) or 0), decay, _val_every(trainer),
-                                          _checkpoint_every(trainer))
+        self.problems = schedule_problems(
+            n, int(hp.get("warmup_steps", 0) or 0), decay, _val_every(trainer), _checkpoint_every(trainer)
+        )
         if self.problems:
-            rank_zero_warn(f"this run makes ~{rate * 60:.0f} optimizer steps per minute here, ~{int(n)} within "
-                           f"trainer.max_time; " + "; ".join(self.problems))
+            rank_zero_warn(
+                f"this run makes ~{rate * 60:.0f} optimizer steps per minute here, ~{int(n)} within "
+                f"trainer.max_time; " + "; ".join(self.problems)
+            )
 
 
 def _time_remaining(trainer: pl.Trainer) -> float | None:
@@ -244,14 +275,20 @@ def _val_every(trainer: pl.Trainer) -> int | None:
     if not isinstance(batch, (int, float)) or not math.isfinite(batch):
         return None
     per_epoch = trainer.num_training_batches
-    every = int(batch) if trainer.check_val_every_n_epoch is None else int(batch) * max(
-        1, trainer.check_val_every_n_epoch if batch >= per_epoch else 1)
+    every = (
+        int(batch)
+        if trainer.check_val_every_n_epoch is None
+        else int(batch) * max(1, trainer.check_val_every_n_epoch if batch >= per_epoch else 1)
+    )
     return max(1, every // max(1, trainer.accumulate_grad_batches))
 
 
 def _checkpoint_every(trainer: pl.Trainer) -> int | None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    steps = [cb._every_n_train_steps for cb in trainer.callbacks
-             if isinstance(cb, ModelCheckpoint) and cb._every_n_train_steps > 0]
+    steps = [
+        cb._every_n_train_steps
+        for cb in trainer.callbacks
+        if isinstance(cb, ModelCheckpoint) and cb._every_n_train_steps > 0
+    ]
     return min(steps) if steps else None

@@ -51,8 +51,10 @@ def run_folder_lock(root: Path) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             other = f.read().strip() or "unknown"
-            raise ConfigError(f"run folder {root} is in use by another fit (process {other}); wait for it to "
-                              f"finish or give this run its own --trainer.default_root_dir") from None
+            raise ConfigError(
+                f"run folder {root} is in use by another fit (process {other}); wait for it to "
+                f"finish or give this run its own --trainer.default_root_dir"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(f"{os.getpid()}\n")
@@ -79,8 +81,12 @@ class TaskCLI(LightningCLI):
     """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        parser.add_argument("--predict_output", type=str | None, default=None,
-                            help="predict: write the predictions to this file (default: stdout)")
+        parser.add_argument(
+            "--predict_output",
+            type=str | None,
+            default=None,
+            help="predict: write the predictions to this file (default: stdout)",
+        )
         self.link_task_arguments(parser)
 
     def link_task_arguments(self, parser: LightningArgumentParser) -> None:
@@ -125,8 +131,9 @@ class TaskCLI(LightningCLI):
         if isinstance(raw, dict) and isinstance(meta, dict):
             check_plain(meta, f"{source}: metadata")
             raw = {**raw, **cls.hparams_from_metadata(meta, source)}
-        hparams = validate_hparams(cls, raw, source, bounds=getattr(cls, "HPARAM_BOUNDS", None),
-                                   renames=getattr(cls, "HPARAM_RENAMES", None))
+        hparams = validate_hparams(
+            cls, raw, source, bounds=getattr(cls, "HPARAM_BOUNDS", None), renames=getattr(cls, "HPARAM_RENAMES", None)
+        )
         # Values the data module links into the model at instantiation are the data's to decide.
         for name in getattr(cls, "HPARAMS_FROM_DATA", ()):
             hparams.pop(name, None)
@@ -164,16 +171,22 @@ class TaskCLI(LightningCLI):
 
 
 def _export_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description="Write a trained model as a Hugging Face style model folder "
-                                "(model.safetensors, config.json, tokenizer/vocabulary files, README.md model card).")
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Write a trained model as a Hugging Face style model folder "
+        "(model.safetensors, config.json, tokenizer/vocabulary files, README.md model card).",
+    )
     p.add_argument("--ckpt", required=True, help="a .ckpt file, an http(s) URL, a model folder or hf://ORG/NAME")
     p.add_argument("--out", required=True, help="the model folder to write (replaced if it exists)")
     p.add_argument("--push", metavar="ORG/NAME", default=None, help="also upload the folder to the Hugging Face Hub")
     p.add_argument("--private", action="store_true", help="with --push: create a private repository")
     p.add_argument("--figure", default=None, help="an attention figure (PNG) to include in the model card")
-    p.add_argument("--metrics", default=None,
-                   help="a JSON file of {name: value} scores for the model card (default: the scores the "
-                        "checkpoint recorded when it was saved)")
+    p.add_argument(
+        "--metrics",
+        default=None,
+        help="a JSON file of {name: value} scores for the model card (default: the scores the "
+        "checkpoint recorded when it was saved)",
+    )
     return p
 
 
@@ -203,8 +216,14 @@ def export_main(module_cls: Any, prog: str, argv: Sequence[str]) -> int:
     return 0
 
 
-def task_main(argv: Sequence[str] | None, module_cls: Any, datamodule_cls: Any, inference: Any,
-              cli_class: type[TaskCLI] = TaskCLI, **cli_kwargs: Any) -> int:
+def task_main(
+    argv: Sequence[str] | None,
+    module_cls: Any,
+    datamodule_cls: Any,
+    inference: Any,
+    cli_class: type[TaskCLI] = TaskCLI,
+    **cli_kwargs: Any,
+) -> int:
     """A task's ``main``: the inference subcommand, ``export``, or LightningCLI; returns the exit status.
 
     Args:
@@ -229,8 +248,14 @@ def task_main(argv: Sequence[str] | None, module_cls: Any, datamodule_cls: Any, 
             # the host process also has its own sys.argv, which is expected here.
             warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
             with user_errors():
-                cli_class(module_cls, datamodule_cls, args=args, seed_everything_default=0,
-                          save_config_kwargs={"overwrite": True}, **cli_kwargs)
+                cli_class(
+                    module_cls,
+                    datamodule_cls,
+                    args=args,
+                    seed_everything_default=0,
+                    save_config_kwargs={"overwrite": True},
+                    **cli_kwargs,
+                )
         return 0
 
     return run_cli(main, argv)

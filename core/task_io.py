@@ -51,8 +51,11 @@ def state_dict_mismatches(expected: Mapping[str, Tensor], got: Mapping[str, Any]
     Returns:
         One string per problem (shape mismatches first).
     """
-    problems = [f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
-                for k, v in got.items() if k in expected and isinstance(v, Tensor) and v.shape != expected[k].shape]
+    problems = [
+        f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
+        for k, v in got.items()
+        if k in expected and isinstance(v, Tensor) and v.shape != expected[k].shape
+    ]
     problems += [f"{k}: a {type(v).__name__}, not a tensor" for k, v in got.items() if not isinstance(v, Tensor)]
     if strict:
         problems += [f"missing {k}" for k in expected if k not in got]
@@ -60,8 +63,9 @@ def state_dict_mismatches(expected: Mapping[str, Tensor], got: Mapping[str, Any]
     return problems
 
 
-def raise_if_mismatch(expected: Mapping[str, Tensor], got: Mapping[str, Any], strict: bool, source: str,
-                      what: str) -> None:
+def raise_if_mismatch(
+    expected: Mapping[str, Tensor], got: Mapping[str, Any], strict: bool, source: str, what: str
+) -> None:
     """``CheckpointError`` naming ``source`` and the first problems when ``got`` does not fit ``expected``."""
     problems = state_dict_mismatches(expected, got, strict)
     if problems:
@@ -137,9 +141,13 @@ class TaskCheckpointMixin:
         checkpoint["state_dict"] = type(self).upgrade_state_dict(state, version)
         self.restore_metadata(meta, source)
         strict = bool(getattr(self, "strict_loading", True))
-        raise_if_mismatch(self.state_dict(), checkpoint["state_dict"], strict, source,  # type: ignore[attr-defined]
-                          f"the configured {type(self).__name__} (do the --model.* options match the run "
-                          f"that wrote it?)")
+        raise_if_mismatch(
+            self.state_dict(),
+            checkpoint["state_dict"],
+            strict,
+            source,  # type: ignore[attr-defined]
+            f"the configured {type(self).__name__} (do the --model.* options match the run that wrote it?)",
+        )
 
     @classmethod
     def load_from_checkpoint(  # type: ignore[override]
@@ -151,23 +159,35 @@ class TaskCheckpointMixin:
         **overrides: Any,
     ) -> M:
         """Rebuild the module from a checkpoint file or http(s) URL, safely; see :func:`load_task_module`."""
-        return load_task_module(cls, checkpoint_path, map_location=map_location, strict=strict, sha256=sha256,
-                                **overrides)
+        return load_task_module(
+            cls, checkpoint_path, map_location=map_location, strict=strict, sha256=sha256, **overrides
+        )
 
     @classmethod
-    def from_pretrained(cls: type[M], pretrained_model_name_or_path: str | os.PathLike[str],
-                        map_location: str | torch.device | None = "cpu", strict: bool = True, **overrides: Any) -> M:
+    def from_pretrained(
+        cls: type[M],
+        pretrained_model_name_or_path: str | os.PathLike[str],
+        map_location: str | torch.device | None = "cpu",
+        strict: bool = True,
+        **overrides: Any,
+    ) -> M:
         """Load a model folder, ``hf://ORG/NAME[@REVISION]`` or a ``.ckpt`` (``core.model_folder.load_task_model``).
 
         Strict by default: a missing weight is an error, never a random initialisation.
         """
         from core.model_folder import load_task_model
 
-        return load_task_model(cls, pretrained_model_name_or_path, map_location=map_location, strict=strict,
-                               **overrides)
+        return load_task_model(
+            cls, pretrained_model_name_or_path, map_location=map_location, strict=strict, **overrides
+        )
 
-    def save_pretrained(self, save_directory: str | os.PathLike[str], metrics: Mapping[str, float] | None = None,
-                        figure: str | os.PathLike[str] | None = None, push_to_hub: str | None = None) -> str:
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike[str],
+        metrics: Mapping[str, float] | None = None,
+        figure: str | os.PathLike[str] | None = None,
+        push_to_hub: str | None = None,
+    ) -> str:
         """Write this model as a model folder (``core.model_folder``); optionally upload it to ``push_to_hub``.
 
         Returns:
@@ -195,8 +215,11 @@ def _training_record(module: Any) -> dict[str, Any]:
     if dm is not None and getattr(dm, "hparams", None):
         # plain data only (paths and the like become strings): the checkpoint stays weights_only-loadable
         record["data"] = json.loads(json.dumps({type(dm).__name__: dict(dm.hparams)}, default=str))
-    record["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()
-                         if k.startswith(("val/", "test/")) and getattr(v, "numel", lambda: 1)() == 1}
+    record["metrics"] = {
+        k: float(v)
+        for k, v in trainer.callback_metrics.items()
+        if k.startswith(("val/", "test/")) and getattr(v, "numel", lambda: 1)() == 1
+    }
     return record
 
 
@@ -205,13 +228,14 @@ def _format_version(meta: Mapping[str, Any], source: str) -> int:
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise CheckpointError(f"{source}: metadata 'format' = {version!r}, expected a positive integer")
     if version > FORMAT_VERSION:
-        raise CheckpointError(f"{source} was written by a newer attn-suite (checkpoint format {version}; this "
-                              f"version reads formats 1 to {FORMAT_VERSION}): upgrade attn-suite to load it")
+        raise CheckpointError(
+            f"{source} was written by a newer attn-suite (checkpoint format {version}; this "
+            f"version reads formats 1 to {FORMAT_VERSION}): upgrade attn-suite to load it"
+        )
     return version
 
 
-def _construct(cls: type[M], hparams: dict[str, Any], meta: Mapping[str, Any], source: str,
-               device: str | None) -> M:
+def _construct(cls: type[M], hparams: dict[str, Any], meta: Mapping[str, Any], source: str, device: str | None) -> M:
     """``cls(**hparams)`` plus its metadata, on ``device`` (``"meta"``: shapes only), errors named."""
     ctx = torch.device(device) if device else contextlib.nullcontext()
     try:
@@ -223,8 +247,9 @@ def _construct(cls: type[M], hparams: dict[str, Any], meta: Mapping[str, Any], s
     except UserError as err:  # e.g. a ConfigError of the constructor: an option out of its range
         raise CheckpointError(f"{source}: its hyper-parameters do not build a {cls.__name__}: {err}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
-        raise CheckpointError(f"{source}: its hyper-parameters do not build a {cls.__name__} "
-                              f"({type(err).__name__}: {err})") from None
+        raise CheckpointError(
+            f"{source}: its hyper-parameters do not build a {cls.__name__} ({type(err).__name__}: {err})"
+        ) from None
     return model
 
 
@@ -274,8 +299,13 @@ def build_task_module(
     state = cls.upgrade_state_dict(dict(state), version)
     # Shapes first, on the meta device: a tampered size is refused before anything is allocated.
     probe = _construct(cls, hp, meta, source, device="meta")
-    raise_if_mismatch(probe.state_dict(), state, strict, source,  # type: ignore[attr-defined]
-                      f"{cls.__name__} built from its own hyper-parameters")
+    raise_if_mismatch(
+        probe.state_dict(),
+        state,
+        strict,
+        source,  # type: ignore[attr-defined]
+        f"{cls.__name__} built from its own hyper-parameters",
+    )
     del probe
     model = _construct(cls, hp, meta, source, device=None)
     try:
@@ -312,5 +342,13 @@ def load_task_module(
     """
     ckpt = load_checkpoint(path_or_url, expected_task=cls.TASK, map_location="cpu", sha256=sha256)
     source = f"checkpoint {os.fspath(path_or_url)}"
-    return build_task_module(cls, ckpt.get("hyper_parameters"), ckpt.get(META_KEY), ckpt.get("state_dict"), source,
-                             map_location=map_location, strict=strict, overrides=overrides)
+    return build_task_module(
+        cls,
+        ckpt.get("hyper_parameters"),
+        ckpt.get(META_KEY),
+        ckpt.get("state_dict"),
+        source,
+        map_location=map_location,
+        strict=strict,
+        overrides=overrides,
+    )

@@ -20,8 +20,8 @@ __all__ = [
     "SPECIAL_TOKENS",
     "BaseTokenizer",
     "CharTokenizer",
-    "WordTokenizer",
     "SubwordTokenizer",
+    "WordTokenizer",
     "tokenizer_from_dict",
 ]
 
@@ -95,8 +95,10 @@ class _VocabTokenizer(BaseTokenizer):
     @staticmethod
     def _build_vocab(counts: Counter[str], min_freq: int, max_size: int | None) -> list[str]:
         # frequency-descending, ties broken alphabetically so training is deterministic
-        items = sorted((c for c in counts.items() if c[1] >= min_freq and c[0] not in SPECIAL_TOKENS),
-                       key=lambda kv: (-kv[1], kv[0]))
+        items = sorted(
+            (c for c in counts.items() if c[1] >= min_freq and c[0] not in SPECIAL_TOKENS),
+            key=lambda kv: (-kv[1], kv[0]),
+        )
         if max_size is not None:
             items = items[: max(0, max_size - len(SPECIAL_TOKENS))]
         return list(SPECIAL_TOKENS) + [tok for tok, _ in items]
@@ -128,9 +130,8 @@ class CharTokenizer(_VocabTokenizer):
 # Words (letters/digits, keeping inner apostrophes/hyphens such as "don't", "bien-estar") or single
 # punctuation symbols. \w is Unicode-aware, so "niño", "Él", CJK runs count as words. A symbol keeps
 # its emoji modifiers (skin tones, variation selectors) and ZWJ-joined parts, so "👋🏽" is one token.
-_EMOJI_MOD = "[\U0001F3FB-\U0001F3FF\uFE0E\uFE0F]*"
-_WORD_RE = re.compile(
-    rf"\w+(?:['’\-]\w+)*|[^\w\s]{_EMOJI_MOD}(?:\u200d[^\w\s]{_EMOJI_MOD})*", re.UNICODE)
+_EMOJI_MOD = "[\U0001f3fb-\U0001f3ff\ufe0e\ufe0f]*"
+_WORD_RE = re.compile(rf"\w+(?:['’\-]\w+)*|[^\w\s]{_EMOJI_MOD}(?:\u200d[^\w\s]{_EMOJI_MOD})*", re.UNICODE)
 _NO_SPACE_BEFORE = set(".,!?;:%)]}»”…")
 _NO_SPACE_AFTER = set("¿¡([{«“")
 
@@ -155,8 +156,9 @@ class WordTokenizer(_VocabTokenizer):
         return _WORD_RE.findall(text.lower() if self.lowercase else text)
 
     @classmethod
-    def train(cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None,
-              lowercase: bool = False) -> WordTokenizer:
+    def train(
+        cls, texts: Iterable[str], min_freq: int = 1, max_size: int | None = None, lowercase: bool = False
+    ) -> WordTokenizer:
         """Build the vocabulary from words seen at least ``min_freq`` times (rarer ones -> unk)."""
         splitter = cls(list(SPECIAL_TOKENS), lowercase=lowercase)
         counts: Counter[str] = Counter()
@@ -196,20 +198,23 @@ class SubwordTokenizer(BaseTokenizer):
         self.hf = hf_tokenizer
 
     @classmethod
-    def train(cls, texts: Iterable[str], vocab_size: int = 8000, model: str = "bpe",
-              min_freq: int = 2) -> SubwordTokenizer:
+    def train(
+        cls, texts: Iterable[str], vocab_size: int = 8000, model: str = "bpe", min_freq: int = 2
+    ) -> SubwordTokenizer:
         """Train a ``"bpe"`` or ``"unigram"`` model of at most ``vocab_size`` entries on ``texts``."""
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
         unk = SPECIAL_TOKENS[UNK_ID]
         if model == "bpe":
             tok = Tokenizer(models.BPE(unk_token=unk))
-            trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_freq,
-                                          special_tokens=list(SPECIAL_TOKENS), show_progress=False)
+            trainer = trainers.BpeTrainer(
+                vocab_size=vocab_size, min_frequency=min_freq, special_tokens=list(SPECIAL_TOKENS), show_progress=False
+            )
         elif model == "unigram":
             tok = Tokenizer(models.Unigram())
-            trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
-                                              unk_token=unk, show_progress=False)
+            trainer = trainers.UnigramTrainer(
+                vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS), unk_token=unk, show_progress=False
+            )
         else:
             raise ValueError(f"model must be 'bpe' or 'unigram', got {model!r}")
         tok.normalizer = normalizers.NFC()
@@ -239,8 +244,7 @@ class SubwordTokenizer(BaseTokenizer):
         return {"type": self.kind, "json": self.hf.to_str()}
 
 
-_REGISTRY: dict[str, type[BaseTokenizer]] = {
-    "char": CharTokenizer, "word": WordTokenizer, "subword": SubwordTokenizer}
+_REGISTRY: dict[str, type[BaseTokenizer]] = {"char": CharTokenizer, "word": WordTokenizer, "subword": SubwordTokenizer}
 
 
 def tokenizer_from_dict(d: dict[str, Any]) -> BaseTokenizer:

@@ -18,7 +18,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
 from core.errors import UserError
-from core.schedule import (  # noqa: F401 - re-exported: the tasks and configs name them here
+from core.schedule import (
     OPTIMIZERS,
     SCHEDULES,
     ScheduleCheck,
@@ -29,22 +29,23 @@ from core.schedule import (  # noqa: F401 - re-exported: the tasks and configs n
 )
 
 __all__ = [
-    "DeadlineStop",
     "OPTIMIZERS",
-    "configure_optimizer",
-    "empty_batch_loss",
-    "RunCheckpoint",
     "SCHEDULES",
-    "ScheduleCheck",
+    "DeadlineStop",
     "FiniteLossGuard",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
+    "RunCheckpoint",
+    "ScheduleCheck",
     "WarmupSchedule",
     "build_scheduler",
+    "configure_optimizer",
+    "empty_batch_loss",
     "finite_loss_or_none",
     "log_figure",
     "lr_lambda",
 ]
+
 
 def empty_batch_loss(module: pl.LightningModule) -> torch.Tensor | None:
     """What ``training_step`` returns for a batch with nothing left to train on (every row was unusable).
@@ -111,12 +112,15 @@ class NonFiniteLossError(UserError):
 
 def _nonfinite_message(trainer: pl.Trainer | None, what: str) -> str:
     where = f" at epoch {trainer.current_epoch}, global step {trainer.global_step}" if trainer else ""
-    return (f"non-finite {what}{where}; try a lower learning rate, gradient clipping "
-            f"(trainer.gradient_clip_val) or 32-bit precision, and check the input data")
+    return (
+        f"non-finite {what}{where}; try a lower learning rate, gradient clipping "
+        f"(trainer.gradient_clip_val) or 32-bit precision, and check the input data"
+    )
 
 
-def finite_loss_or_none(module: pl.LightningModule, loss: torch.Tensor,
-                        action: Literal["skip", "stop"] = "skip") -> torch.Tensor | None:
+def finite_loss_or_none(
+    module: pl.LightningModule, loss: torch.Tensor, action: Literal["skip", "stop"] = "skip"
+) -> torch.Tensor | None:
     """Return ``loss`` if finite; else ``None`` (Lightning skips the step) or raise ``NonFiniteLossError``.
 
     Use as ``return finite_loss_or_none(self, loss)`` at the end of ``training_step``. Single-device
@@ -170,8 +174,9 @@ class NonFiniteLossGuard(pl.Callback):
         msg = _nonfinite_message(trainer, "loss/gradient")
         if self.action == "stop" or self._consecutive + 1 >= self.max_consecutive:
             trainer.should_stop = True
-            raise NonFiniteLossError(msg if self.action == "stop"
-                                     else f"{self._consecutive + 1} consecutive steps with {msg}")
+            raise NonFiniteLossError(
+                msg if self.action == "stop" else f"{self._consecutive + 1} consecutive steps with {msg}"
+            )
         for p in pl_module.parameters():
             p.grad = None
         self.skipped += 1

@@ -46,8 +46,11 @@ def _as_rgb(image: Any) -> np.ndarray:
         img = img.astype(np.float32)
         if img.size and (img.max() > 1.0 or img.min() < 0.0):
             # 0..255 floats or a still-normalised tensor: rescale instead of letting imshow clip to white
-            img = img / 255.0 if img.min() >= 0.0 and img.max() <= 255.0 else (img - img.min()) / max(
-                float(img.max() - img.min()), 1e-8)
+            img = (
+                img / 255.0
+                if img.min() >= 0.0 and img.max() <= 255.0
+                else (img - img.min()) / max(float(img.max() - img.min()), 1e-8)
+            )
     return img[..., :3]
 
 
@@ -143,7 +146,7 @@ def _grid_shape(n: int, height: int, width: int) -> tuple[int, int]:
     """Factor ``n`` attention locations into ``(h, w)`` with an aspect closest to the image's."""
     target = height / max(width, 1)
     best = (1, n)
-    for h in range(1, int(math.isqrt(n)) + 1):
+    for h in range(1, math.isqrt(n) + 1):
         if n % h == 0:
             for cand in ((h, n // h), (n // h, h)):
                 if abs(math.log(cand[0] / cand[1] / target)) < abs(math.log(best[0] / best[1] / target)):
@@ -239,8 +242,15 @@ def plot_spectrogram_alignment(
     ax_spec.tick_params(labelbottom=False)
     if title:
         ax_spec.set_title(plain(title))
-    ax_att.imshow(w, aspect="auto", cmap="viridis", interpolation="nearest", extent=(0, frames, T, 0),
-                  vmin=0.0, vmax=max(float(w.max(initial=0.0)), 1e-6))
+    ax_att.imshow(
+        w,
+        aspect="auto",
+        cmap="viridis",
+        interpolation="nearest",
+        extent=(0, frames, T, 0),
+        vmin=0.0,
+        vmax=max(float(w.max(initial=0.0)), 1e-6),
+    )
     ax_att.set_yticks([t + 0.5 for t in range(T)], labels=_labels(tokens, T))
     ax_att.set_xlabel("input frame")
     ax_att.set_ylabel("output token")

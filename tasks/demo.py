@@ -45,6 +45,7 @@ QUICK_SCALE = 0.08
 
 def _busy_cores(seconds: float = 0.5) -> float:
     """Cores kept busy by other processes right now (from /proc/stat; 0 where it is unavailable)."""
+
     def sample() -> tuple[int, int]:
         with open("/proc/stat", encoding="ascii") as f:
             fields = [int(x) for x in f.readline().split()[1:]]
@@ -112,7 +113,7 @@ def run_task(task: str, out: Path, minutes: float, seed: int, sink: Sink, quick:
         kw: dict[str, Any] = {"data": module.QUICK_DATA, "n_held_out": QUICK_HELD_OUT} if quick else {}
         with _task_logs(out / task / "demo.log"):
             return module.run_demo(out / task, max_minutes=minutes, seed=seed, sink=sink, **kw)
-    except Exception as err:  # noqa: BLE001 - reported, and the other tasks still run
+    except Exception as err:
         (out / task).mkdir(parents=True, exist_ok=True)
         (out / task / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
         return TaskReport(task, error=f"{type(err).__name__}: {err}", seconds=time.monotonic() - t0)
@@ -135,13 +136,15 @@ def _lane_worker(tasks: list[tuple[str, float]], out: Path, seed: int, threads: 
 def _result_line(r: TaskReport) -> str:
     if r.error is not None:
         return f"{r.task}: FAILED ({r.error}); details in {r.task}/error.txt"
-    scores = ", ".join(f"{t.label} {r.metrics.get(t.metric, float('nan')):.1f} (target {t.op} {t.value:g})"
-                       for t in r.targets)
+    scores = ", ".join(
+        f"{t.label} {r.metrics.get(t.metric, float('nan')):.1f} (target {t.op} {t.value:g})" for t in r.targets
+    )
     return f"{r.task}: {scores}: {'met' if r.passed else 'MISSED'}"
 
 
-def _run_parallel(lanes: list[list[tuple[str, float]]], out: Path, seed: int, quick: bool,
-                  board: ProgressBoard) -> list[TaskReport]:
+def _run_parallel(
+    lanes: list[list[tuple[str, float]]], out: Path, seed: int, quick: bool, board: ProgressBoard
+) -> list[TaskReport]:
     ctx = mp.get_context("spawn")  # fresh interpreters: no inherited torch/OpenMP thread state
     q = ctx.Queue()
     # Not daemonic: the workers start processes of their own (speech synthesis, DataLoader workers).
@@ -186,13 +189,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tasks", nargs="+", default=names, choices=names)
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every time budget (e.g. 0.5)")
     parser.add_argument("--seed", type=int, default=0, help="training seed of every task")
-    parser.add_argument("--jobs", type=int, default=None,
-                        help="tasks trained at once, one thread each (default: 2 when 2 cores are free, else 1)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads with --jobs 1 (default: free cores, from the load average)")
-    parser.add_argument("--quick", action="store_true",
-                        help=f"pipeline check in about a minute: tiny corpora, {QUICK_HELD_OUT} held-out examples per "
-                             f"task, budgets x{QUICK_SCALE} (the scores mean nothing)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="tasks trained at once, one thread each (default: 2 when 2 cores are free, else 1)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads with --jobs 1 (default: free cores, from the load average)",
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"pipeline check in about a minute: tiny corpora, {QUICK_HELD_OUT} held-out examples per "
+        f"task, budgets x{QUICK_SCALE} (the scores mean nothing)",
+    )
     args = parser.parse_args(argv)
     import torch
 
@@ -207,14 +221,16 @@ def main(argv: list[str] | None = None) -> int:
     board = ProgressBoard()
     start = time.monotonic()
     if jobs >= 2 and len(lanes) > 1:
-        print(f"Training {' and '.join('+'.join(t for t, _ in lane) for lane in lanes)} side by side, "
-              f"one CPU thread each (--jobs 1 to run one after the other). Output: {out}", flush=True)
+        print(
+            f"Training {' and '.join('+'.join(t for t, _ in lane) for lane in lanes)} side by side, "
+            f"one CPU thread each (--jobs 1 to run one after the other). Output: {out}",
+            flush=True,
+        )
         reports = _run_parallel(lanes, out, args.seed, args.quick, board)
     else:
         threads = args.threads or free
         torch.set_num_threads(threads)
-        print(f"Training one task at a time, {threads} CPU thread(s) (--threads to change). Output: {out}",
-              flush=True)
+        print(f"Training one task at a time, {threads} CPU thread(s) (--threads to change). Output: {out}", flush=True)
         reports = []
         for task, minutes in ((t, m) for lane in lanes for t, m in lane):
             reports.append(run_task(task, out, minutes, args.seed, board, args.quick))
@@ -223,14 +239,23 @@ def main(argv: list[str] | None = None) -> int:
     order = {t: i for i, t in enumerate(names)}
     reports.sort(key=lambda r: order[r.task])
     total = time.monotonic() - start
-    extra = {"seconds": round(total, 1), "jobs": jobs, "seed": args.seed, "scale": scale, "quick": args.quick,
-             "cpu_count": os.cpu_count(), "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    extra = {
+        "seconds": round(total, 1),
+        "jobs": jobs,
+        "seed": args.seed,
+        "scale": scale,
+        "quick": args.quick,
+        "cpu_count": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
     summary = write_summary(reports, out, extra)
     page = write_html(reports, out)
     print(f"\n{format_table(reports)}\nTotal {total:.0f} s.")
     print("All targets met." if all(r.passed for r in reports) else "Some targets were MISSED (see above).")
-    print(f"Open {page} in a browser for every task's inputs, outputs, references and attention figures "
-          f"(summary: {summary}).")
+    print(
+        f"Open {page} in a browser for every task's inputs, outputs, references and attention figures "
+        f"(summary: {summary})."
+    )
     failed = [r.task for r in reports if r.error is not None]
     if failed:
         print(f"Failed tasks: {', '.join(failed)}", file=sys.stderr)

@@ -33,8 +33,9 @@ class TrainClock(L.Callback):
         return 0.0 if self.start is None or self.end is None else self.end - self.start
 
 
-def demo_trainer(task: str, deadline: float, sink: Sink = null_sink, clock: TrainClock | None = None,
-                 **kwargs: Any) -> L.Trainer:
+def demo_trainer(
+    task: str, deadline: float, sink: Sink = null_sink, clock: TrainClock | None = None, **kwargs: Any
+) -> L.Trainer:
     """A CPU trainer that trains until `deadline` (a ``time.monotonic()`` value) and reports its progress.
 
     No validation, logger or checkpoint callback: the demo scores the reloaded checkpoint on its own
@@ -51,9 +52,16 @@ def demo_trainer(task: str, deadline: float, sink: Sink = null_sink, clock: Trai
     callbacks: list[L.Callback] = [DeadlineStop(deadline), BudgetProgressBar(sink, task, budget)]
     if clock is not None:
         callbacks.append(clock)
-    kw: dict[str, Any] = {"accelerator": "cpu", "devices": 1, "logger": False, "enable_checkpointing": False,
-                          "enable_model_summary": False, "limit_val_batches": 0, "num_sanity_val_steps": 0,
-                          "max_epochs": 10_000}  # the deadline stops training, not the epoch count
+    kw: dict[str, Any] = {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "max_epochs": 10_000,
+    }  # the deadline stops training, not the epoch count
     return L.Trainer(callbacks=callbacks, **{**kw, **kwargs})
 
 
@@ -86,7 +94,12 @@ def export_model(model: Any, out_dir: Path, metrics: Mapping[str, float], figure
     """
     from core.model_folder import save_pretrained
 
-    folder = save_pretrained(model, out_dir / "model", metrics={f"demo/{k}": v for k, v in metrics.items()},
-                             figure=figure, training={"command": "make demo"})
+    folder = save_pretrained(
+        model,
+        out_dir / "model",
+        metrics={f"demo/{k}": v for k, v in metrics.items()},
+        figure=figure,
+        training={"command": "make demo"},
+    )
     type(model).from_pretrained(folder)
     return folder

@@ -47,8 +47,10 @@ class Target:
 #: The targets of issue 14, per task (scores on a 0-100 scale; CER in percent).
 TARGETS: dict[str, tuple[Target, ...]] = {
     "translation": (Target("bleu", "BLEU, held-out sentences", ">=", 95.0),),
-    "captioning": (Target("bleu4_test", "BLEU-4, test scenes", ">=", 60.0),
-                   Target("bleu4_unseen", "BLEU-4, unseen colour-shape pairs", ">=", 40.0)),
+    "captioning": (
+        Target("bleu4_test", "BLEU-4, test scenes", ">=", 60.0),
+        Target("bleu4_unseen", "BLEU-4, unseen colour-shape pairs", ">=", 40.0),
+    ),
     "speech": (Target("cer", "CER %, unseen voices", "<=", 10.0),),
 }
 
@@ -124,9 +126,14 @@ class TaskReport:
             "passed": self.passed,
             "error": self.error,
             "metrics": {k: round(v, 3) for k, v in self.metrics.items()},
-            "targets": [{**asdict(t), "met": t.met(self.metrics.get(t.metric)),
-                         "score": round(self.metrics[t.metric], 3) if t.metric in self.metrics else None}
-                        for t in self.targets],
+            "targets": [
+                {
+                    **asdict(t),
+                    "met": t.met(self.metrics.get(t.metric)),
+                    "score": round(self.metrics[t.metric], 3) if t.metric in self.metrics else None,
+                }
+                for t in self.targets
+            ],
             "n_examples": self.n_examples,
             "train_steps": self.train_steps,
             "train_seconds": round(self.train_seconds, 1),
@@ -150,21 +157,35 @@ def format_table(reports: list[TaskReport]) -> str:
             score = r.metrics.get(t.metric)
             group = t.metric.rsplit("_", 1)[1] if "_" in t.metric else ""
             n = r.n_examples.get(group, sum(r.n_examples.values()))
-            rows.append((r.task, t.label, str(n), "-" if score is None else f"{score:.1f}", f"{t.op} {t.value:g}",
-                         "yes" if t.met(score) else "NO"))
+            rows.append(
+                (
+                    r.task,
+                    t.label,
+                    str(n),
+                    "-" if score is None else f"{score:.1f}",
+                    f"{t.op} {t.value:g}",
+                    "yes" if t.met(score) else "NO",
+                )
+            )
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    times = ", ".join(f"{r.task} {r.seconds:.0f} s ({r.train_steps} steps in {r.train_seconds:.0f} s)"
-                      for r in reports if r.error is None)
+    times = ", ".join(
+        f"{r.task} {r.seconds:.0f} s ({r.train_steps} steps in {r.train_seconds:.0f} s)"
+        for r in reports
+        if r.error is None
+    )
     return "\n".join(lines) + (f"\nTime: {times}" if times else "")
 
 
 def write_summary(reports: list[TaskReport], out: Path, extra: dict[str, Any] | None = None) -> Path:
     """Write `<out>/summary.json`: per task, its scores, targets, timing and shown examples."""
     out = Path(out)
-    data = {"passed": all(r.passed for r in reports), **(extra or {}),
-            "tasks": {r.task: r.to_dict(out) for r in reports}}
+    data = {
+        "passed": all(r.passed for r in reports),
+        **(extra or {}),
+        "tasks": {r.task: r.to_dict(out) for r in reports},
+    }
     path = out / "summary.json"
     write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
     return path
@@ -191,8 +212,9 @@ def _esc(x: Any) -> str:
 
 
 def _section(r: TaskReport) -> str:
-    badge = ('<span class="badge pass">targets met</span>' if r.passed
-             else '<span class="badge fail">target missed</span>')
+    badge = (
+        '<span class="badge pass">targets met</span>' if r.passed else '<span class="badge fail">target missed</span>'
+    )
     parts = [f'<h2 id="{_esc(r.task)}">{_esc(r.task)} {badge}</h2>']
     if r.error is not None:
         parts.append(f'<p class="bad">failed: {_esc(r.error)}</p>')
@@ -202,16 +224,21 @@ def _section(r: TaskReport) -> str:
         group = t.metric.rsplit("_", 1)[1] if "_" in t.metric else ""
         n = r.n_examples.get(group, sum(r.n_examples.values()))
         cls, word = ("ok", "yes") if t.met(s) else ("bad", "no")
-        scores.append(f"<tr><td>{_esc(t.label)}</td><td>{n}</td><td>{'-' if s is None else f'{s:.1f}'}</td>"
-                      f"<td>{_esc(t.op)} {t.value:g}</td><td class='{cls}'>{word}</td></tr>")
+        scores.append(
+            f"<tr><td>{_esc(t.label)}</td><td>{n}</td><td>{'-' if s is None else f'{s:.1f}'}</td>"
+            f"<td>{_esc(t.op)} {t.value:g}</td><td class='{cls}'>{word}</td></tr>"
+        )
     scores.append("</table>")
     parts.append("".join(scores))
-    parts.append(f'<p class="muted">{r.train_steps} training steps in {r.train_seconds:.0f} s; '
-                 f'{r.seconds:.0f} s for the whole task (data, training, reloading the checkpoint, '
-                 f'evaluation, figures). Showing {len(r.examples)} held-out examples.</p>')
+    parts.append(
+        f'<p class="muted">{r.train_steps} training steps in {r.train_seconds:.0f} s; '
+        f"{r.seconds:.0f} s for the whole task (data, training, reloading the checkpoint, "
+        f"evaluation, figures). Showing {len(r.examples)} held-out examples.</p>"
+    )
     if r.examples:
-        rows = [("<table><tr><th>#</th><th>input</th><th>output</th><th>reference</th><th></th>"
-                 "<th>attention</th></tr>")]
+        rows = [
+            ("<table><tr><th>#</th><th>input</th><th>output</th><th>reference</th><th></th><th>attention</th></tr>")
+        ]
         for i, e in enumerate(r.examples):
             cell = []
             if e.group:
@@ -224,10 +251,18 @@ def _section(r: TaskReport) -> str:
                 cell.append(f"<div>{_esc(e.text)}</div>")
             refs = "<br>".join(_esc(x) for x in e.references)
             mark = '<span class="ok">&#10003;</span>' if e.correct else '<span class="bad">&#10007;</span>'
-            fig = (f'<a href="{_esc(e.figure)}"><img class="fig" src="{_esc(e.figure)}" '
-                   f'alt="attention of example {i}"></a>') if e.figure else ""
-            rows.append(f"<tr><td>{i}</td><td>{''.join(cell)}</td><td class='mono'>{_esc(e.output)}</td>"
-                        f"<td class='mono'>{refs}</td><td>{mark}</td><td>{fig}</td></tr>")
+            fig = (
+                (
+                    f'<a href="{_esc(e.figure)}"><img class="fig" src="{_esc(e.figure)}" '
+                    f'alt="attention of example {i}"></a>'
+                )
+                if e.figure
+                else ""
+            )
+            rows.append(
+                f"<tr><td>{i}</td><td>{''.join(cell)}</td><td class='mono'>{_esc(e.output)}</td>"
+                f"<td class='mono'>{refs}</td><td>{mark}</td><td>{fig}</td></tr>"
+            )
         rows.append("</table>")
         parts.append("".join(rows))
     return "\n".join(parts)
@@ -239,10 +274,12 @@ def write_html(reports: list[TaskReport], out: Path, title: str = "attn-suite de
     passed = all(r.passed for r in reports)
     toc = " · ".join(f'<a href="#{_esc(r.task)}">{_esc(r.task)}</a>' for r in reports)
     body = "\n".join(_section(r) for r in reports)
-    page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
-            f"<style>{_CSS}</style></head><body>\n<h1>{_esc(title)}</h1>\n"
-            f'<p>{"All targets met." if passed else "Some targets were missed."} {toc} · '
-            f'<a href="summary.json">summary.json</a></p>\n{body}\n</body></html>\n')
+    page = (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{_esc(title)}</title>'
+        f"<style>{_CSS}</style></head><body>\n<h1>{_esc(title)}</h1>\n"
+        f"<p>{'All targets met.' if passed else 'Some targets were missed.'} {toc} · "
+        f'<a href="summary.json">summary.json</a></p>\n{body}\n</body></html>\n'
+    )
     path = out / "index.html"
     write_text_atomic(path, page)
     return path

@@ -50,7 +50,7 @@ class Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+    def __reduce__(self):
         return (os.makedirs, (str(self.marker),))
 
 

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-CLIS = {"translation": "tasks.translation.cli", "captioning": "tasks.captioning.cli", "speech": "tasks.speech.cli",
-        "sentiment": "tasks.sentiment.cli"}
+CLIS = {
+    "translation": "tasks.translation.cli",
+    "captioning": "tasks.captioning.cli",
+    "speech": "tasks.speech.cli",
+    "sentiment": "tasks.sentiment.cli",
+}
 OVERLAYS = {"tiny.yaml": "default.yaml", "gpu.yaml": "tatoeba.yaml"}  # overlays go on top of a base config
 
 

@@ -24,16 +24,31 @@ def tiny_captioning() -> Any:
     from tasks.captioning.module import CaptioningModule
 
     torch.manual_seed(0)
-    return CaptioningModule(vocab=CaptionDataModule().vocab, encoder_dim=16, attention_options={"hidden_dim": 8},
-                            embed_dim=8, hidden_dim=16, max_len=4, image_size=32, beam_size=1).eval()
+    return CaptioningModule(
+        vocab=CaptionDataModule().vocab,
+        encoder_dim=16,
+        attention_options={"hidden_dim": 8},
+        embed_dim=8,
+        hidden_dim=16,
+        max_len=4,
+        image_size=32,
+        beam_size=1,
+    ).eval()
 
 
 def tiny_speech() -> Any:
     from tasks.speech.module import SpeechModule
 
     torch.manual_seed(0)
-    m = SpeechModule(encoder_dim=8, encoder_layers=1, hidden_dim=8, embed_dim=8, beam_size=1, max_chunk_seconds=4.0,
-                     attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3})
+    m = SpeechModule(
+        encoder_dim=8,
+        encoder_layers=1,
+        hidden_dim=8,
+        embed_dim=8,
+        beam_size=1,
+        max_chunk_seconds=4.0,
+        attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3},
+    )
     return m.eval()
 
 
@@ -42,8 +57,11 @@ BUILDERS = {"translation": tiny_translation, "captioning": tiny_captioning, "spe
 
 def save_checkpoint(model: Any, path: Path) -> Path:
     """A checkpoint the way Lightning writes one (state dict, hyper-parameters, our metadata)."""
-    ckpt: dict[str, Any] = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-                            "pytorch-lightning_version": "2.6.6"}
+    ckpt: dict[str, Any] = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": "2.6.6",
+    }
     model.on_save_checkpoint(ckpt)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(ckpt, path)

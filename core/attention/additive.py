@@ -122,7 +122,7 @@ class _AdditiveScores(torch.autograd.Function):
             else:
                 scores = q.new_empty(b, t, s)
                 for i in range(0, t, c):
-                    scores[:, i:i + c] = fwd_chunk(q[:, i:i + c], k, vv)  # (B, c, S)
+                    scores[:, i : i + c] = fwd_chunk(q[:, i : i + c], k, vv)  # (B, c, S)
         ctx.save_for_backward(qh, kh, v, f, u)
         ctx.compute_dtype = dtype
         return scores
@@ -148,8 +148,8 @@ class _AdditiveScores(torch.autograd.Function):
                 dk = torch.zeros(b, s, h, dtype=acc, device=q.device)
                 dv = torch.zeros(h, dtype=acc, device=q.device)
                 for i in range(0, t, c):
-                    dq_c, dk_c, dv_c = bwd_chunk(q[:, i:i + c], k, vv, g_all[:, i:i + c])
-                    dq[:, i:i + c] = dq_c
+                    dq_c, dk_c, dv_c = bwd_chunk(q[:, i : i + c], k, vv, g_all[:, i : i + c])
+                    dq[:, i : i + c] = dq_c
                     dk += dk_c
                     dv += dv_c
             df = du = None
@@ -160,9 +160,7 @@ class _AdditiveScores(torch.autograd.Function):
         return dq.to(qh.dtype), dk.to(kh.dtype), dv.to(v.dtype), df, du
 
 
-def additive_scores(
-    qh: Tensor, kh: Tensor, v: Tensor, f: Tensor | None = None, u: Tensor | None = None
-) -> Tensor:
+def additive_scores(qh: Tensor, kh: Tensor, v: Tensor, f: Tensor | None = None, u: Tensor | None = None) -> Tensor:
     """Additive attention energies without keeping ``(B, T, S, H)`` for backward.
 
     Args:
@@ -205,18 +203,22 @@ class AdditiveAttention(Attention):
     """
 
     def __init__(
-        self, query_dim: int, key_dim: int, value_dim: int | None = None, hidden_dim: int | None = None,
+        self,
+        query_dim: int,
+        key_dim: int,
+        value_dim: int | None = None,
+        hidden_dim: int | None = None,
         memory_efficient: bool | None = True,
     ) -> None:
         """Args:
-            query_dim: size of the query (decoder state) vectors.
-            key_dim: size of the key (encoder output) vectors.
-            value_dim: size of the value vectors (default ``key_dim``).
-            hidden_dim: size H of the energy MLP (default ``query_dim``).
-            memory_efficient: recompute the tanh in backward (`additive_scores`) instead of
-                letting autograd keep a ``(B, Tq, S, H)`` tensor; False trades that memory
-                for fewer kernels (faster for short sources on GPU, see benchmarks/RESULTS.md);
-                None picks per call by the memory the plain form would keep (see above).
+        query_dim: size of the query (decoder state) vectors.
+        key_dim: size of the key (encoder output) vectors.
+        value_dim: size of the value vectors (default ``key_dim``).
+        hidden_dim: size H of the energy MLP (default ``query_dim``).
+        memory_efficient: recompute the tanh in backward (`additive_scores`) instead of
+            letting autograd keep a ``(B, Tq, S, H)`` tensor; False trades that memory
+            for fewer kernels (faster for short sources on GPU, see benchmarks/RESULTS.md);
+            None picks per call by the memory the plain form would keep (see above).
         """
         super().__init__(query_dim, key_dim, value_dim)
         self.hidden_dim = hidden_dim or query_dim
@@ -253,8 +255,16 @@ class AdditiveAttention(Attention):
         return self.key_proj(keys)
 
     def _attend(
-        self, query: Tensor, keys: Tensor | None, values: Tensor | None, mask: Tensor | None, *,
-        precomputed: Any, prev_weights: Tensor | None, need_weights: bool, sdpa_causal: bool = False,
+        self,
+        query: Tensor,
+        keys: Tensor | None,
+        values: Tensor | None,
+        mask: Tensor | None,
+        *,
+        precomputed: Any,
+        prev_weights: Tensor | None,
+        need_weights: bool,
+        sdpa_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         assert values is not None
         kh = self._projected_keys(keys, precomputed)  # (B, S, H)
@@ -290,14 +300,14 @@ class LocationAttention(AdditiveAttention):
         memory_efficient: bool | None = True,
     ) -> None:
         """Args:
-            query_dim: size of the query (decoder state) vectors.
-            key_dim: size of the key (encoder output) vectors.
-            value_dim: size of the value vectors (default ``key_dim``).
-            hidden_dim: size H of the energy MLP (default ``query_dim``).
-            conv_channels: number C of location filters.
-            kernel_size: width of the location filters (odd, so features stay aligned).
-            cumulative: feed the running sum of all previous weights instead of the last.
-            memory_efficient: see `AdditiveAttention`.
+        query_dim: size of the query (decoder state) vectors.
+        key_dim: size of the key (encoder output) vectors.
+        value_dim: size of the value vectors (default ``key_dim``).
+        hidden_dim: size H of the energy MLP (default ``query_dim``).
+        conv_channels: number C of location filters.
+        kernel_size: width of the location filters (odd, so features stay aligned).
+        cumulative: feed the running sum of all previous weights instead of the last.
+        memory_efficient: see `AdditiveAttention`.
         """
         super().__init__(query_dim, key_dim, value_dim, hidden_dim, memory_efficient)
         if kernel_size % 2 != 1:
@@ -321,8 +331,16 @@ class LocationAttention(AdditiveAttention):
         return valid / valid.sum(dim=-1, keepdim=True).clamp_min(1.0)
 
     def _attend(
-        self, query: Tensor, keys: Tensor | None, values: Tensor | None, mask: Tensor | None, *,
-        precomputed: Any, prev_weights: Tensor | None, need_weights: bool, sdpa_causal: bool = False,
+        self,
+        query: Tensor,
+        keys: Tensor | None,
+        values: Tensor | None,
+        mask: Tensor | None,
+        *,
+        precomputed: Any,
+        prev_weights: Tensor | None,
+        need_weights: bool,
+        sdpa_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         assert values is not None
         kh = self._projected_keys(keys, precomputed)  # (B, S, H)
@@ -330,14 +348,18 @@ class LocationAttention(AdditiveAttention):
         b, tq, _ = qh.shape
         s = kh.shape[1]
         if prev_weights is not None and tuple(prev_weights.shape) != (b, s):
-            raise ValueError(f"LocationAttention: prev_weights must be (B, S) = {(b, s)}, got {tuple(prev_weights.shape)}")
+            raise ValueError(
+                f"LocationAttention: prev_weights must be (B, S) = {(b, s)}, got {tuple(prev_weights.shape)}"
+            )
         contexts, all_weights = [], []
         for t in range(tq):
             # Same carry rule as a caller stepping by hand: start uniform, then accumulate.
             loc_in = self.initial_weights(mask, b, s, qh) if prev_weights is None else prev_weights
-            f = self.conv(loc_in[:, None, :].to(self.conv.weight.dtype)).transpose(1, 2)  # (B, 1, S) -> (B, C, S) -> (B, S, C)
-            scores = self._scores(qh[:, t:t + 1], kh, f)  # (B, 1, S)
-            step_mask = None if mask is None else mask[:, t:t + 1] if mask.shape[1] == tq else mask
+            f = self.conv(loc_in[:, None, :].to(self.conv.weight.dtype)).transpose(
+                1, 2
+            )  # (B, 1, S) -> (B, C, S) -> (B, S, C)
+            scores = self._scores(qh[:, t : t + 1], kh, f)  # (B, 1, S)
+            step_mask = None if mask is None else mask[:, t : t + 1] if mask.shape[1] == tq else mask
             w = masked_softmax(scores, step_mask)  # (B, 1, S)
             contexts.append(torch.matmul(w.to(values.dtype), values))  # (B, 1, Dv)
             all_weights.append(w)

@@ -157,8 +157,14 @@ class Attention(nn.Module):
         # keeps the flash kernel eligible on GPU (an explicit mask would rule it out).
         sdpa_causal = causal and mask is None and tq == s
         context, weights = self._attend(
-            query, keys, values, full_mask, precomputed=precomputed, prev_weights=prev_weights,
-            need_weights=need_weights, sdpa_causal=sdpa_causal,
+            query,
+            keys,
+            values,
+            full_mask,
+            precomputed=precomputed,
+            prev_weights=prev_weights,
+            need_weights=need_weights,
+            sdpa_causal=sdpa_causal,
         )
         if single_step:
             context = context.squeeze(-2)  # (B, 1, D) -> (B, D)
@@ -204,22 +210,27 @@ class Attention(nn.Module):
         if values is not None and values.dim() != 3:
             raise ValueError(f"{name}: values must be (B, S, Dv), got shape {tuple(values.shape)}")
         if keys is not None and values is not None and keys.shape[:2] != values.shape[:2]:
-            raise ValueError(
-                f"{name}: keys {tuple(keys.shape)} and values {tuple(values.shape)} must share (B, S)"
-            )
+            raise ValueError(f"{name}: keys {tuple(keys.shape)} and values {tuple(values.shape)} must share (B, S)")
         b, s = self._source_shape(keys, values, precomputed)
         if query.shape[0] != b:
-            raise ValueError(f"{name}: query batch {query.shape[0]} != key batch {b} "
-                             f"(query {tuple(query.shape)}, keys {None if keys is None else tuple(keys.shape)})")
+            raise ValueError(
+                f"{name}: query batch {query.shape[0]} != key batch {b} "
+                f"(query {tuple(query.shape)}, keys {None if keys is None else tuple(keys.shape)})"
+            )
         if query.shape[-1] != self.query_dim:
-            raise ValueError(f"{name}: query feature size {query.shape[-1]} != query_dim {self.query_dim} "
-                             f"(query shape {tuple(query.shape)})")
+            raise ValueError(
+                f"{name}: query feature size {query.shape[-1]} != query_dim {self.query_dim} "
+                f"(query shape {tuple(query.shape)})"
+            )
         if keys is not None and keys.shape[-1] != self.key_dim:
-            raise ValueError(f"{name}: key feature size {keys.shape[-1]} != key_dim {self.key_dim} "
-                             f"(keys shape {tuple(keys.shape)})")
+            raise ValueError(
+                f"{name}: key feature size {keys.shape[-1]} != key_dim {self.key_dim} (keys shape {tuple(keys.shape)})"
+            )
         if values is not None and values.shape[-1] != self.value_dim:
-            raise ValueError(f"{name}: value feature size {values.shape[-1]} != value_dim {self.value_dim} "
-                             f"(values shape {tuple(values.shape)})")
+            raise ValueError(
+                f"{name}: value feature size {values.shape[-1]} != value_dim {self.value_dim} "
+                f"(values shape {tuple(values.shape)})"
+            )
         return b, query.shape[1], s
 
     def _combine_masks(

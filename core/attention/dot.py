@@ -29,8 +29,14 @@ def empty_row_safe_mask(mask: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def sdpa_with_empty_rows(
-    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, *, scale: float | None,
-    dropout_p: float = 0.0, is_causal: bool = False,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    *,
+    scale: float | None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
 ) -> Tensor:
     """`F.scaled_dot_product_attention` that returns zeros for fully masked query rows.
 
@@ -49,8 +55,9 @@ def sdpa_with_empty_rows(
         # The fused CUDA kernels (flash / memory-efficient) take (B, H, T, D) only; a 3-D
         # call silently falls back to the slow math path, so add a unit head axis.
         mask4 = None if mask is None else mask[:, None]  # (B, Tq|1, S) -> (B, 1, Tq|1, S)
-        out = sdpa_with_empty_rows(q[:, None], k[:, None], v[:, None], mask4, scale=scale,
-                                   dropout_p=dropout_p, is_causal=is_causal)
+        out = sdpa_with_empty_rows(
+            q[:, None], k[:, None], v[:, None], mask4, scale=scale, dropout_p=dropout_p, is_causal=is_causal
+        )
         return out[:, 0]  # (B, 1, Tq, Dv) -> (B, Tq, Dv)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, scale=scale, dropout_p=dropout_p, is_causal=is_causal)
@@ -66,9 +73,9 @@ class DotAttention(Attention):
 
     def __init__(self, query_dim: int, key_dim: int, value_dim: int | None = None) -> None:
         """Args:
-            query_dim: size of the query vectors.
-            key_dim: size of the key vectors (must equal ``query_dim``).
-            value_dim: size of the value vectors (default ``key_dim``).
+        query_dim: size of the query vectors.
+        key_dim: size of the key vectors (must equal ``query_dim``).
+        value_dim: size of the value vectors (default ``key_dim``).
         """
         super().__init__(query_dim, key_dim, value_dim)
         if query_dim != key_dim:
@@ -83,8 +90,16 @@ class DotAttention(Attention):
         return keys
 
     def _attend(
-        self, query: Tensor, keys: Tensor | None, values: Tensor | None, mask: Tensor | None, *,
-        precomputed: Any, prev_weights: Tensor | None, need_weights: bool, sdpa_causal: bool = False,
+        self,
+        query: Tensor,
+        keys: Tensor | None,
+        values: Tensor | None,
+        mask: Tensor | None,
+        *,
+        precomputed: Any,
+        prev_weights: Tensor | None,
+        need_weights: bool,
+        sdpa_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         assert values is not None
         k = self._keys_for_scoring(keys, precomputed)  # (B, S, Dq)
@@ -108,9 +123,9 @@ class GeneralAttention(DotAttention):
 
     def __init__(self, query_dim: int, key_dim: int, value_dim: int | None = None) -> None:
         """Args:
-            query_dim: size of the query vectors.
-            key_dim: size of the key vectors.
-            value_dim: size of the value vectors (default ``key_dim``).
+        query_dim: size of the query vectors.
+        key_dim: size of the key vectors.
+        value_dim: size of the value vectors (default ``key_dim``).
         """
         Attention.__init__(self, query_dim, key_dim, value_dim)
         # W k is applied to the keys (once per source via `precompute`) rather than to the

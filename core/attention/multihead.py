@@ -34,12 +34,12 @@ class MultiHeadAttention(Attention):
         bias: bool = True,
     ) -> None:
         """Args:
-            query_dim: embedding size E of queries and of the returned context.
-            key_dim: size of the keys (default E).
-            value_dim: size of the values (default ``key_dim``).
-            num_heads: number of heads H; E must be divisible by H.
-            dropout: dropout on the attention weights during training.
-            bias: add biases to the projections.
+        query_dim: embedding size E of queries and of the returned context.
+        key_dim: size of the keys (default E).
+        value_dim: size of the values (default ``key_dim``).
+        num_heads: number of heads H; E must be divisible by H.
+        dropout: dropout on the attention weights during training.
+        bias: add biases to the projections.
         """
         key_dim = query_dim if key_dim is None else key_dim
         super().__init__(query_dim, key_dim, value_dim)
@@ -76,8 +76,16 @@ class MultiHeadAttention(Attention):
         return super()._source_shape(keys, values, precomputed)
 
     def _attend(
-        self, query: Tensor, keys: Tensor | None, values: Tensor | None, mask: Tensor | None, *,
-        precomputed: Any, prev_weights: Tensor | None, need_weights: bool, sdpa_causal: bool = False,
+        self,
+        query: Tensor,
+        keys: Tensor | None,
+        values: Tensor | None,
+        mask: Tensor | None,
+        *,
+        precomputed: Any,
+        prev_weights: Tensor | None,
+        need_weights: bool,
+        sdpa_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         b, tq, _ = query.shape
         k, v = precomputed if precomputed is not None else self.precompute(keys, values)  # (B, H, S, Dh)

@@ -34,8 +34,13 @@ class PoolingAttention(Attention):
         hidden_dim: None for the single linear score ``w . h``; H for ``w . tanh(W h)``.
     """
 
-    def __init__(self, query_dim: int | None = None, key_dim: int = 0, value_dim: int | None = None,
-                 hidden_dim: int | None = None) -> None:
+    def __init__(
+        self,
+        query_dim: int | None = None,
+        key_dim: int = 0,
+        value_dim: int | None = None,
+        hidden_dim: int | None = None,
+    ) -> None:
         super().__init__(query_dim if query_dim is not None else key_dim, key_dim, value_dim)
         self.hidden = nn.Linear(key_dim, hidden_dim) if hidden_dim else None
         self.score = nn.Linear(hidden_dim or key_dim, 1)
@@ -45,20 +50,46 @@ class PoolingAttention(Attention):
         h = torch.tanh(self.hidden(keys)) if self.hidden is not None else keys  # (B, S, H|Dk)
         return self.score(h).squeeze(-1)  # (B, S, 1) -> (B, S)
 
-    def forward(self, query: Tensor | None, keys: Tensor | None, values: Tensor | None, mask: Tensor | None = None,
-                *, precomputed: Any = None, prev_weights: Tensor | None = None, need_weights: bool = True,
-                causal: bool = False) -> AttentionOutput:
+    def forward(
+        self,
+        query: Tensor | None,
+        keys: Tensor | None,
+        values: Tensor | None,
+        mask: Tensor | None = None,
+        *,
+        precomputed: Any = None,
+        prev_weights: Tensor | None = None,
+        need_weights: bool = True,
+        causal: bool = False,
+    ) -> AttentionOutput:
         """Pool ``values`` with weights from ``keys``; ``query`` may be None (see module docstring)."""
         if query is None:
             if keys is None:
                 raise ValueError("PoolingAttention: keys are required")
             query = keys.new_zeros(keys.shape[0], self.query_dim)  # (B, Dq): one pooled vector, query unused
-        return super().forward(query, keys, values, mask, precomputed=precomputed, prev_weights=prev_weights,
-                               need_weights=need_weights, causal=causal)
+        return super().forward(
+            query,
+            keys,
+            values,
+            mask,
+            precomputed=precomputed,
+            prev_weights=prev_weights,
+            need_weights=need_weights,
+            causal=causal,
+        )
 
-    def _attend(self, query: Tensor, keys: Tensor | None, values: Tensor | None, mask: Tensor | None, *,
-                precomputed: Any, prev_weights: Tensor | None, need_weights: bool,
-                sdpa_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+    def _attend(
+        self,
+        query: Tensor,
+        keys: Tensor | None,
+        values: Tensor | None,
+        mask: Tensor | None,
+        *,
+        precomputed: Any,
+        prev_weights: Tensor | None,
+        need_weights: bool,
+        sdpa_causal: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         assert keys is not None and values is not None
         scores = precomputed if precomputed is not None else self.precompute(keys)  # (B, S)
         scores = scores[:, None, :].expand(-1, query.shape[1], -1)  # (B, 1, S) -> (B, Tq, S)

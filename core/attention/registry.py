@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from core.attention.additive import AdditiveAttention, LocationAttention
 from core.attention.base import Attention
@@ -62,9 +63,7 @@ def build_attention(name: str, **kwargs: Any) -> Attention:
     try:
         cls = _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown attention {name!r}; valid names: {', '.join(available_attentions())}"
-        ) from None
+        raise ConfigError(f"unknown attention {name!r}; valid names: {', '.join(available_attentions())}") from None
     params = inspect.signature(cls.__init__).parameters
     unknown = sorted(set(kwargs) - set(params) - {"self"})
     if unknown:

@@ -9,5 +9,11 @@ from core.layers.transformer import (
     sinusoidal_table,
 )
 
-__all__ = ["AttentionalRNNDecoder", "FeedForward", "SinusoidalPositions", "TransformerDecoderLayer",
-           "TransformerEncoderLayer", "sinusoidal_table"]
+__all__ = [
+    "AttentionalRNNDecoder",
+    "FeedForward",
+    "SinusoidalPositions",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
+    "sinusoidal_table",
+]

@@ -60,12 +60,27 @@ class AttentionalRNNDecoder(nn.Module):
         padding_idx: embedding row of the padding token.
     """
 
-    def __init__(self, vocab_size: int, memory_dim: int, embed_dim: int = 256, hidden_dim: int = 256,
-                 num_layers: int = 1, rnn_type: Literal["gru", "lstm"] = "lstm", attention: str = "additive",
-                 attention_options: dict[str, Any] | None = None, dropout: float = 0.1, attend_before: bool = False,
-                 input_feed: Literal["attentional", "context"] = "attentional", deep_output: bool = False,
-                 gate: bool = False, init_dim: int | None = None, init_cell: bool = False,
-                 project_keys: bool | None = None, tie_embeddings: bool = False, padding_idx: int = 0) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        memory_dim: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 256,
+        num_layers: int = 1,
+        rnn_type: Literal["gru", "lstm"] = "lstm",
+        attention: str = "additive",
+        attention_options: dict[str, Any] | None = None,
+        dropout: float = 0.1,
+        attend_before: bool = False,
+        input_feed: Literal["attentional", "context"] = "attentional",
+        deep_output: bool = False,
+        gate: bool = False,
+        init_dim: int | None = None,
+        init_cell: bool = False,
+        project_keys: bool | None = None,
+        tie_embeddings: bool = False,
+        padding_idx: int = 0,
+    ) -> None:
         super().__init__()
         if rnn_type not in ("gru", "lstm"):
             raise ValueError(f"rnn_type must be 'gru' or 'lstm', got {rnn_type!r}")
@@ -78,14 +93,16 @@ class AttentionalRNNDecoder(nn.Module):
             project_keys = attention in ("dot", "scaled_dot") and memory_dim != hidden_dim
         self.key_proj = nn.Linear(memory_dim, hidden_dim, bias=False) if project_keys else None
         key_dim = hidden_dim if self.key_proj is not None else memory_dim
-        self.attention = build_attention(attention, query_dim=hidden_dim, key_dim=key_dim, value_dim=memory_dim,
-                                         **dict(attention_options or {}))
+        self.attention = build_attention(
+            attention, query_dim=hidden_dim, key_dim=key_dim, value_dim=memory_dim, **dict(attention_options or {})
+        )
         self.is_location = isinstance(self.attention, LocationAttention)
         ctx_dim = self.attention.output_dim
         feed_dim = ctx_dim if attend_before or input_feed == "context" else hidden_dim
         cell_cls = nn.GRUCell if rnn_type == "gru" else nn.LSTMCell
         self.cells = nn.ModuleList(
-            [cell_cls(embed_dim + feed_dim if i == 0 else hidden_dim, hidden_dim) for i in range(num_layers)])
+            [cell_cls(embed_dim + feed_dim if i == 0 else hidden_dim, hidden_dim) for i in range(num_layers)]
+        )
         self.bridge = nn.Linear(init_dim, hidden_dim * num_layers) if init_dim else None
         self.bridge_cell = nn.Linear(init_dim, hidden_dim * num_layers) if init_dim and init_cell else None
         self.gate = nn.Linear(hidden_dim, 1) if gate else None
@@ -126,8 +143,11 @@ class AttentionalRNNDecoder(nn.Module):
             h0 = torch.tanh(self.bridge(summary)).view(b, self.num_layers, self.hidden_dim)  # (B, L*H) -> (B, L, H)
         else:
             h0 = zeros
-        c0 = (torch.tanh(self.bridge_cell(summary)).view(b, self.num_layers, self.hidden_dim)
-              if self.bridge_cell is not None and summary is not None else zeros)
+        c0 = (
+            torch.tanh(self.bridge_cell(summary)).view(b, self.num_layers, self.hidden_dim)
+            if self.bridge_cell is not None and summary is not None
+            else zeros
+        )
         hidden: list[Any] = []
         for i in range(self.num_layers):
             h = h0[:, i].contiguous()  # (B, H)
@@ -140,11 +160,19 @@ class AttentionalRNNDecoder(nn.Module):
         return DecoderState(beams=beams, source=source)
 
     # ---------------------------------------------------------------- one step
-    def _attend(self, query: Tensor, source: dict[str, Any], prev: Tensor | None,
-                need_weights: bool) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    def _attend(
+        self, query: Tensor, source: dict[str, Any], prev: Tensor | None, need_weights: bool
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
         """``(context (N, C), weights (N, S) or None, next prev_weights or None)``."""
-        a = self.attention(query, source["keys"], source["values"], source["mask"], precomputed=source["pre"],
-                           prev_weights=prev, need_weights=need_weights or self.is_location)
+        a = self.attention(
+            query,
+            source["keys"],
+            source["values"],
+            source["mask"],
+            precomputed=source["pre"],
+            prev_weights=prev,
+            need_weights=need_weights or self.is_location,
+        )
         ctx = a.context
         if self.gate is not None:
             ctx = torch.sigmoid(self.gate(query)) * ctx  # (N, 1) * (N, C): beta gating
@@ -168,8 +196,9 @@ class AttentionalRNNDecoder(nn.Module):
         top = hidden[-1]
         return top[0] if isinstance(top, tuple) else top
 
-    def _step(self, emb: Tensor, beams: dict[str, Any], source: dict[str, Any], need_weights: bool
-              ) -> tuple[Tensor, dict[str, Any], Tensor | None]:
+    def _step(
+        self, emb: Tensor, beams: dict[str, Any], source: dict[str, Any], need_weights: bool
+    ) -> tuple[Tensor, dict[str, Any], Tensor | None]:
         """One step from an embedded input ``(N, E)`` -> ``(features for the output layer, beams, weights)``."""
         prev = beams.get("prev")
         if self.attend_before:
@@ -192,8 +221,14 @@ class AttentionalRNNDecoder(nn.Module):
         return feats, new, w
 
     # ---------------------------------------------------------------- interface
-    def forward(self, memory: Tensor, mask: Tensor | None, inputs: Tensor, summary: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        memory: Tensor,
+        mask: Tensor | None,
+        inputs: Tensor,
+        summary: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits.
 
         Args:
@@ -216,8 +251,9 @@ class AttentionalRNNDecoder(nn.Module):
         logits = self.out(self.pre_out(self.dropout(h)))  # (B, T, V), one matmul for all steps
         return logits, (torch.stack(weights, dim=1) if need_weights else None)  # (B, T, S)
 
-    def step(self, last_tokens: Tensor, state: DecoderState, need_weights: bool = True
-             ) -> tuple[Tensor, DecoderState, Tensor | None]:
+    def step(
+        self, last_tokens: Tensor, state: DecoderState, need_weights: bool = True
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One decoding step (the ``core.decoding`` step function).
 
         Args:

@@ -23,8 +23,13 @@ from torch import Tensor, nn
 from core.attention import build_attention
 from core.inference import append_to_cache
 
-__all__ = ["FeedForward", "SinusoidalPositions", "TransformerDecoderLayer", "TransformerEncoderLayer",
-           "sinusoidal_table"]
+__all__ = [
+    "FeedForward",
+    "SinusoidalPositions",
+    "TransformerDecoderLayer",
+    "TransformerEncoderLayer",
+    "sinusoidal_table",
+]
 
 
 def sinusoidal_table(length: int, dim: int, device: torch.device | None = None) -> Tensor:
@@ -67,7 +72,9 @@ class SinusoidalPositions(nn.Module):
 class FeedForward(nn.Sequential):
     """Position-wise FFN: Linear -> activation -> Dropout -> Linear (GELU, or ReLU as in the 2017 paper)."""
 
-    def __init__(self, d_model: int, ffn_dim: int, dropout: float, activation: Literal["gelu", "relu"] = "gelu") -> None:
+    def __init__(
+        self, d_model: int, ffn_dim: int, dropout: float, activation: Literal["gelu", "relu"] = "gelu"
+    ) -> None:
         act: nn.Module = nn.GELU() if activation == "gelu" else nn.ReLU()
         super().__init__(nn.Linear(d_model, ffn_dim), act, nn.Dropout(dropout), nn.Linear(ffn_dim, d_model))
 
@@ -83,12 +90,14 @@ class TransformerEncoderLayer(nn.Module):
         activation: feed-forward activation.
     """
 
-    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, dropout: float,
-                 activation: Literal["gelu", "relu"] = "gelu") -> None:
+    def __init__(
+        self, d_model: int, num_heads: int, ffn_dim: int, dropout: float, activation: Literal["gelu", "relu"] = "gelu"
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(d_model)
-        self.self_attn = build_attention("multihead", query_dim=d_model, key_dim=d_model, num_heads=num_heads,
-                                         dropout=dropout)
+        self.self_attn = build_attention(
+            "multihead", query_dim=d_model, key_dim=d_model, num_heads=num_heads, dropout=dropout
+        )
         self.norm2 = nn.LayerNorm(d_model)
         self.ff = FeedForward(d_model, ffn_dim, dropout, activation)
         self.dropout = nn.Dropout(dropout)
@@ -121,9 +130,15 @@ class TransformerDecoderLayer(nn.Module):
         self.ff = FeedForward(d_model, ffn_dim, dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, memory_kv: tuple[Tensor, Tensor], memory_mask: Tensor | None,
-                self_kv: tuple[Tensor, Tensor] | None = None, need_weights: bool = False,
-                reorder: Tensor | None = None) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
+    def forward(
+        self,
+        x: Tensor,
+        memory_kv: tuple[Tensor, Tensor],
+        memory_mask: Tensor | None,
+        self_kv: tuple[Tensor, Tensor] | None = None,
+        need_weights: bool = False,
+        reorder: Tensor | None = None,
+    ) -> tuple[Tensor, Tensor | None, tuple[Tensor, Tensor] | None]:
         """Run the block.
 
         Args:
@@ -146,8 +161,10 @@ class TransformerDecoderLayer(nn.Module):
             new_kv = None
         else:
             k_new, v_new = self.self_attn.precompute(h, h)  # (B, H, 1, Dh) each
-            new_kv = (append_to_cache(self_kv[0], k_new, reorder),
-                      append_to_cache(self_kv[1], v_new, reorder))  # (B, H, t+1, Dh) each
+            new_kv = (
+                append_to_cache(self_kv[0], k_new, reorder),
+                append_to_cache(self_kv[1], v_new, reorder),
+            )  # (B, H, t+1, Dh) each
             # The new query may see every cached position: no causal mask needed.
             sa = self.self_attn(h, None, None, precomputed=new_kv, need_weights=False).context
         x = x + self.dropout(sa)
@@ -157,8 +174,9 @@ class TransformerDecoderLayer(nn.Module):
         if a != n:
             # beam search: the n // a beams of an item (contiguous rows) share one copy of its memory and
             # become extra query positions of that item: (A * g, T, D) -> (A, g * T, D)
-            ca = self.cross_attn(h.reshape(a, (n // a) * t, d), None, None, memory_mask, precomputed=memory_kv,
-                                 need_weights=need_weights)
+            ca = self.cross_attn(
+                h.reshape(a, (n // a) * t, d), None, None, memory_mask, precomputed=memory_kv, need_weights=need_weights
+            )
             ctx = ca.context.reshape(n, t, d)  # (A, g * T, D) -> (A * g, T, D)
             w = ca.weights
             if w is not None:  # (A, H, g * T, S) -> (A, H, g, T, S) -> (A, g, H, T, S) -> (A * g, H, T, S)

@@ -42,18 +42,18 @@ MONO_FONTS = ["ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "Liberation
 
 NOTES = {
     "alignment": "**How to read it:** row = output token, column = source token; a bright cell is where the "
-                 "model looked while writing that output token. A clean diagonal means word-for-word order; "
-                 "off-diagonal blocks are reorderings (adjective after the noun in Spanish).",
+    "model looked while writing that output token. A clean diagonal means word-for-word order; "
+    "off-diagonal blocks are reorderings (adjective after the noun in Spanish).",
     "heads": "**How to read it:** the same heatmap for each decoder layer (Transformer) and each head of "
-             "multi-head attention, with their mean first. Heads specialise: some align, some look at "
-             "punctuation or the sentence end. Empty for single-head RNN attention, where the map above is all.",
+    "multi-head attention, with their mean first. Heads specialise: some align, some look at "
+    "punctuation or the sentence end. Empty for single-head RNN attention, where the map above is all.",
     "overlay": "**How to read it:** one panel per generated word; the light area is the part of the image the "
-               "decoder attended to when it chose that word (each panel scaled to its own maximum).",
+    "decoder attended to when it chose that word (each panel scaled to its own maximum).",
     "words": "**How to read it:** the same overlay one word at a time; click a word to enlarge it and "
-             "step through the caption with the arrow keys.",
+    "step through the caption with the arrow keys.",
     "speech": "**How to read it:** top, the log-mel spectrogram (time to the right, low frequencies at the "
-              "bottom); below, one row per output character over the same time axis. The bright path moves "
-              "left to right as the model reads the audio; a jump or smear shows where it lost its place.",
+    "bottom); below, one row per output character over the same time axis. The bright path moves "
+    "left to right as the model reads the audio; a jump or smear shows where it lost its place.",
 }
 
 
@@ -62,8 +62,9 @@ def theme() -> gr.themes.Base:
     return gr.themes.Base(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
 
 
-def _handler(run: Callable[..., TabResult], model: Any, limits: Limits,
-             outputs: Callable[[TabResult], tuple]) -> Callable[..., tuple]:
+def _handler(
+    run: Callable[..., TabResult], model: Any, limits: Limits, outputs: Callable[[TabResult], tuple]
+) -> Callable[..., tuple]:
     """Wrap a ``run_*`` function: bad input becomes a message in the page, the server goes on.
 
     ``outputs`` maps the result onto the tab's output components.
@@ -76,16 +77,18 @@ def _handler(run: Callable[..., TabResult], model: Any, limits: Limits,
             raise gr.Error(str(err), title="Cannot use this input", print_exception=False) from None
         except Exception as err:  # a bug, not the user's fault: say so in the page, log the traceback
             log.exception("request failed")
-            raise gr.Error(f"internal error ({type(err).__name__}: {err}); the app keeps running",
-                           title="Internal error") from None
+            raise gr.Error(
+                f"internal error ({type(err).__name__}: {err}); the app keeps running", title="Internal error"
+            ) from None
         return outputs(res)
 
     return handle
 
 
 def _controls(limits: Limits) -> tuple[gr.Slider, gr.Slider]:
-    beam = gr.Slider(1, limits.max_beam, value=min(5, limits.max_beam), step=1, label="beam size",
-                     info="1 = greedy search")
+    beam = gr.Slider(
+        1, limits.max_beam, value=min(5, limits.max_beam), step=1, label="beam size", info="1 = greedy search"
+    )
     nbest = gr.Slider(1, limits.max_beam, value=3, step=1, label="n-best", info="hypotheses listed (at most the beam)")
     return beam, nbest
 
@@ -93,20 +96,42 @@ def _controls(limits: Limits) -> tuple[gr.Slider, gr.Slider]:
 def _translation_tab(model: Any, limits: Limits) -> None:
     with gr.Row():
         with gr.Column(scale=2):
-            text = gr.Textbox(label="English sentences (one per line)", lines=4, elem_id="translation-input",
-                              placeholder="the red car\nI love you",
-                              max_length=limits.max_sentences * (limits.max_chars + 1))
+            text = gr.Textbox(
+                label="English sentences (one per line)",
+                lines=4,
+                elem_id="translation-input",
+                placeholder="the red car\nI love you",
+                max_length=limits.max_sentences * (limits.max_chars + 1),
+            )
         with gr.Column(scale=1):
             beam, nbest = _controls(limits)
             go = gr.Button("Translate", variant="primary", elem_id="translation-submit")
     out = gr.Textbox(label="translation (one per line)", elem_id="translation-output", interactive=False)
-    table = gr.Dataframe(headers=["line", "rank", "translation", "score"], label="n-best (score = length-normalised "
-                         "log-probability)", interactive=False, wrap=True)
-    figs = gr.Gallery(label="alignment", columns=2, height=460, object_fit="contain", preview=False, format="png",
-                      elem_id="translation-alignment")
+    table = gr.Dataframe(
+        headers=["line", "rank", "translation", "score"],
+        label="n-best (score = length-normalised log-probability)",
+        interactive=False,
+        wrap=True,
+    )
+    figs = gr.Gallery(
+        label="alignment",
+        columns=2,
+        height=460,
+        object_fit="contain",
+        preview=False,
+        format="png",
+        elem_id="translation-alignment",
+    )
     gr.Markdown(NOTES["alignment"])
-    heads = gr.Gallery(label="per layer and head", columns=3, height=420, object_fit="contain", preview=False,
-                       format="png", elem_id="translation-heads")
+    heads = gr.Gallery(
+        label="per layer and head",
+        columns=3,
+        height=420,
+        object_fit="contain",
+        preview=False,
+        format="png",
+        elem_id="translation-heads",
+    )
     gr.Markdown(NOTES["heads"])
     gr.Examples([["the red car"], ["I love you\nthe dog eats bread"]], inputs=[text])
     fn = _handler(run_translation, model, limits, lambda r: (r.text, r.nbest, r.figures, r.details))
@@ -117,49 +142,81 @@ def _translation_tab(model: Any, limits: Limits) -> None:
 def _captioning_tab(model: Any, limits: Limits, examples_dir: Path) -> None:
     with gr.Row():
         with gr.Column(scale=2):
-            image = gr.Image(type="filepath", label="image (upload, paste or drop)", sources=["upload", "clipboard"],
-                             height=260, elem_id="captioning-input")
+            image = gr.Image(
+                type="filepath",
+                label="image (upload, paste or drop)",
+                sources=["upload", "clipboard"],
+                height=260,
+                elem_id="captioning-input",
+            )
         with gr.Column(scale=1):
             beam, nbest = _controls(limits)
             go = gr.Button("Caption", variant="primary", elem_id="captioning-submit")
     size = int(getattr(model.hparams, "image_size", 128) or 128)
-    gr.Examples([[str(p)] for p in example_images(examples_dir, image_size=max(size, 96))], inputs=[image],
-                label="bundled examples (generated scenes)")
+    gr.Examples(
+        [[str(p)] for p in example_images(examples_dir, image_size=max(size, 96))],
+        inputs=[image],
+        label="bundled examples (generated scenes)",
+    )
     out = gr.Textbox(label="caption", elem_id="captioning-output", interactive=False)
     table = gr.Dataframe(headers=["rank", "caption", "score"], label="n-best", interactive=False, wrap=True)
-    figs = gr.Image(label="attention per word", type="pil", format="png", interactive=False,
-                    elem_id="captioning-overlay")
+    figs = gr.Image(
+        label="attention per word", type="pil", format="png", interactive=False, elem_id="captioning-overlay"
+    )
     gr.Markdown(NOTES["overlay"])
-    words = gr.Gallery(label="word by word", columns=6, height=260, object_fit="contain", preview=False,
-                       format="png", elem_id="captioning-words")
+    words = gr.Gallery(
+        label="word by word",
+        columns=6,
+        height=260,
+        object_fit="contain",
+        preview=False,
+        format="png",
+        elem_id="captioning-words",
+    )
     gr.Markdown(NOTES["words"])
     # preprocess=False: the handler gets the upload itself and reports a file PIL cannot open by name,
     # with what was expected, instead of Gradio's generic processing error.
-    fn = _handler(run_captioning, model, limits, lambda r: (r.text, r.nbest, r.figures[0][0] if r.figures else None,
-                                                             r.details))
-    go.click(fn, [image, beam, nbest],
-             [out, table, figs, words], api_name=API_NAMES["captioning"], preprocess=False)
+    fn = _handler(
+        run_captioning, model, limits, lambda r: (r.text, r.nbest, r.figures[0][0] if r.figures else None, r.details)
+    )
+    go.click(fn, [image, beam, nbest], [out, table, figs, words], api_name=API_NAMES["captioning"], preprocess=False)
 
 
 def _speech_tab(model: Any, limits: Limits) -> None:
     with gr.Row():
         with gr.Column(scale=2):
             # format=None: keep the file as sent (the server has no ffmpeg to convert it); soundfile reads it.
-            audio = gr.Audio(sources=["upload", "microphone"], type="filepath", format=None, elem_id="speech-input",
-                             label=f"audio (upload or record, up to {limits.max_audio_seconds:g} s)")
+            audio = gr.Audio(
+                sources=["upload", "microphone"],
+                type="filepath",
+                format=None,
+                elem_id="speech-input",
+                label=f"audio (upload or record, up to {limits.max_audio_seconds:g} s)",
+            )
         with gr.Column(scale=1):
             beam, nbest = _controls(limits)
             go = gr.Button("Transcribe", variant="primary", elem_id="speech-submit")
     out = gr.Textbox(label="transcript", elem_id="speech-output", interactive=False)
-    table = gr.Dataframe(headers=["rank", "transcript", "score"], label="n-best (attention + CTC rescored)",
-                         interactive=False, wrap=True)
+    table = gr.Dataframe(
+        headers=["rank", "transcript", "score"], label="n-best (attention + CTC rescored)", interactive=False, wrap=True
+    )
     # one figure per chunk the audio was cut into (usually one)
-    figs = gr.Gallery(label="spectrogram and alignment", columns=1, height="auto", object_fit="contain",
-                      preview=False, format="png", elem_id="speech-alignment")
+    figs = gr.Gallery(
+        label="spectrogram and alignment",
+        columns=1,
+        height="auto",
+        object_fit="contain",
+        preview=False,
+        format="png",
+        elem_id="speech-alignment",
+    )
     gr.Markdown(NOTES["speech"])
-    go.click(_handler(run_speech, model, limits, lambda r: (r.text, r.nbest, r.figures)), [audio, beam, nbest],
-             [out, table, figs],
-             api_name=API_NAMES["speech"])
+    go.click(
+        _handler(run_speech, model, limits, lambda r: (r.text, r.nbest, r.figures)),
+        [audio, beam, nbest],
+        [out, table, figs],
+        api_name=API_NAMES["speech"],
+    )
 
 
 def build_app(models: dict[str, Any], limits: Limits | None = None, examples_dir: Path | None = None) -> gr.Blocks:
@@ -179,8 +236,10 @@ def build_app(models: dict[str, Any], limits: Limits | None = None, examples_dir
     limits = limits or Limits()
     examples_dir = examples_dir or Path(tempfile.mkdtemp(prefix="attn-app-examples-"))
     with gr.Blocks(title="attn-suite: attention you can see", analytics_enabled=False) as demo:
-        gr.Markdown("# attn-suite\nEach task's output and the attention behind it. Every tab is also an API "
-                    "endpoint (see *Use via API* at the bottom of the page).")
+        gr.Markdown(
+            "# attn-suite\nEach task's output and the attention behind it. Every tab is also an API "
+            "endpoint (see *Use via API* at the bottom of the page)."
+        )
         with gr.Tabs():
             if "translation" in models:
                 with gr.Tab("Translation", id="translation"):
@@ -195,15 +254,27 @@ def build_app(models: dict[str, Any], limits: Limits | None = None, examples_dir
     return demo
 
 
-def launch_app(demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, limits: Limits | None = None,
-               block: bool = True) -> str:
+def launch_app(
+    demo: gr.Blocks, host: str = "127.0.0.1", port: int | None = None, limits: Limits | None = None, block: bool = True
+) -> str:
     """Serve ``demo``; returns its local URL (with ``block=False`` the server runs in a background thread).
 
     Uploads larger than ``limits.max_upload_mb`` are refused by the server before they reach a handler.
     """
     limits = limits or Limits()
-    _, url, _ = demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block,
-                            max_file_size=f"{limits.max_upload_mb:g}mb", theme=theme(), ssr_mode=False,
-                            share=False, show_error=True, quiet=not block, footer_links=["api"], pwa=False,
-                            mcp_server=False, inbrowser=False)
+    _, url, _ = demo.launch(
+        server_name=host,
+        server_port=port,
+        prevent_thread_lock=not block,
+        max_file_size=f"{limits.max_upload_mb:g}mb",
+        theme=theme(),
+        ssr_mode=False,
+        share=False,
+        show_error=True,
+        quiet=not block,
+        footer_links=["api"],
+        pwa=False,
+        mcp_server=False,
+        inbrowser=False,
+    )
     return url

@@ -65,7 +65,7 @@ def layer_head_attention(module: Any, src_ids: list[int], tgt_ids: list[int]) ->
             lengths = torch.tensor([len(src_ids)], dtype=torch.long, device=dev)  # (1,)
             tgt_in = torch.tensor([[BOS_ID, *tgt_ids]], dtype=torch.long, device=dev)  # (1, T + 1)
             layers = model.layer_head_attention(src, lengths, tgt_in)  # (1, H, T + 1, S + 1) each
-        return [w[0, :, :t, :len(src_ids)].float().cpu() for w in layers]
+        return [w[0, :, :t, : len(src_ids)].float().cpu() for w in layers]
     targets = cross_attention_modules(model)
     captured: list[list[Tensor]] = [[] for _ in targets]
 
@@ -77,6 +77,7 @@ def layer_head_attention(module: Any, src_ids: list[int], tgt_ids: list[int]) ->
     def keeper(i: int) -> Any:
         def keep(_mod: nn.Module, _args: Any, _kwargs: Any, out: Any) -> None:
             captured[i].append(out.weights.detach())
+
         return keep
 
     handles = []

@@ -20,8 +20,20 @@ from PIL import Image
 from core.errors import UserError
 from core.viz import plot_alignment, plot_image_attention, plot_spectrogram_alignment
 
-__all__ = ["DEFAULT_LIMITS", "AppInputError", "Limits", "TabResult", "example_images", "figure_image", "read_audio",
-           "read_image", "run_captioning", "run_speech", "run_translation", "split_sentences"]
+__all__ = [
+    "DEFAULT_LIMITS",
+    "AppInputError",
+    "Limits",
+    "TabResult",
+    "example_images",
+    "figure_image",
+    "read_audio",
+    "read_image",
+    "run_captioning",
+    "run_speech",
+    "run_translation",
+    "split_sentences",
+]
 
 ImageItem = tuple[Image.Image, str]
 
@@ -104,8 +116,9 @@ def _check_file(value: Any, what: str, expected: str, limits: Limits) -> tuple[P
     if size == 0:
         raise AppInputError(f"the {what} file {name} is empty (0 bytes): {expected}")
     if size > limits.max_upload_mb * 2**20:  # MB as Gradio's max_file_size counts them (MiB)
-        raise AppInputError(f"the {what} file {name} is {size / 2**20:.1f} MB; this app accepts up to "
-                            f"{limits.max_upload_mb:g} MB")
+        raise AppInputError(
+            f"the {what} file {name} is {size / 2**20:.1f} MB; this app accepts up to {limits.max_upload_mb:g} MB"
+        )
     return p, name
 
 
@@ -116,8 +129,10 @@ def split_sentences(text: Any, limits: Limits) -> list[str]:
         raise AppInputError("no text to translate: type one English sentence per line")
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) > limits.max_sentences:
-        raise AppInputError(f"{len(lines)} lines given; this app translates up to {limits.max_sentences} "
-                            f"sentences (one per line) per request")
+        raise AppInputError(
+            f"{len(lines)} lines given; this app translates up to {limits.max_sentences} "
+            f"sentences (one per line) per request"
+        )
     for i, ln in enumerate(lines, 1):
         if len(ln) > limits.max_chars:
             raise AppInputError(f"line {i} has {len(ln)} characters; the limit is {limits.max_chars} per sentence")
@@ -154,15 +169,15 @@ def run_translation(model: Any, text: Any, beam: Any, nbest: Any, limits: Limits
     b, n = _beam_nbest(beam, nbest, limits)
     results = model.translate(sentences, beam=b, nbest=n, return_attention=True)
     results = [r if isinstance(r, list) else [r] for r in results]
-    rows = [[i, rank, h.text, round(h.score, 4)] for i, hyps in enumerate(results, 1)
-            for rank, h in enumerate(hyps, 1)]
+    rows = [[i, rank, h.text, round(h.score, 4)] for i, hyps in enumerate(results, 1) for rank, h in enumerate(hyps, 1)]
     figures, details = [], []
     for i, (src, hyps) in enumerate(zip(sentences, results, strict=True), 1):
         best = hyps[0]
         title = f"{i}: {src} → {best.text}"
         if best.attention is not None:
-            figures.append((figure_image(plot_alignment(best.attention, best.src_tokens, best.tgt_tokens,
-                                                        title=title)), title))
+            figures.append(
+                (figure_image(plot_alignment(best.attention, best.src_tokens, best.tgt_tokens, title=title)), title)
+            )
         details += _layer_head_figures(model, i, src, best)
     return TabResult("\n".join(h[0].text for h in results), rows, figures, details)
 
@@ -177,8 +192,9 @@ def read_image(path: Any, limits: Limits) -> Image.Image:
         return load_rgb(p)
     except ImageError as err:  # its message names the server's temporary path: show the upload's name
         why = str(err).replace(str(p), name)
-        raise AppInputError(f"{name} is not an image this app can read (expected PNG, JPEG, WebP, GIF or BMP): "
-                            f"{why}") from None
+        raise AppInputError(
+            f"{name} is not an image this app can read (expected PNG, JPEG, WebP, GIF or BMP): {why}"
+        ) from None
 
 
 def run_captioning(model: Any, image_path: Any, beam: Any, nbest: Any, limits: Limits = DEFAULT_LIMITS) -> TabResult:

@@ -64,8 +64,11 @@ def find_checkpoint(task: str, path: str | Path) -> Path:
     if len(found) == 1:
         return found[0]
     tried = ", ".join(n.format(task=task) for n in CHECKPOINT_NAMES)
-    what = f"{len(found)} .ckpt files ({', '.join(f.name for f in found)}), so which one is unclear" if found \
+    what = (
+        f"{len(found)} .ckpt files ({', '.join(f.name for f in found)}), so which one is unclear"
+        if found
         else "no .ckpt file"
+    )
     raise CheckpointError(f"{task}: model folder {p} has {what}; expected one of {tried}, or pass the file itself")
 
 

@@ -66,8 +66,9 @@ def make_cli(argv: Sequence[str], run: bool = True) -> Any:
     from tasks.captioning.data import CaptionDataModule
     from tasks.captioning.module import CaptioningModule
 
-    return CaptionCLI(CaptioningModule, CaptionDataModule, args=list(argv), run=run,
-                      save_config_kwargs={"overwrite": True})
+    return CaptionCLI(
+        CaptioningModule, CaptionDataModule, args=list(argv), run=run, save_config_kwargs={"overwrite": True}
+    )
 
 
 def _load(path: str) -> tuple[str, Any]:
@@ -84,8 +85,9 @@ def _inputs(args: argparse.Namespace) -> Iterator[InputItem]:
 def _decode(model: Any, loaded: list[tuple[str, Any]], args: argparse.Namespace) -> list[Output]:
     from tasks.captioning.inference import save_attention_figure
 
-    results = model.caption_images([im for _, im in loaded], beam=args.beam, nbest=args.nbest,
-                                   batch_size=args.batch_size)
+    results = model.caption_images(
+        [im for _, im in loaded], beam=args.beam, nbest=args.nbest, batch_size=args.batch_size
+    )
     size = int(model.hparams.image_size)
     outputs = []
     for (name, image), hyps in zip(loaded, results):
@@ -113,8 +115,13 @@ def _spec() -> InferenceSpec:
     return InferenceSpec(
         prog="attn-caption caption",
         description="Caption images with a trained checkpoint or model folder ('<image><TAB><caption>' per image; "
-                    "with --nbest K > 1, K lines '<image><TAB><score><TAB><caption>').",
-        module_cls=CaptioningModule, add_arguments=_add_arguments, inputs=_inputs, decode=_decode, batch_size=16)
+        "with --nbest K > 1, K lines '<image><TAB><score><TAB><caption>').",
+        module_cls=CaptioningModule,
+        add_arguments=_add_arguments,
+        inputs=_inputs,
+        decode=_decode,
+        batch_size=16,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -20,6 +20,13 @@ from torch.utils.data import DataLoader, Dataset
 from core.errors import ConfigError, DataError
 from core.tokenizers import SPECIAL_TOKENS, WordTokenizer
 from tasks.captioning import scenes as scene_gen
+from tasks.captioning.datasets import (
+    Batch,
+    CaptionCollate,
+    FileCaptionDataset,
+    HFCaptionDataset,
+    SceneDataset,
+)
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from tasks.captioning.sources import (
     IMAGE_SUFFIXES,
@@ -29,24 +36,19 @@ from tasks.captioning.sources import (
     read_flickr_token,
     read_karpathy,
 )
-from tasks.captioning.datasets import (  # noqa: F401 - Batch and the datasets are re-exported
-    Batch,
-    CaptionCollate,
-    FileCaptionDataset,
-    HFCaptionDataset,
-    SceneDataset,
-)
 from tasks.captioning.vocab import CaptionVocab
 
 DatasetName = Literal["scenes", "flickr", "coco", "karpathy", "hf"]
 
 
-def _random_split(n: int, val_fraction: float, test_fraction: float, seed: int) -> tuple[list[int], list[int], list[int]]:
+def _random_split(
+    n: int, val_fraction: float, test_fraction: float, seed: int
+) -> tuple[list[int], list[int], list[int]]:
     """Deterministic shuffled split of ``range(n)`` into train/val/test index lists."""
     order = list(range(n))
     random.Random(seed).shuffle(order)
-    n_val = int(round(n * val_fraction))
-    n_test = int(round(n * test_fraction))
+    n_val = round(n * val_fraction)
+    n_test = round(n * test_fraction)
     if n >= 3 and val_fraction > 0:
         n_val = max(n_val, 1)
     if n >= 3 and test_fraction > 0:
@@ -131,7 +133,9 @@ class CaptionDataModule(L.LightningDataModule):
         self.save_hyperparameters()
         if dataset == "scenes" and image_size < scene_gen.MIN_IMAGE_SIZE:
             # Checked here, not when the first scene is rendered inside a dataloader worker.
-            raise ConfigError(f"data.image_size must be >= {scene_gen.MIN_IMAGE_SIZE} for generated scenes, got {image_size}")
+            raise ConfigError(
+                f"data.image_size must be >= {scene_gen.MIN_IMAGE_SIZE} for generated scenes, got {image_size}"
+            )
         if image_size < 1:
             raise ConfigError(f"data.image_size must be a positive number of pixels, got {image_size}")
         if dataset != "scenes" and dataset != "hf" and not (data_dir or captions_file):
@@ -142,8 +146,10 @@ class CaptionDataModule(L.LightningDataModule):
             if not 0.0 <= value < 1.0:
                 raise ConfigError(f"data.{name} must be in [0, 1), got {value}")
         if val_fraction + test_fraction >= 1.0:
-            raise ConfigError(f"data.val_fraction + data.test_fraction must leave images for training, got "
-                              f"{val_fraction} + {test_fraction}")
+            raise ConfigError(
+                f"data.val_fraction + data.test_fraction must leave images for training, got "
+                f"{val_fraction} + {test_fraction}"
+            )
         self.dataset = dataset
         self.image_size = image_size
         self.mean, self.std = tuple(mean), tuple(std)
@@ -221,7 +227,9 @@ class CaptionDataModule(L.LightningDataModule):
             raise ConfigError(f"unknown data.dataset {self.dataset!r}")
         for name in ("train", "val", "test"):
             if not splits.get(name):
-                raise DataError(f"{self.dataset} corpus under {hp.data_dir or hp.captions_file}: the {name} split is empty")
+                raise DataError(
+                    f"{self.dataset} corpus under {hp.data_dir or hp.captions_file}: the {name} split is empty"
+                )
         self._records = splits
         return splits
 
@@ -244,7 +252,11 @@ class CaptionDataModule(L.LightningDataModule):
             raise DataError(f"could not load HF dataset {hp.hf_name!r}: {err}") from None
         if isinstance(ds, datasets.Dataset):
             ds = datasets.DatasetDict({"train": ds})
-        names = {"train": "train", "val": next((k for k in ("validation", "val", "dev") if k in ds), None), "test": "test" if "test" in ds else None}
+        names = {
+            "train": "train",
+            "val": next((k for k in ("validation", "val", "dev") if k in ds), None),
+            "test": "test" if "test" in ds else None,
+        }
         train = ds[names["train"]] if names["train"] in ds else ds[next(iter(ds))]
         out: dict[str, tuple[Any, list[int] | None]] = {}
         if names["val"] and names["test"]:
@@ -296,7 +308,11 @@ class CaptionDataModule(L.LightningDataModule):
         if self.datasets or (stage == "predict" and self.hparams.predict_path):
             return  # already built / predict reads only data.predict_path (in predict_dataloader)
         hp = self.hparams
-        tr_tf = train_transform(self.image_size, self.mean, self.std, hp.hflip) if hp.augment else eval_transform(self.image_size, self.mean, self.std)
+        tr_tf = (
+            train_transform(self.image_size, self.mean, self.std, hp.hflip)
+            if hp.augment
+            else eval_transform(self.image_size, self.mean, self.std)
+        )
         ev_tf = eval_transform(self.image_size, self.mean, self.std)
         if self.dataset == "scenes":
             self.datasets = {
@@ -308,12 +324,22 @@ class CaptionDataModule(L.LightningDataModule):
         elif self.dataset == "hf":
             parts = self._read_hf()
             self.datasets = {
-                name: HFCaptionDataset(ds, hp.hf_image_column, hp.hf_caption_column, tr_tf if name == "train" else ev_tf, name == "train", idx)
+                name: HFCaptionDataset(
+                    ds,
+                    hp.hf_image_column,
+                    hp.hf_caption_column,
+                    tr_tf if name == "train" else ev_tf,
+                    name == "train",
+                    idx,
+                )
                 for name, (ds, idx) in parts.items()
             }
         else:
             recs = self._read_records()
-            self.datasets = {name: FileCaptionDataset(recs[name], tr_tf if name == "train" else ev_tf, name == "train") for name in ("train", "val", "test")}
+            self.datasets = {
+                name: FileCaptionDataset(recs[name], tr_tf if name == "train" else ev_tf, name == "train")
+                for name in ("train", "val", "test")
+            }
 
     def _loader(self, name: str, train: bool) -> DataLoader:
         return DataLoader(

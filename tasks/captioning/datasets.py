@@ -60,8 +60,14 @@ class Batch:
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move the tensors (Lightning calls this through `transfer_batch_to_device`)."""
         kw = {"non_blocking": non_blocking}
-        return Batch(self.images.to(device, **kw), self.inputs.to(device, **kw), self.targets.to(device, **kw),
-                     self.refs, self.index, self.skipped)
+        return Batch(
+            self.images.to(device, **kw),
+            self.inputs.to(device, **kw),
+            self.targets.to(device, **kw),
+            self.refs,
+            self.index,
+            self.skipped,
+        )
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -114,7 +120,13 @@ class SceneDataset(_CaptionDataset):
     """
 
     def __init__(
-        self, split: scene_gen.Split, size: int, seed: int, image_size: int, transform: Callable[[Any], Tensor], train: bool,
+        self,
+        split: scene_gen.Split,
+        size: int,
+        seed: int,
+        image_size: int,
+        transform: Callable[[Any], Tensor],
+        train: bool,
         cache: bool = True,
     ) -> None:
         super().__init__(transform, train)

@@ -27,13 +27,36 @@ from core.layers import AttentionalRNNDecoder, TransformerDecoderLayer
 __all__ = ["TransformerCaptionDecoder", "show_attend_tell_decoder", "upgrade_decoder_v1"]
 
 
-def show_attend_tell_decoder(vocab_size: int, feat_dim: int, embed_dim: int, hidden_dim: int, num_layers: int,
-                             rnn_type: Literal["gru", "lstm"], attention: str, attention_options: dict[str, Any],
-                             gate: bool, dropout: float) -> AttentionalRNNDecoder:
+def show_attend_tell_decoder(
+    vocab_size: int,
+    feat_dim: int,
+    embed_dim: int,
+    hidden_dim: int,
+    num_layers: int,
+    rnn_type: Literal["gru", "lstm"],
+    attention: str,
+    attention_options: dict[str, Any],
+    gate: bool,
+    dropout: float,
+) -> AttentionalRNNDecoder:
     """The Show-Attend-Tell form of the shared attentional RNN decoder (see module docstring)."""
     return AttentionalRNNDecoder(
-        vocab_size, feat_dim, embed_dim, hidden_dim, num_layers, rnn_type, attention, attention_options, dropout,
-        attend_before=True, deep_output=True, gate=gate, init_dim=feat_dim, init_cell=True, padding_idx=0)
+        vocab_size,
+        feat_dim,
+        embed_dim,
+        hidden_dim,
+        num_layers,
+        rnn_type,
+        attention,
+        attention_options,
+        dropout,
+        attend_before=True,
+        deep_output=True,
+        gate=gate,
+        init_dim=feat_dim,
+        init_cell=True,
+        padding_idx=0,
+    )
 
 
 class TransformerCaptionDecoder(nn.Module):
@@ -50,15 +73,25 @@ class TransformerCaptionDecoder(nn.Module):
         max_len: longest caption (positions), BOS included.
     """
 
-    def __init__(self, vocab_size: int, feat_dim: int, d_model: int = 256, num_layers: int = 2, num_heads: int = 4,
-                 ffn_dim: int = 1024, dropout: float = 0.1, max_len: int = 64) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        feat_dim: int,
+        d_model: int = 256,
+        num_layers: int = 2,
+        num_heads: int = 4,
+        ffn_dim: int = 1024,
+        dropout: float = 0.1,
+        max_len: int = 64,
+    ) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, d_model, padding_idx=0)
         self.pos = nn.Embedding(max_len, d_model)
         self.feat_proj: nn.Module = nn.Linear(feat_dim, d_model) if feat_dim != d_model else nn.Identity()
         self.feat_pos = nn.Parameter(torch.zeros(1, 256, d_model))  # grid-cell positions (up to 16x16)
         self.layers = nn.ModuleList(
-            [TransformerDecoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(num_layers)])
+            [TransformerDecoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(num_layers)]
+        )
         self.norm = nn.LayerNorm(d_model)
         self.out = nn.Linear(d_model, vocab_size)
         self.drop = nn.Dropout(dropout)
@@ -69,8 +102,14 @@ class TransformerCaptionDecoder(nn.Module):
         mem = self.feat_proj(feats) + self.feat_pos[:, : feats.shape[1]]  # (B, S, d)
         return [layer.cross_attn.precompute(mem, mem) for layer in self.layers]
 
-    def forward(self, memory: Tensor, mask: Tensor | None, inputs: Tensor, summary: Tensor | None = None,
-                need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        memory: Tensor,
+        mask: Tensor | None,
+        inputs: Tensor,
+        summary: Tensor | None = None,
+        need_weights: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced pass: ``memory (B, S, D)``, ``inputs (B, T)`` -> ``(logits (B, T, V), None)``.
 
         No attention maps are returned in training (the doubly stochastic regulariser is an RNN-decoder
@@ -81,7 +120,8 @@ class TransformerCaptionDecoder(nn.Module):
             raise ConfigError(
                 f"data.max_caption_len: a training caption of {inputs.shape[1] - 1} words (+BOS) exceeds the "
                 f"transformer decoder's {self.max_len} learned positions; lower data.max_caption_len to <= "
-                f"{self.max_len - 1} or raise model.max_len to >= {inputs.shape[1] - 2}")
+                f"{self.max_len - 1} or raise model.max_len to >= {inputs.shape[1] - 2}"
+            )
         kv = self._memory(memory)
         pos = torch.arange(inputs.shape[1], device=inputs.device)
         x = self.drop(self.embed(inputs) * self.d_model**0.5 + self.pos(pos))  # (B, T, d)
@@ -113,8 +153,9 @@ class TransformerCaptionDecoder(nn.Module):
         weights = None
         shared = state.shared
         for i, (layer, mem, cache) in enumerate(zip(self.layers, shared["memory"], state.cache)):
-            x, w, cache = layer(x, mem, shared["mask"], self_kv=cache, need_weights=i == len(self.layers) - 1,
-                                reorder=state.reorder)
+            x, w, cache = layer(
+                x, mem, shared["mask"], self_kv=cache, need_weights=i == len(self.layers) - 1, reorder=state.reorder
+            )
             new_caches.append(cache)
             weights = w
         logits = vocab_projection(self.out, self.norm(x[:, 0]))  # (N, V)
@@ -124,16 +165,20 @@ class TransformerCaptionDecoder(nn.Module):
 
 def upgrade_decoder_v1(state: dict[str, Any]) -> dict[str, Any]:
     """Format-1 weight names of the Show-Attend-Tell LSTM decoder under today's shared decoder."""
-    renames = {"decoder.embed.": "decoder.embedding.", "decoder.attn.": "decoder.attention.",
-               "decoder.init_h.": "decoder.bridge.", "decoder.init_c.": "decoder.bridge_cell.",
-               "decoder.cell.": "decoder.cells.0."}
+    renames = {
+        "decoder.embed.": "decoder.embedding.",
+        "decoder.attn.": "decoder.attention.",
+        "decoder.init_h.": "decoder.bridge.",
+        "decoder.init_c.": "decoder.bridge_cell.",
+        "decoder.cell.": "decoder.cells.0.",
+    }
     if "decoder.cell.weight_ih" not in state:  # a Transformer decoder: its names did not change
         return state
     out: dict[str, Any] = {}
     for key, value in state.items():
         for old, new in renames.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         out[key] = value
     return out

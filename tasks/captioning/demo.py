@@ -16,11 +16,11 @@ from typing import Any
 import lightning as L
 import torch
 
+from core.predict import write_text_atomic
 from core.progress import Sink, StageProgress, null_sink
 from tasks.captioning import scenes
 from tasks.captioning.data import CaptionDataModule
 from tasks.captioning.module import CaptioningModule, save_attention_figure
-from core.predict import write_text_atomic
 from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
 from tasks.demo_report import Example, TaskReport
 
@@ -29,8 +29,14 @@ TASK = "captioning"
 __all__ = ["build", "evaluate", "held_out", "run_demo"]
 
 #: Data settings of the demo.
-DEMO_DATA: dict[str, Any] = {"batch_size": 64, "train_size": 8000, "val_size": 32, "test_size": 8,
-                             "unseen_size": 8, "num_workers": 0}
+DEMO_DATA: dict[str, Any] = {
+    "batch_size": 64,
+    "train_size": 8000,
+    "val_size": 32,
+    "test_size": 8,
+    "unseen_size": 8,
+    "num_workers": 0,
+}
 #: Model settings of the demo: the default config's model and optimiser (configs/captioning/default.yaml) with
 #: two changes measured by benchmarks/time_to_quality.py (RESULTS.md, "Time to quality"): a 3x3 attention grid,
 #: one cell per cell of the scene layout, so each object is one grid feature (objects named right: 70 % of
@@ -38,8 +44,18 @@ DEMO_DATA: dict[str, Any] = {"batch_size": 64, "train_size": 8000, "val_size": 3
 #: a grid asks every cell to be attended about once per caption, i.e. for attention spread over the image.
 #: Together they reach the test target in half the CPU time.
 DEMO_MODEL: dict[str, Any] = {
-    "grid_size": 3, "encoder_dim": 256, "attention_options": {"hidden_dim": 128}, "embed_dim": 128, "hidden_dim": 256, "dropout": 0.2,
-    "max_len": 24, "lr": 2e-3, "warmup_steps": 100, "beam_size": 1, "plot_examples": 0, "alpha_reg": 0.0,
+    "grid_size": 3,
+    "encoder_dim": 256,
+    "attention_options": {"hidden_dim": 128},
+    "embed_dim": 128,
+    "hidden_dim": 256,
+    "dropout": 0.2,
+    "max_len": 24,
+    "lr": 2e-3,
+    "warmup_steps": 100,
+    "beam_size": 1,
+    "plot_examples": 0,
+    "alpha_reg": 0.0,
 }
 #: Trainer settings of the demo (besides the budget).
 DEMO_TRAINER: dict[str, Any] = {"gradient_clip_val": 5.0, "num_sanity_val_steps": 0}
@@ -55,8 +71,9 @@ RESERVE_S = 25.0
 QUICK_DATA: dict[str, Any] = {"train_size": 256, "batch_size": 32}
 
 
-def build(seed: int = 0, data: dict[str, Any] | None = None,
-          model: dict[str, Any] | None = None) -> tuple[CaptionDataModule, CaptioningModule]:
+def build(
+    seed: int = 0, data: dict[str, Any] | None = None, model: dict[str, Any] | None = None
+) -> tuple[CaptionDataModule, CaptioningModule]:
     """The demo's data module and model, seeded.
 
     Args:
@@ -77,8 +94,12 @@ def held_out(n: int, split: str = "test", image_size: int = 96) -> list[scenes.S
     return [scenes.make_scene(SCENE_SEED, split, i, image_size) for i in range(n)]  # type: ignore[arg-type]
 
 
-def evaluate(model: CaptioningModule, groups: dict[str, Sequence[scenes.Scene]], beam: int = DEMO_BEAM,
-             progress: StageProgress | None = None) -> tuple[dict[str, float], dict[str, list[str]]]:
+def evaluate(
+    model: CaptioningModule,
+    groups: dict[str, Sequence[scenes.Scene]],
+    beam: int = DEMO_BEAM,
+    progress: StageProgress | None = None,
+) -> tuple[dict[str, float], dict[str, list[str]]]:
     """Corpus BLEU-4 (COCO-toolkit style, all references) of `model` on each group of scenes.
 
     Args:
@@ -97,9 +118,9 @@ def evaluate(model: CaptioningModule, groups: dict[str, Sequence[scenes.Scene]],
     for name, items in groups.items():
         caps: list[str] = []
         for k in range(0, len(items), 50):
-            caps += [str(c) for c in model.caption([s.image for s in items[k:k + 50]], beam=beam, batch_size=50)]
+            caps += [str(c) for c in model.caption([s.image for s in items[k : k + 50]], beam=beam, batch_size=50)]
             if progress is not None:
-                progress.update(len(items[k:k + 50]))
+                progress.update(len(items[k : k + 50]))
         outputs[name] = caps
         scores[f"bleu4_{name}"] = corpus_bleu(caps, [s.captions for s in items])[3]
         # Diagnostics of the errors the issue names: how many objects, and which (size, colour, shape).
@@ -118,8 +139,14 @@ def _objects(caption: str) -> list[tuple[str, str, str]]:
     return [m.groups() for m in _PHRASE.finditer(caption)]  # type: ignore[misc]
 
 
-def run_demo(out_dir: Path, max_minutes: float = 2.5, seed: int = 0, sink: Sink = null_sink,
-             n_held_out: int = HELD_OUT, data: dict[str, Any] | None = None) -> TaskReport:
+def run_demo(
+    out_dir: Path,
+    max_minutes: float = 2.5,
+    seed: int = 0,
+    sink: Sink = null_sink,
+    n_held_out: int = HELD_OUT,
+    data: dict[str, Any] | None = None,
+) -> TaskReport:
     """Train on generated scenes for most of ``max_minutes``, reload, score held-out scenes and show them.
 
     Writes into ``out_dir``: ``captioning.ckpt`` (reloaded through the safe loader before use),
@@ -155,14 +182,22 @@ def run_demo(out_dir: Path, max_minutes: float = 2.5, seed: int = 0, sink: Sink 
     total = sum(len(g) for g in groups.values())
     with StageProgress(sink, TASK, f"scoring {total} held-out scenes", total, "images") as prog:
         metrics, outputs = evaluate(model, groups, progress=prog)
-    report = TaskReport(TASK, metrics=metrics, n_examples={k: len(v) for k, v in groups.items()},
-                        train_steps=trainer.global_step, train_seconds=clock.seconds, files=[ckpt])
+    report = TaskReport(
+        TASK,
+        metrics=metrics,
+        n_examples={k: len(v) for k, v in groups.items()},
+        train_steps=trainer.global_step,
+        train_seconds=clock.seconds,
+        files=[ckpt],
+    )
     lines = ["split\tindex\tgenerated\treferences\tresult"]
     k = 0
     for name, items in groups.items():
         correct = [c in s.captions for c, s in zip(outputs[name], items)]
-        lines += [f"{name}\t{i}\t{c}\t{' | '.join(s.captions)}\t{'ok' if ok else 'WRONG'}"
-                  for i, (c, s, ok) in enumerate(zip(outputs[name], items, correct))]
+        lines += [
+            f"{name}\t{i}\t{c}\t{' | '.join(s.captions)}\t{'ok' if ok else 'WRONG'}"
+            for i, (c, s, ok) in enumerate(zip(outputs[name], items, correct))
+        ]
         # Four of each kind: each overlay figure (one panel per word) costs about a CPU-second to draw.
         shown = shown_indices(correct, first=4, errors=4)
         results = model.caption([items[i].image for i in shown], beam=DEMO_BEAM, return_attention=True)
@@ -172,13 +207,20 @@ def run_demo(out_dir: Path, max_minutes: float = 2.5, seed: int = 0, sink: Sink 
             report.files.append(img)
             fig = None
             if text:
-                fig = save_attention_figure(items[i].image, text, weights, out_dir / f"captioning_attention_{k}.png",
-                                            dm.image_size)
+                fig = save_attention_figure(
+                    items[i].image, text, weights, out_dir / f"captioning_attention_{k}.png", dm.image_size
+                )
                 report.files.append(fig)
-            report.examples.append(Example(
-                output=outputs[name][i], references=list(items[i].captions), correct=correct[i],
-                image=f"{out_dir.name}/{img.name}", figure=f"{out_dir.name}/{fig.name}" if fig else None,
-                group=f"{name} #{i}"))
+            report.examples.append(
+                Example(
+                    output=outputs[name][i],
+                    references=list(items[i].captions),
+                    correct=correct[i],
+                    image=f"{out_dir.name}/{img.name}",
+                    figure=f"{out_dir.name}/{fig.name}" if fig else None,
+                    group=f"{name} #{i}",
+                )
+            )
             k += 1
     txt = out_dir / "captioning_captions.txt"
     write_text_atomic(txt, "\n".join(lines) + "\n")

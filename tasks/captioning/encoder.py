@@ -111,7 +111,13 @@ def _torchvision_backbone(name: str, pretrained: str | None) -> tuple[nn.Module,
                 f"(missing {missing[:3]}..., unexpected {list(unexpected)[:3]}...)"
             )
     if name.startswith("resnet"):
-        blocks = [nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool), model.layer1, model.layer2, model.layer3, model.layer4]
+        blocks = [
+            nn.Sequential(model.conv1, model.bn1, model.relu, model.maxpool),
+            model.layer1,
+            model.layer2,
+            model.layer3,
+            model.layer4,
+        ]
         channels = model.fc.in_features
     else:  # mobilenet_v3_*: features is a Sequential of inverted-residual blocks
         blocks = list(model.features)

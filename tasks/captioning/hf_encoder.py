@@ -37,9 +37,13 @@ __all__ = ["HFImageEncoder", "hf_image_encoder", "image_settings", "vision_setti
 _TRANSFORMERS = ("vit", "dinov2", "clip_vision_model", "siglip_vision_model")
 # Parameters our features never reach (pooling heads): never trained, so DDP finds no unused parameter.
 # (transformers versions differ in whether the vision towers nest their modules under `vision_model`.)
-_NEVER = {"vit": ("pooler.", "embeddings.mask_token"), "dinov2": ("embeddings.mask_token",),
-          "clip_vision_model": ("post_layernorm.", "vision_model.post_layernorm."),
-          "siglip_vision_model": ("head.", "vision_model.head."), "convnext": ("layernorm.",)}
+_NEVER = {
+    "vit": ("pooler.", "embeddings.mask_token"),
+    "dinov2": ("embeddings.mask_token",),
+    "clip_vision_model": ("post_layernorm.", "vision_model.post_layernorm."),
+    "siglip_vision_model": ("head.", "vision_model.head."),
+    "convnext": ("layernorm.",),
+}
 OPTION = "--model.encoder"
 
 
@@ -66,8 +70,10 @@ def image_settings(processor: Mapping[str, Any], what: str) -> dict[str, Any]:
     crop = _side(processor.get("crop_size")) if processor.get("do_center_crop") else None
     side = crop or _side(processor.get("size"))
     if side is None or not 16 <= side <= 1024:
-        raise ConfigError(f"{what}: preprocessor_config.json has no usable image size (size / crop_size "
-                          f"{processor.get('size')!r}); expected 16..1024 pixels")
+        raise ConfigError(
+            f"{what}: preprocessor_config.json has no usable image size (size / crop_size "
+            f"{processor.get('size')!r}); expected 16..1024 pixels"
+        )
     mean, std = processor.get("image_mean", [0.5] * 3), processor.get("image_std", [0.5] * 3)
     if processor.get("do_normalize") is False:
         mean, std = [0.0] * 3, [1.0] * 3
@@ -84,8 +90,11 @@ def vision_settings(spec: str) -> dict[str, Any]:
     folder = resolve_pretrained(spec, OPTION)
     read_model_type(folder, "vision", OPTION)
     what = f"{OPTION}={folder}"
-    processor = read_json_file(folder / "preprocessor_config.json", what, "the image processor's size and "
-                               "normalisation; copy it from the model's hub repository")
+    processor = read_json_file(
+        folder / "preprocessor_config.json",
+        what,
+        "the image processor's size and normalisation; copy it from the model's hub repository",
+    )
     return image_settings(processor, what)
 
 
@@ -121,8 +130,17 @@ class HFImageEncoder(nn.Module):
         dropout: dropout on the projected features.
     """
 
-    def __init__(self, backbone: nn.Module, model_type: str, config: Mapping[str, Any], image_size: int, dim: int,
-                 trainable_blocks: int = -1, unfreeze_after_steps: int | None = None, dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        model_type: str,
+        config: Mapping[str, Any],
+        image_size: int,
+        dim: int,
+        trainable_blocks: int = -1,
+        unfreeze_after_steps: int | None = None,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.model_type = model_type
@@ -130,14 +148,19 @@ class HFImageEncoder(nn.Module):
         if self.grid_size < 1:
             raise ConfigError(f"image size {image_size} gives no {model_type} feature grid (too small)")
         # Patch-position tables are interpolated when the input is not the size the model was trained at.
-        self._kwargs = ({"interpolate_pos_encoding": True} if model_type in ("vit", "clip_vision_model",
-                        "siglip_vision_model") and image_size != config.get("image_size") else {})
+        self._kwargs = (
+            {"interpolate_pos_encoding": True}
+            if model_type in ("vit", "clip_vision_model", "siglip_vision_model")
+            and image_size != config.get("image_size")
+            else {}
+        )
         cnn = model_type in ("convnext", "resnet")
         channels = int(config["hidden_sizes"][-1] if cnn else config["hidden_size"])
         self.proj = nn.Sequential(nn.Linear(channels, dim), nn.ReLU(), nn.Dropout(dropout))
         self.dim = dim
-        self.freeze_policy = FreezePolicy(backbone, find_blocks(backbone), trainable_blocks, unfreeze_after_steps,
-                                          never=_NEVER.get(model_type, ()))
+        self.freeze_policy = FreezePolicy(
+            backbone, find_blocks(backbone), trainable_blocks, unfreeze_after_steps, never=_NEVER.get(model_type, ())
+        )
 
     def train(self, mode: bool = True) -> HFImageEncoder:
         super().train(mode)
@@ -160,16 +183,25 @@ class HFImageEncoder(nn.Module):
         if hidden.dim() == 4:  # CNN: (B, C, g, g) -> (B, g*g, C)
             feats = hidden.flatten(2).transpose(1, 2)
         else:  # Transformer: (B, prefix + g*g, C); the prefix (CLS, registers) is not a place in the image
-            feats = hidden[:, hidden.shape[1] - g * g:]
-        if feats.shape[1] != g * g or hidden.dim() == 4 and hidden.shape[-1] != g:
-            raise ConfigError(f"the {self.model_type} backbone gave {tuple(hidden.shape)} features for "
-                              f"{tuple(images.shape)} images, expected a {g}x{g} grid (is the image size right?)")
+            feats = hidden[:, hidden.shape[1] - g * g :]
+        if feats.shape[1] != g * g or (hidden.dim() == 4 and hidden.shape[-1] != g):
+            raise ConfigError(
+                f"the {self.model_type} backbone gave {tuple(hidden.shape)} features for "
+                f"{tuple(images.shape)} images, expected a {g}x{g} grid (is the image size right?)"
+            )
         return self.proj(feats)  # (B, g*g, dim)
 
 
-def hf_image_encoder(spec: str, stored: Mapping[str, Any] | None, dim: int, image_size: int,
-                     trainable_blocks: int, unfreeze_after_steps: int | None, mean: Sequence[float] = (0.5,) * 3,
-                     std: Sequence[float] = (0.5,) * 3) -> tuple[HFImageEncoder, dict[str, Any]]:
+def hf_image_encoder(
+    spec: str,
+    stored: Mapping[str, Any] | None,
+    dim: int,
+    image_size: int,
+    trainable_blocks: int,
+    unfreeze_after_steps: int | None,
+    mean: Sequence[float] = (0.5,) * 3,
+    std: Sequence[float] = (0.5,) * 3,
+) -> tuple[HFImageEncoder, dict[str, Any]]:
     """Build the encoder of ``--model.encoder hf:...``.
 
     Args:
@@ -192,13 +224,23 @@ def hf_image_encoder(spec: str, stored: Mapping[str, Any] | None, dim: int, imag
         backbone, config = load_pretrained(folder, "vision", OPTION)
         info = {"source": hf_name(spec), "model_type": config["model_type"], "config": config, "processor": settings}
         if (settings["image_size"], settings["mean"], settings["std"]) != (image_size, list(mean), list(std)):
-            rank_zero_warn(f"{OPTION}={spec} expects {settings['image_size']} px images normalised with mean "
-                           f"{settings['mean']} / std {settings['std']} (its image processor), got {image_size} px, "
-                           f"{list(mean)} / {list(std)}: give the data module these values (the CLI does it itself)")
+            rank_zero_warn(
+                f"{OPTION}={spec} expects {settings['image_size']} px images normalised with mean "
+                f"{settings['mean']} / std {settings['std']} (its image processor), got {image_size} px, "
+                f"{list(mean)} / {list(std)}: give the data module these values (the CLI does it itself)"
+            )
     model_type = str(info["config"]["model_type"])
     if info.get("processor") is not None:
-        image_settings({"size": info["processor"].get("image_size"), "image_mean": info["processor"].get("mean"),
-                        "image_std": info["processor"].get("std")} if isinstance(info["processor"], dict) else {},
-                       "--model.pretrained_config.processor")
-    return HFImageEncoder(backbone, model_type, info["config"], image_size, dim, trainable_blocks,
-                          unfreeze_after_steps), info
+        image_settings(
+            {
+                "size": info["processor"].get("image_size"),
+                "image_mean": info["processor"].get("mean"),
+                "image_std": info["processor"].get("std"),
+            }
+            if isinstance(info["processor"], dict)
+            else {},
+            "--model.pretrained_config.processor",
+        )
+    return HFImageEncoder(
+        backbone, model_type, info["config"], image_size, dim, trainable_blocks, unfreeze_after_steps
+    ), info

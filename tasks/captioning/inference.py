@@ -42,8 +42,14 @@ class CaptionMixin:
     ``decoder``, ``vocab``, the eval transform and the ``max_len`` / ``grid_size`` hyper-parameters)."""
 
     @torch.no_grad()
-    def generate(self, images: Tensor, beam_size: int = 5, nbest: int = 1, max_len: int | None = None,
-                 length_penalty: float = 1.0) -> list[list[Caption]]:
+    def generate(
+        self,
+        images: Tensor,
+        beam_size: int = 5,
+        nbest: int = 1,
+        max_len: int | None = None,
+        length_penalty: float = 1.0,
+    ) -> list[list[Caption]]:
         """Beam-search captions for a batch of preprocessed images.
 
         Args:
@@ -59,17 +65,30 @@ class CaptionMixin:
         hp = self.hparams  # type: ignore[attr-defined]
         feats = self.encoder(images)  # type: ignore[attr-defined]  # (B, S, D)
         decoder, vocab = self.decoder, self.vocab  # type: ignore[attr-defined]
-        res = beam_search(decoder.step, decoder.init_state(feats, None, summary=feats.mean(1)),
-                          batch_size=images.shape[0], bos_id=vocab.bos_id, eos_id=vocab.eos_id,
-                          max_len=(max_len or hp.max_len) + 1,  # +1: the EOS step
-                          beam_size=beam_size, nbest=nbest, length_penalty=length_penalty, pad_id=vocab.pad_id,
-                          suppress=(vocab.pad_id, vocab.bos_id))
+        res = beam_search(
+            decoder.step,
+            decoder.init_state(feats, None, summary=feats.mean(1)),
+            batch_size=images.shape[0],
+            bos_id=vocab.bos_id,
+            eos_id=vocab.eos_id,
+            max_len=(max_len or hp.max_len) + 1,  # +1: the EOS step
+            beam_size=beam_size,
+            nbest=nbest,
+            length_penalty=length_penalty,
+            pad_id=vocab.pad_id,
+            suppress=(vocab.pad_id, vocab.bos_id),
+        )
         g = int(hp.grid_size)
         out: list[list[Caption]] = []
         for toks, scores, attns in zip(res.tokens, res.scores, res.attention):
-            out.append([Caption(vocab.decode(t), float(s), vocab.words(t),
-                                None if a is None else a.view(len(t), g, g))  # (T, g*g) -> (T, g, g)
-                        for t, s, a in zip(toks, scores, attns)])
+            out.append(
+                [
+                    Caption(
+                        vocab.decode(t), float(s), vocab.words(t), None if a is None else a.view(len(t), g, g)
+                    )  # (T, g*g) -> (T, g, g)
+                    for t, s, a in zip(toks, scores, attns)
+                ]
+            )
         return out
 
     def _decode_batch(self, batch: Any) -> list[str]:
@@ -77,20 +96,27 @@ class CaptionMixin:
         return [hyps[0].text for hyps in self.generate(batch.images, beam_size=self.hparams.beam_size)]  # type: ignore[attr-defined]
 
     @torch.no_grad()
-    def caption_images(self, images: Sequence[Image.Image], beam: int = 5, nbest: int = 1,
-                       batch_size: int = 16) -> list[list[Caption]]:
+    def caption_images(
+        self, images: Sequence[Image.Image], beam: int = 5, nbest: int = 1, batch_size: int = 16
+    ) -> list[list[Caption]]:
         """``nbest`` captions (with scores and attention) of each RGB PIL image, best first."""
         out: list[list[Caption]] = []
         device = self.device  # type: ignore[attr-defined]
         with eval_mode(self):  # type: ignore[arg-type]
             for start in range(0, len(images), batch_size):
-                x = torch.stack([self.preprocess(im) for im in images[start:start + batch_size]]).to(device)
+                x = torch.stack([self.preprocess(im) for im in images[start : start + batch_size]]).to(device)
                 out.extend(self.generate(x, beam_size=beam, nbest=nbest))
         return out
 
     @torch.no_grad()
-    def caption(self, images: Sequence[str | os.PathLike[str] | Image.Image], beam: int = 5, nbest: int = 1,
-                return_attention: bool = False, batch_size: int = 16) -> list[Any]:
+    def caption(
+        self,
+        images: Sequence[str | os.PathLike[str] | Image.Image],
+        beam: int = 5,
+        nbest: int = 1,
+        return_attention: bool = False,
+        batch_size: int = 16,
+    ) -> list[Any]:
         """Caption images.
 
         Args:
@@ -116,16 +142,17 @@ class CaptionMixin:
         g = int(self.hparams.grid_size)  # type: ignore[attr-defined]
         if not return_attention:
             return [h[0].text for h in hyps]
-        return [(h[0].text, h[0].attention if h[0].attention is not None else torch.zeros(len(h[0].words), g, g))
-                for h in hyps]
+        return [
+            (h[0].text, h[0].attention if h[0].attention is not None else torch.zeros(len(h[0].words), g, g))
+            for h in hyps
+        ]
 
     def preprocess(self, image: Image.Image) -> Tensor:
         """RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor (inference transform)."""
         return self._transform(image)  # type: ignore[attr-defined,no-any-return]
 
 
-def save_attention_figure(image: Image.Image, caption: str, weights: Tensor, path: str | Path,
-                          image_size: int) -> Path:
+def save_attention_figure(image: Image.Image, caption: str, weights: Tensor, path: str | Path, image_size: int) -> Path:
     """Write the per-word attention overlay of one captioned image as a PNG.
 
     Args:

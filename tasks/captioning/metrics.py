@@ -105,9 +105,7 @@ def _cider_vec(
     return vec, [math.sqrt(x) for x in norm], length
 
 
-def cider_d(
-    hypotheses: Sequence[str], references: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0
-) -> float:
+def cider_d(hypotheses: Sequence[str], references: Sequence[Sequence[str]], n: int = 4, sigma: float = 6.0) -> float:
     """Corpus CIDEr-D, COCO toolkit style (document frequencies from the evaluated references).
 
     Args:

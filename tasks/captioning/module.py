@@ -122,13 +122,31 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
     THROUGHPUT_UNIT = "img"
     HPARAMS_FROM_DATA = ("vocab", "image_size", "mean", "std")
     HPARAM_BOUNDS = {
-        "trainable_blocks": (-1, 1000), "unfreeze_after_steps": STEPS, "grid_size": (1, 64), "encoder_dim": SIZE,
+        "trainable_blocks": (-1, 1000),
+        "unfreeze_after_steps": STEPS,
+        "grid_size": (1, 64),
+        "encoder_dim": SIZE,
         "embed_dim": SIZE,
-        "hidden_dim": SIZE, "decoder_layers": LAYERS, "num_heads": LAYERS, "ffn_dim": SIZE,
-        "alpha_reg": (0.0, 1000.0), "dropout": FRACTION, "max_len": LENGTH, "lr": RATE, "encoder_lr_scale": RATE,
-        "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
-        "min_lr_ratio": (0.0, 1.0), "label_smoothing": FRACTION, "beam_size": BEAM, "plot_examples": (0, 1000),
-        "image_size": (16, 1024), "mean": (-10.0, 10.0), "std": (1e-3, 10.0),
+        "hidden_dim": SIZE,
+        "decoder_layers": LAYERS,
+        "num_heads": LAYERS,
+        "ffn_dim": SIZE,
+        "alpha_reg": (0.0, 1000.0),
+        "dropout": FRACTION,
+        "max_len": LENGTH,
+        "lr": RATE,
+        "encoder_lr_scale": RATE,
+        "weight_decay": RATE,
+        "betas": (0.0, 0.999999),
+        "eps": (0.0, 1.0),
+        "warmup_steps": STEPS,
+        "min_lr_ratio": (0.0, 1.0),
+        "label_smoothing": FRACTION,
+        "beam_size": BEAM,
+        "plot_examples": (0, 1000),
+        "image_size": (16, 1024),
+        "mean": (-10.0, 10.0),
+        "std": (1e-3, 10.0),
     }
     HPARAM_RENAMES = {"feat_dim": "encoder_dim", "val_beam_size": "beam_size", "plot_images": "plot_examples"}
     FOLDER_FILES = {"vocab": "vocab.json"}
@@ -185,38 +203,67 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
             raise ConfigError(f"model.vocab: not a captioning word vocabulary: {err}") from None
         self.pretrained_info: dict[str, Any] | None = None
         if is_hf_spec(encoder):
-            self.encoder: Any = self._hf_encoder(encoder, pretrained_config, encoder_dim, image_size, mean, std,
-                                                 trainable_blocks, unfreeze_after_steps)
+            self.encoder: Any = self._hf_encoder(
+                encoder, pretrained_config, encoder_dim, image_size, mean, std, trainable_blocks, unfreeze_after_steps
+            )
         else:
             self.encoder = ImageEncoder(encoder, encoder_dim, grid_size, pretrained, trainable_blocks, dropout=0.0)
         v = len(self.vocab)
         if decoder == "rnn":
             self.decoder: Any = show_attend_tell_decoder(
-                v, encoder_dim, embed_dim, hidden_dim, decoder_layers, rnn_type, attention,
-                _attention_defaults(attention, attention_options), gate, dropout)
+                v,
+                encoder_dim,
+                embed_dim,
+                hidden_dim,
+                decoder_layers,
+                rnn_type,
+                attention,
+                _attention_defaults(attention, attention_options),
+                gate,
+                dropout,
+            )
         elif decoder == "transformer":
             self.decoder = TransformerCaptionDecoder(
                 # Positions also cover teacher-forced training captions, which may be longer than max_len.
-                v, encoder_dim, hidden_dim, decoder_layers, num_heads, ffn_dim, dropout, max(max_len + 2, 128))
+                v,
+                encoder_dim,
+                hidden_dim,
+                decoder_layers,
+                num_heads,
+                ffn_dim,
+                dropout,
+                max(max_len + 2, 128),
+            )
         else:
             raise ConfigError(f"model.decoder={decoder!r}: expected 'rnn' or 'transformer'")
         cells = getattr(getattr(self.decoder, "feat_pos", None), "shape", (0, 10**9))[1]
-        if self.hparams.grid_size ** 2 > cells:  # an hf: backbone's own grid may be larger than the positions
-            raise ConfigError(f"model.encoder={encoder}: its {self.hparams.grid_size}x{self.hparams.grid_size} feature "
-                              f"grid has more cells than the transformer decoder's {cells} positions; use "
-                              f"model.decoder=rnn or a smaller data.image_size")
+        if self.hparams.grid_size**2 > cells:  # an hf: backbone's own grid may be larger than the positions
+            raise ConfigError(
+                f"model.encoder={encoder}: its {self.hparams.grid_size}x{self.hparams.grid_size} feature "
+                f"grid has more cells than the transformer decoder's {cells} positions; use "
+                f"model.decoder=rnn or a smaller data.image_size"
+            )
         self._transform = eval_transform(image_size, tuple(mean), tuple(std))
         # (dataset index, (hypothesis, references)) per evaluated image; the index drops DDP padding repeats
         self._val_out: list[tuple[int, tuple[str, list[str]]]] = []
         self._test_out: dict[int, list[tuple[int, tuple[str, list[str]]]]] = {}
         self._plot_batch: Tensor | None = None
 
-    def _hf_encoder(self, encoder: str, stored: dict[str, Any] | None, dim: int, image_size: int,
-                    mean: tuple[float, ...], std: tuple[float, ...], trainable_blocks: int,
-                    unfreeze_after_steps: int | None) -> Any:
+    def _hf_encoder(
+        self,
+        encoder: str,
+        stored: dict[str, Any] | None,
+        dim: int,
+        image_size: int,
+        mean: tuple[float, ...],
+        std: tuple[float, ...],
+        trainable_blocks: int,
+        unfreeze_after_steps: int | None,
+    ) -> Any:
         """The ``hf:`` backbone (`tasks.captioning.hf_encoder`); ``grid_size`` becomes its feature grid."""
-        enc, self.pretrained_info = hf_image_encoder(encoder, stored, dim, image_size, trainable_blocks,
-                                                     unfreeze_after_steps, mean, std)
+        enc, self.pretrained_info = hf_image_encoder(
+            encoder, stored, dim, image_size, trainable_blocks, unfreeze_after_steps, mean, std
+        )
         self.hparams["grid_size"] = enc.grid_size
         return enc
 
@@ -293,21 +340,37 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
             if max_caption_len + 1 > positions:  # +1: the BOS-prefixed decoder input
                 raise ConfigError(
                     f"data.max_caption_len={max_caption_len} does not fit the transformer decoder's {positions} "
-                    f"learned positions: set data.max_caption_len <= {positions - 1} or model.max_len >= {max_caption_len - 1}"
+                    f"learned positions: set data.max_caption_len <= {positions - 1} "
+                    f"or model.max_len >= {max_caption_len - 1}"
                 )
 
     def training_step(self, batch: Batch | None, batch_idx: int) -> Tensor | None:
         n_skipped = 0 if batch is None else batch.skipped
         # Logged every step (0 when nothing was skipped): with sync_dist every rank must log the same
         # keys, and the epoch value is the total over steps and ranks.
-        self.log("train/skipped_images", float(n_skipped), on_step=False, on_epoch=True, reduce_fx="sum",
-                 sync_dist=True, batch_size=1)
+        self.log(
+            "train/skipped_images",
+            float(n_skipped),
+            on_step=False,
+            on_epoch=True,
+            reduce_fx="sum",
+            sync_dist=True,
+            batch_size=1,
+        )
         if batch is None or len(batch) == 0:  # every image of this batch failed to decode
-            self.log("train/skipped_batches", 1.0, on_step=False, on_epoch=True, reduce_fx="sum",
-                     sync_dist=True, batch_size=1)
+            self.log(
+                "train/skipped_batches",
+                1.0,
+                on_step=False,
+                on_epoch=True,
+                reduce_fx="sum",
+                sync_dist=True,
+                batch_size=1,
+            )
             return empty_batch_loss(self)
-        self.log("train/skipped_batches", 0.0, on_step=False, on_epoch=True, reduce_fx="sum",
-                 sync_dist=True, batch_size=1)
+        self.log(
+            "train/skipped_batches", 0.0, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1
+        )
         loss, ce = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
         self.log("train/ce", ce, batch_size=len(batch))
@@ -356,7 +419,8 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
         if batch is None or len(batch) == 0:
             return
         self._test_out.setdefault(dataloader_idx, []).extend(
-            zip(batch.index.tolist(), zip(self._decode_batch(batch), batch.refs)))
+            zip(batch.index.tolist(), zip(self._decode_batch(batch), batch.refs))
+        )
 
     def on_test_epoch_end(self) -> None:
         dm = getattr(self.trainer, "datamodule", None)
@@ -379,8 +443,10 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
         if batch is None or len(batch) == 0:
             return []
         namer = getattr(_dataset_of(self._trainer, dataloader_idx), "name", None)
-        return [Prediction(int(i), (namer(int(i)) if callable(namer) else f"item {int(i)}", c))
-                for i, c in zip(batch.index.tolist(), self._decode_batch(batch))]
+        return [
+            Prediction(int(i), (namer(int(i)) if callable(namer) else f"item {int(i)}", c))
+            for i, c in zip(batch.index.tolist(), self._decode_batch(batch))
+        ]
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
@@ -395,8 +461,13 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
     def task_metadata(self) -> dict[str, Any]:
         """The vocabulary and the image preprocessing, so the checkpoint alone can caption."""
         hp = self.hparams
-        meta = {"vocab": self.vocab.to_dict(), "image_size": int(hp.image_size), "mean": [float(x) for x in hp.mean],
-                "std": [float(x) for x in hp.std], "grid_size": int(hp.grid_size)}
+        meta = {
+            "vocab": self.vocab.to_dict(),
+            "image_size": int(hp.image_size),
+            "mean": [float(x) for x in hp.mean],
+            "std": [float(x) for x in hp.std],
+            "grid_size": int(hp.grid_size),
+        }
         if self.pretrained_info is not None:  # the hf: backbone's config: rebuilt from it, offline
             meta["pretrained"] = self.pretrained_info
         return meta
@@ -427,8 +498,12 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
             raise CheckpointError(f"{source}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
         if ckpt_vocab.to_dict() != self.vocab.to_dict():
             if len(ckpt_vocab) == len(self.vocab):
-                rank_zero_warn(f"{source} was trained with another vocabulary of the same size than the data "
-                               "module built now; check data.min_freq / data.max_vocab / the corpus")
+                rank_zero_warn(
+                    f"{source} was trained with another vocabulary of the same size than the data "
+                    "module built now; check data.min_freq / data.max_vocab / the corpus"
+                )
             else:
-                raise CheckpointError(f"{source} has a vocabulary of {len(ckpt_vocab)} words, the data module "
-                                      f"{len(self.vocab)}: train and evaluate with the same data settings")
+                raise CheckpointError(
+                    f"{source} has a vocabulary of {len(ckpt_vocab)} words, the data module "
+                    f"{len(self.vocab)}: train and evaluate with the same data settings"
+                )

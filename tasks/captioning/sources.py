@@ -87,7 +87,7 @@ class ReadReport:
 
 
 def _finish(
-    grouped: "OrderedDict[str, tuple[Path, list[str], str | None]]", report: ReadReport, check_files: bool
+    grouped: OrderedDict[str, tuple[Path, list[str], str | None]], report: ReadReport, check_files: bool
 ) -> list[CaptionRecord]:
     """Drop empty captions / missing images, warn, and fail clearly if nothing is left."""
     records: list[CaptionRecord] = []
@@ -204,7 +204,9 @@ def read_flickr_token(
             key, sep, caption = line.rstrip("\n").partition("\t")
             name = key.split("#", 1)[0].strip()
             if not sep or Path(name).suffix.lower() not in IMAGE_SUFFIXES:
-                raise DataError(f"{tok_path}: line {lineno}: expected '<image>#<n><TAB><caption>', got {line.strip()!r}")
+                raise DataError(
+                    f"{tok_path}: line {lineno}: expected '<image>#<n><TAB><caption>', got {line.strip()!r}"
+                )
             grouped.setdefault(name, (img_dir / name, [], splits.get(name)))[1].append(caption)
     return _finish(grouped, report, check_files), report
 
@@ -239,7 +241,7 @@ def read_coco(
         ) from None
     report = ReadReport(str(ann_path))
     grouped: OrderedDict[str, tuple[Path, list[str], str | None]] = OrderedDict()
-    for image_id, file_name in images.items():
+    for file_name in images.values():
         grouped[file_name] = (img_dir / file_name, [], None)
     orphans = 0
     for image_id, caption in anns:

@@ -63,13 +63,17 @@ class CaptionVocab:
         if not isinstance(d, dict):
             raise ValueError(f"expected a word-vocabulary dict, got {type(d).__name__}")
         if d.get("type") != "word":
-            raise ValueError(f"captioning expects a word vocabulary (type 'word'), got tokenizer type {d.get('type')!r}")
+            raise ValueError(
+                f"captioning expects a word vocabulary (type 'word'), got tokenizer type {d.get('type')!r}"
+            )
         words = d.get("vocab")
         if not isinstance(words, list) or not all(isinstance(w, str) for w in words):
             raise ValueError("its 'vocab' entry must be a list of words")
         if list(words[: len(SPECIAL_TOKENS)]) != list(SPECIAL_TOKENS):
-            raise ValueError(f"its 'vocab' must start with the special tokens {list(SPECIAL_TOKENS)}, "
-                             f"got {words[: len(SPECIAL_TOKENS)]}")
+            raise ValueError(
+                f"its 'vocab' must start with the special tokens {list(SPECIAL_TOKENS)}, "
+                f"got {words[: len(SPECIAL_TOKENS)]}"
+            )
         if len(set(words)) != len(words):
             raise ValueError("its 'vocab' lists a word twice")
         try:

@@ -30,9 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tasks.sentiment.module import SentimentModule
 
     spec = InferenceSpec(
-        "attn-sentiment classify", "Classify sentences ('label<TAB>probability<TAB>sentence' per line).",
-        SentimentModule, lambda p: p.add_argument("texts", nargs="+"),
-        lambda a: (InputItem(i, t, lambda t=t: t) for i, t in enumerate(a.texts)), _decode)
+        "attn-sentiment classify",
+        "Classify sentences ('label<TAB>probability<TAB>sentence' per line).",
+        SentimentModule,
+        lambda p: p.add_argument("texts", nargs="+"),
+        lambda a: (InputItem(i, t, lambda t=t: t) for i, t in enumerate(a.texts)),
+        _decode,
+    )
     return task_main(argv, SentimentModule, SentimentDataModule, spec, cli_class=SentimentCLI)
 
 

@@ -35,7 +35,7 @@ class SentimentDataModule(L.LightningDataModule):
         rng = random.Random(seed)
         data = [review(rng) for _ in range(size)]
         n = size // 10
-        self.splits = {"train": data[2 * n:], "val": data[:n], "test": data[n:2 * n]}
+        self.splits = {"train": data[2 * n :], "val": data[:n], "test": data[n : 2 * n]}
         self.tokenizer = WordTokenizer.train([t for t, _ in self.splits["train"]], min_freq=1)
         self.vocab = self.tokenizer.to_dict()  # the CLI links it into the model
 
@@ -47,7 +47,9 @@ class SentimentDataModule(L.LightningDataModule):
         return {"ids": x, "lengths": torch.tensor([len(s) for s in ids]), "labels": torch.tensor([y for _, y in rows])}
 
     def _loader(self, split: str) -> DataLoader:
-        return DataLoader(self.splits[split], self.hparams.batch_size, shuffle=split == "train", collate_fn=self.collate)
+        return DataLoader(
+            self.splits[split], self.hparams.batch_size, shuffle=split == "train", collate_fn=self.collate
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train")

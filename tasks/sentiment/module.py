@@ -31,15 +31,22 @@ class SentimentModule(TaskCheckpointMixin, L.LightningModule):
     TASK, MONITOR, HPARAMS_FROM_DATA = "sentiment", "val/acc", ("vocab",)
     HPARAM_BOUNDS = {"embed_dim": SIZE, "hidden_dim": SIZE, "attention_hidden": SIZE, "lr": RATE}
 
-    def __init__(self, vocab: dict[str, Any] | None = None, embed_dim: int = 32, hidden_dim: int = 32,
-                 attention_hidden: int | None = None, lr: float = 0.01) -> None:
+    def __init__(
+        self,
+        vocab: dict[str, Any] | None = None,
+        embed_dim: int = 32,
+        hidden_dim: int = 32,
+        attention_hidden: int | None = None,
+        lr: float = 0.01,
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.tokenizer = tokenizer_from_dict(vocab or {"type": "word", "vocab": ["<pad>", "<s>", "</s>", "<unk>"]})
         self.embed = nn.Embedding(self.tokenizer.vocab_size, embed_dim, padding_idx=0)
         self.rnn = nn.GRU(embed_dim, hidden_dim, batch_first=True, bidirectional=True)
-        self.attention = build_attention("pooling", query_dim=2 * hidden_dim, key_dim=2 * hidden_dim,
-                                         hidden_dim=attention_hidden)
+        self.attention = build_attention(
+            "pooling", query_dim=2 * hidden_dim, key_dim=2 * hidden_dim, hidden_dim=attention_hidden
+        )
         self.out = nn.Linear(2 * hidden_dim, len(LABELS))
         self.val_acc, self.test_acc = MulticlassAccuracy(len(LABELS)), MulticlassAccuracy(len(LABELS))
 
@@ -77,6 +84,12 @@ class SentimentModule(TaskCheckpointMixin, L.LightningModule):
             ids = torch.tensor([self.tokenizer.encode(text) or [self.tokenizer.unk_id]], device=self.device)
             logits, weights = self(ids, torch.tensor([ids.shape[1]], device=self.device))
             p = logits.softmax(-1)[0]
-            out.append((LABELS[int(p.argmax())], float(p.max()), [self.tokenizer.id_to_token(int(i)) for i in ids[0]],
-                        weights[0].cpu()))
+            out.append(
+                (
+                    LABELS[int(p.argmax())],
+                    float(p.max()),
+                    [self.tokenizer.id_to_token(int(i)) for i in ids[0]],
+                    weights[0].cpu(),
+                )
+            )
         return out

@@ -12,7 +12,7 @@ import io
 import math
 import warnings
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,8 +20,18 @@ import torchaudio
 
 from core.errors import DataError
 
-__all__ = ["SAMPLE_RATE", "MIN_SAMPLES", "SILENCE_DB", "AudioInput", "resampler", "load_audio", "to_mono_16k",
-           "split_on_silence", "audio_info", "is_silent"]
+__all__ = [
+    "MIN_SAMPLES",
+    "SAMPLE_RATE",
+    "SILENCE_DB",
+    "AudioInput",
+    "audio_info",
+    "is_silent",
+    "load_audio",
+    "resampler",
+    "split_on_silence",
+    "to_mono_16k",
+]
 
 SAMPLE_RATE = 16000
 #: Shortest usable input: one 25 ms analysis window at 16 kHz (a shorter one has no speech in it, and the
@@ -33,7 +43,7 @@ SILENCE_DB = -60.0
 
 # What `transcribe` and the datasets accept: a path, or (waveform, sample_rate) with the waveform
 # shaped (N,) or (channels, N) (numpy array or tensor).
-AudioInput = Union[str, Path, tuple[Any, int]]
+AudioInput = str | Path | tuple[Any, int]
 
 
 @functools.lru_cache(maxsize=8)
@@ -71,8 +81,10 @@ def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Te
         raise DataError(f"{source}: the audio is empty (zero samples)")
     min_in = max(1, math.ceil(MIN_SAMPLES * sample_rate / SAMPLE_RATE)) if sample_rate > 0 else MIN_SAMPLES
     if x.numel() < min_in:
-        raise DataError(f"{source}: the audio is too short ({x.numel()} samples at {sample_rate} Hz; at least "
-                        f"{min_in}, i.e. {1000 * MIN_SAMPLES // SAMPLE_RATE} ms)")
+        raise DataError(
+            f"{source}: the audio is too short ({x.numel()} samples at {sample_rate} Hz; at least "
+            f"{min_in}, i.e. {1000 * MIN_SAMPLES // SAMPLE_RATE} ms)"
+        )
     # A float file can hold NaN/Inf; one such sample would poison the features, the feature
     # statistics and the loss (and `nan == 0.0` is False, so silence checks would not catch it).
     if not bool(torch.isfinite(x).all()):
@@ -83,7 +95,7 @@ def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Te
         # Float files may hold samples beyond full scale (or a tool wrote raw integers as floats): squared
         # in the power spectrum they overflow float32 and every feature becomes inf. Scale to full scale;
         # the log-mel features only shift by a constant.
-        warnings.warn(f"{source}: samples reach {peak:.3g}, beyond full scale (1.0); scaled down")
+        warnings.warn(f"{source}: samples reach {peak:.3g}, beyond full scale (1.0); scaled down", stacklevel=2)
         x = x / peak
     if sample_rate != SAMPLE_RATE:
         with torch.no_grad():
@@ -102,8 +114,11 @@ def _read(src: str | Path | bytes) -> tuple[np.ndarray, int]:
         data, sr = sf.read(io.BytesIO(src) if isinstance(src, bytes) else str(src), dtype="float32", always_2d=True)
     except Exception as e:  # libsndfile raises LibsndfileError / RuntimeError / TypeError on bad data
         suffix = Path(name).suffix.lower()
-        hint = (" (MP3 needs libsndfile >= 1.1; convert it to WAV or FLAC, e.g. `ffmpeg -i in.mp3 out.flac`)"
-                if suffix == ".mp3" else " (expected WAV, FLAC or OGG readable by libsndfile)")
+        hint = (
+            " (MP3 needs libsndfile >= 1.1; convert it to WAV or FLAC, e.g. `ffmpeg -i in.mp3 out.flac`)"
+            if suffix == ".mp3"
+            else " (expected WAV, FLAC or OGG readable by libsndfile)"
+        )
         raise DataError(f"{name}: cannot read audio: {e}{hint}") from None
     return data.T, int(sr)  # (N, C) -> (C, N)
 

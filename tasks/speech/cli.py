@@ -42,8 +42,13 @@ def _inputs(args: argparse.Namespace) -> Iterator[InputItem]:
 def _decode(model: Any, loaded: list[tuple[str, Any]], args: argparse.Namespace) -> list[Output]:
     from tasks.speech.audio import SAMPLE_RATE
 
-    results = model.transcribe([(wav, SAMPLE_RATE) for _, wav in loaded], beam=args.beam, nbest=args.nbest,
-                               return_attention=True, batch_size=args.batch_size)
+    results = model.transcribe(
+        [(wav, SAMPLE_RATE) for _, wav in loaded],
+        beam=args.beam,
+        nbest=args.nbest,
+        return_attention=True,
+        batch_size=args.batch_size,
+    )
     outputs = []
     for (name, _), res in zip(loaded, results):
         if args.nbest == 1:
@@ -78,8 +83,13 @@ def _spec() -> InferenceSpec:
     return InferenceSpec(
         prog="attn-asr transcribe",
         description="Transcribe audio files with a trained checkpoint or model folder (one line per file; with "
-                    "--nbest K > 1, K lines '<file><TAB><score><TAB><transcript>').",
-        module_cls=SpeechModule, add_arguments=_add_arguments, inputs=_inputs, decode=_decode, batch_size=16)
+        "--nbest K > 1, K lines '<file><TAB><score><TAB><transcript>').",
+        module_cls=SpeechModule,
+        add_arguments=_add_arguments,
+        inputs=_inputs,
+        decode=_decode,
+        batch_size=16,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

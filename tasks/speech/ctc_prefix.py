@@ -66,7 +66,9 @@ class CTCPrefixScorer:
         """What does not change across steps (one row per hypothesis once the beam is expanded)."""
         return {"x": self.x, "lengths": self.lengths}
 
-    def step(self, last: Tensor, state: dict[str, Tensor], static: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+    def step(
+        self, last: Tensor, state: dict[str, Tensor], static: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
         """Scores of every extension of each row's prefix.
 
         Args:
@@ -111,8 +113,9 @@ class CTCPrefixScorer:
         return (psi - score_g[:, None]).float(), {"r": r, "psi": psi}
 
 
-def joint_search_inputs(step_fn: StepFn, state: DecoderState, scorer: CTCPrefixScorer,
-                        weight: float) -> tuple[StepFn, DecoderState]:
+def joint_search_inputs(
+    step_fn: StepFn, state: DecoderState, scorer: CTCPrefixScorer, weight: float
+) -> tuple[StepFn, DecoderState]:
     """Wrap an attention decoder's beam-search step function and state for joint CTC/attention search.
 
     The CTC state rides beside the decoder's own: its forward variables in ``beams`` (they follow the
@@ -128,16 +131,23 @@ def joint_search_inputs(step_fn: StepFn, state: DecoderState, scorer: CTCPrefixS
     Returns:
         The joint step function and initial state, for `core.decoding.beam_search`.
     """
-    joint_state = DecoderState(beams={"dec": state.beams, "ctc": scorer.initial_state()},
-                               source={"dec": state.source, "ctc": scorer.static()},
-                               shared=state.shared, cache=state.cache)
+    joint_state = DecoderState(
+        beams={"dec": state.beams, "ctc": scorer.initial_state()},
+        source={"dec": state.source, "ctc": scorer.static()},
+        shared=state.shared,
+        cache=state.cache,
+    )
 
     def joint(tokens: Tensor, st: DecoderState) -> tuple[Tensor, DecoderState, Any]:
         inner = DecoderState(st.beams["dec"], st.source["dec"], st.shared, st.cache, st.reorder)
         log_probs, new, attn = step_fn(tokens, inner)
         delta, new_ctc = scorer.step(tokens, st.beams["ctc"], st.source["ctc"])
-        out = DecoderState(beams={"dec": new.beams, "ctc": new_ctc},
-                           source={"dec": new.source, "ctc": st.source["ctc"]}, shared=new.shared, cache=new.cache)
+        out = DecoderState(
+            beams={"dec": new.beams, "ctc": new_ctc},
+            source={"dec": new.source, "ctc": st.source["ctc"]},
+            shared=new.shared,
+            cache=new.cache,
+        )
         return (1.0 - weight) * log_probs + weight * delta.to(log_probs.dtype), out, attn
 
     return joint, joint_state

@@ -13,7 +13,8 @@ import math
 import random
 import unicodedata
 import warnings
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import lightning as L
 import torch
@@ -28,8 +29,15 @@ from tasks.speech.features import FeatureConfig, LogMel
 from tasks.speech.sources import Utterance, read_source
 from tasks.speech.text import normalize_text
 
-__all__ = ["SpeechDataModule", "BucketedSpeechDataset", "make_char_tokenizer", "CHARSET", "collate_items",
-           "validate_utterances", "SortaGradSampler"]
+__all__ = [
+    "CHARSET",
+    "BucketedSpeechDataset",
+    "SortaGradSampler",
+    "SpeechDataModule",
+    "collate_items",
+    "make_char_tokenizer",
+    "validate_utterances",
+]
 
 # Utterances skipped when a batch is loaded (unreadable, NaN, silent) get an individual warning up to
 # this many times per dataset copy (each DataLoader worker has one); the rest are only counted, in the
@@ -117,9 +125,18 @@ class BucketedSpeechDataset(Dataset):
             utterance is still augmented differently every epoch.
     """
 
-    def __init__(self, utts: list[Utterance], tokenizer: BaseTokenizer, feature_cfg: FeatureConfig,
-                 max_frames: int = 20000, max_batch: int = 64, seed: int = 0, split: str = "train",
-                 waveforms: bool = False, cache_features: bool = False) -> None:
+    def __init__(
+        self,
+        utts: list[Utterance],
+        tokenizer: BaseTokenizer,
+        feature_cfg: FeatureConfig,
+        max_frames: int = 20000,
+        max_batch: int = 64,
+        seed: int = 0,
+        split: str = "train",
+        waveforms: bool = False,
+        cache_features: bool = False,
+    ) -> None:
         self.utts, self.tokenizer = utts, tokenizer
         self.waveforms = waveforms
         self.logmel = LogMel(feature_cfg)
@@ -165,8 +182,13 @@ class BucketedSpeechDataset(Dataset):
             self._skip(f"{u.name}: the audio is digital silence")
             return None
         text = normalize_text(u.text)
-        item = {"feats": self.logmel(wav), "tokens": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
-                "text": text, "id": u.name, "index": i}
+        item = {
+            "feats": self.logmel(wav),
+            "tokens": torch.tensor(self.tokenizer.encode(text), dtype=torch.long),
+            "text": text,
+            "id": u.name,
+            "index": i,
+        }
         if self.waveforms:
             item["wav"] = wav
         return item
@@ -175,10 +197,13 @@ class BucketedSpeechDataset(Dataset):
         """Count a skipped utterance; warn for the first few only (a bad corpus must not flood the log)."""
         self.num_failed += 1
         if self.num_failed <= MAX_ROW_WARNINGS:
-            warnings.warn(f"{self.split}: skipping utterance: {why}")
+            warnings.warn(f"{self.split}: skipping utterance: {why}", stacklevel=2)
         if self.num_failed == MAX_ROW_WARNINGS:
-            warnings.warn(f"{self.split}: further unusable utterances are skipped without a warning; their "
-                          f"number is logged as {self.split}/skipped_utterances")
+            warnings.warn(
+                f"{self.split}: further unusable utterances are skipped without a warning; their "
+                f"number is logged as {self.split}/skipped_utterances",
+                stacklevel=2,
+            )
 
     def __getitem__(self, idx: int) -> dict[str, Any]:
         loaded = [self.load_item(i) for i in self.batches[idx]]
@@ -268,8 +293,10 @@ def validate_utterances(utts: list[Utterance], source: str, max_seconds: float |
         shown = ", ".join(names[:3]) + (" ..." if len(names) > 3 else "")
         rank_zero_warn(f"{source}: skipped {len(names)} utterance(s): {why}: {shown}")
     if dropped_chars:
-        rank_zero_warn(f"{source}: {len(dropped_chars)} transcript(s) had characters outside the units "
-                      f"(a-z, apostrophe, space) that were dropped, e.g. {dropped_chars[0]}")
+        rank_zero_warn(
+            f"{source}: {len(dropped_chars)} transcript(s) had characters outside the units "
+            f"(a-z, apostrophe, space) that were dropped, e.g. {dropped_chars[0]}"
+        )
     return kept
 
 
@@ -340,8 +367,13 @@ class SpeechDataModule(L.LightningDataModule):
     # -- synthesised corpus -------------------------------------------------------------------
     def _synth_kwargs(self) -> dict[str, Any]:
         h = self.hparams
-        return {"root": h.cache_dir, "seed": h.synth_seed, "num_train": h.synth_train,
-                "num_val": h.synth_val, "num_test": h.synth_test}
+        return {
+            "root": h.cache_dir,
+            "seed": h.synth_seed,
+            "num_train": h.synth_train,
+            "num_val": h.synth_val,
+            "num_test": h.synth_test,
+        }
 
     def prepare_data(self) -> None:
         """Generate the synthesised corpus once (Lightning calls this on local rank 0 only)."""
@@ -376,7 +408,7 @@ class SpeechDataModule(L.LightningDataModule):
                 rng = random.Random(h.seed)
                 idx = list(range(len(train)))
                 rng.shuffle(idx)
-                n_val = max(1, int(round(len(train) * h.val_fraction))) if len(train) > 1 else 0
+                n_val = max(1, round(len(train) * h.val_fraction)) if len(train) > 1 else 0
                 held = set(idx[:n_val])
                 val = [u for i, u in enumerate(train) if i in held]
                 train = [u for i, u in enumerate(train) if i not in held]
@@ -411,11 +443,20 @@ class SpeechDataModule(L.LightningDataModule):
                 src = "synthesised corpus (val split)"
             else:
                 src = f"{h.train} (held-out share val_fraction={h.val_fraction})"
-            raise DataError(f"{src}: no usable validation utterances (every row was skipped, see the warnings "
-                            f"above, or the held-out share is empty); pass data.val or fix the data")
+            raise DataError(
+                f"{src}: no usable validation utterances (every row was skipped, see the warnings "
+                f"above, or the held-out share is empty); pass data.val or fix the data"
+            )
         if stage in ("test", "predict") and not self.splits["test"]:
-            src = str(h.test) if h.test else ("synthesised corpus (test split)" if h.train is None
-                                              else f"{h.val or h.train} (validation data used as test)")
+            src = (
+                str(h.test)
+                if h.test
+                else (
+                    "synthesised corpus (test split)"
+                    if h.train is None
+                    else f"{h.val or h.train} (validation data used as test)"
+                )
+            )
             raise DataError(f"{src}: no usable test utterances (every row was skipped, see the warnings above)")
 
     def _estimate_stats(self) -> None:
@@ -438,15 +479,29 @@ class SpeechDataModule(L.LightningDataModule):
     # -- loaders -------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         h = self.hparams
-        ds = BucketedSpeechDataset(self.splits[split], self.tokenizer, self.feature_cfg, h.max_frames,
-                                   h.max_batch, h.seed, split=split, waveforms=self.waveforms,
-                                   cache_features=bool(h.cache_features) and split == "train")
+        ds = BucketedSpeechDataset(
+            self.splits[split],
+            self.tokenizer,
+            self.feature_cfg,
+            h.max_frames,
+            h.max_batch,
+            h.seed,
+            split=split,
+            waveforms=self.waveforms,
+            cache_features=bool(h.cache_features) and split == "train",
+        )
         sampler = None
         if shuffle and h.sortagrad:
             # The sampler's own seed: torch's global RNG (seeded per run) picks it, as it would the shuffle.
             sampler, shuffle = SortaGradSampler(len(ds), int(torch.randint(0, 2**31 - 1, ()).item())), False
-        return DataLoader(ds, batch_size=None, shuffle=shuffle, sampler=sampler, num_workers=h.num_workers,
-                          persistent_workers=h.num_workers > 0 and split == "train")
+        return DataLoader(
+            ds,
+            batch_size=None,
+            shuffle=shuffle,
+            sampler=sampler,
+            num_workers=h.num_workers,
+            persistent_workers=h.num_workers > 0 and split == "train",
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

@@ -15,8 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from core.progress import Sink, StageProgress, null_sink
 from core.predict import write_text_atomic
+from core.progress import Sink, StageProgress, null_sink
 from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
 from tasks.demo_report import Example, TaskReport
 
@@ -26,21 +26,35 @@ TASK = "speech"
 
 #: Data settings of the demo (the corpus is cached under a key of these sizes).
 DEMO_DATA: dict[str, Any] = {
-    "synth_train": 1200, "synth_val": 24, "synth_test": 100, "max_frames": 4000, "max_batch": 24,
+    "synth_train": 1200,
+    "synth_val": 24,
+    "synth_test": 100,
+    "max_frames": 4000,
+    "max_batch": 24,
     # Features computed once and kept (1,200 utterances, ~80 MB), in-process: after the first epoch a batch
     # costs nothing to load, and no loader process competes with the other task training on the other core.
-    "num_workers": 0, "cache_features": True,
+    "num_workers": 0,
+    "cache_features": True,
 }
 #: Model settings of the demo.
 DEMO_MODEL: dict[str, Any] = {
-    "encoder_dim": 128, "encoder_layers": 2, "hidden_dim": 160, "embed_dim": 32, "lr": 3e-3,
-    "warmup_steps": 100, "beam_size": 3, "plot_examples": 0, "ctc_weight": 0.5,
+    "encoder_dim": 128,
+    "encoder_layers": 2,
+    "hidden_dim": 160,
+    "embed_dim": 32,
+    "lr": 3e-3,
+    "warmup_steps": 100,
+    "beam_size": 3,
+    "plot_examples": 0,
+    "ctc_weight": 0.5,
     # What benchmarks/time_to_quality.py measured (RESULTS.md, "Time to quality"): joint CTC/attention
     # beam search reaches CER 10 % in ~2/3 of the steps of n-best rescoring; a guided-attention prior,
     # faded out over the first 300 steps, makes the attention find the monotonic alignment in ~150 steps
     # (without it, it sits on word boundaries); 16 subsampling channels and the plain (not recomputed)
     # attention energies make a step ~30 % cheaper on one CPU thread.
-    "joint_ctc_decoding": True, "guided_attention_weight": 1.0, "guided_attention_steps": 300,
+    "joint_ctc_decoding": True,
+    "guided_attention_weight": 1.0,
+    "guided_attention_steps": 300,
     "encoder_conv_channels": 16,
     "attention_options": {"hidden_dim": 96, "conv_channels": 8, "kernel_size": 15, "memory_efficient": False},
 }
@@ -56,8 +70,9 @@ RESERVE_S = 35.0
 QUICK_DATA: dict[str, Any] = {"synth_train": 32, "synth_val": 4, "synth_test": 8, "num_workers": 0}
 
 
-def build(seed: int = 0, data: dict[str, Any] | None = None, model: dict[str, Any] | None = None,
-          sink: Sink = null_sink) -> tuple[Any, Any]:
+def build(
+    seed: int = 0, data: dict[str, Any] | None = None, model: dict[str, Any] | None = None, sink: Sink = null_sink
+) -> tuple[Any, Any]:
     """The demo's data module and model (seeded; corpus prepared and set up).
 
     Args:
@@ -78,9 +93,13 @@ def build(seed: int = 0, data: dict[str, Any] | None = None, model: dict[str, An
         from tasks.speech.synth import generate_corpus
 
         # Synthesis (first run only; cached): report to the demo's display instead of a bar of its own.
-        prog = StageProgress(sink, TASK, "synthesising the corpus", sum(dm._synth_kwargs()[k] for k in
-                                                                        ("num_train", "num_val", "num_test")),
-                             "utterances")
+        prog = StageProgress(
+            sink,
+            TASK,
+            "synthesising the corpus",
+            sum(dm._synth_kwargs()[k] for k in ("num_train", "num_val", "num_test")),
+            "utterances",
+        )
         generate_corpus(**dm._synth_kwargs(), progress=lambda done, total: prog.update(done - prog.n))
         if prog.n:
             prog.close()
@@ -107,8 +126,13 @@ def load_features(utts: Sequence[Any]) -> list[tuple[torch.Tensor, str]]:
 
 
 @torch.no_grad()
-def evaluate(model: Any, feats: Sequence[tuple[torch.Tensor, str]], beam: int = DEMO_BEAM, batch_size: int = 16,
-             progress: StageProgress | None = None) -> tuple[dict[str, float], list[str]]:
+def evaluate(
+    model: Any,
+    feats: Sequence[tuple[torch.Tensor, str]],
+    beam: int = DEMO_BEAM,
+    batch_size: int = 16,
+    progress: StageProgress | None = None,
+) -> tuple[dict[str, float], list[str]]:
     """CER/WER (percent) of `model` on pre-computed held-out features.
 
     Args:
@@ -128,7 +152,7 @@ def evaluate(model: Any, feats: Sequence[tuple[torch.Tensor, str]], beam: int = 
     hyps, greedy_ctc = [""] * len(feats), [""] * len(feats)
     off_diagonal: list[float] = []
     for s in range(0, len(order), batch_size):
-        idx = order[s:s + batch_size]
+        idx = order[s : s + batch_size]
         x = [feats[i][0] for i in idx]
         lens = torch.tensor([f.shape[0] for f in x], device=model.device)
         batch = torch.nn.utils.rnn.pad_sequence(x, batch_first=True).to(model.device)  # (B, T, F)
@@ -166,8 +190,14 @@ def _ctc_greedy(model: Any, feats: torch.Tensor, lens: torch.Tensor) -> list[str
     return out
 
 
-def run_demo(out_dir: Path, max_minutes: float = 3.5, seed: int = 0, sink: Sink = null_sink,
-             n_held_out: int = HELD_OUT, data: dict[str, Any] | None = None) -> TaskReport:
+def run_demo(
+    out_dir: Path,
+    max_minutes: float = 3.5,
+    seed: int = 0,
+    sink: Sink = null_sink,
+    n_held_out: int = HELD_OUT,
+    data: dict[str, Any] | None = None,
+) -> TaskReport:
     """Train a small joint CTC/attention model on synthesised speech, reload it, score and show it.
 
     Writes into `out_dir`: `speech.ckpt` (reloaded through the safe loader before use), for the shown
@@ -211,12 +241,19 @@ def run_demo(out_dir: Path, max_minutes: float = 3.5, seed: int = 0, sink: Sink 
         metrics, hyps = evaluate(reloaded, feats, progress=prog)
     refs = [r for _, r in feats]
     correct = [h == r for h, r in zip(hyps, refs)]
-    report = TaskReport(TASK, metrics=metrics, n_examples={"test": len(feats)}, train_steps=trainer.global_step,
-                        train_seconds=clock.seconds, files=[ckpt])
+    report = TaskReport(
+        TASK,
+        metrics=metrics,
+        n_examples={"test": len(feats)},
+        train_steps=trainer.global_step,
+        train_seconds=clock.seconds,
+        files=[ckpt],
+    )
     for k, i in enumerate(shown_indices(correct)):
         spec, ref = feats[i]
-        best = reloaded.decode_features(spec[None], torch.tensor([spec.shape[0]]), beam=DEMO_BEAM,
-                                        with_attention=True)[0][0]
+        best = reloaded.decode_features(spec[None], torch.tensor([spec.shape[0]]), beam=DEMO_BEAM, with_attention=True)[
+            0
+        ][0]
         text, att = best.text, best.attention
         wav = out_dir / f"speech_{k}.wav"
         sf.write(wav, load_audio(utts[i].audio).numpy(), SAMPLE_RATE)
@@ -226,12 +263,20 @@ def run_demo(out_dir: Path, max_minutes: float = 3.5, seed: int = 0, sink: Sink 
             png = out_dir / f"speech_alignment_{k}.png"
             plot_spectrogram_alignment(spec.T, att, list(text), path=png, title=f"ref: {ref}")
             report.files.append(png)
-        report.examples.append(Example(output=hyps[i], references=[ref], correct=correct[i],
-                                       audio=f"{out_dir.name}/{wav.name}",
-                                       figure=f"{out_dir.name}/{png.name}" if png else None, group=f"test #{i}"))
+        report.examples.append(
+            Example(
+                output=hyps[i],
+                references=[ref],
+                correct=correct[i],
+                audio=f"{out_dir.name}/{wav.name}",
+                figure=f"{out_dir.name}/{png.name}" if png else None,
+                group=f"test #{i}",
+            )
+        )
     txt = out_dir / "speech_transcripts.txt"
-    write_text_atomic(txt, "".join(f"ref: {r}\nhyp: {h}\n{'ok' if c else 'WRONG'}\n\n"
-                                   for r, h, c in zip(refs, hyps, correct)))
+    write_text_atomic(
+        txt, "".join(f"ref: {r}\nhyp: {h}\n{'ok' if c else 'WRONG'}\n\n" for r, h, c in zip(refs, hyps, correct))
+    )
     report.files.append(txt)
     figures = [f for f in report.files if f.suffix == ".png"]
     folder = export_model(reloaded, out_dir, report.metrics, figures[0] if figures else None)

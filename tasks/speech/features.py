@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any, Iterable
+from typing import Any
 
 import torch
 import torchaudio
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from core.errors import DataError
 
-__all__ = ["FeatureConfig", "LogMel", "FeatureStats", "SpecAugment"]
+__all__ = ["FeatureConfig", "FeatureStats", "LogMel", "SpecAugment"]
 
 
 @dataclass
@@ -46,8 +47,14 @@ class FeatureConfig:
         """
         from core.errors import CheckpointError
 
-        limits = {"sample_rate": (1000, 192000), "n_mels": (1, 512), "n_fft": (16, 16384), "hop_length": (1, 16384),
-                  "f_min": (0.0, 96000.0), "f_max": (1.0, 96000.0)}
+        limits = {
+            "sample_rate": (1000, 192000),
+            "n_mels": (1, 512),
+            "n_fft": (16, 16384),
+            "hop_length": (1, 16384),
+            "f_min": (0.0, 96000.0),
+            "f_max": (1.0, 96000.0),
+        }
         if not isinstance(data, dict) or set(data) - set(limits):
             got = sorted(data) if isinstance(data, dict) else data
             raise CheckpointError(f"{source}: feature_config must be a dict with fields {sorted(limits)}, got {got!r}")
@@ -56,12 +63,15 @@ class FeatureConfig:
             integral = isinstance(getattr(cls, key), int)
             ok_type = isinstance(value, int) if integral else isinstance(value, (int, float))
             if isinstance(value, bool) or not ok_type or not low <= value <= high:
-                raise CheckpointError(f"{source}: feature_config.{key} = {value!r}, expected a number in "
-                                      f"[{low}, {high}]")
+                raise CheckpointError(
+                    f"{source}: feature_config.{key} = {value!r}, expected a number in [{low}, {high}]"
+                )
         cfg = cls(**data)
         if cfg.f_min >= cfg.f_max or cfg.f_max > cfg.sample_rate / 2 or cfg.hop_length > cfg.n_fft:
-            raise CheckpointError(f"{source}: feature_config is inconsistent (need f_min < f_max <= sample_rate/2 "
-                                  f"and hop_length <= n_fft): {data}")
+            raise CheckpointError(
+                f"{source}: feature_config is inconsistent (need f_min < f_max <= sample_rate/2 "
+                f"and hop_length <= n_fft): {data}"
+            )
         return cfg
 
 
@@ -79,8 +89,13 @@ class LogMel(nn.Module):
 
     def _mel(self) -> torchaudio.transforms.MelSpectrogram:
         return torchaudio.transforms.MelSpectrogram(
-            sample_rate=self.cfg.sample_rate, n_fft=self.cfg.n_fft, hop_length=self.cfg.hop_length,
-            f_min=self.cfg.f_min, f_max=self.cfg.f_max, n_mels=self.cfg.n_mels, power=2.0,
+            sample_rate=self.cfg.sample_rate,
+            n_fft=self.cfg.n_fft,
+            hop_length=self.cfg.hop_length,
+            f_min=self.cfg.f_min,
+            f_max=self.cfg.f_max,
+            n_mels=self.cfg.n_mels,
+            power=2.0,
         )
 
     @torch.no_grad()
@@ -105,7 +120,7 @@ class FeatureStats(nn.Module):
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
 
     @torch.no_grad()
-    def fit(self, feats: Iterable[Tensor]) -> "FeatureStats":
+    def fit(self, feats: Iterable[Tensor]) -> FeatureStats:
         """Estimate mean/std from `(frames, n_mels)` tensors (float64 sums: many frames).
 
         Raises:
@@ -124,8 +139,10 @@ class FeatureStats(nn.Module):
         var = (ss / n - mean**2).clamp_min(1e-8)
         mean32, std32 = mean.float(), var.sqrt().float()
         if not (bool(torch.isfinite(mean32).all()) and bool(torch.isfinite(std32).all())):
-            raise DataError(f"feature statistics over {n} frames are not finite (NaN/Inf in the audio or "
-                            f"features of the training utterances used for them); check the training audio")
+            raise DataError(
+                f"feature statistics over {n} frames are not finite (NaN/Inf in the audio or "
+                f"features of the training utterances used for them); check the training audio"
+            )
         self.set(mean32, std32)
         return self
 
@@ -147,8 +164,14 @@ class SpecAugment(nn.Module):
     (`iid_masks=True`), in training only.
     """
 
-    def __init__(self, freq_masks: int = 2, freq_width: int = 15, time_masks: int = 2, time_width: int = 25,
-                 time_ratio: float = 0.1) -> None:
+    def __init__(
+        self,
+        freq_masks: int = 2,
+        freq_width: int = 15,
+        time_masks: int = 2,
+        time_width: int = 25,
+        time_ratio: float = 0.1,
+    ) -> None:
         super().__init__()
         self.freq_masks, self.time_masks = freq_masks, time_masks
         self.fmask = torchaudio.transforms.FrequencyMasking(freq_width, iid_masks=True)

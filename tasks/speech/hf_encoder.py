@@ -52,11 +52,19 @@ def speech_settings(processor: Mapping[str, Any], model_type: str, what: str) ->
     rate = processor.get("sampling_rate", INPUT_RATE)
     if isinstance(rate, bool) or not isinstance(rate, int) or not 8000 <= rate <= 48000:
         raise ConfigError(f"{what}: sampling_rate = {rate!r}, expected 8000..48000 Hz")
-    out: dict[str, Any] = {"sampling_rate": rate, "do_normalize": bool(processor.get("do_normalize", False)),
-                           "return_attention_mask": bool(processor.get("return_attention_mask", False))}
+    out: dict[str, Any] = {
+        "sampling_rate": rate,
+        "do_normalize": bool(processor.get("do_normalize", False)),
+        "return_attention_mask": bool(processor.get("return_attention_mask", False)),
+    }
     if model_type == "whisper":
-        limits = {"feature_size": (1, 512), "hop_length": (1, 4096), "chunk_length": (1, 60), "n_fft": (16, 8192),
-                  "padding_value": (-1e6, 1e6)}
+        limits = {
+            "feature_size": (1, 512),
+            "hop_length": (1, 4096),
+            "chunk_length": (1, 60),
+            "n_fft": (16, 8192),
+            "padding_value": (-1e6, 1e6),
+        }
         for key in _WHISPER_KEYS:
             value = processor.get(key)
             low, high = limits[key]
@@ -78,8 +86,15 @@ class HFSpeechEncoder(nn.Module):
         unfreeze_after_steps: keep it frozen for this many optimizer steps first.
     """
 
-    def __init__(self, backbone: nn.Module, model_type: str, config: Mapping[str, Any], settings: Mapping[str, Any],
-                 trainable_blocks: int = -1, unfreeze_after_steps: int | None = None) -> None:
+    def __init__(
+        self,
+        backbone: nn.Module,
+        model_type: str,
+        config: Mapping[str, Any],
+        settings: Mapping[str, Any],
+        trainable_blocks: int = -1,
+        unfreeze_after_steps: int | None = None,
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.model_type = model_type
@@ -92,8 +107,9 @@ class HFSpeechEncoder(nn.Module):
         never = ["conv1.", "conv2.", "embed_positions."] if whisper else ["feature_extractor."]
         if not whisper and not float(config.get("mask_time_prob", 0.0)) > 0:
             never.append("masked_spec_embed")  # only used by time masking: unused without it
-        self.freeze_policy = FreezePolicy(backbone, find_blocks(backbone), trainable_blocks, unfreeze_after_steps,
-                                          never=never)
+        self.freeze_policy = FreezePolicy(
+            backbone, find_blocks(backbone), trainable_blocks, unfreeze_after_steps, never=never
+        )
         self._whisper_fe: Any = None
         if whisper:
             from transformers import WhisperFeatureExtractor
@@ -134,8 +150,11 @@ class HFSpeechEncoder(nn.Module):
             # Whisper reads the log-mels of a 30 s window (padded); its convolutions halve the frame rate,
             # so one output frame covers 2 * hop_length input samples.
             fe = self._whisper_fe
-            feats = fe([w[: int(n)].cpu().numpy() for w, n in zip(x, lengths)], sampling_rate=fe.sampling_rate,
-                       return_tensors="pt").input_features.to(x.device)  # (B, n_mels, frames)
+            feats = fe(
+                [w[: int(n)].cpu().numpy() for w, n in zip(x, lengths)],
+                sampling_rate=fe.sampling_rate,
+                return_tensors="pt",
+            ).input_features.to(x.device)  # (B, n_mels, frames)
             out = self.backbone(feats, output_hidden_states=True)
             frames = (lengths.to(x.device) + 2 * fe.hop_length - 1) // (2 * fe.hop_length)
         else:
@@ -157,13 +176,17 @@ class HFSpeechEncoder(nn.Module):
         """
         x, lengths, mask = self._prepare(wavs, lengths)
         if self._whisper_fe is not None and int(lengths.max()) > self._whisper_fe.n_samples:
-            raise ConfigError(f"whisper encoders read at most {self._whisper_fe.chunk_length} s at once; set "
-                              f"model.max_chunk_seconds / data.max_seconds below it")
+            raise ConfigError(
+                f"whisper encoders read at most {self._whisper_fe.chunk_length} s at once; set "
+                f"model.max_chunk_seconds / data.max_seconds below it"
+            )
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_policy.fully_frozen):
             hidden, frames = self._run(x, lengths, mask)
         if len(hidden) != self.layer_weights.numel():
-            raise RuntimeError(f"the {self.model_type} encoder returned {len(hidden)} hidden states, expected "
-                               f"{self.layer_weights.numel()} (is LayerDrop on?)")
+            raise RuntimeError(
+                f"the {self.model_type} encoder returned {len(hidden)} hidden states, expected "
+                f"{self.layer_weights.numel()} (is LayerDrop on?)"
+            )
         stack = torch.stack(hidden)  # (L+1, B, S, D)
         stack = F.layer_norm(stack, stack.shape[-1:])
         weights = torch.softmax(self.layer_weights, dim=0).to(stack.dtype)  # (L+1,)
@@ -171,8 +194,9 @@ class HFSpeechEncoder(nn.Module):
         return feats, frames
 
 
-def hf_speech_encoder(spec: str, stored: Mapping[str, Any] | None, trainable_blocks: int,
-                      unfreeze_after_steps: int | None) -> tuple[HFSpeechEncoder, dict[str, Any]]:
+def hf_speech_encoder(
+    spec: str, stored: Mapping[str, Any] | None, trainable_blocks: int, unfreeze_after_steps: int | None
+) -> tuple[HFSpeechEncoder, dict[str, Any]]:
     """Build the encoder of ``--model.encoder hf:...``.
 
     Args:
@@ -184,21 +208,26 @@ def hf_speech_encoder(spec: str, stored: Mapping[str, Any] | None, trainable_blo
         ``(encoder, pretrained_config)``: ``{"source", "model_type", "config", "processor"}`` as plain data.
     """
     if stored is not None:
-        backbone = build_from_config(stored.get("config"), "speech", "--model.pretrained_config",  # type: ignore[arg-type]
-                                     overrides=_NO_LAYERDROP)
+        backbone = build_from_config(
+            stored.get("config"),
+            "speech",
+            "--model.pretrained_config",  # type: ignore[arg-type]
+            overrides=_NO_LAYERDROP,
+        )
         info = dict(stored)
         model_type = str(info["config"]["model_type"])
         processor = info.get("processor")
-        settings = speech_settings(processor if isinstance(processor, dict) else {}, model_type,
-                                   "--model.pretrained_config.processor")
+        settings = speech_settings(
+            processor if isinstance(processor, dict) else {}, model_type, "--model.pretrained_config.processor"
+        )
     else:
         folder = resolve_pretrained(spec, OPTION)
         model_type = read_model_type(folder, "speech", OPTION)
         what = f"{OPTION}={folder}"
-        processor = read_json_file(folder / "preprocessor_config.json", what,
-                                   "the feature extractor's sampling rate and normalisation")
+        processor = read_json_file(
+            folder / "preprocessor_config.json", what, "the feature extractor's sampling rate and normalisation"
+        )
         settings = speech_settings(processor, model_type, what)
         backbone, config = load_pretrained(folder, "speech", OPTION, overrides=_NO_LAYERDROP)
         info = {"source": hf_name(spec), "model_type": model_type, "config": config, "processor": settings}
-    return HFSpeechEncoder(backbone, model_type, info["config"], settings, trainable_blocks,
-                           unfreeze_after_steps), info
+    return HFSpeechEncoder(backbone, model_type, info["config"], settings, trainable_blocks, unfreeze_after_steps), info

@@ -73,9 +73,16 @@ class TranscribeMixin:
     ``tokenizer`` and the ``ctc_weight`` / ``length_penalty`` hyper-parameters)."""
 
     @torch.no_grad()
-    def decode_features(self, feats: Tensor, lens: Tensor, beam: int = 5, nbest: int = 1,
-                        with_attention: bool = False, wavs: Tensor | None = None,
-                        wav_lens: Tensor | None = None) -> list[list[Hypothesis]]:
+    def decode_features(
+        self,
+        feats: Tensor,
+        lens: Tensor,
+        beam: int = 5,
+        nbest: int = 1,
+        with_attention: bool = False,
+        wavs: Tensor | None = None,
+        wav_lens: Tensor | None = None,
+    ) -> list[list[Hypothesis]]:
         """Beam search, the n-best rescored with CTC (or CTC prefix scores at every step: ``joint_ctc_decoding``).
 
         Args:
@@ -107,19 +114,40 @@ class TranscribeMixin:
             # CTC rescoring needs alternatives: keep the whole beam when CTC has a say.
             keep = beam if hp.ctc_weight > 0 and not joint else nbest
             # 40 ms encoder frames; even fast speech stays under ~1 character per frame.
-            res = beam_search(step_fn, state, batch_size=enc.shape[0], bos_id=tk.bos_id,
-                              eos_id=tk.eos_id, max_len=enc.shape[1] + 5, beam_size=beam, nbest=keep,
-                              length_penalty=hp.length_penalty, pad_id=tk.pad_id, suppress=(tk.pad_id, tk.bos_id))
+            res = beam_search(
+                step_fn,
+                state,
+                batch_size=enc.shape[0],
+                bos_id=tk.bos_id,
+                eos_id=tk.eos_id,
+                max_len=enc.shape[1] + 5,
+                beam_size=beam,
+                nbest=keep,
+                length_penalty=hp.length_penalty,
+                pad_id=tk.pad_id,
+                suppress=(tk.pad_id, tk.bos_id),
+            )
             out = []
             for b in range(enc.shape[0]):
                 n_frames = int(mask[b].sum())
-                scores = ([float(x) for x in res.scores[b]] if joint
-                          else self._joint_scores(res.tokens[b], res.scores[b], ctc_lp[b, :n_frames]))
+                scores = (
+                    [float(x) for x in res.scores[b]]
+                    if joint
+                    else self._joint_scores(res.tokens[b], res.scores[b], ctc_lp[b, :n_frames])
+                )
                 order = sorted(range(len(scores)), key=lambda k: scores[k], reverse=True)[:nbest]
-                out.append([Hypothesis(tk.decode(res.tokens[b][k]), scores[k],
-                                       res.attention[b][k][:, :n_frames]
-                                       if with_attention and res.attention[b][k] is not None else None)
-                            for k in order])
+                out.append(
+                    [
+                        Hypothesis(
+                            tk.decode(res.tokens[b][k]),
+                            scores[k],
+                            res.attention[b][k][:, :n_frames]
+                            if with_attention and res.attention[b][k] is not None
+                            else None,
+                        )
+                        for k in order
+                    ]
+                )
             return out
 
     def _joint_scores(self, hyps: list[list[int]], scores: list[float], ctc_lp: Tensor) -> list[float]:
@@ -138,15 +166,27 @@ class TranscribeMixin:
         tlens = torch.tensor([len(h) for h in hyps], dtype=torch.long)
         lp_in = ctc_lp.float().cpu().unsqueeze(1).expand(-1, n, -1)  # (S, N, V): one utterance, N hypotheses
         in_lens = torch.full((n,), ctc_lp.shape[0], dtype=torch.long)
-        ctc = -F.ctc_loss(lp_in, targets, in_lens, tlens, blank=self.tokenizer.pad_id,  # type: ignore[attr-defined]
-                          reduction="none")  # (N,)
+        ctc = -F.ctc_loss(
+            lp_in,
+            targets,
+            in_lens,
+            tlens,
+            blank=self.tokenizer.pad_id,  # type: ignore[attr-defined]
+            reduction="none",
+        )  # (N,)
         norm = torch.tensor([(len(h) + 1) ** lp for h in hyps], dtype=torch.float32)
         total = (1 - w) * torch.tensor(scores, dtype=torch.float32) + w * ctc / norm
         return torch.nan_to_num(total, nan=-math.inf, posinf=-math.inf).tolist()
 
     @torch.no_grad()
-    def transcribe(self, inputs: Sequence[AudioInput], beam: int = 5, nbest: int = 1, return_attention: bool = False,
-                   batch_size: int = 16) -> list[Any]:
+    def transcribe(
+        self,
+        inputs: Sequence[AudioInput],
+        beam: int = 5,
+        nbest: int = 1,
+        return_attention: bool = False,
+        batch_size: int = 16,
+    ) -> list[Any]:
         """Transcribe audio files or waveforms.
 
         Audio longer than the trained range (`max_chunk_seconds`) is cut into chunks at the quietest points
@@ -184,7 +224,7 @@ class TranscribeMixin:
             todo = sorted((j for j, c in enumerate(chunks) if not c[3]), key=lambda j: chunks[j][2].shape[0])
             decoded: dict[int, list[Hypothesis]] = {}
             for s in range(0, len(todo), batch_size):
-                idx = todo[s:s + batch_size]
+                idx = todo[s : s + batch_size]
                 feats = [chunks[j][2] for j in idx]
                 lens = torch.tensor([f.shape[0] for f in feats], device=dev)
                 batch = torch.nn.utils.rnn.pad_sequence(feats, batch_first=True).to(dev)  # (B, T, F)
@@ -193,15 +233,19 @@ class TranscribeMixin:
                     waves = [chunks[j][4] for j in idx]
                     wavs = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True).to(dev)  # (B, N)
                     wav_lens = torch.tensor([w.numel() for w in waves], device=dev)
-                hyps = self.decode_features(batch, lens, beam=beam, nbest=nbest, with_attention=return_attention,
-                                            wavs=wavs, wav_lens=wav_lens)
+                hyps = self.decode_features(
+                    batch, lens, beam=beam, nbest=nbest, with_attention=return_attention, wavs=wavs, wav_lens=wav_lens
+                )
                 decoded.update(zip(idx, hyps))
         per_input: list[list[tuple[list[Hypothesis], ChunkAlignment | None]]] = [[] for _ in inputs]
         for j, (i, start, feats, _, _) in enumerate(chunks):
             hyps = decoded.get(j, [])
             best = hyps[0] if hyps else None
-            align = (ChunkAlignment(feats.T.cpu(), best.attention.cpu(), list(best.text), start)
-                     if return_attention and best is not None and best.attention is not None else None)
+            align = (
+                ChunkAlignment(feats.T.cpu(), best.attention.cpu(), list(best.text), start)
+                if return_attention and best is not None and best.attention is not None
+                else None
+            )
             per_input[i].append((hyps, align))
         results = [_join(parts) for parts in per_input]
         if return_attention or nbest > 1:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from core.attention import build_attention, lengths_to_mask
 from core.layers import AttentionalRNNDecoder, SinusoidalPositions, TransformerEncoderLayer
 
-__all__ = ["SpeechEncoder", "ASRModel", "subsampled_lengths", "upgrade_state_dict_v1"]
+__all__ = ["ASRModel", "SpeechEncoder", "subsampled_lengths", "upgrade_state_dict_v1"]
 
 
 def subsampled_lengths(lengths: Tensor) -> Tensor:
@@ -54,8 +54,10 @@ class ConvSubsampling(nn.Module):
     def __init__(self, n_mels: int, channels: int, d_out: int) -> None:
         super().__init__()
         self.conv = nn.Sequential(
-            nn.Conv2d(1, channels, 3, stride=2, padding=1), nn.ReLU(),
-            nn.Conv2d(channels, channels, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(1, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, stride=2, padding=1),
+            nn.ReLU(),
         )
         f_out = (((n_mels + 1) // 2) + 1) // 2
         self.proj = nn.Linear(channels * f_out, d_out)
@@ -123,8 +125,14 @@ class ConformerBlock(nn.Module):
         super().__init__()
 
         def ffn() -> nn.Sequential:
-            return nn.Sequential(nn.LayerNorm(d), nn.Linear(d, ff_mult * d), nn.SiLU(), nn.Dropout(dropout),
-                                 nn.Linear(ff_mult * d, d), nn.Dropout(dropout))
+            return nn.Sequential(
+                nn.LayerNorm(d),
+                nn.Linear(d, ff_mult * d),
+                nn.SiLU(),
+                nn.Dropout(dropout),
+                nn.Linear(ff_mult * d, d),
+                nn.Dropout(dropout),
+            )
 
         self.ff1, self.ff2 = ffn(), ffn()
         self.attn_norm = nn.LayerNorm(d)
@@ -166,8 +174,16 @@ class SpeechEncoder(nn.Module):
         conv_channels: channels of the conv2d subsampling.
     """
 
-    def __init__(self, kind: str = "lstm", n_mels: int = 80, hidden: int = 192, layers: int = 3,
-                 heads: int = 4, dropout: float = 0.1, conv_channels: int = 32) -> None:
+    def __init__(
+        self,
+        kind: str = "lstm",
+        n_mels: int = 80,
+        hidden: int = 192,
+        layers: int = 3,
+        heads: int = 4,
+        dropout: float = 0.1,
+        conv_channels: int = 32,
+    ) -> None:
         super().__init__()
         kinds = ("lstm", "pblstm", "transformer", "conformer")
         if kind not in kinds:
@@ -191,8 +207,9 @@ class SpeechEncoder(nn.Module):
             self.pos = SinusoidalPositions(hidden)
             if kind == "transformer":
                 # ReLU feed-forward of 4x width, as in the 2017 Transformer (and format-1 checkpoints)
-                self.blocks = nn.ModuleList([TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, "relu")
-                                             for _ in range(layers)])
+                self.blocks = nn.ModuleList(
+                    [TransformerEncoderLayer(hidden, heads, 4 * hidden, dropout, "relu") for _ in range(layers)]
+                )
             else:
                 self.blocks = nn.ModuleList([ConformerBlock(hidden, heads, dropout=dropout) for _ in range(layers)])
             self.norm = nn.LayerNorm(hidden)
@@ -254,21 +271,45 @@ class ASRModel(nn.Module):
             ``encoder_module``).
     """
 
-    def __init__(self, vocab_size: int, n_mels: int = 80, encoder: str = "lstm", encoder_dim: int = 192,
-                 encoder_layers: int = 3, num_heads: int = 4, hidden_dim: int = 256, embed_dim: int = 64,
-                 attention: str = "location", attention_options: dict[str, Any] | None = None,
-                 dropout: float = 0.1, encoder_module: nn.Module | None = None, conv_channels: int = 32) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        n_mels: int = 80,
+        encoder: str = "lstm",
+        encoder_dim: int = 192,
+        encoder_layers: int = 3,
+        num_heads: int = 4,
+        hidden_dim: int = 256,
+        embed_dim: int = 64,
+        attention: str = "location",
+        attention_options: dict[str, Any] | None = None,
+        dropout: float = 0.1,
+        encoder_module: nn.Module | None = None,
+        conv_channels: int = 32,
+    ) -> None:
         super().__init__()
-        self.encoder: Any = (encoder_module if encoder_module is not None
-                             else SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout,
-                                                conv_channels))
+        self.encoder: Any = (
+            encoder_module
+            if encoder_module is not None
+            else SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout, conv_channels)
+        )
         opts = dict(attention_options or {})
         if attention in ("additive", "location"):
             opts.setdefault("hidden_dim", 128)
         if attention == "multihead":
             opts.setdefault("num_heads", 4)
-        self.decoder = AttentionalRNNDecoder(vocab_size, self.encoder.output_dim, embed_dim, hidden_dim, 1, "lstm",
-                                             attention, opts, dropout, input_feed="context")
+        self.decoder = AttentionalRNNDecoder(
+            vocab_size,
+            self.encoder.output_dim,
+            embed_dim,
+            hidden_dim,
+            1,
+            "lstm",
+            attention,
+            opts,
+            dropout,
+            input_feed="context",
+        )
         self.ctc_head = nn.Linear(self.encoder.output_dim, vocab_size)
 
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -292,15 +333,19 @@ def _split_in_proj(out: dict[str, Any], prefix: str, key: str, value: Any) -> bo
 def upgrade_state_dict_v1(state: dict[str, Any]) -> dict[str, Any]:
     """Format-1 weight names under today's modules: the decoder on the shared attentional RNN decoder, and
     encoder self-attention on core multi-head attention instead of ``torch.nn`` layers."""
-    dec = {"model.decoder.embed.": "model.decoder.embedding.", "model.decoder.attn.": "model.decoder.attention.",
-           "model.decoder.cell.": "model.decoder.cells.0.", "model.decoder.out.0.": "model.decoder.combine.",
-           "model.decoder.out.2.": "model.decoder.out."}
+    dec = {
+        "model.decoder.embed.": "model.decoder.embedding.",
+        "model.decoder.attn.": "model.decoder.attention.",
+        "model.decoder.cell.": "model.decoder.cells.0.",
+        "model.decoder.out.0.": "model.decoder.combine.",
+        "model.decoder.out.2.": "model.decoder.out.",
+    }
     ffn = {".linear1.": ".ff.0.", ".linear2.": ".ff.3."}
     out: dict[str, Any] = {}
     for key, value in state.items():
         for old, new in dec.items():
             if key.startswith(old):
-                key = new + key[len(old):]
+                key = new + key[len(old) :]
                 break
         if key.startswith("model.encoder.blocks."):
             if key.endswith(("in_proj_weight", "in_proj_bias")):

@@ -25,10 +25,10 @@ from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
 from tasks.speech.guided import guided_attention_loss, guided_weight
 from tasks.speech.hf_encoder import hf_speech_encoder
-from tasks.speech.inference import ChunkAlignment, Hypothesis, TranscribeMixin, Transcription  # noqa: F401
+from tasks.speech.inference import ChunkAlignment, Hypothesis, TranscribeMixin, Transcription
 from tasks.speech.model import ASRModel, upgrade_state_dict_v1
 
-__all__ = ["SpeechModule", "Transcription", "ChunkAlignment"]  # the last two re-exported from .inference
+__all__ = ["ChunkAlignment", "SpeechModule", "Transcription"]  # the last two re-exported from .inference
 
 TASK = "speech"
 ENCODERS = ("lstm", "pblstm", "transformer", "conformer")
@@ -96,14 +96,33 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
     MONITOR, MONITOR_MODE = "val/cer", "min"
     THROUGHPUT_UNIT = "audio-s"  # seconds of audio per second of training
     HPARAM_BOUNDS = {
-        "encoder_dim": SIZE, "encoder_layers": LAYERS, "num_heads": LAYERS, "hidden_dim": SIZE,
-        "embed_dim": SIZE, "ctc_weight": (0.0, 1.0), "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE,
-        "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
-        "min_lr_ratio": (0.0, 1.0), "beam_size": BEAM, "length_penalty": (-10.0, 10.0), "plot_examples": (0, 1000),
-        "max_chunk_seconds": (1.0, 600.0), "cpu_threads": (1, 1024), "trainable_blocks": (-1, 1000),
-        "encoder_lr_scale": RATE, "unfreeze_after_steps": STEPS, "guided_attention_weight": (0.0, 1000.0),
-        "guided_attention_sigma": (1e-3, 10.0), "guided_attention_steps": STEPS,
-        "guided_attention_final_weight": (0.0, 1000.0), "encoder_conv_channels": SIZE,
+        "encoder_dim": SIZE,
+        "encoder_layers": LAYERS,
+        "num_heads": LAYERS,
+        "hidden_dim": SIZE,
+        "embed_dim": SIZE,
+        "ctc_weight": (0.0, 1.0),
+        "dropout": FRACTION,
+        "label_smoothing": FRACTION,
+        "lr": RATE,
+        "weight_decay": RATE,
+        "betas": (0.0, 0.999999),
+        "eps": (0.0, 1.0),
+        "warmup_steps": STEPS,
+        "min_lr_ratio": (0.0, 1.0),
+        "beam_size": BEAM,
+        "length_penalty": (-10.0, 10.0),
+        "plot_examples": (0, 1000),
+        "max_chunk_seconds": (1.0, 600.0),
+        "cpu_threads": (1, 1024),
+        "trainable_blocks": (-1, 1000),
+        "encoder_lr_scale": RATE,
+        "unfreeze_after_steps": STEPS,
+        "guided_attention_weight": (0.0, 1000.0),
+        "guided_attention_sigma": (1e-3, 10.0),
+        "guided_attention_steps": STEPS,
+        "guided_attention_final_weight": (0.0, 1000.0),
+        "encoder_conv_channels": SIZE,
     }
     # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
     HPARAM_RENAMES = {"encoder_hidden": "encoder_dim", "encoder_heads": "num_heads", "decoder_hidden": "hidden_dim"}
@@ -151,8 +170,10 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         if not 0.0 <= ctc_weight <= 1.0:
             raise ConfigError(f"model.ctc_weight must be in [0, 1], got {ctc_weight}")
         if not is_hf_spec(encoder) and encoder not in ENCODERS:
-            raise ConfigError(f"model.encoder={encoder!r}: expected one of {', '.join(ENCODERS)} or "
-                              f"hf:<hub-id-or-folder> (a pretrained wav2vec2 / HuBERT / WavLM / Whisper)")
+            raise ConfigError(
+                f"model.encoder={encoder!r}: expected one of {', '.join(ENCODERS)} or "
+                f"hf:<hub-id-or-folder> (a pretrained wav2vec2 / HuBERT / WavLM / Whisper)"
+            )
         self.save_hyperparameters()
         self.tokenizer = make_char_tokenizer()
         self.feature_cfg = FeatureConfig()
@@ -162,11 +183,24 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         self.pretrained_info: dict[str, Any] | None = None
         hf_encoder = None
         if is_hf_spec(encoder):
-            hf_encoder, self.pretrained_info = hf_speech_encoder(encoder, pretrained_config, trainable_blocks,
-                                                                 unfreeze_after_steps)
-        self.model = ASRModel(self.tokenizer.vocab_size, self.feature_cfg.n_mels, encoder, encoder_dim,
-                              encoder_layers, num_heads, hidden_dim, embed_dim, attention, attention_options, dropout,
-                              encoder_module=hf_encoder, conv_channels=encoder_conv_channels)
+            hf_encoder, self.pretrained_info = hf_speech_encoder(
+                encoder, pretrained_config, trainable_blocks, unfreeze_after_steps
+            )
+        self.model = ASRModel(
+            self.tokenizer.vocab_size,
+            self.feature_cfg.n_mels,
+            encoder,
+            encoder_dim,
+            encoder_layers,
+            num_heads,
+            hidden_dim,
+            embed_dim,
+            attention,
+            attention_options,
+            dropout,
+            encoder_module=hf_encoder,
+            conv_channels=encoder_conv_channels,
+        )
         self.max_chunk_seconds = max_chunk_seconds
         self.val_cer, self.val_wer = CharErrorRate(), WordErrorRate()
         self.test_cer, self.test_wer = CharErrorRate(), WordErrorRate()
@@ -231,12 +265,15 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         if "units" in meta:
             try:
                 units = tokenizer_from_dict(meta["units"])
-            except Exception as err:  # noqa: BLE001 - malformed dicts raise anything from KeyError to HF errors
-                raise CheckpointError(f"{source}: malformed speech units in '{META_KEY}.units' "
-                                      f"({type(err).__name__}: {err})") from None
+            except Exception as err:
+                raise CheckpointError(
+                    f"{source}: malformed speech units in '{META_KEY}.units' ({type(err).__name__}: {err})"
+                ) from None
             if units.vocab_size != self.tokenizer.vocab_size:
-                raise CheckpointError(f"{source}: its speech units number {units.vocab_size}, the model's output "
-                                      f"layer {self.tokenizer.vocab_size}")
+                raise CheckpointError(
+                    f"{source}: its speech units number {units.vocab_size}, the model's output "
+                    f"layer {self.tokenizer.vocab_size}"
+                )
             self.tokenizer = units
         cfg = meta.get("feature_config")
         if cfg is not None:
@@ -254,8 +291,10 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         """Feature statistics must be finite, with positive spreads (they divide every feature)."""
         mean, std = self.stats.mean, self.stats.std
         if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all()) and bool((std > 0).all())):
-            raise CheckpointError(f"{source}: feature statistics are not finite or have a zero/negative std "
-                                  f"(stats.mean/stats.std); the file was modified or its training data was broken")
+            raise CheckpointError(
+                f"{source}: feature statistics are not finite or have a zero/negative std "
+                f"(stats.mean/stats.std); the file was modified or its training data was broken"
+            )
 
     # ------------------------------------------------------------------------------------------
     # training
@@ -287,26 +326,40 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
             enc, mask, ctc_lp = self.model.encode(feats, batch["feat_lens"])  # (B, S, D), (B, S), (B, S, V)
         inputs, targets = self._targets(batch["tokens"], batch["token_lens"])
         hp = self.hparams
-        ga = guided_weight(hp.guided_attention_weight, hp.guided_attention_steps,
-                           self.global_step if self._trainer else 0, hp.guided_attention_final_weight)
+        ga = guided_weight(
+            hp.guided_attention_weight,
+            hp.guided_attention_steps,
+            self.global_step if self._trainer else 0,
+            hp.guided_attention_final_weight,
+        )
         ga = ga if self.training else 0.0  # a training prior: validation losses stay comparable across settings
         logits, att = self.model.decoder(enc, mask, inputs, need_weights=ga > 0)  # (B, L+1, V), (B, L+1, S)
-        ce = F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=self.tokenizer.pad_id,
-                             label_smoothing=self.hparams.label_smoothing)
+        ce = F.cross_entropy(
+            logits.transpose(1, 2),
+            targets,
+            ignore_index=self.tokenizer.pad_id,
+            label_smoothing=self.hparams.label_smoothing,
+        )
         w = self.hparams.ctc_weight
         out = {"ce": ce}
         if w > 0:
             enc_lens = mask.sum(-1)
-            ctc = F.ctc_loss(ctc_lp.transpose(0, 1).float(), batch["tokens"], enc_lens, batch["token_lens"],
-                             blank=self.tokenizer.pad_id, reduction="sum", zero_infinity=True)
+            ctc = F.ctc_loss(
+                ctc_lp.transpose(0, 1).float(),
+                batch["tokens"],
+                enc_lens,
+                batch["token_lens"],
+                blank=self.tokenizer.pad_id,
+                reduction="sum",
+                zero_infinity=True,
+            )
             out["ctc"] = ctc / batch["token_lens"].sum().clamp_min(1)  # per unit, like the CE
             out["ctc_infeasible"] = self._ctc_infeasible(batch["tokens"], batch["token_lens"], enc_lens)
             out["loss"] = (1 - w) * ce + w * out["ctc"]
         else:
             out["loss"] = ce
         if ga > 0 and att is not None:
-            out["guided"] = guided_attention_loss(att, batch["token_lens"] + 1, mask.sum(-1),
-                                                  hp.guided_attention_sigma)
+            out["guided"] = guided_attention_loss(att, batch["token_lens"] + 1, mask.sum(-1), hp.guided_attention_sigma)
             out["loss"] = out["loss"] + ga * out["guided"]
         return out
 
@@ -336,8 +389,13 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         skipped = batch.get("skipped")
         if not isinstance(skipped, Tensor):  # a batch built by hand
             skipped = torch.tensor(int(skipped or 0), device=self.device)
-        kw: dict[str, Any] = {"reduce_fx": "sum", "on_step": False, "on_epoch": True, "sync_dist": True,
-                              "batch_size": 1}
+        kw: dict[str, Any] = {
+            "reduce_fx": "sum",
+            "on_step": False,
+            "on_epoch": True,
+            "sync_dist": True,
+            "batch_size": 1,
+        }
         zero = skipped.new_zeros((), dtype=torch.float32)
         self.log(f"{stage}/skipped_utterances", skipped.float(), **kw)
         self.log(f"{stage}/skipped_batches", zero + 1.0 if batch.get("empty") else zero, **kw)
@@ -345,8 +403,15 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
 
     def _log_ctc_infeasible(self, stage: str, count: Tensor) -> None:
         """Per-epoch sum of utterances whose CTC loss was infinite (zeroed by `zero_infinity`)."""
-        self.log(f"{stage}/ctc_infeasible", count, reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True,
-                 batch_size=1)
+        self.log(
+            f"{stage}/ctc_infeasible",
+            count,
+            reduce_fx="sum",
+            on_step=False,
+            on_epoch=True,
+            sync_dist=True,
+            batch_size=1,
+        )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
         zero = self._log_counts("train", batch)
@@ -366,8 +431,12 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         if "guided" in losses:
             self.log("train/guided", losses["guided"], batch_size=b)
         # audio seconds in this batch: feature frames are 10 ms
-        self.log("train/audio_seconds", batch["feat_lens"].sum().float() * self.feature_cfg.hop_length
-                 / self.feature_cfg.sample_rate, reduce_fx="sum", batch_size=b)
+        self.log(
+            "train/audio_seconds",
+            batch["feat_lens"].sum().float() * self.feature_cfg.hop_length / self.feature_cfg.sample_rate,
+            reduce_fx="sum",
+            batch_size=b,
+        )
         return losses["loss"]
 
     def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
@@ -377,9 +446,17 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         b = len(batch["texts"])
         losses = self._losses(batch)
         self.log(f"{stage}/loss", losses["loss"], prog_bar=True, batch_size=b, sync_dist=True)
-        hyps = [h[0] for h in self.decode_features(batch["feats"], batch["feat_lens"], beam=self.hparams.beam_size,
-                                                   with_attention=(stage == "val" and batch_idx == 0),
-                                                   wavs=batch.get("wavs"), wav_lens=batch.get("wav_lens"))]
+        hyps = [
+            h[0]
+            for h in self.decode_features(
+                batch["feats"],
+                batch["feat_lens"],
+                beam=self.hparams.beam_size,
+                with_attention=(stage == "val" and batch_idx == 0),
+                wavs=batch.get("wavs"),
+                wav_lens=batch.get("wav_lens"),
+            )
+        ]
         texts = [h.text for h in hyps]
         cer, wer = (self.val_cer, self.val_wer) if stage == "val" else (self.test_cer, self.test_wer)
         cer.update(texts, batch["texts"])
@@ -399,8 +476,13 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         """One ``(position in the split, (utterance id, transcript))`` row per utterance."""
         if batch.get("empty"):
             return []
-        hyps = self.decode_features(batch["feats"], batch["feat_lens"], beam=self.hparams.beam_size,
-                                    wavs=batch.get("wavs"), wav_lens=batch.get("wav_lens"))
+        hyps = self.decode_features(
+            batch["feats"],
+            batch["feat_lens"],
+            beam=self.hparams.beam_size,
+            wavs=batch.get("wavs"),
+            wav_lens=batch.get("wav_lens"),
+        )
         return [Prediction(int(i), (u, h[0].text)) for i, u, h in zip(batch["indices"], batch["ids"], hyps)]
 
     def _plot(self, batch: dict[str, Any], hyps: list[Hypothesis]) -> None:

@@ -22,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from core.errors import DataError
 from tasks.speech.text import DIGIT_WORDS
 
-__all__ = ["Utterance", "read_source", "read_librispeech", "read_manifest", "read_fsdd", "read_hf_dataset"]
+__all__ = ["Utterance", "read_fsdd", "read_hf_dataset", "read_librispeech", "read_manifest", "read_source"]
 
 _PATH_KEYS = ("path", "audio", "audio_filepath", "audio_path", "file", "filename", "wav", "file_name")
 _TEXT_KEYS = ("text", "sentence", "transcript", "transcription", "normalized_text", "label")
@@ -60,8 +60,9 @@ def _warn_missing(missing: list[str], source: str) -> None:
     """One warning per source naming the first missing files and the count (rank zero only: setup
     runs on every rank and reads the same files)."""
     if missing:
-        rank_zero_warn(f"{source}: skipped {len(missing)} row(s) whose audio file is missing: {_shown(missing)}",
-                       stacklevel=3)
+        rank_zero_warn(
+            f"{source}: skipped {len(missing)} row(s) whose audio file is missing: {_shown(missing)}", stacklevel=3
+        )
 
 
 def _read_text(path: Path) -> str:
@@ -75,8 +76,9 @@ def _read_text(path: Path) -> str:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise DataError(f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start}); "
-                        f"save the file as UTF-8") from None
+        raise DataError(
+            f"{path}:{line}: not valid UTF-8 ({e.reason} at byte {e.start}); save the file as UTF-8"
+        ) from None
 
 
 def read_librispeech(root: str | Path) -> list[Utterance]:
@@ -91,11 +93,13 @@ def read_librispeech(root: str | Path) -> list[Utterance]:
     root = Path(root)
     out, missing = [], []
     for trans in sorted(root.rglob("*.trans.txt")):
-        for lineno, line in enumerate(_read_text(trans).splitlines(), 1):
+        for _lineno, line in enumerate(_read_text(trans).splitlines(), 1):
             if not line.strip():
                 continue
             uid, _, text = line.strip().partition(" ")
-            audio = next((trans.parent / f"{uid}{s}" for s in (".flac", ".wav") if (trans.parent / f"{uid}{s}").is_file()), None)
+            audio = next(
+                (trans.parent / f"{uid}{s}" for s in (".flac", ".wav") if (trans.parent / f"{uid}{s}").is_file()), None
+            )
             if audio is None:
                 missing.append(str(trans.parent / f"{uid}.flac"))
                 continue
@@ -158,8 +162,9 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg}); expected one object per line "
-                                f"with 'path' and 'text'") from None
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({e.msg}); expected one object per line with 'path' and 'text'"
+                ) from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object with 'path' and 'text'")
             rows.append((lineno, row))
@@ -181,12 +186,15 @@ def read_manifest(path: str | Path) -> list[Utterance]:
     for lineno, row in rows:
         pk, tk = _pick(row, _PATH_KEYS), _pick(row, _TEXT_KEYS)
         if pk is None or tk is None or not str(row[pk]).strip():
-            raise DataError(f"{path}:{lineno}: missing audio path or transcript column "
-                            f"(expected one of {list(_PATH_KEYS[:4])} and one of {list(_TEXT_KEYS[:3])})")
+            raise DataError(
+                f"{path}:{lineno}: missing audio path or transcript column "
+                f"(expected one of {list(_PATH_KEYS[:4])} and one of {list(_TEXT_KEYS[:3])})"
+            )
         for key, what in ((pk, "audio path"), (tk, "transcript")):
             if row[key] is not None and not isinstance(row[key], (str, int, float)):
-                raise DataError(f"{path}:{lineno}: field {key!r} (the {what}) is a {type(row[key]).__name__}, "
-                                f"expected a string")
+                raise DataError(
+                    f"{path}:{lineno}: field {key!r} (the {what}) is a {type(row[key]).__name__}, expected a string"
+                )
         audio = _resolve(base, str(row[pk]).strip())
         if not audio.is_file():
             missing.append(str(audio))
@@ -203,8 +211,10 @@ def read_manifest(path: str | Path) -> list[Utterance]:
         out.append(Utterance(str(audio), str(row[tk] or ""), dur, str(row[sk]) if sk else None))
     _warn_missing(missing, str(path))
     if bad_dur:
-        rank_zero_warn(f"{path}: {len(bad_dur)} row(s) have a non-finite duration (nan/inf); reading it from "
-                       f"the audio header instead: {_shown(bad_dur)}")
+        rank_zero_warn(
+            f"{path}: {len(bad_dur)} row(s) have a non-finite duration (nan/inf); reading it from "
+            f"the audio header instead: {_shown(bad_dur)}"
+        )
     return out
 
 
@@ -233,8 +243,9 @@ def read_fsdd(root: str | Path) -> list[Utterance]:
     return out
 
 
-def read_hf_dataset(name: str, split: str = "train", audio_column: str = "audio",
-                    text_column: str | None = None) -> list[Utterance]:
+def read_hf_dataset(
+    name: str, split: str = "train", audio_column: str = "audio", text_column: str | None = None
+) -> list[Utterance]:
     """Read a Hugging Face `datasets` audio dataset (a local `save_to_disk` folder or a hub name).
 
     The audio column is cast to `Audio(decode=False)` so we get the encoded bytes/path and decode

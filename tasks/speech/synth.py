@@ -22,9 +22,10 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -32,16 +33,16 @@ from core.errors import UserError
 from tasks.speech.text import sample_corpus_texts
 
 __all__ = [
-    "EspeakUnavailable",
-    "VoiceSpec",
-    "synthesize",
-    "synthesize_many",
-    "generate_corpus",
-    "default_cache_dir",
+    "ACCENTS",
+    "TEST_VARIANTS",
     "TRAIN_VARIANTS",
     "VAL_VARIANTS",
-    "TEST_VARIANTS",
-    "ACCENTS",
+    "EspeakUnavailable",
+    "VoiceSpec",
+    "default_cache_dir",
+    "generate_corpus",
+    "synthesize",
+    "synthesize_many",
 ]
 
 ESPEAK_SAMPLE_RATE = 22050
@@ -77,7 +78,7 @@ def _load_loader() -> Any:
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise EspeakUnavailable(
             "the embedded speech corpus needs eSpeak NG: install the optional (GPL-3.0) extra with "
-            "`pip install \"attn-suite[speech]\"` (package `espeakng-loader`), or train on your own "
+            '`pip install "attn-suite[speech]"` (package `espeakng-loader`), or train on your own '
             "audio with configs/speech/librispeech.yaml or configs/speech/manifest.yaml"
         ) from e
     return espeakng_loader
@@ -113,7 +114,7 @@ _CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctype
 class _Espeak:
     """Minimal ctypes binding of the eSpeak NG C API (synchronous mode, one instance per process)."""
 
-    _instance: "_Espeak | None" = None
+    _instance: _Espeak | None = None
 
     def __init__(self) -> None:
         loader = _load_loader()
@@ -123,8 +124,14 @@ class _Espeak:
         self.lib.espeak_SetVoiceByName.argtypes = [ctypes.c_char_p]
         self.lib.espeak_SetParameter.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int]
         self.lib.espeak_Synth.argtypes = [
-            ctypes.c_char_p, ctypes.c_size_t, ctypes.c_uint, ctypes.c_int,
-            ctypes.c_uint, ctypes.c_uint, ctypes.c_void_p, ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+            ctypes.c_uint,
+            ctypes.c_int,
+            ctypes.c_uint,
+            ctypes.c_uint,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
         ]
         sr = self.lib.espeak_Initialize(_AUDIO_OUTPUT_SYNCHRONOUS, 0, loader.get_data_path().encode(), 0)
         if sr <= 0:
@@ -137,7 +144,7 @@ class _Espeak:
         self.lib.espeak_SetSynthCallback(self._cb)
 
     @classmethod
-    def get(cls) -> "_Espeak":
+    def get(cls) -> _Espeak:
         """The process-wide instance (the C library has global state; initialise it once)."""
         if cls._instance is None:
             cls._instance = cls()
@@ -196,9 +203,7 @@ def _spawn_pool() -> Any:
     return mp.get_context("spawn").Pool(1)
 
 
-def synthesize_many(
-    jobs: Sequence[tuple[str, VoiceSpec]], chunk_size: int = 64
-) -> Iterator[list[np.ndarray]]:
+def synthesize_many(jobs: Sequence[tuple[str, VoiceSpec]], chunk_size: int = 64) -> Iterator[list[np.ndarray]]:
     """Synthesise many utterances deterministically in a fresh worker process.
 
     Args:
@@ -291,9 +296,17 @@ def generate_corpus(
         EspeakUnavailable: `espeakng-loader` is not installed and the corpus is not cached.
     """
     cfg = {
-        "version": 1, "seed": seed, "num_train": num_train, "num_val": num_val, "num_test": num_test,
-        "digit_fraction": digit_fraction, "snr_db": list(snr_db), "accents": ACCENTS,
-        "train_variants": TRAIN_VARIANTS, "val_variants": VAL_VARIANTS, "test_variants": TEST_VARIANTS,
+        "version": 1,
+        "seed": seed,
+        "num_train": num_train,
+        "num_val": num_val,
+        "num_test": num_test,
+        "digit_fraction": digit_fraction,
+        "snr_db": list(snr_db),
+        "accents": ACCENTS,
+        "train_variants": TRAIN_VARIANTS,
+        "val_variants": VAL_VARIANTS,
+        "test_variants": TEST_VARIANTS,
     }
     root = Path(root) if root is not None else default_cache_dir() / "speech"
     out = root / f"synth-{_corpus_key(cfg)}"
@@ -331,8 +344,11 @@ def generate_corpus(
     for split, r in rows.items():
         with open(tmp / f"{split}.jsonl", "w") as f:
             f.writelines(json.dumps(row) + "\n" for row in r)
-    meta = dict(cfg, seconds=round(time.time() - t0, 1),
-                hours={s: round(sum(x["duration"] for x in r) / 3600, 3) for s, r in rows.items()})
+    meta = dict(
+        cfg,
+        seconds=round(time.time() - t0, 1),
+        hours={s: round(sum(x["duration"] for x in r) / 3600, 3) for s, r in rows.items()},
+    )
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
         tmp.rename(out)
@@ -341,8 +357,15 @@ def generate_corpus(
     return out
 
 
-def _write_all(jobs: list[tuple[str, VoiceSpec]], owners: list[tuple[str, int]], rows: dict[str, list[dict[str, Any]]],
-               tmp: Path, seed: int, snr_db: tuple[float, float], bar: Any) -> None:
+def _write_all(
+    jobs: list[tuple[str, VoiceSpec]],
+    owners: list[tuple[str, int]],
+    rows: dict[str, list[dict[str, Any]]],
+    tmp: Path,
+    seed: int,
+    snr_db: tuple[float, float],
+    bar: Any,
+) -> None:
     """Synthesise every job in the worker, post-process and write FLAC + manifest rows (in order)."""
     import soundfile as sf
 
@@ -353,10 +376,16 @@ def _write_all(jobs: list[tuple[str, VoiceSpec]], owners: list[tuple[str, int]],
             y = _postprocess(wav, np.random.default_rng([seed, k]), snr_db)
             rel = f"audio/{split}-{i:05d}.flac"
             sf.write(tmp / rel, y, TARGET_SAMPLE_RATE, subtype="PCM_16")
-            rows[split].append({
-                "path": rel, "text": text, "duration": round(len(y) / TARGET_SAMPLE_RATE, 3), "voice": voice.name,
-                "rate": voice.rate, "pitch": voice.pitch,
-            })
+            rows[split].append(
+                {
+                    "path": rel,
+                    "text": text,
+                    "duration": round(len(y) / TARGET_SAMPLE_RATE, 3),
+                    "voice": voice.name,
+                    "rate": voice.rate,
+                    "pitch": voice.pitch,
+                }
+            )
             k += 1
         bar(len(wavs))
 

@@ -11,7 +11,7 @@ import random
 import re
 import unicodedata
 
-__all__ = ["normalize_text", "sample_sentence", "sample_digits", "sample_corpus_texts", "DIGIT_WORDS"]
+__all__ = ["DIGIT_WORDS", "normalize_text", "sample_corpus_texts", "sample_digits", "sample_sentence"]
 
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 

@@ -28,8 +28,13 @@ class PairDataset(Dataset):
         tgt_texts: target strings ("" when unknown).
     """
 
-    def __init__(self, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]],
-                 src_texts: Sequence[str], tgt_texts: Sequence[str]) -> None:
+    def __init__(
+        self,
+        src_ids: Sequence[Sequence[int]],
+        tgt_ids: Sequence[Sequence[int]],
+        src_texts: Sequence[str],
+        tgt_texts: Sequence[str],
+    ) -> None:
         self.src_ids = [list(s) for s in src_ids]
         self.tgt_ids = [list(t) for t in tgt_ids]
         self.src_texts = list(src_texts)
@@ -39,8 +44,13 @@ class PairDataset(Dataset):
         return len(self.src_ids)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return {"index": i, "src": self.src_ids[i], "tgt": self.tgt_ids[i],
-                "src_text": self.src_texts[i], "tgt_text": self.tgt_texts[i]}
+        return {
+            "index": i,
+            "src": self.src_ids[i],
+            "tgt": self.tgt_ids[i],
+            "src_text": self.src_texts[i],
+            "tgt_text": self.tgt_texts[i],
+        }
 
     def lengths(self) -> list[int]:
         """Padded-cost length of each example: the longer of source and target+1 (BOS/EOS)."""
@@ -70,9 +80,13 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         tgt_in[i, : len(t) + 1] = torch.tensor([BOS_ID] + t)
         tgt_out[i, : len(t) + 1] = torch.tensor(t + [EOS_ID])
     return {
-        "src": src, "src_lengths": lengths, "tgt_in": tgt_in, "tgt_out": tgt_out,
+        "src": src,
+        "src_lengths": lengths,
+        "tgt_in": tgt_in,
+        "tgt_out": tgt_out,
         "index": torch.tensor([it["index"] for it in items]),
-        "src_text": [it["src_text"] for it in items], "tgt_text": [it["tgt_text"] for it in items],
+        "src_text": [it["src_text"] for it in items],
+        "tgt_text": [it["tgt_text"] for it in items],
     }
 
 
@@ -100,9 +114,17 @@ class TokenBucketBatchSampler:
         pool_batches: pool size in batches for the local sort.
     """
 
-    def __init__(self, lengths: Sequence[int], max_tokens: int, shuffle: bool = True, seed: int = 0,
-                 max_batch_size: int | None = None, num_replicas: int = 1, rank: int = 0,
-                 pool_batches: int = 50) -> None:
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        max_tokens: int,
+        shuffle: bool = True,
+        seed: int = 0,
+        max_batch_size: int | None = None,
+        num_replicas: int = 1,
+        rank: int = 0,
+        pool_batches: int = 50,
+    ) -> None:
         if max_tokens <= 0:
             raise ConfigError(f"--data.max_tokens (token budget per batch) must be >= 1, got {max_tokens}")
         self.lengths = list(lengths)
@@ -132,8 +154,7 @@ class TokenBucketBatchSampler:
             rng.shuffle(order)
             avg = max(1, sum(self.lengths) // max(1, n))
             pool = max(1, self.pool_batches * max(1, self.max_tokens // avg))
-            order = [i for k in range(0, n, pool)
-                     for i in sorted(order[k:k + pool], key=self.lengths.__getitem__)]
+            order = [i for k in range(0, n, pool) for i in sorted(order[k : k + pool], key=self.lengths.__getitem__)]
         else:
             order.sort(key=lambda i: (self.lengths[i], i))
         batches: list[list[int]] = []
@@ -155,7 +176,7 @@ class TokenBucketBatchSampler:
             total = math.ceil(len(batches) / self.num_replicas) * self.num_replicas
             # Cycle (not one slice): with fewer batches than ranks a single repeat would leave ranks empty.
             batches = [batches[i % len(batches)] for i in range(total)]
-            batches = batches[self.rank::self.num_replicas]
+            batches = batches[self.rank :: self.num_replicas]
         return batches
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -71,8 +71,9 @@ def _inputs(args: argparse.Namespace) -> Iterator[InputItem]:
 def _decode(model: Any, loaded: list[tuple[int, str]], args: argparse.Namespace) -> list[Output]:
     from core.viz import plot_alignment, save_figure
 
-    results = model.translate([t for _, t in loaded], beam=args.beam, nbest=args.nbest, return_attention=True,
-                              batch_size=args.batch_size)
+    results = model.translate(
+        [t for _, t in loaded], beam=args.beam, nbest=args.nbest, return_attention=True, batch_size=args.batch_size
+    )
     outputs = []
     for (index, text), res in zip(loaded, results):
         hyps = [] if not text.strip() else (res if args.nbest > 1 else [res])
@@ -104,15 +105,23 @@ def _head_figures(model: Any, text: str, best: Any, stem: Path) -> list[Path]:
     last = layer_head_attention(model, ids, target_ids(model.tgt_tokenizer, best.tgt_tokens))[-1]  # (H, T, S)
     if last.shape[0] == 1:  # one head: the averaged figure is already it
         return []
-    return [save_figure(plot_alignment(w, best.src_tokens, best.tgt_tokens, title=f"{best.text} (head {h + 1})"),
-                        stem.parent / f"{stem.name}_head{h + 1}.png") for h, w in enumerate(last)]
+    return [
+        save_figure(
+            plot_alignment(w, best.src_tokens, best.tgt_tokens, title=f"{best.text} (head {h + 1})"),
+            stem.parent / f"{stem.name}_head{h + 1}.png",
+        )
+        for h, w in enumerate(last)
+    ]
 
 
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", help="sentences; none = read stdin line by line (streamed in batches)")
-    p.add_argument("--heads", action="store_true",
-                   help="with --plot: also one figure per head of the last decoder layer's cross-attention "
-                        "(Transformer and pretrained Marian models; the main figure averages the heads)")
+    p.add_argument(
+        "--heads",
+        action="store_true",
+        help="with --plot: also one figure per head of the last decoder layer's cross-attention "
+        "(Transformer and pretrained Marian models; the main figure averages the heads)",
+    )
 
 
 def _spec() -> InferenceSpec:
@@ -121,9 +130,14 @@ def _spec() -> InferenceSpec:
     return InferenceSpec(
         prog="attn-translate translate",
         description="Translate sentences with a trained checkpoint or model folder (one output line per input; "
-                    "with --nbest K > 1 lines are 'INPUT_INDEX<TAB>SCORE<TAB>TEXT').",
-        module_cls=TranslationModule, add_arguments=_add_arguments, inputs=_inputs, decode=_decode,
-        failed_rows=lambda item, args: [("",)] if args.nbest == 1 else [], batch_size=64)
+        "with --nbest K > 1 lines are 'INPUT_INDEX<TAB>SCORE<TAB>TEXT').",
+        module_cls=TranslationModule,
+        add_arguments=_add_arguments,
+        inputs=_inputs,
+        decode=_decode,
+        failed_rows=lambda item, args: [("",)] if args.nbest == 1 else [],
+        batch_size=64,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -133,8 +147,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # The data module shards its length-bucketed batches itself (Lightning cannot inject a
     # DistributedSampler into a custom batch sampler).
-    return task_main(argv, TranslationModule, TranslationDataModule, _spec(),
-                     trainer_defaults={"use_distributed_sampler": False})
+    return task_main(
+        argv, TranslationModule, TranslationDataModule, _spec(), trainer_defaults={"use_distributed_sampler": False}
+    )
 
 
 if __name__ == "__main__":

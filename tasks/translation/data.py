@@ -88,8 +88,10 @@ def split_by_source(pairs: list[Pair], n_val: int, n_test: int, seed: int) -> tu
         else:
             train.extend(groups[k])
     if not train:
-        raise DataError(f"only {len(pairs)} usable pairs: not enough for val={n_val} and test={n_test} "
-                        f"plus a training split; lower --data.val_size/--data.test_size")
+        raise DataError(
+            f"only {len(pairs)} usable pairs: not enough for val={n_val} and test={n_test} "
+            f"plus a training split; lower --data.val_size/--data.test_size"
+        )
     return train, val, test
 
 
@@ -161,9 +163,14 @@ class TranslationDataModule(pl.LightningDataModule):
         if source != "embedded" and not path:
             raise ConfigError(f"--data.source={source} needs --data.path (a file, prefix, folder or name)")
         # Checked here (at CLI parse time) so a bad value is one `error:` line, not a traceback later.
-        for name, value in (("max_tokens", max_tokens), ("eval_max_tokens", eval_max_tokens),
-                            ("max_batch_size", max_batch_size), ("max_tokens_per_sentence", max_tokens_per_sentence),
-                            ("n_pairs", n_pairs), ("max_words", max_words)):
+        for name, value in (
+            ("max_tokens", max_tokens),
+            ("eval_max_tokens", eval_max_tokens),
+            ("max_batch_size", max_batch_size),
+            ("max_tokens_per_sentence", max_tokens_per_sentence),
+            ("n_pairs", n_pairs),
+            ("max_words", max_words),
+        ):
             if value is not None and value < 1:
                 raise ConfigError(f"--data.{name} must be >= 1, got {value}")
         for name, value in (("val_size", val_size), ("test_size", test_size)):
@@ -208,14 +215,16 @@ class TranslationDataModule(pl.LightningDataModule):
         if self.source == "tatoeba":
             return read_tatoeba(self.path)
         if self.source in ("tsv", "csv"):
-            return read_table(self.path, self.src_column, self.tgt_column,
-                              delimiter="\t" if self.source == "tsv" else ",")
+            return read_table(
+                self.path, self.src_column, self.tgt_column, delimiter="\t" if self.source == "tsv" else ","
+            )
         if self.source == "parallel":
             return read_parallel(f"{self.path}.{self.src_column}", f"{self.path}.{self.tgt_column}")
         if self.source == "hf":
             return read_hf(self.path, self.src_column, self.tgt_column, split=self.hf_split)
-        raise ConfigError(f"unknown --data.source {self.source!r}; "
-                          f"expected embedded, tatoeba, tsv, csv, parallel or hf")
+        raise ConfigError(
+            f"unknown --data.source {self.source!r}; expected embedded, tatoeba, tsv, csv, parallel or hf"
+        )
 
     def load_splits(self) -> dict[str, list[Pair]]:
         """Read, clean, split and orient the data (cached on the instance).
@@ -240,16 +249,24 @@ class TranslationDataModule(pl.LightningDataModule):
                 pairs.append(p)
         if self.source == "embedded":
             n_anchor = len(grammar.anchor_pairs())
-            train, val, test = grammar.split_corpus(pairs, self.val_size, self.test_size, self.seed,
-                                                    keep_first=n_anchor)
+            train, val, test = grammar.split_corpus(
+                pairs, self.val_size, self.test_size, self.seed, keep_first=n_anchor
+            )
         else:
             train, val, test = split_by_source(pairs, self.val_size, self.test_size, self.seed)
         if self.limit_train_pairs is not None:
             train = train[: self.limit_train_pairs]
         if self.direction == "es-en":
             train, val, test = ([(b, a) for a, b in s] for s in (train, val, test))
-        self.stats = {"read": len(res.pairs), "skipped_lines": res.skipped, "too_long": too_long,
-                      "duplicates": dup, "train": len(train), "val": len(val), "test": len(test)}
+        self.stats = {
+            "read": len(res.pairs),
+            "skipped_lines": res.skipped,
+            "too_long": too_long,
+            "duplicates": dup,
+            "train": len(train),
+            "val": len(val),
+            "test": len(test),
+        }
         if too_long:
             rank_zero_warn(f"dropped {too_long} pairs longer than --data.max_words={self.max_words}")
         self.splits = {"train": train, "val": val, "test": test}
@@ -258,8 +275,18 @@ class TranslationDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ tokenizers
     def _cache_key(self, train: list[Pair]) -> str:
         h = hashlib.sha256()
-        h.update(json.dumps([_CACHE_VERSION, self.vocab_size, self.tokenizer_model, self.joint_vocab,
-                             self.min_freq, self.split_punctuation]).encode())
+        h.update(
+            json.dumps(
+                [
+                    _CACHE_VERSION,
+                    self.vocab_size,
+                    self.tokenizer_model,
+                    self.joint_vocab,
+                    self.min_freq,
+                    self.split_punctuation,
+                ]
+            ).encode()
+        )
         for s, t in train:
             h.update(s.encode())
             h.update(b"\t")
@@ -273,13 +300,20 @@ class TranslationDataModule(pl.LightningDataModule):
     def _train_tokenizers(self, train: list[Pair]) -> dict[str, dict]:
         src_texts = [s for s, _ in train]
         tgt_texts = [t for _, t in train]
-        kw = {"vocab_size": self.vocab_size, "model": self.tokenizer_model, "min_freq": self.min_freq,
-              "split_punctuation": self.split_punctuation}
+        kw = {
+            "vocab_size": self.vocab_size,
+            "model": self.tokenizer_model,
+            "min_freq": self.min_freq,
+            "split_punctuation": self.split_punctuation,
+        }
         if self.joint_vocab:
             tok = train_subword(src_texts + tgt_texts, **kw)  # type: ignore[arg-type]
             return {"src": tok.to_dict(), "tgt": tok.to_dict(), "joint": True}
-        return {"src": train_subword(src_texts, **kw).to_dict(),  # type: ignore[arg-type]
-                "tgt": train_subword(tgt_texts, **kw).to_dict(), "joint": False}  # type: ignore[arg-type]
+        return {
+            "src": train_subword(src_texts, **kw).to_dict(),  # type: ignore[arg-type]
+            "tgt": train_subword(tgt_texts, **kw).to_dict(),
+            "joint": False,
+        }  # type: ignore[arg-type]
 
     def prepare_data(self) -> None:
         """Rank 0 of each node: train the tokenizers on the training split and cache them."""
@@ -307,8 +341,7 @@ class TranslationDataModule(pl.LightningDataModule):
             # prepare_data was not run (plain Python use without a Trainer): train here, in memory.
             toks = self._train_tokenizers(train)
         self.src_tokenizer = tokenizer_from_dict(toks["src"])
-        self.tgt_tokenizer = (self.src_tokenizer if toks.get("joint")
-                              else tokenizer_from_dict(toks["tgt"]))
+        self.tgt_tokenizer = self.src_tokenizer if toks.get("joint") else tokenizer_from_dict(toks["tgt"])
 
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
         """Use given tokenizers (e.g. from a checkpoint) instead of training/caching new ones."""
@@ -325,15 +358,21 @@ class TranslationDataModule(pl.LightningDataModule):
             limit = self.max_tokens_per_sentence
             keep = [i for i in keep if len(src_ids[i]) <= limit and len(tgt_ids[i]) + 1 <= limit]
             if len(keep) < len(pairs):
-                rank_zero_warn(f"{split}: dropped {len(pairs) - len(keep)} pairs longer than "
-                               f"--data.max_tokens_per_sentence={limit} subword tokens")
+                rank_zero_warn(
+                    f"{split}: dropped {len(pairs) - len(keep)} pairs longer than "
+                    f"--data.max_tokens_per_sentence={limit} subword tokens"
+                )
         else:
             # Evaluation keeps every sentence (truncated to the model limit) so scores stay comparable.
             limit = self.max_tokens_per_sentence
             src_ids = [s[:limit] for s in src_ids]
             tgt_ids = [t[: limit - 1] for t in tgt_ids]
-        return PairDataset([src_ids[i] for i in keep], [tgt_ids[i] for i in keep],
-                           [pairs[i][0] for i in keep], [pairs[i][1] for i in keep])
+        return PairDataset(
+            [src_ids[i] for i in keep],
+            [tgt_ids[i] for i in keep],
+            [pairs[i][0] for i in keep],
+            [pairs[i][1] for i in keep],
+        )
 
     def setup(self, stage: str | None = None) -> None:
         """Every rank: read the cached tokenizers and encode the splits the stage needs."""
@@ -365,11 +404,22 @@ class TranslationDataModule(pl.LightningDataModule):
         ds = self.datasets[split]
         world, rank = self._world()
         sampler = TokenBucketBatchSampler(
-            ds.lengths(), max_tokens=max_tokens, shuffle=shuffle, seed=self.seed,
-            max_batch_size=self.max_batch_size, num_replicas=world, rank=rank)
+            ds.lengths(),
+            max_tokens=max_tokens,
+            shuffle=shuffle,
+            seed=self.seed,
+            max_batch_size=self.max_batch_size,
+            num_replicas=world,
+            rank=rank,
+        )
         cls = ResumableDataLoader if shuffle else DataLoader  # only training needs mid-epoch resume
-        return cls(ds, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
-                   persistent_workers=self.num_workers > 0)
+        return cls(
+            ds,
+            batch_sampler=sampler,
+            collate_fn=collate,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True, self.max_tokens)
@@ -386,8 +436,9 @@ class TranslationDataModule(pl.LightningDataModule):
         ds = self.datasets["predict" if "predict" in self.datasets else "test"]
         world, rank = self._world()
         # (If Lightning injects its own distributed sampler, it shards this loader already.)
-        injected = bool(getattr(getattr(self.trainer, "_accelerator_connector", None), "use_distributed_sampler",
-                                False))
+        injected = bool(
+            getattr(getattr(self.trainer, "_accelerator_connector", None), "use_distributed_sampler", False)
+        )
         if world > 1 and not injected:
             # The CLI turns Lightning's sampler injection off, so without this every rank would translate
             # everything. Each rank takes a strided shard; items keep their dataset "index", so the

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.progress import Sink, StageProgress, null_sink
 from core.predict import write_text_atomic
+from core.progress import Sink, StageProgress, null_sink
 from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
 from tasks.demo_report import Example, TaskReport
 
@@ -30,11 +30,15 @@ DEMO_SENTENCES = [
 
 
 #: Data settings of the demo (the tokenizer cache folder is added by the caller).
-DEMO_DATA: dict[str, Any] = {"n_pairs": 12_000, "val_size": 200, "test_size": 200, "vocab_size": 1200,
-                             "max_tokens": 1024}
+DEMO_DATA: dict[str, Any] = {
+    "n_pairs": 12_000,
+    "val_size": 200,
+    "test_size": 200,
+    "vocab_size": 1200,
+    "max_tokens": 1024,
+}
 #: Model settings of the demo.
-DEMO_MODEL: dict[str, Any] = {"embed_dim": 96, "hidden_dim": 192, "lr": 4e-3, "warmup_steps": 50,
-                              "plot_examples": 0}
+DEMO_MODEL: dict[str, Any] = {"embed_dim": 96, "hidden_dim": 192, "lr": 4e-3, "warmup_steps": 50, "plot_examples": 0}
 #: Trainer settings of the demo (besides the budget).
 DEMO_TRAINER: dict[str, Any] = {"gradient_clip_val": 1.0, "use_distributed_sampler": False}
 #: Beam width of the demo's translations (and of the held-out score).
@@ -75,8 +79,9 @@ def held_out(dm: Any, n: int | None = None) -> list[tuple[str, str]]:
     return list(test if n is None else test[:n])
 
 
-def evaluate(model: Any, pairs: Sequence[tuple[str, str]], beam: int = DEMO_BEAM,
-             progress: StageProgress | None = None) -> tuple[dict[str, float], list[str]]:
+def evaluate(
+    model: Any, pairs: Sequence[tuple[str, str]], beam: int = DEMO_BEAM, progress: StageProgress | None = None
+) -> tuple[dict[str, float], list[str]]:
     """Corpus BLEU and chrF (sacrebleu) of `model` on `(source, reference)` pairs.
 
     Args:
@@ -92,15 +97,22 @@ def evaluate(model: Any, pairs: Sequence[tuple[str, str]], beam: int = DEMO_BEAM
 
     hyps: list[str] = []
     for k in range(0, len(pairs), 50):
-        hyps += model.translate([s for s, _ in pairs[k:k + 50]], beam=beam)
+        hyps += model.translate([s for s, _ in pairs[k : k + 50]], beam=beam)
         if progress is not None:
-            progress.update(len(pairs[k:k + 50]))
+            progress.update(len(pairs[k : k + 50]))
     refs = [r for _, r in pairs]
     return {"bleu": corpus_bleu(hyps, refs), "chrf": corpus_chrf(hyps, refs)}, hyps
 
 
-def run_demo(out_dir: Path, max_minutes: float = 2.5, seed: int = 0, sink: Sink = null_sink,
-             n_held_out: int = HELD_OUT, data: dict[str, Any] | None = None, threads: int | None = 1) -> TaskReport:
+def run_demo(
+    out_dir: Path,
+    max_minutes: float = 2.5,
+    seed: int = 0,
+    sink: Sink = null_sink,
+    n_held_out: int = HELD_OUT,
+    data: dict[str, Any] | None = None,
+    threads: int | None = 1,
+) -> TaskReport:
     """Train a small RNN+additive-attention model for ``max_minutes``, reload it, score and show it.
 
     Writes into ``out_dir``: ``translation.ckpt`` (reloaded through the safe loader before use),
@@ -155,8 +167,14 @@ def _run(out_dir: Path, max_minutes: float, seed: int, sink: Sink, n_held_out: i
     shown = shown_indices(correct)
     # Alignments of the shown sentences (same beam, so the same outputs as scored).
     results = reloaded.translate([pairs[i][0] for i in shown], beam=DEMO_BEAM, return_attention=True)
-    report = TaskReport(TASK, metrics=metrics, n_examples={"test": len(pairs)}, train_steps=trainer.global_step,
-                        train_seconds=clock.seconds, files=[ckpt])
+    report = TaskReport(
+        TASK,
+        metrics=metrics,
+        n_examples={"test": len(pairs)},
+        train_steps=trainer.global_step,
+        train_seconds=clock.seconds,
+        files=[ckpt],
+    )
     for k, (i, res) in enumerate(zip(shown, results)):
         src, ref = pairs[i]
         png = out_dir / f"translation_alignment_{k}.png"
@@ -164,8 +182,16 @@ def _run(out_dir: Path, max_minutes: float, seed: int, sink: Sink, n_held_out: i
         if "matplotlib.pyplot" in sys.modules:
             sys.modules["matplotlib.pyplot"].close(fig)
         report.files.append(png)
-        report.examples.append(Example(output=hyps[i], references=[ref], correct=correct[i], text=src,
-                                       figure=f"{out_dir.name}/{png.name}", group=f"test #{i}"))
+        report.examples.append(
+            Example(
+                output=hyps[i],
+                references=[ref],
+                correct=correct[i],
+                text=src,
+                figure=f"{out_dir.name}/{png.name}",
+                group=f"test #{i}",
+            )
+        )
     own = reloaded.translate(DEMO_SENTENCES, beam=DEMO_BEAM)
     txt = out_dir / "translations.txt"
     lines = [f"{s}\t{h}\t{r}\t{'ok' if c else 'WRONG'}" for (s, r), h, c in zip(pairs, hyps, correct)]

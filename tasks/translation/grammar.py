@@ -24,7 +24,7 @@ Example:
 from __future__ import annotations
 
 import random
-from typing import Sequence
+from collections.abc import Sequence
 
 from core.errors import ConfigError
 from tasks.translation.words import (
@@ -59,8 +59,21 @@ from tasks.translation.words import (
 )
 
 __all__ = [
-    "Pair", "adjective_by_en", "anchor_pairs", "clause", "copula", "generate_corpus", "lexicon_size", "noun_by_en",
-    "noun_phrase", "split_corpus", "subject_pronoun", "verb_by_en", "what_question", "where_question", "who_question",
+    "Pair",
+    "adjective_by_en",
+    "anchor_pairs",
+    "clause",
+    "copula",
+    "generate_corpus",
+    "lexicon_size",
+    "noun_by_en",
+    "noun_phrase",
+    "split_corpus",
+    "subject_pronoun",
+    "verb_by_en",
+    "what_question",
+    "where_question",
+    "who_question",
 ]
 
 Pair = tuple[str, str]
@@ -98,8 +111,9 @@ def noun_phrase(noun: Noun, det: int = 0, plural: bool = False, adj: Adjective |
     if adj:
         es_words.append(adj.es[(noun.gender, plural)])
     animate = bool(noun.tags & {"person", "animal"})
-    return Phrase(" ".join([en_det] + en_words), " ".join(es_words), P3P if plural else P3S, noun.gender,
-                  plural, animate)
+    return Phrase(
+        " ".join([en_det] + en_words), " ".join(es_words), P3P if plural else P3S, noun.gender, plural, animate
+    )
 
 
 def subject_pronoun(index: int) -> Phrase:
@@ -179,8 +193,9 @@ def clause(
     return _finish(en, es, question)
 
 
-def copula(subject: Phrase, adj: Adjective, tense: str = "present", negative: bool = False,
-           question: bool = False) -> Pair:
+def copula(
+    subject: Phrase, adj: Adjective, tense: str = "present", negative: bool = False, question: bool = False
+) -> Pair:
     """Render "X is ADJ" with *ser* (present) or its imperfect (past), adjective agreeing with X."""
     be = (EN_BE_PAST if tense == "past" else EN_BE_PRESENT)[subject.person]
     if subject.en == "I" and tense == "past":
@@ -203,8 +218,7 @@ def where_question(subject: Phrase, tense: str = "present") -> Pair:
     return _finish(["where", be, subject.en], [w for w in ("dónde", estar, subject.es) if w], True)
 
 
-def who_question(verb: Verb, obj: Phrase | None = None, clitic: int | None = None,
-                 tense: str = "present") -> Pair:
+def who_question(verb: Verb, obj: Phrase | None = None, clitic: int | None = None, tense: str = "present") -> Pair:
     """ "who loves you?" → "¿quién te quiere?" (third person singular)."""
     who = Phrase("who", "quién", P3S, "m", False, animate=True, pronoun=True)
     en, es = clause(who, verb, obj=obj, clitic=clitic, tense=tense)
@@ -306,9 +320,11 @@ class _Sampler:
             verb = r.choice(self.clitic_verbs)
             subj = self.subject(verb)
             # Exclude reflexive-looking combinations ("I see me", "we help us").
-            choices = [i for i, (_, _, p) in enumerate(OBJECT_PRONOUNS)
-                       if not (p == subj.person and p in (P1S, P2S, P1P))
-                       and not ({p, subj.person} <= {P1S, P1P})]
+            choices = [
+                i
+                for i, (_, _, p) in enumerate(OBJECT_PRONOUNS)
+                if not (p == subj.person and p in (P1S, P2S, P1P)) and not ({p, subj.person} <= {P1S, P1P})
+            ]
             return clause(subj, verb, clitic=r.choice(choices), **self.modifiers())
         if kind == "intr":
             verb = r.choice(self.intransitive)
@@ -323,8 +339,11 @@ class _Sampler:
                 subj = self.np(adj.tags, adj_p=0.25)
             return copula(subj, adj, tense=m["tense"], negative=m["negative"], question=m["question"])
         if kind == "where":
-            subj = (subject_pronoun(r.randrange(len(SUBJECT_PRONOUNS))) if r.random() < 0.3
-                    else self.np(THING_TAGS | {"person", "animal"}, adj_p=0.3))
+            subj = (
+                subject_pronoun(r.randrange(len(SUBJECT_PRONOUNS)))
+                if r.random() < 0.3
+                else self.np(THING_TAGS | {"person", "animal"}, adj_p=0.3)
+            )
             return where_question(subj, tense=r.choice(["present", "past"]))
         if kind == "who":
             verb = r.choice(self.transitive)
@@ -372,13 +391,16 @@ def generate_corpus(n_pairs: int = 30_000, seed: int = 0) -> list[Pair]:
         add(sampler.sentence())
         attempts += 1
     if len(pairs) < n_pairs:
-        raise ConfigError(f"--data.n_pairs={n_pairs} is more than the embedded grammar produces: it gave only "
-                          f"{len(pairs)} distinct pairs; lower --data.n_pairs")
+        raise ConfigError(
+            f"--data.n_pairs={n_pairs} is more than the embedded grammar produces: it gave only "
+            f"{len(pairs)} distinct pairs; lower --data.n_pairs"
+        )
     return pairs
 
 
-def split_corpus(pairs: Sequence[Pair], n_val: int, n_test: int, seed: int = 0,
-                 keep_first: int = 0) -> tuple[list[Pair], list[Pair], list[Pair]]:
+def split_corpus(
+    pairs: Sequence[Pair], n_val: int, n_test: int, seed: int = 0, keep_first: int = 0
+) -> tuple[list[Pair], list[Pair], list[Pair]]:
     """Shuffle deterministically and split into train/val/test.
 
     Args:
@@ -394,8 +416,10 @@ def split_corpus(pairs: Sequence[Pair], n_val: int, n_test: int, seed: int = 0,
     head, rest = list(pairs[:keep_first]), list(pairs[keep_first:])
     random.Random(seed + 1).shuffle(rest)
     if n_val + n_test >= len(rest):
-        raise ConfigError(f"--data.val_size + --data.test_size ({n_val}+{n_test}) must be smaller than the "
-                          f"{len(rest)} pairs of the embedded corpus available for splitting (anchor pairs "
-                          f"always train); raise --data.n_pairs or lower --data.val_size/--data.test_size")
-    val, test, train = rest[:n_val], rest[n_val:n_val + n_test], rest[n_val + n_test:]
+        raise ConfigError(
+            f"--data.val_size + --data.test_size ({n_val}+{n_test}) must be smaller than the "
+            f"{len(rest)} pairs of the embedded corpus available for splitting (anchor pairs "
+            f"always train); raise --data.n_pairs or lower --data.val_size/--data.test_size"
+        )
+    val, test, train = rest[:n_val], rest[n_val : n_val + n_test], rest[n_val + n_test :]
     return head + train, val, test

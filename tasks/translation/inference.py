@@ -51,13 +51,24 @@ class TranslateMixin:
         def step_fn(last: Tensor, st: Any) -> tuple[Tensor, Any, Tensor | None]:
             return model.step(last, st, need_weights)
 
-        return beam_search(step_fn, state, batch_size=src.shape[0], bos_id=BOS_ID, eos_id=EOS_ID, max_len=max_len,
-                           beam_size=beam, length_penalty=self.hparams.length_penalty,  # type: ignore[attr-defined]
-                           nbest=nbest, suppress=(PAD_ID, BOS_ID), device=src.device)
+        return beam_search(
+            step_fn,
+            state,
+            batch_size=src.shape[0],
+            bos_id=BOS_ID,
+            eos_id=EOS_ID,
+            max_len=max_len,
+            beam_size=beam,
+            length_penalty=self.hparams.length_penalty,  # type: ignore[attr-defined]
+            nbest=nbest,
+            suppress=(PAD_ID, BOS_ID),
+            device=src.device,
+        )
 
     @torch.no_grad()
-    def translate(self, texts: list[str], beam: int = 5, nbest: int = 1, return_attention: bool = False,
-                  batch_size: int = 64) -> list[Any]:
+    def translate(
+        self, texts: list[str], beam: int = 5, nbest: int = 1, return_attention: bool = False, batch_size: int = 64
+    ) -> list[Any]:
         """Translate sentences.
 
         Characters never seen in training map to the unknown token (never an error). Inputs longer than
@@ -94,7 +105,7 @@ class TranslateMixin:
         device = self.device  # type: ignore[attr-defined]
         with eval_mode(self):  # type: ignore[arg-type]
             for k in range(0, len(order), batch_size):
-                idx = order[k:k + batch_size]
+                idx = order[k : k + batch_size]
                 src, lengths = pad_ids([encoded[i] for i in idx])  # (B, S), (B,)
                 res = self._decode(src.to(device), lengths.to(device), beam, nbest, return_attention)
                 for j, i in enumerate(idx):
@@ -103,10 +114,15 @@ class TranslateMixin:
                         text = tgt_tok.decode(toks)
                         if return_attention:
                             s_len = max(1, len(encoded[i]))
-                            hyps.append(Translation(
-                                text, float(score), [src_tok.id_to_token(t) for t in encoded[i]],
-                                [tgt_tok.id_to_token(t) for t in toks],
-                                None if att is None else att[:, :s_len].float().cpu()))  # (T, S)
+                            hyps.append(
+                                Translation(
+                                    text,
+                                    float(score),
+                                    [src_tok.id_to_token(t) for t in encoded[i]],
+                                    [tgt_tok.id_to_token(t) for t in toks],
+                                    None if att is None else att[:, :s_len].float().cpu(),
+                                )
+                            )  # (T, S)
                         else:
                             hyps.append(text)
                     results[i] = hyps[0] if nbest == 1 else hyps

@@ -113,14 +113,16 @@ def marian_tokenizers(files: Mapping[str, bytes], what: str) -> tuple[MarianToke
     if config.get("separate_vocabs"):
         raise ConfigError(f"{what}: a Marian tokenizer with separate source/target vocabularies is not supported")
     if vocab.get("</s>") != 0 or vocab.get("<unk>") != 1 or not isinstance(vocab.get("<pad>"), int):
-        raise ConfigError(f"{what}: vocab.json must map </s> to 0, <unk> to 1 and have a <pad> (as Marian "
-                          f"vocabularies do)")
+        raise ConfigError(
+            f"{what}: vocab.json must map </s> to 0, <unk> to 1 and have a <pad> (as Marian vocabularies do)"
+        )
     try:
         import sentencepiece  # noqa: F401 - MarianTokenizer needs it; say so clearly
         from transformers import MarianTokenizer
     except ImportError:
-        raise ConfigError(f"{what}: Marian tokenizers need the sentencepiece package: "
-                          f"pip install 'attn-suite[pretrained]'") from None
+        raise ConfigError(
+            f"{what}: Marian tokenizers need the sentencepiece package: pip install 'attn-suite[pretrained]'"
+        ) from None
     # MarianTokenizer reads files (and re-reads them when copied): a private folder for this process.
     folder = Path(tempfile.mkdtemp(prefix="attn-marian-"))
     _TMP_DIRS.append(str(folder))
@@ -130,8 +132,13 @@ def marian_tokenizers(files: Mapping[str, bytes], what: str) -> tuple[MarianToke
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*sacremoses.*")
-            hf = MarianTokenizer(str(folder / "source.spm"), str(folder / "target.spm"), str(folder / "vocab.json"),
-                                 separate_vocabs=False, **langs)
+            hf = MarianTokenizer(
+                str(folder / "source.spm"),
+                str(folder / "target.spm"),
+                str(folder / "vocab.json"),
+                separate_vocabs=False,
+                **langs,
+            )
     except (OSError, RuntimeError, ValueError, TypeError) as err:  # a corrupt SentencePiece model
         raise ConfigError(f"{what}: the Marian tokenizer files do not load ({type(err).__name__}: {err})") from None
     digest = _digest(files)
@@ -148,8 +155,10 @@ def read_tokenizer_files(folder: Path, what: str) -> dict[str, bytes]:
     for name in FILES:
         path = folder / name
         if not path.is_file():
-            raise ConfigError(f"{what}: {name} is missing in {folder} (the Marian tokenizer: source.spm, "
-                              f"target.spm, vocab.json, tokenizer_config.json)")
+            raise ConfigError(
+                f"{what}: {name} is missing in {folder} (the Marian tokenizer: source.spm, "
+                f"target.spm, vocab.json, tokenizer_config.json)"
+            )
         out[name] = path.read_bytes()
     return out
 

@@ -58,8 +58,10 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
     """
     toks = meta.get("tokenizers")
     if not isinstance(toks, dict) or not all(isinstance(toks.get(k), dict) for k in ("src", "tgt")):
-        raise CheckpointError(f"{source} has no tokenizers (expected '{META_KEY}' -> 'tokenizers' "
-                              f"-> 'src'/'tgt'); it was not written by this translation task or was modified")
+        raise CheckpointError(
+            f"{source} has no tokenizers (expected '{META_KEY}' -> 'tokenizers' "
+            f"-> 'src'/'tgt'); it was not written by this translation task or was modified"
+        )
     if toks["src"].get("type") == "marian":  # a pretrained Marian model's own tokenizer, files stored once
         try:
             return marian_tokenizers(files_from_metadata(meta, source), source)
@@ -71,9 +73,10 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
             out.append(tokenizer_from_dict(toks[side]))
         # ValueError/KeyError/TypeError for malformed dicts; the HF `tokenizers` library raises a plain
         # Exception for an unparsable JSON string.
-        except Exception as err:  # noqa: BLE001
-            raise CheckpointError(f"{source}: the stored {side!r} tokenizer is malformed "
-                                  f"({type(err).__name__}: {err})") from None
+        except Exception as err:
+            raise CheckpointError(
+                f"{source}: the stored {side!r} tokenizer is malformed ({type(err).__name__}: {err})"
+            ) from None
     return out[0], out[1]
 
 
@@ -126,17 +129,38 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
     MONITOR, MONITOR_MODE = "val/bleu", "max"
     THROUGHPUT_UNIT = "tok"  # source + target tokens, padding excluded
     HPARAM_BOUNDS = {
-        "embed_dim": SIZE, "hidden_dim": SIZE, "encoder_layers": LAYERS, "decoder_layers": LAYERS,
-        "num_heads": LAYERS, "ffn_dim": SIZE, "dropout": FRACTION, "label_smoothing": FRACTION, "lr": RATE,
-        "weight_decay": RATE, "betas": (0.0, 0.999999), "eps": (0.0, 1.0), "warmup_steps": STEPS,
-        "min_lr_ratio": (0.0, 1.0), "beam_size": BEAM, "length_penalty": (-10.0, 10.0), "max_len": LENGTH,
-        "max_source_tokens": LENGTH, "val_bleu_sentences": (0, 10**9), "plot_examples": (0, 1000),
+        "embed_dim": SIZE,
+        "hidden_dim": SIZE,
+        "encoder_layers": LAYERS,
+        "decoder_layers": LAYERS,
+        "num_heads": LAYERS,
+        "ffn_dim": SIZE,
+        "dropout": FRACTION,
+        "label_smoothing": FRACTION,
+        "lr": RATE,
+        "weight_decay": RATE,
+        "betas": (0.0, 0.999999),
+        "eps": (0.0, 1.0),
+        "warmup_steps": STEPS,
+        "min_lr_ratio": (0.0, 1.0),
+        "beam_size": BEAM,
+        "length_penalty": (-10.0, 10.0),
+        "max_len": LENGTH,
+        "max_source_tokens": LENGTH,
+        "val_bleu_sentences": (0, 10**9),
+        "plot_examples": (0, 1000),
         "trainable_blocks": (-1, 1000),
     }
     # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
-    HPARAM_RENAMES = {"emb_dim": "embed_dim", "enc_layers": "encoder_layers", "dec_layers": "decoder_layers",
-                      "ff_dim": "ffn_dim", "val_beam": "beam_size", "num_plot_sentences": "plot_examples",
-                      "max_decode_len": "max_len"}
+    HPARAM_RENAMES = {
+        "emb_dim": "embed_dim",
+        "enc_layers": "encoder_layers",
+        "dec_layers": "decoder_layers",
+        "ff_dim": "ffn_dim",
+        "val_beam": "beam_size",
+        "num_plot_sentences": "plot_examples",
+        "max_decode_len": "max_len",
+    }
     FOLDER_FILES = {"tokenizers.src": "tokenizer_src.json", "tokenizers.tgt": "tokenizer_tgt.json"}
     # a Marian model's own tokenizer files, byte for byte (`tasks.translation.marian_tokenizer`)
     FOLDER_RAW_FILES = {f"hf_tokenizer.{name}": name for name in MARIAN_FILES}
@@ -226,15 +250,36 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         sv, tv = self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size
         if hp.arch == "marian":
             assert self.pretrained_info is not None
-            self.model = marian_network(self.pretrained_info, pretrained, tv, hp.trainable_blocks,
-                                        max(hp.max_len, hp.max_source_tokens))
+            self.model = marian_network(
+                self.pretrained_info, pretrained, tv, hp.trainable_blocks, max(hp.max_len, hp.max_source_tokens)
+            )
         elif hp.arch == "rnn":
-            self.model = RNNSeq2Seq(sv, tv, hp.embed_dim, hp.hidden_dim, hp.encoder_layers, hp.decoder_layers,
-                                    hp.rnn_type, hp.attention, hp.attention_options, hp.dropout, hp.tie_embeddings)
+            self.model = RNNSeq2Seq(
+                sv,
+                tv,
+                hp.embed_dim,
+                hp.hidden_dim,
+                hp.encoder_layers,
+                hp.decoder_layers,
+                hp.rnn_type,
+                hp.attention,
+                hp.attention_options,
+                hp.dropout,
+                hp.tie_embeddings,
+            )
         elif hp.arch == "transformer":
-            self.model = TransformerSeq2Seq(sv, tv, hp.hidden_dim, hp.num_heads, hp.ffn_dim, hp.encoder_layers,
-                                            hp.decoder_layers, hp.dropout, hp.tie_embeddings,
-                                            max_positions=max(512, hp.max_len + 1, hp.max_source_tokens))
+            self.model = TransformerSeq2Seq(
+                sv,
+                tv,
+                hp.hidden_dim,
+                hp.num_heads,
+                hp.ffn_dim,
+                hp.encoder_layers,
+                hp.decoder_layers,
+                hp.dropout,
+                hp.tie_embeddings,
+                max_positions=max(512, hp.max_len + 1, hp.max_source_tokens),
+            )
         else:
             raise ConfigError(f"--model.arch must be 'rnn', 'transformer' or 'marian', got {hp.arch!r}")
 
@@ -248,8 +293,10 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
             dm = self.trainer.datamodule if self._trainer is not None else None
             src, tgt = getattr(dm, "src_tokenizer", None), getattr(dm, "tgt_tokenizer", None)
             if src is None or tgt is None:
-                raise ConfigError("TranslationModule needs a data module with src_tokenizer/tgt_tokenizer "
-                                  "(e.g. tasks.translation.data.TranslationDataModule)")
+                raise ConfigError(
+                    "TranslationModule needs a data module with src_tokenizer/tgt_tokenizer "
+                    "(e.g. tasks.translation.data.TranslationDataModule)"
+                )
             self.set_tokenizers(src, tgt)
         elif self._trainer is not None and getattr(self.trainer.datamodule, "set_tokenizers", None):
             # A model that already has tokenizers (loaded checkpoint) imposes them on the data.
@@ -264,8 +311,9 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
     def task_metadata(self) -> dict[str, Any]:
         """The tokenizers (plain dicts), so the checkpoint alone can translate."""
         assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
-        meta: dict[str, Any] = {"tokenizers": {"src": self.src_tokenizer.to_dict(),
-                                               "tgt": self.tgt_tokenizer.to_dict()}}
+        meta: dict[str, Any] = {
+            "tokenizers": {"src": self.src_tokenizer.to_dict(), "tgt": self.tgt_tokenizer.to_dict()}
+        }
         if self.pretrained_info is not None:  # marian: its config (rebuilt from it, offline) and tokenizer files
             meta["pretrained"] = self.pretrained_info
         if self.hf_tokenizer_files is not None:
@@ -284,8 +332,13 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         trained: the network is rebuilt for them and the data module re-tokenizes its data.
         """
         toks = meta.get("tokenizers")
-        if isinstance(toks, dict) and self.src_tokenizer is not None and self.tgt_tokenizer is not None \
-                and self.src_tokenizer.to_dict() == toks.get("src") and self.tgt_tokenizer.to_dict() == toks.get("tgt"):
+        if (
+            isinstance(toks, dict)
+            and self.src_tokenizer is not None
+            and self.tgt_tokenizer is not None
+            and self.src_tokenizer.to_dict() == toks.get("src")
+            and self.tgt_tokenizer.to_dict() == toks.get("tgt")
+        ):
             return
         src, tgt = tokenizers_from_metadata(meta, source)
         if getattr(src, "kind", None) == "marian":
@@ -310,8 +363,11 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         """Keep a host copy of the source lengths (a tuple: Lightning moves only tensors), so the
         RNN encoder packs without copying lengths back from the GPU (a sync every step) and the
         Transformer drops the mask of unpadded batches."""
-        if isinstance(batch, dict) and isinstance(batch.get("src_lengths"), Tensor) \
-                and batch["src_lengths"].device.type == "cpu":
+        if (
+            isinstance(batch, dict)
+            and isinstance(batch.get("src_lengths"), Tensor)
+            and batch["src_lengths"].device.type == "cpu"
+        ):
             batch["src_lengths_host"] = tuple(batch["src_lengths"].tolist())
         return super().on_before_batch_transfer(batch, dataloader_idx)  # ThroughputMixin counts the tokens
 
@@ -319,8 +375,14 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         """Tokens of a host batch: source lengths plus non-padding targets."""
         return float(sum(batch["src_lengths_host"]) + int((batch["tgt_out"] != 0).sum()))
 
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
-                src_lengths_host: tuple[int, ...] | None = None) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        src: Tensor,
+        src_lengths: Tensor,
+        tgt_in: Tensor,
+        need_weights: bool = False,
+        src_lengths_host: tuple[int, ...] | None = None,
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits (B, T, V) and attention (B, T, S) or None."""
         assert self.model is not None
         # Whether any source is padded, decided in Python (no tensor check, nothing for torch.compile
@@ -328,16 +390,20 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         unpadded = src_lengths_host is not None and all(n == src.shape[1] for n in src_lengths_host)
         if isinstance(self.model, RNNSeq2Seq):
             host = None if src_lengths_host is None else torch.tensor(src_lengths_host, dtype=torch.long)  # (B,)
-            return self.model(src, src_lengths, tgt_in, need_weights=need_weights, host_lengths=host,
-                              unpadded=unpadded)
+            return self.model(src, src_lengths, tgt_in, need_weights=need_weights, host_lengths=host, unpadded=unpadded)
         return self.model(src, src_lengths, tgt_in, need_weights=need_weights, unpadded=unpadded)
 
     def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        logits, _ = self(batch["src"], batch["src_lengths"], batch["tgt_in"],
-                         src_lengths_host=batch.get("src_lengths_host"))
+        logits, _ = self(
+            batch["src"], batch["src_lengths"], batch["tgt_in"], src_lengths_host=batch.get("src_lengths_host")
+        )
         v = logits.shape[-1]
-        loss = F.cross_entropy(logits.reshape(-1, v).float(), batch["tgt_out"].reshape(-1),  # (B*T, V), (B*T,)
-                               ignore_index=0, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(
+            logits.reshape(-1, v).float(),
+            batch["tgt_out"].reshape(-1),  # (B*T, V), (B*T,)
+            ignore_index=0,
+            label_smoothing=self.hparams.label_smoothing,
+        )
         n_tokens = (batch["tgt_out"] != 0).sum()
         return loss, n_tokens
 
@@ -346,14 +412,23 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         b = batch["src"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
         # Tokens processed (source + target, unpadded): the throughput numerator of the benchmarks.
-        self.log("train/tokens", (n_tokens + batch["src_lengths"].sum()).float(), reduce_fx="sum",
-                 on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
+        self.log(
+            "train/tokens",
+            (n_tokens + batch["src_lengths"].sum()).float(),
+            reduce_fx="sum",
+            on_step=False,
+            on_epoch=True,
+            batch_size=b,
+            sync_dist=True,
+        )
         return loss
 
     def configure_optimizers(self) -> dict[str, Any]:
         if self.model is None:
-            raise ConfigError("--model.pretrained_config is filled from checkpoints; to start from a pretrained "
-                              "Marian model give --model.pretrained (or --ckpt_path for its checkpoint)")
+            raise ConfigError(
+                "--model.pretrained_config is filled from checkpoints; to start from a pretrained "
+                "Marian model give --model.pretrained (or --ckpt_path for its checkpoint)"
+            )
         return configure_optimizer(self)
 
     # ------------------------------------------------------------------ evaluation
@@ -429,8 +504,9 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         """One ``(dataset index, (translation,))`` row per input line (beam ``beam_size``); an empty input
         line gets an empty output line, so output line i always translates input line i."""
-        res = self._decode(batch["src"], batch["src_lengths"], beam=self.hparams.beam_size, nbest=1,
-                           need_weights=False)
+        res = self._decode(batch["src"], batch["src_lengths"], beam=self.hparams.beam_size, nbest=1, need_weights=False)
         assert self.tgt_tokenizer is not None
-        return [Prediction(int(i), ("" if not src.strip() else self.tgt_tokenizer.decode(h[0]),))
-                for i, h, src in zip(batch["index"].tolist(), res.tokens, batch["src_text"])]
+        return [
+            Prediction(int(i), ("" if not src.strip() else self.tgt_tokenizer.decode(h[0]),))
+            for i, h, src in zip(batch["index"].tolist(), res.tokens, batch["src_text"])
+        ]

@@ -12,9 +12,9 @@ from __future__ import annotations
 import csv
 import os
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from lightning.pytorch.utilities import rank_zero_warn
 
@@ -55,8 +55,9 @@ class LoadResult:
         for p in self.problems[:MAX_LINE_WARNINGS]:
             rank_zero_warn(f"skipped {p}")
         if self.skipped > 1:  # one line is its own count; otherwise always say how many in total
-            rank_zero_warn(f"skipped {self.skipped} bad lines in {source} in total "
-                           f"(first at {self.problems[0].split(': ')[0]})")
+            rank_zero_warn(
+                f"skipped {self.skipped} bad lines in {source} in total (first at {self.problems[0].split(': ')[0]})"
+            )
 
 
 def normalize(text: str) -> str:
@@ -80,7 +81,7 @@ def read_lines(path: str | os.PathLike[str]) -> Iterator[tuple[int, str]]:
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                bad = raw[err.start:err.start + 1].hex()
+                bad = raw[err.start : err.start + 1].hex()
                 raise DataError(
                     f"{path}:{lineno}: not valid UTF-8 (byte 0x{bad} at column {err.start + 1}); "
                     f"re-encode the file as UTF-8, e.g. `iconv -f latin1 -t utf-8`"
@@ -122,8 +123,9 @@ def read_tatoeba(path: str | os.PathLike[str]) -> LoadResult:
     return res
 
 
-def read_table(path: str | os.PathLike[str], src_column: str, tgt_column: str,
-               delimiter: str | None = None) -> LoadResult:
+def read_table(
+    path: str | os.PathLike[str], src_column: str, tgt_column: str, delimiter: str | None = None
+) -> LoadResult:
     """Read a TSV/CSV file with a header row naming the columns.
 
     Args:
@@ -159,13 +161,16 @@ def read_table(path: str | os.PathLike[str], src_column: str, tgt_column: str,
     try:
         header = next(reader)
     except StopIteration:
-        raise DataError(f"{p}: empty file; expected a header row with columns "
-                        f"{src_column!r} and {tgt_column!r}") from None
+        raise DataError(
+            f"{p}: empty file; expected a header row with columns {src_column!r} and {tgt_column!r}"
+        ) from None
     header = [h.strip().lstrip("\ufeff") for h in header]
     missing = [c for c in (src_column, tgt_column) if c not in header]
     if missing:
-        raise DataError(f"{p}:1: missing column(s) {missing}; the header has {header} "
-                        f"(set the column names with --data.src_column / --data.tgt_column)")
+        raise DataError(
+            f"{p}:1: missing column(s) {missing}; the header has {header} "
+            f"(set the column names with --data.src_column / --data.tgt_column)"
+        )
     si, ti = header.index(src_column), header.index(tgt_column)
     res = LoadResult()
     for row in reader:
@@ -196,8 +201,10 @@ def read_parallel(src_path: str | os.PathLike[str], tgt_path: str | os.PathLike[
     src_lines = list(read_lines(sp))
     tgt_lines = list(read_lines(tp))
     if len(src_lines) != len(tgt_lines):
-        raise DataError(f"parallel files differ in length: {sp} has {len(src_lines)} lines, "
-                        f"{tp} has {len(tgt_lines)}; line i of one must translate line i of the other")
+        raise DataError(
+            f"parallel files differ in length: {sp} has {len(src_lines)} lines, "
+            f"{tp} has {len(tgt_lines)}; line i of one must translate line i of the other"
+        )
     res = LoadResult()
     for (lineno, s), (_, t) in zip(src_lines, tgt_lines):
         s, t = normalize(s), normalize(t)
@@ -242,8 +249,10 @@ def read_hf(name_or_path: str, src_column: str, tgt_column: str, split: str = "t
     elif "translation" in cols:
         rows = ((d.get(src_column) if d else None, d.get(tgt_column) if d else None) for d in ds["translation"])
     else:
-        raise DataError(f"HF dataset {name_or_path!r} has no columns {src_column!r}/{tgt_column!r} "
-                        f"(nor a 'translation' column); columns: {cols}")
+        raise DataError(
+            f"HF dataset {name_or_path!r} has no columns {src_column!r}/{tgt_column!r} "
+            f"(nor a 'translation' column); columns: {cols}"
+        )
     for i, (s, t) in enumerate(rows):
         if not isinstance(s, str) or not isinstance(t, str) or not normalize(s) or not normalize(t):
             res.skip(f"{name_or_path}[{split}][{i}]", "missing or empty text")

@@ -14,8 +14,9 @@ def encode_all(tok: BaseTokenizer, texts: list[str]) -> list[list[int]]:
     return [tok.encode(t) for t in texts]
 
 
-def train_subword(texts: list[str], vocab_size: int, model: str = "bpe", min_freq: int = 2,
-                  split_punctuation: bool = True) -> SubwordTokenizer:
+def train_subword(
+    texts: list[str], vocab_size: int, model: str = "bpe", min_freq: int = 2, split_punctuation: bool = True
+) -> SubwordTokenizer:
     """Train a :class:`core.tokenizers.SubwordTokenizer`, optionally splitting punctuation off words.
 
     ``core``'s tokenizer splits on whitespace only, so "coche", "coche?" and "¿coche" are unrelated
@@ -33,19 +34,23 @@ def train_subword(texts: list[str], vocab_size: int, model: str = "bpe", min_fre
     unk = SPECIAL_TOKENS[UNK_ID]
     if model == "bpe":
         tok = Tokenizer(models.BPE(unk_token=unk))
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_freq, special_tokens=specials,
-                                      show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, min_frequency=min_freq, special_tokens=specials, show_progress=False
+        )
     elif model == "unigram":
         tok = Tokenizer(models.Unigram())
-        trainer = trainers.UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token=unk,
-                                          show_progress=False)
+        trainer = trainers.UnigramTrainer(
+            vocab_size=vocab_size, special_tokens=specials, unk_token=unk, show_progress=False
+        )
     else:
         raise ConfigError(f"--data.tokenizer_model must be 'bpe' or 'unigram', got {model!r}")
     tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
-        pre_tokenizers.Punctuation(behavior="isolated"),
-    ])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always"),
+            pre_tokenizers.Punctuation(behavior="isolated"),
+        ]
+    )
     tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
     tok.train_from_iterator(texts, trainer=trainer)
     return SubwordTokenizer(tok)

@@ -123,8 +123,9 @@ def _load_nouns() -> list[Noun]:
     out = []
     for en_sg, en_pl, es_sg, gender, es_pl, tags in _fields(NOUNS):
         out.append(
-            Noun(en_sg, en_pl or _en_plural(en_sg), es_sg, es_pl or _es_plural(es_sg), gender,
-                 frozenset(tags.split(",")))
+            Noun(
+                en_sg, en_pl or _en_plural(en_sg), es_sg, es_pl or _es_plural(es_sg), gender, frozenset(tags.split(","))
+            )
         )
     return out
 
@@ -138,8 +139,11 @@ def _load_adjectives() -> list[Adjective]:
             regular = (m_sg, m_sg, m_sg + "s", m_sg + "s")
         forms = (f_sg or regular[1], m_pl or regular[2], f_pl or regular[3])
         out.append(
-            Adjective(en, {("m", False): m_sg, ("f", False): forms[0], ("m", True): forms[1],
-                           ("f", True): forms[2]}, frozenset(tags.split(",")))
+            Adjective(
+                en,
+                {("m", False): m_sg, ("f", False): forms[0], ("m", True): forms[1], ("f", True): forms[2]},
+                frozenset(tags.split(",")),
+            )
         )
     return out
 
@@ -149,7 +153,11 @@ def _load_verbs() -> list[Verb]:
     for base, s3, past, particle, inf, pres, pret, obj_tags, flags in _fields(VERBS):
         out.append(
             Verb(
-                base, s3, past, particle, inf,
+                base,
+                s3,
+                past,
+                particle,
+                inf,
                 tuple(pres.split()) if pres else _regular_present(inf),
                 tuple(pret.split()) if pret else _regular_preterite(inf),
                 frozenset(t for t in obj_tags.split(",") if t),
@@ -186,8 +194,12 @@ SUBJECT_PRONOUNS: list[tuple[str, str, int, str, bool]] = [
 ]
 # Object pronouns → clitics placed before the conjugated verb.
 OBJECT_PRONOUNS: list[tuple[str, str, int]] = [
-    ("me", "me", P1S), ("you", "te", P2S), ("him", "lo", P3S), ("her", "la", P3S),
-    ("us", "nos", P1P), ("them", "los", P3P),
+    ("me", "me", P1S),
+    ("you", "te", P2S),
+    ("him", "lo", P3S),
+    ("her", "la", P3S),
+    ("us", "nos", P1P),
+    ("them", "los", P3P),
 ]
 
 SER_PRESENT = ("soy", "eres", "es", "somos", "son")
@@ -213,8 +225,15 @@ THING_TAGS = frozenset({"object", "food", "vehicle", "place", "text", "open", "f
 def lexicon_size() -> int:
     """Number of distinct lexical items (nouns, adjectives, verbs, pronouns, determiners, adverbs)."""
     adverbs = {en for v in ADVERBS.values() for en, _ in v}
-    return (len(NOUN_LIST) + len(ADJ_LIST) + len({v.en_base for v in VERB_LIST}) + len(SUBJECT_PRONOUNS)
-            + len(OBJECT_PRONOUNS) + len(DETERMINERS) + len(adverbs))
+    return (
+        len(NOUN_LIST)
+        + len(ADJ_LIST)
+        + len({v.en_base for v in VERB_LIST})
+        + len(SUBJECT_PRONOUNS)
+        + len(OBJECT_PRONOUNS)
+        + len(DETERMINERS)
+        + len(adverbs)
+    )
 
 
 def verb_by_en(base: str) -> Verb:

@@ -18,9 +18,20 @@ CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 
 # Root needs --no-sandbox; the background-networking/update/sync switches stop Chromium's own calls home,
 # which the closed network refuses (and which would show up as outside requests).
-FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-default-apps", "--disable-extensions", "--disable-dev-shm-usage", "--window-size=1280,1600"]
+FLAGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--disable-extensions",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,1600",
+]
 
 
 def missing_browser() -> str | None:
@@ -32,8 +43,10 @@ def missing_browser() -> str | None:
     chromium = shutil.which("chromium") or (CHROMIUM if shutil.os.path.exists(CHROMIUM) else None)
     driver = shutil.which("chromedriver") or (CHROMEDRIVER if shutil.os.path.exists(CHROMEDRIVER) else None)
     if not chromium or not driver:
-        return ("Debian's chromium and chromium-driver are not installed "
-                "(apt-get install -y chromium chromium-driver; .ci/run does this where apt is usable)")
+        return (
+            "Debian's chromium and chromium-driver are not installed "
+            "(apt-get install -y chromium chromium-driver; .ci/run does this where apt is usable)"
+        )
     return None
 
 
@@ -72,5 +85,6 @@ def requested_urls(driver: Any) -> list[str]:
 def outside_requests(urls: list[str]) -> list[str]:
     """The URLs that leave this machine (not loopback, not inline data/blob URLs)."""
     local = {"127.0.0.1", "localhost", "::1", "[::1]"}
-    return [u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss")
-            and urlparse(u).hostname not in local]
+    return [
+        u for u in urls if urlparse(u).scheme in ("http", "https", "ws", "wss") and urlparse(u).hostname not in local
+    ]

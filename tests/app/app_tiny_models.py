@@ -16,9 +16,17 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _trainer(steps: int) -> pl.Trainer:
-    return pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                      num_sanity_val_steps=0, use_distributed_sampler=False)
+    return pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        use_distributed_sampler=False,
+    )
 
 
 def tiny_translation(folder: Path, steps: int = 8) -> Path:
@@ -27,11 +35,29 @@ def tiny_translation(folder: Path, steps: int = 8) -> Path:
     from tasks.translation.module import TranslationModule
 
     pl.seed_everything(0)
-    dm = TranslationDataModule(n_pairs=300, val_size=8, test_size=8, vocab_size=200, min_freq=1, max_tokens=512,
-                               cache_dir=str(folder / "cache"))
-    model = TranslationModule(arch="transformer", hidden_dim=32, num_heads=2, ffn_dim=64, encoder_layers=2,
-                              decoder_layers=2, dropout=0.0, lr=5e-3, warmup_steps=1, lr_schedule="constant",
-                              plot_examples=0, max_len=12)
+    dm = TranslationDataModule(
+        n_pairs=300,
+        val_size=8,
+        test_size=8,
+        vocab_size=200,
+        min_freq=1,
+        max_tokens=512,
+        cache_dir=str(folder / "cache"),
+    )
+    model = TranslationModule(
+        arch="transformer",
+        hidden_dim=32,
+        num_heads=2,
+        ffn_dim=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        dropout=0.0,
+        lr=5e-3,
+        warmup_steps=1,
+        lr_schedule="constant",
+        plot_examples=0,
+        max_len=12,
+    )
     trainer = _trainer(steps)
     trainer.fit(model, dm)
     path = folder / "translation.ckpt"
@@ -44,8 +70,17 @@ def tiny_captioning(folder: Path) -> Path:
     from tasks.captioning.cli import main
 
     configs = REPO / "configs" / "captioning"
-    code = main(["fit", "-c", str(configs / "default.yaml"), "-c", str(configs / "tiny.yaml"),
-                 f"--trainer.default_root_dir={folder / 'cap'}", "--model.plot_examples=0"])
+    code = main(
+        [
+            "fit",
+            "-c",
+            str(configs / "default.yaml"),
+            "-c",
+            str(configs / "tiny.yaml"),
+            f"--trainer.default_root_dir={folder / 'cap'}",
+            "--model.plot_examples=0",
+        ]
+    )
     assert code == 0, code
     found = sorted((folder / "cap").rglob("last.ckpt"))
     assert found, list((folder / "cap").rglob("*"))
@@ -66,9 +101,18 @@ def tiny_speech(folder: Path, steps: int = 3) -> Path:
     from tasks.speech.module import SpeechModule
 
     pl.seed_everything(0)
-    model = SpeechModule(encoder_dim=32, encoder_layers=1, hidden_dim=48, embed_dim=16,
-                         attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5},
-                         warmup_steps=1, spec_augment=False, beam_size=2, plot_examples=0, max_chunk_seconds=4.0)
+    model = SpeechModule(
+        encoder_dim=32,
+        encoder_layers=1,
+        hidden_dim=48,
+        embed_dim=16,
+        attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5},
+        warmup_steps=1,
+        spec_augment=False,
+        beam_size=2,
+        plot_examples=0,
+        max_chunk_seconds=4.0,
+    )
     items = []
     for i, (freq, text) in enumerate([(300.0, "low"), (600.0, "mid"), (900.0, "high"), (450.0, "hum")]):
         feats = model.logmel(torch.from_numpy(tone(0.6 + 0.1 * i, freq)))  # (T, F)

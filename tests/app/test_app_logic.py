@@ -77,8 +77,13 @@ def test_demo_checkpoints_layout(checkpoints: dict[str, Path], tmp_path: Path) -
 # ------------------------------------------------------------------------------------------------ input checks
 def test_sentence_checks() -> None:
     assert split_sentences(" a b \n\n c ", LIMITS) == ["a b", "c"]
-    for bad, msg in [("", "no text"), ("  \n ", "no text"), (None, "no text"), ("a\nb\nc\nd", "up to 3"),
-                     ("x" * 51, "51 characters")]:
+    for bad, msg in [
+        ("", "no text"),
+        ("  \n ", "no text"),
+        (None, "no text"),
+        ("a\nb\nc\nd", "up to 3"),
+        ("x" * 51, "51 characters"),
+    ]:
         with pytest.raises(AppInputError, match=msg):
             split_sentences(bad, LIMITS)
 
@@ -103,12 +108,20 @@ def test_image_checks(tmp_path: Path) -> None:
 
 
 def test_audio_checks(tmp_path: Path) -> None:
-    cases = {"silent.wav": np.zeros(16000, np.float32), "zero.wav": np.zeros(0, np.float32),
-             "long.wav": tone(5.5), "short.wav": tone(0.05)}
+    cases = {
+        "silent.wav": np.zeros(16000, np.float32),
+        "zero.wav": np.zeros(0, np.float32),
+        "long.wav": tone(5.5),
+        "short.wav": tone(0.05),
+    }
     for name, samples in cases.items():
         sf.write(tmp_path / name, samples, 16000)
-    expected = {"silent.wav": "silent", "zero.wav": "empty", "long.wav": "5.5 s long; this app accepts up to 5 s",
-                "short.wav": "at least 0.1 s"}
+    expected = {
+        "silent.wav": "silent",
+        "zero.wav": "empty",
+        "long.wav": "5.5 s long; this app accepts up to 5 s",
+        "short.wav": "at least 0.1 s",
+    }
     for name, msg in expected.items():
         with pytest.raises(AppInputError, match=msg):
             read_audio(tmp_path / name, LIMITS)
@@ -158,8 +171,9 @@ def test_layer_head_attention_rnn_multihead() -> None:
 
     torch.manual_seed(0)
     tok = WordTokenizer.train(["a b c d e f"])
-    model = TranslationModule(embed_dim=16, hidden_dim=16, attention="multihead", attention_options={"num_heads": 2},
-                              dropout=0.0, max_len=6)
+    model = TranslationModule(
+        embed_dim=16, hidden_dim=16, attention="multihead", attention_options={"num_heads": 2}, dropout=0.0, max_len=6
+    )
     model.set_tokenizers(tok, tok)
     model.build_model()
     hyp = model.translate(["a b c"], beam=2, return_attention=True)[0]
@@ -224,10 +238,13 @@ def test_long_audio_alternatives_join_chunks() -> None:
 
 # ------------------------------------------------------------------------------------------------ packaging
 def test_core_and_task_clis_do_not_import_gradio() -> None:
-    code = ("import sys, core, core.viz, core.decoding, tasks.demo, tasks.translation.cli, tasks.captioning.cli, "
-            "tasks.speech.cli, tasks.app, tasks.app.loading, tasks.app.inference, tasks.app.heads, tasks.app.cli; "
-            "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'gradio_client')); "
-            "print(bad); sys.exit(1 if bad else 0)")
-    out = subprocess.run([sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    code = (
+        "import sys, core, core.viz, core.decoding, tasks.demo, tasks.translation.cli, tasks.captioning.cli, "
+        "tasks.speech.cli, tasks.app, tasks.app.loading, tasks.app.inference, tasks.app.heads, tasks.app.cli; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'gradio_client')); "
+        "print(bad); sys.exit(1 if bad else 0)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], check=False, cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stdout + out.stderr

@@ -116,10 +116,19 @@ def test_plain_http_api(app_server: dict[str, Any]) -> None:
 
 def test_oversized_upload_is_refused(app_server: dict[str, Any]) -> None:
     boundary = "attnappboundary"
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"big.png\"\r\n"
-            f"Content-Type: image/png\r\n\r\n").encode() + b"\0" * int(2.5 * 2**20) + f"\r\n--{boundary}--\r\n".encode()
-    req = urllib.request.Request(f"{app_server['url'].rstrip('/')}/gradio_api/upload", data=body,
-                                 headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="files"; filename="big.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + b"\0" * int(2.5 * 2**20)
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    req = urllib.request.Request(
+        f"{app_server['url'].rstrip('/')}/gradio_api/upload",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
     with pytest.raises(urllib.error.HTTPError) as err:
         urllib.request.urlopen(req, timeout=60)
     assert err.value.code == 413

@@ -100,7 +100,7 @@ def test_multihead_kv_cache_matches_full_causal() -> None:
     cache_k = cache_v = None
     steps = []
     for t in range(6):
-        k_t, v_t = attn.precompute(x[:, t:t + 1], x[:, t:t + 1])  # (B, H, 1, Dh)
+        k_t, v_t = attn.precompute(x[:, t : t + 1], x[:, t : t + 1])  # (B, H, 1, Dh)
         cache_k = k_t if cache_k is None else torch.cat([cache_k, k_t], dim=2)
         cache_v = v_t if cache_v is None else torch.cat([cache_v, v_t], dim=2)
         steps.append(attn(x[:, t], None, None, precomputed=(cache_k, cache_v), need_weights=False).context)
@@ -114,10 +114,12 @@ def naive_additive(attn: AdditiveAttention, q: torch.Tensor, k: torch.Tensor, v:
     ctx = torch.zeros(b, t, v.shape[-1], dtype=q.dtype)
     for i in range(b):
         for j in range(t):
-            e = torch.stack([
-                attn.energy.weight[0] @ torch.tanh(attn.query_proj(q[i, j]) + attn.key_proj(k[i, m]))
-                for m in range(s)
-            ])
+            e = torch.stack(
+                [
+                    attn.energy.weight[0] @ torch.tanh(attn.query_proj(q[i, j]) + attn.key_proj(k[i, m]))
+                    for m in range(s)
+                ]
+            )
             w = torch.softmax(e, 0)
             ctx[i, j] = w @ v[i]
     return ctx
@@ -144,9 +146,7 @@ def test_additive_chunked_scores_match_unchunked(monkeypatch: pytest.MonkeyPatch
     chunked = additive_scores(qh, kh, v)
     torch.testing.assert_close(chunked, naive)
     g = torch.randn_like(naive)
-    torch.testing.assert_close(
-        torch.autograd.grad(chunked, (qh, kh), g), torch.autograd.grad(naive, (qh, kh), g)
-    )
+    torch.testing.assert_close(torch.autograd.grad(chunked, (qh, kh), g), torch.autograd.grad(naive, (qh, kh), g))
 
 
 def test_location_step_by_step_equals_sequence() -> None:
@@ -226,7 +226,10 @@ def test_gradcheck_float64(name: str) -> None:
 
 
 def test_gradcheck_additive_scores_with_location_features() -> None:
-    args = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in [(2, 3, 4), (2, 5, 4), (4,), (2, 5, 2), (4, 2)]]
+    args = [
+        torch.randn(*s, dtype=torch.float64, requires_grad=True)
+        for s in [(2, 3, 4), (2, 5, 4), (4,), (2, 5, 2), (4, 2)]
+    ]
     assert torch.autograd.gradcheck(additive_scores, tuple(args))
 
 

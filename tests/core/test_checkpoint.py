@@ -15,9 +15,8 @@ import torch
 
 from core import checkpoint as ckpt_mod
 from core.checkpoint import FORMAT_VERSION, load_checkpoint, make_metadata, resolve_checkpoint
-from core.task_io import TaskCheckpointMixin, load_task_module
 from core.errors import CheckpointError, UserError
-
+from core.task_io import TaskCheckpointMixin, load_task_module
 
 
 class _Evil:
@@ -26,7 +25,7 @@ class _Evil:
     def __init__(self, marker: Path) -> None:
         self.marker = marker
 
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+    def __reduce__(self):
         return (os.makedirs, (str(self.marker),))
 
 
@@ -99,10 +98,10 @@ def server(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
     log: list[str] = []
 
     class Handler(http.server.SimpleHTTPRequestHandler):
-        def __init__(self, *a, **kw) -> None:  # noqa: ANN002, ANN003
+        def __init__(self, *a, **kw) -> None:
             super().__init__(*a, directory=str(root), **kw)
 
-        def log_message(self, fmt: str, *args) -> None:  # noqa: ANN002
+        def log_message(self, fmt: str, *args) -> None:
             log.append(self.path)
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -160,14 +159,14 @@ class _TaskModule(TaskCheckpointMixin, pl.LightningModule):
         self.lin = torch.nn.Linear(2, hidden)
         self.loaded_meta: dict | None = None
 
-    def training_step(self, batch, idx):  # noqa: ANN001, ANN201
+    def training_step(self, batch, idx):
         return self.lin(batch[0]).pow(2).mean()
 
-    def train_dataloader(self):  # noqa: ANN201
+    def train_dataloader(self):
         data = torch.utils.data.TensorDataset(torch.randn(4, 2))
         return torch.utils.data.DataLoader(data, batch_size=2)
 
-    def configure_optimizers(self):  # noqa: ANN201
+    def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=0.1)
 
     def task_metadata(self) -> dict:
@@ -175,14 +174,21 @@ class _TaskModule(TaskCheckpointMixin, pl.LightningModule):
 
         return {"tokenizer": CharTokenizer.train(["ñandú"]).to_dict()}
 
-    def restore_metadata(self, meta, source) -> None:  # noqa: ANN001
+    def restore_metadata(self, meta, source) -> None:
         self.loaded_meta = dict(meta)
 
 
 def _toy_checkpoint(tmp_path: Path) -> tuple[_TaskModule, Path]:
     model = _TaskModule(hidden=5, name="ñ")
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(model)
     path = tmp_path / "toy.ckpt"
     trainer.save_checkpoint(path)
@@ -202,8 +208,9 @@ def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
         _TaskModule.load_from_checkpoint(path, hidden=4)
 
 
-def test_sizes_are_checked_on_the_meta_device_before_any_allocation(tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sizes_are_checked_on_the_meta_device_before_any_allocation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _, path = _toy_checkpoint(tmp_path)
     ckpt = torch.load(path, weights_only=True)
     ckpt["hyper_parameters"]["hidden"] = 60  # in bounds, but not what the weights were trained with
@@ -238,7 +245,9 @@ def test_newer_format_and_bad_metadata_are_named(tmp_path: Path) -> None:
         _TaskModule.load_from_checkpoint(path)
 
 
-def test_cli_ckpt_path_url_is_made_local_checked_and_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_ckpt_path_url_is_made_local_checked_and_weights_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from core.cli import check_ckpt_path_arg
 
     bare = _good(tmp_path, task="speech")
@@ -268,7 +277,9 @@ def test_cli_ckpt_path_best_is_the_run_folders_best_ckpt(tmp_path: Path) -> None
     with pytest.raises(CheckpointError, match="best.ckpt does not exist"):
         check_ckpt_path_arg(config, "speech")
     (root / "checkpoints").mkdir(parents=True)
-    torch.save({**torch.load(_good(tmp_path, task="speech"), weights_only=True), "pytorch-lightning_version": "2.6.6"},
-               root / "checkpoints" / "best.ckpt")
+    torch.save(
+        {**torch.load(_good(tmp_path, task="speech"), weights_only=True), "pytorch-lightning_version": "2.6.6"},
+        root / "checkpoints" / "best.ckpt",
+    )
     check_ckpt_path_arg(config, "speech")
     assert config["test"]["ckpt_path"] == str(root / "checkpoints" / "best.ckpt")

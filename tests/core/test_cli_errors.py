@@ -77,16 +77,18 @@ def test_parse_device_errors_are_user_errors() -> None:
             parse_device(f"cuda:{torch.cuda.device_count()}")
 
 
-def test_inference_clis_bad_device_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # noqa: ANN001
+def test_inference_clis_bad_device_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     from tasks.captioning.cli import main as caption
     from tasks.speech.cli import main as asr
     from tasks.translation.cli import main as translate
 
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"not read: the device is checked first")
-    for main, argv in ((translate, ["translate", "--ckpt", str(ckpt), "--device", "gpu0", "hi"]),
-                       (caption, ["caption", "--ckpt", str(ckpt), "--device", "gpu0", "a.png"]),
-                       (asr, ["transcribe", "--ckpt", str(ckpt), "--device", "gpu0", "a.wav"])):
+    for main, argv in (
+        (translate, ["translate", "--ckpt", str(ckpt), "--device", "gpu0", "hi"]),
+        (caption, ["caption", "--ckpt", str(ckpt), "--device", "gpu0", "a.png"]),
+        (asr, ["transcribe", "--ckpt", str(ckpt), "--device", "gpu0", "a.wav"]),
+    ):
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "error: --device 'gpu0'" in err and "Traceback" not in err, err

@@ -33,8 +33,19 @@ def test_two_fits_in_one_run_folder(tmp_path: Path, capsys: pytest.CaptureFixtur
 
     config = Path(__file__).resolve().parents[2] / "configs" / "sentiment" / "default.yaml"
     with run_folder_lock(tmp_path / "run"):  # as if another process were training there
-        code = main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path / "run"),
-                     "--data.size", "100", "--trainer.max_epochs", "1"])
+        code = main(
+            [
+                "fit",
+                "--config",
+                str(config),
+                "--trainer.default_root_dir",
+                str(tmp_path / "run"),
+                "--data.size",
+                "100",
+                "--trainer.max_epochs",
+                "1",
+            ]
+        )
     assert code == 2 and "is in use by another fit" in capsys.readouterr().err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
@@ -43,8 +54,19 @@ def test_lightning_configuration_errors_are_user_errors(tmp_path: Path, capsys: 
     from tasks.sentiment.cli import main
 
     config = Path(__file__).resolve().parents[2] / "configs" / "sentiment" / "default.yaml"
-    code = main(["fit", "--config", str(config), "--trainer.default_root_dir", str(tmp_path), "--data.size", "100",
-                 "--trainer.max_epochs", "-5"])
+    code = main(
+        [
+            "fit",
+            "--config",
+            str(config),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--data.size",
+            "100",
+            "--trainer.max_epochs",
+            "-5",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "error: invalid configuration: `max_epochs` must be a non-negative integer or -1" in err
@@ -76,8 +98,9 @@ class _Trickle:
         return b"x"
 
 
-def test_download_has_an_overall_deadline_and_leaves_no_partial_file(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_download_has_an_overall_deadline_and_leaves_no_partial_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("ATTN_SUITE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ATTN_SUITE_DOWNLOAD_TIMEOUT", "1")
     monkeypatch.setattr(ckpt_mod.urllib.request, "urlopen", lambda url, timeout: _Trickle(0.05))

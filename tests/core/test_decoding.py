@@ -21,8 +21,7 @@ class ToyModel:
     with t so that hypotheses end at different lengths.
     """
 
-    def __init__(self, vocab: int = 11, dim: int = 8, src_len: int = 6, eos_bonus: float = 0.6,
-                 seed: int = 0) -> None:
+    def __init__(self, vocab: int = 11, dim: int = 8, src_len: int = 6, eos_bonus: float = 0.6, seed: int = 0) -> None:
         g = torch.Generator().manual_seed(seed)
         self.emb = torch.randn(vocab, dim, generator=g)
         self.w = torch.randn(dim, dim, generator=g) / math.sqrt(dim)
@@ -108,8 +107,9 @@ def test_nbest_sorted_and_consistent_with_teacher_forcing() -> None:
     model = ToyModel(seed=3)
     B, K, max_len, lp = 3, 4, 10, 1.0
     init = model.init_state(B)
-    res = beam_search(model.step, init, batch_size=B, bos_id=BOS, eos_id=EOS, max_len=max_len,
-                      beam_size=K, length_penalty=lp, nbest=K)
+    res = beam_search(
+        model.step, init, batch_size=B, bos_id=BOS, eos_id=EOS, max_len=max_len, beam_size=K, length_penalty=lp, nbest=K
+    )
     for b in range(B):
         assert len(res.tokens[b]) == K
         assert res.scores[b] == sorted(res.scores[b], reverse=True)
@@ -175,8 +175,9 @@ def test_early_stop_calls() -> None:
         lp[:, EOS] = torch.where(state.beams["t"] >= 1, 5.0, -30.0)  # EOS certain from step 2 on
         return torch.log_softmax(lp, -1), st, attn
 
-    res = beam_search(eos_second, model.init_state(3), batch_size=3, bos_id=BOS, eos_id=EOS, max_len=50,
-                      beam_size=2, nbest=2)
+    res = beam_search(
+        eos_second, model.init_state(3), batch_size=3, bos_id=BOS, eos_id=EOS, max_len=50, beam_size=2, nbest=2
+    )
     assert res.tokens[0][0] == [5]
     assert calls <= 4  # stopped long before max_len
 
@@ -261,8 +262,9 @@ def test_cuda_matches_cpu() -> None:
     assert gpu_res.tokens == cpu_res.tokens
     assert gpu_res.scores == pytest.approx(cpu_res.scores, abs=1e-3)
     assert gpu_res.attention[0][0].device.type == "cpu"
-    greedy = greedy_search(cuda.step, init.map(lambda t: t.cuda(), lambda t: t.cuda()), batch_size=4, bos_id=BOS, eos_id=EOS,
-                           max_len=10)
+    greedy = greedy_search(
+        cuda.step, init.map(lambda t: t.cuda(), lambda t: t.cuda()), batch_size=4, bos_id=BOS, eos_id=EOS, max_len=10
+    )
     assert greedy.tokens == greedy_search(model.step, init, batch_size=4, bos_id=BOS, eos_id=EOS, max_len=10).tokens
 
 
@@ -318,10 +320,16 @@ def test_cache_reordered_by_the_step_function() -> None:
 
     kw = dict(batch_size=4, bos_id=BOS, eos_id=EOS, max_len=9, beam_size=3, nbest=3)
     init = model.init_state(4)
-    cached = beam_search(lambda t, s: with_history(t, s, True),
-                         DecoderState(beams=init.beams, source=init.source, cache={"hist": torch.zeros(4, 0)}), **kw)
-    eager = beam_search(lambda t, s: with_history(t, s, False),
-                        DecoderState(beams={**init.beams, "hist": torch.zeros(4, 0)}, source=init.source), **kw)
+    cached = beam_search(
+        lambda t, s: with_history(t, s, True),
+        DecoderState(beams=init.beams, source=init.source, cache={"hist": torch.zeros(4, 0)}),
+        **kw,
+    )
+    eager = beam_search(
+        lambda t, s: with_history(t, s, False),
+        DecoderState(beams={**init.beams, "hist": torch.zeros(4, 0)}, source=init.source),
+        **kw,
+    )
     assert cached.tokens == eager.tokens
     assert cached.scores == eager.scores
     assert len({len(h[0]) for h in cached.tokens}) > 1  # items finished at different steps (drops)

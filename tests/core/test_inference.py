@@ -131,8 +131,7 @@ def test_append_to_cache_matches_reorder_then_cat() -> None:
     cache, new = torch.randn(6, 2, 5, 4), torch.randn(6, 2, 1, 4)
     rows = torch.tensor([2, 2, 0, 5, 1, 3])
     with torch.no_grad():
-        torch.testing.assert_close(append_to_cache(cache, new, rows),
-                                   torch.cat([cache[rows], new], 2), rtol=0, atol=0)
+        torch.testing.assert_close(append_to_cache(cache, new, rows), torch.cat([cache[rows], new], 2), rtol=0, atol=0)
         torch.testing.assert_close(append_to_cache(cache, new, None), torch.cat([cache, new], 2), rtol=0, atol=0)
         empty = torch.zeros(3, 2, 0, 4)  # first step: nothing cached yet
         torch.testing.assert_close(append_to_cache(empty, new[:3], None), new[:3], rtol=0, atol=0)

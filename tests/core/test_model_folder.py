@@ -80,8 +80,11 @@ def test_folder_errors_name_the_folder_and_what_is_wrong(tmp_path: Path) -> None
     # config.json is untrusted data: class paths, absurd sizes, wrong types are refused before any build
     folder = Path(BUILDERS["translation"]().save_pretrained(tmp_path / "tr2"))
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    for key, value, match in (("attention_options", {"class_path": "os.system"}, "class_path"),
-                              ("hidden_dim", 10**9, r"expected a value in"), ("arch", 3, "expected Literal")):
+    for key, value, match in (
+        ("attention_options", {"class_path": "os.system"}, "class_path"),
+        ("hidden_dim", 10**9, r"expected a value in"),
+        ("arch", 3, "expected Literal"),
+    ):
         bad = json.loads(json.dumps(config))
         bad["hyper_parameters"][key] = value
         (folder / "config.json").write_text(json.dumps(bad), encoding="utf-8")
@@ -164,8 +167,9 @@ def test_hub_offline_mode_reads_the_local_cache(tmp_path: Path, monkeypatch: pyt
         load_task_model(CaptioningModule, "hf://org/other")
 
 
-def test_export_cli_and_push_to_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_export_cli_and_push_to_hub(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import huggingface_hub
 
     from tasks.captioning.cli import main
@@ -186,8 +190,20 @@ def test_export_cli_and_push_to_hub(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     (tmp_path / "scores.json").write_text('{"test/bleu4": 61.2}', encoding="utf-8")
-    code = main(["export", "--ckpt", str(ckpt), "--out", str(tmp_path / "out"), "--push", "org/cap", "--private",
-                 "--metrics", str(tmp_path / "scores.json")])
+    code = main(
+        [
+            "export",
+            "--ckpt",
+            str(ckpt),
+            "--out",
+            str(tmp_path / "out"),
+            "--push",
+            "org/cap",
+            "--private",
+            "--metrics",
+            str(tmp_path / "scores.json"),
+        ]
+    )
     assert code == 0
     assert pushed["repo"] == "org/cap" and pushed["private"] and "model.safetensors" in pushed["files"]
     assert "| `test/bleu4` | 61.20 |" in (tmp_path / "out" / "README.md").read_text(encoding="utf-8")

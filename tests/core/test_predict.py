@@ -17,15 +17,33 @@ def test_rows_sorted_deduped_per_dataloader_and_escaped(tmp_path: Path, capsys: 
     w = PredictionWriter(str(out))
     w.on_predict_epoch_start(trainer, None)  # type: ignore[arg-type]
     # batches out of order (as from two interleaved DDP ranks) with one padding repeat, two dataloaders
-    w.write_on_batch_end(trainer, None, [Prediction(2, ("c", "two")), Prediction(0, ("a", "zero"))],  # type: ignore[arg-type]
-                         None, None, 0, 0)
+    w.write_on_batch_end(
+        trainer,
+        None,
+        [Prediction(2, ("c", "two")), Prediction(0, ("a", "zero"))],  # type: ignore[arg-type]
+        None,
+        None,
+        0,
+        0,
+    )
     w.write_on_batch_end(trainer, None, [Prediction(0, ("x", "other loader"))], None, None, 0, 1)  # type: ignore[arg-type]
-    w.write_on_batch_end(trainer, None, [Prediction(1, ("b\tname", "one\nline")), Prediction(0, ("a", "zero"))],  # type: ignore[arg-type]
-                         None, None, 1, 0)
+    w.write_on_batch_end(
+        trainer,
+        None,
+        [Prediction(1, ("b\tname", "one\nline")), Prediction(0, ("a", "zero"))],  # type: ignore[arg-type]
+        None,
+        None,
+        1,
+        0,
+    )
     w.write_on_batch_end(trainer, None, [], None, None, 2, 0)  # type: ignore[arg-type]  # an all-unreadable batch
     w.on_predict_epoch_end(trainer, None)  # type: ignore[arg-type]
     assert out.read_text(encoding="utf-8").splitlines() == [
-        "a\tzero", "b\\tname\tone\\nline", "c\ttwo", "x\tother loader"]
+        "a\tzero",
+        "b\\tname\tone\\nline",
+        "c\ttwo",
+        "x\tother loader",
+    ]
     assert not list(out.parent.glob(".*part"))  # the temporary file was renamed, nothing left behind
     # stdout without a file; a rank other than 0 writes nothing
     w = PredictionWriter()
@@ -36,8 +54,9 @@ def test_rows_sorted_deduped_per_dataloader_and_escaped(tmp_path: Path, capsys: 
     assert capsys.readouterr().out == "x\n"
 
 
-def test_under_ddp_every_rank_gathers_and_rank_zero_writes_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                                ) -> None:
+def test_under_ddp_every_rank_gathers_and_rank_zero_writes_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     world = 2
     writers = [PredictionWriter(str(tmp_path / "out.txt")) for _ in range(world)]
     shards = [[0, 2, 4], [1, 3, 0]]  # DistributedSampler padding: rank 1 repeats example 0

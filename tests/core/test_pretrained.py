@@ -27,7 +27,7 @@ from core.pretrained import (
 from core.training import configure_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_tiny import speech_folder, vision_folder  # noqa: E402
+from hf_tiny import speech_folder, vision_folder
 
 
 @pytest.fixture(scope="module")
@@ -43,11 +43,15 @@ def _offline_hub(monkeypatch: pytest.MonkeyPatch, cache: Path) -> None:
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(cache))
 
 
-def test_hub_id_offline_is_a_clear_error_and_the_cache_is_used(vit: Path, tmp_path: Path,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_hub_id_offline_is_a_clear_error_and_the_cache_is_used(
+    vit: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _offline_hub(monkeypatch, tmp_path / "hub")
-    with pytest.raises(ConfigError, match=r"--model.encoder: 'org/vit-tiny' is not a local folder.*HF_HUB_OFFLINE"
-                                          r".*local model folder: --model.encoder hf:/path/to/folder"):
+    with pytest.raises(
+        ConfigError,
+        match=r"--model.encoder: 'org/vit-tiny' is not a local folder.*HF_HUB_OFFLINE"
+        r".*local model folder: --model.encoder hf:/path/to/folder",
+    ):
         resolve_pretrained("hf:org/vit-tiny", "--model.encoder")
     # the same id once it is in the cache (a user who downloaded it before): no request at all
     snap = tmp_path / "hub" / "models--org--vit-tiny" / "snapshots" / ("b" * 40)
@@ -65,8 +69,11 @@ def test_hub_id_offline_is_a_clear_error_and_the_cache_is_used(vit: Path, tmp_pa
 
 def test_model_type_allowlist_names_folder_and_kind(vit: Path, tmp_path: Path) -> None:
     assert read_model_type(vit, "vision", "--model.encoder") == "vit"
-    with pytest.raises(ConfigError, match=r"vit.*holds a 'vit' model \(a vision backbone\); --model.encoder expects "
-                                          r"a speech encoder of type wav2vec2"):
+    with pytest.raises(
+        ConfigError,
+        match=r"vit.*holds a 'vit' model \(a vision backbone\); --model.encoder expects "
+        r"a speech encoder of type wav2vec2",
+    ):
         read_model_type(vit, "speech", "--model.encoder")
     bert = tmp_path / "bert"
     bert.mkdir()
@@ -101,12 +108,14 @@ def test_stored_config_is_checked_and_rebuilt_offline(vit: Path) -> None:
     rebuilt.load_state_dict(model.state_dict())
     x = torch.randn(1, 3, 48, 48)
     assert torch.equal(rebuilt.eval()(x).last_hidden_state, model.eval()(x).last_hidden_state)
-    for bad, match in (({**config, "auto_map": {"AutoModel": "evil.Model"}}, "auto_map"),
-                       ({**config, "model_type": "bert"}, "model_type 'bert' is not one of"),
-                       ({**config, "hidden_size": 10**6}, r"hidden_size = 1000000: expected a value in \[1, 16384\]"),
-                       ({**config, "layer_norm_eps": float("nan")}, "finite"),
-                       ({**config, "x": {"class_path": "os.system"}}, "class_path"),
-                       ("vit", "expected an object")):
+    for bad, match in (
+        ({**config, "auto_map": {"AutoModel": "evil.Model"}}, "auto_map"),
+        ({**config, "model_type": "bert"}, "model_type 'bert' is not one of"),
+        ({**config, "hidden_size": 10**6}, r"hidden_size = 1000000: expected a value in \[1, 16384\]"),
+        ({**config, "layer_norm_eps": float("nan")}, "finite"),
+        ({**config, "x": {"class_path": "os.system"}}, "class_path"),
+        ("vit", "expected an object"),
+    ):
         with pytest.raises(ConfigError, match=match):
             check_config(bad, "vision", "ckpt")
 
@@ -158,11 +167,25 @@ class _Tiny(pl.LightningModule):
 
     def __init__(self) -> None:
         super().__init__()
-        self.save_hyperparameters({"lr": 0.1, "weight_decay": 0.1, "betas": (0.9, 0.99), "eps": 1e-8,
-                                   "warmup_steps": 0, "lr_schedule": "constant", "min_lr_ratio": 0.0})
+        self.save_hyperparameters(
+            {
+                "lr": 0.1,
+                "weight_decay": 0.1,
+                "betas": (0.9, 0.99),
+                "eps": 1e-8,
+                "warmup_steps": 0,
+                "lr_schedule": "constant",
+                "min_lr_ratio": 0.0,
+            }
+        )
         self.backbone = _Backbone()
-        self.backbone.freeze_policy = FreezePolicy(self.backbone, find_blocks(self.backbone), -1,  # type: ignore[assignment]
-                                                   unfreeze_after_steps=2, never=("head.",))
+        self.backbone.freeze_policy = FreezePolicy(
+            self.backbone,
+            find_blocks(self.backbone),
+            -1,  # type: ignore[assignment]
+            unfreeze_after_steps=2,
+            never=("head.",),
+        )
         self.out = nn.Linear(4, 1)
         self.snapshots: list[torch.Tensor] = []
 
@@ -182,8 +205,14 @@ def test_unfreeze_after_steps_through_lightning(tmp_path: Path) -> None:
     groups = optimizer_groups(model, 0.5)
     assert groups is not None and len(groups[0][0]) == 10 and groups[0][1] == 0.5  # frozen ones included
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(12, 4)), batch_size=2)
-    trainer = pl.Trainer(max_steps=5, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        max_steps=5,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(model, data)
     s = model.snapshots
     assert torch.equal(s[0], s[1]) and torch.equal(s[1], s[2])  # frozen for steps 0 and 1 (no decay either)

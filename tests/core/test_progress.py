@@ -33,8 +33,14 @@ def test_budget_bar_reports_time_steps_and_loss_across_epochs() -> None:
     events: list[dict[str, Any]] = []
     data = DataLoader(TensorDataset(torch.randn(16, 4), torch.randn(16, 1)), batch_size=4)  # 4 steps per epoch
     bar = BudgetProgressBar(events.append, "tiny", budget_s=60.0, interval_s=0.0)
-    trainer = L.Trainer(max_epochs=3, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_model_summary=False, callbacks=[bar])
+    trainer = L.Trainer(
+        max_epochs=3,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[bar],
+    )
     trainer.fit(_Tiny(), data)
     assert trainer.progress_bar_callback is bar  # Lightning uses it as the progress bar
     assert all(e["task"] == "tiny" and e["stage"] == "training" and e["total"] == 60.0 for e in events)
@@ -48,9 +54,14 @@ def test_budget_bar_with_a_deadline_stops_mid_epoch() -> None:
     events: list[dict[str, Any]] = []
     data = DataLoader(TensorDataset(torch.randn(4000, 4), torch.randn(4000, 1)), batch_size=1)
     start = time.monotonic()
-    trainer = L.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
-                        enable_model_summary=False,
-                        callbacks=[DeadlineStop(start + 1.0), BudgetProgressBar(events.append, "t", 1.0, start)])
+    trainer = L.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[DeadlineStop(start + 1.0), BudgetProgressBar(events.append, "t", 1.0, start)],
+    )
     trainer.fit(_Tiny(), data)
     assert trainer.global_step < 4000 and events[-1]["done"] and events[-1]["n"] <= 1.0
 
@@ -68,12 +79,32 @@ def test_board_writes_lines_to_a_log_file() -> None:
     out = io.StringIO()  # not a terminal: periodic plain lines, no carriage returns
     board = ProgressBoard(out, log_interval_s=3600)
     for n in range(5):
-        board({"task": "captioning", "stage": "training", "n": n, "total": 10, "unit": "s",
-               "postfix": {"step": n, "loss": 1.23456}})
-    board({"task": "captioning", "stage": "training", "n": 10, "total": 10, "unit": "s", "postfix": {"step": 9},
-           "done": True})
+        board(
+            {
+                "task": "captioning",
+                "stage": "training",
+                "n": n,
+                "total": 10,
+                "unit": "s",
+                "postfix": {"step": n, "loss": 1.23456},
+            }
+        )
+    board(
+        {
+            "task": "captioning",
+            "stage": "training",
+            "n": 10,
+            "total": 10,
+            "unit": "s",
+            "postfix": {"step": 9},
+            "done": True,
+        }
+    )
     board.write("captioning: met")
     lines = out.getvalue().splitlines()
-    assert lines == ["captioning: training 0/10 s ... step=0, loss=1.23", "captioning: training 10/10 s done step=9",
-                     "captioning: met"]
+    assert lines == [
+        "captioning: training 0/10 s ... step=0, loss=1.23",
+        "captioning: training 10/10 s done step=9",
+        "captioning: met",
+    ]
     assert "\r" not in out.getvalue()

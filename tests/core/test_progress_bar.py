@@ -47,8 +47,16 @@ def test_bar_reports_units_per_second_and_next_validation() -> None:
             return items
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(64, 2)), batch_size=4)
-    trainer = pl.Trainer(max_steps=12, val_check_interval=8, limit_val_batches=1, num_sanity_val_steps=0,
-                         logger=False, enable_checkpointing=False, enable_model_summary=False, callbacks=[Probe()])
+    trainer = pl.Trainer(
+        max_steps=12,
+        val_check_interval=8,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[Probe()],
+    )
     model = _Words()
     trainer.fit(model, data, data)
     assert model.last_batch_units == 40.0

@@ -12,8 +12,15 @@ from core.tokenizers import CharTokenizer, SubwordTokenizer, WordTokenizer, toke
 
 SPANISH = "¿Dónde está el niño? Él comió pingüino."
 UNICODE = "Hola 👋🏽 世界, naïve café — ¡sí!"
-CORPUS = [SPANISH, UNICODE, "El niño come pan.", "¿Dónde está la niña?", "The cat sat on the mat.",
-          "Él comió pingüino con pan y café.", "世界 你好 👋🏽"] * 5
+CORPUS = [
+    SPANISH,
+    UNICODE,
+    "El niño come pan.",
+    "¿Dónde está la niña?",
+    "The cat sat on the mat.",
+    "Él comió pingüino con pan y café.",
+    "世界 你好 👋🏽",
+] * 5
 
 
 def _tokenizers() -> list:

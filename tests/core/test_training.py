@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -27,8 +28,8 @@ def test_inverse_sqrt_shape() -> None:
     f = lr_lambda(warmup_steps=10, schedule="inverse_sqrt")
     vals = [f(s) for s in range(100)]
     assert vals[0] == pytest.approx(0.1) and vals[9] == pytest.approx(1.0)
-    assert all(a < b for a, b in zip(vals[:9], vals[1:10]))  # warmup increases
-    assert all(a > b for a, b in zip(vals[10:], vals[11:]))  # then decays
+    assert all(a < b for a, b in itertools.pairwise(vals))  # warmup increases
+    assert all(a > b for a, b in itertools.pairwise(vals))  # then decays
     assert f(39) == pytest.approx(math.sqrt(10 / 40))
 
 
@@ -80,8 +81,16 @@ class _Tiny(pl.LightningModule):
 
 def _trainer(tmp_path: Path, guard: NonFiniteLossGuard, tensorboard: bool = False) -> pl.Trainer:
     logger = TensorBoardLogger(tmp_path) if tensorboard else CSVLogger(tmp_path)
-    return pl.Trainer(max_steps=4, logger=logger, callbacks=[guard], enable_progress_bar=False,
-                      enable_model_summary=False, enable_checkpointing=False, accelerator="cpu", devices=1)
+    return pl.Trainer(
+        max_steps=4,
+        logger=logger,
+        callbacks=[guard],
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+    )
 
 
 def test_guard_skip_keeps_weights_finite_and_png_fallback(tmp_path: Path) -> None:
@@ -116,8 +125,15 @@ def test_log_figure_tensorboard(tmp_path: Path) -> None:
 
 def test_log_figure_without_logger_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    trainer = pl.Trainer(max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, accelerator="cpu", devices=1)
+    trainer = pl.Trainer(
+        max_steps=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        accelerator="cpu",
+        devices=1,
+    )
     trainer.fit(_Tiny())
     assert not list(tmp_path.rglob("*.png"))
 
@@ -139,10 +155,18 @@ def test_run_checkpoint_shares_last_in_run_dir_and_saves_final_state(tmp_path: P
     def fit(max_steps: int, ckpt_path: str | None = None) -> None:
         # A versioned logger folder is where plain ModelCheckpoint would write (and a new run looks).
         trainer = pl.Trainer(
-            max_steps=max_steps, default_root_dir=tmp_path, logger=CSVLogger(tmp_path), accelerator="cpu",
-            callbacks=[RunCheckpoint(save_last=True, monitor="train_loss_missing", save_top_k=0),
-                       RunCheckpoint(every_n_train_steps=3, save_top_k=0, save_last=True)],
-            enable_progress_bar=False, enable_model_summary=False, devices=1)
+            max_steps=max_steps,
+            default_root_dir=tmp_path,
+            logger=CSVLogger(tmp_path),
+            accelerator="cpu",
+            callbacks=[
+                RunCheckpoint(save_last=True, monitor="train_loss_missing", save_top_k=0),
+                RunCheckpoint(every_n_train_steps=3, save_top_k=0, save_last=True),
+            ],
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            devices=1,
+        )
         trainer.fit(_Tiny(), ckpt_path=ckpt_path)
 
     fit(5)  # rolling save at step 3, then the final state at step 5 (plain Lightning would stop at 3)
@@ -159,8 +183,16 @@ def test_ensure_resumable_replaces_lightning_default_checkpoint_only(tmp_path: P
     from core.cli import ensure_resumable
 
     def trainer(**kw: object) -> pl.Trainer:
-        return pl.Trainer(max_steps=1, default_root_dir=tmp_path, logger=False, accelerator="cpu", devices=1,
-                          enable_progress_bar=False, enable_model_summary=False, **kw)
+        return pl.Trainer(
+            max_steps=1,
+            default_root_dir=tmp_path,
+            logger=False,
+            accelerator="cpu",
+            devices=1,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            **kw,
+        )
 
     plain = trainer()  # what a config without our callbacks gets: Lightning's versioned-folder checkpoint
     assert ensure_resumable(plain, monitor="val/bleu") == ["RunCheckpoint", "NonFiniteLossGuard"]
@@ -198,7 +230,7 @@ def test_schedule_problems_name_what_cannot_fit() -> None:
     assert "validation every 500 steps runs 0 time(s)" in text and "written 0 time(s)" in text
 
 
-def test_schedule_check_warns_for_a_gpu_schedule_on_a_slow_run(tmp_path) -> None:  # noqa: ANN001
+def test_schedule_check_warns_for_a_gpu_schedule_on_a_slow_run(tmp_path) -> None:
     """A 1,000-step warm-up and 500-step validation under a short max_time: one warning naming both."""
     import time as _time
 
@@ -213,21 +245,30 @@ def test_schedule_check_warns_for_a_gpu_schedule_on_a_slow_run(tmp_path) -> None
             self.save_hyperparameters({"warmup_steps": 1000, "lr_schedule": "inverse_sqrt"})
             self.lin = torch.nn.Linear(2, 1)
 
-        def training_step(self, batch, idx):  # noqa: ANN001, ANN201
+        def training_step(self, batch, idx):
             _time.sleep(0.02)
             return self.lin(batch[0]).pow(2).mean()
 
-        def validation_step(self, batch, idx) -> None:  # noqa: ANN001
+        def validation_step(self, batch, idx) -> None:
             pass
 
-        def configure_optimizers(self):  # noqa: ANN201
+        def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.01)
 
     data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(2000, 2)), batch_size=1)
     check = ScheduleCheck(measure=10, skip=2)
-    trainer = pl.Trainer(max_time={"seconds": 20}, max_steps=30, val_check_interval=500, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[check], limit_val_batches=1, num_sanity_val_steps=0)
+    trainer = pl.Trainer(
+        max_time={"seconds": 20},
+        max_steps=30,
+        val_check_interval=500,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[check],
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+    )
     with pytest.warns(UserWarning, match="optimizer steps per minute"):
         trainer.fit(Slow(), data, data)
     assert check.steps_per_minute and 100 < check.steps_per_minute < 3100

@@ -21,8 +21,12 @@ def _check_png(path: Path) -> None:
 
 def test_plot_alignment(tmp_path: Path) -> None:
     w = torch.softmax(torch.randn(4, 6), -1)
-    fig = plot_alignment(w, ["¿Dónde", "está", "el", "niño", "?", "世界"], ["where", "is", "👋", "<eos>"],
-                         path=tmp_path / "a" / "align.png")
+    fig = plot_alignment(
+        w,
+        ["¿Dónde", "está", "el", "niño", "?", "世界"],
+        ["where", "is", "👋", "<eos>"],
+        path=tmp_path / "a" / "align.png",
+    )
     assert isinstance(fig, Figure)
     _check_png(tmp_path / "a" / "align.png")
     plot_alignment(w.numpy(), ["x"], [], path=tmp_path / "mismatch.png")  # label mismatch tolerated

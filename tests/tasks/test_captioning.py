@@ -67,7 +67,9 @@ def test_scene_dataset_renders_each_scene_once(monkeypatch: pytest.MonkeyPatch) 
 
     calls: list[int] = []
     real = scenes.make_scene
-    monkeypatch.setattr(scenes, "make_scene", lambda seed, split, i, size: calls.append(i) or real(seed, split, i, size))
+    monkeypatch.setattr(
+        scenes, "make_scene", lambda seed, split, i, size: calls.append(i) or real(seed, split, i, size)
+    )
     tf = eval_transform(48, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     ds = SceneDataset("train", 4, 0, 48, tf, train=False)
     first = [ds[i] for i in range(4)]
@@ -81,7 +83,7 @@ def test_ptb_tokenize_matches_toolkit_conventions() -> None:
     assert ptb_tokenize("A man's dog, running.") == ["a", "man", "'s", "dog", "running"]
     assert ptb_tokenize("Don't stop (now)!") == ["do", "n't", "stop", "now"]
     assert normalize_caption("  ... ") == ""
-    assert normalize_caption("Two DOGS play; \"fetch\"") == "two dogs play fetch"
+    assert normalize_caption('Two DOGS play; "fetch"') == "two dogs play fetch"
 
 
 def test_bleu_hand_computed() -> None:
@@ -171,7 +173,11 @@ def test_coco_and_karpathy_loaders(tmp_path: Path) -> None:
     _img(tmp_path / "val2017" / "000001.jpg")
     _img(tmp_path / "val2017" / "000002.jpg")
     ann = {
-        "images": [{"id": 1, "file_name": "000001.jpg"}, {"id": 2, "file_name": "000002.jpg"}, {"id": 3, "file_name": "gone.jpg"}],
+        "images": [
+            {"id": 1, "file_name": "000001.jpg"},
+            {"id": 2, "file_name": "000002.jpg"},
+            {"id": 3, "file_name": "gone.jpg"},
+        ],
         "annotations": [
             {"image_id": 1, "id": 10, "caption": "A red bus."},
             {"image_id": 1, "id": 11, "caption": ""},
@@ -183,7 +189,10 @@ def test_coco_and_karpathy_loaders(tmp_path: Path) -> None:
     (tmp_path / "annotations" / "captions_val2017.json").write_text(json.dumps(ann), encoding="utf-8")
     with pytest.warns(UserWarning, match="gone.jpg"):
         records, report = read_coco(tmp_path / "annotations" / "captions_val2017.json")
-    assert [(r.image.name, r.captions) for r in records] == [("000001.jpg", ["a red bus"]), ("000002.jpg", ["a man 's hat"])]
+    assert [(r.image.name, r.captions) for r in records] == [
+        ("000001.jpg", ["a red bus"]),
+        ("000002.jpg", ["a man 's hat"]),
+    ]
     assert report.empty_captions == 1 and report.missing_images == 1
     (tmp_path / "annotations" / "captions_bad.json").write_text('{"images": [{"x": 1}]}', encoding="utf-8")
     with pytest.raises(DataError, match="captions_bad.json"):
@@ -192,7 +201,12 @@ def test_coco_and_karpathy_loaders(tmp_path: Path) -> None:
     karpathy = {
         "dataset": "coco",
         "images": [
-            {"filepath": "val2017", "filename": "000001.jpg", "split": "restval", "sentences": [{"raw": "A bus.", "tokens": ["a", "bus"]}]},
+            {
+                "filepath": "val2017",
+                "filename": "000001.jpg",
+                "split": "restval",
+                "sentences": [{"raw": "A bus.", "tokens": ["a", "bus"]}],
+            },
             {"filepath": "val2017", "filename": "000002.jpg", "split": "test", "sentences": [{"tokens": ["a", "hat"]}]},
         ],
     }
@@ -226,7 +240,9 @@ def test_datamodule_real_layouts_and_hf(tmp_path: Path) -> None:
     hf = hf.cast_column("image", datasets.Image())
     hf.save_to_disk(str(tmp_path / "hf"))
     with pytest.warns(UserWarning, match="without a non-empty caption"):
-        dm = CaptionDataModule(dataset="hf", hf_name=str(tmp_path / "hf"), image_size=32, batch_size=2, val_fraction=0.2, test_fraction=0.2)
+        dm = CaptionDataModule(
+            dataset="hf", hf_name=str(tmp_path / "hf"), image_size=32, batch_size=2, val_fraction=0.2, test_fraction=0.2
+        )
         dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
     assert batch.images.shape == (2, 3, 32, 32) and batch.refs[0] == ["a box", "a crate"]
@@ -310,15 +326,26 @@ def _vocab() -> dict:
 
 
 @pytest.mark.parametrize(
-    ("decoder", "attention"), [("rnn", "additive"), ("rnn", "location"), ("rnn", "multihead"), ("transformer", "additive")]
+    ("decoder", "attention"),
+    [("rnn", "additive"), ("rnn", "location"), ("rnn", "multihead"), ("transformer", "additive")],
 )
 def test_incremental_step_matches_teacher_forcing(decoder: str, attention: str) -> None:
     from tasks.captioning.module import CaptioningModule
 
     torch.manual_seed(0)
-    m = CaptioningModule(vocab=_vocab(), decoder=decoder, attention=attention, encoder_dim=32,
-                         attention_options={"hidden_dim": 16} if attention != "multihead" else {"num_heads": 2},
-                         embed_dim=16, hidden_dim=32, num_heads=2, ffn_dim=64, dropout=0.0, image_size=48).eval()
+    m = CaptioningModule(
+        vocab=_vocab(),
+        decoder=decoder,
+        attention=attention,
+        encoder_dim=32,
+        attention_options={"hidden_dim": 16} if attention != "multihead" else {"num_heads": 2},
+        embed_dim=16,
+        hidden_dim=32,
+        num_heads=2,
+        ffn_dim=64,
+        dropout=0.0,
+        image_size=48,
+    ).eval()
     images = torch.randn(2, 3, 48, 48)
     inputs = torch.tensor([[1, 4, 21, 8, 0], [1, 4, 20, 9, 10]])  # shorter first: exercises the re-sorting
     with torch.no_grad():
@@ -379,7 +406,16 @@ def test_cli_fast_dev_run(tmp_path: Path) -> None:
 def test_cli_bad_config_is_a_user_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tasks.captioning.cli import main
 
-    code = main(["fit", *_fit_args(tmp_path), "--data.dataset=coco", "--data.data_dir", str(tmp_path / "none"), "--trainer.fast_dev_run=true"])
+    code = main(
+        [
+            "fit",
+            *_fit_args(tmp_path),
+            "--data.dataset=coco",
+            "--data.data_dir",
+            str(tmp_path / "none"),
+            "--trainer.fast_dev_run=true",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err and "none" in err
 
@@ -403,7 +439,9 @@ def test_cli_checkpoint_loads_weights_only(trained_ckpt: Path) -> None:
     assert meta["vocab"]["vocab"][:4] == ["<pad>", "<s>", "</s>", "<unk>"]
 
 
-def test_checkpoint_caption_round_trip_and_cli(trained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_checkpoint_caption_round_trip_and_cli(
+    trained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tasks.captioning.cli import main
     from tasks.captioning.module import CaptioningModule
 
@@ -418,8 +456,20 @@ def test_checkpoint_caption_round_trip_and_cli(trained_ckpt: Path, tmp_path: Pat
     assert isinstance(model.caption([sc.image], beam=1)[0], str)
 
     (tmp_path / "bad.png").write_text("nope", encoding="utf-8")
-    code = main(["caption", "--ckpt", str(trained_ckpt), str(tmp_path / "scene.png"), str(tmp_path / "bad.png"),
-                 str(tmp_path / "gray.jpg"), "--beam", "2", "--plot", str(tmp_path / "plots")])
+    code = main(
+        [
+            "caption",
+            "--ckpt",
+            str(trained_ckpt),
+            str(tmp_path / "scene.png"),
+            str(tmp_path / "bad.png"),
+            str(tmp_path / "gray.jpg"),
+            "--beam",
+            "2",
+            "--plot",
+            str(tmp_path / "plots"),
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 1  # one image failed, the others were captioned
     assert torch.is_grad_enabled()  # main() called in-process leaves the caller's autograd state alone
@@ -437,13 +487,28 @@ def test_cli_predict_writes_one_caption_per_image_in_order(trained_ckpt: Path, t
     for i, name in enumerate(["b.png", "a.jpg", "c.png"]):
         scenes.make_scene(0, "test", i, 96).image.save(folder / name)
     out = tmp_path / "captions.tsv"
-    assert main(["predict", *_fit_args(tmp_path), "--ckpt_path", str(trained_ckpt),
-                 "--data.predict_path", str(folder), "--predict_output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                *_fit_args(tmp_path),
+                "--ckpt_path",
+                str(trained_ckpt),
+                "--data.predict_path",
+                str(folder),
+                "--predict_output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = [line.split("\t") for line in out.read_text(encoding="utf-8").splitlines()]
     assert [Path(r[0]).name for r in rows] == ["a.jpg", "b.png", "c.png"] and all(len(r) == 2 for r in rows)
 
 
-def test_cli_test_subcommand_and_checkpoint_errors(trained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_test_subcommand_and_checkpoint_errors(
+    trained_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tasks.captioning.cli import main
 
     assert main(["test", *_fit_args(tmp_path), "--ckpt_path", str(trained_ckpt)]) == 0
@@ -480,10 +545,28 @@ def test_overfit_handful_of_scenes_to_exact_captions() -> None:
     dm = CaptionDataModule(batch_size=4, train_size=4, image_size=64)
     dm.setup("fit")
     dm.datasets["train"].train = False  # always the canonical caption, so "exact" is well defined
-    model = CaptioningModule(vocab=dm.vocab, encoder_dim=64, attention_options={"hidden_dim": 32}, embed_dim=32, hidden_dim=96, dropout=0.0,
-                             alpha_reg=0.0, lr=1e-2, warmup_steps=1, lr_schedule="constant", image_size=64)
-    trainer = L.Trainer(max_steps=70, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0)
+    model = CaptioningModule(
+        vocab=dm.vocab,
+        encoder_dim=64,
+        attention_options={"hidden_dim": 32},
+        embed_dim=32,
+        hidden_dim=96,
+        dropout=0.0,
+        alpha_reg=0.0,
+        lr=1e-2,
+        warmup_steps=1,
+        lr_schedule="constant",
+        image_size=64,
+    )
+    trainer = L.Trainer(
+        max_steps=70,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+    )
     trainer.fit(model, train_dataloaders=dm.train_dataloader())
     got = model.caption([scenes.make_scene(0, "train", i, 64).image for i in range(4)], beam=1)
     assert got == [scenes.make_scene(0, "train", i, 64).captions[0] for i in range(4)]
@@ -497,7 +580,9 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
 
     # `python -m`: Lightning's DDP launcher re-executes the same command line for rank 1.
     args = ["fit", *_fit_args(tmp_path), "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu"]
-    proc = subprocess.run([sys.executable, "-m", "tasks.captioning.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=240)
+    proc = subprocess.run(
+        [sys.executable, "-m", "tasks.captioning.cli", *args], cwd=REPO, capture_output=True, text=True, timeout=240
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
@@ -509,8 +594,17 @@ def _tiny_module(**kw: object):
     from tasks.captioning.module import CaptioningModule
 
     torch.manual_seed(0)
-    args = dict(vocab=_vocab(), encoder_dim=16, attention_options={"hidden_dim": 8}, embed_dim=8, hidden_dim=16, max_len=4, image_size=48,
-                beam_size=1, plot_examples=0)
+    args = dict(
+        vocab=_vocab(),
+        encoder_dim=16,
+        attention_options={"hidden_dim": 8},
+        embed_dim=8,
+        hidden_dim=16,
+        max_len=4,
+        image_size=48,
+        beam_size=1,
+        plot_examples=0,
+    )
     args.update(kw)
     return CaptioningModule(**args)
 
@@ -541,7 +635,9 @@ def test_all_skipped_batch_gives_zero_loss_reaching_every_parameter(monkeypatch:
 
     m = _tiny_module()
     logged: dict[str, tuple[float, str]] = {}
-    monkeypatch.setattr(m, "log", lambda name, value, **kw: logged.__setitem__(name, (float(value), kw.get("reduce_fx"))))
+    monkeypatch.setattr(
+        m, "log", lambda name, value, **kw: logged.__setitem__(name, (float(value), kw.get("reduce_fx")))
+    )
     m._trainer = _FakeTrainer(world_size=2)  # type: ignore[assignment]
     loss = m.training_step(Batch.empty(skipped=3), 0)
     assert loss is not None and float(loss.detach()) == 0.0 and loss.requires_grad
@@ -565,9 +661,16 @@ def test_skipped_images_logged_as_epoch_sum(tmp_path: Path) -> None:
     good = {"image": torch.zeros(3, 48, 48), "caption": "a red circle", "refs": ["a red circle"], "index": 0}
     items = [good, None, None, good, None, None]  # batches of 2: [1 skipped], [1 skipped], [all 2 skipped]
     loader = DataLoader(items, batch_size=2, collate_fn=CaptionCollate(vocab, 10))
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,
-                        default_root_dir=tmp_path)
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
     trainer.fit(m, train_dataloaders=loader)
     assert float(trainer.callback_metrics["train/skipped_images"]) == 4.0
     assert float(trainer.callback_metrics["train/skipped_batches"]) == 1.0
@@ -612,12 +715,20 @@ def test_predict_path_with_prediction_writer(tmp_path: Path) -> None:
     (folder / "notes.txt").write_text("not an image", encoding="utf-8")
     (tmp_path / "list.txt").write_text("# my images\nimgs/s1.png\n\nimgs/s0.png\n", encoding="utf-8")
     m = _tiny_module(image_size=96)
-    for path, expected in ((folder, ["s0.png", "s1.png", "s2.png"]), (tmp_path / "list.txt", ["s1.png", "s0.png"]),
-                           (folder / "s2.png", ["s2.png"])):
+    for path, expected in (
+        (folder, ["s0.png", "s1.png", "s2.png"]),
+        (tmp_path / "list.txt", ["s1.png", "s0.png"]),
+        (folder / "s2.png", ["s2.png"]),
+    ):
         dm = CaptionDataModule(predict_path=str(path), eval_batch_size=2)
         out = tmp_path / "out.tsv"
-        trainer = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False,
-                            callbacks=[PredictionWriter(str(out))], default_root_dir=tmp_path)
+        trainer = L.Trainer(
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            callbacks=[PredictionWriter(str(out))],
+            default_root_dir=tmp_path,
+        )
         trainer.predict(m, datamodule=dm, return_predictions=False)
         lines = out.read_text(encoding="utf-8").splitlines()
         assert [Path(ln.split("\t")[0]).name for ln in lines] == expected, (path, lines)
@@ -651,8 +762,9 @@ def test_transformer_caption_decoder_reorders_its_cache_itself() -> None:
     from tasks.captioning.decoder import TransformerCaptionDecoder
 
     torch.manual_seed(0)
-    dec = TransformerCaptionDecoder(vocab_size=20, feat_dim=12, d_model=16, num_layers=2, num_heads=2,
-                                    ffn_dim=32, max_len=12).eval()
+    dec = TransformerCaptionDecoder(
+        vocab_size=20, feat_dim=12, d_model=16, num_layers=2, num_heads=2, ffn_dim=32, max_len=12
+    ).eval()
     feats = torch.randn(3, 9, 12)  # (B, S, D) image grid
     kw = dict(batch_size=3, bos_id=1, eos_id=2, max_len=7, beam_size=4, nbest=4, pad_id=0)
     with torch.no_grad():

@@ -40,8 +40,16 @@ def _img(path: Path, size: tuple[int, int] = (40, 30), fmt: str | None = None) -
 
 
 def _fit_args(tmp: Path, *extra: str) -> list[str]:
-    return ["fit", "-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"),
-            f"--trainer.default_root_dir={tmp / 'run'}", "--trainer.fast_dev_run=true", *extra]
+    return [
+        "fit",
+        "-c",
+        str(CONFIGS / "default.yaml"),
+        "-c",
+        str(CONFIGS / "tiny.yaml"),
+        f"--trainer.default_root_dir={tmp / 'run'}",
+        "--trainer.fast_dev_run=true",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +59,15 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tasks.captioning.module import CaptioningModule
 
     torch.manual_seed(0)
-    m = CaptioningModule(vocab=CaptionDataModule().vocab, encoder_dim=16, attention_options={"hidden_dim": 8}, embed_dim=8, hidden_dim=16,
-                         max_len=4, image_size=32)
+    m = CaptioningModule(
+        vocab=CaptionDataModule().vocab,
+        encoder_dim=16,
+        attention_options={"hidden_dim": 8},
+        embed_dim=8,
+        hidden_dim=16,
+        max_len=4,
+        image_size=32,
+    )
     ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}
     m.on_save_checkpoint(ckpt)
     path = tmp_path_factory.mktemp("cap_ckpt") / "tiny.ckpt"
@@ -61,8 +76,9 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ----------------------------------------------------------------- `caption`: bad image files, exit 1
-def test_caption_cli_bad_images_reported_others_captioned(tiny_ckpt: Path, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_caption_cli_bad_images_reported_others_captioned(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = _img(tmp_path / "good.png")
     jpg = _img(tmp_path / "ok.jpg", size=(64, 64))
     data = jpg.read_bytes()
@@ -73,8 +89,12 @@ def test_caption_cli_bad_images_reported_others_captioned(tiny_ckpt: Path, tmp_p
     text = tmp_path / "text.png"
     text.write_text("not an image", encoding="utf-8")
     missing = tmp_path / "missing.png"
-    bad = {missing: "no such image file", empty: "empty file", trunc: "corrupt or truncated image",
-           text: "not an image file"}
+    bad = {
+        missing: "no such image file",
+        empty: "empty file",
+        trunc: "corrupt or truncated image",
+        text: "not an image file",
+    }
     code = main(["caption", "--ckpt", str(tiny_ckpt), str(good), *map(str, bad), str(jpg), "--beam", "1"])
     out, err = capsys.readouterr()
     assert code == 1
@@ -163,8 +183,9 @@ def _coco_root(tmp: Path, text: str) -> Path:
     return tmp / "annotations" / "captions_train2017.json"
 
 
-@pytest.mark.parametrize("kind", ["csv-header", "csv-row", "token-no-tab", "non-utf8", "json-invalid",
-                                  "json-missing-keys"])
+@pytest.mark.parametrize(
+    "kind", ["csv-header", "csv-row", "token-no-tab", "non-utf8", "json-invalid", "json-missing-keys"]
+)
 def test_cli_malformed_captions_file(kind: str, tmp_path: Path, user_error: Callable[[], str]) -> None:
     root = tmp_path / "data"
     root.mkdir()
@@ -189,7 +210,10 @@ def test_cli_malformed_captions_file(kind: str, tmp_path: Path, user_error: Call
         args, expected = ["--data.dataset=coco"], f"error: {bad}: not valid JSON"
     else:
         bad = _coco_root(root, json.dumps({"images": [{"id": 1}], "annotations": []}))
-        args, expected = ["--data.dataset=coco"], f"error: {bad}: expected COCO captions JSON with images[*].id/file_name"
+        args, expected = (
+            ["--data.dataset=coco"],
+            f"error: {bad}: expected COCO captions JSON with images[*].id/file_name",
+        )
     assert main(_fit_args(tmp_path, *args, f"--data.data_dir={root}")) == 2
     err = user_error()
     assert err.startswith(expected), err
@@ -210,16 +234,25 @@ def test_cli_empty_split(tmp_path: Path, user_error: Callable[[], str]) -> None:
     root = tmp_path / "data"
     _img(root / "a.jpg")
     _img(root / "b.jpg")
-    split = {"images": [{"filename": f, "split": "train", "sentences": [{"raw": "A dog ."}]} for f in ("a.jpg", "b.jpg")]}
+    split = {
+        "images": [{"filename": f, "split": "train", "sentences": [{"raw": "A dog ."}]} for f in ("a.jpg", "b.jpg")]
+    }
     (root / "dataset_x.json").write_text(json.dumps(split), encoding="utf-8")
-    assert main(_fit_args(tmp_path, "--data.dataset=karpathy", f"--data.data_dir={root}",
-                          "--data.captions_file=dataset_x.json")) == 2
+    assert (
+        main(
+            _fit_args(
+                tmp_path, "--data.dataset=karpathy", f"--data.data_dir={root}", "--data.captions_file=dataset_x.json"
+            )
+        )
+        == 2
+    )
     assert user_error() == f"error: karpathy corpus under {root}: the val split is empty"
 
 
 # ----------------------------------------------------------------- bad checkpoints: exit 2
-def test_cli_caption_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path,
-                                    user_error: Callable[[], str]) -> None:
+def test_cli_caption_bad_checkpoint(
+    bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path, user_error: Callable[[], str]
+) -> None:
     kind = bad_checkpoint_kind
     path = bad_checkpoints(kind, "captioning")
     assert main(["caption", "--ckpt", str(path), str(_img(tmp_path / "a.png"))]) == 2
@@ -227,11 +260,17 @@ def test_cli_caption_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints: B
     assert str(path) in err and bad_checkpoints.expected(kind, "captioning") in err, err
 
 
-def test_cli_ckpt_path_bad_checkpoints(bad_checkpoints: BadCheckpoints, tmp_path: Path,
-                                       user_error: Callable[[], str]) -> None:
+def test_cli_ckpt_path_bad_checkpoints(
+    bad_checkpoints: BadCheckpoints, tmp_path: Path, user_error: Callable[[], str]
+) -> None:
     """``test/fit --ckpt_path`` get the same checks as ``caption --ckpt``."""
-    base = ["-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"),
-            f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    base = [
+        "-c",
+        str(CONFIGS / "default.yaml"),
+        "-c",
+        str(CONFIGS / "tiny.yaml"),
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ]
     for kind in bad_checkpoints.kinds:
         path = bad_checkpoints(kind, "captioning")
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2, kind
@@ -259,9 +298,11 @@ def test_cli_bad_pretrained_file(kind: str, tmp_path: Path, user_error: Callable
         path.write_bytes(b"junk")
     elif kind == "wrong-architecture":
         torch.save({"conv.weight": torch.zeros(2, 3, 3, 3)}, path)
-    expected = {"missing": f"error: model.pretrained: weights file not found: {path}",
-                "unreadable": f"error: model.pretrained: cannot read weights file {path}",
-                "wrong-architecture": f"error: model.pretrained: {path} does not match resnet18"}[kind]
+    expected = {
+        "missing": f"error: model.pretrained: weights file not found: {path}",
+        "unreadable": f"error: model.pretrained: cannot read weights file {path}",
+        "wrong-architecture": f"error: model.pretrained: {path} does not match resnet18",
+    }[kind]
     assert main(_fit_args(tmp_path, "--model.encoder=resnet18", f"--model.pretrained={path}")) == 2
     assert user_error().startswith(expected)
 
@@ -292,11 +333,18 @@ def _tampered(tiny_ckpt: Path, tmp: Path, kind: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize(("kind", "pattern"), [("shape", r"decoder\.out\.weight: \(3, 3\) in the file, \(\d+, \d+\) in the model"),
-                                               ("vocab-type", "word vocabulary"), ("vocab-junk", "list of words"),
-                                               ("hparams", "hyper-parameter 'decoder' = 'gru': expected Literal")])
-def test_tampered_checkpoint_is_a_checkpoint_error(kind: str, pattern: str, tiny_ckpt: Path, tmp_path: Path,
-                                                   user_error: Callable[[], str]) -> None:
+@pytest.mark.parametrize(
+    ("kind", "pattern"),
+    [
+        ("shape", r"decoder\.out\.weight: \(3, 3\) in the file, \(\d+, \d+\) in the model"),
+        ("vocab-type", "word vocabulary"),
+        ("vocab-junk", "list of words"),
+        ("hparams", "hyper-parameter 'decoder' = 'gru': expected Literal"),
+    ],
+)
+def test_tampered_checkpoint_is_a_checkpoint_error(
+    kind: str, pattern: str, tiny_ckpt: Path, tmp_path: Path, user_error: Callable[[], str]
+) -> None:
     from core.errors import CheckpointError
     from tasks.captioning.module import CaptioningModule
 
@@ -316,13 +364,21 @@ def test_ckpt_path_that_does_not_fit_is_a_checkpoint_error(tmp_path: Path, user_
 
     # LightningCLI rebuilds the model from the checkpoint's hyper-parameters, so only weights that do not
     # match their own hyper-parameters (a tampered or hand-edited file) can fail to fit.
-    m = CaptioningModule(vocab=CaptionDataModule().vocab, encoder_dim=16, attention_options={"hidden_dim": 8}, embed_dim=8, hidden_dim=16)
+    m = CaptioningModule(
+        vocab=CaptionDataModule().vocab, encoder_dim=16, attention_options={"hidden_dim": 8}, embed_dim=8, hidden_dim=16
+    )
     ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams), "pytorch-lightning_version": "2.4.0"}
     m.on_save_checkpoint(ckpt)
     ckpt["state_dict"]["decoder.out.weight"] = torch.zeros(3, 3)
     path = tmp_path / "small.ckpt"
     torch.save(ckpt, path)
-    base = ["-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"), f"--trainer.default_root_dir={tmp_path / 'run'}"]
+    base = [
+        "-c",
+        str(CONFIGS / "default.yaml"),
+        "-c",
+        str(CONFIGS / "tiny.yaml"),
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+    ]
     assert main(["test", *base, "--ckpt_path", str(path)]) == 2
     err = user_error()
     assert str(path) in err and "does not fit" in err and "in the model" in err, err
@@ -345,10 +401,24 @@ def test_cli_scene_image_size_too_small(tmp_path: Path, user_error: Callable[[],
 
 
 def test_cli_caption_too_long_for_transformer_positions(tmp_path: Path, user_error: Callable[[], str]) -> None:
-    assert main(_fit_args(tmp_path, "--model.decoder=transformer", "--model.hidden_dim=32", "--model.num_heads=2",
-                          "--model.ffn_dim=32", "--model.decoder_layers=1", "--data.max_caption_len=200")) == 2
+    assert (
+        main(
+            _fit_args(
+                tmp_path,
+                "--model.decoder=transformer",
+                "--model.hidden_dim=32",
+                "--model.num_heads=2",
+                "--model.ffn_dim=32",
+                "--model.decoder_layers=1",
+                "--data.max_caption_len=200",
+            )
+        )
+        == 2
+    )
     err = user_error()
-    assert err.startswith("error: data.max_caption_len=200 does not fit the transformer decoder's 128 learned positions"), err
+    assert err.startswith(
+        "error: data.max_caption_len=200 does not fit the transformer decoder's 128 learned positions"
+    ), err
 
 
 def test_transformer_forward_too_long_is_a_config_error() -> None:
@@ -363,8 +433,9 @@ def test_setup_warnings_only_on_rank_zero(tmp_path: Path, monkeypatch: pytest.Mo
     """Corpus-reading warnings come from ``setup`` on every DDP rank: only rank 0 emits them."""
     from lightning.pytorch.utilities import rank_zero_only
 
-    (tmp_path / "captions.txt").write_text("image,caption\nmissing.jpg,a dog\n" + "".join(
-        f"i{i}.jpg,a cat\n" for i in range(3)), encoding="utf-8")
+    (tmp_path / "captions.txt").write_text(
+        "image,caption\nmissing.jpg,a dog\n" + "".join(f"i{i}.jpg,a cat\n" for i in range(3)), encoding="utf-8"
+    )
     for i in range(3):
         _img(tmp_path / "Images" / f"i{i}.jpg")
     with pytest.warns(UserWarning, match="missing"):
@@ -376,7 +447,9 @@ def test_setup_warnings_only_on_rank_zero(tmp_path: Path, monkeypatch: pytest.Mo
     assert len(records) == 3
 
 
-@pytest.mark.parametrize("kw", [{"val_fraction": -0.1}, {"test_fraction": 1.0}, {"val_fraction": 0.6, "test_fraction": 0.5}])
+@pytest.mark.parametrize(
+    "kw", [{"val_fraction": -0.1}, {"test_fraction": 1.0}, {"val_fraction": 0.6, "test_fraction": 0.5}]
+)
 def test_bad_split_fractions_are_config_errors(kw: dict) -> None:
     from tasks.captioning.data import CaptionDataModule
 

@@ -19,8 +19,8 @@ from tasks.captioning.data import CaptionDataModule
 from tasks.captioning.module import CaptioningModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_tiny import speech_folder, vision_folder  # noqa: E402
-from tiny_models import save_checkpoint  # noqa: E402
+from hf_tiny import speech_folder, vision_folder
+from tiny_models import save_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "captioning"
 
@@ -31,8 +31,16 @@ def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit_args(root: Path, encoder: Path, *extra: str) -> list[str]:
-    return ["fit", "-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"),
-            f"--trainer.default_root_dir={root}", f"--model.encoder=hf:{encoder}", *extra]
+    return [
+        "fit",
+        "-c",
+        str(CONFIGS / "default.yaml"),
+        "-c",
+        str(CONFIGS / "tiny.yaml"),
+        f"--trainer.default_root_dir={root}",
+        f"--model.encoder=hf:{encoder}",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -58,9 +66,9 @@ def _no_downloads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
 
 
-def test_vit_checkpoint_is_self_contained_and_loads_offline(vit_run: tuple[Path, Path], tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch,
-                                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_vit_checkpoint_is_self_contained_and_loads_offline(
+    vit_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     ckpt, folder = vit_run
     raw = torch.load(ckpt, weights_only=True, map_location="cpu")
     meta, hp = raw["attn_suite"], raw["hyper_parameters"]
@@ -70,8 +78,9 @@ def test_vit_checkpoint_is_self_contained_and_loads_offline(vit_run: tuple[Path,
     assert "encoder.backbone.embeddings.patch_embeddings.projection.weight" in raw["state_dict"]
     trained = raw["state_dict"]["encoder.backbone.layers.1.attention.q_proj.weight"]
     frozen = raw["state_dict"]["encoder.backbone.layers.0.attention.q_proj.weight"]
-    original = CaptioningModule(vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", image_size=48,
-                                mean=(0.5,) * 3, std=(0.5,) * 3).encoder.backbone.state_dict()
+    original = CaptioningModule(
+        vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", image_size=48, mean=(0.5,) * 3, std=(0.5,) * 3
+    ).encoder.backbone.state_dict()
     assert torch.equal(frozen, original["layers.0.attention.q_proj.weight"])  # trainable_blocks=1
     assert not torch.equal(trained, original["layers.1.attention.q_proj.weight"])
 
@@ -85,8 +94,12 @@ def test_vit_checkpoint_is_self_contained_and_loads_offline(vit_run: tuple[Path,
     again = CaptioningModule.from_pretrained(out)
     assert again.caption([image], beam=2) == [text]
     image.save(tmp_path / "img.png")
-    assert main(["caption", "--ckpt", str(out), str(tmp_path / "img.png"), "--beam", "2",
-                 "--plot", str(tmp_path / "plots")]) == 0
+    assert (
+        main(
+            ["caption", "--ckpt", str(out), str(tmp_path / "img.png"), "--beam", "2", "--plot", str(tmp_path / "plots")]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip().endswith(text)
     assert len(list((tmp_path / "plots").glob("*.png"))) == 1
 
@@ -95,9 +108,19 @@ def test_vit_checkpoint_is_self_contained_and_loads_offline(vit_run: tuple[Path,
 def test_other_backbones_grid_checkpoint_round_trip(hf_dir: Path, tmp_path: Path, model_type: str, grid: int) -> None:
     folder = vision_folder(hf_dir / model_type, model_type)
     torch.manual_seed(0)
-    model = CaptioningModule(vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", image_size=48, mean=(0.5,) * 3,
-                             std=(0.5,) * 3, encoder_dim=16, embed_dim=8, hidden_dim=16, max_len=4,
-                             attention_options={"hidden_dim": 8}, trainable_blocks=1).eval()
+    model = CaptioningModule(
+        vocab=CaptionDataModule().vocab,
+        encoder=f"hf:{folder}",
+        image_size=48,
+        mean=(0.5,) * 3,
+        std=(0.5,) * 3,
+        encoder_dim=16,
+        embed_dim=8,
+        hidden_dim=16,
+        max_len=4,
+        attention_options={"hidden_dim": 8},
+        trainable_blocks=1,
+    ).eval()
     assert model.hparams.grid_size == grid == model.encoder.grid_size
     feats = model.encoder(torch.randn(2, 3, 48, 48))
     assert feats.shape == (2, grid * grid, 16)
@@ -115,14 +138,28 @@ def test_transformer_decoder_and_bf16_on_cpu(hf_dir: Path, tmp_path: Path) -> No
     """The Transformer decoder over ViT patches, trained in bf16 autocast (what --trainer.precision bf16-mixed does
     on a GPU, here on the CPU)."""
     folder = hf_dir / "vit" if (hf_dir / "vit").exists() else vision_folder(hf_dir / "vit")
-    assert main(_fit_args(tmp_path, folder, "--model.decoder=transformer", "--model.hidden_dim=32",
-                          "--model.num_heads=2", "--model.ffn_dim=32", "--trainer.precision=bf16-mixed",
-                          "--trainer.limit_val_batches=0", "--model.unfreeze_after_steps=1")) == 0
+    assert (
+        main(
+            _fit_args(
+                tmp_path,
+                folder,
+                "--model.decoder=transformer",
+                "--model.hidden_dim=32",
+                "--model.num_heads=2",
+                "--model.ffn_dim=32",
+                "--trainer.precision=bf16-mixed",
+                "--trainer.limit_val_batches=0",
+                "--model.unfreeze_after_steps=1",
+            )
+        )
+        == 0
+    )
     assert sorted(tmp_path.rglob("last.ckpt"))
 
 
-def test_bad_pretrained_folders_are_one_line_errors(hf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                    user_error: Any) -> None:
+def test_bad_pretrained_folders_are_one_line_errors(
+    hf_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Any
+) -> None:
     import huggingface_hub.constants as hc
 
     speech = speech_folder(tmp_path / "w2v")
@@ -135,9 +172,20 @@ def test_bad_pretrained_folders_are_one_line_errors(hf_dir: Path, tmp_path: Path
     assert f"preprocessor_config.json is missing in {no_proc}" in user_error()
     monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
     monkeypatch.setattr(hc, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
-    assert main(["fit", "-c", str(CONFIGS / "default.yaml"), "-c", str(CONFIGS / "tiny.yaml"),
-                 f"--trainer.default_root_dir={tmp_path / 'r3'}",
-                 "--model.encoder=hf:google/vit-base-patch16-224"]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                "-c",
+                str(CONFIGS / "default.yaml"),
+                "-c",
+                str(CONFIGS / "tiny.yaml"),
+                f"--trainer.default_root_dir={tmp_path / 'r3'}",
+                "--model.encoder=hf:google/vit-base-patch16-224",
+            ]
+        )
+        == 2
+    )
     line = user_error()
     assert "'google/vit-base-patch16-224' is not a local folder" in line and "local model folder" in line
     with pytest.raises(ConfigError, match="expected one of"):
@@ -147,7 +195,17 @@ def test_bad_pretrained_folders_are_one_line_errors(hf_dir: Path, tmp_path: Path
 def test_grid_larger_than_transformer_positions_is_a_config_error(tmp_path: Path) -> None:
     folder = vision_folder(tmp_path / "vit144", image_size=144)  # 18 x 18 patches = 324 cells > 256 positions
     with pytest.raises(ConfigError, match=r"its 18x18 feature grid has more cells than the transformer decoder's 256"):
-        CaptioningModule(vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", decoder="transformer",
-                         image_size=144, mean=(0.5,) * 3, std=(0.5,) * 3)
-    assert CaptioningModule(vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", image_size=144,
-                            mean=(0.5,) * 3, std=(0.5,) * 3).hparams.grid_size == 18  # the RNN decoder has no limit
+        CaptioningModule(
+            vocab=CaptionDataModule().vocab,
+            encoder=f"hf:{folder}",
+            decoder="transformer",
+            image_size=144,
+            mean=(0.5,) * 3,
+            std=(0.5,) * 3,
+        )
+    assert (
+        CaptioningModule(
+            vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", image_size=144, mean=(0.5,) * 3, std=(0.5,) * 3
+        ).hparams.grid_size
+        == 18
+    )  # the RNN decoder has no limit

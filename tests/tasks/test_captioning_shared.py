@@ -34,10 +34,21 @@ def test_coco_tiny_load_train_evaluate(tmp_path: Path) -> None:
     from tasks.captioning.cli import main
 
     args = [
-        "-c", str(CONFIGS / "coco.yaml"), "-c", str(CONFIGS / "tiny.yaml"),
-        f"--data.data_dir={COCO}", "--data.image_size=64", "--data.num_workers=0", "--data.batch_size=8",
-        "--model.encoder=tiny", "--model.grid_size=4", "--model.hidden_dim=64", "--model.num_heads=2",
-        "--model.ffn_dim=128", "--model.decoder_layers=1", f"--trainer.default_root_dir={tmp_path}",
+        "-c",
+        str(CONFIGS / "coco.yaml"),
+        "-c",
+        str(CONFIGS / "tiny.yaml"),
+        f"--data.data_dir={COCO}",
+        "--data.image_size=64",
+        "--data.num_workers=0",
+        "--data.batch_size=8",
+        "--model.encoder=tiny",
+        "--model.grid_size=4",
+        "--model.hidden_dim=64",
+        "--model.num_heads=2",
+        "--model.ffn_dim=128",
+        "--model.decoder_layers=1",
+        f"--trainer.default_root_dir={tmp_path}",
     ]
     assert main(["fit", *args]) == 0
     ckpt = next(tmp_path.rglob("last.ckpt"))

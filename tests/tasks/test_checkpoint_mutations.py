@@ -78,9 +78,13 @@ print(json.dumps(results))
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["translation", "captioning", "speech"])
 def test_every_mutated_field_gives_a_clear_error_or_a_working_model(task: str, tmp_path: Path) -> None:
-    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(TESTS), task, str(tmp_path)], capture_output=True,
-                          text=True, timeout=900, env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1",
-                                                       "HOME": str(tmp_path), "ATTN_SUITE_CACHE": str(tmp_path)})
+    proc = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(TESTS), task, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={"PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1", "HOME": str(tmp_path), "ATTN_SUITE_CACHE": str(tmp_path)},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout.strip().splitlines()[-1])
     crashes = [r for r in results if r[2].startswith("CRASH")]

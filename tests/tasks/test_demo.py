@@ -45,8 +45,9 @@ def test_quick_demo_end_to_end_writes_summary_and_page(tmp_path: Path, monkeypat
         assert rep["error"] is None, rep["error"]
         assert [t["metric"] for t in rep["targets"]] == [t.metric for t in TARGETS[task]]
         for t in rep["targets"]:
-            assert isinstance(t["score"], float) and t["met"] == (t["score"] >= t["value"] if t["op"] == ">="
-                                                                   else t["score"] <= t["value"])
+            assert isinstance(t["score"], float) and t["met"] == (
+                t["score"] >= t["value"] if t["op"] == ">=" else t["score"] <= t["value"]
+            )
         assert rep["passed"] == all(t["met"] for t in rep["targets"])
         assert rep["train_steps"] > 0 and sum(rep["n_examples"].values()) >= demo.QUICK_HELD_OUT
         assert rep["examples"] and all(isinstance(e["output"], str) and e["references"] for e in rep["examples"])

@@ -39,8 +39,7 @@ class _LossRecorder(pl.Callback):
     def __init__(self) -> None:
         self.losses: list[float] = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any,
-                           *args: Any) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, *args: Any) -> None:
         self.losses.append(float(outputs["loss"]))
 
 
@@ -77,8 +76,14 @@ def _nan_on_first_training_call(fn: Callable[..., Any], patch_loss: Callable[[An
 
 def _wait_for_checkpoint_then_kill(cmd: list[str], last: Path, cwd: Path, timeout: float = 120) -> dict[str, Any]:
     """Run ``cmd``, SIGKILL it as soon as ``last`` exists, return ``torch.load(last, weights_only=True)``."""
-    proc = subprocess.Popen(cmd, cwd=cwd, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=cwd,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + timeout
         while not last.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -98,9 +103,15 @@ def _cap_args(root: Path, *extra_configs: Path) -> list[str]:
     args = ["-c", str(CAP_CONFIGS / "default.yaml"), "-c", str(CAP_CONFIGS / "tiny.yaml")]
     for cfg in extra_configs:
         args += ["-c", str(cfg)]
-    return [*args, f"--trainer.default_root_dir={root}", "--trainer.limit_train_batches=null",
-            "--trainer.max_epochs=-1", "--data.train_size=48", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false"]
+    return [
+        *args,
+        f"--trainer.default_root_dir={root}",
+        "--trainer.limit_train_batches=null",
+        "--trainer.max_epochs=-1",
+        "--data.train_size=48",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
 
 
 def test_captioning_cli_resume_from_last_continues_step_count(tmp_path: Path) -> None:
@@ -132,7 +143,8 @@ def test_captioning_sigkill_mid_epoch_then_resume_from_last(tmp_path: Path) -> N
     run = [*_cap_args(tmp_path, overlay), "--data.train_size=800", "--trainer.limit_val_batches=0"]
     last = tmp_path / "checkpoints" / "last.ckpt"
     saved = _wait_for_checkpoint_then_kill(
-        [sys.executable, "-m", "tasks.captioning.cli", "fit", *run, "--trainer.max_steps=100000"], last, REPO)
+        [sys.executable, "-m", "tasks.captioning.cli", "fit", *run, "--trainer.max_steps=100000"], last, REPO
+    )
     step = saved["global_step"]
     assert step >= 3 and step % 3 == 0 and step < 100  # a mid-epoch rolling save
     assert saved["attn_suite"]["task"] == "captioning"
@@ -153,20 +165,39 @@ def test_captioning_same_seed_same_losses_and_captions() -> None:
         pl.seed_everything(0, verbose=False)
         dm = CaptionDataModule(batch_size=8, train_size=32, image_size=64, augment=True)
         dm.setup("fit")
-        model = CaptioningModule(vocab=dm.vocab, encoder_dim=32, attention_options={"hidden_dim": 16}, embed_dim=16, hidden_dim=32,
-                                 dropout=0.2, max_len=10, warmup_steps=1, image_size=64, plot_examples=0)
+        model = CaptioningModule(
+            vocab=dm.vocab,
+            encoder_dim=32,
+            attention_options={"hidden_dim": 16},
+            embed_dim=16,
+            hidden_dim=32,
+            dropout=0.2,
+            max_len=10,
+            warmup_steps=1,
+            image_size=64,
+            plot_examples=0,
+        )
         rec = _LossRecorder()
-        trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                             num_sanity_val_steps=0, callbacks=[rec])
+        trainer = pl.Trainer(
+            max_steps=4,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            callbacks=[rec],
+        )
         trainer.fit(model, train_dataloaders=dm.train_dataloader())
         runs.append((rec.losses, model.caption([image], beam=1), model.caption([image], beam=2)))
     assert len(runs[0][0]) == 4 and all(math.isfinite(x) for x in runs[0][0])
     assert runs[0] == runs[1]
 
 
-def test_captioning_shipped_configs_wire_guard_and_rolling_checkpoint(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_captioning_shipped_configs_wire_guard_and_rolling_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from core.training import NonFiniteLossGuard
@@ -190,23 +221,42 @@ def test_captioning_shipped_configs_wire_guard_and_rolling_checkpoint(tmp_path: 
         cli = make_cli([*argv, "--trainer.logger=false"], run=False)
         guards = [cb for cb in cli.trainer.callbacks if isinstance(cb, NonFiniteLossGuard)]
         assert len(guards) == 1 and guards[0].action == "skip", configs
-        rolling_cbs = [cb for cb in cli.trainer.callbacks
-                       if isinstance(cb, ModelCheckpoint) and cb._every_n_train_steps > 0]
+        rolling_cbs = [
+            cb for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint) and cb._every_n_train_steps > 0
+        ]
         assert len(rolling_cbs) == 1 and rolling_cbs[0].save_top_k == 0 and rolling_cbs[0].save_last, configs
         if "tiny.yaml" in configs:  # the overlay must not inherit default.yaml's run folder or monitor
-            assert all(cb.dirpath is None and cb.monitor is None
-                       for cb in cli.trainer.callbacks if isinstance(cb, ModelCheckpoint))
+            assert all(
+                cb.dirpath is None and cb.monitor is None
+                for cb in cli.trainer.callbacks
+                if isinstance(cb, ModelCheckpoint)
+            )
 
 
 def test_captioning_nan_loss_step_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks.captioning.cli import main
     from tasks.captioning.module import CaptioningModule
 
-    monkeypatch.setattr(CaptioningModule, "_loss", _nan_on_first_training_call(
-        CaptioningModule._loss, lambda out: (out[0] * float("nan"), out[1])))
+    monkeypatch.setattr(
+        CaptioningModule,
+        "_loss",
+        _nan_on_first_training_call(CaptioningModule._loss, lambda out: (out[0] * float("nan"), out[1])),
+    )
     with pytest.warns(UserWarning, match="skipping optimizer step"):
-        assert main(["fit", "-c", str(CAP_CONFIGS / "default.yaml"), "-c", str(CAP_CONFIGS / "tiny.yaml"),
-                     f"--trainer.default_root_dir={tmp_path}", "--trainer.enable_progress_bar=false"]) == 0
+        assert (
+            main(
+                [
+                    "fit",
+                    "-c",
+                    str(CAP_CONFIGS / "default.yaml"),
+                    "-c",
+                    str(CAP_CONFIGS / "tiny.yaml"),
+                    f"--trainer.default_root_dir={tmp_path}",
+                    "--trainer.enable_progress_bar=false",
+                ]
+            )
+            == 0
+        )
     _assert_one_step_skipped(torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True), 2)
 
 
@@ -214,9 +264,15 @@ def test_captioning_nan_loss_step_is_skipped(tmp_path: Path, monkeypatch: pytest
 # speech
 # =============================================================================================
 ASR_TINY = [
-    "--model.encoder_dim=32", "--model.encoder_layers=1", "--model.hidden_dim=48", "--model.embed_dim=16",
-    '--model.attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5}', "--model.beam_size=2",
-    "--model.plot_examples=0", "--data.num_workers=0", "--trainer.enable_progress_bar=false",
+    "--model.encoder_dim=32",
+    "--model.encoder_layers=1",
+    "--model.hidden_dim=48",
+    "--model.embed_dim=16",
+    '--model.attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5}',
+    "--model.beam_size=2",
+    "--model.plot_examples=0",
+    "--data.num_workers=0",
+    "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
 ]
 
@@ -234,9 +290,18 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _asr_args(corpus: Path, root: Path) -> list[str]:
     # max_frames=600: ~3 utterances per batch, so an epoch has several steps. The default logger stays on
     # (versioned log folders must not hide last.ckpt from `--ckpt_path last`).
-    return ["--data.cache_dir", str(corpus.parent), "--data.synth_train=24", "--data.synth_val=6",
-            "--data.synth_test=6", *ASR_TINY, "--data.max_frames=600", f"--trainer.default_root_dir={root}",
-            "--trainer.max_epochs=-1", "--trainer.limit_val_batches=1"]
+    return [
+        "--data.cache_dir",
+        str(corpus.parent),
+        "--data.synth_train=24",
+        "--data.synth_val=6",
+        "--data.synth_test=6",
+        *ASR_TINY,
+        "--data.max_frames=600",
+        f"--trainer.default_root_dir={root}",
+        "--trainer.max_epochs=-1",
+        "--trainer.limit_val_batches=1",
+    ]
 
 
 def test_speech_cli_resume_from_last_continues_step_count(corpus: Path, tmp_path: Path) -> None:
@@ -258,14 +323,31 @@ def test_speech_sigkill_mid_epoch_then_resume_from_last(corpus: Path, tmp_path: 
 
     # The CLI's persistent callbacks save every 100 steps; a config can add a denser rolling checkpoint.
     overlay = tmp_path / "every3.yaml"
-    overlay.write_text(yaml.safe_dump({"trainer": {"callbacks": [{
-        "class_path": "core.training.RunCheckpoint",
-        "init_args": {"dirpath": str(tmp_path / "checkpoints"), "every_n_train_steps": 3, "save_top_k": 0,
-                      "save_last": True}}]}}), encoding="utf-8")
+    overlay.write_text(
+        yaml.safe_dump(
+            {
+                "trainer": {
+                    "callbacks": [
+                        {
+                            "class_path": "core.training.RunCheckpoint",
+                            "init_args": {
+                                "dirpath": str(tmp_path / "checkpoints"),
+                                "every_n_train_steps": 3,
+                                "save_top_k": 0,
+                                "save_last": True,
+                            },
+                        }
+                    ]
+                }
+            }
+        ),
+        encoding="utf-8",
+    )
     run = ["--config", str(overlay), *_asr_args(corpus, tmp_path), "--trainer.limit_val_batches=0"]
     last = tmp_path / "checkpoints" / "last.ckpt"
     saved = _wait_for_checkpoint_then_kill(
-        [sys.executable, "-m", "tasks.speech.cli", "fit", *run, "--trainer.max_steps=100000"], last, REPO)
+        [sys.executable, "-m", "tasks.speech.cli", "fit", *run, "--trainer.max_steps=100000"], last, REPO
+    )
     step = saved["global_step"]
     assert step >= 3 and step % 3 == 0
     assert saved["attn_suite"]["task"] == "speech"
@@ -282,15 +364,32 @@ def test_speech_same_seed_same_losses_and_transcripts(corpus: Path) -> None:
     runs = []
     for _ in range(2):
         pl.seed_everything(0, verbose=False)
-        dm = SpeechDataModule(cache_dir=str(corpus.parent), synth_train=24, synth_val=6, synth_test=6,
-                              num_workers=0, max_frames=600)
-        m = SpeechModule(encoder_dim=32, encoder_layers=1, hidden_dim=48, embed_dim=16, lr=3e-3,
-                         warmup_steps=2, plot_examples=0, beam_size=2,
-                         attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5})
+        dm = SpeechDataModule(
+            cache_dir=str(corpus.parent), synth_train=24, synth_val=6, synth_test=6, num_workers=0, max_frames=600
+        )
+        m = SpeechModule(
+            encoder_dim=32,
+            encoder_layers=1,
+            hidden_dim=48,
+            embed_dim=16,
+            lr=3e-3,
+            warmup_steps=2,
+            plot_examples=0,
+            beam_size=2,
+            attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5},
+        )
         rec = _LossRecorder()
-        trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                             num_sanity_val_steps=0, callbacks=[rec])
+        trainer = pl.Trainer(
+            max_steps=4,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            num_sanity_val_steps=0,
+            callbacks=[rec],
+        )
         trainer.fit(m, dm)
         audio = [u.audio for u in dm.splits["train"][:2]]
         runs.append((rec.losses, m.transcribe(audio, beam=1), m.transcribe(audio, beam=2)))
@@ -298,8 +397,9 @@ def test_speech_same_seed_same_losses_and_transcripts(corpus: Path) -> None:
     assert runs[0] == runs[1]
 
 
-def test_speech_cli_wires_guard_and_rolling_checkpoint_for_every_config(tmp_path: Path,
-                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_speech_cli_wires_guard_and_rolling_checkpoint_for_every_config(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from core.training import NonFiniteLossGuard

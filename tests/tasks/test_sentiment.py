@@ -27,13 +27,30 @@ def test_labels_follow_polarity_and_negation() -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("sentiment")
-    assert main(["fit", "--config", str(CONFIG), "--trainer.default_root_dir", str(root), "--data.size", "1500",
-                 "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--config",
+                str(CONFIG),
+                "--trainer.default_root_dir",
+                str(root),
+                "--data.size",
+                "1500",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.enable_model_summary",
+                "false",
+            ]
+        )
+        == 0
+    )
     return root / "checkpoints" / "best.ckpt"
 
 
-def test_fit_then_classify_with_attention_on_the_deciding_words(trained: Path, tmp_path: Path,
-                                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_then_classify_with_attention_on_the_deciding_words(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tasks.sentiment.module import SentimentModule
 
     model = SentimentModule.load_from_checkpoint(trained)  # the shared safe loader (core.task_io)
@@ -45,7 +62,7 @@ def test_fit_then_classify_with_attention_on_the_deciding_words(trained: Path, t
         correct += pred == ("positive" if label else "negative")
         total += 1
         if "and" in words:  # the neutral clause after "and" decides nothing: it gets little of the attention
-            ignored.append(float(weights[words.index("and"):].sum()))
+            ignored.append(float(weights[words.index("and") :].sum()))
     assert correct / total > 0.95
     assert sum(ignored) / len(ignored) < 0.2
     assert main(["classify", "--ckpt", str(trained), "the film was not good", "--plot", str(tmp_path)]) == 0

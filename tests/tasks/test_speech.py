@@ -35,10 +35,18 @@ needs_espeak = pytest.mark.skipif(not HAVE_ESPEAK, reason="espeakng-loader (attn
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 TINY = [
-    "--model.encoder_dim=32", "--model.encoder_layers=1", "--model.hidden_dim=48", "--model.embed_dim=16",
-    '--model.attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5}', "--model.beam_size=2",
-    "--model.plot_examples=1", "--data.num_workers=0", "--data.max_frames=6000",
-    "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false",
+    "--model.encoder_dim=32",
+    "--model.encoder_layers=1",
+    "--model.hidden_dim=48",
+    "--model.embed_dim=16",
+    '--model.attention_options={"hidden_dim": 32, "conv_channels": 4, "kernel_size": 5}',
+    "--model.beam_size=2",
+    "--model.plot_examples=1",
+    "--data.num_workers=0",
+    "--data.max_frames=6000",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.logger=false",
 ]
 
 
@@ -107,7 +115,9 @@ def test_corpus_unseen_test_voices(corpus: Path) -> None:
     from tasks.speech.synth import TEST_VARIANTS, TRAIN_VARIANTS
 
     assert not set(TRAIN_VARIANTS) & set(TEST_VARIANTS)
-    rows = {s: [json.loads(l) for l in (corpus / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "test")}
+    rows = {
+        s: [json.loads(line) for line in (corpus / f"{s}.jsonl").read_text().splitlines()] for s in ("train", "test")
+    }
     train_v = {r["voice"].partition("+")[2] for r in rows["train"]}
     test_v = {r["voice"].partition("+")[2] for r in rows["test"]}
     assert test_v and not train_v & test_v
@@ -185,12 +195,16 @@ def test_manifests(tmp_path: Path) -> None:
     sf.write(tmp_path / "a.wav", tone(0.5), 16000)
     (tmp_path / "clips").mkdir()
     sf.write(tmp_path / "clips" / "b.wav", tone(0.4), 16000)
-    (tmp_path / "m.jsonl").write_text(json.dumps({"path": "a.wav", "text": "A b", "duration": 0.5}) + "\n"
-                                      + json.dumps({"path": "nope.wav", "text": "x"}) + "\n")
+    (tmp_path / "m.jsonl").write_text(
+        json.dumps({"path": "a.wav", "text": "A b", "duration": 0.5})
+        + "\n"
+        + json.dumps({"path": "nope.wav", "text": "x"})
+        + "\n"
+    )
     with pytest.warns(UserWarning, match="nope.wav"):
         utts = read_manifest(tmp_path / "m.jsonl")
     assert len(utts) == 1 and utts[0].duration == 0.5
-    (tmp_path / "m.csv").write_text("path,text\na.wav,\"hello, there\"\n")
+    (tmp_path / "m.csv").write_text('path,text\na.wav,"hello, there"\n')
     assert read_manifest(tmp_path / "m.csv")[0].text == "hello, there"
     # Common Voice: header with `sentence`, clips/ next to the TSV; and a header-less path<TAB>text TSV.
     (tmp_path / "cv.tsv").write_text("client_id\tpath\tsentence\nxyz\tb.wav\tGood morning!\n")
@@ -263,8 +277,16 @@ def test_split_on_silence_cuts_in_pause() -> None:
 def test_encoder_shapes(encoder: str) -> None:
     from tasks.speech.model import ASRModel
 
-    m = ASRModel(32, encoder=encoder, encoder_dim=16, encoder_layers=3 if encoder == "pblstm" else 1,
-                 num_heads=2, hidden_dim=24, embed_dim=8, attention_options={"hidden_dim": 8})
+    m = ASRModel(
+        32,
+        encoder=encoder,
+        encoder_dim=16,
+        encoder_layers=3 if encoder == "pblstm" else 1,
+        num_heads=2,
+        hidden_dim=24,
+        embed_dim=8,
+        attention_options={"hidden_dim": 8},
+    )
     feats, lens = torch.randn(2, 41, 80), torch.tensor([41, 30])
     enc, mask, ctc = m.encode(feats, lens)
     assert enc.shape[1] == 11 and mask.sum(1).tolist() == [11, 8] and ctc.shape == (2, 11, 32)
@@ -277,8 +299,14 @@ def test_encoder_shapes(encoder: str) -> None:
 def test_other_attentions(attention: str) -> None:
     from tasks.speech.module import SpeechModule
 
-    m = SpeechModule(encoder_dim=16, encoder_layers=1, hidden_dim=32, embed_dim=8, attention=attention,
-                     attention_options={"hidden_dim": 8} if attention == "additive" else None)
+    m = SpeechModule(
+        encoder_dim=16,
+        encoder_layers=1,
+        hidden_dim=32,
+        embed_dim=8,
+        attention=attention,
+        attention_options={"hidden_dim": 8} if attention == "additive" else None,
+    )
     out = m.transcribe([(tone(0.5), 16000)], beam=2)
     assert isinstance(out[0], str)
 
@@ -292,9 +320,21 @@ def trained_ckpt(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     from tasks.speech.cli import main
 
     root = tmp_path_factory.mktemp("fit")
-    code = main(["fit", "--data.cache_dir", str(corpus.parent), "--data.synth_train=24", "--data.synth_val=6",
-                 "--data.synth_test=6", *TINY, "--trainer.max_steps=3", "--trainer.max_epochs=3",
-                 f"--trainer.default_root_dir={root}", "--trainer.limit_val_batches=1"])
+    code = main(
+        [
+            "fit",
+            "--data.cache_dir",
+            str(corpus.parent),
+            "--data.synth_train=24",
+            "--data.synth_val=6",
+            "--data.synth_test=6",
+            *TINY,
+            "--trainer.max_steps=3",
+            "--trainer.max_epochs=3",
+            f"--trainer.default_root_dir={root}",
+            "--trainer.limit_val_batches=1",
+        ]
+    )
     assert code == 0
     ckpts = sorted(root.rglob("last.ckpt"))
     assert ckpts, list(root.rglob("*"))
@@ -304,8 +344,19 @@ def trained_ckpt(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 def test_fast_dev_run_cli(corpus: Path, tmp_path: Path) -> None:
     from tasks.speech.cli import main
 
-    code = main(["fit", "--data.cache_dir", str(corpus.parent), "--data.synth_train=24", "--data.synth_val=6",
-                 "--data.synth_test=6", *TINY, "--trainer.fast_dev_run=1", f"--trainer.default_root_dir={tmp_path}"])
+    code = main(
+        [
+            "fit",
+            "--data.cache_dir",
+            str(corpus.parent),
+            "--data.synth_train=24",
+            "--data.synth_val=6",
+            "--data.synth_test=6",
+            *TINY,
+            "--trainer.fast_dev_run=1",
+            f"--trainer.default_root_dir={tmp_path}",
+        ]
+    )
     assert code == 0
 
 
@@ -318,16 +369,29 @@ def test_checkpoint_weights_only_and_metadata(trained_ckpt: Path) -> None:
     assert any(abs(m) > 1e-3 for m in meta["feature_stats"]["mean"])  # real statistics, not defaults
 
 
-def test_transcribe_cli_round_trip(trained_ckpt: Path, corpus: Path, tmp_path: Path,
-                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_transcribe_cli_round_trip(
+    trained_ckpt: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from tasks.speech.cli import main
 
     good = sorted((corpus / "audio").glob("test-*.flac"))[:2]
     bad = tmp_path / "broken.wav"
     bad.write_bytes(b"not audio at all")
     plots = tmp_path / "plots"
-    code = main(["transcribe", "--ckpt", str(trained_ckpt), str(good[0]), str(bad), str(good[1]),
-                 "--beam", "2", "--plot", str(plots)])
+    code = main(
+        [
+            "transcribe",
+            "--ckpt",
+            str(trained_ckpt),
+            str(good[0]),
+            str(bad),
+            str(good[1]),
+            "--beam",
+            "2",
+            "--plot",
+            str(plots),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 1  # one file failed, the others were transcribed
     assert len(out.strip().splitlines()) == 2 and "broken.wav" in err and "Traceback" not in err
@@ -343,9 +407,19 @@ def test_transcribe_cli_round_trip(trained_ckpt: Path, corpus: Path, tmp_path: P
 def test_predict_cli_prints_hypotheses(trained_ckpt: Path, corpus: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from tasks.speech.cli import main
 
-    code = main(["predict", "--data.cache_dir", str(corpus.parent), "--data.synth_train=24", "--data.synth_val=6",
-                 "--data.synth_test=6", *TINY, f"--ckpt_path={trained_ckpt}",
-                 f"--trainer.default_root_dir={trained_ckpt.parent}"])
+    code = main(
+        [
+            "predict",
+            "--data.cache_dir",
+            str(corpus.parent),
+            "--data.synth_train=24",
+            "--data.synth_val=6",
+            "--data.synth_test=6",
+            *TINY,
+            f"--ckpt_path={trained_ckpt}",
+            f"--trainer.default_root_dir={trained_ckpt.parent}",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0
     assert len([ln for ln in out.splitlines() if ln.endswith(".flac") or "\t" in ln]) == 6
@@ -386,13 +460,36 @@ def test_overfit_few_utterances(corpus: Path) -> None:
     from tasks.speech.module import SpeechModule
 
     torch.manual_seed(0)
-    dm = SpeechDataModule(cache_dir=str(corpus.parent), synth_train=24, synth_val=6, synth_test=6, limit_train=4,
-                          num_workers=0, max_frames=100000)
-    m = SpeechModule(encoder_dim=64, encoder_layers=1, hidden_dim=96, embed_dim=32, dropout=0.0,
-                     label_smoothing=0.0, spec_augment=False, lr=3e-3, warmup_steps=10, plot_examples=0,
-                     attention_options={"hidden_dim": 64, "conv_channels": 4, "kernel_size": 9})
-    tr = L.Trainer(max_steps=150, logger=False, enable_checkpointing=False, limit_val_batches=0,
-                   enable_progress_bar=False, enable_model_summary=False)
+    dm = SpeechDataModule(
+        cache_dir=str(corpus.parent),
+        synth_train=24,
+        synth_val=6,
+        synth_test=6,
+        limit_train=4,
+        num_workers=0,
+        max_frames=100000,
+    )
+    m = SpeechModule(
+        encoder_dim=64,
+        encoder_layers=1,
+        hidden_dim=96,
+        embed_dim=32,
+        dropout=0.0,
+        label_smoothing=0.0,
+        spec_augment=False,
+        lr=3e-3,
+        warmup_steps=10,
+        plot_examples=0,
+        attention_options={"hidden_dim": 64, "conv_channels": 4, "kernel_size": 9},
+    )
+    tr = L.Trainer(
+        max_steps=150,
+        logger=False,
+        enable_checkpointing=False,
+        limit_val_batches=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
     tr.fit(m, dm)
     utts = dm.splits["train"]
     hyps = m.transcribe([u.audio for u in utts], beam=2)
@@ -415,12 +512,25 @@ def test_ddp_two_cpu_processes(corpus: Path, tmp_path: Path) -> None:
     import sys
 
     script = tmp_path / "ddp_fit.py"
-    args = ["fit", "--data.cache_dir", str(corpus.parent), "--data.synth_train=24", "--data.synth_val=6",
-            "--data.synth_test=6", *TINY, "--trainer.max_steps=2", "--trainer.strategy=ddp", "--trainer.devices=2",
-            "--trainer.accelerator=cpu", "--trainer.limit_val_batches=1", f"--trainer.default_root_dir={tmp_path}"]
+    args = [
+        "fit",
+        "--data.cache_dir",
+        str(corpus.parent),
+        "--data.synth_train=24",
+        "--data.synth_val=6",
+        "--data.synth_test=6",
+        *TINY,
+        "--trainer.max_steps=2",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.limit_val_batches=1",
+        f"--trainer.default_root_dir={tmp_path}",
+    ]
     # Lightning's DDP launcher re-runs the script for rank 1, so it needs a real file with a main guard.
-    script.write_text("import sys\nfrom tasks.speech.cli import main\n"
-                      f"if __name__ == '__main__':\n    sys.exit(main({args!r}))\n")
+    script.write_text(
+        f"import sys\nfrom tasks.speech.cli import main\nif __name__ == '__main__':\n    sys.exit(main({args!r}))\n"
+    )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert list(tmp_path.rglob("last.ckpt"))
@@ -436,10 +546,12 @@ def test_hf_datasets_saved_to_disk(tmp_path: Path) -> None:
     sf.write(wav, tone(0.5, sr=22050), 22050)
     buf = io.BytesIO()
     sf.write(buf, tone(0.25), SAMPLE_RATE, format="WAV")
-    ds = datasets.Dataset.from_dict({
-        "audio": [{"path": str(wav), "bytes": None}, {"path": None, "bytes": buf.getvalue()}],
-        "sentence": ["Hello world", "two"],
-    }).cast_column("audio", datasets.Audio(decode=False))
+    ds = datasets.Dataset.from_dict(
+        {
+            "audio": [{"path": str(wav), "bytes": None}, {"path": None, "bytes": buf.getvalue()}],
+            "sentence": ["Hello world", "two"],
+        }
+    ).cast_column("audio", datasets.Audio(decode=False))
     saved = tmp_path / "hf_ds"
     datasets.DatasetDict({"train": ds}).save_to_disk(str(saved))
 
@@ -474,20 +586,33 @@ def test_guided_attention_loss_prefers_the_diagonal_and_ignores_padding() -> Non
     noisy = diag.clone()
     noisy[1, 2:, :] = 5.0
     noisy[1, :, 4:] += 3.0
-    assert torch.allclose(guided_attention_loss(noisy, out_lens, in_lens), guided_attention_loss(diag, out_lens, in_lens))
+    assert torch.allclose(
+        guided_attention_loss(noisy, out_lens, in_lens), guided_attention_loss(diag, out_lens, in_lens)
+    )
 
 
 def test_guided_attention_weight_adds_a_training_term_only() -> None:
     from tasks.speech.module import SpeechModule
 
     torch.manual_seed(0)
-    kw = {"encoder_dim": 16, "encoder_layers": 1, "hidden_dim": 24, "embed_dim": 8,
-          "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 5}, "spec_augment": False}
+    kw = {
+        "encoder_dim": 16,
+        "encoder_layers": 1,
+        "hidden_dim": 24,
+        "embed_dim": 8,
+        "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 5},
+        "spec_augment": False,
+    }
     tk = make_char_tokenizer()
     texts = ["a cat", "dogs run"]
     tokens = torch.nn.utils.rnn.pad_sequence([torch.tensor(tk.encode(t)) for t in texts], batch_first=True)
-    batch = {"feats": torch.randn(2, 120, 80), "feat_lens": torch.tensor([120, 90]), "tokens": tokens,
-             "token_lens": torch.tensor([len(t) for t in texts]), "texts": texts}
+    batch = {
+        "feats": torch.randn(2, 120, 80),
+        "feat_lens": torch.tensor([120, 90]),
+        "tokens": tokens,
+        "token_lens": torch.tensor([len(t) for t in texts]),
+        "texts": texts,
+    }
     plain = SpeechModule(**kw)
     guided = SpeechModule(**kw, guided_attention_weight=2.0)
     guided.load_state_dict(plain.state_dict())
@@ -576,8 +701,14 @@ def test_ctc_prefix_scores_sum_to_the_ctc_probability_of_the_sequence() -> None:
                 total[b] += float(delta[b, chosen[b]])
                 running[b] = chosen[b] != 5
         last = torch.tensor([c if c != 5 else 0 for c in chosen])  # a finished row is fed blank (pad)
-    want = -F.ctc_loss(batch.transpose(0, 1), torch.tensor(labels[0] + labels[1]), lens,
-                       torch.tensor([len(x) for x in labels]), blank=0, reduction="none")
+    want = -F.ctc_loss(
+        batch.transpose(0, 1),
+        torch.tensor(labels[0] + labels[1]),
+        lens,
+        torch.tensor([len(x) for x in labels]),
+        blank=0,
+        reduction="none",
+    )
     assert torch.allclose(total, want.double(), atol=1e-6)  # log p_ctc(y), padding ignored
 
 
@@ -596,8 +727,14 @@ def test_ctc_prefix_eos_scores_match_ctc_loss_for_each_length() -> None:
             last = torch.tensor([c])
         delta, _ = scorer.step(last, state, static)
         total += float(delta[0, 5])
-        want = -F.ctc_loss(lp.transpose(0, 1), torch.tensor([labels]), torch.tensor([10]), torch.tensor([len(labels)]),
-                           blank=0, reduction="sum")
+        want = -F.ctc_loss(
+            lp.transpose(0, 1),
+            torch.tensor([labels]),
+            torch.tensor([10]),
+            torch.tensor([len(labels)]),
+            blank=0,
+            reduction="sum",
+        )
         assert abs(total - float(want)) < 1e-5, labels
 
 
@@ -613,8 +750,15 @@ def test_joint_ctc_decoding_runs_through_beam_search_with_the_decoder_state() ->
     from tasks.speech.module import SpeechModule
 
     torch.manual_seed(0)
-    kw = {"encoder_dim": 16, "encoder_layers": 1, "hidden_dim": 24, "embed_dim": 8, "ctc_weight": 0.5,
-          "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 5}, "spec_augment": False}
+    kw = {
+        "encoder_dim": 16,
+        "encoder_layers": 1,
+        "hidden_dim": 24,
+        "embed_dim": 8,
+        "ctc_weight": 0.5,
+        "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 5},
+        "spec_augment": False,
+    }
     rescored, joint = SpeechModule(**kw), SpeechModule(**kw, joint_ctc_decoding=True)
     joint.load_state_dict(rescored.state_dict())
     feats, lens = torch.randn(3, 160, 80), torch.tensor([160, 120, 64])

@@ -41,8 +41,14 @@ def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tasks.speech.module import SpeechModule
 
     torch.manual_seed(0)
-    m = SpeechModule(encoder_dim=8, encoder_layers=1, hidden_dim=8, embed_dim=8, beam_size=1,
-                     attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3})
+    m = SpeechModule(
+        encoder_dim=8,
+        encoder_layers=1,
+        hidden_dim=8,
+        embed_dim=8,
+        beam_size=1,
+        attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3},
+    )
     ckpt = {"state_dict": m.state_dict(), "hyper_parameters": dict(m.hparams)}
     m.on_save_checkpoint(ckpt)
     path = tmp_path_factory.mktemp("asr_ckpt") / "tiny.ckpt"
@@ -57,8 +63,9 @@ def test_stereo_channels_are_averaged(tmp_path: Path) -> None:
     np.testing.assert_allclose(x, left / 2, atol=1e-4)  # the mean of the channels, not one of them
 
 
-def test_transcribe_cli_bad_files_reported_others_transcribed(tiny_ckpt: Path, tmp_path: Path,
-                                                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_transcribe_cli_bad_files_reported_others_transcribed(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "good.wav"
     sf.write(good, tone(0.5), SAMPLE_RATE)
     silent = tmp_path / "silent.wav"
@@ -67,8 +74,9 @@ def test_transcribe_cli_bad_files_reported_others_transcribed(tiny_ckpt: Path, t
     corrupt.write_bytes(b"RIFF\x00\x00garbage" * 10)
     empty = tmp_path / "empty.wav"
     sf.write(empty, np.zeros(0, np.float32), SAMPLE_RATE)
-    code = main(["transcribe", "--ckpt", str(tiny_ckpt), str(good), str(corrupt), str(silent), str(empty),
-                 "--beam", "1"])
+    code = main(
+        ["transcribe", "--ckpt", str(tiny_ckpt), str(good), str(corrupt), str(silent), str(empty), "--beam", "1"]
+    )
     out, err = capsys.readouterr()
     assert code == 1
     assert [ln.split("\t")[0] for ln in out.splitlines()] == [str(good), str(silent)]  # silent: no crash
@@ -82,9 +90,11 @@ def test_transcribe_cli_bad_files_reported_others_transcribed(tiny_ckpt: Path, t
 def test_silent_and_unreadable_audio_skipped_when_loaded(tmp_path: Path) -> None:
     sf.write(tmp_path / "ok.wav", tone(0.3), SAMPLE_RATE)
     sf.write(tmp_path / "silent.wav", np.zeros(4800, np.float32), SAMPLE_RATE)
-    utts = [Utterance(str(tmp_path / "ok.wav"), "ok", duration=0.3),
-            Utterance(str(tmp_path / "silent.wav"), "hush", duration=0.3),
-            Utterance(str(tmp_path / "gone.wav"), "gone", duration=0.3)]  # removed after validation
+    utts = [
+        Utterance(str(tmp_path / "ok.wav"), "ok", duration=0.3),
+        Utterance(str(tmp_path / "silent.wav"), "hush", duration=0.3),
+        Utterance(str(tmp_path / "gone.wav"), "gone", duration=0.3),
+    ]  # removed after validation
     ds = BucketedSpeechDataset(utts, make_char_tokenizer(), FeatureConfig())
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
@@ -103,8 +113,9 @@ def test_training_skips_utterances_over_max_seconds(tmp_path: Path) -> None:
     assert [u.text for u in kept] == ["short"]
 
 
-def test_transcribe_cli_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path,
-                                       user_error: Callable[[], str]) -> None:
+def test_transcribe_cli_bad_checkpoint(
+    bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path, user_error: Callable[[], str]
+) -> None:
     kind = bad_checkpoint_kind
     path = bad_checkpoints(kind, "speech")
     assert main(["transcribe", "--ckpt", str(path), str(tmp_path / "a.wav")]) == 2
@@ -112,11 +123,15 @@ def test_transcribe_cli_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints
     assert str(path) in err and bad_checkpoints.expected(kind, "speech") in err, err
 
 
-def test_cli_ckpt_path_bad_checkpoints(bad_checkpoints: BadCheckpoints, tmp_path: Path,
-                                       user_error: Callable[[], str]) -> None:
+def test_cli_ckpt_path_bad_checkpoints(
+    bad_checkpoints: BadCheckpoints, tmp_path: Path, user_error: Callable[[], str]
+) -> None:
     """``test/fit --ckpt_path`` get the same checks as ``transcribe --ckpt`` (before any data is made)."""
-    base = [f"--trainer.default_root_dir={tmp_path / 'run'}", f"--data.cache_dir={tmp_path / 'cache'}",
-            "--trainer.logger=false"]
+    base = [
+        f"--trainer.default_root_dir={tmp_path / 'run'}",
+        f"--data.cache_dir={tmp_path / 'cache'}",
+        "--trainer.logger=false",
+    ]
     for kind in bad_checkpoints.kinds:
         path = bad_checkpoints(kind, "speech")
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2, kind
@@ -149,8 +164,9 @@ def test_nan_audio_rejected_naming_the_file(tmp_path: Path) -> None:
         load_audio((inf, SAMPLE_RATE))
 
 
-def test_transcribe_cli_nan_file_gets_an_error_line(tiny_ckpt: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_transcribe_cli_nan_file_gets_an_error_line(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     good = tmp_path / "good.wav"
     sf.write(good, tone(0.3), SAMPLE_RATE)
     bad = _nan_wav(tmp_path / "nan.wav")
@@ -186,10 +202,17 @@ def _tampered(tiny_ckpt: Path, tmp: Path, how: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("how,msg", [("shape", r"model\.ctc_head\.weight: \(\d+, \d+\) in the file"), ("missing-key", "missing model.ctc_head.bias"),
-                                     ("no-state-dict", "has no 'state_dict'")])
-def test_tampered_checkpoint_is_a_checkpoint_error(how: str, msg: str, tiny_ckpt: Path, tmp_path: Path,
-                                                   user_error: Callable[[], str]) -> None:
+@pytest.mark.parametrize(
+    "how,msg",
+    [
+        ("shape", r"model\.ctc_head\.weight: \(\d+, \d+\) in the file"),
+        ("missing-key", "missing model.ctc_head.bias"),
+        ("no-state-dict", "has no 'state_dict'"),
+    ],
+)
+def test_tampered_checkpoint_is_a_checkpoint_error(
+    how: str, msg: str, tiny_ckpt: Path, tmp_path: Path, user_error: Callable[[], str]
+) -> None:
     from core.errors import CheckpointError
     from tasks.speech.module import SpeechModule
 
@@ -222,8 +245,13 @@ def test_empty_batch_skips_the_step_alone_and_gives_a_zero_loss_under_ddp() -> N
 
     from tasks.speech.module import SpeechModule
 
-    m = SpeechModule(encoder_dim=8, encoder_layers=1, hidden_dim=8, embed_dim=8,
-                     attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3})
+    m = SpeechModule(
+        encoder_dim=8,
+        encoder_layers=1,
+        hidden_dim=8,
+        embed_dim=8,
+        attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3},
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a trainer
         assert m.training_step({"empty": True, "skipped": 3}, 0) is None
@@ -272,10 +300,25 @@ def test_fit_logs_skipped_utterances_batches_and_ctc_infeasible(tmp_path: Path) 
     train = _jsonl(tmp_path / "train.jsonl", rows)
     val = _jsonl(tmp_path / "val.jsonl", [(tmp_path / "ok1.wav", "hi")])
     dm = SpeechDataModule(train=str(train), val=str(val), num_workers=1, max_batch=1, max_seconds=5.0)
-    model = SpeechModule(encoder_dim=8, encoder_layers=1, hidden_dim=8, embed_dim=8, beam_size=1,
-                         plot_examples=0, attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3})
-    trainer = L.Trainer(max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu", devices=1)
+    model = SpeechModule(
+        encoder_dim=8,
+        encoder_layers=1,
+        hidden_dim=8,
+        embed_dim=8,
+        beam_size=1,
+        plot_examples=0,
+        attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3},
+    )
+    trainer = L.Trainer(
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        accelerator="cpu",
+        devices=1,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         trainer.fit(model, dm)
@@ -377,8 +420,16 @@ def test_encoder_output_does_not_depend_on_batch_padding(encoder: str) -> None:
     from tasks.speech.model import ASRModel
 
     torch.manual_seed(0)
-    m = ASRModel(32, encoder=encoder, encoder_dim=16, encoder_layers=3 if encoder == "pblstm" else 2,
-                 num_heads=2, hidden_dim=16, embed_dim=8, attention_options={"hidden_dim": 8}).eval()
+    m = ASRModel(
+        32,
+        encoder=encoder,
+        encoder_dim=16,
+        encoder_layers=3 if encoder == "pblstm" else 2,
+        num_heads=2,
+        hidden_dim=16,
+        embed_dim=8,
+        attention_options={"hidden_dim": 8},
+    ).eval()
     short, long = torch.randn(1, 37, 80), torch.randn(1, 90, 80)
     batch = torch.full((2, 90, 80), 3.0)  # normalised padding is not zero: use a value that would show
     batch[0, :37], batch[1] = short[0], long[0]
@@ -407,17 +458,34 @@ def test_ddp_rank_with_an_empty_batch_does_not_hang(tmp_path: Path) -> None:
     rows.append((_nan_wav(tmp_path / "nan.wav"), "hi"))
     train = _jsonl(tmp_path / "train.jsonl", rows)
     val = _jsonl(tmp_path / "val.jsonl", [(tmp_path / "ok1.wav", "hi")] * 2)
-    args = ["fit", f"--data.train={train}", f"--data.val={val}", "--data.max_batch=1", "--data.num_workers=0",
-            "--model.encoder_dim=8", "--model.encoder_layers=1", "--model.hidden_dim=8", "--model.embed_dim=8",
-            '--model.attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3}',
-            "--model.beam_size=1", "--model.plot_examples=0", "--trainer.max_epochs=1", "--trainer.strategy=ddp",
-            "--trainer.devices=2", "--trainer.accelerator=cpu", "--trainer.enable_progress_bar=false",
-            "--trainer.enable_model_summary=false", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.logger=lightning.pytorch.loggers.CSVLogger", f"--trainer.logger.save_dir={tmp_path / 'logs'}"]
+    args = [
+        "fit",
+        f"--data.train={train}",
+        f"--data.val={val}",
+        "--data.max_batch=1",
+        "--data.num_workers=0",
+        "--model.encoder_dim=8",
+        "--model.encoder_layers=1",
+        "--model.hidden_dim=8",
+        "--model.embed_dim=8",
+        '--model.attention_options={"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3}',
+        "--model.beam_size=1",
+        "--model.plot_examples=0",
+        "--trainer.max_epochs=1",
+        "--trainer.strategy=ddp",
+        "--trainer.devices=2",
+        "--trainer.accelerator=cpu",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+        f"--trainer.default_root_dir={tmp_path}",
+        "--trainer.logger=lightning.pytorch.loggers.CSVLogger",
+        f"--trainer.logger.save_dir={tmp_path / 'logs'}",
+    ]
     script = tmp_path / "ddp_fit.py"
     # Lightning's DDP launcher re-runs the script for rank 1, so it needs a real file with a main guard.
-    script.write_text("import sys\nfrom tasks.speech.cli import main\n"
-                      f"if __name__ == '__main__':\n    sys.exit(main({args!r}))\n")
+    script.write_text(
+        f"import sys\nfrom tasks.speech.cli import main\nif __name__ == '__main__':\n    sys.exit(main({args!r}))\n"
+    )
     proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (metrics,) = (tmp_path / "logs").rglob("metrics.csv")
@@ -427,8 +495,9 @@ def test_ddp_rank_with_an_empty_batch_does_not_hang(tmp_path: Path) -> None:
     assert [float(r["train/skipped_batches"]) for r in logged] == [1.0]
 
 
-def test_transcribe_short_huge_and_silent_audio(tiny_ckpt: Path, tmp_path: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_transcribe_short_huge_and_silent_audio(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Too short: an error naming the file, the others still transcribed. Samples far beyond full scale are
     scaled down (no inf features). Digital silence is transcribed as nothing, not as an invented sentence."""
     good, short, huge, silent = (tmp_path / f"{n}.wav" for n in ("good", "short", "huge", "silent"))
@@ -445,14 +514,28 @@ def test_transcribe_short_huge_and_silent_audio(tiny_ckpt: Path, tmp_path: Path,
     assert f"error: {short}: the audio is too short (80 samples at 16000 Hz; at least 400" in err
 
 
-def test_transcribe_nbest_lines_and_unique_plots(tiny_ckpt: Path, tmp_path: Path,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_transcribe_nbest_lines_and_unique_plots(
+    tiny_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     sf.write(tmp_path / "a" / "x.wav", tone(0.5), SAMPLE_RATE)
     sf.write(tmp_path / "b" / "x.wav", tone(0.5, freq=500.0), SAMPLE_RATE)  # same base name
-    code = main(["transcribe", "--ckpt", str(tiny_ckpt), str(tmp_path / "a" / "x.wav"), str(tmp_path / "b" / "x.wav"),
-                 "--beam", "3", "--nbest", "2", "--plot", str(tmp_path / "plots")])
+    code = main(
+        [
+            "transcribe",
+            "--ckpt",
+            str(tiny_ckpt),
+            str(tmp_path / "a" / "x.wav"),
+            str(tmp_path / "b" / "x.wav"),
+            "--beam",
+            "3",
+            "--nbest",
+            "2",
+            "--plot",
+            str(tmp_path / "plots"),
+        ]
+    )
     assert code == 0
     rows = [ln.split("\t") for ln in capsys.readouterr().out.splitlines()]
     assert all(len(r) == 3 for r in rows) and 2 <= len(rows) <= 4
@@ -472,8 +555,9 @@ def test_manifest_field_types_are_checked(tmp_path: Path) -> None:
         read_manifest(tmp_path / "m.jsonl")
 
 
-@pytest.mark.parametrize("kw", [{"val_fraction": -0.5}, {"val_fraction": 1.0}, {"max_frames": 0}, {"max_batch": 0},
-                                {"max_seconds": 0.0}])
+@pytest.mark.parametrize(
+    "kw", [{"val_fraction": -0.5}, {"val_fraction": 1.0}, {"max_frames": 0}, {"max_batch": 0}, {"max_seconds": 0.0}]
+)
 def test_bad_data_options_are_config_errors(kw: dict) -> None:
     from core.errors import ConfigError
     from tasks.speech.data import SpeechDataModule
@@ -482,13 +566,16 @@ def test_bad_data_options_are_config_errors(kw: dict) -> None:
         SpeechDataModule(**kw)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("units", {"type": "char", "vocab": 5}, "malformed speech units"),
-    ("units", {"type": "char", "vocab": ["<pad>", "<s>", "</s>", "<unk>", "a"]}, "units number"),
-    ("max_chunk_seconds", 0.001, r"max_chunk_seconds = 0\.001"),
-    ("feature_config", {"n_mels": 100000}, r"feature_config\.n_mels"),
-    ("feature_config", {"sample_rate": 16000, "f_max": 12000.0}, "inconsistent"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("units", {"type": "char", "vocab": 5}, "malformed speech units"),
+        ("units", {"type": "char", "vocab": ["<pad>", "<s>", "</s>", "<unk>", "a"]}, "units number"),
+        ("max_chunk_seconds", 0.001, r"max_chunk_seconds = 0\.001"),
+        ("feature_config", {"n_mels": 100000}, r"feature_config\.n_mels"),
+        ("feature_config", {"sample_rate": 16000, "f_max": 12000.0}, "inconsistent"),
+    ],
+)
 def test_tampered_speech_metadata(field: str, value: object, match: str, tiny_ckpt: Path, tmp_path: Path) -> None:
     from core.errors import CheckpointError
     from tasks.speech.module import SpeechModule

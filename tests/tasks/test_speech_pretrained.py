@@ -20,14 +20,25 @@ from tasks.speech.cli import main
 from tasks.speech.module import SpeechModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_tiny import speech_folder, vision_folder, whisper_folder  # noqa: E402
-from tiny_models import save_checkpoint  # noqa: E402
+from hf_tiny import speech_folder, vision_folder, whisper_folder
+from tiny_models import save_checkpoint
 
-TINY = ["--model.hidden_dim=16", "--model.embed_dim=8", "--model.beam_size=2",
-        "--model.attention_options={hidden_dim: 8, conv_channels: 2, kernel_size: 3}", "--data.num_workers=0",
-        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"]
-SMALL = {"hidden_dim": 16, "embed_dim": 8, "beam_size": 2,
-         "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3}}
+TINY = [
+    "--model.hidden_dim=16",
+    "--model.embed_dim=8",
+    "--model.beam_size=2",
+    "--model.attention_options={hidden_dim: 8, conv_channels: 2, kernel_size: 3}",
+    "--data.num_workers=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.logger=false",
+]
+SMALL = {
+    "hidden_dim": 16,
+    "embed_dim": 8,
+    "beam_size": 2,
+    "attention_options": {"hidden_dim": 8, "conv_channels": 2, "kernel_size": 3},
+}
 
 
 def _noise(seconds: float, seed: int) -> np.ndarray:
@@ -49,9 +60,20 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit(corpus: Path, root: Path, encoder: Path, *extra: str) -> int:
-    return main(["fit", f"--data.train={corpus}", "--data.val_fraction=0.25", *TINY, "--trainer.max_steps=3",
-                 "--trainer.max_epochs=3", f"--trainer.default_root_dir={root}", "--trainer.limit_val_batches=1",
-                 f"--model.encoder=hf:{encoder}", *extra])
+    return main(
+        [
+            "fit",
+            f"--data.train={corpus}",
+            "--data.val_fraction=0.25",
+            *TINY,
+            "--trainer.max_steps=3",
+            "--trainer.max_epochs=3",
+            f"--trainer.default_root_dir={root}",
+            "--trainer.limit_val_batches=1",
+            f"--model.encoder=hf:{encoder}",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -66,8 +88,8 @@ def w2v_run(corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pat
 
 
 def test_wav2vec2_checkpoint_offline_chunked_transcription_and_plots(
-        w2v_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> None:
+    w2v_run: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import huggingface_hub
     import transformers
 
@@ -75,8 +97,11 @@ def test_wav2vec2_checkpoint_offline_chunked_transcription_and_plots(
     raw = torch.load(ckpt, weights_only=True, map_location="cpu")
     meta, state = raw["attn_suite"], raw["state_dict"]
     assert meta["pretrained"]["model_type"] == "wav2vec2"
-    assert meta["pretrained"]["processor"] == {"sampling_rate": 16000, "do_normalize": True,
-                                               "return_attention_mask": True}
+    assert meta["pretrained"]["processor"] == {
+        "sampling_rate": 16000,
+        "do_normalize": True,
+        "return_attention_mask": True,
+    }
     assert not torch.equal(state["model.encoder.layer_weights"], torch.zeros(3))  # the layer mix learned
     original = SpeechModule(encoder=f"hf:{folder}", **SMALL).model.encoder.backbone.state_dict()
     key = "feature_extractor.conv_layers.0.conv.weight"  # the CNN feature encoder stays frozen
@@ -103,14 +128,27 @@ def test_wav2vec2_checkpoint_offline_chunked_transcription_and_plots(
     assert list((tmp_path / "plots").glob("*.png"))
 
 
-def test_resume_and_test_from_checkpoint_need_no_source(w2v_run: tuple[Path, Path], corpus: Path,
-                                                        tmp_path: Path) -> None:
+def test_resume_and_test_from_checkpoint_need_no_source(
+    w2v_run: tuple[Path, Path], corpus: Path, tmp_path: Path
+) -> None:
     """``test --ckpt_path`` rebuilds the encoder from the checkpoint's config (its folder is gone, see above)."""
     ckpt, folder = w2v_run
     shutil.rmtree(folder, ignore_errors=True)
-    assert main(["test", f"--data.train={corpus}", "--data.val_fraction=0.25", *TINY, f"--model.encoder=hf:{folder}",
-                 f"--trainer.default_root_dir={tmp_path}", "--trainer.limit_test_batches=1",
-                 f"--ckpt_path={ckpt}"]) == 0
+    assert (
+        main(
+            [
+                "test",
+                f"--data.train={corpus}",
+                "--data.val_fraction=0.25",
+                *TINY,
+                f"--model.encoder=hf:{folder}",
+                f"--trainer.default_root_dir={tmp_path}",
+                "--trainer.limit_test_batches=1",
+                f"--ckpt_path={ckpt}",
+            ]
+        )
+        == 0
+    )
 
 
 @pytest.mark.parametrize("model_type,mask", [("hubert", False), ("wavlm", True)])

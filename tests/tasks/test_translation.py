@@ -46,16 +46,24 @@ def test_grammar_agreement_tense_negation_questions() -> None:
     see = g.verb_by_en("see")
     assert g.clause(g.subject_pronoun(0), see, clitic=1, tense="past") == ("I saw you", "te vi")
     assert g.clause(g.subject_pronoun(3), see, clitic=5, tense="past", negative=True) == (
-        "she didn't see them", "ella no los vio")
+        "she didn't see them",
+        "ella no los vio",
+    )
     assert g.clause(g.subject_pronoun(1), g.verb_by_en("love"), clitic=0, question=True) == (
-        "do you love me?", "¿me quieres?")
+        "do you love me?",
+        "¿me quieres?",
+    )
     boy = g.noun_phrase(g.noun_by_en("boy"))
     assert g.clause(g.subject_pronoun(0), see, obj=boy) == ("I see the boy", "veo al niño")
     assert g.clause(g.subject_pronoun(4), g.verb_by_en("look"), obj=boy, tense="past") == (
-        "we looked for the boy", "buscamos al niño")
+        "we looked for the boy",
+        "buscamos al niño",
+    )
     assert g.copula(g.subject_pronoun(3), g.adjective_by_en("tall")) == ("she is tall", "ella es alta")
     assert g.what_question(g.subject_pronoun(3), g.verb_by_en("buy"), tense="past") == (
-        "what did she buy?", "¿qué compró ella?")
+        "what did she buy?",
+        "¿qué compró ella?",
+    )
     # Every person has distinct present and preterite forms from the tables.
     buy = g.verb_by_en("buy")
     assert buy.present == ("compro", "compras", "compra", "compramos", "compran")
@@ -81,8 +89,9 @@ def test_grammar_size_determinism_and_disjoint_splits() -> None:
 def test_incremental_decoding_matches_teacher_forcing(kind: str) -> None:
     torch.manual_seed(0)
     if kind == "transformer":
-        model: torch.nn.Module = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ffn_dim=32,
-                                                    encoder_layers=1, decoder_layers=2)
+        model: torch.nn.Module = TransformerSeq2Seq(
+            30, 40, d_model=16, num_heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=2
+        )
     else:
         _, rnn, attn = kind.split("-")
         model = RNNSeq2Seq(30, 40, 16, 16, rnn_type=rnn, attention=attn, decoder_layers=2, tie_embeddings=True)
@@ -105,8 +114,9 @@ def test_incremental_decoding_matches_teacher_forcing(kind: str) -> None:
 
 # ---------------------------------------------------------------------------- training/checkpoints
 def _tiny_dm(tmp: Path, **kw: object) -> TranslationDataModule:
-    args = dict(n_pairs=400, val_size=16, test_size=16, vocab_size=250, min_freq=1, max_tokens=512,
-                cache_dir=str(tmp / "cache"))
+    args = dict(
+        n_pairs=400, val_size=16, test_size=16, vocab_size=250, min_freq=1, max_tokens=512, cache_dir=str(tmp / "cache")
+    )
     args.update(kw)
     return TranslationDataModule(**args)  # type: ignore[arg-type]
 
@@ -117,11 +127,26 @@ def test_overfit_16_pairs_and_checkpoint_roundtrip(tmp_path: Path) -> None:
 
     pl.seed_everything(0)
     dm = _tiny_dm(tmp_path, limit_train_pairs=16)
-    model = TranslationModule(embed_dim=64, hidden_dim=128, dropout=0.0, label_smoothing=0.0, lr=5e-3,
-                              warmup_steps=10, lr_schedule="constant", plot_examples=0)
-    trainer = pl.Trainer(max_steps=150, accelerator="cpu", logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                         use_distributed_sampler=False)
+    model = TranslationModule(
+        embed_dim=64,
+        hidden_dim=128,
+        dropout=0.0,
+        label_smoothing=0.0,
+        lr=5e-3,
+        warmup_steps=10,
+        lr_schedule="constant",
+        plot_examples=0,
+    )
+    trainer = pl.Trainer(
+        max_steps=150,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        use_distributed_sampler=False,
+    )
     trainer.fit(model, dm)
     train = dm.load_splits()["train"]
     assert len(train) == 16
@@ -157,8 +182,14 @@ def test_unknown_characters_and_overlong_input(tmp_path: Path) -> None:
 
 # ------------------------------------------------------------------------------------------- CLI
 def _cli_base(tmp: Path) -> list[str]:
-    return ["--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
-            "--data.cache_dir", str(tmp / "cache")]
+    return [
+        "--config",
+        str(CONFIGS / "default.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--data.cache_dir",
+        str(tmp / "cache"),
+    ]
 
 
 def _tiny_ckpt(tmp: Path, name: str = "last.ckpt") -> Path:
@@ -217,13 +248,31 @@ def test_cli_checkpoint_is_weights_only_and_self_contained(cli_ckpt: Path) -> No
     assert len(model.translate(["I love you", "the red car"], beam=2)) == 2
 
 
-def test_cli_translate_args_stdin_nbest_plot(cli_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    assert main(["translate", "--ckpt", str(cli_ckpt), "--beam", "2", "I love you", "the red car",
-                 "--plot", str(tmp_path / "plots")]) == 0
+def test_cli_translate_args_stdin_nbest_plot(
+    cli_ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (
+        main(
+            [
+                "translate",
+                "--ckpt",
+                str(cli_ckpt),
+                "--beam",
+                "2",
+                "I love you",
+                "the red car",
+                "--plot",
+                str(tmp_path / "plots"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out.splitlines()
     assert len(out) == 2
-    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["0000_argument_1.png", "0001_argument_2.png"]  # input order, unique
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == [
+        "0000_argument_1.png",
+        "0001_argument_2.png",
+    ]  # input order, unique
     monkeypatch.setattr(sys, "stdin", io.StringIO("I love you\n\nshe sees them\n"))
     assert main(["translate", "--ckpt", str(cli_ckpt), "--beam", "1", "--batch-size", "2"]) == 0
     out = capsys.readouterr().out.split("\n")
@@ -238,8 +287,21 @@ def test_cli_predict_and_test(cli_ckpt: Path, tmp_path: Path, monkeypatch: pytes
     src = tmp_path / "in.en"
     src.write_text("I love you\n\nthe red car\n", encoding="utf-8")
     out = tmp_path / "out.es"
-    assert main(["predict", *_cli_base(tmp_path), "--ckpt_path", str(cli_ckpt),
-                 "--data.predict_path", str(src), "--predict_output", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                *_cli_base(tmp_path),
+                "--ckpt_path",
+                str(cli_ckpt),
+                "--data.predict_path",
+                str(src),
+                "--predict_output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     lines = out.read_text(encoding="utf-8").split("\n")
     assert len(lines) == 4 and lines[1] == ""
     assert main(["test", *_cli_base(tmp_path), "--ckpt_path", str(cli_ckpt)]) == 0
@@ -314,8 +376,9 @@ def test_cli_bad_options(cli_ckpt: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "--nbest" in _error(capsys)
 
 
-def test_cli_bad_data_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_bad_data_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     latin = tmp_path / "latin1.txt"
     latin.write_bytes("I love you\tte quiero\nthe song\tla canción\n".encode("latin-1"))
@@ -333,12 +396,13 @@ def test_cli_bad_data_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 
 
 @pytest.mark.shared_data
-@pytest.mark.skipif(not (Path(__file__).resolve().parents[3] / "shared/data/spa-eng/spa.txt").exists(),
-                    reason="../shared/data/spa-eng/spa.txt is absent")
+@pytest.mark.skipif(
+    not (Path(__file__).resolve().parents[3] / "shared/data/spa-eng/spa.txt").exists(),
+    reason="../shared/data/spa-eng/spa.txt is absent",
+)
 def test_shared_tatoeba_splits(tmp_path: Path) -> None:
     path = Path(__file__).resolve().parents[3] / "shared/data/spa-eng/spa.txt"
-    dm = TranslationDataModule(source="tatoeba", path=str(path), val_size=2000, test_size=2000,
-                               cache_dir=str(tmp_path))
+    dm = TranslationDataModule(source="tatoeba", path=str(path), val_size=2000, test_size=2000, cache_dir=str(tmp_path))
     splits = dm.load_splits()
     assert dm.stats["read"] > 100_000
     assert len(splits["test"]) >= 2000 and len(splits["val"]) >= 2000
@@ -349,8 +413,15 @@ def test_shared_tatoeba_splits(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ resume / determinism
 def test_cli_resume_from_last_continues_step_count(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    base = [*_cli_base(tmp_path), "--trainer.limit_train_batches", "null", "--trainer.limit_val_batches", "1",
-            "--trainer.max_epochs", "null"]
+    base = [
+        *_cli_base(tmp_path),
+        "--trainer.limit_train_batches",
+        "null",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.max_epochs",
+        "null",
+    ]
     assert main(["fit", *base, "--trainer.max_steps", "3"]) == 0
     last = _tiny_ckpt(tmp_path)
     assert torch.load(last, weights_only=True)["global_step"] == 3
@@ -368,9 +439,16 @@ def test_same_seed_same_losses(tmp_path: Path) -> None:
         pl.seed_everything(0)
         dm = _tiny_dm(tmp_path)
         model = TranslationModule(embed_dim=16, hidden_dim=16, plot_examples=0)
-        trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
-                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-                             use_distributed_sampler=False)
+        trainer = pl.Trainer(
+            max_steps=4,
+            accelerator="cpu",
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            limit_val_batches=0,
+            use_distributed_sampler=False,
+        )
         trainer.fit(model, dm)
         losses.append(float(trainer.callback_metrics["train/loss"]))
         losses.append(model.translate(["I love you"], beam=2)[0])
@@ -383,9 +461,25 @@ def test_cli_ddp_two_cpu_processes(tmp_path: Path) -> None:
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "tasks.translation.cli", "fit", *_cli_base(tmp_path),
-         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "tasks.translation.cli",
+            "fit",
+            *_cli_base(tmp_path),
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
     assert len(list((tmp_path / "cache").glob("tokenizers-*.json"))) == 1  # written once (rank 0)
@@ -394,24 +488,39 @@ def test_cli_ddp_two_cpu_processes(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_cli_ddp_predict_prints_one_output_in_input_order(cli_ckpt: Path, tmp_path: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_ddp_predict_prints_one_output_in_input_order(
+    cli_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """2 CPU processes: each rank translates a shard, rank 0 prints every line once, in input order."""
     import subprocess
 
     monkeypatch.chdir(tmp_path)
     src = tmp_path / "in.en"
-    src.write_text("I love you\n\nthe red car\nshe sees them\nwe walk\nthe dog eats\nthey are here\n",
-                   encoding="utf-8")
+    src.write_text("I love you\n\nthe red car\nshe sees them\nwe walk\nthe dog eats\nthey are here\n", encoding="utf-8")
     args = ["predict", *_cli_base(tmp_path), "--ckpt_path", str(cli_ckpt), "--data.predict_path", str(src)]
     single = tmp_path / "single.es"
     assert main([*args, "--predict_output", str(single)]) == 0
     expected = single.read_text(encoding="utf-8")
     assert len(expected.split("\n")) == 8  # 7 lines + trailing newline
     proc = subprocess.run(
-        [sys.executable, "-m", "tasks.translation.cli", *args,
-         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu"],
-        cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=240)
+        [
+            sys.executable,
+            "-m",
+            "tasks.translation.cli",
+            *args,
+            "--trainer.strategy",
+            "ddp",
+            "--trainer.devices",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "GLOBAL_RANK: 1" in proc.stdout + proc.stderr
     # One output in input order, not one copy per rank. (Not byte-equal to the 1-process run: this barely
@@ -431,7 +540,7 @@ def test_demo_writes_checkpoint_translations_and_plots(tmp_path: Path) -> None:
     assert sum(p.suffix == ".png" for p in report.files) == len(report.examples) == 5  # one alignment per example
     lines = (tmp_path / "demo" / "translations.txt").read_text(encoding="utf-8").splitlines()
     assert len(lines) == 1 + 5 + len(DEMO_SENTENCES)  # header, held-out sentences, hand-picked ones
-    assert [ln.split("\t")[0] for ln in lines[-len(DEMO_SENTENCES):]] == DEMO_SENTENCES
+    assert [ln.split("\t")[0] for ln in lines[-len(DEMO_SENTENCES) :]] == DEMO_SENTENCES
 
 
 @pytest.mark.slow
@@ -439,12 +548,22 @@ def test_sigkill_mid_training_then_resume_from_last(tmp_path: Path, monkeypatch:
     import subprocess
     import time
 
-    long_run = [*_cli_base(tmp_path), "--trainer.limit_train_batches", "null", "--trainer.max_epochs", "null",
-                "--trainer.limit_val_batches", "0"]
-    proc = subprocess.Popen([sys.executable, "-m", "tasks.translation.cli", "fit", *long_run,
-                             "--trainer.max_steps", "100000"],
-                            cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    long_run = [
+        *_cli_base(tmp_path),
+        "--trainer.limit_train_batches",
+        "null",
+        "--trainer.max_epochs",
+        "null",
+        "--trainer.limit_val_batches",
+        "0",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.translation.cli", "fit", *long_run, "--trainer.max_steps", "100000"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 180
         while not _tiny_ckpt(tmp_path).exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -499,8 +618,13 @@ def test_rnn_training_step_packs_from_host_lengths(tmp_path: Path, monkeypatch: 
     seen: list[object] = []
     original = RNNEncoder.forward
 
-    def spy(self: RNNEncoder, src: torch.Tensor, lengths: torch.Tensor, host_lengths: torch.Tensor | None = None,
-            unpadded: bool = False):
+    def spy(
+        self: RNNEncoder,
+        src: torch.Tensor,
+        lengths: torch.Tensor,
+        host_lengths: torch.Tensor | None = None,
+        unpadded: bool = False,
+    ):
         seen.append(host_lengths)
         assert not unpadded  # this batch is padded: the module says so
         return original(self, src, lengths, host_lengths, unpadded)
@@ -561,8 +685,16 @@ def test_transformer_unpadded_batch_runs_without_mask() -> None:
         assert model.encode(src, full, unpadded=True)[1] is None
         assert model.encode(src, full)[1] is not None
         torch.testing.assert_close(model(src, full, tgt, unpadded=True)[0], model(src, full, tgt)[0])
-    module = TranslationModule(arch="transformer", hidden_dim=16, num_heads=2, ffn_dim=32, encoder_layers=1,
-                               decoder_layers=1, dropout=0.0, plot_examples=0)
+    module = TranslationModule(
+        arch="transformer",
+        hidden_dim=16,
+        num_heads=2,
+        ffn_dim=32,
+        encoder_layers=1,
+        decoder_layers=1,
+        dropout=0.0,
+        plot_examples=0,
+    )
     module.model = model
     seen: list[bool] = []
     original = TransformerSeq2Seq.forward

@@ -24,8 +24,18 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "translation"
 
 
 def _fit_args(tmp: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
-            "--data.cache_dir", str(tmp / "cache"), "--trainer.fast_dev_run", "true", *extra]
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "default.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--data.cache_dir",
+        str(tmp / "cache"),
+        "--trainer.fast_dev_run",
+        "true",
+        *extra,
+    ]
 
 
 # ------------------------------------------------------------------------ spa.txt: bad lines skipped
@@ -41,16 +51,21 @@ def test_tatoeba_bad_lines_skipped_counted_first_five_then_total(tmp_path: Path)
     msgs = [str(w.message) for w in rec if str(w.message).startswith("skipped ")]
     assert dm.stats["skipped_lines"] == 7 and dm.stats["read"] == 6
     # the first 5 bad lines one by one, with file:line ...
-    assert msgs[:5] == [f"skipped {path}:4: empty line", f"skipped {path}:5: no tab "
-                        "(expected 'english<TAB>spanish[<TAB>attribution]')", f"skipped {path}:6: empty sentence",
-                        f"skipped {path}:7: empty sentence", f"skipped {path}:8: empty line"]
+    assert msgs[:5] == [
+        f"skipped {path}:4: empty line",
+        f"skipped {path}:5: no tab (expected 'english<TAB>spanish[<TAB>attribution]')",
+        f"skipped {path}:6: empty sentence",
+        f"skipped {path}:7: empty sentence",
+        f"skipped {path}:8: empty line",
+    ]
     # ... then one total naming the first
     assert msgs[5:] == [f"skipped 7 bad lines in {path} in total (first at {path}:4)"]
 
 
 # ------------------------------------------------------------------------ fatal data errors: exit 2
-def test_cli_tsv_missing_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                 user_error: Callable[[], str]) -> None:
+def test_cli_tsv_missing_columns(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     tsv = tmp_path / "pairs.tsv"
     tsv.write_text("english\tspanish\nI love you\tte quiero\n", encoding="utf-8")
@@ -59,8 +74,9 @@ def test_cli_tsv_missing_columns(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert err.startswith(f"error: {tsv}:1: missing column(s) ['en', 'es']; the header has ['english', 'spanish']")
 
 
-def test_cli_non_utf8_names_file_line_and_byte(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                               user_error: Callable[[], str]) -> None:
+def test_cli_non_utf8_names_file_line_and_byte(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     latin = tmp_path / "spa.txt"
     latin.write_bytes("I love you\tte quiero\nthe song\tla canción\n".encode("latin-1"))
@@ -69,15 +85,17 @@ def test_cli_non_utf8_names_file_line_and_byte(tmp_path: Path, monkeypatch: pyte
     assert err.startswith(f"error: {latin}:2: not valid UTF-8 (byte 0xf3 at column 18)"), err
 
 
-def test_cli_parallel_files_differ_in_length(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[],
-                                             str]) -> None:
+def test_cli_parallel_files_differ_in_length(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     (tmp_path / "train.en").write_text("I love you\nthe red car\n", encoding="utf-8")
     (tmp_path / "train.es").write_text("te quiero\n", encoding="utf-8")
     assert main(_fit_args(tmp_path, "--data.source", "parallel", "--data.path", str(tmp_path / "train"))) == 2
     err = user_error()
-    assert err.startswith(f"error: parallel files differ in length: {tmp_path / 'train.en'} has 2 lines, "
-                          f"{tmp_path / 'train.es'} has 1"), err
+    assert err.startswith(
+        f"error: parallel files differ in length: {tmp_path / 'train.en'} has 2 lines, {tmp_path / 'train.es'} has 1"
+    ), err
 
 
 def test_cli_missing_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]) -> None:
@@ -89,8 +107,9 @@ def test_cli_missing_data_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, 
 
 # ------------------------------------------------------------------------ length limits, unknown chars
 def _embedded_dm(tmp: Path, **kw: object) -> TranslationDataModule:
-    args = dict(n_pairs=400, val_size=16, test_size=16, vocab_size=250, min_freq=1, max_tokens=512,
-                cache_dir=str(tmp / "cache"))
+    args = dict(
+        n_pairs=400, val_size=16, test_size=16, vocab_size=250, min_freq=1, max_tokens=512, cache_dir=str(tmp / "cache")
+    )
     args.update(kw)
     return TranslationDataModule(**args)  # type: ignore[arg-type]
 
@@ -98,8 +117,11 @@ def _embedded_dm(tmp: Path, **kw: object) -> TranslationDataModule:
 def test_long_training_pairs_dropped_eval_pairs_truncated(tmp_path: Path) -> None:
     limit = 6
     dm = _embedded_dm(tmp_path, max_tokens_per_sentence=limit)
-    with pytest.warns(UserWarning, match=rf"train: dropped \d+ pairs longer than "
-                                         rf"--data.max_tokens_per_sentence={limit} subword tokens"):
+    with pytest.warns(
+        UserWarning,
+        match=rf"train: dropped \d+ pairs longer than "
+        rf"--data.max_tokens_per_sentence={limit} subword tokens",
+    ):
         dm.setup("fit")
     splits = dm.load_splits()
     train, val = dm.datasets["train"], dm.datasets["val"]
@@ -127,8 +149,9 @@ def test_unseen_characters_map_to_unk(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------------------ checkpoints: exit 2
-def test_cli_translate_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path,
-                                      user_error: Callable[[], str]) -> None:
+def test_cli_translate_bad_checkpoint(
+    bad_checkpoint_kind: str, bad_checkpoints: BadCheckpoints, tmp_path: Path, user_error: Callable[[], str]
+) -> None:
     kind = bad_checkpoint_kind
     path = bad_checkpoints(kind, "translation")
     assert main(["translate", "--ckpt", str(path), "hi"]) == 2
@@ -136,12 +159,19 @@ def test_cli_translate_bad_checkpoint(bad_checkpoint_kind: str, bad_checkpoints:
     assert str(path) in err and bad_checkpoints.expected(kind, "translation") in err, err
 
 
-def test_cli_ckpt_path_bad_checkpoints(bad_checkpoints: BadCheckpoints, tmp_path: Path,
-                                       monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]) -> None:
+def test_cli_ckpt_path_bad_checkpoints(
+    bad_checkpoints: BadCheckpoints, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]
+) -> None:
     """``fit/test --ckpt_path`` get the same checks as ``translate --ckpt``."""
     monkeypatch.chdir(tmp_path)
-    base = ["--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
-            "--data.cache_dir", str(tmp_path / "cache")]
+    base = [
+        "--config",
+        str(CONFIGS / "default.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+    ]
     for kind in bad_checkpoints.kinds:
         path = bad_checkpoints(kind, "translation")
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2, kind
@@ -152,10 +182,13 @@ def test_cli_ckpt_path_bad_checkpoints(bad_checkpoints: BadCheckpoints, tmp_path
 
 
 # ------------------------------------------------------------------------ bad options: exit 2
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--beam", "2", "--nbest", "3"], "error: --nbest must be between 1 and --beam (2), got 3"),
-    (["--beam", "0"], "error: --beam must be between 1 and 128, got 0"),
-])
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--beam", "2", "--nbest", "3"], "error: --nbest must be between 1 and --beam (2), got 3"),
+        (["--beam", "0"], "error: --beam must be between 1 and 128, got 0"),
+    ],
+)
 def test_cli_bad_beam_nbest(args: list[str], expected: str, tmp_path: Path, user_error: Callable[[], str]) -> None:
     # Options are checked before the checkpoint is opened: a missing file is not what gets reported.
     assert main(["translate", "--ckpt", str(tmp_path / "never-read.ckpt"), *args, "hi"]) == 2
@@ -174,8 +207,11 @@ def _real_checkpoint(tmp: Path) -> dict:
     model.build_model()
     import lightning
 
-    ckpt = {"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
-            "pytorch-lightning_version": lightning.__version__}
+    ckpt = {
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "pytorch-lightning_version": lightning.__version__,
+    }
     model.on_save_checkpoint(ckpt)
     return ckpt
 
@@ -196,13 +232,19 @@ def _tampered(tmp: Path, kind: str) -> Path:
     return path
 
 
-TAMPERED = {"ok": None, "wrong-shape": "does not fit TranslationModule", "no-tokenizers": "has no tokenizers",
-            "bad-tokenizer": "the stored 'tgt' tokenizer is malformed", "no-state-dict": "has no 'state_dict'"}
+TAMPERED = {
+    "ok": None,
+    "wrong-shape": "does not fit TranslationModule",
+    "no-tokenizers": "has no tokenizers",
+    "bad-tokenizer": "the stored 'tgt' tokenizer is malformed",
+    "no-state-dict": "has no 'state_dict'",
+}
 
 
 @pytest.mark.parametrize("kind", list(TAMPERED))
-def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(kind: str, tmp_path: Path, user_error: Callable[[],
-                                                                   str]) -> None:
+def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(
+    kind: str, tmp_path: Path, user_error: Callable[[], str]
+) -> None:
     from core.errors import CheckpointError
     from tasks.translation.module import TranslationModule
 
@@ -220,16 +262,22 @@ def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(kind: str, tm
 
 
 # ------------------------------------------------------------------------ bad data options: exit 2
-@pytest.mark.parametrize(("args", "expected"), [
-    (["--data.max_tokens", "0"], "error: --data.max_tokens must be >= 1, got 0"),
-    (["--data.eval_max_tokens", "-5"], "error: --data.eval_max_tokens must be >= 1, got -5"),
-    (["--data.max_batch_size", "0"], "error: --data.max_batch_size must be >= 1, got 0"),
-    (["--data.val_size", "-1"], "error: --data.val_size must be >= 0, got -1"),
-    (["--data.n_pairs", "300", "--data.val_size", "200", "--data.test_size", "200"],
-     "error: --data.val_size + --data.test_size (200+200) must be smaller than the"),
-])
-def test_cli_bad_data_options(args: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                              user_error: Callable[[], str]) -> None:
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--data.max_tokens", "0"], "error: --data.max_tokens must be >= 1, got 0"),
+        (["--data.eval_max_tokens", "-5"], "error: --data.eval_max_tokens must be >= 1, got -5"),
+        (["--data.max_batch_size", "0"], "error: --data.max_batch_size must be >= 1, got 0"),
+        (["--data.val_size", "-1"], "error: --data.val_size must be >= 0, got -1"),
+        (
+            ["--data.n_pairs", "300", "--data.val_size", "200", "--data.test_size", "200"],
+            "error: --data.val_size + --data.test_size (200+200) must be smaller than the",
+        ),
+    ],
+)
+def test_cli_bad_data_options(
+    args: list[str], expected: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]
+) -> None:
     monkeypatch.chdir(tmp_path)
     assert main(_fit_args(tmp_path, *args)) == 2
     err = user_error()
@@ -247,13 +295,20 @@ def test_grammar_too_many_pairs_is_a_config_error(monkeypatch: pytest.MonkeyPatc
         grammar.generate_corpus(n, seed=0)
 
 
-def test_cli_ckpt_path_weights_do_not_fit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[],
-                                          str]) -> None:
+def test_cli_ckpt_path_weights_do_not_fit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, user_error: Callable[[], str]
+) -> None:
     """``test --ckpt_path`` with weights that do not fit the configured model: exit 2, file named."""
     monkeypatch.chdir(tmp_path)
     path = _tampered(tmp_path, "wrong-shape")
-    base = ["--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
-            "--data.cache_dir", str(tmp_path / "cache")]
+    base = [
+        "--config",
+        str(CONFIGS / "default.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--data.cache_dir",
+        str(tmp_path / "cache"),
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the checkpoint's tokenizers differ ..."
         assert main(["test", *base, "--ckpt_path", str(path)]) == 2
@@ -268,9 +323,9 @@ def cli_ckpt(tmp_path: Path) -> Path:
     return save_checkpoint(tiny_translation(), tmp_path / "tiny.ckpt")
 
 
-def test_translate_bad_lines_keep_the_others_and_the_alignment(cli_ckpt: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_translate_bad_lines_keep_the_others_and_the_alignment(
+    cli_ckpt: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Invalid UTF-8 or a NUL byte costs only its own line: error on stderr, an empty output line in its place,
     every other line translated, exit 1. A sentence with TeX-like dollars still gets its figure."""
     import io

@@ -12,8 +12,14 @@ from tasks.translation.batching import TokenBucketBatchSampler, collate
 from tasks.translation.data import TranslationDataModule, split_by_source
 from tasks.translation.sources import read_hf, read_parallel, read_table, read_tatoeba
 
-PAIRS = [("I love you.", "Te quiero."), ("The red car.", "El coche rojo."), ("She sees them.", "Ella los ve."),
-         ("Go.", "Ve."), ("Go.", "Vete."), ("Thanks!", "¡Gracias!")]
+PAIRS = [
+    ("I love you.", "Te quiero."),
+    ("The red car.", "El coche rojo."),
+    ("She sees them.", "Ella los ve."),
+    ("Go.", "Ve."),
+    ("Go.", "Vete."),
+    ("Thanks!", "¡Gracias!"),
+]
 
 
 def _write_tatoeba(path: Path, pairs: list[tuple[str, str]] = PAIRS, extra: str = "") -> Path:
@@ -35,7 +41,8 @@ def test_tatoeba_reader_skips_and_reports_bad_lines(tmp_path: Path) -> None:
     assert f"{path}:{len(PAIRS) + 3}: empty sentence" in messages
     # The count is reported too (once; rank_zero_warn), even when every line was listed.
     assert [str(w.message) for w in rec].count(
-        f"skipped 3 bad lines in {path} in total (first at {path}:{len(PAIRS) + 1})") == 1
+        f"skipped 3 bad lines in {path} in total (first at {path}:{len(PAIRS) + 1})"
+    ) == 1
 
 
 def test_skip_report_is_rank_zero_only(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -99,11 +106,12 @@ def test_table_reader_tsv_csv_and_wrong_columns(tmp_path: Path) -> None:
 def test_tsv_stray_quote_is_text_csv_quotes_still_work(tmp_path: Path) -> None:
     # A lone `"` in a TSV used to open a CSV quoted field that silently swallowed the following lines.
     tsv = tmp_path / "quotes.tsv"
-    tsv.write_text('en\tes\n"Hi there\t"Hola\nthe red car\tel coche rojo\nI love you\tte quiero\n',
-                   encoding="utf-8")
+    tsv.write_text('en\tes\n"Hi there\t"Hola\nthe red car\tel coche rojo\nI love you\tte quiero\n', encoding="utf-8")
     res = read_table(tsv, "en", "es")
-    assert res.pairs == [('"Hi there', '"Hola'), ("the red car", "el coche rojo"),
-                         ("I love you", "te quiero")] and res.skipped == 0
+    assert (
+        res.pairs == [('"Hi there', '"Hola'), ("the red car", "el coche rojo"), ("I love you", "te quiero")]
+        and res.skipped == 0
+    )
     # The tsv source (explicit tab delimiter, any suffix) reads the same way.
     txt = tmp_path / "quotes.data"
     txt.write_bytes(tsv.read_bytes())
@@ -111,8 +119,10 @@ def test_tsv_stray_quote_is_text_csv_quotes_still_work(tmp_path: Path) -> None:
     # CSV keeps its quoting: a quoted comma (and an escaped quote) stay inside the field.
     csv_path = tmp_path / "quotes.csv"
     csv_path.write_text('en,es\n"He said ""hi"", friend",Dijo hola\nthe red car,el coche rojo\n', encoding="utf-8")
-    assert read_table(csv_path, "en", "es").pairs == [('He said "hi", friend', "Dijo hola"),
-                                                      ("the red car", "el coche rojo")]
+    assert read_table(csv_path, "en", "es").pairs == [
+        ('He said "hi", friend', "Dijo hola"),
+        ("the red car", "el coche rojo"),
+    ]
 
 
 def test_parallel_reader(tmp_path: Path) -> None:
@@ -128,12 +138,17 @@ def test_parallel_reader(tmp_path: Path) -> None:
 def test_hf_reader_plain_columns_and_translation_dicts(tmp_path: Path) -> None:
     datasets = pytest.importorskip("datasets")
     flat = tmp_path / "flat"
-    datasets.Dataset.from_dict({"en": ["I love you", "the red car"], "es": ["te quiero", "el coche rojo"]}
-                               ).save_to_disk(str(flat))
+    datasets.Dataset.from_dict(
+        {"en": ["I love you", "the red car"], "es": ["te quiero", "el coche rojo"]}
+    ).save_to_disk(str(flat))
     assert read_hf(str(flat), "en", "es").pairs == [("I love you", "te quiero"), ("the red car", "el coche rojo")]
     nested = tmp_path / "nested"
-    datasets.DatasetDict({"train": datasets.Dataset.from_dict(
-        {"translation": [{"en": "I love you", "es": "te quiero"}, {"en": "", "es": "vacío"}]})}
+    datasets.DatasetDict(
+        {
+            "train": datasets.Dataset.from_dict(
+                {"translation": [{"en": "I love you", "es": "te quiero"}, {"en": "", "es": "vacío"}]}
+            )
+        }
     ).save_to_disk(str(nested))
     res = read_hf(str(nested), "en", "es")
     assert res.pairs == [("I love you", "te quiero")] and res.skipped == 1
@@ -160,8 +175,16 @@ def test_split_by_source_keeps_groups_together() -> None:
 def test_datamodule_tatoeba_direction_dedup_and_cache(tmp_path: Path) -> None:
     rows = [(f"sentence number {i}", f"frase número {i}") for i in range(120)] + [PAIRS[0], PAIRS[0]]
     path = _write_tatoeba(tmp_path / "spa.txt", rows)
-    kw = dict(source="tatoeba", path=str(path), val_size=10, test_size=10, vocab_size=120, min_freq=1,
-              cache_dir=str(tmp_path / "cache"), max_tokens=64)
+    kw = dict(
+        source="tatoeba",
+        path=str(path),
+        val_size=10,
+        test_size=10,
+        vocab_size=120,
+        min_freq=1,
+        cache_dir=str(tmp_path / "cache"),
+        max_tokens=64,
+    )
     dm = TranslationDataModule(**kw)  # type: ignore[arg-type]
     dm.prepare_data()
     caches = list((tmp_path / "cache").glob("tokenizers-*.json"))
@@ -183,8 +206,15 @@ def test_datamodule_tatoeba_direction_dedup_and_cache(tmp_path: Path) -> None:
 
 
 def test_joint_vocab_and_unigram(tmp_path: Path) -> None:
-    dm = TranslationDataModule(n_pairs=300, val_size=10, test_size=10, vocab_size=200, joint_vocab=True,
-                               tokenizer_model="unigram", cache_dir=str(tmp_path))
+    dm = TranslationDataModule(
+        n_pairs=300,
+        val_size=10,
+        test_size=10,
+        vocab_size=200,
+        joint_vocab=True,
+        tokenizer_model="unigram",
+        cache_dir=str(tmp_path),
+    )
     dm.setup("fit")
     assert dm.src_tokenizer is dm.tgt_tokenizer
 
@@ -198,15 +228,20 @@ def test_bucket_sampler_budget_determinism_and_sharding() -> None:
     assert batches == list(TokenBucketBatchSampler(lengths, max_tokens=100, shuffle=True, seed=1))
     s.set_epoch(1)
     assert list(s) != batches
-    shards = [list(TokenBucketBatchSampler(lengths, 100, shuffle=True, seed=1, num_replicas=2, rank=r))
-              for r in range(2)]
+    shards = [
+        list(TokenBucketBatchSampler(lengths, 100, shuffle=True, seed=1, num_replicas=2, rank=r)) for r in range(2)
+    ]
     assert len(shards[0]) == len(shards[1])  # equal step counts on every rank (no DDP hang)
     assert {i for sh in shards for b in sh for i in b} == set(range(500))
 
 
 def test_collate_shapes() -> None:
-    batch = collate([{"index": 0, "src": [5, 6, 7], "tgt": [8], "src_text": "a", "tgt_text": "b"},
-                     {"index": 1, "src": [5], "tgt": [9, 10, 11], "src_text": "c", "tgt_text": "d"}])
+    batch = collate(
+        [
+            {"index": 0, "src": [5, 6, 7], "tgt": [8], "src_text": "a", "tgt_text": "b"},
+            {"index": 1, "src": [5], "tgt": [9, 10, 11], "src_text": "c", "tgt_text": "d"},
+        ]
+    )
     assert batch["src"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["tgt_in"].tolist() == [[1, 8, 0, 0], [1, 9, 10, 11]]
     assert batch["tgt_out"].tolist() == [[8, 2, 0, 0], [9, 10, 11, 2]]
@@ -216,12 +251,17 @@ def test_collate_shapes() -> None:
 def test_resumable_loader_continues_mid_epoch() -> None:
     from tasks.translation.batching import PairDataset, ResumableDataLoader
 
-    ds = PairDataset([[5] * (i % 7 + 1) for i in range(60)], [[6] * (i % 5 + 1) for i in range(60)],
-                     [str(i) for i in range(60)], ["" for _ in range(60)])
+    ds = PairDataset(
+        [[5] * (i % 7 + 1) for i in range(60)],
+        [[6] * (i % 5 + 1) for i in range(60)],
+        [str(i) for i in range(60)],
+        ["" for _ in range(60)],
+    )
 
     def loader() -> ResumableDataLoader:
-        return ResumableDataLoader(ds, batch_sampler=TokenBucketBatchSampler(ds.lengths(), 24, seed=2),
-                                   collate_fn=collate)
+        return ResumableDataLoader(
+            ds, batch_sampler=TokenBucketBatchSampler(ds.lengths(), 24, seed=2), collate_fn=collate
+        )
 
     first = loader()
     first.batch_sampler.set_epoch(3)  # type: ignore[union-attr]
@@ -260,8 +300,10 @@ def test_eval_dedupe_drops_ddp_padding_repeats() -> None:
 
     lengths = [(i * 5) % 11 + 1 for i in range(37)]
     world = 3
-    per_rank = [[i for b in TokenBucketBatchSampler(lengths, 24, shuffle=False, num_replicas=world, rank=r)
-                 for i in b] for r in range(world)]
+    per_rank = [
+        [i for b in TokenBucketBatchSampler(lengths, 24, shuffle=False, num_replicas=world, rank=r) for i in b]
+        for r in range(world)
+    ]
     flat = [i for part in per_rank for i in part]
     assert len(flat) > len(lengths)  # the padding really repeats examples ...
     pairs = dedupe_by_index((i, (f"hyp {i}", f"ref {i}")) for i in flat)

@@ -15,16 +15,16 @@ import torch
 
 pytest.importorskip("sentencepiece")
 
-from core.decoding import beam_search  # noqa: E402
-from core.errors import CheckpointError, ConfigError  # noqa: E402
-from core.tokenizers import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
-from tasks.translation import grammar  # noqa: E402
-from tasks.translation.batching import pad_ids  # noqa: E402
-from tasks.translation.cli import main  # noqa: E402
-from tasks.translation.module import TranslationModule  # noqa: E402
+from core.decoding import beam_search
+from core.errors import CheckpointError, ConfigError
+from core.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from tasks.translation import grammar
+from tasks.translation.batching import pad_ids
+from tasks.translation.cli import main
+from tasks.translation.module import TranslationModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hf_tiny import marian_folder, speech_folder  # noqa: E402
+from hf_tiny import marian_folder, speech_folder
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "translation"
 PAIRS = grammar.generate_corpus(400, seed=0)
@@ -33,8 +33,9 @@ SENTENCES = ["the dog sees the cat", "I love you", "we eat bread"]
 
 @pytest.fixture(scope="module")
 def marian(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return marian_folder(tmp_path_factory.mktemp("hf_marian") / "opus-mt-tiny",
-                         ([a for a, _ in PAIRS], [b for _, b in PAIRS]))
+    return marian_folder(
+        tmp_path_factory.mktemp("hf_marian") / "opus-mt-tiny", ([a for a, _ in PAIRS], [b for _, b in PAIRS])
+    )
 
 
 @pytest.fixture(scope="module")
@@ -75,24 +76,49 @@ def test_incremental_steps_match_teacher_forcing(model: TranslationModule) -> No
 def test_beam_scores_and_greedy_agree_with_teacher_forcing_and_generate(model: TranslationModule) -> None:
     src, lengths = _batch(model, SENTENCES)
     net = model.model
-    res = beam_search(lambda last, st: net.step(last, st), net.init_state(src, lengths), batch_size=3, bos_id=BOS_ID,
-                      eos_id=EOS_ID, max_len=8, beam_size=3, nbest=3, length_penalty=1.0, suppress=(PAD_ID, BOS_ID))
+    res = beam_search(
+        lambda last, st: net.step(last, st),
+        net.init_state(src, lengths),
+        batch_size=3,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        max_len=8,
+        beam_size=3,
+        nbest=3,
+        length_penalty=1.0,
+        suppress=(PAD_ID, BOS_ID),
+    )
     for b in range(3):
         for toks, score in zip(res.tokens[b], res.scores[b]):
             ended = len(toks) < 8
             tgt = [BOS_ID, *toks]
             with torch.no_grad():
-                logits, _ = net(src[b:b + 1, : int(lengths[b])], lengths[b:b + 1], torch.tensor([tgt]))
+                logits, _ = net(src[b : b + 1, : int(lengths[b])], lengths[b : b + 1], torch.tensor([tgt]))
             lp = torch.log_softmax(logits[0].float(), -1)
             outs = toks + ([EOS_ID] if ended else [])
             total = sum(float(lp[i, t]) for i, t in enumerate(outs))
             assert total / len(outs) == pytest.approx(score, abs=1e-4)  # the KV cache followed the beams
-    greedy = beam_search(lambda last, st: net.step(last, st), net.init_state(src, lengths), batch_size=3,
-                         bos_id=BOS_ID, eos_id=EOS_ID, max_len=8, beam_size=1, suppress=(PAD_ID, BOS_ID))
+    greedy = beam_search(
+        lambda last, st: net.step(last, st),
+        net.init_state(src, lengths),
+        batch_size=3,
+        bos_id=BOS_ID,
+        eos_id=EOS_ID,
+        max_len=8,
+        beam_size=1,
+        suppress=(PAD_ID, BOS_ID),
+    )
     ids, mask = net._source(src, lengths)
     with torch.no_grad():
-        gen = net.marian.generate(input_ids=ids, attention_mask=mask.long(), num_beams=1, do_sample=False,
-                                  max_new_tokens=8, bad_words_ids=[[net.m_pad]], forced_eos_token_id=None)
+        gen = net.marian.generate(
+            input_ids=ids,
+            attention_mask=mask.long(),
+            num_beams=1,
+            do_sample=False,
+            max_new_tokens=8,
+            bad_words_ids=[[net.m_pad]],
+            forced_eos_token_id=None,
+        )
     for b in range(3):
         ours = [t - 2 for t in greedy.tokens[b][0]]
         theirs = [t for t in gen[b, 1:].tolist() if t != net.m_pad]
@@ -107,16 +133,31 @@ def tsv(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _fit_args(tmp: Path, tsv: Path, pretrained: Path, *extra: str) -> list[str]:
-    return ["fit", "--config", str(CONFIGS / "default.yaml"), "--config", str(CONFIGS / "tiny.yaml"),
-            "--data.cache_dir", str(tmp / "cache"), "--data.source=tsv", f"--data.path={tsv}", "--data.val_size=16",
-            "--data.test_size=16", "--model.arch=marian", f"--model.pretrained={pretrained}", "--model.lr=1e-3",
-            f"--trainer.default_root_dir={tmp / 'run'}", "--trainer.max_epochs=4", "--trainer.limit_train_batches=2",
-            *extra]
+    return [
+        "fit",
+        "--config",
+        str(CONFIGS / "default.yaml"),
+        "--config",
+        str(CONFIGS / "tiny.yaml"),
+        "--data.cache_dir",
+        str(tmp / "cache"),
+        "--data.source=tsv",
+        f"--data.path={tsv}",
+        "--data.val_size=16",
+        "--data.test_size=16",
+        "--model.arch=marian",
+        f"--model.pretrained={pretrained}",
+        "--model.lr=1e-3",
+        f"--trainer.default_root_dir={tmp / 'run'}",
+        "--trainer.max_epochs=4",
+        "--trainer.limit_train_batches=2",
+        *extra,
+    ]
 
 
-def test_fit_resume_offline_checkpoint_heads_and_model_folder(marian: Path, tsv: Path, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_fit_resume_offline_checkpoint_heads_and_model_folder(
+    marian: Path, tsv: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     import huggingface_hub
     import transformers
 
@@ -130,8 +171,9 @@ def test_fit_resume_offline_checkpoint_heads_and_model_folder(marian: Path, tsv:
     assert meta["tokenizers"]["src"]["type"] == "marian" and meta["pretrained"]["model_type"] == "marian"
     assert set(meta["hf_tokenizer"]) == {"source.spm", "target.spm", "vocab.json", "tokenizer_config.json"}
     frozen = "model.marian.model.encoder.layers.0.fc1.weight"
-    assert torch.equal(raw["state_dict"][frozen], TranslationModule(arch="marian", pretrained=str(marian))
-                       .state_dict()[frozen])  # trainable_blocks=1: only the last decoder layer trained
+    assert torch.equal(
+        raw["state_dict"][frozen], TranslationModule(arch="marian", pretrained=str(marian)).state_dict()[frozen]
+    )  # trainable_blocks=1: only the last decoder layer trained
 
     shutil.rmtree(source)  # from here on nothing may read the pretrained source or the hub
 
@@ -140,8 +182,14 @@ def test_fit_resume_offline_checkpoint_heads_and_model_folder(marian: Path, tsv:
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", refuse)
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
-    assert main(_fit_args(tmp_path, tsv, source, "--trainer.max_steps=4", "--model.trainable_blocks=1",
-                          "--ckpt_path", "last")) == 0  # resumed: the network is rebuilt from the checkpoint
+    assert (
+        main(
+            _fit_args(
+                tmp_path, tsv, source, "--trainer.max_steps=4", "--model.trainable_blocks=1", "--ckpt_path", "last"
+            )
+        )
+        == 0
+    )  # resumed: the network is rebuilt from the checkpoint
     assert torch.load(ckpt, weights_only=True, map_location="cpu")["global_step"] == 4
 
     model = TranslationModule.load_from_checkpoint(ckpt)
@@ -153,8 +201,12 @@ def test_fit_resume_offline_checkpoint_heads_and_model_folder(marian: Path, tsv:
     again = TranslationModule.from_pretrained(out)
     assert [h.text for h in again.translate(SENTENCES, beam=2, return_attention=True)] == [h.text for h in hyps]
     capsys.readouterr()
-    assert main(["translate", "--ckpt", str(out), "--beam", "2", "--plot", str(tmp_path / "plots"), "--heads",
-                 SENTENCES[0]]) == 0
+    assert (
+        main(
+            ["translate", "--ckpt", str(out), "--beam", "2", "--plot", str(tmp_path / "plots"), "--heads", SENTENCES[0]]
+        )
+        == 0
+    )
     assert capsys.readouterr().out.strip() == hyps[0].text
     names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert names == ["0000_argument_1.png", "0000_argument_1_head1.png", "0000_argument_1_head2.png"]
@@ -176,8 +228,9 @@ def test_tampered_pretrained_config_is_refused(model: TranslationModule, tmp_pat
         TranslationModule.load_from_checkpoint(path)
 
 
-def test_bad_marian_options_are_clear_errors(marian: Path, tsv: Path, tmp_path: Path, user_error: Any,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_marian_options_are_clear_errors(
+    marian: Path, tsv: Path, tmp_path: Path, user_error: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import huggingface_hub.constants as hc
 
     monkeypatch.chdir(tmp_path)

@@ -53,8 +53,10 @@ class MarianSeq2Seq(nn.Module):
         super().__init__()
         cfg = marian.config  # type: ignore[attr-defined]
         if trainable_blocks == 0:
-            raise ConfigError("--model.trainable_blocks=0 leaves nothing of a marian model to train (it has no new "
-                              "layers): use -1 (all) or the number of top decoder layers to fine-tune")
+            raise ConfigError(
+                "--model.trainable_blocks=0 leaves nothing of a marian model to train (it has no new "
+                "layers): use -1 (all) or the number of top decoder layers to fine-tune"
+            )
         self.marian = marian
         self.m_pad, self.m_eos = int(cfg.pad_token_id), int(cfg.eos_token_id)
         start = cfg.decoder_start_token_id
@@ -62,8 +64,13 @@ class MarianSeq2Seq(nn.Module):
         self.vocab_size = int(cfg.decoder_vocab_size or cfg.vocab_size) + OFFSET
         self.max_positions = int(cfg.max_position_embeddings)
         blocks = list(marian.model.decoder.layers)  # type: ignore[attr-defined]
-        self.freeze_policy = FreezePolicy(marian, blocks, trainable_blocks, None,
-                                          never=("model.encoder.embed_positions.", "model.decoder.embed_positions."))
+        self.freeze_policy = FreezePolicy(
+            marian,
+            blocks,
+            trainable_blocks,
+            None,
+            never=("model.encoder.embed_positions.", "model.decoder.embed_positions."),
+        )
 
     def train(self, mode: bool = True) -> MarianSeq2Seq:
         super().train(mode)
@@ -88,20 +95,26 @@ class MarianSeq2Seq(nn.Module):
 
     def _our_logits(self, logits: Tensor) -> Tensor:
         """Marian logits ``(..., V)`` -> ours ``(..., V + 2)``: its ``<pad>`` logit also in the PAD/BOS columns."""
-        pad = logits[..., self.m_pad:self.m_pad + 1]
+        pad = logits[..., self.m_pad : self.m_pad + 1]
         return torch.cat([pad, pad, logits], dim=-1)
 
     # ------------------------------------------------------------------ training
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
-                unpadded: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False, unpadded: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits ``(B, T, V + 2)`` and the last layer's cross-attention averaged over heads
         ``(B, T, S + 1)`` (or None). ``unpadded`` is accepted for interface parity (the mask is needed anyway:
         the appended ``</s>`` sits at each source's own length)."""
         del unpadded
         ids, mask = self._source(src, src_lengths)
         with attn_implementation(self.marian, "eager") if need_weights else nullcontext():
-            out = self.marian(input_ids=ids, attention_mask=mask.long(), decoder_input_ids=self.to_marian(tgt_in),
-                              use_cache=False, output_attentions=need_weights)
+            out = self.marian(
+                input_ids=ids,
+                attention_mask=mask.long(),
+                decoder_input_ids=self.to_marian(tgt_in),
+                use_cache=False,
+                output_attentions=need_weights,
+            )
         weights = out.cross_attentions[-1].mean(dim=1) if need_weights else None  # (B, H, T, S+1) -> (B, T, S+1)
         return self._our_logits(out.logits), weights
 
@@ -109,8 +122,13 @@ class MarianSeq2Seq(nn.Module):
         """Teacher-forced cross-attention of every decoder layer and head: ``(B, H, T, S + 1)`` each, bottom first."""
         ids, mask = self._source(src, src_lengths)
         with attn_implementation(self.marian, "eager"):
-            out = self.marian(input_ids=ids, attention_mask=mask.long(), decoder_input_ids=self.to_marian(tgt_in),
-                              use_cache=False, output_attentions=True)
+            out = self.marian(
+                input_ids=ids,
+                attention_mask=mask.long(),
+                decoder_input_ids=self.to_marian(tgt_in),
+                use_cache=False,
+                output_attentions=True,
+            )
         return list(out.cross_attentions)
 
     # ------------------------------------------------------------------ decoding
@@ -120,8 +138,9 @@ class MarianSeq2Seq(nn.Module):
         enc = self.marian.get_encoder()(input_ids=ids, attention_mask=mask.long()).last_hidden_state  # (B, S+1, D)
         return DecoderState(source={"enc": enc, "mask": mask})
 
-    def step(self, last_tokens: Tensor, state: DecoderState, need_weights: bool = False, per_head: bool = False
-             ) -> tuple[Tensor, DecoderState, Tensor | None]:
+    def step(
+        self, last_tokens: Tensor, state: DecoderState, need_weights: bool = False, per_head: bool = False
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One step: ``last_tokens (N,)`` -> log-probs ``(N, V + 2)``, the new state, cross-attention ``(N, S + 1)``
         (``(N, H, S + 1)`` with ``per_head``) or None."""
         from transformers.cache_utils import DynamicCache, EncoderDecoderCache
@@ -138,9 +157,14 @@ class MarianSeq2Seq(nn.Module):
             cache = EncoderDecoderCache([(*own[i], *cross[i]) for i in range(len(cross))])
         ids = self.to_marian(last_tokens)[:, None]  # (N,) -> (N, 1)
         with attn_implementation(self.marian, "eager") if need_weights else nullcontext():
-            out = self.marian.model.decoder(input_ids=ids, encoder_hidden_states=src["enc"],
-                                            encoder_attention_mask=src["mask"].long(), cache=cache, use_cache=True,
-                                            output_attentions=need_weights)
+            out = self.marian.model.decoder(
+                input_ids=ids,
+                encoder_hidden_states=src["enc"],
+                encoder_attention_mask=src["mask"].long(),
+                cache=cache,
+                use_cache=True,
+                output_attentions=need_weights,
+            )
         h = out.last_hidden_state[:, 0]  # (N, 1, D) -> (N, D)
         logits = self.marian.lm_head(h) + self.marian.final_logits_bias  # (N, V)
         log_probs = step_log_probs(self._our_logits(logits).float())  # (N, V + 2)
@@ -154,7 +178,6 @@ class MarianSeq2Seq(nn.Module):
             w = out.cross_attentions[-1][:, :, 0]  # (N, H, 1, S+1) -> (N, H, S+1)
             weights = w if per_head else w.mean(dim=1)  # (N, S+1) averaged over heads
         return log_probs, DecoderState(source=src, cache=new_own), weights
-
 
 
 def load_marian(pretrained: str | None) -> tuple[nn.Module, dict[str, bytes], dict[str, Any]]:
@@ -175,8 +198,9 @@ def load_marian(pretrained: str | None) -> tuple[nn.Module, dict[str, bytes], di
     return model, files, {"source": hf_name(pretrained), "model_type": "marian", "config": config}
 
 
-def marian_network(info: dict[str, Any], backbone: nn.Module | None, vocab_size: int, trainable_blocks: int,
-                   longest: int) -> MarianSeq2Seq:
+def marian_network(
+    info: dict[str, Any], backbone: nn.Module | None, vocab_size: int, trainable_blocks: int, longest: int
+) -> MarianSeq2Seq:
     """The task's Marian network, checked against its tokenizer and the length options.
 
     Args:
@@ -193,9 +217,13 @@ def marian_network(info: dict[str, Any], backbone: nn.Module | None, vocab_size:
         backbone = build_from_config(info.get("config"), "translation", "--model.pretrained_config")  # type: ignore[arg-type]
     model = MarianSeq2Seq(backbone, trainable_blocks)
     if model.vocab_size != vocab_size:
-        raise ConfigError(f"marian model {info.get('source')}: its tokenizer has {vocab_size - OFFSET} tokens, its "
-                          f"vocab_size is {model.vocab_size - OFFSET}: tokenizer and weights are from different models")
+        raise ConfigError(
+            f"marian model {info.get('source')}: its tokenizer has {vocab_size - OFFSET} tokens, its "
+            f"vocab_size is {model.vocab_size - OFFSET}: tokenizer and weights are from different models"
+        )
     if longest + 1 > model.max_positions:  # + BOS / the appended </s>
-        raise ConfigError(f"--model.max_len / --model.max_source_tokens must stay below the marian model's "
-                          f"{model.max_positions} positions, got {longest}")
+        raise ConfigError(
+            f"--model.max_len / --model.max_source_tokens must stay below the marian model's "
+            f"{model.max_positions} positions, got {longest}"
+        )
     return model

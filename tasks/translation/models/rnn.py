@@ -35,18 +35,32 @@ class RNNEncoder(nn.Module):
         dropout: dropout on embeddings and between layers.
     """
 
-    def __init__(self, vocab_size: int, emb_dim: int, hidden_dim: int, num_layers: int = 1,
-                 rnn_type: RNNType = "gru", dropout: float = 0.1) -> None:
+    def __init__(
+        self,
+        vocab_size: int,
+        emb_dim: int,
+        hidden_dim: int,
+        num_layers: int = 1,
+        rnn_type: RNNType = "gru",
+        dropout: float = 0.1,
+    ) -> None:
         super().__init__()
         self.embedding = nn.Embedding(vocab_size, emb_dim, padding_idx=PAD_ID)
         rnn_cls = nn.GRU if rnn_type == "gru" else nn.LSTM
-        self.rnn = rnn_cls(emb_dim, hidden_dim, num_layers=num_layers, batch_first=True, bidirectional=True,
-                           dropout=dropout if num_layers > 1 else 0.0)
+        self.rnn = rnn_cls(
+            emb_dim,
+            hidden_dim,
+            num_layers=num_layers,
+            batch_first=True,
+            bidirectional=True,
+            dropout=dropout if num_layers > 1 else 0.0,
+        )
         self.dropout = nn.Dropout(dropout)
         self.output_dim = 2 * hidden_dim
 
-    def forward(self, src: Tensor, lengths: Tensor, host_lengths: Tensor | None = None,
-                unpadded: bool = False) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, src: Tensor, lengths: Tensor, host_lengths: Tensor | None = None, unpadded: bool = False
+    ) -> tuple[Tensor, Tensor]:
         """Encode.
 
         Args:
@@ -100,10 +114,20 @@ class RNNSeq2Seq(nn.Module):
             bottleneck when ``hidden_dim != embed_dim``).
     """
 
-    def __init__(self, src_vocab: int, tgt_vocab: int, embed_dim: int = 256, hidden_dim: int = 256,
-                 encoder_layers: int = 1, decoder_layers: int = 1, rnn_type: RNNType = "gru",
-                 attention: str = "additive", attention_options: dict[str, Any] | None = None,
-                 dropout: float = 0.1, tie_embeddings: bool = False) -> None:
+    def __init__(
+        self,
+        src_vocab: int,
+        tgt_vocab: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 256,
+        encoder_layers: int = 1,
+        decoder_layers: int = 1,
+        rnn_type: RNNType = "gru",
+        attention: str = "additive",
+        attention_options: dict[str, Any] | None = None,
+        dropout: float = 0.1,
+        tie_embeddings: bool = False,
+    ) -> None:
         super().__init__()
         if hidden_dim % 2:
             raise ValueError(f"hidden_dim must be even (split over two encoder directions), got {hidden_dim}")
@@ -118,18 +142,38 @@ class RNNSeq2Seq(nn.Module):
             opts.setdefault("num_heads", 4)
         enc_dim = self.encoder.output_dim
         self.decoder = AttentionalRNNDecoder(
-            tgt_vocab, enc_dim, embed_dim, hidden_dim, decoder_layers, rnn_type, attention, opts, dropout,
-            input_feed="attentional", init_dim=enc_dim, project_keys=attention in ("dot", "scaled_dot"),
-            tie_embeddings=tie_embeddings, padding_idx=PAD_ID)
+            tgt_vocab,
+            enc_dim,
+            embed_dim,
+            hidden_dim,
+            decoder_layers,
+            rnn_type,
+            attention,
+            opts,
+            dropout,
+            input_feed="attentional",
+            init_dim=enc_dim,
+            project_keys=attention in ("dot", "scaled_dot"),
+            tie_embeddings=tie_embeddings,
+            padding_idx=PAD_ID,
+        )
 
-    def _encode(self, src: Tensor, src_lengths: Tensor, host_lengths: Tensor | None = None,
-                unpadded: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    def _encode(
+        self, src: Tensor, src_lengths: Tensor, host_lengths: Tensor | None = None, unpadded: bool = False
+    ) -> tuple[Tensor, Tensor, Tensor]:
         """``(memory (B, S, H), mask (B, S), final state (B, H))``."""
         enc, final = self.encoder(src, src_lengths, host_lengths, unpadded)  # (B, S, 2He), (B, 2He)
         return enc, lengths_to_mask(src_lengths, src.shape[1]), final  # mask: True = real token
 
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
-                host_lengths: Tensor | None = None, unpadded: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self,
+        src: Tensor,
+        src_lengths: Tensor,
+        tgt_in: Tensor,
+        need_weights: bool = False,
+        host_lengths: Tensor | None = None,
+        unpadded: bool = False,
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits.
 
         Args:
@@ -151,8 +195,9 @@ class RNNSeq2Seq(nn.Module):
         enc, mask, final = self._encode(src, src_lengths)
         return self.decoder.init_state(enc, mask, summary=final)
 
-    def step(self, last_tokens: Tensor, state: DecoderState, need_weights: bool = False
-             ) -> tuple[Tensor, DecoderState, Tensor | None]:
+    def step(
+        self, last_tokens: Tensor, state: DecoderState, need_weights: bool = False
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One decoding step: last_tokens (N,) → log_probs (N, V) float32, new state, attention (N, S) or None."""
         return self.decoder.step(last_tokens, state, need_weights)
 
@@ -163,7 +208,7 @@ def upgrade_state_dict_v1(state: dict[str, Any], prefix: str = "model.") -> dict
     renames = {"tgt_embedding": "embedding"}
     out: dict[str, Any] = {}
     for key, value in state.items():
-        head, _, rest = key[len(prefix):].partition(".") if key.startswith(prefix) else ("", "", "")
+        head, _, rest = key[len(prefix) :].partition(".") if key.startswith(prefix) else ("", "", "")
         if head in moved:
             key = f"{prefix}decoder.{renames.get(head, head)}.{rest}"
         out[key] = value

@@ -39,10 +39,20 @@ class TransformerSeq2Seq(nn.Module):
         max_positions: longest sequence the position table covers.
     """
 
-    def __init__(self, src_vocab: int, tgt_vocab: int, d_model: int = 256, num_heads: int = 4,
-                 ffn_dim: int = 1024, encoder_layers: int = 3, decoder_layers: int = 3, dropout: float = 0.1,
-                 tie_embeddings: bool = True, share_src_tgt_embeddings: bool = False,
-                 max_positions: int = 512) -> None:
+    def __init__(
+        self,
+        src_vocab: int,
+        tgt_vocab: int,
+        d_model: int = 256,
+        num_heads: int = 4,
+        ffn_dim: int = 1024,
+        encoder_layers: int = 3,
+        decoder_layers: int = 3,
+        dropout: float = 0.1,
+        tie_embeddings: bool = True,
+        share_src_tgt_embeddings: bool = False,
+        max_positions: int = 512,
+    ) -> None:
         super().__init__()
         self.d_model = d_model
         self.num_heads = num_heads
@@ -57,10 +67,12 @@ class TransformerSeq2Seq(nn.Module):
         for emb in (self.src_embedding, self.tgt_embedding):
             nn.init.normal_(emb.weight, std=d_model**-0.5)
         self.positions = SinusoidalPositions(d_model, max_positions)
-        self.enc_layers = nn.ModuleList(TransformerEncoderLayer(d_model, num_heads, ffn_dim, dropout)
-                                        for _ in range(encoder_layers))
-        self.dec_layers = nn.ModuleList(TransformerDecoderLayer(d_model, num_heads, ffn_dim, dropout)
-                                        for _ in range(decoder_layers))
+        self.enc_layers = nn.ModuleList(
+            TransformerEncoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(encoder_layers)
+        )
+        self.dec_layers = nn.ModuleList(
+            TransformerDecoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(decoder_layers)
+        )
         self.enc_norm = nn.LayerNorm(d_model)
         self.dec_norm = nn.LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
@@ -85,8 +97,9 @@ class TransformerSeq2Seq(nn.Module):
             x = layer(x, mask)
         return self.enc_norm(x), mask
 
-    def forward(self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False,
-                unpadded: bool = False) -> tuple[Tensor, Tensor | None]:
+    def forward(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False, unpadded: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced logits (B, T, V) and last-layer cross-attention averaged over heads (B, T, S).
 
         ``unpadded``: no source has padding (see `encode`).
@@ -96,8 +109,7 @@ class TransformerSeq2Seq(nn.Module):
         weights = None
         for i, layer in enumerate(self.dec_layers):
             last = i == len(self.dec_layers) - 1
-            x, w, _ = layer(x, layer.cross_attn.precompute(memory, memory), mask,
-                            need_weights=need_weights and last)
+            x, w, _ = layer(x, layer.cross_attn.precompute(memory, memory), mask, need_weights=need_weights and last)
             if w is not None:
                 weights = w.mean(dim=1)  # (B, H, T, S) -> (B, T, S)
         return self.out(self.dec_norm(x)), weights
@@ -113,8 +125,9 @@ class TransformerSeq2Seq(nn.Module):
         cross = [layer.cross_attn.precompute(memory, memory) for layer in self.dec_layers]
         return DecoderState(shared={"mask": mask, "cross": cross}, cache=[(empty, empty) for _ in self.dec_layers])
 
-    def step(self, last_tokens: Tensor, state: DecoderState, need_weights: bool = False
-             ) -> tuple[Tensor, DecoderState, Tensor | None]:
+    def step(
+        self, last_tokens: Tensor, state: DecoderState, need_weights: bool = False
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One incremental step: last_tokens (N,) → log_probs (N, V), new state, attention (N, S) | None."""
         t = state.cache[0][0].shape[2]  # positions already decoded
         x = self._embed(self.tgt_embedding, last_tokens[:, None], offset=t)  # (N,) -> (N, 1, D)
@@ -123,8 +136,14 @@ class TransformerSeq2Seq(nn.Module):
         weights = None
         for i, layer in enumerate(self.dec_layers):
             last = i == len(self.dec_layers) - 1
-            x, w, kv = layer(x, st["cross"][i], st["mask"], self_kv=state.cache[i],
-                             need_weights=need_weights and last, reorder=state.reorder)
+            x, w, kv = layer(
+                x,
+                st["cross"][i],
+                st["mask"],
+                self_kv=state.cache[i],
+                need_weights=need_weights and last,
+                reorder=state.reorder,
+            )
             new_cache.append(kv)
             if w is not None:
                 weights = w.mean(dim=1)[:, 0]  # (N, H, 1, S) -> (N, S)
