@@ -345,6 +345,7 @@ class CaptioningModule(
         self.log("train/ce", ce, batch_size=len(batch))
         return loss
 
+    # ------------------------------------------------------------------ prediction (validation/test: evaluation.py)
     def predict_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         """One ``(dataset index, (image name, caption))`` row per image (``core.predict.PredictionWriter``).
 
