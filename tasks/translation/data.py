@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import tempfile
 from pathlib import Path
 from typing import Literal
@@ -45,6 +44,7 @@ from tasks.translation.sources import (
     read_table,
     read_tatoeba,
 )
+from tasks.translation.splits import split_by_source
 from tasks.translation.tokenization import encode_all, train_subword
 
 Pair = tuple[str, str]
@@ -58,41 +58,6 @@ def default_cache_dir() -> Path:
     """``$ATTN_SUITE_DATA_CACHE`` or ``~/.cache/attn-suite/translation``."""
     env = os.environ.get("ATTN_SUITE_DATA_CACHE")
     return Path(env).expanduser() if env else Path("~/.cache/attn-suite/translation").expanduser()
-
-
-def split_by_source(pairs: list[Pair], n_val: int, n_test: int, seed: int) -> tuple[list[Pair], ...]:
-    """Deterministic train/val/test split grouping pairs by their first side.
-
-    Args:
-        pairs: ``(first, second)`` pairs (first = English for every reader).
-        n_val: minimum number of validation pairs.
-        n_test: minimum number of test pairs.
-        seed: shuffle seed.
-
-    Returns:
-        ``(train, val, test)``; val/test get whole source groups until they hold ``n_*`` pairs.
-    """
-    groups: dict[str, list[Pair]] = {}
-    for p in pairs:
-        groups.setdefault(p[0], []).append(p)
-    keys = sorted(groups)  # sorted first: the shuffle result must not depend on file order quirks
-    random.Random(seed).shuffle(keys)
-    val: list[Pair] = []
-    test: list[Pair] = []
-    train: list[Pair] = []
-    for k in keys:
-        if len(test) < n_test:
-            test.extend(groups[k])
-        elif len(val) < n_val:
-            val.extend(groups[k])
-        else:
-            train.extend(groups[k])
-    if not train:
-        raise DataError(
-            f"only {len(pairs)} usable pairs: not enough for val={n_val} and test={n_test} "
-            f"plus a training split; lower --data.val_size/--data.test_size"
-        )
-    return train, val, test
 
 
 class TranslationDataModule(pl.LightningDataModule):
