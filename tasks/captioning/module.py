@@ -1,10 +1,11 @@
 """`CaptioningModule`: CNN encoder + attention decoder, trained with teacher forcing.
 
 Validation decodes with beam search and scores BLEU-1..4 / CIDEr-D (`tasks.captioning.metrics`,
-COCO-toolkit style); it also logs per-word attention overlays of a few fixed validation images.
-Checkpoints are self-contained: ``checkpoint["attn_suite"]`` carries the task name, the word
-vocabulary and the image preprocessing; loading goes through ``core.task_io`` (``weights_only=True``,
-task check, validated hyper-parameters). Captioning itself is in :mod:`tasks.captioning.inference`.
+COCO-toolkit style); it also logs per-word attention overlays of a few fixed validation images
+(:mod:`tasks.captioning.evaluation`). Checkpoints are self-contained: ``checkpoint["attn_suite"]`` carries
+the task name, the word vocabulary and the image preprocessing (:mod:`tasks.captioning.stored`); loading goes
+through ``core.task_io`` (``weights_only=True``, task check, validated hyper-parameters). Captioning itself is
+in :mod:`tasks.captioning.inference`.
 """
 
 from __future__ import annotations
@@ -14,12 +15,9 @@ from typing import Any, Literal
 
 import lightning as L
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from core.checkpoint import META_KEY
-from core.distributed import dedupe_by_index, gather_objects
-from core.errors import CheckpointError, ConfigError
+from core.errors import ConfigError
 from core.finetune import FreezeSchedule, optimizer_groups
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.predict import Prediction
@@ -28,21 +26,16 @@ from core.progress_bar import ThroughputMixin
 from core.task_io import TaskCheckpointMixin
 from core.training import configure_optimizer, empty_batch_loss
 from tasks.captioning.data import Batch
-from tasks.captioning.decoder import TransformerCaptionDecoder, show_attend_tell_decoder, upgrade_decoder_v1
+from tasks.captioning.decoder import TransformerCaptionDecoder, show_attend_tell_decoder
 from tasks.captioning.encoder import ImageEncoder
+from tasks.captioning.evaluation import CaptioningEvalMixin, hyps_and_refs  # noqa: F401 - hyps_and_refs re-exported
 from tasks.captioning.hf_encoder import hf_image_encoder
-from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, denormalize, eval_transform
+from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from tasks.captioning.inference import Caption, CaptionMixin, save_attention_figure  # noqa: F401 - re-exported
-from tasks.captioning.metrics import caption_scores
+from tasks.captioning.stored import CaptioningStoredMixin
 from tasks.captioning.vocab import CaptionVocab
 
 TASK = "captioning"
-
-
-def hyps_and_refs(rows: list[tuple[int, tuple[str, list[str]]]]) -> tuple[list[str], list[list[str]]]:
-    """``(hypotheses, references)`` of gathered ``(index, (hypothesis, references))`` rows, each image once."""
-    pairs = dedupe_by_index(rows)
-    return [h for h, _ in pairs], [r for _, r in pairs]
 
 
 def _dataset_of(trainer: Any, dataloader_idx: int) -> Any:
@@ -63,7 +56,9 @@ def _attention_defaults(attention: str, options: Mapping[str, Any] | None) -> di
     return opts
 
 
-class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule):
+class CaptioningModule(
+    CaptionMixin, CaptioningEvalMixin, CaptioningStoredMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule
+):
     """Image captioning with visual attention (Show, Attend and Tell, plus a Transformer option).
 
     Args:
@@ -267,32 +262,6 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
         self.hparams["grid_size"] = enc.grid_size
         return enc
 
-    @classmethod
-    def upgrade_hparams(cls, hparams: dict[str, Any], version: int) -> dict[str, Any]:
-        """Format 1 named the RNN decoder ``lstm`` and spelled its attention options as ``attention_dim`` /
-        ``num_heads``, and the Transformer's width and depth as ``d_model`` / ``num_layers``."""
-        if version >= 2:
-            return hparams
-        hp = dict(hparams)
-        attention_dim, heads = hp.pop("attention_dim", None), hp.get("num_heads")
-        d_model, layers = hp.pop("d_model", None), hp.pop("num_layers", None)
-        if hp.get("decoder", "lstm") == "lstm":
-            hp.update(decoder="rnn", rnn_type="lstm", decoder_layers=1)
-            if hp.get("attention", "additive") in ("additive", "location") and attention_dim is not None:
-                hp["attention_options"] = {"hidden_dim": attention_dim}
-            elif hp.get("attention") == "multihead" and heads is not None:
-                hp["attention_options"] = {"num_heads": heads}
-        else:
-            if d_model is not None:
-                hp["hidden_dim"] = d_model
-            if layers is not None:
-                hp["decoder_layers"] = layers
-        return hp
-
-    @classmethod
-    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
-        return upgrade_decoder_v1(state) if version < 2 else state
-
     def batch_units(self, batch: Batch | None) -> float:
         return float(len(batch)) if batch is not None else 0.0
 
@@ -376,64 +345,7 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
         self.log("train/ce", ce, batch_size=len(batch))
         return loss
 
-    # ------------------------------------------------------------------ validation / test
-    def validation_step(self, batch: Batch | None, batch_idx: int) -> None:
-        if batch is None or len(batch) == 0:
-            return
-        loss, _ = self._loss(batch)
-        self.log("val/loss", loss, prog_bar=True, batch_size=len(batch), sync_dist=True)
-        self._val_out += zip(batch.index.tolist(), zip(self._decode_batch(batch), batch.refs))
-        if batch_idx == 0 and self._plot_batch is None and self.hparams.plot_examples > 0:
-            # The first validation batch is the same every epoch (no shuffling): fixed plot images.
-            self._plot_batch = batch.images[: self.hparams.plot_examples].detach().cpu()
-
-    def on_validation_epoch_end(self) -> None:
-        hyps, refs = hyps_and_refs(gather_objects(self._val_out))
-        self._val_out = []
-        if hyps:
-            # Every rank holds the gathered lists and computes the same values; sync_dist=True only
-            # averages identical numbers (and keeps Lightning's epoch-level DDP check quiet).
-            for name, value in caption_scores(hyps, refs).items():
-                self.log(f"val/{name}", value, prog_bar=name in ("bleu4", "cider"), sync_dist=True)
-        if self.trainer.is_global_zero and not self.trainer.sanity_checking:
-            self._log_attention_figures()
-
-    def _log_attention_figures(self) -> None:
-        """Per-word attention overlays of the fixed validation images (rank zero only)."""
-        if self._plot_batch is None:
-            return
-        from core.training import log_figure
-        from core.viz import plot_image_attention
-
-        images = self._plot_batch.to(self.device)
-        captions = self.generate(images, beam_size=self.hparams.beam_size)
-        pix = denormalize(images, tuple(self.hparams.mean), tuple(self.hparams.std))  # (B, H, W, 3)
-        for i, hyps in enumerate(captions):
-            best = hyps[0]
-            if best.attention is None or not best.words:
-                continue
-            fig = plot_image_attention(pix[i], best.attention, best.words)
-            log_figure(self, f"val_attention/{i}", fig)
-
-    def test_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> None:
-        if batch is None or len(batch) == 0:
-            return
-        self._test_out.setdefault(dataloader_idx, []).extend(
-            zip(batch.index.tolist(), zip(self._decode_batch(batch), batch.refs))
-        )
-
-    def on_test_epoch_end(self) -> None:
-        dm = getattr(self.trainer, "datamodule", None)
-        names = list(getattr(dm, "test_names", [])) if dm is not None else []
-        # Every test dataloader, even one this rank got nothing from: gather_objects is a collective.
-        for idx in sorted(set(self._test_out) | set(range(len(names)))):
-            hyps, refs = hyps_and_refs(gather_objects(self._test_out.get(idx, [])))
-            prefix = names[idx] if idx < len(names) else f"test{idx}"
-            if hyps:
-                for name, value in caption_scores(hyps, refs).items():
-                    self.log(f"{prefix}/{name}", value, sync_dist=True, add_dataloader_idx=False)
-        self._test_out = {}
-
+    # ------------------------------------------------------------------ prediction (validation/test: evaluation.py)
     def predict_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         """One ``(dataset index, (image name, caption))`` row per image (``core.predict.PredictionWriter``).
 
@@ -457,53 +369,6 @@ class CaptioningModule(CaptionMixin, TaskCheckpointMixin, ThroughputMixin, L.Lig
         dec = [p for p in self.decoder.parameters() if p.requires_grad]
         return configure_optimizer(self, [(enc, self.hparams.encoder_lr_scale), (dec, 1.0)])
 
-    # ------------------------------------------------------------------ checkpoints
-    def task_metadata(self) -> dict[str, Any]:
-        """The vocabulary and the image preprocessing, so the checkpoint alone can caption."""
-        hp = self.hparams
-        meta = {
-            "vocab": self.vocab.to_dict(),
-            "image_size": int(hp.image_size),
-            "mean": [float(x) for x in hp.mean],
-            "std": [float(x) for x in hp.std],
-            "grid_size": int(hp.grid_size),
-        }
-        if self.pretrained_info is not None:  # the hf: backbone's config: rebuilt from it, offline
-            meta["pretrained"] = self.pretrained_info
-        return meta
-
     def configure_callbacks(self) -> list[Any]:
         """`core.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
         return [FreezeSchedule()] if self.pretrained_info is not None else []
-
-    @classmethod
-    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
-        """Vocabulary and preprocessing from the metadata; ``pretrained`` off: the weights are in the file,
-        so loading never downloads or reads backbone weights."""
-        out: dict[str, Any] = {k: meta[k] for k in ("vocab", "image_size", "grid_size", "mean", "std") if k in meta}
-        out["pretrained"] = None
-        if isinstance(meta.get("pretrained"), dict):  # an hf: backbone: rebuilt from its stored config
-            out["pretrained_config"] = meta["pretrained"]
-        return out
-
-    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
-        """``--ckpt_path`` restores: warn when the data module built another vocabulary of the same size
-        (the weights fit, the captions may not)."""
-        vocab = meta.get("vocab")
-        if vocab is None:
-            return
-        try:
-            ckpt_vocab = CaptionVocab.from_dict(vocab)
-        except ValueError as err:
-            raise CheckpointError(f"{source}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
-        if ckpt_vocab.to_dict() != self.vocab.to_dict():
-            if len(ckpt_vocab) == len(self.vocab):
-                rank_zero_warn(
-                    f"{source} was trained with another vocabulary of the same size than the data "
-                    "module built now; check data.min_freq / data.max_vocab / the corpus"
-                )
-            else:
-                raise CheckpointError(
-                    f"{source} has a vocabulary of {len(ckpt_vocab)} words, the data module "
-                    f"{len(self.vocab)}: train and evaluate with the same data settings"
-                )

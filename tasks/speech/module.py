@@ -2,31 +2,28 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
-from core.checkpoint import META_KEY
-from core.errors import CheckpointError, ConfigError
+from core.errors import ConfigError
 from core.finetune import FreezeSchedule, optimizer_groups
 from core.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
 from core.predict import Prediction
 from core.pretrained import is_hf_spec
 from core.progress_bar import ThroughputMixin
 from core.task_io import TaskCheckpointMixin
-from core.tokenizers import tokenizer_from_dict
 from core.training import configure_optimizer, empty_batch_loss
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
-from tasks.speech.guided import guided_attention_loss, guided_weight
 from tasks.speech.hf_encoder import hf_speech_encoder
 from tasks.speech.inference import ChunkAlignment, Hypothesis, TranscribeMixin, Transcription
-from tasks.speech.model import ASRModel, upgrade_state_dict_v1
+from tasks.speech.losses import SpeechLossMixin
+from tasks.speech.model import ASRModel
+from tasks.speech.stored import SpeechStoredMixin
 
 __all__ = ["ChunkAlignment", "SpeechModule", "Transcription"]  # the last two re-exported from .inference
 
@@ -34,7 +31,9 @@ TASK = "speech"
 ENCODERS = ("lstm", "pblstm", "transformer", "conformer")
 
 
-class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule):
+class SpeechModule(
+    TranscribeMixin, SpeechLossMixin, SpeechStoredMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule
+):
     """Listen-attend-spell style ASR with joint CTC.
 
     Args:
@@ -206,7 +205,7 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         self.test_cer, self.test_wer = CharErrorRate(), WordErrorRate()
 
     # ------------------------------------------------------------------------------------------
-    # setup / checkpoint
+    # setup (what a checkpoint stores beyond the weights: tasks.speech.stored)
     # ------------------------------------------------------------------------------------------
     def setup(self, stage: str) -> None:
         """Take feature statistics and the trained duration range from the datamodule (fresh runs)."""
@@ -226,10 +225,6 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
                 # loadable checkpoint, and longer audio is cut where it must be anyway
                 self.max_chunk_seconds = float(min(600.0, max(1.0, max(durs))))
 
-    @classmethod
-    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
-        return upgrade_state_dict_v1(state) if version < 2 else state
-
     def batch_units(self, batch: dict[str, Any]) -> float:
         """Seconds of audio in a host batch (10 ms frames)."""
         return float(batch["feat_lens"].sum()) * self.feature_cfg.hop_length / self.feature_cfg.sample_rate
@@ -239,145 +234,13 @@ class SpeechModule(TranscribeMixin, TaskCheckpointMixin, ThroughputMixin, L.Ligh
         """Whether the encoder reads raw 16 kHz audio (an ``hf:`` encoder) instead of log-mel features."""
         return self.pretrained_info is not None
 
-    def task_metadata(self) -> dict[str, Any]:
-        """Units, feature front end and statistics, chunking range: the checkpoint alone can transcribe."""
-        meta = {
-            "units": self.tokenizer.to_dict(),
-            "feature_config": self.feature_cfg.to_dict(),
-            "feature_stats": {"mean": self.stats.mean.tolist(), "std": self.stats.std.tolist()},
-            "max_chunk_seconds": self.max_chunk_seconds,
-        }
-        if self.pretrained_info is not None:  # the hf: encoder's config: rebuilt from it, offline
-            meta["pretrained"] = self.pretrained_info
-        return meta
-
-    @classmethod
-    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
-        """An ``hf:`` encoder is rebuilt from the config stored with it: loading never downloads it."""
-        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
-
     def configure_callbacks(self) -> list[Any]:
         """`core.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
         return [FreezeSchedule()] if self.pretrained_info is not None else []
 
-    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
-        """Units, front end and chunking range from the file (validated: it is untrusted)."""
-        if "units" in meta:
-            try:
-                units = tokenizer_from_dict(meta["units"])
-            except Exception as err:
-                raise CheckpointError(
-                    f"{source}: malformed speech units in '{META_KEY}.units' ({type(err).__name__}: {err})"
-                ) from None
-            if units.vocab_size != self.tokenizer.vocab_size:
-                raise CheckpointError(
-                    f"{source}: its speech units number {units.vocab_size}, the model's output "
-                    f"layer {self.tokenizer.vocab_size}"
-                )
-            self.tokenizer = units
-        cfg = meta.get("feature_config")
-        if cfg is not None:
-            feature_cfg = FeatureConfig.from_dict(cfg, source)
-            if feature_cfg != self.feature_cfg:
-                self.feature_cfg = feature_cfg
-                self.logmel = LogMel(feature_cfg)
-        chunk = meta.get("max_chunk_seconds")
-        if chunk is not None:
-            if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or not 1.0 <= chunk <= 600.0:
-                raise CheckpointError(f"{source}: max_chunk_seconds = {chunk!r}, expected seconds in [1, 600]")
-            self.max_chunk_seconds = float(chunk)
-
-    def check_loaded(self, source: str) -> None:
-        """Feature statistics must be finite, with positive spreads (they divide every feature)."""
-        mean, std = self.stats.mean, self.stats.std
-        if not (bool(torch.isfinite(mean).all()) and bool(torch.isfinite(std).all()) and bool((std > 0).all())):
-            raise CheckpointError(
-                f"{source}: feature statistics are not finite or have a zero/negative std "
-                f"(stats.mean/stats.std); the file was modified or its training data was broken"
-            )
-
     # ------------------------------------------------------------------------------------------
-    # training
+    # training (the losses: tasks.speech.losses)
     # ------------------------------------------------------------------------------------------
-    def _targets(self, tokens: Tensor, lens: Tensor) -> tuple[Tensor, Tensor]:
-        """Decoder inputs `[BOS, y]` and targets `[y, EOS]`, both `(B, L + 1)`, pad elsewhere."""
-        tk = self.tokenizer
-        b = tokens.shape[0]
-        bos = tokens.new_full((b, 1), tk.bos_id)
-        inputs = torch.cat([bos, tokens], dim=1)  # (B, L+1)
-        targets = torch.cat([tokens, tokens.new_full((b, 1), tk.pad_id)], dim=1)  # (B, L+1)
-        targets = targets.scatter(1, lens[:, None], tk.eos_id)  # EOS right after the last real token
-        return inputs, targets
-
-    def _losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Attention cross-entropy, CTC and their weighted sum (all per target unit).
-
-        With CTC, also `ctc_infeasible`: how many utterances have a transcript too long for their
-        encoder frames (CTC needs one frame per unit plus one per repeated unit). `zero_infinity`
-        zeroes their CTC loss, so they only train the attention decoder; they are counted, not
-        filtered out, because the attention loss is still valid for them.
-        """
-        if self.reads_waveforms:
-            enc, mask, ctc_lp = self.model.encode(batch["wavs"], batch["wav_lens"])  # (B, N) audio in
-        else:
-            feats = self.stats(batch["feats"])  # (B, T, F)
-            if self.specaug is not None and self.training:
-                feats = self.specaug(feats)
-            enc, mask, ctc_lp = self.model.encode(feats, batch["feat_lens"])  # (B, S, D), (B, S), (B, S, V)
-        inputs, targets = self._targets(batch["tokens"], batch["token_lens"])
-        hp = self.hparams
-        ga = guided_weight(
-            hp.guided_attention_weight,
-            hp.guided_attention_steps,
-            self.global_step if self._trainer else 0,
-            hp.guided_attention_final_weight,
-        )
-        ga = ga if self.training else 0.0  # a training prior: validation losses stay comparable across settings
-        logits, att = self.model.decoder(enc, mask, inputs, need_weights=ga > 0)  # (B, L+1, V), (B, L+1, S)
-        ce = F.cross_entropy(
-            logits.transpose(1, 2),
-            targets,
-            ignore_index=self.tokenizer.pad_id,
-            label_smoothing=self.hparams.label_smoothing,
-        )
-        w = self.hparams.ctc_weight
-        out = {"ce": ce}
-        if w > 0:
-            enc_lens = mask.sum(-1)
-            ctc = F.ctc_loss(
-                ctc_lp.transpose(0, 1).float(),
-                batch["tokens"],
-                enc_lens,
-                batch["token_lens"],
-                blank=self.tokenizer.pad_id,
-                reduction="sum",
-                zero_infinity=True,
-            )
-            out["ctc"] = ctc / batch["token_lens"].sum().clamp_min(1)  # per unit, like the CE
-            out["ctc_infeasible"] = self._ctc_infeasible(batch["tokens"], batch["token_lens"], enc_lens)
-            out["loss"] = (1 - w) * ce + w * out["ctc"]
-        else:
-            out["loss"] = ce
-        if ga > 0 and att is not None:
-            out["guided"] = guided_attention_loss(att, batch["token_lens"] + 1, mask.sum(-1), hp.guided_attention_sigma)
-            out["loss"] = out["loss"] + ga * out["guided"]
-        return out
-
-    @staticmethod
-    def _ctc_infeasible(tokens: Tensor, token_lens: Tensor, enc_lens: Tensor) -> Tensor:
-        """Number of utterances whose CTC loss is infinite, as a device tensor (no host sync).
-
-        Args:
-            tokens: `(B, L)` targets; token_lens: `(B,)`; enc_lens: `(B,)` encoder frames.
-
-        Returns:
-            Scalar float tensor: count of `enc_len < token_len + repeats` (a repeated unit needs a
-            blank between its copies).
-        """
-        valid = torch.arange(tokens.shape[1], device=tokens.device)[None, :] < token_lens[:, None]  # (B, L)
-        repeats = ((tokens[:, 1:] == tokens[:, :-1]) & valid[:, 1:]).sum(1)  # (B,)
-        return (enc_lens.to(token_lens.device) < token_lens + repeats).sum().float()
-
     def _log_counts(self, stage: str, batch: dict[str, Any]) -> Tensor:
         """Per-epoch sums of skipped utterances and batches; returns a device zero for other counts.
 

@@ -14,20 +14,15 @@ Pipeline (identical on every rank, so all ranks see the same splits):
 
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import random
-import tempfile
 from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Subset
 
 from core.errors import ConfigError, DataError
-from core.tokenizers import BaseTokenizer, tokenizer_from_dict
+from core.tokenizers import BaseTokenizer
 from tasks.translation import grammar
 from tasks.translation.batching import (
     PairDataset,
@@ -45,57 +40,15 @@ from tasks.translation.sources import (
     read_table,
     read_tatoeba,
 )
-from tasks.translation.tokenization import encode_all, train_subword
+from tasks.translation.splits import split_by_source
+from tasks.translation.tokenization import encode_all
+from tasks.translation.tokenizer_cache import TokenizerCacheMixin, default_cache_dir
 
 Pair = tuple[str, str]
 Source = Literal["embedded", "tatoeba", "tsv", "csv", "parallel", "hf"]
 
-#: Bump when the preprocessing changes so stale tokenizer caches are not reused.
-_CACHE_VERSION = 1
 
-
-def default_cache_dir() -> Path:
-    """``$ATTN_SUITE_DATA_CACHE`` or ``~/.cache/attn-suite/translation``."""
-    env = os.environ.get("ATTN_SUITE_DATA_CACHE")
-    return Path(env).expanduser() if env else Path("~/.cache/attn-suite/translation").expanduser()
-
-
-def split_by_source(pairs: list[Pair], n_val: int, n_test: int, seed: int) -> tuple[list[Pair], ...]:
-    """Deterministic train/val/test split grouping pairs by their first side.
-
-    Args:
-        pairs: ``(first, second)`` pairs (first = English for every reader).
-        n_val: minimum number of validation pairs.
-        n_test: minimum number of test pairs.
-        seed: shuffle seed.
-
-    Returns:
-        ``(train, val, test)``; val/test get whole source groups until they hold ``n_*`` pairs.
-    """
-    groups: dict[str, list[Pair]] = {}
-    for p in pairs:
-        groups.setdefault(p[0], []).append(p)
-    keys = sorted(groups)  # sorted first: the shuffle result must not depend on file order quirks
-    random.Random(seed).shuffle(keys)
-    val: list[Pair] = []
-    test: list[Pair] = []
-    train: list[Pair] = []
-    for k in keys:
-        if len(test) < n_test:
-            test.extend(groups[k])
-        elif len(val) < n_val:
-            val.extend(groups[k])
-        else:
-            train.extend(groups[k])
-    if not train:
-        raise DataError(
-            f"only {len(pairs)} usable pairs: not enough for val={n_val} and test={n_test} "
-            f"plus a training split; lower --data.val_size/--data.test_size"
-        )
-    return train, val, test
-
-
-class TranslationDataModule(pl.LightningDataModule):
+class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
     """Data for :class:`tasks.translation.module.TranslationModule`.
 
     Args:
@@ -272,77 +225,7 @@ class TranslationDataModule(pl.LightningDataModule):
         self.splits = {"train": train, "val": val, "test": test}
         return self.splits
 
-    # ------------------------------------------------------------------ tokenizers
-    def _cache_key(self, train: list[Pair]) -> str:
-        h = hashlib.sha256()
-        h.update(
-            json.dumps(
-                [
-                    _CACHE_VERSION,
-                    self.vocab_size,
-                    self.tokenizer_model,
-                    self.joint_vocab,
-                    self.min_freq,
-                    self.split_punctuation,
-                ]
-            ).encode()
-        )
-        for s, t in train:
-            h.update(s.encode())
-            h.update(b"\t")
-            h.update(t.encode())
-            h.update(b"\n")
-        return h.hexdigest()[:20]
-
-    def _cache_path(self, train: list[Pair]) -> Path:
-        return self.cache_dir / f"tokenizers-{self._cache_key(train)}.json"
-
-    def _train_tokenizers(self, train: list[Pair]) -> dict[str, dict]:
-        src_texts = [s for s, _ in train]
-        tgt_texts = [t for _, t in train]
-        kw = {
-            "vocab_size": self.vocab_size,
-            "model": self.tokenizer_model,
-            "min_freq": self.min_freq,
-            "split_punctuation": self.split_punctuation,
-        }
-        if self.joint_vocab:
-            tok = train_subword(src_texts + tgt_texts, **kw)  # type: ignore[arg-type]
-            return {"src": tok.to_dict(), "tgt": tok.to_dict(), "joint": True}
-        return {
-            "src": train_subword(src_texts, **kw).to_dict(),  # type: ignore[arg-type]
-            "tgt": train_subword(tgt_texts, **kw).to_dict(),
-            "joint": False,
-        }  # type: ignore[arg-type]
-
-    def prepare_data(self) -> None:
-        """Rank 0 of each node: train the tokenizers on the training split and cache them."""
-        train = self.load_splits()["train"]
-        path = self._cache_path(train)
-        if path.exists():
-            return
-        toks = self._train_tokenizers(train)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Atomic write: another process (or a killed run) never sees a half-written cache file.
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tok-", suffix=".json")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(toks, f)
-        os.replace(tmp, path)
-        rank_zero_info(f"tokenizers trained on {len(train)} pairs and cached at {path}")
-
-    def _load_tokenizers(self) -> None:
-        if self.src_tokenizer is not None:
-            return
-        train = self.load_splits()["train"]
-        path = self._cache_path(train)
-        if path.exists():
-            toks = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            # prepare_data was not run (plain Python use without a Trainer): train here, in memory.
-            toks = self._train_tokenizers(train)
-        self.src_tokenizer = tokenizer_from_dict(toks["src"])
-        self.tgt_tokenizer = self.src_tokenizer if toks.get("joint") else tokenizer_from_dict(toks["tgt"])
-
+    # ------------------------------------------------------------------ tokenizers (cache: tokenizer_cache.py)
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
         """Use given tokenizers (e.g. from a checkpoint) instead of training/caching new ones."""
         self.src_tokenizer, self.tgt_tokenizer = src, tgt

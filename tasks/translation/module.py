@@ -6,8 +6,9 @@ model folder (``core.task_io``). Checkpoints are self-contained::
 
     checkpoint["attn_suite"] = {"task": "translation", "format": 2, "tokenizers": {"src": {...}, "tgt": {...}}}
 
-and load with ``torch.load(path, weights_only=True)``; translation itself is in
-:mod:`tasks.translation.inference`.
+and load with ``torch.load(path, weights_only=True)`` (what they store: :mod:`tasks.translation.stored`);
+translation itself is in :mod:`tasks.translation.inference`, validation and test scoring in
+:mod:`tasks.translation.evaluation`.
 
 Example:
     >>> model = TranslationModule.load_from_checkpoint("model.ckpt")  # doctest: +SKIP
@@ -17,70 +18,39 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
-from core.checkpoint import META_KEY
-from core.distributed import dedupe_by_index, gather_objects
-from core.errors import CheckpointError, ConfigError
+from core.errors import ConfigError
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
-from core.metrics import corpus_bleu, corpus_chrf
 from core.predict import Prediction
 from core.progress_bar import ThroughputMixin
 from core.task_io import TaskCheckpointMixin
-from core.tokenizers import BaseTokenizer, tokenizer_from_dict
-from core.training import configure_optimizer, log_figure
+from core.tokenizers import BaseTokenizer
+from core.training import configure_optimizer
+from tasks.translation.evaluation import TranslationEvalMixin
 from tasks.translation.inference import TranslateMixin, Translation  # noqa: F401 - Translation re-exported
 from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
-from tasks.translation.marian_tokenizer import files_from_metadata, files_to_metadata, marian_tokenizers
+from tasks.translation.marian_tokenizer import marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 from tasks.translation.models.marian import load_marian, marian_network
-from tasks.translation.models.rnn import upgrade_state_dict_v1
+from tasks.translation.stored import TranslationStoredMixin, tokenizers_from_metadata  # noqa: F401 - re-exported
 
 TASK = "translation"
 
 
-def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[BaseTokenizer, BaseTokenizer]:
-    """The ``(src, tgt)`` tokenizers stored in a checkpoint's ``attn_suite`` metadata.
-
-    Args:
-        meta: the metadata dict.
-        source: the checkpoint or folder, for messages.
-
-    Raises:
-        core.errors.CheckpointError: the tokenizers are missing or cannot be rebuilt (names ``source``).
-    """
-    toks = meta.get("tokenizers")
-    if not isinstance(toks, dict) or not all(isinstance(toks.get(k), dict) for k in ("src", "tgt")):
-        raise CheckpointError(
-            f"{source} has no tokenizers (expected '{META_KEY}' -> 'tokenizers' "
-            f"-> 'src'/'tgt'); it was not written by this translation task or was modified"
-        )
-    if toks["src"].get("type") == "marian":  # a pretrained Marian model's own tokenizer, files stored once
-        try:
-            return marian_tokenizers(files_from_metadata(meta, source), source)
-        except ConfigError as err:
-            raise CheckpointError(str(err)) from None
-    out = []
-    for side in ("src", "tgt"):
-        try:
-            out.append(tokenizer_from_dict(toks[side]))
-        # ValueError/KeyError/TypeError for malformed dicts; the HF `tokenizers` library raises a plain
-        # Exception for an unparsable JSON string.
-        except Exception as err:
-            raise CheckpointError(
-                f"{source}: the stored {side!r} tokenizer is malformed ({type(err).__name__}: {err})"
-            ) from None
-    return out[0], out[1]
-
-
-class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl.LightningModule):
+class TranslationModule(
+    TranslateMixin,
+    TranslationEvalMixin,
+    TranslationStoredMixin,
+    TaskCheckpointMixin,
+    ThroughputMixin,
+    pl.LightningModule,
+):
     """Sequence-to-sequence translation with attention.
 
     Args:
@@ -224,13 +194,6 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
         self.set_tokenizers(*marian_tokenizers(self.hf_tokenizer_files, f"--model.pretrained={pretrained}"))
         self.build_model(backbone)
 
-    @classmethod
-    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
-        """Format 1 kept the RNN decoder's parts directly under the seq2seq model."""
-        if version < 2 and any(k.startswith("model.cells.") for k in state):
-            return upgrade_state_dict_v1(state)
-        return state
-
     # ------------------------------------------------------------------ building
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
         """Attach the tokenizers (vocabulary sizes decide the embedding shapes)."""
@@ -307,57 +270,6 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
                 dm.setup(stage)
         self.build_model()
 
-    # ------------------------------------------------------------------ checkpoints
-    def task_metadata(self) -> dict[str, Any]:
-        """The tokenizers (plain dicts), so the checkpoint alone can translate."""
-        assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
-        meta: dict[str, Any] = {
-            "tokenizers": {"src": self.src_tokenizer.to_dict(), "tgt": self.tgt_tokenizer.to_dict()}
-        }
-        if self.pretrained_info is not None:  # marian: its config (rebuilt from it, offline) and tokenizer files
-            meta["pretrained"] = self.pretrained_info
-        if self.hf_tokenizer_files is not None:
-            meta["hf_tokenizer"] = files_to_metadata(self.hf_tokenizer_files)
-        return meta
-
-    @classmethod
-    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
-        """A Marian model is rebuilt from the config stored with it: loading never downloads it."""
-        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
-
-    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
-        """Take the file's tokenizers and build the network for them.
-
-        During ``--ckpt_path`` restores the checkpoint's tokenizers win over the ones the data module
-        trained: the network is rebuilt for them and the data module re-tokenizes its data.
-        """
-        toks = meta.get("tokenizers")
-        if (
-            isinstance(toks, dict)
-            and self.src_tokenizer is not None
-            and self.tgt_tokenizer is not None
-            and self.src_tokenizer.to_dict() == toks.get("src")
-            and self.tgt_tokenizer.to_dict() == toks.get("tgt")
-        ):
-            return
-        src, tgt = tokenizers_from_metadata(meta, source)
-        if getattr(src, "kind", None) == "marian":
-            self.hf_tokenizer_files = files_from_metadata(meta, source)
-        had_data_tokenizers = self.src_tokenizer is not None
-        self.set_tokenizers(src, tgt)
-        self.model = None
-        self.build_model()
-        if self._trainer is None:
-            return
-        self.model.to(self.device)
-        dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "set_tokenizers"):
-            if had_data_tokenizers:
-                rank_zero_warn("the checkpoint's tokenizers differ from the data module's; using the checkpoint's")
-            dm.set_tokenizers(self.src_tokenizer, self.tgt_tokenizer)
-            dm.datasets.clear()
-            dm.setup(self.trainer.state.fn.value if self.trainer.state.fn else None)
-
     # ------------------------------------------------------------------ training
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Keep a host copy of the source lengths (a tuple: Lightning moves only tensors), so the
@@ -431,76 +343,7 @@ class TranslationModule(TranslateMixin, TaskCheckpointMixin, ThroughputMixin, pl
             )
         return configure_optimizer(self)
 
-    # ------------------------------------------------------------------ evaluation
-    def _eval_step(self, batch: dict[str, Any], prefix: str, limit: int | None) -> None:
-        loss, _ = self._loss(batch)
-        self.log(f"{prefix}/loss", loss, prog_bar=True, batch_size=batch["src"].shape[0], sync_dist=True)
-        src, lengths, refs = batch["src"], batch["src_lengths"], batch["tgt_text"]
-        indices = batch["index"].tolist()
-        if limit is not None:
-            # Decode a fixed subset (dataset index < limit): batches are length-sorted, so taking the
-            # first batches would score only the shortest sentences.
-            keep = (batch["index"] < limit).nonzero().squeeze(1)  # (K,)
-            if keep.numel() == 0:
-                return
-            src, lengths = src.index_select(0, keep), lengths.index_select(0, keep)
-            refs = [refs[i] for i in keep.tolist()]
-            indices = [indices[i] for i in keep.tolist()]
-        res = self._decode(src, lengths, beam=self.hparams.beam_size, nbest=1, need_weights=False)
-        assert self.tgt_tokenizer is not None
-        out = self._eval_outputs.setdefault(prefix, [])
-        for index, hyps, ref in zip(indices, res.tokens, refs):
-            out.append((index, (self.tgt_tokenizer.decode(hyps[0]), ref)))
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val", self.hparams.val_bleu_sentences)
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test", None)
-
-    def _finish_eval(self, prefix: str) -> None:
-        outputs = self._eval_outputs.pop(prefix, [])
-        # BLEU is corpus-level: every rank needs every hypothesis, not an average of rank scores.
-        outputs = gather_objects(outputs)
-        # Every rank runs the same number of eval steps, so the last batches repeat earlier examples
-        # (TokenBucketBatchSampler padding); score each dataset example exactly once.
-        pairs = dedupe_by_index(outputs)
-        if not pairs:
-            return
-        hyps, refs = [h for h, _ in pairs], [r for _, r in pairs]
-        # Same value on every rank (computed from the gathered corpus); sync_dist just averages equal
-        # values once per epoch and keeps Lightning's distributed bookkeeping consistent.
-        self.log(f"{prefix}/bleu", corpus_bleu(hyps, refs), prog_bar=True, sync_dist=True)
-        self.log(f"{prefix}/chrf", corpus_chrf(hyps, refs), sync_dist=True)
-
-    def on_validation_epoch_start(self) -> None:
-        self._eval_outputs.pop("val", None)
-
-    def on_validation_epoch_end(self) -> None:
-        self._finish_eval("val")
-        if not self.trainer.sanity_checking and self.trainer.is_global_zero:
-            self._log_heatmaps()
-
-    def on_test_epoch_end(self) -> None:
-        self._finish_eval("test")
-
-    def _log_heatmaps(self) -> None:
-        from core.viz import plot_alignment
-
-        n = self.hparams.plot_examples
-        dm = self.trainer.datamodule
-        if n <= 0 or dm is None or not hasattr(dm, "fixed_examples"):
-            return
-        examples = dm.fixed_examples(n)
-        if not examples:
-            return
-        results = self.translate([s for s, _ in examples], beam=1, return_attention=True)
-        for i, (r, (src, _)) in enumerate(zip(results, examples)):
-            if r.attention is None:
-                continue
-            fig = plot_alignment(r.attention, r.src_tokens, r.tgt_tokens, title=f"{src} → {r.text}")
-            log_figure(self, f"val/attention_{i}", fig)
-
+    # ------------------------------------------------------------------ prediction (validation/test: evaluation.py)
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         """One ``(dataset index, (translation,))`` row per input line (beam ``beam_size``); an empty input
         line gets an empty output line, so output line i always translates input line i."""

@@ -688,7 +688,7 @@ def test_dedupe_by_index_drops_ddp_padding_repeats() -> None:
 
 def test_validation_scores_count_each_image_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """What `on_validation_epoch_end` scores when the gathered rows hold a padding repeat."""
-    import tasks.captioning.module as mod
+    import tasks.captioning.evaluation as mod  # the module whose on_validation_epoch_end gathers and scores
 
     m = _tiny_module()
     m._val_out = [(0, ("a b", ["a b"])), (1, ("c", ["c d"]))]

@@ -642,7 +642,8 @@ def test_sortagrad_sampler_goes_short_to_long_once_then_shuffles() -> None:
 
 
 def test_feature_cache_loads_each_utterance_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tasks.speech import data
+    from tasks.speech import batching  # the module whose BucketedSpeechDataset calls load_audio
+    from tasks.speech.features import FeatureConfig
 
     paths = []
     for i in range(3):
@@ -650,14 +651,14 @@ def test_feature_cache_loads_each_utterance_once(tmp_path: Path, monkeypatch: py
         sf.write(paths[-1], tone(0.3 + 0.1 * i, freq=300.0 + 50 * i), SAMPLE_RATE)
     utts = validate_utterances([Utterance(str(p), "a b") for p in paths], "t", None)
     loads: list[str] = []
-    real = data.load_audio
-    monkeypatch.setattr(data, "load_audio", lambda src: loads.append(src) or real(src))
-    cached = data.BucketedSpeechDataset(utts, make_char_tokenizer(), data.FeatureConfig(), cache_features=True)
+    real = batching.load_audio
+    monkeypatch.setattr(batching, "load_audio", lambda src: loads.append(src) or real(src))
+    cached = batching.BucketedSpeechDataset(utts, make_char_tokenizer(), FeatureConfig(), cache_features=True)
     first = [cached[b] for b in range(len(cached))]
     again = [cached[b] for b in range(len(cached))]
     assert len(loads) == 3  # the second epoch decodes nothing
     assert all(torch.equal(x["feats"], y["feats"]) for x, y in zip(first, again))
-    plain = data.BucketedSpeechDataset(utts, make_char_tokenizer(), data.FeatureConfig())
+    plain = batching.BucketedSpeechDataset(utts, make_char_tokenizer(), FeatureConfig())
     _ = [plain[b] for b in range(len(plain))] + [plain[b] for b in range(len(plain))]
     assert len(loads) == 3 + 6
 
