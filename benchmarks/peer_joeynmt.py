@@ -211,18 +211,30 @@ def run_joeynmt(work: Path, cfg: dict[str, Any], args: argparse.Namespace) -> di
         env=env,
         stdout=open(work / "joey_train.log", "w"),
         stderr=subprocess.STDOUT,
+        # A process started in the background by a non-interactive shell (`cmd &`) inherits SIGINT as
+        # ignored, and so would JoeyNMT: its clean stop below would never come. Restore the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     snap = _snapshot(model_dir, "[0-9]*.ckpt", args.marks, args.minutes, start, work / "joey_marks")
+    deadline = start + 60 * args.minutes
     try:
         proc.wait(timeout=60 * args.minutes + 5)
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGINT)  # JoeyNMT's own clean stop: it saves the current weights
-        proc.wait(timeout=300)
+        try:
+            proc.wait(timeout=300)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # it did not stop: the budget's mark falls back to its last checkpoint in time
+            proc.wait()
     snap.join(timeout=120)
-    final = model_dir / "latest.ckpt"
+    # The budget's mark: the checkpoint JoeyNMT saved on SIGINT, else the newest one written within the budget
+    # (60 s of grace for the save itself).
+    cutoff = time.time() + (deadline - time.monotonic()) + 60  # the deadline as a file time
+    saved = [p for p in model_dir.glob("[0-9]*.ckpt") if p.stat().st_mtime <= cutoff]
+    final = max(saved, key=lambda p: p.stat().st_mtime) if saved else None
     for mark in [m for m in args.marks if m >= args.minutes]:
-        if final.exists():
-            shutil.copy2(final.resolve(), work / "joey_marks" / f"{mark:g}.ckpt")
+        if final is not None:
+            shutil.copy2(final, work / "joey_marks" / f"{mark:g}.ckpt")
     steps = max((int(p.stem) for p in model_dir.glob("[0-9]*.ckpt")), default=None)  # its checkpoints: step.ckpt
     curve = {}
     for mark in args.marks:
