@@ -31,6 +31,7 @@ from core.errors import CheckpointError
 __all__ = [
     "FORMAT_VERSION",
     "META_KEY",
+    "PROVENANCE_ATTR",
     "cache_dir",
     "check_sha256_arg",
     "checkpoint_task",
@@ -40,6 +41,10 @@ __all__ = [
 ]
 
 META_KEY = "attn_suite"
+#: The attribute where a model loaded from a checkpoint or a model folder keeps how it was made
+#: (``{"training": {...}, "figure": PNG bytes or None}``), so that exporting it again keeps its training
+#: record, metrics and attention figure.
+PROVENANCE_ATTR = "provenance"
 FORMAT_VERSION = 2  # 2: one vocabulary of hyper-parameter names, shared decoder layers (1 still loads)
 _DEFAULT_CACHE = Path("~/.cache/attn-suite/checkpoints")
 

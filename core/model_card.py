@@ -66,7 +66,7 @@ def model_card(model: Any, config: Mapping[str, Any], figure: str | None) -> str
         "",
         f"# attn-suite {task} model",
         "",
-        f"A `{module.__name__}` trained with [attn-suite](https://github.com/) (task `{task}`, checkpoint format "
+        f"A `{module.__name__}` trained with attn-suite (task `{task}`, checkpoint format "
         f"{config.get('format')}). The weights are in `model.safetensors`; nothing in this folder is pickled, "
         "and loading it never runs code from the folder.",
         "",

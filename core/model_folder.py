@@ -22,9 +22,11 @@ or ``hf://ORG/NAME[@REVISION]`` (downloaded through huggingface_hub and its cach
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -33,12 +35,14 @@ from typing import Any, TypeVar
 
 import torch
 
-from core.checkpoint import FORMAT_VERSION
-from core.errors import CheckpointError
+from core.checkpoint import FORMAT_VERSION, PROVENANCE_ATTR
+from core.errors import CheckpointError, UserError
+from core.jsonio import MAX_JSON_BYTES, read_json
 from core.model_card import model_card
 
 __all__ = [
     "CONFIG_NAME",
+    "PROVENANCE_ATTR",
     "WEIGHTS_NAME",
     "file_bytes",
     "file_value",
@@ -51,9 +55,13 @@ __all__ = [
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+FIGURE_NAME = "attention.png"
 LIBRARY = "attn-suite"
 HUB_PREFIX = "hf://"
-_MAX_JSON_BYTES = 64 << 20  # a config or tokenizer file larger than this is not ours
+_MAX_FIGURE_BYTES = 16 << 20
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in a folder: no path, no dot file
 
 M = TypeVar("M")
 
@@ -132,29 +140,48 @@ def save_pretrained(
     metrics: Mapping[str, float] | None = None,
     figure: str | os.PathLike[str] | None = None,
     training: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
 ) -> Path:
-    """Write ``model`` (a ``TaskCheckpointMixin`` module) as a model folder.
+    """Write ``model`` (a ``TaskCheckpointMixin`` module) as a model folder, never deleting a user's file.
 
-    The folder is assembled in a temporary sibling and renamed into place, so a crash never leaves a
-    half-written folder under ``folder``; an existing folder is replaced.
+    Where it may write (:func:`_check_destination`): a new or empty folder, or an existing model folder of
+    this suite, whose own files are replaced (files someone added beside them stay). A file, or a non-empty
+    folder that is not a model folder, is refused; with ``overwrite=True`` the model's files are added to
+    such a folder, but a file of the same name as one of them is still refused, never replaced. A new
+    folder is assembled in a temporary sibling and renamed into place; an existing one gets each file by an
+    atomic rename, ``config.json`` last.
+
+    A model read from a checkpoint or a model folder keeps its provenance (:data:`PROVENANCE_ATTR`): the
+    training record, the metrics and the attention figure it came with are written again unless given here.
 
     Args:
         model: the task module.
         folder: destination.
-        metrics: scores for the model card (e.g. ``{"test/bleu": 97.1}``); defaults to those recorded in
-            the checkpoint when it was saved.
-        figure: an attention figure (PNG) to copy into the folder and show in the card.
-        training: ``{"data": ..., "command": ...}`` for the card (defaults to what the checkpoint recorded).
+        metrics: scores for the model card (e.g. ``{"test/bleu": 97.1}``); defaults to those recorded with
+            the model (its checkpoint or its folder).
+        figure: an attention figure (PNG) to copy into the folder and show in the card; defaults to the
+            figure of the folder the model was read from.
+        training: ``{"data": ..., "command": ...}`` for the card (updates what was recorded with the model).
+        overwrite: also write into a non-empty folder that is not a model folder (adding files only).
 
     Returns:
         The folder path.
+
+    Raises:
+        CheckpointError: a destination it may not write (named, with what to do), or an OS error while
+            writing (the destination is left as it was, or with whole files only).
     """
     from safetensors.torch import save_file
 
-    folder = Path(folder).expanduser()
+    if not os.fspath(folder).strip():
+        raise CheckpointError("the output folder is empty: name the model folder to write")
+    folder = Path(os.path.abspath(Path(folder).expanduser()))  # "." and "a/.." get a real name
+    owned, foreign = _check_destination(folder, overwrite)
     meta = {"task": model.TASK, "format": FORMAT_VERSION, **model.task_metadata()}
     rest, files = _split_metadata(meta, getattr(model, "FOLDER_FILES", {}), getattr(model, "FOLDER_RAW_FILES", {}))
-    recorded = rest.pop("training", None)
+    rest.pop("training", None)
+    provenance = getattr(model, PROVENANCE_ATTR, None) or {}
+    recorded = provenance.get("training")
     training = {**(recorded if isinstance(recorded, dict) else {}), **(training or {})}  # a record read from a file
     found = training.pop("metrics", None)
     metrics = dict(metrics if metrics is not None else found if isinstance(found, dict) else {})
@@ -164,6 +191,7 @@ def save_pretrained(
         if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
     }
     hparams = {k: v for k, v in dict(model.hparams).items() if not str(k).startswith("_")}
+    figure_bytes = _figure_bytes(figure) if figure is not None else provenance.get("figure")
     config = {
         "library_name": LIBRARY,
         "task": model.TASK,
@@ -175,43 +203,125 @@ def save_pretrained(
         "training": training,
         "metrics": metrics,
     }
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.part-"))
+    clash = sorted({WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, FIGURE_NAME, *files} & foreign)
+    if clash:  # a file of the user's with one of our names: never replaced
+        raise CheckpointError(
+            f"{folder} already holds {', '.join(clash)}, not written by an attn-suite export; refusing to "
+            f"replace {'it' if len(clash) == 1 else 'them'} (even with overwrite): choose an empty or new folder"
+        )
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        build_in = folder if folder.is_dir() else folder.parent
+        tmp = Path(tempfile.mkdtemp(dir=build_in, prefix=".attn-export-"))
+    except OSError as err:
+        raise CheckpointError(f"cannot write the model folder {folder}: {err.strerror or err}") from None
     try:
         save_file(_state_for_safetensors(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        (tmp / CONFIG_NAME).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         for name, text in files.items():
             if isinstance(text, bytes):
                 (tmp / name).write_bytes(text)
             else:
                 (tmp / name).write_text(text, encoding="utf-8")
         figure_name = None
-        if figure is not None and Path(figure).is_file():
-            figure_name = "attention.png"
-            shutil.copyfile(figure, tmp / figure_name)
-        (tmp / "README.md").write_text(model_card(model, config, figure_name), encoding="utf-8")
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.old-"))
-            os.replace(folder, old / "x")
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
+        if figure_bytes:
+            figure_name = FIGURE_NAME
+            (tmp / figure_name).write_bytes(figure_bytes)
+        (tmp / CARD_NAME).write_text(model_card(model, config, figure_name), encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        if build_in == folder:
+            _move_into(tmp, folder, stale=owned - set(os.listdir(tmp)))
         else:
-            os.replace(tmp, folder)
+            os.replace(tmp, folder)  # a new folder appears whole or not at all
+    except OSError as err:
+        raise CheckpointError(f"cannot write the model folder {folder}: {err.strerror or err}") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _check_destination(folder: Path, overwrite: bool) -> tuple[set[str], set[str]]:
+    """Whether ``folder`` may receive a model folder (see :func:`save_pretrained`), and what is in it.
+
+    Returns:
+        ``(owned, foreign)``: the files an earlier export wrote there (replaced, or removed when this
+        export does not write them again) and every other name there (never touched).
+
+    Raises:
+        CheckpointError: a file, a path below a file, or a non-empty foreign folder without ``overwrite``.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(
+            f"{folder} is a file, not a folder; a model is written as a folder: choose another output path "
+            f"(the file is never replaced, even with overwrite)"
+        )
+    if not folder.is_dir():
+        for parent in folder.parents:  # "below a file": name the file instead of an OS error
+            if parent.exists() and not parent.is_dir():
+                raise CheckpointError(f"cannot write the model folder {folder}: {parent} is a file, not a folder")
+        return set(), set()
+    try:
+        names = {n for n in os.listdir(folder) if not n.startswith(".attn-export-")}
+    except OSError as err:
+        raise CheckpointError(f"cannot read the output folder {folder}: {err.strerror or err}") from None
+    written = _own_files(folder) if names else set()
+    if written is None and not overwrite:
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise CheckpointError(
+            f"{folder} is not empty and is not an attn-suite model folder (it holds {shown}); refusing to "
+            f"write into it: choose a new or empty folder, or pass --overwrite to add the model's files beside "
+            f"what is there (nothing there is deleted)"
+        )
+    owned = (written or set()) & names
+    return owned, names - owned
+
+
+def _own_files(folder: Path) -> set[str] | None:
+    """The files an earlier export wrote into ``folder``, or ``None`` if it is not one of our model folders."""
+    try:
+        config = read_json(folder / CONFIG_NAME, f"{folder / CONFIG_NAME}")
+    except UserError:
+        return None
+    if not isinstance(config, dict) or config.get("library_name") != LIBRARY:
+        return None
+    listed = config.get("files")
+    listed = [n for n in listed if isinstance(n, str) and _PLAIN_NAME.fullmatch(n)] if isinstance(listed, list) else []
+    return {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, FIGURE_NAME, *listed}
+
+
+def _move_into(tmp: Path, folder: Path, stale: set[str]) -> None:
+    """Rename each new file from ``tmp`` into ``folder`` (``config.json`` last), then drop ``stale`` files
+    that an earlier export of this folder wrote and this one does not."""
+    names = sorted(os.listdir(tmp), key=lambda n: n == CONFIG_NAME)
+    for name in names:
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():
+            raise CheckpointError(f"cannot write {target}: a folder of that name is in the way")
+        os.replace(tmp / name, target)
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+
+
+def _figure_bytes(figure: str | os.PathLike[str]) -> bytes:
+    path = Path(figure)
+    if not path.is_file():
+        raise CheckpointError(f"figure {path}: file not found")
+    data = path.read_bytes()
+    if not data.startswith(_PNG_MAGIC):
+        raise CheckpointError(f"figure {path}: not a PNG image")
+    return data
 
 
 # ---------------------------------------------------------------------------------------------- reading
 def _read_json(path: Path, what: str) -> Any:
     if not path.is_file():
         raise CheckpointError(f"{what}: {path.name} is missing")
-    if path.stat().st_size > _MAX_JSON_BYTES:
-        raise CheckpointError(f"{what}: {path.name} is larger than {_MAX_JSON_BYTES >> 20} MB")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise CheckpointError(f"{what}: {path.name} is not valid JSON ({err})") from None
+        return read_json(path, f"{what}: {path.name}")
+    except CheckpointError:
+        raise
+    except UserError as err:  # too large, too deep, not JSON: a folder's file is a checkpoint problem
+        raise CheckpointError(str(err)) from None
 
 
 def _tokenizer_value(path: Path, what: str) -> Any:
@@ -224,8 +334,8 @@ def _tokenizer_value(path: Path, what: str) -> Any:
 
 def _raw_value(path: Path, what: str) -> dict[str, str]:
     """A ``FOLDER_RAW_FILES`` file as its metadata value (:func:`file_value`)."""
-    if not path.is_file() or path.stat().st_size > _MAX_JSON_BYTES:
-        raise CheckpointError(f"{what}: {path.name} is not a file of at most {_MAX_JSON_BYTES >> 20} MB")
+    if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{what}: {path.name} is not a file of at most {MAX_JSON_BYTES >> 20} MB")
     return file_value(path.read_bytes())
 
 
@@ -263,9 +373,14 @@ def from_pretrained(
     if not isinstance(meta, dict):
         raise CheckpointError(f"{what}: 'metadata' in {CONFIG_NAME} must be an object")
     meta = {**meta, "task": task, "format": config.get("format", 1)}
+    listed = config.get("files")
+    if listed is not None and not (isinstance(listed, list) and all(isinstance(n, str) for n in listed)):
+        raise CheckpointError(f"{what}: 'files' in {CONFIG_NAME} must be a list of file names")
     raw = getattr(cls, "FOLDER_RAW_FILES", {})
     for dotted, name in [*getattr(cls, "FOLDER_FILES", {}).items(), *raw.items()]:
-        if not (path / name).exists():
+        # Only the files its config lists: a stray file of the same name (left by hand, or by an older
+        # export) is not part of this model.
+        if not (path / name).exists() or (listed is not None and name not in listed):
             continue
         head, _, tail = dotted.partition(".")
         value = _raw_value(path / name, what) if dotted in raw else _tokenizer_value(path / name, what)
@@ -286,7 +401,7 @@ def from_pretrained(
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{what}: {WEIGHTS_NAME} is truncated or not a safetensors file ({err})") from None
-    return build_task_module(
+    model = build_task_module(
         cls,
         config.get("hyper_parameters"),
         meta,
@@ -296,6 +411,23 @@ def from_pretrained(
         strict=strict,
         overrides=overrides,
     )
+    setattr(model, PROVENANCE_ATTR, _folder_provenance(path, config))
+    return model
+
+
+def _folder_provenance(path: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training record, metrics and figure a model folder holds (plain data; kept when re-exported)."""
+    training = config.get("training")
+    training = dict(training) if isinstance(training, dict) else {}
+    metrics = config.get("metrics")
+    if isinstance(metrics, dict):
+        training["metrics"] = metrics
+    figure = path / FIGURE_NAME
+    data = None
+    if figure.is_file() and not figure.is_symlink() and figure.stat().st_size <= _MAX_FIGURE_BYTES:
+        data = figure.read_bytes()
+        data = data if data.startswith(_PNG_MAGIC) else None
+    return {"training": training, "figure": data}
 
 
 # ---------------------------------------------------------------------------------------------- the hub
@@ -334,8 +466,24 @@ def resolve_hub(spec: str) -> Path:
         ) from None
     except HFValidationError as err:
         raise CheckpointError(f"{spec}: not a valid repository id ({err})") from None
-    except (HfHubHTTPError, OSError) as err:
+    except (HfHubHTTPError, OSError, *_transport_errors()) as err:
         raise CheckpointError(f"{spec}: download failed ({type(err).__name__}: {err})") from None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client errors huggingface_hub lets through (unreachable host, reset connection): its client
+    moved from requests to httpx to httpx2, so each one installed is named (fixed names, never read from a
+    file)."""
+    import importlib
+    import importlib.util
+
+    found: list[type[BaseException]] = []
+    for module, name in (("requests", "RequestException"), ("httpx", "HTTPError"), ("httpx2", "HTTPError")):
+        if importlib.util.find_spec(module) is not None:
+            err = getattr(importlib.import_module(module), name, None)
+            if isinstance(err, type) and issubclass(err, BaseException):
+                found.append(err)
+    return tuple(found)
 
 
 def push_to_hub(folder: str | os.PathLike[str], repo_id: str, private: bool = False, token: str | None = None) -> str:
@@ -343,12 +491,22 @@ def push_to_hub(folder: str | os.PathLike[str], repo_id: str, private: bool = Fa
     from huggingface_hub import HfApi
     from huggingface_hub.errors import HfHubHTTPError
 
+    own = _own_files(Path(folder))
+    if own is None:
+        raise CheckpointError(f"push to {repo_id}: {folder} is not an attn-suite model folder (export it first)")
+    # Only the model's own files: anything else a user keeps in the folder stays private.
+    files = sorted(n for n in own if (Path(folder) / n).is_file())
     api = HfApi(token=token)
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
-        api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Upload attn-suite model")
-    except (HfHubHTTPError, OSError, ValueError) as err:
-        raise CheckpointError(f"push to {repo_id} failed ({type(err).__name__}: {err})") from None
+        api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, allow_patterns=files, commit_message="Upload attn-suite model"
+        )
+    except (HfHubHTTPError, OSError, ValueError, *_transport_errors()) as err:
+        raise CheckpointError(
+            f"push of {folder} to {repo_id} failed ({type(err).__name__}: {err}); the model folder is written "
+            f"and can be pushed later"
+        ) from None
     return str(url)
 
 

@@ -177,7 +177,17 @@ def _export_parser(prog: str) -> argparse.ArgumentParser:
         "(model.safetensors, config.json, tokenizer/vocabulary files, README.md model card).",
     )
     p.add_argument("--ckpt", required=True, help="a .ckpt file, an http(s) URL, a model folder or hf://ORG/NAME")
-    p.add_argument("--out", required=True, help="the model folder to write (replaced if it exists)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="the model folder to write: a new or empty folder, or an earlier export (its files are replaced)",
+    )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="also write into a non-empty folder that is not a model folder, adding the model's files beside "
+        "what is there (nothing is ever deleted, and a file of the same name is refused)",
+    )
     p.add_argument("--push", metavar="ORG/NAME", default=None, help="also upload the folder to the Hugging Face Hub")
     p.add_argument("--private", action="store_true", help="with --push: create a private repository")
     p.add_argument("--figure", default=None, help="an attention figure (PNG) to include in the model card")
@@ -192,24 +202,26 @@ def _export_parser(prog: str) -> argparse.ArgumentParser:
 
 def export_main(module_cls: Any, prog: str, argv: Sequence[str]) -> int:
     """The ``export`` subcommand: load any ``--ckpt`` form, write the folder, optionally push it."""
-    import json
+    import math
 
     from core.errors import ConfigError
+    from core.jsonio import read_json
     from core.model_folder import load_task_model, push_to_hub
 
     args = _export_parser(prog).parse_args(list(argv))
+    if not args.out.strip():
+        raise ConfigError("--out is empty: name the model folder to write")
     metrics = None
     if args.metrics is not None:
-        try:
-            metrics = json.loads(Path(args.metrics).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ConfigError(f"--metrics {args.metrics}: cannot read a JSON object of scores ({err})") from None
-        if not isinstance(metrics, dict) or not all(isinstance(v, (int, float)) for v in metrics.values()):
-            raise ConfigError(f"--metrics {args.metrics}: expected a JSON object of name -> number")
+        metrics = read_json(args.metrics, f"--metrics {args.metrics}")
+        if not isinstance(metrics, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in metrics.values()
+        ):
+            raise ConfigError(f"--metrics {args.metrics}: expected a JSON object of name -> finite number")
     if args.figure is not None and not Path(args.figure).is_file():
         raise ConfigError(f"--figure {args.figure}: file not found")
     model = load_task_model(module_cls, args.ckpt)
-    folder = model.save_pretrained(args.out, metrics=metrics, figure=args.figure)
+    folder = model.save_pretrained(args.out, metrics=metrics, figure=args.figure, overwrite=args.overwrite)
     print(folder)
     if args.push:
         print(push_to_hub(folder, args.push, private=args.private))

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import Tensor
 
-from core.checkpoint import FORMAT_VERSION, META_KEY, load_checkpoint, make_metadata
+from core.checkpoint import FORMAT_VERSION, META_KEY, PROVENANCE_ATTR, load_checkpoint, make_metadata
 from core.errors import CheckpointError, UserError
 from core.hparams import check_plain, validate_hparams
 
@@ -56,11 +56,36 @@ def state_dict_mismatches(expected: Mapping[str, Tensor], got: Mapping[str, Any]
         for k, v in got.items()
         if k in expected and isinstance(v, Tensor) and v.shape != expected[k].shape
     ]
+    problems += [
+        f"{k}: {v.dtype} in the file, {expected[k].dtype} in the model"
+        for k, v in got.items()
+        if k in expected and isinstance(v, Tensor) and _dtype_kind(v.dtype) != _dtype_kind(expected[k].dtype)
+    ]
     problems += [f"{k}: a {type(v).__name__}, not a tensor" for k, v in got.items() if not isinstance(v, Tensor)]
     if strict:
         problems += [f"missing {k}" for k in expected if k not in got]
         problems += [f"unexpected {k}" for k in got if k not in expected]
     return problems
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    """float / complex / bool / int: a weight may be stored in another precision (fp16 for an fp32 model), never
+    as another kind (int8 or bool weights for float ones would be cast to garbage without a word)."""
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "int"
+
+
+def non_finite_weights(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or infinity (a diverged or tampered file:
+    such a model answers nothing, or garbage)."""
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())
+    ]
 
 
 def raise_if_mismatch(
@@ -187,8 +212,12 @@ class TaskCheckpointMixin:
         metrics: Mapping[str, float] | None = None,
         figure: str | os.PathLike[str] | None = None,
         push_to_hub: str | None = None,
+        overwrite: bool = False,
     ) -> str:
         """Write this model as a model folder (``core.model_folder``); optionally upload it to ``push_to_hub``.
+
+        An existing model folder of this suite is replaced; a file or a non-empty foreign folder is refused
+        (with ``overwrite``, the model's files are added beside what is there; nothing is ever deleted).
 
         Returns:
             The folder path, or the hub URL when pushed.
@@ -196,7 +225,7 @@ class TaskCheckpointMixin:
         from core.model_folder import push_to_hub as push
         from core.model_folder import save_pretrained
 
-        folder = save_pretrained(self, save_directory, metrics=metrics, figure=figure)
+        folder = save_pretrained(self, save_directory, metrics=metrics, figure=figure, overwrite=overwrite)
         return push(folder, push_to_hub) if push_to_hub else str(folder)
 
 
@@ -307,12 +336,21 @@ def build_task_module(
         f"{cls.__name__} built from its own hyper-parameters",
     )
     del probe
+    bad = non_finite_weights(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}{more}); the training run "
+            f"that wrote them diverged, or the file was altered: use an earlier checkpoint"
+        )
     model = _construct(cls, hp, meta, source, device=None)
     try:
         model.load_state_dict(state, strict=strict)  # type: ignore[attr-defined]
     except RuntimeError as err:  # anything the shape check did not foresee (e.g. a dtype it cannot cast)
         raise CheckpointError(f"{source}: weights do not load: {' '.join(str(err).split())[:300]}") from None
     model.check_loaded(source)
+    training = meta.get("training")
+    setattr(model, PROVENANCE_ATTR, {"training": dict(training) if isinstance(training, dict) else {}, "figure": None})
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
         model = model.to(map_location)  # type: ignore[attr-defined]
     return model.eval()  # type: ignore[attr-defined,no-any-return]

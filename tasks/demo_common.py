@@ -76,7 +76,9 @@ def shown_indices(correct: Sequence[bool], first: int = 8, errors: int = 8) -> l
     return idx
 
 
-def export_model(model: Any, out_dir: Path, metrics: Mapping[str, float], figure: Path | None = None) -> Path:
+def export_model(
+    model: Any, out_dir: Path, metrics: Mapping[str, float], data: str, figure: Path | None = None
+) -> Path:
     """Write the demo's model as a model folder ``out_dir/model`` and check that it loads back.
 
     The folder is what ``Module.from_pretrained``, every ``--ckpt`` option and ``attn-app --from
@@ -87,6 +89,7 @@ def export_model(model: Any, out_dir: Path, metrics: Mapping[str, float], figure
         model: the trained task module (a ``TaskCheckpointMixin``).
         out_dir: the task's output folder.
         metrics: held-out scores for the model card.
+        data: what it was trained on, for the card (the demo's embedded corpus, named).
         figure: an attention figure for the card.
 
     Returns:
@@ -99,7 +102,7 @@ def export_model(model: Any, out_dir: Path, metrics: Mapping[str, float], figure
         out_dir / "model",
         metrics={f"demo/{k}": v for k, v in metrics.items()},
         figure=figure,
-        training={"command": "make demo"},
+        training={"command": "make demo", "data": data},
     )
     type(model).from_pretrained(folder)
     return folder

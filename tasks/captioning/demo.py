@@ -225,8 +225,9 @@ def run_demo(
     txt = out_dir / "captioning_captions.txt"
     write_text_atomic(txt, "\n".join(lines) + "\n")
     report.files.append(txt)
-    figures = [f for f in report.files if f.suffix == ".png"]
-    folder = export_model(model, out_dir, report.metrics, figures[0] if figures else None)
+    figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
+    data = "demo: generated shape scenes and their captions (tasks/captioning/scenes.py)"
+    folder = export_model(model, out_dir, report.metrics, data, figures[0] if figures else None)
     report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
     report.seconds = time.monotonic() - start
     return report

@@ -278,8 +278,9 @@ def run_demo(
         txt, "".join(f"ref: {r}\nhyp: {h}\n{'ok' if c else 'WRONG'}\n\n" for r, h, c in zip(refs, hyps, correct))
     )
     report.files.append(txt)
-    figures = [f for f in report.files if f.suffix == ".png"]
-    folder = export_model(reloaded, out_dir, report.metrics, figures[0] if figures else None)
+    figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
+    data = "demo: sentences synthesised with eSpeak NG in several voices (tasks/speech/synth.py)"
+    folder = export_model(reloaded, out_dir, report.metrics, data, figures[0] if figures else None)
     report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
     report.seconds = time.monotonic() - start
     return report

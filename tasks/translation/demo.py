@@ -198,8 +198,9 @@ def _run(out_dir: Path, max_minutes: float, seed: int, sink: Sink, n_held_out: i
     lines += [f"{s}\t{h}\t\thand-picked" for s, h in zip(DEMO_SENTENCES, own)]
     write_text_atomic(txt, "source\toutput\treference\tresult\n" + "\n".join(lines) + "\n")
     report.files.insert(1, txt)
-    figures = [f for f in report.files if f.suffix == ".png"]
-    folder = export_model(reloaded, out_dir, report.metrics, figures[0] if figures else None)
+    figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
+    data = "demo: the embedded English-Spanish grammar corpus (tasks/translation/grammar.py)"
+    folder = export_model(reloaded, out_dir, report.metrics, data, figures[0] if figures else None)
     report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
     report.seconds = time.monotonic() - start
     return report

@@ -185,8 +185,8 @@ def test_export_cli_and_push_to_hub(
             pushed.update(repo=repo_id, private=private)
             return f"https://huggingface.co/{repo_id}"
 
-        def upload_folder(self, folder_path: str, repo_id: str, commit_message: str) -> None:
-            pushed["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+        def upload_folder(self, folder_path: str, repo_id: str, commit_message: str, allow_patterns: list[str]) -> None:
+            pushed["files"] = sorted(p.name for p in Path(folder_path).iterdir() if p.name in allow_patterns)
 
     monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
     (tmp_path / "scores.json").write_text('{"test/bleu4": 61.2}', encoding="utf-8")
