@@ -100,6 +100,23 @@ def download_deadline() -> float:
         return 1800.0
 
 
+def max_download_bytes() -> int:
+    """Largest checkpoint a download may bring: ``$ATTN_SUITE_MAX_DOWNLOAD_MB`` or 4 GiB (a declared or
+    streamed body beyond it is refused, so a server cannot fill the disk)."""
+    try:
+        return max(1, int(float(os.environ.get("ATTN_SUITE_MAX_DOWNLOAD_MB", "4096")) * (1 << 20)))
+    except ValueError:
+        return 4096 << 20
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
+#: How a checkpoint file starts: ``torch.save``'s zip archive, or its legacy pickle (protocol 2+).
+_CHECKPOINT_MAGIC = (b"PK\x03\x04", b"\x80")
+
+
 def _download(url: str, dst: Path, timeout: float = 60.0, deadline_s: float | None = None) -> None:
     """Stream ``url`` into ``dst`` with an overall deadline and progress on stderr.
 
@@ -109,11 +126,28 @@ def _download(url: str, dst: Path, timeout: float = 60.0, deadline_s: float | No
 
     Raises:
         TimeoutError: the deadline passed (the partial file is removed by the caller).
+        CheckpointError: the server sent an HTML page, or declared or sent more than
+            ``max_download_bytes()``.
     """
     limit = deadline_s if deadline_s is not None else download_deadline()
+    max_bytes = max_download_bytes()
     start = last = time.monotonic()
     with urllib.request.urlopen(url, timeout=timeout) as resp, open(dst, "wb") as out:
-        total = int(resp.headers.get("Content-Length") or 0)
+        kind = str(resp.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if kind in ("text/html", "application/xhtml+xml"):
+            raise CheckpointError(
+                f"could not download checkpoint {url}: the server answered with a web page ({kind}), not a "
+                f"checkpoint file (a login, error or preview page? use the file's direct download link)"
+            )
+        try:
+            total = int(resp.headers.get("Content-Length") or 0)
+        except ValueError:
+            total = 0
+        if total > max_bytes:
+            raise CheckpointError(
+                f"could not download checkpoint {url}: it is {_size(total)}, more than the "
+                f"{_size(max_bytes)} allowed; set ATTN_SUITE_MAX_DOWNLOAD_MB to allow more"
+            )
         done = 0
         while True:
             # read1: whatever has arrived (at most 1 MiB), so the deadline is checked while bytes trickle in
@@ -122,6 +156,11 @@ def _download(url: str, dst: Path, timeout: float = 60.0, deadline_s: float | No
                 break
             out.write(chunk)
             done += len(chunk)
+            if done > max_bytes:
+                raise CheckpointError(
+                    f"could not download checkpoint {url}: more than {_size(max_bytes)} sent; set "
+                    f"ATTN_SUITE_MAX_DOWNLOAD_MB to allow more"
+                )
             now = time.monotonic()
             if now - start > limit:
                 raise TimeoutError(
@@ -182,6 +221,13 @@ def resolve_checkpoint(path_or_url: str | os.PathLike[str], sha256: str | None =
             except (urllib.error.URLError, OSError, ValueError) as err:  # TimeoutError is an OSError
                 raise CheckpointError(f"could not download checkpoint {src}: {err}") from None
             _check_hash(tmp, sha256, src)
+            with open(tmp, "rb") as f:
+                head = f.read(4)
+            if not head.startswith(_CHECKPOINT_MAGIC):  # never cache what cannot be a checkpoint
+                raise CheckpointError(
+                    f"could not download checkpoint {src}: the server sent something that is not a PyTorch "
+                    f"checkpoint (it starts with {head!r}); nothing was kept in the cache"
+                )
             os.replace(tmp, dst)
         finally:
             tmp.unlink(missing_ok=True)
@@ -218,7 +264,29 @@ def load_checkpoint(
     """
     path = resolve_checkpoint(path_or_url, sha256=sha256)
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = _load_file(path, map_location)
+    except CheckpointError:
+        if _is_url(os.fspath(path_or_url)):
+            path.unlink(missing_ok=True)  # a cached download that is not a usable checkpoint is never reused
+        raise
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"{path} is not a checkpoint: expected a dict, got {type(ckpt).__name__}")
+    if expected_task is not None:
+        task = checkpoint_task(ckpt)
+        if task is None:
+            raise CheckpointError(
+                f"{path} is not an attn-suite checkpoint (no '{META_KEY}' metadata); "
+                f"expected a '{expected_task}' checkpoint"
+            )
+        if task != expected_task:
+            raise CheckpointError(f"{path} is a '{task}' checkpoint, expected a '{expected_task}' checkpoint")
+    return ckpt
+
+
+def _load_file(path: Path, map_location: str | torch.device | None) -> Any:
+    """``torch.load(path, weights_only=True)``, every failure a ``CheckpointError`` naming the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
         msg = str(err)
         if "Weights only load failed" in msg:
@@ -238,18 +306,6 @@ def load_checkpoint(
         raise CheckpointError(
             f"could not read checkpoint {path}: the file is truncated, corrupt or not a PyTorch checkpoint ({first})"
         ) from None
-    if not isinstance(ckpt, dict):
-        raise CheckpointError(f"{path} is not a checkpoint: expected a dict, got {type(ckpt).__name__}")
-    if expected_task is not None:
-        task = checkpoint_task(ckpt)
-        if task is None:
-            raise CheckpointError(
-                f"{path} is not an attn-suite checkpoint (no '{META_KEY}' metadata); "
-                f"expected a '{expected_task}' checkpoint"
-            )
-        if task != expected_task:
-            raise CheckpointError(f"{path} is a '{task}' checkpoint, expected a '{expected_task}' checkpoint")
-    return ckpt
 
 
 def checkpoint_task(ckpt: dict[str, Any]) -> str | None:
