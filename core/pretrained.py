@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,8 +30,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from core.errors import CheckpointError, ConfigError
+from core.errors import CheckpointError, ConfigError, UserError
 from core.hparams import FORBIDDEN_KEYS, check_plain
+from core.jsonio import read_json
 
 __all__ = [
     "HF_PREFIX",
@@ -77,6 +79,11 @@ _DROP_KEYS = frozenset(
     }
 )
 _CODE_KEYS = frozenset({"auto_map", "trust_remote_code", "custom_pipelines"}) | FORBIDDEN_KEYS
+# Which attention kernel transformers runs. Besides "eager"/"sdpa"/"flash_attention_2", a value such as
+# "kernels-community/..." makes transformers fetch and import a kernel from the hub: a stored config never
+# carries it (we never write it), and a model folder may only name the built-in ones.
+_IMPLEMENTATION_KEYS = frozenset({"attn_implementation", "_attn_implementation", "experts_implementation"})
+_BUILTIN_IMPLEMENTATIONS = frozenset({"eager", "sdpa", "flash_attention_2", "flex_attention"})
 
 # Size entries of the configs we build, bounded so that a tampered checkpoint cannot make the rebuild
 # allocate gigabytes before its weights are compared (some modules compute tables at init, e.g. Marian's
@@ -211,9 +218,9 @@ def read_json_file(path: Path, what: str, purpose: str) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{what}: {path.name} is missing in {path.parent} ({purpose})")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ConfigError(f"{what}: {path} is not valid JSON ({err})") from None
+        data = read_json(path, f"{what}: {path}")
+    except UserError as err:
+        raise ConfigError(str(err)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{what}: {path} is not a JSON object")
     return data
@@ -237,6 +244,13 @@ def read_model_type(folder: Path, kind: str, option: str) -> str:
             f"{what} is an attn-suite model folder (a trained task model); load it with --ckpt, "
             f"not as a pretrained component"
         )
+    for key in sorted(_IMPLEMENTATION_KEYS & set(cfg)):
+        if cfg[key] is not None and cfg[key] not in _BUILTIN_IMPLEMENTATIONS:
+            raise ConfigError(
+                f"{what}: config.json sets {key} = {cfg[key]!r}; only the built-in "
+                f"{', '.join(sorted(_BUILTIN_IMPLEMENTATIONS))} are accepted (other values make transformers "
+                f"load kernel code from the hub); refused, nothing was imported"
+            )
     model_type = cfg.get("model_type")
     if not isinstance(model_type, str) or not model_type:
         raise ConfigError(f"{what}: config.json has no 'model_type' (not a transformers model folder)")
@@ -296,7 +310,7 @@ def check_config(config: Any, kind: str, source: str) -> dict[str, Any]:
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES[kind]:
         raise ConfigError(f"{where}: model_type {model_type!r} is not one of {', '.join(MODEL_TYPES[kind])}")
-    bad = sorted(k for k in config if k in _CODE_KEYS)
+    bad = sorted(k for k in config if k in _CODE_KEYS or k in _IMPLEMENTATION_KEYS)
     if bad:
         raise ConfigError(f"{where}: holds {bad[0]!r}, which names code to load; refused (nothing was imported)")
     for key, value in config.items():
@@ -377,6 +391,11 @@ def load_pretrained(
         model = _auto_class(kind).from_pretrained(
             folder, config=config, local_files_only=True, trust_remote_code=False, dtype=torch.float32, **model_kwargs
         )
+    except pickle.UnpicklingError:
+        raise ConfigError(
+            f"{what}: its weights are a pickle (pytorch_model.bin) holding more than plain tensors, and "
+            f"unpickling them could run code; refused. Use a folder with model.safetensors"
+        ) from None
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             f"{what}: cannot load the {model_type} model ({type(err).__name__}: {' '.join(str(err).split())[:300]})"

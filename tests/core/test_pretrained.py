@@ -114,6 +114,8 @@ def test_stored_config_is_checked_and_rebuilt_offline(vit: Path) -> None:
         ({**config, "hidden_size": 10**6}, r"hidden_size = 1000000: expected a value in \[1, 16384\]"),
         ({**config, "layer_norm_eps": float("nan")}, "finite"),
         ({**config, "x": {"class_path": "os.system"}}, "class_path"),
+        ({**config, "attn_implementation": "kernels-community/flash-attn"}, "attn_implementation"),
+        ({**config, "_attn_implementation": "sdpa"}, "_attn_implementation"),
         ("vit", "expected an object"),
     ):
         with pytest.raises(ConfigError, match=match):
@@ -227,3 +229,31 @@ def test_speech_and_vision_kinds_load(tmp_path: Path) -> None:
     model, config = load_pretrained(folder, "speech", "--model.encoder")
     assert config["model_type"] == "wav2vec2" and type(model).__name__ == "Wav2Vec2Model"
     assert export_config(model.config)["hidden_size"] == 32
+
+
+def test_hostile_folder_configs_and_pickled_weights_are_clear_errors(vit: Path, tmp_path: Path) -> None:
+    config = json.loads((vit / "config.json").read_text(encoding="utf-8"))
+    kernel = tmp_path / "kernel"
+    shutil.copytree(vit, kernel)
+    (kernel / "config.json").write_text(
+        json.dumps({**config, "attn_implementation": "kernels-community/flash-attn"}), encoding="utf-8"
+    )
+    with pytest.raises(ConfigError, match=r"attn_implementation = 'kernels-community/flash-attn'.*refused"):
+        load_pretrained(kernel, "vision", "--model.encoder")
+    (kernel / "config.json").write_text(json.dumps({**config, "attn_implementation": "eager"}), encoding="utf-8")
+    load_pretrained(kernel, "vision", "--model.encoder")  # a built-in kernel is fine
+    deep = tmp_path / "deep"
+    deep.mkdir()
+    (deep / "config.json").write_text("[" * 200_000 + "]" * 200_000, encoding="utf-8")
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        read_model_type(deep, "vision", "--model.encoder")
+    (deep / "config.json").write_text('{"model_type": "vit", "hidden_size": ' + "9" * 5000 + "}", encoding="utf-8")
+    with pytest.raises(ConfigError, match="config.json"):
+        read_model_type(deep, "vision", "--model.encoder")
+    # pickled weights with a global in them: the safe unpickler refuses, and the user gets one line
+    pickled = tmp_path / "pickled"
+    shutil.copytree(vit, pickled)
+    (pickled / "model.safetensors").unlink()
+    torch.save({"w": torch.ones(1), "evil": shutil.rmtree}, pickled / "pytorch_model.bin")
+    with pytest.raises(ConfigError, match=r"pickle \(pytorch_model.bin\).*could run code"):
+        load_pretrained(pickled, "vision", "--model.encoder")
