@@ -38,6 +38,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from core.errors import ConfigError, DecodingError
+from core.hparams import BEAM
+
 __all__ = ["DecodeResult", "DecoderState", "StepFn", "beam_search", "greedy_search", "tree_map"]
 
 StepFn = Callable[[Tensor, Any], tuple[Tensor, Any, Tensor | None]]
@@ -353,8 +356,12 @@ def beam_search(
     """
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
-    if beam_size < 1 or not 1 <= nbest <= beam_size:
-        raise ValueError(f"need beam_size >= 1 and 1 <= nbest <= beam_size, got {beam_size=}, {nbest=}")
+    if not BEAM[0] <= beam_size <= BEAM[1] or not 1 <= nbest <= beam_size:
+        # ConfigError is a ValueError too; the bound keeps a library call's memory (B * K rows) sane, as the
+        # CLI's --beam does.
+        raise ConfigError(
+            f"need {BEAM[0]} <= beam_size <= {BEAM[1]} and 1 <= nbest <= beam_size, got {beam_size=}, {nbest=}"
+        )
     state, wrapped = _as_state(init_state)
     state.map(_check_batch(batch_size), _check_batch(batch_size))
     device = _infer_device(state, device)
@@ -485,6 +492,11 @@ def _backtrack(
     )
     res = DecodeResult()
     for b, hyps in enumerate(finished):
+        if not hyps:  # every continuation scored NaN (or -inf): nothing to return, and "" would hide it
+            raise DecodingError(
+                f"input {b} of the batch has no hypothesis: every continuation scored NaN or -inf (the model's "
+                f"outputs are not finite: corrupt weights, or an input it overflows on)"
+            )
         hyps = sorted(hyps, key=lambda h: h[0], reverse=True)[:nbest]
         res.tokens.append([])
         res.scores.append([])

@@ -7,7 +7,7 @@ file/line/field and say what was expected. Bugs stay ordinary exceptions (with t
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "UserError"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "DecodingError", "UserError"]
 
 
 class UserError(Exception):
@@ -27,3 +27,7 @@ class ConfigError(UserError, ValueError):
 
     Also a ``ValueError``, so library callers that catch the usual "bad argument" error still do.
     """
+
+
+class DecodingError(UserError):
+    """A model gave no usable output for an input (e.g. every score NaN); the message names the input."""

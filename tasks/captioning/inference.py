@@ -111,16 +111,17 @@ class CaptionMixin:
     @torch.no_grad()
     def caption(
         self,
-        images: Sequence[str | os.PathLike[str] | Image.Image],
+        images: str | os.PathLike[str] | Image.Image | Sequence[str | os.PathLike[str] | Image.Image],
         beam: int = 5,
         nbest: int = 1,
         return_attention: bool = False,
         batch_size: int = 16,
-    ) -> list[Any]:
-        """Caption images.
+    ) -> Any:
+        """Caption one image or a list of them.
 
         Args:
-            images: file paths or PIL images (any mode; converted to RGB).
+            images: a file path or PIL image (any mode; converted to RGB), or a list of them; a single one
+                gives its one result, not a list of one.
             beam: beam width (1 = greedy).
             nbest: captions per image (<= beam).
             return_attention: also return each caption's attention maps.
@@ -135,6 +136,8 @@ class CaptionMixin:
             tasks.captioning.images.ImageError: a file is missing or not a readable image (the message
                 names it; the CLI reports such files one by one and captions the rest).
         """
+        if isinstance(images, (str, os.PathLike, Image.Image)):
+            return self.caption([images], beam, nbest, return_attention, batch_size)[0]
         pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_rgb(im) for im in images]
         hyps = self.caption_images(pil, beam=beam, nbest=nbest, batch_size=batch_size)
         if nbest > 1:

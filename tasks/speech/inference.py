@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -181,13 +182,13 @@ class TranscribeMixin:
     @torch.no_grad()
     def transcribe(
         self,
-        inputs: Sequence[AudioInput],
+        inputs: AudioInput | Sequence[AudioInput],
         beam: int = 5,
         nbest: int = 1,
         return_attention: bool = False,
         batch_size: int = 16,
-    ) -> list[Any]:
-        """Transcribe audio files or waveforms.
+    ) -> Any:
+        """Transcribe one audio file or waveform, or a list of them.
 
         Audio longer than the trained range (`max_chunk_seconds`) is cut into chunks at the quietest points
         (energy-based) and the chunk transcripts are joined with a space. A silent chunk (digital silence or
@@ -195,7 +196,8 @@ class TranscribeMixin:
 
         Args:
             inputs: paths, or `(waveform, sample_rate)` with the waveform `(N,)` or `(channels, N)`;
-                any sample rate and channel count (resampled to 16 kHz, downmixed).
+                any sample rate and channel count (resampled to 16 kHz, downmixed). A single path or
+                `(waveform, sample_rate)` pair gives its one result, not a list of one.
             beam: beam width.
             nbest: alternatives kept per input (in ``Transcription.nbest``).
             return_attention: return `Transcription` objects with per-chunk spectrogram/attention.
@@ -209,6 +211,8 @@ class TranscribeMixin:
             core.errors.DataError: an input is missing, unreadable, corrupt, empty or too short (the message
                 names it); use one call per file to keep going over bad files.
         """
+        if isinstance(inputs, (str, os.PathLike)) or _is_waveform_pair(inputs):
+            return self.transcribe([inputs], beam, nbest, return_attention, batch_size)[0]  # type: ignore[list-item]
         max_s = self.max_chunk_seconds or 15.0  # type: ignore[attr-defined]
         dev = self.device  # type: ignore[attr-defined]
         # (input index, start s, features (T, F), silent, waveform (N,))
@@ -264,3 +268,8 @@ def _join(parts: list[tuple[list[Hypothesis], ChunkAlignment | None]]) -> Transc
         nbest.append((text, sum(p.score for p in picks) / len(picks)))
     text = nbest[0][0] if nbest else ""
     return Transcription(text, [a for _, a in parts if a is not None], nbest)
+
+
+def _is_waveform_pair(x: Any) -> bool:
+    """``(waveform, sample_rate)``: one input, not a list of two."""
+    return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], int) and not isinstance(x[1], bool)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,15 +68,20 @@ class TranslateMixin:
 
     @torch.no_grad()
     def translate(
-        self, texts: list[str], beam: int = 5, nbest: int = 1, return_attention: bool = False, batch_size: int = 64
-    ) -> list[Any]:
-        """Translate sentences.
+        self,
+        texts: str | Sequence[str],
+        beam: int = 5,
+        nbest: int = 1,
+        return_attention: bool = False,
+        batch_size: int = 64,
+    ) -> Any:
+        """Translate one sentence or a list of them.
 
         Characters never seen in training map to the unknown token (never an error). Inputs longer than
         ``max_source_tokens`` subwords are truncated with a warning.
 
         Args:
-            texts: source sentences.
+            texts: a source sentence, or a list of them (a string is one sentence, never its characters).
             beam: beam size (1 = greedy).
             nbest: hypotheses per sentence (≤ beam).
             return_attention: return :class:`Translation` objects with (T, S) attention instead of strings.
@@ -83,8 +89,17 @@ class TranslateMixin:
 
         Returns:
             ``nbest == 1``: one item per input; else a list of ``nbest`` items per input. Items are
-            strings, or :class:`Translation` when ``return_attention``.
+            strings, or :class:`Translation` when ``return_attention``. For a single string, its one result
+            (not a list of one).
+
+        Raises:
+            core.errors.ConfigError: ``beam`` outside 1-128 or ``nbest`` outside 1-``beam``.
+            core.errors.DecodingError: the model gave no hypothesis (non-finite scores).
         """
+        if isinstance(texts, str):
+            return self.translate([texts], beam, nbest, return_attention, batch_size)[0]
+        if not all(isinstance(t, str) for t in texts):
+            raise ConfigError("translate() takes a sentence or a list of sentences (strings)")
         if self.model is None:  # type: ignore[attr-defined]
             self.build_model()  # type: ignore[attr-defined]
         if not 1 <= nbest <= beam:

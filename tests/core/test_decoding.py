@@ -380,3 +380,16 @@ def test_step_returning_wrong_row_count_is_an_error() -> None:
 
     with pytest.raises(ValueError, match="rows"):
         beam_search(drops_a_row, model.init_state(3), batch_size=3, bos_id=BOS, eos_id=EOS, max_len=4, beam_size=2)
+
+
+def test_beam_bound_and_non_finite_scores_are_clear_errors() -> None:
+    from core.errors import ConfigError, DecodingError
+
+    def step(tokens: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:
+        return torch.full((tokens.shape[0], 6), float("nan")), state, None
+
+    state = torch.zeros(2, 1)
+    with pytest.raises(ConfigError, match="1 <= beam_size <= 128"):
+        beam_search(step, state, batch_size=2, beam_size=10**6)
+    with pytest.raises(DecodingError, match="input 0 of the batch has no hypothesis.*NaN"):
+        beam_search(step, state, batch_size=2, beam_size=3, max_len=4)
