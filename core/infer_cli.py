@@ -61,10 +61,13 @@ class Output:
     Attributes:
         rows: output lines as field tuples (joined with tabs, each field escaped).
         plot: writes this input's figure(s) given a path stem (``DIR/0003_name``); returns the files.
+        notes: warnings about this output (e.g. words the model never saw), printed to stderr as
+            ``warning: <input name>: <note>``; the output is still printed.
     """
 
     rows: list[tuple[str, ...]]
     plot: Callable[[Path], list[Path]] | None = None
+    notes: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -223,6 +226,8 @@ def run_inference(spec: InferenceSpec, argv: Sequence[str]) -> int:
                 failed += 1
                 _print_rows(spec.failed_rows(item, args))
                 continue
+            for note in res.notes:
+                print(f"warning: {format_line([f'{item.name}: {note}'])}", file=sys.stderr, flush=True)
             _print_rows(res.rows)
             if plot_dir is not None and res.plot is not None:
                 try:

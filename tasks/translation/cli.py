@@ -92,7 +92,9 @@ def _decode(model: Any, loaded: list[tuple[int, str]], args: argparse.Namespace)
                 paths += _head_figures(model, text, best, stem)
             return paths
 
-        outputs.append(Output(rows, plot))
+        unknown = model.unknown_words(text)
+        notes = [f"never seen in training: {', '.join(unknown)} (their translation is a guess)"] if unknown else []
+        outputs.append(Output(rows, plot, notes))
     return outputs
 
 

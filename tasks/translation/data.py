@@ -22,6 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Subset
 
 from core.errors import ConfigError, DataError
+from core.known_words import KnownWords
 from core.tokenizers import BaseTokenizer
 from tasks.translation import grammar
 from tasks.translation.batching import (
@@ -229,6 +230,11 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
         """Use given tokenizers (e.g. from a checkpoint) instead of training/caching new ones."""
         self.src_tokenizer, self.tgt_tokenizer = src, tgt
+
+    def known_source_words(self) -> KnownWords:
+        """The words of the training sources: stored with the model, so that it can name the words of an
+        input it never saw (``TranslationModule.unknown_words``)."""
+        return KnownWords.from_texts(s for s, _ in self.load_splits()["train"])
 
     # ------------------------------------------------------------------ datasets
     def _dataset(self, split: str, drop_long: bool) -> PairDataset:

@@ -66,6 +66,15 @@ class TranslateMixin:
             device=src.device,
         )
 
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of ``text`` the model never saw in training (its translation of them is a guess), each once.
+
+        Empty when the model does not know its training words (a pretrained Marian model, or one written
+        before they were stored).
+        """
+        known = self.known_words  # type: ignore[attr-defined]
+        return [] if known is None else known.unknown(text)
+
     @torch.no_grad()
     def translate(
         self,

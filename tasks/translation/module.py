@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from core.errors import ConfigError
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
+from core.known_words import KnownWords
 from core.predict import Prediction
 from core.progress_bar import ThroughputMixin
 from core.task_io import TaskCheckpointMixin
@@ -131,7 +132,11 @@ class TranslationModule(
         "num_plot_sentences": "plot_examples",
         "max_decode_len": "max_len",
     }
-    FOLDER_FILES = {"tokenizers.src": "tokenizer_src.json", "tokenizers.tgt": "tokenizer_tgt.json"}
+    FOLDER_FILES = {
+        "tokenizers.src": "tokenizer_src.json",
+        "tokenizers.tgt": "tokenizer_tgt.json",
+        "known_words": "known_words.json",
+    }
     # a Marian model's own tokenizer files, byte for byte (`tasks.translation.marian_tokenizer`)
     FOLDER_RAW_FILES = {f"hf_tokenizer.{name}": name for name in MARIAN_FILES}
 
@@ -177,6 +182,7 @@ class TranslationModule(
         self.tgt_tokenizer: BaseTokenizer | None = None
         self.pretrained_info: dict[str, Any] | None = None  # marian: {"source", "model_type", "config"}
         self.hf_tokenizer_files: dict[str, bytes] | None = None  # marian: its tokenizer files
+        self.known_words: KnownWords | None = None  # the training sources' words (core.known_words)
         if arch == "marian":
             self._init_marian(pretrained, pretrained_config)
         elif pretrained is not None:
@@ -268,6 +274,11 @@ class TranslationModule(
                 dm.set_tokenizers(self.src_tokenizer, self.tgt_tokenizer)
                 dm.datasets.clear()
                 dm.setup(stage)
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if stage == "fit" and callable(getattr(dm, "known_source_words", None)):
+            # a model trained further on new data knows the words of both
+            new = dm.known_source_words()
+            self.known_words = new if self.known_words is None else KnownWords(self.known_words.words | new.words)
         self.build_model()
 
     # ------------------------------------------------------------------ training

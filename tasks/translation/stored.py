@@ -12,6 +12,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from core.checkpoint import META_KEY
 from core.errors import CheckpointError, ConfigError
+from core.known_words import KnownWords
 from core.tokenizers import BaseTokenizer, tokenizer_from_dict
 from tasks.translation.marian_tokenizer import files_from_metadata, files_to_metadata, marian_tokenizers
 from tasks.translation.models.rnn import upgrade_state_dict_v1
@@ -56,7 +57,7 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
 class TranslationStoredMixin:
     """The `core.task_io.TaskCheckpointMixin` hooks of :class:`tasks.translation.module.TranslationModule` (mix in
     before ``TaskCheckpointMixin``; needs ``src_tokenizer``, ``tgt_tokenizer``, ``pretrained_info``,
-    ``hf_tokenizer_files``, ``set_tokenizers`` and ``build_model``)."""
+    ``hf_tokenizer_files``, ``known_words``, ``set_tokenizers`` and ``build_model``)."""
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
@@ -75,6 +76,8 @@ class TranslationStoredMixin:
             meta["pretrained"] = self.pretrained_info
         if self.hf_tokenizer_files is not None:
             meta["hf_tokenizer"] = files_to_metadata(self.hf_tokenizer_files)
+        if self.known_words is not None:
+            meta["known_words"] = self.known_words.to_dict()
         return meta
 
     @classmethod
@@ -88,6 +91,8 @@ class TranslationStoredMixin:
         During ``--ckpt_path`` restores the checkpoint's tokenizers win over the ones the data module
         trained: the network is rebuilt for them and the data module re-tokenizes its data.
         """
+        if "known_words" in meta:  # absent in models written before it, and in Marian fine-tunes
+            self.known_words = KnownWords.from_dict(meta["known_words"], source)
         toks = meta.get("tokenizers")
         if (
             isinstance(toks, dict)

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from core.checkpoint import FORMAT_VERSION
+from core.known_words import words_of
 from tasks.translation import grammar
 from tasks.translation.cli import main
 from tasks.translation.data import TranslationDataModule
@@ -152,6 +153,12 @@ def test_overfit_16_pairs_and_checkpoint_roundtrip(tmp_path: Path) -> None:
     assert len(train) == 16
     sources, targets = [s for s, _ in train], [t for _, t in train]
     assert model.translate(sources, beam=1) == targets  # greedy reproduces all 16 exactly
+    # the model knows the words it was trained on, and names the others
+    assert model.known_words is not None and model.known_words.words == {w for s in sources for w in words_of(s)}
+    assert all(model.unknown_words(s) == [] for s in sources)
+    assert model.unknown_words("the xylophone sings") == [
+        w for w in ["the", "xylophone", "sings"] if w not in model.known_words.words
+    ]
 
     ckpt = tmp_path / "m.ckpt"
     trainer.save_checkpoint(ckpt)
@@ -159,6 +166,7 @@ def test_overfit_16_pairs_and_checkpoint_roundtrip(tmp_path: Path) -> None:
     assert raw["attn_suite"]["task"] == "translation" and raw["attn_suite"]["format"] == FORMAT_VERSION
     loaded = TranslationModule.load_from_checkpoint(ckpt)
     assert loaded.translate(sources, beam=5) == model.translate(sources, beam=5)
+    assert loaded.known_words is not None and loaded.known_words.words == model.known_words.words
     a = model.translate(sources[:2], beam=3, nbest=2, return_attention=True)
     b = loaded.translate(sources[:2], beam=3, nbest=2, return_attention=True)
     assert isinstance(a[0][0], Translation) and len(a[0]) == 2
