@@ -22,6 +22,7 @@ import gradio as gr
 
 from core.errors import UserError
 from tasks.app.inference import (
+    AppInputError,
     Limits,
     TabResult,
     example_images,
@@ -30,7 +31,7 @@ from tasks.app.inference import (
     run_translation,
 )
 
-__all__ = ["API_NAMES", "build_app", "launch_app", "theme"]
+__all__ = ["API_NAMES", "AppBlocks", "build_app", "describe_input", "launch_app", "theme"]
 
 log = logging.getLogger(__name__)
 
@@ -62,25 +63,51 @@ def theme() -> gr.themes.Base:
     return gr.themes.Base(font=SYSTEM_FONTS, font_mono=MONO_FONTS)
 
 
+def describe_input(value: Any) -> str:
+    """The request's input as its sender knows it, for messages: the text's first line or the file's name."""
+    if isinstance(value, dict):  # a Gradio file payload (the tabs read their uploads themselves)
+        name = value.get("orig_name") or Path(str(value.get("path") or "")).name
+        return f"the file {name}" if name else "the upload"
+    if isinstance(value, str) and value.strip():
+        lines = [ln.strip() for ln in value.splitlines() if ln.strip()]
+        first = lines[0] if len(lines[0]) <= 40 else lines[0][:39] + "…"
+        more = f" (+{len(lines) - 1} more lines)" if len(lines) > 1 else ""
+        return f'the text "{first}"{more}'
+    return "the request" if value is None else f"the input {type(value).__name__}"
+
+
 def _handler(
     run: Callable[..., TabResult], model: Any, limits: Limits, outputs: Callable[[TabResult], tuple]
 ) -> Callable[..., tuple]:
-    """Wrap a ``run_*`` function: bad input becomes a message in the page, the server goes on.
+    """Wrap a ``run_*`` function: every failure becomes a message in the page, the server goes on.
 
-    ``outputs`` maps the result onto the tab's output components.
+    ``outputs`` maps the result onto the tab's output components. Whatever a request raises (a
+    ``pyo3_runtime.PanicException`` from a Rust library is a ``BaseException``, not an ``Exception``) is
+    answered with a ``gr.Error`` naming the input; uncaught, it would end Gradio's queue task and leave the
+    client waiting forever. Only ``KeyboardInterrupt`` and ``SystemExit`` pass.
     """
 
     def handle(value: Any, beam: Any, nbest: Any) -> tuple:
         try:
-            res = run(model, value, beam, nbest, limits)
-        except UserError as err:  # AppInputError and the library's own user errors (ConfigError, DataError...)
+            return outputs(run(model, value, beam, nbest, limits))
+        except gr.Error:
+            raise
+        except AppInputError as err:  # its message already names the input and what was expected
             raise gr.Error(str(err), title="Cannot use this input", print_exception=False) from None
-        except Exception as err:  # a bug, not the user's fault: say so in the page, log the traceback
-            log.exception("request failed")
+        except UserError as err:  # the library's own user errors (ConfigError, DataError, tokenizer limits...)
             raise gr.Error(
-                f"internal error ({type(err).__name__}: {err}); the app keeps running", title="Internal error"
+                f"{describe_input(value)}: {err}", title="Cannot use this input", print_exception=False
             ) from None
-        return outputs(res)
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as err:  # a bug or a library panic, not the user's fault: say so, log the traceback
+            log.error("request on %s failed", describe_input(value), exc_info=err)
+            first = (str(err).strip().splitlines() or [""])[0][:300]
+            raise gr.Error(
+                f"internal error on {describe_input(value)} ({type(err).__name__}: {first}); the app keeps running",
+                title="Internal error",
+                print_exception=False,
+            ) from None
 
     return handle
 
@@ -135,8 +162,10 @@ def _translation_tab(model: Any, limits: Limits) -> None:
     gr.Markdown(NOTES["heads"])
     gr.Examples([["the red car"], ["I love you\nthe dog eats bread"]], inputs=[text])
     fn = _handler(run_translation, model, limits, lambda r: (r.text, r.nbest, r.figures, r.details))
-    go.click(fn, [text, beam, nbest], [out, table, figs, heads], api_name=API_NAMES["translation"])
-    text.submit(fn, [text, beam, nbest], [out, table, figs, heads], api_visibility="private")
+    # preprocess=False (every tab): the handler checks the values as sent, so an API client's beam=10**6 or
+    # beam="x" gets the app's message naming the field and its bound, like a bad text or file does.
+    go.click(fn, [text, beam, nbest], [out, table, figs, heads], api_name=API_NAMES["translation"], preprocess=False)
+    text.submit(fn, [text, beam, nbest], [out, table, figs, heads], api_visibility="private", preprocess=False)
 
 
 def _captioning_tab(model: Any, limits: Limits, examples_dir: Path) -> None:
@@ -216,16 +245,37 @@ def _speech_tab(model: Any, limits: Limits) -> None:
         [audio, beam, nbest],
         [out, table, figs],
         api_name=API_NAMES["speech"],
+        preprocess=False,  # the upload as a payload: messages name the file as uploaded (see the captioning tab)
     )
 
 
-def build_app(models: dict[str, Any], limits: Limits | None = None, examples_dir: Path | None = None) -> gr.Blocks:
+class AppBlocks(gr.Blocks):
+    """The app's page; ``close()`` also removes the temporary folder of its bundled examples.
+
+    The folder (``attn-app-examples-*`` in the temporary directory) lives as long as the app: it is removed by
+    ``close()``, when the app is garbage-collected, or when the process exits (``TemporaryDirectory``'s finaliser).
+    """
+
+    def __init__(self, *args: Any, temp_dir: tempfile.TemporaryDirectory[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.attn_temp_dir = temp_dir
+
+    def close(self, verbose: bool = True) -> None:
+        try:
+            super().close(verbose)
+        finally:
+            if self.attn_temp_dir is not None:
+                self.attn_temp_dir.cleanup()
+
+
+def build_app(models: dict[str, Any], limits: Limits | None = None, examples_dir: Path | None = None) -> AppBlocks:
     """The app's page: a tab for each task in ``models``.
 
     Args:
         models: ``{"translation" | "captioning" | "speech": loaded LightningModule}`` (any subset, not empty).
         limits: input limits (default: `Limits()`).
-        examples_dir: where the bundled captioning examples are written (default: a temporary folder).
+        examples_dir: where the bundled captioning examples are written (default: a temporary folder that
+            ``close()`` removes, as does the end of the process).
 
     Raises:
         ValueError: ``models`` is empty or names an unknown task.
@@ -234,8 +284,11 @@ def build_app(models: dict[str, Any], limits: Limits | None = None, examples_dir
     if not models or unknown:
         raise ValueError(f"need at least one of {', '.join(API_NAMES)}; got {sorted(models)}")
     limits = limits or Limits()
-    examples_dir = examples_dir or Path(tempfile.mkdtemp(prefix="attn-app-examples-"))
-    with gr.Blocks(title="attn-suite: attention you can see", analytics_enabled=False) as demo:
+    temp_dir = None
+    if examples_dir is None and "captioning" in models:
+        temp_dir = tempfile.TemporaryDirectory(prefix="attn-app-examples-", ignore_cleanup_errors=True)
+        examples_dir = Path(temp_dir.name)
+    with AppBlocks(title="attn-suite: attention you can see", analytics_enabled=False, temp_dir=temp_dir) as demo:
         gr.Markdown(
             "# attn-suite\nEach task's output and the attention behind it. Every tab is also an API "
             "endpoint (see *Use via API* at the bottom of the page)."
@@ -246,6 +299,7 @@ def build_app(models: dict[str, Any], limits: Limits | None = None, examples_dir
                     _translation_tab(models["translation"], limits)
             if "captioning" in models:
                 with gr.Tab("Captioning", id="captioning"):
+                    assert examples_dir is not None
                     _captioning_tab(models["captioning"], limits, examples_dir)
             if "speech" in models:
                 with gr.Tab("Speech", id="speech"):

@@ -74,7 +74,10 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"serving {', '.join(models)} on http://{args.host}:{args.port or '<free port>'} (Ctrl+C stops)", flush=True
         )
-        launch_app(demo, host=args.host, port=args.port or None, limits=limits, block=True)
+        try:
+            launch_app(demo, host=args.host, port=args.port or None, limits=limits, block=True)
+        finally:
+            demo.close(verbose=False)  # also removes the temporary examples folder
     except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ message says what was expected; the app shows it in the page.
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,8 @@ from typing import Any
 from matplotlib.figure import Figure
 from PIL import Image
 
-from core.errors import UserError
+from core.errors import ConfigError, UserError
+from core.hparams import BEAM
 from core.viz import plot_alignment, plot_image_attention, plot_spectrogram_alignment
 
 __all__ = [
@@ -51,7 +53,10 @@ class Limits:
         max_chars: characters per line.
         max_upload_mb: size of one uploaded file (the server also rejects larger uploads).
         max_audio_seconds: audio duration.
-        max_beam: largest beam size offered.
+        max_beam: largest beam size offered (at most the CLI's bound, 128).
+
+    Raises:
+        core.errors.ConfigError: a limit that is not positive (or a beam bound above 128).
     """
 
     max_sentences: int = 8
@@ -59,6 +64,18 @@ class Limits:
     max_upload_mb: float = 10.0
     max_audio_seconds: float = 30.0
     max_beam: int = 10
+
+    def __post_init__(self) -> None:
+        for name in ("max_sentences", "max_chars", "max_beam"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"app limit {name} must be a whole number >= 1, got {value!r}")
+        for name in ("max_upload_mb", "max_audio_seconds"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
+                raise ConfigError(f"app limit {name} must be a positive number, got {value!r}")
+        if self.max_beam > BEAM[1]:
+            raise ConfigError(f"app limit max_beam must be between {BEAM[0]} and {BEAM[1]}, got {self.max_beam}")
 
 
 DEFAULT_LIMITS = Limits()
@@ -84,16 +101,35 @@ def figure_image(fig: Figure) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters (an API client can send a 4,000-digit number)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 1]}… ({len(text)} characters)"
+
+
+def _whole(value: Any, what: str, top: int | None) -> int:
+    """``value`` as an int in ``[1, top]``; an integral float (``3.0``) or a short decimal string counts."""
+    number: int | None = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and value.strip().isdecimal() and len(value.strip()) <= 6:
+        number = int(value.strip())
+    if number is None or number < 1 or (top is not None and number > top):
+        bound = f"between 1 and {top}" if top is not None else "at least 1"
+        raise AppInputError(f"{what} must be {bound} (a whole number), got {_shown(value)}")
+    return number
+
+
 def _beam_nbest(beam: Any, nbest: Any, limits: Limits) -> tuple[int, int]:
-    """Beam size and n-best as ints: beam in ``[1, max_beam]``; n-best in ``[1, beam]`` (capped, not an error)."""
-    try:
-        b, n = int(beam), int(nbest)
-    except (TypeError, ValueError):
-        raise AppInputError(f"beam size and n-best must be whole numbers, got {beam!r} and {nbest!r}") from None
-    if not 1 <= b <= limits.max_beam:
-        raise AppInputError(f"beam size must be between 1 and {limits.max_beam}, got {b}")
-    if n < 1:
-        raise AppInputError(f"n-best must be at least 1, got {n}")
+    """Beam size and n-best as ints: beam in ``[1, max_beam]``; n-best in ``[1, beam]`` (capped, not an error).
+
+    The values come from the page's sliders or from any HTTP client: anything but a whole number in range
+    (a string, ``NaN``, ``1e6``, ``10**6``, ``True``) is an :class:`AppInputError` naming the field and the bound.
+    """
+    b = _whole(beam, "beam size", limits.max_beam)
+    n = _whole(nbest, "n-best", None)
     return b, min(n, b)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 
 from core.checkpoint import META_KEY
-from core.errors import CheckpointError, ConfigError
+from core.errors import CheckpointError, ConfigError, UserError
 from core.known_words import KnownWords
 from core.tokenizers import BaseTokenizer, tokenizer_from_dict
 from tasks.translation.marian_tokenizer import files_from_metadata, files_to_metadata, marian_tokenizers
@@ -44,7 +44,9 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
     out = []
     for side in ("src", "tgt"):
         try:
-            out.append(tokenizer_from_dict(toks[side]))
+            out.append(tokenizer_from_dict(toks[side], what=f"{source}: the {side!r} tokenizer"))
+        except UserError as err:  # already names the source and the field
+            raise CheckpointError(str(err)) from None
         # ValueError/KeyError/TypeError for malformed dicts; the HF `tokenizers` library raises a plain
         # Exception for an unparsable JSON string.
         except Exception as err:
