@@ -12,7 +12,24 @@ from torch import Tensor, nn
 
 from core.errors import DataError
 
-__all__ = ["FeatureConfig", "FeatureStats", "LogMel", "SpecAugment"]
+__all__ = ["FEATURE_LIMITS", "MAX_OVERLAP", "FeatureConfig", "FeatureStats", "LogMel", "SpecAugment"]
+
+
+#: Allowed range of each `FeatureConfig` field when it is read from a checkpoint or model folder (untrusted).
+#: The front end's memory grows with n_fft / hop_length (values per input sample) and n_fft * n_mels (the
+#: filterbank), so both are bounded: n_fft <= 4096 (256 ms at 16 kHz), hop_length >= 16 (1 ms at 16 kHz),
+#: n_fft <= MAX_OVERLAP * hop_length. Usual front ends: 400/160 (ours, Whisper), 512/128, 1024/256, 2048/512.
+#: There is no win_length field: torchaudio's window is n_fft long (an extra field is refused).
+FEATURE_LIMITS: dict[str, tuple[float, float]] = {
+    "sample_rate": (1000, 192000),
+    "n_mels": (1, 512),
+    "n_fft": (16, 4096),
+    "hop_length": (16, 4096),
+    "f_min": (0.0, 96000.0),
+    "f_max": (1.0, 96000.0),
+}
+#: Largest n_fft / hop_length (frame overlap): 8 = 87.5 % overlap; usual front ends use 2.5 to 4.
+MAX_OVERLAP = 8
 
 
 @dataclass
@@ -43,18 +60,12 @@ class FeatureConfig:
         """Rebuild from `to_dict()` output read from `source`, validated (it is untrusted).
 
         Raises:
-            CheckpointError: not a dict, unknown fields, or values out of a sane range.
+            CheckpointError: not a dict, unknown fields, values outside `FEATURE_LIMITS`, inconsistent
+                values, or a hop_length under n_fft / `MAX_OVERLAP`; the message names the field and the range.
         """
         from core.errors import CheckpointError
 
-        limits = {
-            "sample_rate": (1000, 192000),
-            "n_mels": (1, 512),
-            "n_fft": (16, 16384),
-            "hop_length": (1, 16384),
-            "f_min": (0.0, 96000.0),
-            "f_max": (1.0, 96000.0),
-        }
+        limits = FEATURE_LIMITS
         if not isinstance(data, dict) or set(data) - set(limits):
             got = sorted(data) if isinstance(data, dict) else data
             raise CheckpointError(f"{source}: feature_config must be a dict with fields {sorted(limits)}, got {got!r}")
@@ -71,6 +82,14 @@ class FeatureConfig:
             raise CheckpointError(
                 f"{source}: feature_config is inconsistent (need f_min < f_max <= sample_rate/2 "
                 f"and hop_length <= n_fft): {data}"
+            )
+        if cfg.n_fft > MAX_OVERLAP * cfg.hop_length:
+            # The STFT holds about n_fft/hop_length values per input sample (frames x (n_fft/2 + 1) bins,
+            # complex): n_fft 16384 with hop_length 1 asks for 1.7 GB on a 1.6 s clip.
+            low = -(-cfg.n_fft // MAX_OVERLAP)
+            raise CheckpointError(
+                f"{source}: feature_config.hop_length = {cfg.hop_length} is too small for n_fft = {cfg.n_fft}: "
+                f"expected hop_length in [{low}, {cfg.n_fft}] (n_fft at most {MAX_OVERLAP} x hop_length)"
             )
         return cfg
 

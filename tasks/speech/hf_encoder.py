@@ -13,6 +13,7 @@ Transformer layers); its convolutional feature encoder always stays frozen, as i
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -47,11 +48,13 @@ def speech_settings(processor: Mapping[str, Any], model_type: str, what: str) ->
     """The feature extractor settings the encoder needs, checked (they may come from a checkpoint).
 
     Raises:
-        ConfigError: a sampling rate outside 8..48 kHz or settings of the wrong type; names ``what``.
+        ConfigError: a sampling rate outside 8..48 kHz, or one whose resampling kernel from 16 kHz would be large
+            (e.g. 16,001 Hz: see ``_check_resample_rate``), or settings of the wrong type; names ``what``.
     """
     rate = processor.get("sampling_rate", INPUT_RATE)
     if isinstance(rate, bool) or not isinstance(rate, int) or not 8000 <= rate <= 48000:
         raise ConfigError(f"{what}: sampling_rate = {rate!r}, expected 8000..48000 Hz")
+    _check_resample_rate(rate, what)
     out: dict[str, Any] = {
         "sampling_rate": rate,
         "do_normalize": bool(processor.get("do_normalize", False)),
@@ -72,6 +75,28 @@ def speech_settings(processor: Mapping[str, Any], model_type: str, what: str) ->
                 raise ConfigError(f"{what}: whisper feature extractor {key} = {value!r}, expected {low}..{high}")
             out[key] = value
     return out
+
+
+def _check_resample_rate(rate: int, what: str) -> None:
+    """Refuse an encoder rate whose 16 kHz -> ``rate`` torchaudio kernel would be large (see ``_prepare``).
+
+    ``torchaudio.functional.resample`` builds a ``(rate/g, 16000/g + ~14)`` kernel (g = gcd): 16,001 Hz would be
+    16,001 x 16,014 coefficients, 2 GB in float64. Every usual rate is far below ``MAX_RESAMPLE_KERNEL`` (10^6):
+    8, 12, 16, 24, 32, 48 kHz need at most 12; 22.05 and 44.1 kHz 141,120 and 70,560; 11.025 kHz 282,240.
+
+    Raises:
+        ConfigError: names ``what`` and the value.
+    """
+    from tasks.speech.audio import MAX_RESAMPLE_KERNEL, resample_kernel_size
+
+    size = resample_kernel_size(INPUT_RATE, rate)
+    if size > MAX_RESAMPLE_KERNEL:
+        g = math.gcd(INPUT_RATE, rate)
+        raise ConfigError(
+            f"{what}: sampling_rate = {rate!r} Hz cannot be resampled from {INPUT_RATE} Hz with a bounded kernel "
+            f"(reduced ratio {rate // g}/{INPUT_RATE // g}: {size:,} coefficients, limit {MAX_RESAMPLE_KERNEL:,}); "
+            f"use a usual rate such as 8000, 16000, 22050, 24000, 44100 or 48000 Hz"
+        )
 
 
 class HFSpeechEncoder(nn.Module):
@@ -99,6 +124,7 @@ class HFSpeechEncoder(nn.Module):
         self.backbone = backbone
         self.model_type = model_type
         self.settings = dict(settings)
+        _check_resample_rate(int(self.settings["sampling_rate"]), "HFSpeechEncoder settings")
         whisper = model_type == "whisper"
         layers = int(config["encoder_layers"] if whisper else config["num_hidden_layers"])
         self.output_dim = int(config["d_model"] if whisper else config["hidden_size"])
@@ -129,6 +155,7 @@ class HFSpeechEncoder(nn.Module):
         if rate != INPUT_RATE:
             import torchaudio
 
+            # on the batch's device (GPU too); the kernel's size was bounded when the encoder was built
             wavs = torchaudio.functional.resample(wavs, INPUT_RATE, rate)  # (B, N') along the last dim
             lengths = (lengths * rate + INPUT_RATE - 1) // INPUT_RATE
         mask = lengths_to_mask(lengths.to(wavs.device), wavs.shape[1])  # (B, N) True = sample
