@@ -89,7 +89,10 @@ def _handler(
 
     def handle(value: Any, beam: Any, nbest: Any) -> tuple:
         try:
-            return outputs(run(model, value, beam, nbest, limits))
+            result = run(model, value, beam, nbest, limits)
+            for note in result.notes:  # shown beside the output, which stays as it is
+                gr.Warning(note)
+            return outputs(result)
         except gr.Error:
             raise
         except AppInputError as err:  # its message already names the input and what was expected

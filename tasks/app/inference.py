@@ -83,12 +83,14 @@ DEFAULT_LIMITS = Limits()
 
 @dataclass
 class TabResult:
-    """The outputs of one request: the text, the n-best rows and the figures (with captions)."""
+    """The outputs of one request: the text, the n-best rows, the figures (with captions) and notes for the
+    user (e.g. words the model never saw: its output for them is a guess)."""
 
     text: str
     nbest: list[list[Any]]
     figures: list[ImageItem] = field(default_factory=list)
     details: list[ImageItem] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
 
 
 def figure_image(fig: Figure) -> Image.Image:
@@ -206,16 +208,20 @@ def run_translation(model: Any, text: Any, beam: Any, nbest: Any, limits: Limits
     results = model.translate(sentences, beam=b, nbest=n, return_attention=True)
     results = [r if isinstance(r, list) else [r] for r in results]
     rows = [[i, rank, h.text, round(h.score, 4)] for i, hyps in enumerate(results, 1) for rank, h in enumerate(hyps, 1)]
-    figures, details = [], []
+    figures, details, notes = [], [], []
     for i, (src, hyps) in enumerate(zip(sentences, results, strict=True), 1):
         best = hyps[0]
         title = f"{i}: {src} → {best.text}"
+        unknown = model.unknown_words(src)
+        if unknown:  # a careful toolkit says when its output is a guess
+            notes.append(f"line {i}: never seen in training: {', '.join(unknown)} (their translation is a guess)")
+            title += f" (never seen in training: {', '.join(unknown)})"
         if best.attention is not None:
             figures.append(
                 (figure_image(plot_alignment(best.attention, best.src_tokens, best.tgt_tokens, title=title)), title)
             )
         details += _layer_head_figures(model, i, src, best)
-    return TabResult("\n".join(h[0].text for h in results), rows, figures, details)
+    return TabResult("\n".join(h[0].text for h in results), rows, figures, details, notes)
 
 
 # ---------------------------------------------------------------------------------------------- captioning

@@ -151,6 +151,17 @@ def test_translation_tab_outputs(models: dict[str, Any]) -> None:
     # 2 layers x (mean + 2 heads) per sentence for the tiny Transformer
     assert len(res.details) == 12
     assert res.details[0][1] == "1: layer 1/2, mean of heads" and res.details[-1][1] == "2: layer 2/2, head 2"
+    assert res.notes == []  # this model does not know its training words: it says nothing
+
+
+def test_translation_tab_names_words_never_seen(models: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from core.known_words import KnownWords
+
+    model = models["translation"]
+    monkeypatch.setattr(model, "known_words", KnownWords.from_texts(["the red car", "i love you"]))
+    res = run_translation(model, "the red car\nI love the zebra", 2, 1, LIMITS)
+    assert res.notes == ["line 2: never seen in training: zebra (their translation is a guess)"]
+    assert res.figures[1][1].endswith("(never seen in training: zebra)") and "never" not in res.figures[0][1]
 
 
 def test_layer_head_attention_matches_the_search(models: dict[str, Any]) -> None:
