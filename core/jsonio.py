@@ -11,6 +11,8 @@ file.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -72,9 +74,13 @@ def read_json(path: str | Path, what: str | None = None, depth: int = MAX_JSON_D
     path = Path(path)
     what = what or str(path)
     try:
-        if path.stat().st_size > MAX_JSON_BYTES:
+        with open(path, "rb") as f:
+            # a regular file only: a symlink to /dev/zero or a FIFO would never end
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise UserError(f"{what}: not a regular file")
+            data = f.read(MAX_JSON_BYTES + 1)  # bounded even if the file grows while it is read
+        if len(data) > MAX_JSON_BYTES:
             raise UserError(f"{what}: larger than {MAX_JSON_BYTES >> 20} MB")
-        data = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{what}: file not found") from None
     except OSError as err:
