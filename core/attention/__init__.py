@@ -13,6 +13,7 @@ from core.attention.additive import AdditiveAttention, LocationAttention, additi
 from core.attention.base import Attention, AttentionOutput, causal_mask, lengths_to_mask, masked_softmax
 from core.attention.dot import DotAttention, GeneralAttention, ScaledDotAttention
 from core.attention.multihead import MultiHeadAttention
+from core.attention.none import NoAttention
 from core.attention.pooling import PoolingAttention
 from core.attention.registry import available_attentions, build_attention, register_attention
 
@@ -24,6 +25,7 @@ __all__ = [
     "GeneralAttention",
     "LocationAttention",
     "MultiHeadAttention",
+    "NoAttention",
     "PoolingAttention",
     "ScaledDotAttention",
     "additive_scores",

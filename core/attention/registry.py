@@ -10,6 +10,7 @@ from core.attention.additive import AdditiveAttention, LocationAttention
 from core.attention.base import Attention
 from core.attention.dot import DotAttention, GeneralAttention, ScaledDotAttention
 from core.attention.multihead import MultiHeadAttention
+from core.attention.none import NoAttention
 from core.attention.pooling import PoolingAttention
 from core.errors import ConfigError
 
@@ -38,6 +39,7 @@ for _name, _cls in (
     ("multihead", MultiHeadAttention),
     ("location", LocationAttention),
     ("pooling", PoolingAttention),
+    ("none", NoAttention),
 ):
     register_attention(_name)(_cls)
 

@@ -17,7 +17,7 @@ from core.attention import (
     lengths_to_mask,
 )
 
-NAMES = ["additive", "dot", "general", "scaled_dot", "multihead", "location", "pooling"]
+NAMES = ["additive", "dot", "general", "scaled_dot", "multihead", "location", "pooling", "none"]
 
 
 def make(name: str, d: int = 8, dtype: torch.dtype = torch.float32, **kw) -> torch.nn.Module:
@@ -27,7 +27,7 @@ def make(name: str, d: int = 8, dtype: torch.dtype = torch.float32, **kw) -> tor
     return build_attention(name, query_dim=d, key_dim=d, **kw).to(dtype)
 
 
-def test_registry_lists_all_seven() -> None:
+def test_registry_lists_all_seven_and_none() -> None:
     assert available_attentions() == sorted(NAMES)
 
 
@@ -190,7 +190,8 @@ def test_masking_and_fully_masked_rows(name: str, dtype: torch.dtype, need_weigh
         torch.testing.assert_close(w[:2].float().sum(-1), torch.ones(2, 2), atol=1e-2, rtol=0)
     out.context.float().sum().backward()
     assert torch.isfinite(k.grad).all()
-    assert name == "pooling" or torch.isfinite(q.grad).all()  # pooling has no query: no gradient reaches it
+    # pooling and none do not use the query: no gradient reaches it
+    assert name in ("pooling", "none") or torch.isfinite(q.grad).all()
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -407,3 +408,17 @@ def test_pooling_hidden_layer_masks_and_empty_rows() -> None:
     assert torch.all(out.weights[2] == 0) and torch.all(out.context[2] == 0)  # nothing to attend: zeros, not NaN
     scores = attn.score(torch.tanh(attn.hidden(h))).squeeze(-1)  # w . tanh(W h)
     torch.testing.assert_close(out.weights[0], torch.softmax(scores[0], -1))
+
+
+def test_none_is_a_fixed_masked_mean_without_parameters() -> None:
+    attn = make("none")
+    assert sum(p.numel() for p in attn.parameters()) == 0
+    v = torch.randn(2, 5, 8)
+    mask = lengths_to_mask(torch.tensor([5, 2]), 5)
+    a = attn(torch.randn(2, 3, 8), v, v, mask)
+    b = attn(torch.randn(2, 3, 8), v, v, mask)  # other queries: the same context
+    torch.testing.assert_close(a.context, b.context)
+    torch.testing.assert_close(a.context[1, 0], v[1, :2].mean(0))
+    assert torch.equal(a.weights[1, 0], torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0]))
+    empty = attn(torch.randn(1, 8), v[:1], v[:1], torch.zeros(1, 5, dtype=torch.bool))
+    assert torch.equal(empty.context, torch.zeros(1, 8)) and torch.equal(empty.weights, torch.zeros(1, 5))
