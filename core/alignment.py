@@ -64,7 +64,9 @@ class AlignmentCounts:
 
 
 def aer(
-    predicted: Sequence[Iterable[Link]], sure: Sequence[Iterable[Link]], possible: Sequence[Iterable[Link]] | None = None
+    predicted: Sequence[Iterable[Link]],
+    sure: Sequence[Iterable[Link]],
+    possible: Sequence[Iterable[Link]] | None = None,
 ) -> float:
     """Corpus alignment error rate of ``predicted`` links against gold ``sure`` (and ``possible``) links.
 
