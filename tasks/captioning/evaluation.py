@@ -1,10 +1,17 @@
 """Validation and test of captioning: each image decoded with beam search, BLEU-1..4 / CIDEr-D
 (`tasks.captioning.metrics`) over the outputs gathered from every rank, each image scored once, and the per-word
-attention overlays of a few fixed validation images."""
+attention overlays of a few fixed validation images.
+
+On the generated scenes corpus, validation and test also log the pointing accuracy of the attention
+(`tasks.captioning.alignment`): ``val/pointing`` (and ``_colour`` / ``_shape`` / ``_words``) on the first
+`~tasks.captioning.alignment.POINTING_SCENES` validation scenes, ``test/pointing`` and ``unseen/pointing`` on
+those of each test set.
+"""
 
 from __future__ import annotations
 
 from core.distributed import dedupe_by_index, gather_objects
+from tasks.captioning.alignment import gold_scenes, pointing_scores
 from tasks.captioning.data import Batch
 from tasks.captioning.images import denormalize
 from tasks.captioning.metrics import caption_scores
@@ -20,8 +27,8 @@ def hyps_and_refs(rows: list[tuple[int, tuple[str, list[str]]]]) -> tuple[list[s
 
 class CaptioningEvalMixin:
     """Validation/test hooks of :class:`tasks.captioning.module.CaptioningModule` (needs ``_loss``,
-    ``_decode_batch``, ``generate``, the ``_val_out`` / ``_test_out`` / ``_plot_batch`` buffers and the
-    ``plot_examples`` / ``beam_size`` / ``mean`` / ``std`` hyper-parameters)."""
+    ``_decode_batch``, ``generate``, ``caption_images``, the ``_val_out`` / ``_test_out`` / ``_plot_batch``
+    buffers and the ``plot_examples`` / ``beam_size`` / ``mean`` / ``std`` hyper-parameters)."""
 
     def validation_step(self, batch: Batch | None, batch_idx: int) -> None:
         if batch is None or len(batch) == 0:
@@ -41,6 +48,8 @@ class CaptioningEvalMixin:
             # averages identical numbers (and keeps Lightning's epoch-level DDP check quiet).
             for name, value in caption_scores(hyps, refs).items():
                 self.log(f"val/{name}", value, prog_bar=name in ("bleu4", "cider"), sync_dist=True)
+        for name, value in self._pointing("val").items():
+            self.log(f"val/{name}", value, sync_dist=True)
         if self.trainer.is_global_zero and not self.trainer.sanity_checking:
             self._log_attention_figures()
 
@@ -78,4 +87,18 @@ class CaptioningEvalMixin:
             if hyps:
                 for name, value in caption_scores(hyps, refs).items():
                     self.log(f"{prefix}/{name}", value, sync_dist=True, add_dataloader_idx=False)
+            # The scenes corpus names its test sets after their splits ("test", "unseen").
+            for name, value in self._pointing(prefix).items():
+                self.log(f"{prefix}/{name}", value, sync_dist=True, add_dataloader_idx=False)
         self._test_out = {}
+
+    def _pointing(self, split: str) -> dict[str, float]:
+        """Pointing scores (`tasks.captioning.alignment.pointing_scores`) on the first scenes of ``split``.
+
+        Empty unless the data module is the generated scenes corpus (only it has object positions). Every
+        rank captions the same few dozen scenes with the same weights and gets the same numbers: cheaper than
+        sharding them and gathering the maps, and no collective call that one rank could miss. The scenes are
+        rendered again each time (about a millisecond each), so they always match the data module in use.
+        """
+        scenes = gold_scenes(getattr(self.trainer, "datamodule", None), split)
+        return pointing_scores(self, scenes, beam=self.hparams.beam_size)

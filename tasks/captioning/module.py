@@ -1,11 +1,12 @@
 """`CaptioningModule`: CNN encoder + attention decoder, trained with teacher forcing.
 
 Validation decodes with beam search and scores BLEU-1..4 / CIDEr-D (`tasks.captioning.metrics`,
-COCO-toolkit style); it also logs per-word attention overlays of a few fixed validation images
-(:mod:`tasks.captioning.evaluation`). Checkpoints are self-contained: ``checkpoint["attn_suite"]`` carries
-the task name, the word vocabulary and the image preprocessing (:mod:`tasks.captioning.stored`); loading goes
-through ``core.task_io`` (``weights_only=True``, task check, validated hyper-parameters). Captioning itself is
-in :mod:`tasks.captioning.inference`.
+COCO-toolkit style); it also logs per-word attention overlays of a few fixed validation images and, on
+generated scenes, whether the attention points at the object each word names (``val/pointing``,
+`tasks.captioning.alignment`); see :mod:`tasks.captioning.evaluation`. Checkpoints are self-contained:
+``checkpoint["attn_suite"]`` carries the task name, the word vocabulary and the image preprocessing
+(:mod:`tasks.captioning.stored`); loading goes through ``core.task_io`` (``weights_only=True``, task check,
+validated hyper-parameters). Captioning itself is in :mod:`tasks.captioning.inference`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import lightning as L
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from core.errors import ConfigError
@@ -47,7 +49,13 @@ def _dataset_of(trainer: Any, dataloader_idx: int) -> Any:
 
 
 def _attention_defaults(attention: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The RNN decoder's attention options with this task's defaults (hidden size 256, 4 heads)."""
+    """The RNN decoder's attention options with this task's defaults (hidden size 256, 4 heads).
+
+    ``none`` gets no options: it has none of its own (see `CaptioningModule`, which warns when some were
+    given), so the baseline can be chosen on top of a config written for another mechanism.
+    """
+    if attention == "none":
+        return {}
     opts = dict(options or {})
     if attention in ("additive", "location"):
         opts.setdefault("hidden_dim", 256)
@@ -82,8 +90,10 @@ class CaptioningModule(
         decoder: ``rnn`` (soft attention, Show-Attend-Tell) or ``transformer``.
         rnn_type: ``lstm`` (the paper's) or ``gru``, for the RNN decoder.
         attention: `core.attention` mechanism of the RNN decoder (additive, dot, general,
-            scaled_dot, multihead, location).
-        attention_options: its options (default ``{"hidden_dim": 256}`` / ``{"num_heads": 4}``).
+            scaled_dot, multihead, location), or ``none``: no attention, every word sees the mean grid
+            feature (Show and Tell's image summary; the baseline of "what attention buys").
+        attention_options: its options (default ``{"hidden_dim": 256}`` / ``{"num_heads": 4}``); ignored
+            with a warning for ``none``, which takes none.
         embed_dim: RNN word embedding size.
         hidden_dim: decoder width: RNN state size / Transformer d_model.
         decoder_layers: stacked RNN cells / Transformer layers.
@@ -192,6 +202,14 @@ class CaptioningModule(
                 "in Python pass vocab=datamodule.vocab"
             )
         self.save_hyperparameters()
+        if decoder == "rnn" and attention == "none" and attention_options:
+            # Options written for the mechanism being compared against (e.g. the default config's
+            # hidden_dim) mean nothing here; dropped from the saved hyper-parameters too, so reloading the
+            # checkpoint does not warn again.
+            rank_zero_warn(
+                f"model.attention=none takes no options: model.attention_options {dict(attention_options)} ignored"
+            )
+            self.hparams["attention_options"] = None
         try:
             self.vocab = CaptionVocab.from_dict(vocab)
         except ValueError as err:

@@ -22,12 +22,17 @@ construction).
 The ``"unseen"`` split only contains images with at least one colour-shape pair from
 `HELD_OUT_PAIRS`, which never occur in train/val/test: it measures compositional
 generalisation (known words, new combinations).
+
+Each scene also knows where its objects are (`SceneObject.cx` / ``cy`` / ``radius``), so it is gold for
+"does the attention point at the right thing": `Scene.regions` gives, for each object, its colour and shape
+words and the cells of a ``g x g`` attention grid it covers (`object_cells`; used by
+:mod:`tasks.captioning.alignment`).
 """
 
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -68,6 +73,10 @@ class SceneObject:
         size: ``"small"`` or ``"large"``.
         row: grid row 0..2 (0 = top).
         col: grid column 0..2 (0 = left).
+        cx: horizontal centre in pixels of the scene image (None: position unknown, e.g. a hand-made object).
+        cy: vertical centre in pixels (0 = top).
+        radius: the "radius" `_draw` drew the shape with, in pixels (a circle's radius; a square's half side
+            is ``0.85 * radius``).
     """
 
     colour: str
@@ -75,6 +84,9 @@ class SceneObject:
     size: str
     row: int
     col: int
+    cx: float | None = None
+    cy: float | None = None
+    radius: float | None = None
 
     @property
     def phrase(self) -> str:
@@ -95,6 +107,81 @@ class Scene:
     image: Image.Image
     captions: list[str]
     objects: list[SceneObject]
+
+    def regions(self, grid_size: int) -> list[ObjectRegion]:
+        """Gold of each object (in `objects` order) on a ``grid_size x grid_size`` attention grid.
+
+        Args:
+            grid_size: side ``g`` of the attention map (the model's ``grid_size``).
+
+        Returns:
+            One `ObjectRegion` per object: its words and the flat cells it covers (`object_cells`).
+        """
+        side = self.image.size[0]
+        return [ObjectRegion(o.colour, o.shape, o.size, object_cells(o, side, grid_size)) for o in self.objects]
+
+
+@dataclass(frozen=True)
+class ObjectRegion:
+    """Where one object lies on an attention grid, with the words that name it.
+
+    Attributes:
+        colour: colour word, exactly as captions spell it.
+        shape: shape word, exactly as captions spell it.
+        size: size word (``"small"`` / ``"large"``).
+        cells: flat row-major indices ``row * g + col`` of the ``g x g`` grid cells the object covers.
+    """
+
+    colour: str
+    shape: str
+    size: str
+    cells: frozenset[int]
+
+
+def object_mask(obj: SceneObject, image_size: int) -> np.ndarray:
+    """The pixels ``obj`` covers as drawn: ``(image_size, image_size)`` bool, True on the object.
+
+    Drawn again with the same `_draw` call as the scene (no noise, nothing on top), so the mask is exact.
+
+    Raises:
+        ValueError: ``obj`` has no position (``cx`` / ``cy`` / ``radius`` unset).
+    """
+    if obj.cx is None or obj.cy is None or obj.radius is None:
+        raise ValueError(f"object {obj.phrase!r} has no position (cx, cy, radius): cannot locate it")
+    mask = Image.new("L", (image_size, image_size), 0)
+    _draw(ImageDraw.Draw(mask), obj.shape, obj.cx, obj.cy, obj.radius, 255)
+    return np.asarray(mask) > 0
+
+
+def object_cells(obj: SceneObject, image_size: int, grid_size: int) -> frozenset[int]:
+    """The cells of a ``grid_size x grid_size`` grid over the image that ``obj`` overlaps.
+
+    Rule: a cell belongs to the object when at least one pixel of the drawn object (`object_mask`) has its
+    centre inside the cell. The grid splits the whole image into equal squares, cell ``(r, c)`` spanning
+    ``[c, c + 1) * image_size / g`` horizontally and ``[r, r + 1) * image_size / g`` vertically, which is
+    what the network's grid sees: a scene is square, so the evaluation transform (shorter side resized to
+    ``image_size``, then centre-cropped to a square) only rescales it, and the encoder pools its feature
+    map to ``g x g`` with adaptive average pooling (exactly these squares when ``g`` divides the map's
+    side, e.g. the tiny CNN's 6 x 6 at 96 px with ``g`` = 3 or 6), cell ``r * g + c`` row-major as in the
+    ``(n_words, g, g)`` maps of ``CaptioningModule.caption``. Any overlap counts, however small: a cell's
+    feature sees the part of the object it holds, and a small object may cover no cell of a fine grid by
+    much.
+
+    Args:
+        obj: an object with a position (as `make_scene` makes them).
+        image_size: side of the scene image in pixels (the pixels ``obj.cx`` etc. are counted in).
+        grid_size: side ``g`` of the grid.
+
+    Returns:
+        Flat row-major cell indices ``r * g + c``; never empty for a drawn object.
+    """
+    if grid_size < 1:
+        raise ValueError(f"grid_size must be >= 1, got {grid_size}")
+    ys, xs = np.nonzero(object_mask(obj, image_size))  # pixel coordinates of the object
+    # Pixel centres (x + 0.5) scaled to grid units; min() keeps the last pixel in the last cell.
+    rows = np.minimum(((ys + 0.5) * grid_size / image_size).astype(int), grid_size - 1)
+    cols = np.minimum(((xs + 0.5) * grid_size / image_size).astype(int), grid_size - 1)
+    return frozenset(int(i) for i in np.unique(rows * grid_size + cols))
 
 
 def scene_vocabulary() -> list[str]:
@@ -147,7 +234,9 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def _draw(draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int]) -> None:
+def _draw(
+    draw: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill: tuple[int, int, int] | int
+) -> None:
     """Draw one filled shape of "radius" ``r`` centred at ``(cx, cy)``."""
     if shape == "circle":
         draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
@@ -210,6 +299,7 @@ def make_scene(seed: int, split: Split, index: int, image_size: int = 96) -> Sce
     canvas = Image.fromarray(np.clip(_background(rng, image_size), 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(canvas)
     cell = image_size / 3
+    placed: list[SceneObject] = []
     for o in objs:
         r = cell * (rng.uniform(0.17, 0.22) if o.size == "small" else rng.uniform(0.34, 0.40))
         slack = max(cell / 2 - r - 1, 0.0)  # keep the object inside its cell
@@ -218,6 +308,9 @@ def make_scene(seed: int, split: Split, index: int, image_size: int = 96) -> Sce
         jitter = rng.integers(-20, 21, size=3)
         fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[o.colour], jitter))
         _draw(draw, o.shape, cx, cy, r, fill)  # type: ignore[arg-type]
+        # Kept as gold for alignment scores; recorded after drawing so the random stream is unchanged.
+        placed.append(replace(o, cx=float(cx), cy=float(cy), radius=float(r)))
+    objs = placed
     # Mild noise over the objects too, so colours are never perfectly flat.
     arr = np.asarray(canvas, dtype=np.float32) + rng.normal(0, 5, size=(image_size, image_size, 3))
     image = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
