@@ -179,7 +179,7 @@ def split_sentences(text: Any, limits: Limits) -> list[str]:
 
 def _layer_head_figures(model: Any, k: int, source: str, hyp: Any) -> list[ImageItem]:
     """Heatmaps of every layer (Transformer) and head (multi-head) of one hypothesis; [] for one head, one layer."""
-    from tasks.app.heads import layer_head_attention, target_ids
+    from tasks.translation.heads import layer_head_attention, target_ids
 
     ids = model.src_tokenizer.encode(source)[: model.hparams.max_source_tokens]
     layers = layer_head_attention(model, ids, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))

@@ -101,7 +101,7 @@ def _decode(model: Any, loaded: list[tuple[int, str]], args: argparse.Namespace)
 def _head_figures(model: Any, text: str, best: Any, stem: Path) -> list[Path]:
     """``--heads``: one alignment per head of the last decoder layer's cross-attention (``STEM_headK.png``)."""
     from core.viz import plot_alignment, save_figure
-    from tasks.app.heads import layer_head_attention, target_ids
+    from tasks.translation.heads import layer_head_attention, target_ids
 
     ids = model.src_tokenizer.encode(text)[: model.hparams.max_source_tokens]
     last = layer_head_attention(model, ids, target_ids(model.tgt_tokenizer, best.tgt_tokens))[-1]  # (H, T, S)

@@ -10,12 +10,17 @@ Pipeline (identical on every rank, so all ranks see the same splits):
 4. apply the direction (``en-es`` or ``es-en``);
 5. train subword tokenizer(s) on the training split — in ``prepare_data`` (rank 0 of each node), cached
    as JSON keyed by a hash of the training data and tokenizer settings; ``setup`` on every rank reads it.
+
+The embedded corpus also knows its gold word alignments (:meth:`TranslationDataModule.gold_alignments`, scored by
+validation and test as ``val/aer``/``test/aer``) and can make long sentences: ``max_clauses`` for training,
+:meth:`TranslationDataModule.long_sentence_set` for a held-out set bucketed by source length.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
@@ -44,6 +49,9 @@ from tasks.translation.sources import (
 from tasks.translation.splits import split_by_source
 from tasks.translation.tokenization import encode_all
 from tasks.translation.tokenizer_cache import TokenizerCacheMixin, default_cache_dir
+
+if TYPE_CHECKING:
+    from tasks.translation.alignment import GoldPair
 
 Pair = tuple[str, str]
 Source = Literal["embedded", "tatoeba", "tsv", "csv", "parallel", "hf"]
@@ -83,6 +91,11 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
         limit_train_pairs: keep only the first N training pairs (smoke tests).
         predict_path: text file with one source sentence per line for ``predict`` (default: the test
             split's sources); empty lines give empty translations so output lines stay aligned.
+        max_clauses: embedded corpus: 1 (default) gives today's single sentences; k > 1 joins 1..k coordinated
+            statements per pair ("A and B and C", :func:`tasks.translation.grammar.coordinate`) for long
+            sentences (pairs over ``max_words`` words are still dropped).
+        aer_pairs: embedded corpus: validation and test score the attention against the grammar's gold
+            alignments on the first this many pairs of their split (``val/aer``, ``test/aer``; 0 = never).
     """
 
     def __init__(
@@ -111,6 +124,8 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
         cache_dir: str | None = None,
         limit_train_pairs: int | None = None,
         predict_path: str | None = None,
+        max_clauses: int = 1,
+        aer_pairs: int = 200,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -124,10 +139,13 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
             ("max_tokens_per_sentence", max_tokens_per_sentence),
             ("n_pairs", n_pairs),
             ("max_words", max_words),
+            ("max_clauses", max_clauses),
         ):
             if value is not None and value < 1:
                 raise ConfigError(f"--data.{name} must be >= 1, got {value}")
-        for name, value in (("val_size", val_size), ("test_size", test_size)):
+        if max_clauses != 1 and source != "embedded":
+            raise ConfigError(f"--data.max_clauses is for --data.source embedded (the grammar), not {source}")
+        for name, value in (("val_size", val_size), ("test_size", test_size), ("aer_pairs", aer_pairs)):
             if value < 0:
                 raise ConfigError(f"--data.{name} must be >= 0, got {value}")
         self.source = source
@@ -154,17 +172,22 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
         self.limit_train_pairs = limit_train_pairs
         self.predict_path = predict_path
+        self.max_clauses = max_clauses
+        self.aer_pairs = aer_pairs
 
         self.splits: dict[str, list[Pair]] | None = None
         self.src_tokenizer: BaseTokenizer | None = None
         self.tgt_tokenizer: BaseTokenizer | None = None
         self.datasets: dict[str, PairDataset] = {}
         self.stats: dict[str, int] = {}
+        self._gold: dict[Pair, grammar.AlignedPair] = {}  # (en, es) -> gold links: embedded corpus only
 
     # ------------------------------------------------------------------ reading / splitting
     def _read(self) -> LoadResult:
         if self.source == "embedded":
-            return LoadResult(grammar.generate_corpus(self.n_pairs, seed=self.seed))
+            aligned = grammar.generate_aligned_corpus(self.n_pairs, seed=self.seed, max_clauses=self.max_clauses)
+            self._gold = {p.pair: p for p in aligned}
+            return LoadResult([p.pair for p in aligned])
         assert self.path is not None
         if self.source == "tatoeba":
             return read_tatoeba(self.path)
@@ -225,6 +248,67 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
             rank_zero_warn(f"dropped {too_long} pairs longer than --data.max_words={self.max_words}")
         self.splits = {"train": train, "val": val, "test": test}
         return self.splits
+
+    # ------------------------------------------------------------------ gold alignments (embedded corpus)
+    def _oriented(self, p: grammar.AlignedPair) -> GoldPair:
+        """``(source, target, sure, possible)`` in the configured direction (links are (source, target) words)."""
+        if self.direction == "es-en":
+            return p.es, p.en, [(j, i) for i, j in p.sure], [(j, i) for i, j in p.possible]
+        return p.en, p.es, list(p.sure), list(p.possible)
+
+    def gold_alignments(self, split: str, n: int | None = None) -> list[GoldPair] | None:
+        """Gold word alignments of the first pairs of a split, for the alignment score.
+
+        Args:
+            split: ``"train"``, ``"val"`` or ``"test"``.
+            n: how many pairs (default ``aer_pairs``).
+
+        Returns:
+            ``(source, target, sure links, possible links)`` per pair, in the configured direction (what
+            :func:`tasks.translation.alignment.alignment_scores` takes), or None when the data has no gold
+            alignments (every source but the embedded grammar corpus).
+        """
+        if self.source != "embedded":
+            return None
+        pairs = self.load_splits()[split][: self.aer_pairs if n is None else n]
+        flip = self.direction == "es-en"
+        return [self._oriented(self._gold[(tgt, src) if flip else (src, tgt)]) for src, tgt in pairs]
+
+    def long_sentence_set(
+        self,
+        n_per_bucket: int = 50,
+        buckets: Sequence[tuple[int, int | None]] = grammar.LENGTH_BUCKETS,
+        max_clauses: int = 12,
+    ) -> dict[str, list[GoldPair]]:
+        """Held-out pairs bucketed by source length, with gold alignments (the long-sentence study).
+
+        Sentences of up to ``max_clauses`` coordinated statements (``grammar.long_sentence_buckets``), none sharing
+        a side with any pair of this corpus (training, validation or test), in the configured direction.
+
+        Args:
+            n_per_bucket: pairs per bucket.
+            buckets: ``(shortest, longest)`` source word counts (longest None = no limit); default 1-9, 10-19,
+                20-29, 30-39 and 40+ words.
+            max_clauses: most statements per sentence.
+
+        Returns:
+            ``{"1-9": [(source, target, sure, possible), ...], ...}`` in the order of ``buckets``.
+
+        Raises:
+            ConfigError: the data is not the embedded corpus.
+        """
+        if self.source != "embedded":
+            raise ConfigError(f"the long-sentence set comes from the embedded grammar, not --data.source {self.source}")
+        self.load_splits()  # fills self._gold: every generated pair, kept or not
+        found = grammar.long_sentence_buckets(
+            n_per_bucket,
+            seed=self.seed,
+            exclude=self._gold,
+            buckets=buckets,
+            max_clauses=max_clauses,
+            by="es" if self.direction == "es-en" else "en",
+        )
+        return {label: [self._oriented(p) for p in pairs] for label, pairs in found.items()}
 
     # ------------------------------------------------------------------ tokenizers (cache: tokenizer_cache.py)
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:

@@ -1,14 +1,17 @@
 """Validation and test of translation: a fixed subset of the sentences decoded with beam search, corpus BLEU and
-chrF over the outputs gathered from every rank (each sentence scored once), and the attention heatmaps of a few
+chrF over the outputs gathered from every rank (each sentence scored once), the alignment error rate of the
+attention where the data has gold alignments (the embedded grammar corpus), and the attention heatmaps of a few
 fixed validation sentences."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from core.distributed import dedupe_by_index, gather_objects
 from core.metrics import corpus_bleu, corpus_chrf
 from core.training import log_figure
+from tasks.translation.alignment import alignment_scores, has_alignment
 
 __all__ = ["TranslationEvalMixin"]
 
@@ -62,13 +65,38 @@ class TranslationEvalMixin:
     def on_validation_epoch_start(self) -> None:
         self._eval_outputs.pop("val", None)
 
+    def _log_alignment(self, prefix: str) -> None:
+        """``{prefix}/aer`` (and the head and layer scores of multi-head models) on the first gold-aligned pairs
+        of the split the data module hands out (``gold_alignments``; none for data without gold alignments).
+
+        Teacher forcing only, one pass per batch of 32 sentences, so it costs a fraction of the beam search
+        above. Skipped for ``attention: none`` (nothing to align) and Marian (eager attention in every layer of a
+        large pretrained network, for every validation; :func:`tasks.translation.alignment.alignment_scores` scores
+        it when asked).
+        """
+        dm = self.trainer.datamodule
+        gold = getattr(dm, "gold_alignments", None)
+        if self.trainer.sanity_checking or not callable(gold) or self.hparams.arch == "marian":
+            return
+        if not has_alignment(self):
+            return
+        pairs = gold(prefix)  # the split is named like the prefix: "val", "test"
+        if not pairs:
+            return
+        # Every rank scores the same pairs (the same value everywhere; sync_dist averages equal numbers).
+        for key, value in alignment_scores(self, pairs).items():
+            if math.isfinite(value):
+                self.log(f"{prefix}/{key}", value, sync_dist=True)
+
     def on_validation_epoch_end(self) -> None:
         self._finish_eval("val")
+        self._log_alignment("val")
         if not self.trainer.sanity_checking and self.trainer.is_global_zero:
             self._log_heatmaps()
 
     def on_test_epoch_end(self) -> None:
         self._finish_eval("test")
+        self._log_alignment("test")
 
     def _log_heatmaps(self) -> None:
         from core.viz import plot_alignment

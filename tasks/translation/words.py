@@ -49,9 +49,17 @@ class Verb:
     intransitive: bool
 
 
+# A gold word link inside a phrase or sentence: (English word, Spanish word, sure?), indices over ``split()``.
+PhraseLink = tuple[int, int, bool]
+
+
 @dataclass(frozen=True)
 class Phrase:
-    """A rendered phrase with the agreement features a clause needs."""
+    """A rendered phrase with the agreement features a clause needs, and its gold word links.
+
+    ``links`` index the words of ``en.split()`` and ``es.split()`` (see :mod:`tasks.translation.grammar` for
+    what is linked and how surely).
+    """
 
     en: str
     es: str
@@ -60,6 +68,7 @@ class Phrase:
     plural: bool
     animate: bool = False
     pronoun: bool = False
+    links: tuple[PhraseLink, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -213,6 +222,13 @@ EN_BE_PAST = ("was", "were", "was", "were", "were")
 ADVERBS = {
     "present": [("today", "hoy"), ("now", "ahora"), ("every day", "todos los días")],
     "past": [("yesterday", "ayer"), ("today", "hoy"), ("last night", "anoche")],
+}
+# Gold links of the adverbs of more than one word (a one-word adverb has the one sure link (0, 0)): "every"
+# and "day" each translate one word of "todos los días", and the article belongs to both; "anoche" means
+# "last" and "night" at once.
+ADVERB_LINKS: dict[str, tuple[PhraseLink, ...]] = {
+    "every day": ((0, 0, True), (1, 2, True), (0, 1, False), (1, 1, False)),
+    "last night": ((0, 0, True), (1, 0, True)),
 }
 
 # Verbs an animal may be the subject of ("the dog sees the cat", "the horses ran").

@@ -19,7 +19,6 @@ from app_tiny_models import REPO, tone
 from PIL import Image
 
 from core.errors import CheckpointError
-from tasks.app.heads import layer_head_attention, target_ids
 from tasks.app.inference import (
     AppInputError,
     Limits,
@@ -32,6 +31,7 @@ from tasks.app.inference import (
     split_sentences,
 )
 from tasks.app.loading import demo_checkpoints, find_checkpoint, load_task_model
+from tasks.translation.heads import layer_head_attention, target_ids
 
 LIMITS = Limits(max_sentences=3, max_chars=50, max_upload_mb=1.0, max_audio_seconds=5.0)
 
@@ -251,7 +251,7 @@ def test_long_audio_alternatives_join_chunks() -> None:
 def test_core_and_task_clis_do_not_import_gradio() -> None:
     code = (
         "import sys, core, core.viz, core.decoding, tasks.demo, tasks.translation.cli, tasks.captioning.cli, "
-        "tasks.speech.cli, tasks.app, tasks.app.loading, tasks.app.inference, tasks.app.heads, tasks.app.cli; "
+        "tasks.speech.cli, tasks.app, tasks.app.loading, tasks.app.inference, tasks.translation.heads, tasks.app.cli; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'gradio_client')); "
         "print(bad); sys.exit(1 if bad else 0)"
     )
