@@ -102,9 +102,8 @@ class Captioning:
 
     @staticmethod
     def alignment(module: Any, dm: Any, quick: bool) -> dict[str, float]:
-        from tasks.captioning.alignment import pointing_scores
-
         from tasks.captioning import demo
+        from tasks.captioning.alignment import pointing_scores
 
         n = (QUICK_ALIGN_N if quick else ALIGN_N)["captioning"]
         return pointing_scores(module, demo.held_out(n, "test", dm.image_size), beam=demo.DEMO_BEAM)
@@ -139,9 +138,8 @@ class Speech:
 
     @staticmethod
     def alignment(module: Any, dm: Any, quick: bool) -> dict[str, float]:
-        from tasks.speech.alignment import span_scores
-
         from tasks.speech import demo
+        from tasks.speech.alignment import span_scores
 
         n = (QUICK_ALIGN_N if quick else ALIGN_N)["speech"]
         return span_scores(module, demo.held_out(dm, n), beam=demo.DEMO_BEAM)
