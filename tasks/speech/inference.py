@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.decoding import beam_search
+from core.decoding import DecoderState, StepFn, beam_search
 from core.inference import eval_mode
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, is_silent, load_audio, split_on_silence
 from tasks.speech.ctc_prefix import CTCPrefixScorer, joint_search_inputs
 
-__all__ = ["ChunkAlignment", "Hypothesis", "TranscribeMixin", "Transcription"]
+__all__ = ["ChunkAlignment", "Hypothesis", "TranscribeMixin", "Transcription", "ctc_alone_search_inputs"]
 
 
 @dataclass
@@ -86,6 +86,9 @@ class TranscribeMixin:
     ) -> list[list[Hypothesis]]:
         """Beam search, the n-best rescored with CTC (or CTC prefix scores at every step: ``joint_ctc_decoding``).
 
+        With ``ctc_weight`` 1 (CTC alone) it is a CTC prefix beam search: the attention decoder is not run, every
+        step is scored by the CTC prefix log-probability alone, and hypotheses carry no attention.
+
         Args:
             feats: unnormalised log-mel `(B, T, F)`.
             lens: valid frames `(B,)`.
@@ -107,11 +110,18 @@ class TranscribeMixin:
             else:
                 enc, mask, ctc_lp = self.model.encode(self.stats(feats), lens)  # type: ignore[attr-defined]
             dec = self.model.decoder  # type: ignore[attr-defined]
-            step_fn, state = dec.step, dec.init_state(enc, mask)
-            joint = bool(hp.joint_ctc_decoding) and hp.ctc_weight > 0
+            ctc_alone = hp.ctc_weight >= 1.0
+            joint = ctc_alone or (bool(hp.joint_ctc_decoding) and hp.ctc_weight > 0)
             if joint:  # CTC prefix scores in every step's scores: nothing left to rescore
                 scorer = CTCPrefixScorer(ctc_lp, mask.sum(-1), blank=tk.pad_id, eos=tk.eos_id, never=(tk.bos_id,))
-                step_fn, state = joint_search_inputs(step_fn, state, scorer, hp.ctc_weight)
+            if ctc_alone:
+                # The untrained decoder is not run at all: a weight of 0 would still let its -inf or NaN
+                # log-probabilities through (0 * -inf is NaN), and it would cost a decoder step per step.
+                step_fn, state = ctc_alone_search_inputs(scorer)
+            elif joint:
+                step_fn, state = joint_search_inputs(dec.step, dec.init_state(enc, mask), scorer, hp.ctc_weight)
+            else:
+                step_fn, state = dec.step, dec.init_state(enc, mask)
             # CTC rescoring needs alternatives: keep the whole beam when CTC has a say.
             keep = beam if hp.ctc_weight > 0 and not joint else nbest
             # 40 ms encoder frames; even fast speech stays under ~1 character per frame.
@@ -255,6 +265,26 @@ class TranscribeMixin:
         if return_attention or nbest > 1:
             return results
         return [r.text for r in results]
+
+
+def ctc_alone_search_inputs(scorer: CTCPrefixScorer) -> tuple[StepFn, DecoderState]:
+    """Beam-search step function and state of CTC prefix scores alone (CTC alone: no attention decoder).
+
+    Each step scores every extension by its change in CTC prefix log-probability, so a finished hypothesis'
+    summed score is ``log p_ctc(y)``: exactly the joint search's ``(1 - w) log p_att + w log p_ctc`` at ``w = 1``.
+
+    Args:
+        scorer: CTC prefix scorer of the batch.
+
+    Returns:
+        ``(step_fn, state)`` for `core.decoding.beam_search`; the step returns no attention.
+    """
+
+    def step(tokens: Tensor, st: DecoderState) -> tuple[Tensor, DecoderState, None]:
+        delta, new = scorer.step(tokens, st.beams, st.source)  # (N, V)
+        return delta, DecoderState(beams=new, source=st.source), None
+
+    return step, DecoderState(beams=scorer.initial_state(), source=scorer.static())
 
 
 def _join(parts: list[tuple[list[Hypothesis], ChunkAlignment | None]]) -> Transcription:

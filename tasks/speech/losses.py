@@ -1,6 +1,11 @@
 """The training objective of speech recognition: attention cross-entropy on `[BOS, y] -> [y, EOS]`, CTC on the
 encoder frames and the guided attention prior (`tasks.speech.guided`), weighted together, plus the count of
-utterances whose transcript is too long for CTC."""
+utterances whose transcript is too long for CTC.
+
+With ``ctc_weight`` 1 (CTC alone) the objective is CTC only: the attention decoder is not run (its parameters
+are frozen by the module, so no gradient is expected of them, also under DDP). The guided prior applies only to
+a model whose attention depends on the input: not with ``attention="none"`` (uniform weights: the penalty would be
+a constant) nor with CTC alone."""
 
 from __future__ import annotations
 
@@ -30,12 +35,13 @@ class SpeechLossMixin:
         return inputs, targets
 
     def _losses(self, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Attention cross-entropy, CTC and their weighted sum (all per target unit).
+        """Attention cross-entropy `ce`, CTC `ctc` and their weighted sum `loss` (all per target unit).
 
         With CTC, also `ctc_infeasible`: how many utterances have a transcript too long for their
         encoder frames (CTC needs one frame per unit plus one per repeated unit). `zero_infinity`
         zeroes their CTC loss, so they only train the attention decoder; they are counted, not
-        filtered out, because the attention loss is still valid for them.
+        filtered out, because the attention loss is still valid for them. CTC alone (``ctc_weight``
+        1) has no `ce`: `loss` is `ctc`. With the guided prior, also `guided`.
         """
         if self.reads_waveforms:
             enc, mask, ctc_lp = self.model.encode(batch["wavs"], batch["wav_lens"])  # (B, N) audio in
@@ -44,24 +50,28 @@ class SpeechLossMixin:
             if self.specaug is not None and self.training:
                 feats = self.specaug(feats)
             enc, mask, ctc_lp = self.model.encode(feats, batch["feat_lens"])  # (B, S, D), (B, S), (B, S, V)
-        inputs, targets = self._targets(batch["tokens"], batch["token_lens"])
         hp = self.hparams
-        ga = guided_weight(
-            hp.guided_attention_weight,
-            hp.guided_attention_steps,
-            self.global_step if self._trainer else 0,
-            hp.guided_attention_final_weight,
-        )
-        ga = ga if self.training else 0.0  # a training prior: validation losses stay comparable across settings
-        logits, att = self.model.decoder(enc, mask, inputs, need_weights=ga > 0)  # (B, L+1, V), (B, L+1, S)
-        ce = F.cross_entropy(
-            logits.transpose(1, 2),
-            targets,
-            ignore_index=self.tokenizer.pad_id,
-            label_smoothing=self.hparams.label_smoothing,
-        )
-        w = self.hparams.ctc_weight
-        out = {"ce": ce}
+        w = hp.ctc_weight
+        out: dict[str, Tensor] = {}
+        ga, att = 0.0, None
+        if w < 1.0:  # CTC alone neither trains nor runs the attention decoder
+            inputs, targets = self._targets(batch["tokens"], batch["token_lens"])
+            ga = guided_weight(
+                hp.guided_attention_weight,
+                hp.guided_attention_steps,
+                self.global_step if self._trainer else 0,
+                hp.guided_attention_final_weight,
+            )
+            # A training prior (validation losses stay comparable across settings), and only for attention that
+            # depends on the input: "none"'s uniform weights would add a constant.
+            ga = ga if self.training and hp.attention != "none" else 0.0
+            logits, att = self.model.decoder(enc, mask, inputs, need_weights=ga > 0)  # (B, L+1, V), (B, L+1, S)
+            out["ce"] = F.cross_entropy(
+                logits.transpose(1, 2),
+                targets,
+                ignore_index=self.tokenizer.pad_id,
+                label_smoothing=hp.label_smoothing,
+            )
         if w > 0:
             enc_lens = mask.sum(-1)
             ctc = F.ctc_loss(
@@ -75,9 +85,9 @@ class SpeechLossMixin:
             )
             out["ctc"] = ctc / batch["token_lens"].sum().clamp_min(1)  # per unit, like the CE
             out["ctc_infeasible"] = self._ctc_infeasible(batch["tokens"], batch["token_lens"], enc_lens)
-            out["loss"] = (1 - w) * ce + w * out["ctc"]
+            out["loss"] = out["ctc"] if w >= 1.0 else (1 - w) * out["ce"] + w * out["ctc"]
         else:
-            out["loss"] = ce
+            out["loss"] = out["ce"]
         if ga > 0 and att is not None:
             out["guided"] = guided_attention_loss(att, batch["token_lens"] + 1, mask.sum(-1), hp.guided_attention_sigma)
             out["loss"] = out["loss"] + ga * out["guided"]

@@ -1,12 +1,23 @@
-"""`SpeechModule`: joint CTC/attention ASR as a LightningModule, plus `transcribe` for inference."""
+"""`SpeechModule`: joint CTC/attention ASR as a LightningModule, plus `transcribe` for inference.
+
+Besides CER/WER, validation and test score where the attention looks when the data knows where each word is
+(the synthesised corpus' word spans, `tasks.speech.alignment`): ``val/char_in_span`` / ``test/char_in_span``,
+the share of emitted characters whose attention peak lies inside their word's span, and ``val/off_diagonal`` /
+``test/off_diagonal``, the attention's expected distance from the diagonal. Both come from the decoding the
+CER needs anyway (nothing is decoded twice), and are not logged for a model without attention to score
+(``attention="none"``, CTC alone) or data without spans.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
+from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from core.errors import ConfigError
@@ -17,6 +28,7 @@ from core.pretrained import is_hf_spec
 from core.progress_bar import ThroughputMixin
 from core.task_io import TaskCheckpointMixin
 from core.training import configure_optimizer, empty_batch_loss
+from tasks.speech.alignment import encoder_frame_times, has_attention_to_score, off_diagonal, utterance_scores
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
 from tasks.speech.hf_encoder import hf_speech_encoder
@@ -47,10 +59,17 @@ class SpeechModule(
         hidden_dim: decoder LSTM size.
         embed_dim: character embedding size.
         attention: `core.attention` mechanism of the decoder ("location", "additive", "dot",
-            "general", "scaled_dot", "multihead").
+            "general", "scaled_dot", "multihead"), or "none": no attention, one fixed context (the mean of
+            the encoder frames) for every output step, the baseline of what attention buys (it is expected
+            to fail on long input).
         attention_options: extra options of that mechanism (e.g. `{"hidden_dim": 128, "kernel_size": 31}`).
+            "none" takes none: options given with it (e.g. a config's location-attention options under
+            ``--model.attention none``) are dropped with a warning.
         ctc_weight: weight of the CTC loss (0 = attention only; also the weight of CTC when
-            rescoring the beam's n-best).
+            rescoring the beam's n-best). 1 = **CTC alone**, the practical model without attention: the
+            loss is CTC only, the attention decoder is frozen (no gradient, no weight decay) and never
+            run, and decoding is a CTC prefix beam search (`joint_ctc_decoding` is implied: rescoring an
+            untrained decoder's beam would mean nothing).
         dropout: dropout.
         label_smoothing: label smoothing of the attention cross-entropy.
         optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.training.configure_optimizer``).
@@ -79,7 +98,8 @@ class SpeechModule(
         pretrained_config: ``hf:`` encoders: their config and feature-extractor settings as plain data; filled
             from a checkpoint's metadata when one is loaded (rebuilt offline, never downloaded); leave it None.
         guided_attention_weight: weight of the guided attention loss (`tasks.speech.guided`), a
-            diagonal prior that makes the decoder find the monotonic alignment early (0 = off).
+            diagonal prior that makes the decoder find the monotonic alignment early (0 = off; ignored,
+            with a warning, for "none" and CTC alone, which have no attention to guide).
         guided_attention_sigma: width of that prior's diagonal band, as a fraction of the utterance.
         guided_attention_steps: the guided weight fades linearly to `guided_attention_final_weight` over this
             many optimizer steps (a prior to find the alignment, not a constraint on it later); None = constant.
@@ -88,7 +108,8 @@ class SpeechModule(
             measured 0.163 -> 0.082 CPU-s per encoder forward+backward of a demo batch).
         joint_ctc_decoding: beam search scores every step with `(1 - w)` attention + `w` CTC prefix
             log-probability (`tasks.speech.ctc_prefix`, `w = ctc_weight`) instead of rescoring the
-            attention beam's n-best with CTC at the end.
+            attention beam's n-best with CTC at the end. With ``ctc_weight`` 1 (CTC alone) the search uses
+            the CTC prefix scores only, without running the decoder (the same scores `w = 1` gives here).
     """
 
     TASK = TASK
@@ -173,6 +194,14 @@ class SpeechModule(
                 f"model.encoder={encoder!r}: expected one of {', '.join(ENCODERS)} or "
                 f"hf:<hub-id-or-folder> (a pretrained wav2vec2 / HuBERT / WavLM / Whisper)"
             )
+        if attention == "none" and attention_options:
+            rank_zero_warn(
+                f"model.attention=none takes no options: ignoring attention_options {sorted(attention_options)}"
+            )
+            attention_options = None  # before save_hyperparameters: the checkpoint records what was built
+        if guided_attention_weight > 0 and (attention == "none" or ctc_weight >= 1.0):
+            what = "attention=none (uniform weights)" if attention == "none" else "ctc_weight=1 (CTC alone)"
+            rank_zero_warn(f"model.guided_attention_weight is ignored with {what}: there is no attention to guide")
         self.save_hyperparameters()
         self.tokenizer = make_char_tokenizer()
         self.feature_cfg = FeatureConfig()
@@ -200,9 +229,19 @@ class SpeechModule(
             encoder_module=hf_encoder,
             conv_channels=encoder_conv_channels,
         )
+        if ctc_weight >= 1.0:
+            # CTC alone: the decoder has no loss and is never run. Frozen, it gets no gradient (DDP expects
+            # none of it), no weight decay and no optimizer state; it stays in the model so that every
+            # setting has the same weights.
+            self.model.decoder.requires_grad_(False)
         self.max_chunk_seconds = max_chunk_seconds
         self.val_cer, self.val_wer = CharErrorRate(), WordErrorRate()
         self.test_cer, self.test_wer = CharErrorRate(), WordErrorRate()
+        # Attention against word spans (tasks.speech.alignment): weighted means, so that the epoch value is the
+        # corpus share (characters in span / characters scored) and the mean over utterances, across ranks too.
+        self.val_in_span, self.val_off_diagonal = MeanMetric(), MeanMetric()
+        self.test_in_span, self.test_off_diagonal = MeanMetric(), MeanMetric()
+        self._span_utts: dict[str, list[Any] | None] = {}
 
     # ------------------------------------------------------------------------------------------
     # setup (what a checkpoint stores beyond the weights: tasks.speech.stored)
@@ -288,7 +327,8 @@ class SpeechModule(
             self._log_ctc_infeasible("train", losses["ctc_infeasible"])
         b = len(batch["texts"])
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
-        self.log("train/ce", losses["ce"], batch_size=b)
+        if "ce" in losses:  # not with CTC alone
+            self.log("train/ce", losses["ce"], batch_size=b)
         if "ctc" in losses:
             self.log("train/ctc", losses["ctc"], batch_size=b)
         if "guided" in losses:
@@ -309,13 +349,15 @@ class SpeechModule(
         b = len(batch["texts"])
         losses = self._losses(batch)
         self.log(f"{stage}/loss", losses["loss"], prog_bar=True, batch_size=b, sync_dist=True)
+        span_utts = self._span_utts.get(stage)
         hyps = [
             h[0]
             for h in self.decode_features(
                 batch["feats"],
                 batch["feat_lens"],
                 beam=self.hparams.beam_size,
-                with_attention=(stage == "val" and batch_idx == 0),
+                # the beam search keeps the attention anyway: returning it costs a slice
+                with_attention=(stage == "val" and batch_idx == 0) or span_utts is not None,
                 wavs=batch.get("wavs"),
                 wav_lens=batch.get("wav_lens"),
             )
@@ -328,6 +370,53 @@ class SpeechModule(
         self.log(f"{stage}/wer", wer, batch_size=b)
         if stage == "val" and batch_idx == 0 and self.hparams.plot_examples > 0:
             self._plot(batch, hyps)
+        if span_utts is not None:
+            self._score_attention(stage, batch, hyps, span_utts)
+
+    def _find_span_utterances(self, stage: str) -> None:
+        """Note the split's utterances when their word spans can score this model's attention (else None).
+
+        Decided once per evaluation epoch from the datamodule's split (the same files on every rank, so every
+        rank logs the same keys); `batch["indices"]` are positions in it.
+        """
+        utts = None
+        if self._trainer is not None and has_attention_to_score(self):
+            dm = getattr(self.trainer, "datamodule", None)
+            split = (getattr(dm, "splits", None) or {}).get(stage)
+            if split and any(getattr(u, "words", None) for u in split):
+                utts = split
+        self._span_utts[stage] = utts
+
+    def on_validation_epoch_start(self) -> None:
+        self._find_span_utterances("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._find_span_utterances("test")
+
+    def _score_attention(self, stage: str, batch: dict[str, Any], hyps: list[Hypothesis], utts: list[Any]) -> None:
+        """Update and log `<stage>/char_in_span` and `<stage>/off_diagonal` with one batch's hypotheses."""
+        frame_s, centre_s = encoder_frame_times(self)
+        hits = scored = 0
+        offs: list[float] = []
+        for i, h in zip(batch["indices"], hyps):
+            words = getattr(utts[int(i)], "words", None)
+            if not words or h.attention is None:
+                continue
+            n_in, n = utterance_scores(h.text, h.attention, words, frame_s, centre_s)
+            hits, scored = hits + n_in, scored + n
+            off = off_diagonal(h.attention)
+            if not math.isnan(off):
+                offs.append(off)
+        in_span, off_diag = (
+            (self.val_in_span, self.val_off_diagonal) if stage == "val" else (self.test_in_span, self.test_off_diagonal)
+        )
+        # Weight 0 when nothing was scored (e.g. an untrained model's empty transcripts): the key is still
+        # logged, so every rank holds it; an epoch with nothing scored at all gives NaN.
+        in_span.update(hits / scored if scored else 0.0, float(scored))
+        off_diag.update(sum(offs) / len(offs) if offs else 0.0, float(len(offs)))
+        b = len(hyps)
+        self.log(f"{stage}/char_in_span", in_span, batch_size=b)
+        self.log(f"{stage}/off_diagonal", off_diag, batch_size=b)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "val")

@@ -38,12 +38,16 @@ class Utterance:
         text: raw transcript (normalised later, by the dataset).
         duration: seconds when known (manifests, headers), else None.
         speaker: speaker/voice id when known (used to split FSDD by speaker).
+        words: where each word of the transcript is in the audio, ``[(word, start s, end s), ...]``, when the
+            manifest has them (the synthesised corpus does: `tasks.speech.synth`); they score where the
+            attention looks (`tasks.speech.alignment`).
     """
 
     audio: str | bytes
     text: str
     duration: float | None = None
     speaker: str | None = None
+    words: list[tuple[str, float, float]] | None = None
 
     @property
     def name(self) -> str:
@@ -130,11 +134,30 @@ def _pick(row: dict[str, Any], keys: tuple[str, ...]) -> str | None:
     return None
 
 
+def _word_spans(value: Any) -> list[tuple[str, float, float]] | None:
+    """A manifest's ``words`` field as ``[(word, start s, end s), ...]``, or None when it is not that shape
+    (finite times, ``0 <= start <= end``, starts in order): another tool's field of the same name is ignored."""
+    if not isinstance(value, list) or not value:
+        return None
+    out: list[tuple[str, float, float]] = []
+    for item in value:
+        if not (isinstance(item, list) and len(item) == 3 and isinstance(item[0], str)):
+            return None
+        if not all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in item[1:]):
+            return None
+        a, b = float(item[1]), float(item[2])
+        if not (math.isfinite(a) and math.isfinite(b) and 0.0 <= a <= b) or (out and a < out[-1][1]):
+            return None
+        out.append((item[0], a, b))
+    return out
+
+
 def read_manifest(path: str | Path) -> list[Utterance]:
     """Read a JSONL, CSV or TSV manifest (also Common Voice `*.tsv`).
 
     Columns: an audio path (`path`, `audio`, `audio_filepath`, `file`, ...), a transcript (`text`,
-    `sentence`, `transcript`, ...), optional `duration` (seconds). CSV/TSV files without a header
+    `sentence`, `transcript`, ...), optional `duration` (seconds); JSONL rows may also carry `words`,
+    ``[[word, start s, end s], ...]`` (kept when well-formed, else ignored). CSV/TSV files without a header
     are read as `path<sep>text`. Relative paths resolve against the manifest's folder, then its
     `clips/` folder (Common Voice layout).
 
@@ -208,7 +231,8 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             bad_dur.append(f"{path}:{lineno}")
             dur = None  # unknown: validate_utterances reads it from the audio header
         sk = _pick(row, ("speaker", "client_id", "voice"))
-        out.append(Utterance(str(audio), str(row[tk] or ""), dur, str(row[sk]) if sk else None))
+        words = _word_spans(row.get("words"))
+        out.append(Utterance(str(audio), str(row[tk] or ""), dur, str(row[sk]) if sk else None, words))
     _warn_missing(missing, str(path))
     if bad_dur:
         rank_zero_warn(

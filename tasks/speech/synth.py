@@ -10,11 +10,19 @@ generator), so the same text synthesised twice in one process differs by a few L
 *sequence* of calls in a fresh process is bit-identical, so corpus generation runs in one freshly
 spawned worker process that synthesises the utterances in a fixed order. Noise, gains and all
 other randomness come from seeded generators in the parent.
+
+Word timings: the synth callback also receives eSpeak's event list, and each ``espeakEVENT_WORD`` names
+the sample at which the word's first phoneme is generated (and the word's position in the text). A word's
+span runs from its start to the next word's start (the last word's to the end of speech), so the short
+pauses and stop closures before a word belong to it. The post-processing only resamples (a zero-phase
+filter: times are unchanged), scales and adds noise, so the times hold for the 16 kHz corpus audio too.
+The corpus manifests store them as ``"words": [[word, start_s, end_s], ...]``, one per word of ``text``.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import json
 import multiprocessing as mp
@@ -22,6 +30,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,10 +48,13 @@ __all__ = [
     "VAL_VARIANTS",
     "EspeakUnavailable",
     "VoiceSpec",
+    "WordSpan",
     "default_cache_dir",
     "generate_corpus",
     "synthesize",
     "synthesize_many",
+    "synthesize_with_words",
+    "word_spans",
 ]
 
 ESPEAK_SAMPLE_RATE = 22050
@@ -61,6 +73,14 @@ _AUDIO_OUTPUT_SYNCHRONOUS = 2
 _POS_CHARACTER = 1
 _CHARS_UTF8 = 1
 _PARAM_RATE, _PARAM_VOLUME, _PARAM_PITCH, _PARAM_RANGE = 1, 2, 3, 4
+# espeak_EVENT_TYPE values: the list terminator, the start of a word, the end of a clause or sentence.
+_EVENT_LIST_TERMINATED, _EVENT_WORD, _EVENT_END = 0, 1, 5
+#: Version of the word timings in a corpus' manifests (``meta.json`` "word_spans"); a cached corpus without
+#: them gets them added in place (`generate_corpus`).
+WORD_SPANS_VERSION = 1
+
+#: One word of an utterance and its span in the audio: ``(word, start seconds, end seconds)``.
+WordSpan = tuple[str, float, float]
 
 
 class EspeakUnavailable(UserError, ImportError):
@@ -108,7 +128,22 @@ class VoiceSpec:
         return f"{self.accent}+{self.variant}" if self.variant else self.accent
 
 
-_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.c_void_p)
+class _Event(ctypes.Structure):
+    """``espeak_EVENT`` of speak_lib.h (eSpeak NG 1.52; the layout has been stable since eSpeak 1.4x)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("unique_identifier", ctypes.c_uint),
+        ("text_position", ctypes.c_int),  # 1-based character position of the word in the text
+        ("length", ctypes.c_int),  # characters of the word (WORD events)
+        ("audio_position", ctypes.c_int),  # milliseconds (rounded down) from the start of the speech
+        ("sample", ctypes.c_int),  # the same time as a sample index at the synthesiser's rate: exact
+        ("user_data", ctypes.c_void_p),
+        ("id", ctypes.c_char * 8),  # a union of int / const char * / char[8]
+    ]
+
+
+_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.POINTER(ctypes.c_short), ctypes.c_int, ctypes.POINTER(_Event))
 
 
 class _Espeak:
@@ -138,6 +173,9 @@ class _Espeak:
             raise RuntimeError(f"espeak_Initialize failed (returned {sr}); data path {loader.get_data_path()}")
         self.sample_rate = int(sr)
         self._chunks: list[np.ndarray] = []
+        # (0-based character position, sample) of every word start, and the sample of every clause end.
+        self._words: list[tuple[int, int]] = []
+        self._ends: list[int] = []
         # Keep a reference to the ctypes callback: if it were garbage-collected the C side would
         # call freed memory.
         self._cb = _CALLBACK(self._on_audio)
@@ -151,13 +189,25 @@ class _Espeak:
         return cls._instance
 
     def _on_audio(self, wav: Any, n: int, events: Any) -> int:
-        """Synth callback: copy each chunk of int16 samples out of eSpeak's buffer."""
+        """Synth callback: copy each chunk of int16 samples out of eSpeak's buffer, and note the word starts
+        and clause ends of its event list (terminated by an event of type 0)."""
         if wav and n > 0:
             self._chunks.append(np.ctypeslib.as_array(wav, shape=(n,)).copy())
+        i = 0
+        while events and events[i].type != _EVENT_LIST_TERMINATED:
+            ev = events[i]
+            if ev.type == _EVENT_WORD:
+                self._words.append((ev.text_position - 1, ev.sample))
+            elif ev.type == _EVENT_END:
+                self._ends.append(ev.sample)
+            i += 1
         return 0  # 0 = continue synthesis
 
     def synth(self, text: str, voice: VoiceSpec, seed: int = 0) -> np.ndarray:
-        """Synthesise `text` with `voice`; returns int16 samples `(N,)` at `self.sample_rate`."""
+        """Synthesise `text` with `voice`; returns int16 samples `(N,)` at `self.sample_rate`.
+
+        The word starts and clause ends of this utterance are left in `_words` and `_ends` (`word_spans`).
+        """
         if self.lib.espeak_SetVoiceByName(voice.name.encode()) != 0:
             raise ValueError(f"eSpeak NG has no voice {voice.name!r}")
         self.lib.espeak_SetParameter(_PARAM_RATE, int(voice.rate), 0)
@@ -168,11 +218,53 @@ class _Espeak:
         # espeak_Initialize seeds from the clock: reseed it so the same job gives the same audio.
         self.lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
         data = text.encode("utf-8")
-        self._chunks = []
+        self._chunks, self._words, self._ends = [], [], []
         err = self.lib.espeak_Synth(data, len(data) + 1, 0, _POS_CHARACTER, 0, _CHARS_UTF8, None, None)
         if err != 0:
             raise RuntimeError(f"espeak_Synth failed with status {err} for {text!r}")
         return np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=np.int16)
+
+
+def word_spans(
+    text: str, starts: Sequence[tuple[int, int]], ends: Sequence[int], n_samples: int, sample_rate: int
+) -> list[WordSpan] | None:
+    """Time span of every whitespace-separated word of `text`, from eSpeak's word events.
+
+    A word starts at the first word event inside its characters (eSpeak may report two for one written word,
+    e.g. "42" is spoken "forty two"); it ends where the next word starts, the last word at the end of speech
+    (the last clause end, else the end of the audio).
+
+    Args:
+        text: the synthesised text.
+        starts: `(0-based character position, sample)` of each word event, in order.
+        ends: samples of the clause-end events.
+        n_samples: length of the synthesised audio.
+        sample_rate: its rate.
+
+    Returns:
+        `[(word, start s, end s), ...]` (times rounded to 0.1 ms), one per word of ``text.split()``; None when
+        a word got no event (then its start is unknown).
+    """
+    words: list[tuple[str, int, int]] = []  # (word, first char, end char)
+    pos = 0
+    for w in text.split():
+        pos = text.index(w, pos)
+        words.append((w, pos, pos + len(w)))
+        pos += len(w)
+    first: list[int | None] = [None] * len(words)
+    for char, sample in starts:
+        for k, (_, a, b) in enumerate(words):
+            if a <= char < b and first[k] is None:
+                first[k] = sample
+    if not words or any(s is None for s in first):
+        return None
+    bounds = [min(int(s), n_samples) for s in first if s is not None]
+    speech_end = min(max(ends), n_samples) if ends else n_samples
+    bounds.append(max(speech_end, bounds[-1]))
+    return [
+        (w, round(bounds[k] / sample_rate, 4), round(bounds[k + 1] / sample_rate, 4))
+        for k, (w, _, _) in enumerate(words)
+    ]
 
 
 def synthesize(text: str, voice: VoiceSpec | None = None) -> tuple[np.ndarray, int]:
@@ -192,10 +284,31 @@ def synthesize(text: str, voice: VoiceSpec | None = None) -> tuple[np.ndarray, i
     return wav.astype(np.float32) / 32768.0, _Espeak.get().sample_rate
 
 
-def _worker_synth(jobs: list[tuple[str, dict[str, Any]]]) -> list[np.ndarray]:
-    """Pool worker: synthesise `(text, voice fields)` jobs in order (int16 arrays)."""
+def synthesize_with_words(text: str, voice: VoiceSpec | None = None) -> tuple[np.ndarray, int, list[WordSpan] | None]:
+    """`synthesize`, plus where each word of `text` is in the audio.
+
+    Args:
+        text: the sentence to speak.
+        voice: voice settings (default: en-us at default rate and pitch).
+
+    Returns:
+        `(waveform, sample_rate, words)`: the waveform and rate of `synthesize`, and `word_spans` of the text
+        (`[(word, start s, end s), ...]`, or None when eSpeak reported no start for some word).
+    """
     eng = _Espeak.get()
-    return [eng.synth(text, VoiceSpec(**voice)) for text, voice in jobs]
+    wav = eng.synth(text, voice or VoiceSpec())
+    spans = word_spans(text, eng._words, eng._ends, len(wav), eng.sample_rate)
+    return wav.astype(np.float32) / 32768.0, eng.sample_rate, spans
+
+
+def _worker_synth(jobs: list[tuple[str, dict[str, Any]]], with_words: bool = False) -> list[Any]:
+    """Pool worker: synthesise `(text, voice fields)` jobs in order (int16 arrays, or `(array, word spans)`)."""
+    eng = _Espeak.get()
+    out: list[Any] = []
+    for text, voice in jobs:
+        wav = eng.synth(text, VoiceSpec(**voice))
+        out.append((wav, word_spans(text, eng._words, eng._ends, len(wav), eng.sample_rate)) if with_words else wav)
+    return out
 
 
 def _spawn_pool() -> Any:
@@ -203,15 +316,19 @@ def _spawn_pool() -> Any:
     return mp.get_context("spawn").Pool(1)
 
 
-def synthesize_many(jobs: Sequence[tuple[str, VoiceSpec]], chunk_size: int = 64) -> Iterator[list[np.ndarray]]:
+def synthesize_many(
+    jobs: Sequence[tuple[str, VoiceSpec]], chunk_size: int = 64, with_words: bool = False
+) -> Iterator[list[Any]]:
     """Synthesise many utterances deterministically in a fresh worker process.
 
     Args:
         jobs: `(text, voice)` pairs, synthesised in this order.
         chunk_size: utterances per round trip to the worker (granularity of progress updates).
+        with_words: also return each utterance's `word_spans` (the audio is the same either way).
 
     Yields:
-        Lists of int16 waveforms `(N_i,)` at 22.05 kHz, one list per chunk, in job order.
+        Lists of int16 waveforms `(N_i,)` at 22.05 kHz, one list per chunk, in job order; with `with_words`,
+        lists of `(waveform, word spans or None)`.
 
     Raises:
         EspeakUnavailable: `espeakng-loader` is not installed.
@@ -221,7 +338,7 @@ def synthesize_many(jobs: Sequence[tuple[str, VoiceSpec]], chunk_size: int = 64)
     chunks = [payload[i : i + chunk_size] for i in range(0, len(payload), chunk_size)]
     with _spawn_pool() as pool:
         # imap on a 1-process pool runs the chunks in order in one process -> bit-identical output.
-        yield from pool.imap(_worker_synth, chunks)
+        yield from pool.imap(functools.partial(_worker_synth, with_words=with_words), chunks)
 
 
 def default_cache_dir() -> Path:
@@ -275,10 +392,13 @@ def generate_corpus(
     """Generate (once) and cache the synthesised corpus; return its directory.
 
     The directory holds `train.jsonl`, `val.jsonl`, `test.jsonl` manifests (`path`, `text`,
-    `duration`, `voice`) and 16 kHz FLAC files. Generation is skipped when a complete corpus for
-    the same settings exists (the manifests are written last, through an atomic rename of the
-    whole directory, so an interrupted run never leaves a half corpus that looks complete).
-    Call it from rank 0 only (`LightningDataModule.prepare_data`).
+    `duration`, `voice`, and `words`: `[[word, start s, end s], ...]` where eSpeak reported every word) and
+    16 kHz FLAC files. Generation is skipped when a complete corpus for the same settings exists (the
+    manifests are written last, through an atomic rename of the whole directory, so an interrupted run
+    never leaves a half corpus that looks complete). A corpus cached before word timings were recorded
+    keeps its directory, audio and texts and gets them added in place (`_add_word_spans`: the utterances
+    are synthesised again, without writing audio, a few seconds). Call it from rank 0 only
+    (`LightningDataModule.prepare_data`).
 
     Args:
         root: parent directory of cached corpora (default `default_cache_dir()/speech`).
@@ -311,18 +431,13 @@ def generate_corpus(
     root = Path(root) if root is not None else default_cache_dir() / "speech"
     out = root / f"synth-{_corpus_key(cfg)}"
     if (out / "meta.json").is_file():
+        meta = json.loads((out / "meta.json").read_text())
+        if meta.get("word_spans") != WORD_SPANS_VERSION:
+            _add_word_spans(out, meta, *_corpus_jobs(cfg))
         return out
 
-    rng = random.Random(seed)
-    splits = {"train": (num_train, TRAIN_VARIANTS), "val": (num_val, VAL_VARIANTS), "test": (num_test, TEST_VARIANTS)}
-    jobs: list[tuple[str, VoiceSpec]] = []
-    owners: list[tuple[str, int]] = []
-    for split, (n, variants) in splits.items():
-        texts = sample_corpus_texts(rng, n, digit_fraction)
-        for i, t in enumerate(texts):
-            jobs.append((t, _sample_voice(rng, variants)))
-            owners.append((split, i))
-
+    jobs, owners = _corpus_jobs(cfg)
+    splits = ("train", "val", "test")
     tmp = root / f".tmp-{out.name}-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     (tmp / "audio").mkdir(parents=True)
@@ -348,6 +463,7 @@ def generate_corpus(
         cfg,
         seconds=round(time.time() - t0, 1),
         hours={s: round(sum(x["duration"] for x in r) / 3600, 3) for s, r in rows.items()},
+        word_spans=WORD_SPANS_VERSION,
     )
     (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
     try:
@@ -355,6 +471,47 @@ def generate_corpus(
     except OSError:  # another process finished first (shared filesystem): keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return out
+
+
+def _corpus_jobs(cfg: dict[str, Any]) -> tuple[list[tuple[str, VoiceSpec]], list[tuple[str, int]]]:
+    """The corpus' `(text, voice)` jobs in synthesis order and the `(split, index)` each belongs to.
+
+    Everything is drawn from one generator seeded with ``cfg["seed"]``, so the same settings give the same
+    jobs (and, synthesised in this order in a fresh process, the same audio).
+    """
+    rng = random.Random(cfg["seed"])
+    splits = {
+        "train": (cfg["num_train"], TRAIN_VARIANTS),
+        "val": (cfg["num_val"], VAL_VARIANTS),
+        "test": (cfg["num_test"], TEST_VARIANTS),
+    }
+    jobs: list[tuple[str, VoiceSpec]] = []
+    owners: list[tuple[str, int]] = []
+    for split, (n, variants) in splits.items():
+        texts = sample_corpus_texts(rng, n, cfg["digit_fraction"])
+        for i, t in enumerate(texts):
+            jobs.append((t, _sample_voice(rng, variants)))
+            owners.append((split, i))
+    return jobs, owners
+
+
+def _resampled_length(n: int) -> int:
+    """Samples at 16 kHz of `n` samples at 22.05 kHz after `_postprocess` (torchaudio's ceil(n * 16000 / 22050))."""
+    return -(-n * TARGET_SAMPLE_RATE // ESPEAK_SAMPLE_RATE)
+
+
+def _words_field(spans: list[WordSpan] | None, n_samples: int) -> dict[str, Any]:
+    """The manifest field of an utterance's word spans, or nothing without them.
+
+    Args:
+        spans: `word_spans` of the synthesis.
+        n_samples: length of the corpus audio (16 kHz): times are clipped to it (rounded down to 0.1 ms), so
+            a span rounded up to 0.1 ms never ends past the audio.
+    """
+    if spans is None:
+        return {}
+    end = n_samples * 10_000 // TARGET_SAMPLE_RATE / 10_000
+    return {"words": [[w, min(a, end), min(b, end)] for w, a, b in spans]}
 
 
 def _write_all(
@@ -370,8 +527,8 @@ def _write_all(
     import soundfile as sf
 
     k = 0
-    for wavs in synthesize_many(jobs):
-        for wav in wavs:
+    for chunk in synthesize_many(jobs, with_words=True):
+        for wav, spans in chunk:
             (text, voice), (split, i) = jobs[k], owners[k]
             y = _postprocess(wav, np.random.default_rng([seed, k]), snr_db)
             rel = f"audio/{split}-{i:05d}.flac"
@@ -384,10 +541,62 @@ def _write_all(
                     "voice": voice.name,
                     "rate": voice.rate,
                     "pitch": voice.pitch,
+                    **_words_field(spans, len(y)),
                 }
             )
             k += 1
-        bar(len(wavs))
+        bar(len(chunk))
+
+
+def _add_word_spans(
+    out: Path, meta: dict[str, Any], jobs: list[tuple[str, VoiceSpec]], owners: list[tuple[str, int]]
+) -> None:
+    """Add word spans to the manifests of a corpus cached before they were recorded (audio and text unchanged).
+
+    The jobs are synthesised again in a fresh worker, in the same order (the same audio, see the module
+    docstring), for their word events only. A row gets spans only when its text is the job's and its
+    duration is the new synthesis' (to the millisecond it is stored with): a corpus made by another eSpeak
+    NG version or grammar keeps what it has. Each manifest, then ``meta.json``, is replaced atomically, so
+    a reader sees either the old file or the new one, and an interrupted upgrade is simply done again next
+    time. Without eSpeak NG the corpus is used as it is (it trains; there is nothing to score attention
+    against).
+    """
+    try:
+        _load_loader()
+    except EspeakUnavailable:
+        return
+    splits = ("train", "val", "test")
+    rows = {
+        s: [json.loads(line) for line in (out / f"{s}.jsonl").read_text().splitlines() if line.strip()] for s in splits
+    }
+    results = [r for chunk in synthesize_many(jobs, with_words=True) for r in chunk]
+    stale = 0
+    for (text, _), (split, i), (wav, spans) in zip(jobs, owners, results):
+        row = rows[split][i] if i < len(rows[split]) else None
+        if row is None:
+            continue
+        n = _resampled_length(len(wav))
+        if row.get("text") != text or row.get("duration") != round(n / TARGET_SAMPLE_RATE, 3):
+            stale += 1
+            continue
+        row.update(_words_field(spans, n))
+    if stale:
+        warnings.warn(
+            f"{out}: {stale} utterance(s) do not match a new synthesis (another eSpeak NG version or grammar?): "
+            "they get no word spans",
+            stacklevel=3,
+        )
+    tag = f".tmp-{os.getpid()}"
+    try:
+        for split, r in rows.items():
+            tmp = out / f"{split}.jsonl{tag}"
+            tmp.write_text("".join(json.dumps(row) + "\n" for row in r))
+            os.replace(tmp, out / f"{split}.jsonl")
+        tmp = out / f"meta.json{tag}"
+        tmp.write_text(json.dumps(dict(meta, word_spans=WORD_SPANS_VERSION), indent=1))
+        os.replace(tmp, out / "meta.json")
+    except OSError as e:  # e.g. a read-only shared cache: the corpus still trains, without word spans
+        warnings.warn(f"{out}: could not add word spans to the cached corpus ({e})", stacklevel=3)
 
 
 def _progress(total: int, desc: str, enabled: bool | Callable[[int, int], None]) -> Any:
