@@ -190,7 +190,7 @@ def run_one(task: str, mechanism: str, seed: int, budget_s: float, quick: bool, 
         "loadavg_start": [round(x, 2) for x in load0],
         "loadavg_end": [round(x, 2) for x in os.getloadavg()],
     }
-    if task == "translation":
+    if hasattr(adapter, "by_length"):  # quality by input length (translation: BLEU; speech: CER)
         record["by_length"] = adapter.by_length(module, dm, quick)
     figure = figdir / f"{task}_{mechanism}_seed{seed}.png"
     if adapter.figure(module, dm, figure):
@@ -331,21 +331,24 @@ def _png(fig: Any) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def length_figure(records: Sequence[dict[str, Any]]) -> Any:
-    """Bahdanau et al.'s figure: BLEU by source length, median over seeds with the min-max band."""
+def length_figure(records: Sequence[dict[str, Any]], task: str = "translation", key: str | None = None) -> Any:
+    """Quality by input length, median over seeds with the min-max band: Bahdanau et al.'s figure for
+    translation (BLEU by source words); for speech, CER by how many held-out utterances are joined."""
     from matplotlib.figure import Figure
 
+    key = key or ("bleu" if task == "translation" else "cer")
     fig = Figure(figsize=(6.4, 3.8))
     ax = fig.add_subplot()
     by_mech: dict[str, dict[str, list[float]]] = {}
     buckets: list[str] = []
     for r in records:
-        if r["task"] != "translation" or "by_length" not in r:
+        if r["task"] != task or "by_length" not in r:
             continue
         for b in r["by_length"]:
             if b["bucket"] not in buckets:
                 buckets.append(b["bucket"])
-            by_mech.setdefault(r["mechanism"], {}).setdefault(b["bucket"], []).append(b["bleu"])
+            if key in b:
+                by_mech.setdefault(r["mechanism"], {}).setdefault(b["bucket"], []).append(b[key])
     x = list(range(len(buckets)))
     for mech, per in by_mech.items():
         med = [statistics.median(per.get(b, [math.nan])) for b in buckets]
@@ -354,10 +357,17 @@ def length_figure(records: Sequence[dict[str, Any]]) -> Any:
         style = {"linewidth": 2.5, "color": "black"} if mech == "none" else {"linewidth": 1.5}
         ax.plot(x, med, marker="o", label=mech, **style)
         ax.fill_between(x, lo, hi, alpha=0.12, color=style.get("color"))
-    ax.set_xticks(x, [f"{b} words" for b in buckets])
-    ax.set_ylabel("BLEU (held-out, beam 5)")
-    ax.set_xlabel("source sentence length")
-    ax.set_title("Translation quality by source length: no attention vs attention")
+    if task == "translation":
+        ax.set_xticks(x, [f"{b} words" for b in buckets])
+        ax.set_ylabel("BLEU (held-out, beam 5)")
+        ax.set_xlabel("source sentence length")
+        ax.set_title("Translation quality by source length: no attention vs attention")
+    else:
+        ax.set_xticks(x, buckets)
+        ax.set_ylabel("CER % (lower is better)")
+        ax.set_xlabel("held-out utterances joined into one input")
+        how = "attention decoder alone" if key == "cer_attention_only" else "joint CTC/attention search"
+        ax.set_title(f"Speech CER by input length ({how})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
     return fig
@@ -397,11 +407,15 @@ def write_html(path: Path, records: Sequence[dict[str, Any]], meta: dict[str, An
         "<h1>What attention buys</h1>",
         f"<p class='note'>{html.escape(meta['description'])}</p>",
     ]
-    if any(r.get("by_length") for r in records):
-        parts += [
-            "<h2>Translation quality by source length</h2>",
-            f"<img src='data:image/png;base64,{_png(length_figure(records))}'>",
-        ]
+    if any(r.get("by_length") for r in records if r["task"] == "translation"):
+        img = _png(length_figure(records, "translation"))
+        parts += ["<h2>Translation quality by source length</h2>", f"<img src='data:image/png;base64,{img}'>"]
+    if any(r.get("by_length") for r in records if r["task"] == "speech"):
+        parts.append("<h2>Speech on inputs longer than any training utterance</h2><div class='row'>")
+        for key in ("cer", "cer_attention_only"):
+            img = _png(length_figure(records, "speech", key))
+            parts.append(f"<img style='max-width:590px' src='data:image/png;base64,{img}'>")
+        parts.append("</div>")
     parts.append("<h2>Quality and alignment per mechanism</h2><div class='row'>")
     for task in summary:
         for what in ("quality", "alignment"):

@@ -137,6 +137,10 @@ class Speech:
         return ttq.HELD_OUT["speech"]
 
     @staticmethod
+    def by_length(module: Any, dm: Any, quick: bool) -> list[dict[str, Any]]:
+        return speech_by_length(module, dm, quick)
+
+    @staticmethod
     def alignment(module: Any, dm: Any, quick: bool) -> dict[str, float]:
         from tasks.speech import demo
         from tasks.speech.alignment import span_scores
@@ -160,6 +164,60 @@ class Speech:
         fig = plot_spectrogram_alignment(spec.T, best.attention, list(best.text), path=path, title=f"ref: {ref}")
         _close(fig)
         return True
+
+
+def _attention_only(module: Any) -> Any:
+    """A context manager: decode with the attention decoder alone (CTC weight 0 in the search), restored after."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def swap() -> Any:
+        hp = module.hparams
+        saved = (hp.ctc_weight, hp.joint_ctc_decoding)
+        hp.ctc_weight, hp.joint_ctc_decoding = 0.0, False
+        try:
+            yield
+        finally:
+            hp.ctc_weight, hp.joint_ctc_decoding = saved
+
+    return swap()
+
+
+def speech_by_length(module: Any, dm: Any, quick: bool) -> list[dict[str, Any]]:
+    """CER on inputs longer than any training utterance: k held-out utterances joined end to end (k = 1, 3, 6),
+    decoded whole (no chunking), with the recipe's joint CTC/attention search and with the attention decoder
+    alone (where a model has one): Chorowski et al.'s point that content-only attention loses its place."""
+    import torch
+
+    from core.metrics import char_error_rate
+    from tasks.speech import demo
+    from tasks.speech.audio import SAMPLE_RATE, load_audio
+    from tasks.speech.features import LogMel
+    from tasks.speech.text import normalize_text
+
+    n_items = 3 if quick else 16
+    utts = demo.held_out(dm, None)
+    logmel = LogMel()
+    out = []
+    for k in (1, 3, 6):
+        items = []
+        for i in range(n_items):
+            group = [utts[(i * k + j) % len(utts)] for j in range(k)]
+            wav = torch.cat([load_audio(u.audio) for u in group])
+            items.append((logmel(wav), normalize_text(" ".join(u.text for u in group)), wav.numel() / SAMPLE_RATE))
+        feats = [(f, r) for f, r, _ in items]
+        row: dict[str, Any] = {
+            "bucket": f"{k} utt.",
+            "n": n_items,
+            "mean_s": round(sum(d for *_, d in items) / n_items, 1),
+            "cer": round(demo.evaluate(module, feats, batch_size=4)[0]["cer"], 2),
+        }
+        if module.hparams.ctc_weight < 1.0:
+            with _attention_only(module):
+                hyps = demo.evaluate(module, feats, batch_size=4)[1]
+            row["cer_attention_only"] = round(100 * char_error_rate(hyps, [r for _, r in feats]), 2)
+        out.append(row)
+    return out
 
 
 ADAPTERS: dict[str, Any] = {"translation": Translation, "captioning": Captioning, "speech": Speech}
