@@ -13,7 +13,7 @@ A folder holds::
 
 ``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` follow huggingface_hub's ``ModelHubMixin``
 names, with one difference on purpose: loading is strict (a missing weight is an error, never a random
-initialisation). Reading goes through ``core.task_io.build_task_module``: validated plain data, shapes
+initialisation). Reading goes through ``core.rebuild.build_task_module``: validated plain data, shapes
 checked on the meta device before anything is allocated, nothing named in a file imported.
 
 :func:`load_task_model` is what every ``--ckpt`` option calls: a ``.ckpt`` file, an http(s) URL, a folder
@@ -39,6 +39,7 @@ from core.checkpoint import FORMAT_VERSION, PROVENANCE_ATTR
 from core.errors import CheckpointError, UserError
 from core.jsonio import MAX_JSON_BYTES, read_json
 from core.model_card import model_card
+from core.rebuild import build_task_module, load_task_module
 
 __all__ = [
     "CONFIG_NAME",
@@ -351,8 +352,6 @@ def from_pretrained(
     Raises:
         CheckpointError: not a model folder, another task's folder, bad files, or weights that do not fit.
     """
-    from core.task_io import build_task_module
-
     path = Path(folder).expanduser()
     what = f"model folder {path}"
     if not path.is_dir():
@@ -524,7 +523,6 @@ def load_task_model(
         CheckpointError: anything unusable, with a message naming the source.
     """
     from core.checkpoint import _check_hash
-    from core.task_io import load_task_module
 
     text = os.fspath(source)
     folder = resolve_hub(text) if text.startswith(HUB_PREFIX) else Path(text).expanduser()

@@ -5,7 +5,7 @@ COCO-toolkit style); it also logs per-word attention overlays of a few fixed val
 generated scenes, whether the attention points at the object each word names (``val/pointing``,
 `tasks.captioning.alignment`); see :mod:`tasks.captioning.evaluation`. Checkpoints are self-contained:
 ``checkpoint["attn_suite"]`` carries the task name, the word vocabulary and the image preprocessing
-(:mod:`tasks.captioning.stored`); loading goes through ``core.task_io`` (``weights_only=True``, task check,
+(:mod:`tasks.captioning.stored`); loading goes through ``core.rebuild`` (``weights_only=True``, task check,
 validated hyper-parameters). Captioning itself is in :mod:`tasks.captioning.inference`.
 """
 

@@ -16,7 +16,8 @@ import torch
 from core import checkpoint as ckpt_mod
 from core.checkpoint import FORMAT_VERSION, load_checkpoint, make_metadata, resolve_checkpoint
 from core.errors import CheckpointError, UserError
-from core.task_io import TaskCheckpointMixin, load_task_module
+from core.rebuild import load_task_module
+from core.task_io import TaskCheckpointMixin
 
 
 class _Evil:
