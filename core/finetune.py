@@ -9,7 +9,7 @@ every task:
 * ``unfreeze_after_steps``: the pretrained part stays frozen for this many optimizer steps (the new layers
   on top train alone first), then ``trainable_blocks`` applies; None = from the start;
 * ``encoder_lr_scale``: the pretrained parameters train at ``lr * encoder_lr_scale``
-  (:func:`optimizer_groups` gives ``core.training.configure_optimizer`` the groups).
+  (:func:`optimizer_groups` gives ``core.schedule.configure_optimizer`` the groups).
 
 Frozen parameters have ``requires_grad=False`` (no gradient is computed for them) and frozen blocks stay in
 eval mode (dropout off, batch-norm statistics kept). Parameters a schedule unfreezes later are in the
@@ -153,7 +153,7 @@ def freeze_policies(module: nn.Module) -> list[FreezePolicy]:
 
 
 def optimizer_groups(module: nn.Module, pretrained_lr_scale: float) -> list[tuple[list[nn.Parameter], float]] | None:
-    """``core.training.configure_optimizer`` groups: pretrained parameters that may train (now or after a
+    """``core.schedule.configure_optimizer`` groups: pretrained parameters that may train (now or after a
     frozen phase) at ``lr * pretrained_lr_scale``, everything else that trains at ``lr``; None without a
     pretrained part (the default grouping)."""
     policies = freeze_policies(module)

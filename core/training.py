@@ -1,6 +1,6 @@
 """Training helpers shared by the tasks: figure logging, non-finite loss guard, checkpoints, deadlines.
 
-The optimizer and LR schedules are in :mod:`core.schedule` (re-exported here).
+The optimizer and LR schedules are in :mod:`core.schedule`.
 """
 
 from __future__ import annotations
@@ -18,32 +18,16 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 
 from core.errors import UserError
-from core.schedule import (
-    OPTIMIZERS,
-    SCHEDULES,
-    ScheduleCheck,
-    WarmupSchedule,
-    build_scheduler,
-    configure_optimizer,
-    lr_lambda,
-)
 
 __all__ = [
-    "OPTIMIZERS",
-    "SCHEDULES",
     "DeadlineStop",
     "FiniteLossGuard",
     "NonFiniteLossError",
     "NonFiniteLossGuard",
     "RunCheckpoint",
-    "ScheduleCheck",
-    "WarmupSchedule",
-    "build_scheduler",
-    "configure_optimizer",
     "empty_batch_loss",
     "finite_loss_or_none",
     "log_figure",
-    "lr_lambda",
 ]
 
 

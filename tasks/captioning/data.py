@@ -1,5 +1,5 @@
 """The `CaptionDataModule` (generated scenes or real caption corpora): splits, vocabulary, loaders and the
-list of images to predict. The datasets and the collate are in :mod:`tasks.captioning.datasets`, the
+list of images to predict. The datasets and the collate are in :mod:`tasks.captioning.batching`, the
 corpus readers in :mod:`tasks.captioning.sources`.
 
 Rank safety: nothing here writes files. Generated scenes are a pure function of
@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from core.errors import ConfigError, DataError
 from core.tokenizers import SPECIAL_TOKENS, WordTokenizer
 from tasks.captioning import scenes as scene_gen
-from tasks.captioning.datasets import (
+from tasks.captioning.batching import (
     Batch,
     CaptionCollate,
     FileCaptionDataset,

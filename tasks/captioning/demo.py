@@ -20,7 +20,8 @@ from core.predict import write_text_atomic
 from core.progress import Sink, StageProgress, null_sink
 from tasks.captioning import scenes
 from tasks.captioning.data import CaptionDataModule
-from tasks.captioning.module import CaptioningModule, save_attention_figure
+from tasks.captioning.inference import save_attention_figure
+from tasks.captioning.module import CaptioningModule
 from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
 from tasks.demo_report import Example, TaskReport
 

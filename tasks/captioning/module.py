@@ -25,15 +25,16 @@ from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.predict import Prediction
 from core.pretrained import is_hf_spec
 from core.progress_bar import ThroughputMixin
+from core.schedule import configure_optimizer
 from core.task_io import TaskCheckpointMixin
-from core.training import configure_optimizer, empty_batch_loss
+from core.training import empty_batch_loss
 from tasks.captioning.data import Batch
 from tasks.captioning.decoder import TransformerCaptionDecoder, show_attend_tell_decoder
 from tasks.captioning.encoder import ImageEncoder
-from tasks.captioning.evaluation import CaptioningEvalMixin, hyps_and_refs  # noqa: F401 - hyps_and_refs re-exported
+from tasks.captioning.evaluation import CaptioningEvalMixin
 from tasks.captioning.hf_encoder import hf_image_encoder
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from tasks.captioning.inference import Caption, CaptionMixin, save_attention_figure  # noqa: F401 - re-exported
+from tasks.captioning.inference import CaptionMixin
 from tasks.captioning.stored import CaptioningStoredMixin
 from tasks.captioning.vocab import CaptionVocab
 
@@ -104,7 +105,7 @@ class CaptioningModule(
             ``lambda * mean_s (1 - sum_t alpha_ts)^2`` (0 disables it).
         dropout: decoder dropout.
         max_len: longest generated caption (words).
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.training.configure_optimizer``).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.schedule.configure_optimizer``).
         lr: peak learning rate.
         encoder_lr_scale: encoder LR = ``lr * encoder_lr_scale`` (lower for pretrained backbones).
         weight_decay: weight decay (not on biases and norms).

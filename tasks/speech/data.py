@@ -22,22 +22,14 @@ from torch.utils.data import DataLoader
 from core.errors import ConfigError, DataError
 from core.tokenizers import CharTokenizer
 from tasks.speech.audio import audio_info
-from tasks.speech.batching import (  # noqa: F401 - re-exported (MAX_ROW_WARNINGS too)
-    MAX_ROW_WARNINGS,
-    BucketedSpeechDataset,
-    SortaGradSampler,
-    collate_items,
-)
+from tasks.speech.batching import BucketedSpeechDataset, SortaGradSampler
 from tasks.speech.features import FeatureConfig
 from tasks.speech.sources import Utterance, read_source
 from tasks.speech.text import normalize_text
 
 __all__ = [
     "CHARSET",
-    "BucketedSpeechDataset",
-    "SortaGradSampler",
     "SpeechDataModule",
-    "collate_items",
     "make_char_tokenizer",
     "validate_utterances",
 ]

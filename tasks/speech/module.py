@@ -26,18 +26,19 @@ from core.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
 from core.predict import Prediction
 from core.pretrained import is_hf_spec
 from core.progress_bar import ThroughputMixin
+from core.schedule import configure_optimizer
 from core.task_io import TaskCheckpointMixin
-from core.training import configure_optimizer, empty_batch_loss
+from core.training import empty_batch_loss
 from tasks.speech.alignment import encoder_frame_times, has_attention_to_score, off_diagonal, utterance_scores
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
 from tasks.speech.hf_encoder import hf_speech_encoder
-from tasks.speech.inference import ChunkAlignment, Hypothesis, TranscribeMixin, Transcription
+from tasks.speech.inference import Hypothesis, TranscribeMixin
 from tasks.speech.losses import SpeechLossMixin
 from tasks.speech.model import ASRModel
 from tasks.speech.stored import SpeechStoredMixin
 
-__all__ = ["ChunkAlignment", "SpeechModule", "Transcription"]  # the last two re-exported from .inference
+__all__ = ["SpeechModule"]
 
 TASK = "speech"
 ENCODERS = ("lstm", "pblstm", "transformer", "conformer")
@@ -72,7 +73,7 @@ class SpeechModule(
             untrained decoder's beam would mean nothing).
         dropout: dropout.
         label_smoothing: label smoothing of the attention cross-entropy.
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.training.configure_optimizer``).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.schedule.configure_optimizer``).
         lr: peak learning rate.
         weight_decay: weight decay (not on biases and norms).
         betas: Adam betas.

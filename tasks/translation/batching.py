@@ -11,7 +11,6 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from core.distributed import dedupe_by_index  # noqa: F401 - re-exported (its docs mention it)
 from core.errors import ConfigError
 from core.tokenizers import BOS_ID, EOS_ID, PAD_ID
 

@@ -30,16 +30,16 @@ from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.known_words import KnownWords
 from core.predict import Prediction
 from core.progress_bar import ThroughputMixin
+from core.schedule import configure_optimizer
 from core.task_io import TaskCheckpointMixin
 from core.tokenizers import BaseTokenizer
-from core.training import configure_optimizer
 from tasks.translation.evaluation import TranslationEvalMixin
-from tasks.translation.inference import TranslateMixin, Translation  # noqa: F401 - Translation re-exported
+from tasks.translation.inference import TranslateMixin
 from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
 from tasks.translation.marian_tokenizer import marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 from tasks.translation.models.marian import load_marian, marian_network
-from tasks.translation.stored import TranslationStoredMixin, tokenizers_from_metadata  # noqa: F401 - re-exported
+from tasks.translation.stored import TranslationStoredMixin
 
 TASK = "translation"
 
@@ -72,7 +72,7 @@ class TranslationModule(
         dropout: dropout rate.
         label_smoothing: label smoothing of the cross-entropy.
         tie_embeddings: tie the target embedding and the output projection.
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.training.configure_optimizer``).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.schedule.configure_optimizer``).
         lr: peak learning rate.
         weight_decay: weight decay (not on biases and norms).
         betas: Adam betas.

@@ -97,7 +97,7 @@ def tone(seconds: float, freq: float = 440.0, sr: int = 16000) -> np.ndarray:
 
 def tiny_speech(folder: Path, steps: int = 3) -> Path:
     """A tiny listen-attend-spell model trained a few steps on tones labelled with short words."""
-    from tasks.speech.data import collate_items
+    from tasks.speech.batching import collate_items
     from tasks.speech.module import SpeechModule
 
     pl.seed_everything(0)

@@ -24,7 +24,7 @@ from core.pretrained import (
     read_model_type,
     resolve_pretrained,
 )
-from core.training import configure_optimizer
+from core.schedule import configure_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hf_tiny import speech_folder, vision_folder

@@ -13,14 +13,13 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from matplotlib.figure import Figure
 
 from core.errors import UserError
+from core.schedule import build_scheduler, lr_lambda
 from core.training import (
     NonFiniteLossError,
     NonFiniteLossGuard,
     RunCheckpoint,
-    build_scheduler,
     finite_loss_or_none,
     log_figure,
-    lr_lambda,
 )
 
 

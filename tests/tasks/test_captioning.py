@@ -524,7 +524,7 @@ def test_cli_test_subcommand_and_checkpoint_errors(
 
 
 def test_overlay_figure_saved(tmp_path: Path) -> None:
-    from tasks.captioning.module import save_attention_figure
+    from tasks.captioning.inference import save_attention_figure
 
     sc = scenes.make_scene(0, "val", 0)
     words = sc.captions[0]
@@ -677,7 +677,7 @@ def test_skipped_images_logged_as_epoch_sum(tmp_path: Path) -> None:
 
 
 def test_dedupe_by_index_drops_ddp_padding_repeats() -> None:
-    from tasks.captioning.module import hyps_and_refs
+    from tasks.captioning.evaluation import hyps_and_refs
 
     # 5 images on 2 ranks: DistributedSampler gives rank 0 [0, 2, 4] and rank 1 [1, 3, 0] (padding repeat)
     gathered = [(i, (f"h{i}", [f"r{i}"])) for i in (0, 2, 4, 1, 3, 0)]

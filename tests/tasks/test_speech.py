@@ -630,7 +630,7 @@ def test_guided_attention_weight_adds_a_training_term_only() -> None:
 
 
 def test_sortagrad_sampler_goes_short_to_long_once_then_shuffles() -> None:
-    from tasks.speech.data import SortaGradSampler
+    from tasks.speech.batching import SortaGradSampler
 
     s = SortaGradSampler(20, seed=3)
     first, second, third = list(s), list(s), list(s)

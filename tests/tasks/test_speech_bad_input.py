@@ -19,8 +19,9 @@ import soundfile as sf
 import torch
 
 from tasks.speech.audio import SAMPLE_RATE, load_audio
+from tasks.speech.batching import BucketedSpeechDataset
 from tasks.speech.cli import main
-from tasks.speech.data import BucketedSpeechDataset, make_char_tokenizer, validate_utterances
+from tasks.speech.data import make_char_tokenizer, validate_utterances
 from tasks.speech.features import FeatureConfig
 from tasks.speech.sources import Utterance
 
@@ -331,7 +332,7 @@ def test_fit_logs_skipped_utterances_batches_and_ctc_infeasible(tmp_path: Path) 
 
 
 def test_row_warnings_are_summarised(tmp_path: Path) -> None:
-    from tasks.speech.data import MAX_ROW_WARNINGS
+    from tasks.speech.batching import MAX_ROW_WARNINGS
 
     utts = [Utterance(str(tmp_path / f"gone{i}.wav"), "x", duration=0.3) for i in range(MAX_ROW_WARNINGS + 4)]
     ds = BucketedSpeechDataset(utts, make_char_tokenizer(), FeatureConfig())

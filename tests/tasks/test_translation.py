@@ -18,8 +18,9 @@ from core.known_words import words_of
 from tasks.translation import grammar
 from tasks.translation.cli import main
 from tasks.translation.data import TranslationDataModule
+from tasks.translation.inference import Translation
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
-from tasks.translation.module import Translation, TranslationModule
+from tasks.translation.module import TranslationModule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "translation"
 
