@@ -75,8 +75,8 @@ QUALITY = {
 }
 ALIGNMENT = {
     "translation": ("aer", "AER", False),
-    "captioning": ("pointing", "pointing acc.", True),
-    "speech": ("char_in_span", "chars in word span", True),
+    "captioning": ("pointing", "pointing acc. %", True),
+    "speech": ("char_in_span", "chars in word span %", True),
 }
 UNITS = {"translation": "tokens/s", "captioning": "images/s", "speech": "audio s/s"}
 
@@ -327,7 +327,20 @@ def _pct(ms: tuple[float, float, float] | None) -> tuple[float, float, float] | 
 # ------------------------------------------------------------------------------------------------ report
 def _png(fig: Any) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _thumbnail(path: Path, width: int = 420) -> str:
+    """A figure file as a small JPEG (base64), so the page stays a light, self-contained file."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+        if im.width > width:
+            im = im.resize((width, round(im.height * width / im.width)), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=80, optimize=True)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -431,10 +444,10 @@ def write_html(path: Path, records: Sequence[dict[str, Any]], meta: dict[str, An
             continue
         parts.append(f"<h3>{task}</h3><div class='row'>")
         for r in shots:
-            data = base64.b64encode((figdir / r["figure"]).read_bytes()).decode("ascii")
+            note = " (a uniform 1/S average: no attention)" if r["mechanism"] == "none" else ""
             parts.append(
-                f"<figure><img style='max-width:370px' src='data:image/png;base64,{data}'>"
-                f"<figcaption>{html.escape(r['mechanism'])}</figcaption></figure>"
+                f"<figure><img style='max-width:370px' src='data:image/jpeg;base64,{_thumbnail(figdir / r['figure'])}'>"
+                f"<figcaption>{html.escape(r['mechanism'])}{note}</figcaption></figure>"
             )
         parts.append("</div>")
     parts.append(
