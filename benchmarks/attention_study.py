@@ -395,10 +395,11 @@ def bar_figure(summary: dict[str, Any], task: str, what: str) -> Any:
     names = [m for m in mechs if mechs[m][what] is not None]
     fig = Figure(figsize=(4.6, 2.8))
     ax = fig.add_subplot()
-    med = [mechs[m][what][0] for m in names]
+    scale = 100.0 if what == "alignment" and task != "translation" else 1.0  # shares shown as percent
+    med = [scale * mechs[m][what][0] for m in names]
     err = [
-        [mechs[m][what][0] - mechs[m][what][1] for m in names],
-        [mechs[m][what][2] - mechs[m][what][0] for m in names],
+        [scale * (mechs[m][what][0] - mechs[m][what][1]) for m in names],
+        [scale * (mechs[m][what][2] - mechs[m][what][0]) for m in names],
     ]
     colors = ["#444444" if m in ("none", "ctc") else "#3b7dd8" for m in names]
     ax.bar(range(len(names)), med, yerr=err, color=colors, capsize=3)
@@ -529,14 +530,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.report:
         data = json.loads(args.report.read_text())
         records, meta = data["runs"], data["meta"]
+        figdir = Path(meta["figdir"]) if Path(meta["figdir"]).is_absolute() else ROOT / meta["figdir"]
         for extra in args.combine or []:  # studies run in parts (e.g. one task at a time) join into one report
             more = json.loads(extra.read_text())
+            more_dir = Path(more["meta"]["figdir"])
+            more_dir = more_dir if more_dir.is_absolute() else ROOT / more_dir
+            for r in more["runs"]:  # each part's figures stay where it wrote them
+                if r.get("figure") and (more_dir / r["figure"]).is_file() and more_dir != figdir:
+                    r["figure"] = str(more_dir / r["figure"])
             records += more["runs"]
             meta["budget"].update(more["meta"]["budget"])
             meta["loadavg"] = [meta["loadavg"], more["meta"]["loadavg"]]
         if args.out:
             args.out.write_text(json.dumps({"meta": meta, "runs": records}, indent=1))
-        figdir = Path(meta["figdir"]) if Path(meta["figdir"]).is_absolute() else ROOT / meta["figdir"]
     else:
         figdir = (args.html.parent if args.html else Path(tempfile.mkdtemp())) / "figures"
         figdir.mkdir(parents=True, exist_ok=True)
