@@ -156,18 +156,7 @@ def run_one(task: str, mechanism: str, seed: int, budget_s: float, quick: bool, 
     load0 = os.getloadavg()
     dm, module, kw, evaluate = ttq.SETUPS[task]("demo", seed, data, mechanism_options(task, mechanism), workdir)
     budget = _budget_callback(budget_s)
-    base = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "limit_val_batches": 0,
-        "num_sanity_val_steps": 0,
-        "max_epochs": 10_000,
-        "default_root_dir": str(workdir),
-    }
+    base = ttq.trainer_kwargs(workdir)
     trainer = L.Trainer(callbacks=[budget], **{**base, **kw})
     trainer.fit(module, dm)
     module.eval()

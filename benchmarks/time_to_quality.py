@@ -244,6 +244,23 @@ def setup_speech(name: str, seed: int, data: dict[str, Any], model: dict[str, An
 SETUPS = {"translation": setup_translation, "captioning": setup_captioning, "speech": setup_speech}
 
 
+def trainer_kwargs(workdir: Path) -> dict[str, Any]:
+    """The Trainer of a benchmark run: one CPU device, no logging, checkpoints or in-loop validation (the
+    benchmark scores the model itself), epochs unbounded (a callback stops the run)."""
+    return {
+        "accelerator": "cpu",
+        "devices": 1,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "limit_val_batches": 0,
+        "num_sanity_val_steps": 0,
+        "max_epochs": 10_000,
+        "default_root_dir": str(workdir),
+    }
+
+
 def run_seed(
     task: str,
     setup: str,
@@ -262,18 +279,7 @@ def run_seed(
     dm, module, kw, evaluate = SETUPS[task](setup, seed, data, model, workdir)
     setup_s = time.perf_counter() - t0
     ttq = TimeToQuality(evaluate, TARGETS[task], every_s, max_minutes * 60.0, clock, keep_going)
-    base = {
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-        "limit_val_batches": 0,
-        "num_sanity_val_steps": 0,
-        "max_epochs": 10_000,
-        "default_root_dir": str(workdir),
-    }
+    base = trainer_kwargs(workdir)
     trainer = L.Trainer(callbacks=[ttq], **{**base, **kw})
     trainer.fit(module, dm)
     if SAVE_CKPT:  # the weights at the target (or the cap), e.g. to look at their attention figures
