@@ -294,7 +294,7 @@ def read_audio(path: Any, limits: Limits) -> Any:
     if seconds > limits.max_audio_seconds:
         raise AppInputError(f"{name} is {seconds:.1f} s long; this app accepts up to {limits.max_audio_seconds:g} s")
     try:
-        wav = load_audio(p)
+        wav = load_audio(p, max_seconds=limits.max_audio_seconds)  # a header may lie: decoding stops at the limit
     except DataError as err:  # its message names the server's temporary path: show the upload's name
         raise AppInputError(f"{str(err).replace(str(p), name)} ({expected})") from None
     if wav.numel() < SAMPLE_RATE // 10:

@@ -26,6 +26,7 @@ import torchaudio
 from core.errors import DataError
 
 __all__ = [
+    "MAX_DECODED_SAMPLES",
     "MAX_RESAMPLE_KERNEL",
     "MAX_SAMPLE_RATE",
     "MIN_SAMPLES",
@@ -51,6 +52,8 @@ MIN_SAMPLES = 400
 SILENCE_DB = -60.0
 #: Sample rates accepted for input audio (Hz): telephone-band recordings to 384 kHz studio files.
 MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 1000, 384000
+#: Most samples (all channels together) one file may decode to: 1 GiB of float32, 4.6 hours of 16 kHz mono.
+MAX_DECODED_SAMPLES = 1 << 28
 #: Largest torchaudio resampling kernel `resampler` builds, in `(orig/g) * (new/g)` (g = gcd): 10^6
 #: coefficients (about 8 MB in float64). Every common rate pair is far below it (44.1 kHz <-> 16 kHz:
 #: 70,560; 11.025 kHz <-> 16 kHz: 282,240), while 16,001 Hz <-> 16 kHz would be 256 million (2 GB).
@@ -165,15 +168,23 @@ def to_mono_16k(wav: Any, sample_rate: int, source: str = "<array>") -> torch.Te
     return x.contiguous()
 
 
-def _read(src: str | Path | bytes) -> tuple[np.ndarray, int]:
-    """soundfile read -> `(C, N)` float32 and sample rate, with user-facing errors."""
+def _read(src: str | Path | bytes, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """soundfile read -> `(C, N)` float32 and sample rate, with user-facing errors; at most
+    `MAX_DECODED_SAMPLES`, and at most ``max_seconds`` when given (whatever the header says)."""
     import soundfile as sf
 
     name = "<bytes>" if isinstance(src, bytes) else str(src)
     if not isinstance(src, bytes) and not Path(src).is_file():
         raise DataError(f"{name}: audio file not found")
     try:
-        data, sr = sf.read(io.BytesIO(src) if isinstance(src, bytes) else str(src), dtype="float32", always_2d=True)
+        with sf.SoundFile(io.BytesIO(src) if isinstance(src, bytes) else str(src)) as f:
+            # Read at most MAX_DECODED_SAMPLES (plus one frame, to notice more): a small compressed file (a FLAC
+            # of hours of silence) or a header that lies about its length never decodes into gigabytes.
+            limit = max(1, MAX_DECODED_SAMPLES // max(f.channels, 1))
+            if max_seconds is not None:
+                limit = min(limit, max(1, math.ceil(max_seconds * f.samplerate)))
+            data = f.read(frames=limit + 1, dtype="float32", always_2d=True)
+            sr = f.samplerate
     except Exception as e:  # libsndfile raises LibsndfileError / RuntimeError / TypeError on bad data
         suffix = Path(name).suffix.lower()
         hint = (
@@ -182,14 +193,22 @@ def _read(src: str | Path | bytes) -> tuple[np.ndarray, int]:
             else " (expected WAV, FLAC or OGG readable by libsndfile)"
         )
         raise DataError(f"{name}: cannot read audio: {e}{hint}") from None
+    if data.shape[0] > limit:
+        if max_seconds is not None and limit < MAX_DECODED_SAMPLES // max(data.shape[1], 1):
+            raise DataError(f"{name}: the audio is longer than {max_seconds:g} s")
+        raise DataError(
+            f"{name}: the audio decodes to more than {MAX_DECODED_SAMPLES:,} samples ({limit / max(sr, 1) / 60:.0f} "
+            f"minutes at {sr} Hz with {data.shape[1]} channel(s)); split it into shorter files"
+        )
     return data.T, int(sr)  # (N, C) -> (C, N)
 
 
-def load_audio(src: AudioInput | bytes) -> torch.Tensor:
+def load_audio(src: AudioInput | bytes, max_seconds: float | None = None) -> torch.Tensor:
     """Load any supported input as mono 16 kHz float32.
 
     Args:
         src: a file path, raw file bytes, or `(waveform, sample_rate)`.
+        max_seconds: refuse a file longer than this (decoding stops there, whatever its header says).
 
     Returns:
         Tensor `(N,)` at 16 kHz.
@@ -200,7 +219,7 @@ def load_audio(src: AudioInput | bytes) -> torch.Tensor:
     if isinstance(src, tuple):
         wav, sr = src
         return to_mono_16k(wav, int(sr))
-    data, sr = _read(src)
+    data, sr = _read(src, max_seconds)
     return to_mono_16k(data, sr, source="<bytes>" if isinstance(src, bytes) else str(src))
 
 

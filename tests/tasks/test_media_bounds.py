@@ -298,3 +298,37 @@ def test_encoder_rate_with_a_huge_resampling_kernel_is_refused(rate: int) -> Non
 
     with pytest.raises(ConfigError, match=rf"preprocessor_config\.json: sampling_rate = {rate} Hz cannot be resampled"):
         speech_settings({"sampling_rate": rate}, "wav2vec2", "preprocessor_config.json")
+
+
+def test_a_file_decoding_to_more_than_the_sample_limit_is_refused_without_decoding_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small compressed file can hold hours of silence: it is read up to the limit, never whole."""
+    import numpy as np
+    import soundfile as sf
+
+    from core.errors import DataError
+    from tasks.speech import audio
+
+    path = tmp_path / "long_silence.flac"
+    sf.write(path, np.zeros(16000 * 60, dtype=np.float32), 16000)  # a minute of silence: a few KB of FLAC
+    assert path.stat().st_size < 50_000
+    monkeypatch.setattr(audio, "MAX_DECODED_SAMPLES", 16000 * 30)  # a 30-second limit for the test
+    with pytest.raises(DataError, match=r"long_silence.flac: the audio decodes to more than 480,000 samples"):
+        audio.load_audio(path)
+    sf.write(path, 0.1 * np.ones(16000 * 20, dtype=np.float32), 16000)
+    assert audio.load_audio(path).numel() == 16000 * 20  # under the limit: read whole
+
+
+def test_max_seconds_stops_decoding_at_the_limit(tmp_path: Path) -> None:
+    import numpy as np
+    import soundfile as sf
+
+    from core.errors import DataError
+    from tasks.speech.audio import load_audio
+
+    path = tmp_path / "ten.wav"
+    sf.write(path, 0.1 * np.ones(16000 * 10, dtype=np.float32), 16000)
+    with pytest.raises(DataError, match=r"ten.wav: the audio is longer than 5 s"):
+        load_audio(path, max_seconds=5)
+    assert load_audio(path, max_seconds=10).numel() == 16000 * 10
