@@ -430,6 +430,41 @@ def _folder_provenance(path: Path, config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------------------------- the hub
+#: What a model folder can hold (config, weights, tokenizer files, card, figure): a repository's other files
+#: (checkpoints of other formats, data, anything large) are never downloaded.
+HUB_PATTERNS = ("*.json", "*.safetensors", "*.spm", "*.model", "*.txt", "README.md", "*.png")
+
+
+def _check_hub_size(spec: str, repo_id: str, revision: str | None) -> None:
+    """Refuse a repository whose files to download exceed ``ATTN_SUITE_MAX_DOWNLOAD_MB`` (asked of the hub
+    before anything is downloaded). Offline, or when the hub cannot answer, ``snapshot_download`` decides and
+    reports (cache only, not found, gated)."""
+    import fnmatch
+
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from core.checkpoint import max_download_bytes
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    except (HfHubHTTPError, OSError, ValueError, *_transport_errors()):
+        return
+    sizes = [
+        int(f.size or 0)
+        for f in info.siblings or []
+        if any(fnmatch.fnmatch(f.rfilename.rsplit("/", 1)[-1], p) for p in HUB_PATTERNS)
+    ]
+    limit = max_download_bytes()
+    if sum(sizes) > limit:
+        raise CheckpointError(
+            f"{spec}: its files take {sum(sizes) / 1e9:.1f} GB, more than the {limit / 1e9:.1f} GB allowed "
+            f"(ATTN_SUITE_MAX_DOWNLOAD_MB); nothing was downloaded"
+        )
+
+
 def resolve_hub(spec: str) -> Path:
     """Local folder of ``hf://ORG/NAME[@REVISION]``, downloaded through huggingface_hub (and its cache).
 
@@ -449,8 +484,13 @@ def resolve_hub(spec: str) -> Path:
     repo_id, _, revision = body.partition("@")
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise CheckpointError(f"{spec}: expected hf://ORG/NAME or hf://ORG/NAME@REVISION")
+    _check_hub_size(spec, repo_id, revision or None)
     try:
-        return Path(snapshot_download(repo_id, revision=revision or None, library_name=LIBRARY))
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision or None, allow_patterns=list(HUB_PATTERNS), library_name=LIBRARY
+            )
+        )
     except RevisionNotFoundError:
         raise CheckpointError(f"{spec}: revision {revision!r} not found in {repo_id}") from None
     except (RepositoryNotFoundError, GatedRepoError):

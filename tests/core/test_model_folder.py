@@ -125,9 +125,23 @@ def test_hub_id_uses_huggingface_hub_and_its_errors(tmp_path: Path, monkeypatch:
         calls.append((repo_id, revision))
         return str(folder)
 
+    from types import SimpleNamespace
+
+    files = [SimpleNamespace(rfilename="model.safetensors", size=2_000)]
+    files.append(SimpleNamespace(rfilename="data/huge.bin", size=50 * 10**9))  # no pattern matches: never fetched
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", lambda self, *a, **k: SimpleNamespace(siblings=files))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     m = load_task_model(SpeechModule, "hf://org/asr-tiny@v1")
     assert calls == [("org/asr-tiny", "v1")] and isinstance(m, SpeechModule)
+    files.append(SimpleNamespace(rfilename="model-2.safetensors", size=50 * 10**9))
+    with pytest.raises(CheckpointError, match=r"hf://org/asr-tiny: its files take 50.0 GB, more than"):
+        load_task_model(SpeechModule, "hf://org/asr-tiny")
+    assert len(calls) == 1  # refused before any download
+
+    def unreachable(self: Any, *a: Any, **k: Any) -> None:
+        raise OSError("the hub cannot be reached")  # then snapshot_download decides (cache, offline message)
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", unreachable)
 
     def offline(repo_id: str, **kw: Any) -> str:
         raise LocalEntryNotFoundError("offline")
