@@ -15,7 +15,7 @@ from core.attention.dot import DotAttention, GeneralAttention, ScaledDotAttentio
 from core.attention.multihead import MultiHeadAttention
 from core.attention.none import NoAttention
 from core.attention.pooling import PoolingAttention
-from core.attention.registry import available_attentions, build_attention, register_attention
+from core.attention.registry import attention_options, available_attentions, build_attention, register_attention
 
 __all__ = [
     "AdditiveAttention",
@@ -29,6 +29,7 @@ __all__ = [
     "PoolingAttention",
     "ScaledDotAttention",
     "additive_scores",
+    "attention_options",
     "available_attentions",
     "build_attention",
     "causal_mask",

@@ -29,9 +29,6 @@ class NoAttention(Attention):
         value_dim: size of the values averaged (default ``key_dim``).
     """
 
-    def __init__(self, query_dim: int, key_dim: int, value_dim: int | None = None) -> None:
-        super().__init__(query_dim, key_dim, value_dim)
-
     def _attend(
         self,
         query: Tensor,

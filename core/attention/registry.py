@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from core.attention.additive import AdditiveAttention, LocationAttention
@@ -42,6 +43,27 @@ for _name, _cls in (
     ("none", NoAttention),
 ):
     register_attention(_name)(_cls)
+
+
+def attention_options(
+    name: str, options: Mapping[str, Any] | None, hidden_dim: int, num_heads: int = 4
+) -> dict[str, Any]:
+    """The options a decoder builds mechanism ``name`` with: the given ones over the shared defaults.
+
+    Defaults: additive and location score with an MLP of ``hidden_dim`` units, multihead uses ``num_heads``
+    heads. ``none`` has no options of its own: options written for the mechanism it is compared with (a
+    config's ``hidden_dim``) are dropped with a warning, so the baseline can be chosen on top of any config.
+    """
+    if name == "none":
+        if options:
+            warnings.warn(f"attention 'none' takes no options: {dict(options)} ignored", stacklevel=2)
+        return {}
+    opts = dict(options or {})
+    if name in ("additive", "location"):
+        opts.setdefault("hidden_dim", hidden_dim)
+    elif name == "multihead":
+        opts.setdefault("num_heads", num_heads)
+    return opts
 
 
 def available_attentions() -> list[str]:

@@ -11,14 +11,13 @@ validated hyper-parameters). Captioning itself is in :mod:`tasks.captioning.infe
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any, Literal
 
 import lightning as L
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
+from core.attention import attention_options as attention_options_for  # the argument has its name
 from core.errors import ConfigError
 from core.finetune import FreezeSchedule, optimizer_groups
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
@@ -47,22 +46,6 @@ def _dataset_of(trainer: Any, dataloader_idx: int) -> Any:
     if isinstance(loaders, (list, tuple)):
         loaders = loaders[dataloader_idx] if dataloader_idx < len(loaders) else None
     return getattr(loaders, "dataset", None)
-
-
-def _attention_defaults(attention: str, options: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The RNN decoder's attention options with this task's defaults (hidden size 256, 4 heads).
-
-    ``none`` gets no options: it has none of its own (see `CaptioningModule`, which warns when some were
-    given), so the baseline can be chosen on top of a config written for another mechanism.
-    """
-    if attention == "none":
-        return {}
-    opts = dict(options or {})
-    if attention in ("additive", "location"):
-        opts.setdefault("hidden_dim", 256)
-    elif attention == "multihead":
-        opts.setdefault("num_heads", 4)
-    return opts
 
 
 class CaptioningModule(
@@ -203,14 +186,10 @@ class CaptioningModule(
                 "in Python pass vocab=datamodule.vocab"
             )
         self.save_hyperparameters()
-        if decoder == "rnn" and attention == "none" and attention_options:
-            # Options written for the mechanism being compared against (e.g. the default config's
-            # hidden_dim) mean nothing here; dropped from the saved hyper-parameters too, so reloading the
-            # checkpoint does not warn again.
-            rank_zero_warn(
-                f"model.attention=none takes no options: model.attention_options {dict(attention_options)} ignored"
-            )
-            self.hparams["attention_options"] = None
+        if decoder == "rnn" and attention == "none":
+            # options written for another mechanism are dropped (and named) here, so the checkpoint records what
+            # was built and reloading it does not warn again
+            self.hparams["attention_options"] = attention_options_for("none", attention_options, hidden_dim) or None
         try:
             self.vocab = CaptionVocab.from_dict(vocab)
         except ValueError as err:
@@ -232,7 +211,7 @@ class CaptioningModule(
                 decoder_layers,
                 rnn_type,
                 attention,
-                _attention_defaults(attention, attention_options),
+                attention_options_for(attention, self.hparams.attention_options, hidden_dim=256),
                 gate,
                 dropout,
             )

@@ -146,11 +146,11 @@ def evaluate(
         `({"cer": ..., "wer": ...}, hypotheses in input order)`.
     """
     from core.metrics import char_error_rate, word_error_rate
-    from tasks.speech.guided import diagonal_penalty
+    from tasks.speech.alignment import off_diagonal
 
     order = sorted(range(len(feats)), key=lambda i: feats[i][0].shape[0])
     hyps, greedy_ctc = [""] * len(feats), [""] * len(feats)
-    off_diagonal: list[float] = []
+    distances: list[float] = []
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         x = [feats[i][0] for i in idx]
@@ -159,9 +159,7 @@ def evaluate(
         for i, (best, *_) in zip(idx, model.decode_features(batch, lens, beam=beam, with_attention=True)):
             hyps[i], att = best.text, best.attention
             if att is not None and att.shape[0] > 0:  # (L, S): how far the attention is from the diagonal
-                lo, li = torch.tensor([att.shape[0]]), torch.tensor([att.shape[1]])
-                w = diagonal_penalty(lo, li, att.shape[0], att.shape[1], 0.2)[0]  # (L, S)
-                off_diagonal.append(float((att.float() * w).sum() / att.shape[0]))
+                distances.append(off_diagonal(att))
         if model.hparams.ctc_weight > 0:  # a diagnostic: how far the encoder alone (CTC head) has got
             for i, text in zip(idx, _ctc_greedy(model, batch, lens)):
                 greedy_ctc[i] = text
@@ -171,8 +169,8 @@ def evaluate(
     scores = {"cer": 100.0 * char_error_rate(hyps, refs), "wer": 100.0 * word_error_rate(hyps, refs)}
     if model.hparams.ctc_weight > 0:
         scores["cer_ctc_greedy"] = 100.0 * char_error_rate(greedy_ctc, refs)
-    if off_diagonal:  # a diagnostic of the alignment the figures show (0 = on the diagonal, ~0.5 = stuck)
-        scores["attention_off_diagonal"] = 100.0 * sum(off_diagonal) / len(off_diagonal)
+    if distances:  # a diagnostic of the alignment the figures show (0 = on the diagonal, ~0.5 = stuck)
+        scores["attention_off_diagonal"] = 100.0 * sum(distances) / len(distances)
     return scores, hyps
 
 

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.attention import attention_options as attention_options_for  # the argument has its name
 from core.attention import build_attention, lengths_to_mask
 from core.layers import AttentionalRNNDecoder, SinusoidalPositions, TransformerEncoderLayer
 
@@ -293,11 +294,7 @@ class ASRModel(nn.Module):
             if encoder_module is not None
             else SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout, conv_channels)
         )
-        opts = dict(attention_options or {})
-        if attention in ("additive", "location"):
-            opts.setdefault("hidden_dim", 128)
-        if attention == "multihead":
-            opts.setdefault("num_heads", 4)
+        opts = attention_options_for(attention, attention_options, hidden_dim=128)
         self.decoder = AttentionalRNNDecoder(
             vocab_size,
             self.encoder.output_dim,

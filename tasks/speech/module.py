@@ -20,6 +20,7 @@ from torch import Tensor
 from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
+from core.attention import attention_options as attention_options_for  # the argument has its name
 from core.errors import ConfigError
 from core.finetune import FreezeSchedule, optimizer_groups
 from core.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
@@ -195,15 +196,14 @@ class SpeechModule(
                 f"model.encoder={encoder!r}: expected one of {', '.join(ENCODERS)} or "
                 f"hf:<hub-id-or-folder> (a pretrained wav2vec2 / HuBERT / WavLM / Whisper)"
             )
-        if attention == "none" and attention_options:
-            rank_zero_warn(
-                f"model.attention=none takes no options: ignoring attention_options {sorted(attention_options)}"
-            )
-            attention_options = None  # before save_hyperparameters: the checkpoint records what was built
         if guided_attention_weight > 0 and (attention == "none" or ctc_weight >= 1.0):
             what = "attention=none (uniform weights)" if attention == "none" else "ctc_weight=1 (CTC alone)"
             rank_zero_warn(f"model.guided_attention_weight is ignored with {what}: there is no attention to guide")
         self.save_hyperparameters()
+        if attention == "none":
+            # options written for another mechanism are dropped (and named) here, so the checkpoint records what
+            # was built and reloading it does not warn again
+            self.hparams["attention_options"] = attention_options_for("none", attention_options, hidden_dim) or None
         self.tokenizer = make_char_tokenizer()
         self.feature_cfg = FeatureConfig()
         self.logmel = LogMel(self.feature_cfg)
@@ -225,7 +225,7 @@ class SpeechModule(
             hidden_dim,
             embed_dim,
             attention,
-            attention_options,
+            self.hparams.attention_options,
             dropout,
             encoder_module=hf_encoder,
             conv_channels=encoder_conv_channels,

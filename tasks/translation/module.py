@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.attention import attention_options as attention_options_for  # the argument has its name
 from core.errors import ConfigError
 from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.known_words import KnownWords
@@ -175,6 +176,10 @@ class TranslationModule(
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        if attention == "none":
+            # options written for another mechanism are dropped (and named) here, so the checkpoint records what
+            # was built and reloading it does not warn again
+            self.hparams["attention_options"] = attention_options_for("none", attention_options, hidden_dim) or None
         if beam_size < 1:
             raise ConfigError(f"--model.beam_size must be >= 1, got {beam_size}")
         self.model: nn.Module | None = None

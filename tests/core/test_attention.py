@@ -422,3 +422,28 @@ def test_none_is_a_fixed_masked_mean_without_parameters() -> None:
     assert torch.equal(a.weights[1, 0], torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0]))
     empty = attn(torch.randn(1, 8), v[:1], v[:1], torch.zeros(1, 5, dtype=torch.bool))
     assert torch.equal(empty.context, torch.zeros(1, 8)) and torch.equal(empty.weights, torch.zeros(1, 5))
+
+
+def test_attention_options_give_shared_defaults_and_none_takes_none() -> None:
+    from core.attention import attention_options
+
+    assert attention_options("additive", None, hidden_dim=64) == {"hidden_dim": 64}
+    assert attention_options("location", {"hidden_dim": 8, "kernel_size": 5}, 64) == {"hidden_dim": 8, "kernel_size": 5}
+    assert attention_options("multihead", {}, 64) == {"num_heads": 4}
+    assert attention_options("dot", None, 64) == {}
+    with pytest.warns(UserWarning, match=r"attention 'none' takes no options: \{'hidden_dim': 8\} ignored"):
+        assert attention_options("none", {"hidden_dim": 8}, 64) == {}
+
+
+def test_translation_none_on_a_config_written_for_additive() -> None:
+    """The same on every task: translation's RNN takes ``none`` with another mechanism's options too."""
+    from core.tokenizers import CharTokenizer
+    from tasks.translation.module import TranslationModule
+
+    with pytest.warns(UserWarning, match=r"attention 'none' takes no options: \{'hidden_dim': 64\} ignored"):
+        m = TranslationModule(embed_dim=8, hidden_dim=8, attention="none", attention_options={"hidden_dim": 64})
+    m.set_tokenizers(CharTokenizer.train(["i love you"]), CharTokenizer.train(["te quiero"]))
+    m.build_model()
+    assert sum(p.numel() for p in m.model.decoder.attention.parameters()) == 0
+    assert isinstance(m.translate("i love you", beam=2), str)
+    assert m.hparams.attention_options is None  # what was built: a reloaded checkpoint does not warn again

@@ -184,7 +184,7 @@ def test_none_attention_fits_decodes_and_has_no_pointing(tmp_path: Path) -> None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         model = _tiny_module(attention="none")  # the hidden_dim option is the additive one's: dropped
-    assert any("attention=none takes no options" in str(w.message) for w in caught)
+    assert any("attention 'none' takes no options: {'hidden_dim': 8} ignored" in str(w.message) for w in caught)
     assert model.hparams.attention_options is None  # so a reloaded checkpoint does not warn again
     additive = _tiny_module(attention="additive")
     n_none, n_additive = (sum(p.numel() for p in m.parameters()) for m in (model, additive))

@@ -242,7 +242,7 @@ def test_none_attention_drops_location_options_and_guidance() -> None:
     with pytest.warns(UserWarning) as caught:
         m = SpeechModule(**TINY, attention="none", guided_attention_weight=2.0)
     said = " ".join(str(w.message) for w in caught)
-    assert "takes no options: ignoring attention_options ['conv_channels', 'hidden_dim', 'kernel_size']" in said
+    assert "attention 'none' takes no options: {'hidden_dim': 8, 'conv_channels': 2, 'kernel_size': 5} ignored" in said
     assert "guided_attention_weight is ignored with attention=none" in said
     assert m.hparams.attention_options is None  # what was built, also in the checkpoint
     m.train()

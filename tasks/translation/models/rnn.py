@@ -15,6 +15,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from core.attention import attention_options as attention_options_for  # the argument has its name
 from core.attention import lengths_to_mask
 from core.decoding import DecoderState
 from core.layers import AttentionalRNNDecoder
@@ -132,14 +133,11 @@ class RNNSeq2Seq(nn.Module):
         if hidden_dim % 2:
             raise ValueError(f"hidden_dim must be even (split over two encoder directions), got {hidden_dim}")
         self.encoder = RNNEncoder(src_vocab, embed_dim, hidden_dim // 2, encoder_layers, rnn_type, dropout)
-        opts = dict(attention_options or {})
+        opts = attention_options_for(attention, attention_options, hidden_dim)
         if attention in ("additive", "location"):
-            opts.setdefault("hidden_dim", hidden_dim)
             # Auto: the plain formulation (fewer ops, no Python backward) while the tanh the whole
             # decoder loop keeps is small, the recomputing one for long sources (AdditiveAttention).
             opts.setdefault("memory_efficient", None)
-        if attention == "multihead":
-            opts.setdefault("num_heads", 4)
         enc_dim = self.encoder.output_dim
         self.decoder = AttentionalRNNDecoder(
             tgt_vocab,
