@@ -53,7 +53,7 @@ class Translation:
 
     @staticmethod
     def by_length(module: Any, dm: Any, quick: bool) -> list[dict[str, Any]]:
-        from core.metrics import corpus_bleu
+        from core.metrics.text import corpus_bleu
         from tasks.translation.demo import DEMO_BEAM
 
         out = []
@@ -189,7 +189,7 @@ def speech_by_length(module: Any, dm: Any, quick: bool) -> list[dict[str, Any]]:
     alone (where a model has one): Chorowski et al.'s point that content-only attention loses its place."""
     import torch
 
-    from core.metrics import char_error_rate
+    from core.metrics.text import char_error_rate
     from tasks.speech import demo
     from tasks.speech.audio import SAMPLE_RATE, load_audio
     from tasks.speech.features import LogMel

@@ -11,7 +11,7 @@ tokenizer: only speed is compared, never quality):
     Optionally with ``torch.compile`` of both models (``--compile`` adds the compiled rows; the eager
     rows are always measured in the same run).
 (b) decoding -- batched beam search (beam 5) sentences/s: our model through ``model.init_state`` +
-    ``model.step`` + ``core.decoding.beam_search`` (what ``TranslationModule.translate`` runs) vs
+    ``model.step`` + ``core.decoding.beam.beam_search`` (what ``TranslationModule.translate`` runs) vs
     ``MarianMTModel.generate(num_beams=5, min_new_tokens=N, max_new_tokens=N)``. With random weights the
     lengths would differ, so both decode exactly N tokens: ours gets an EOS id that cannot occur
     (= vocabulary size) and ``max_len=N``; generate gets ``min_new_tokens = max_new_tokens = N`` (EOS
@@ -274,7 +274,7 @@ def train_compare(
 def make_decode(name: str, model: nn.Module, cfg: dict[str, int], device: str, dtype: str, beam: int) -> Any:
     """A call that beam-decodes one random batch emitting exactly ``decode_len`` tokens per sentence;
     it returns the output lengths (a check that both models really decoded ``decode_len`` tokens)."""
-    from core.decoding import beam_search
+    from core.decoding.beam import beam_search
 
     g = torch.Generator().manual_seed(1)
     b, s, n = cfg["decode_batch"], cfg["seq"], cfg["decode_len"]

@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from core.progress import ProgressBoard, Sink
+from core.train.progress import ProgressBoard, Sink
 from tasks.demo_report import TaskReport, format_table, write_html, write_summary
 
 #: (task, budget in minutes for the whole task: data, training, reloading, scoring, figures). Each leaves its

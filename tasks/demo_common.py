@@ -9,8 +9,8 @@ from typing import Any
 
 import lightning as L
 
-from core.progress import BudgetProgressBar, Sink, null_sink
-from core.training import DeadlineStop
+from core.train.callbacks import DeadlineStop
+from core.train.progress import BudgetProgressBar, Sink, null_sink
 
 __all__ = ["TrainClock", "demo_trainer", "export_model", "shown_indices"]
 
@@ -44,7 +44,7 @@ def demo_trainer(
     Args:
         task: task name for the progress bar.
         deadline: when training stops (checked after every step).
-        sink: progress sink (`core.progress`).
+        sink: progress sink (`core.train.progress`).
         clock: optional `TrainClock` to add.
         **kwargs: further `L.Trainer` arguments (e.g. ``gradient_clip_val``).
     """
@@ -95,7 +95,7 @@ def export_model(
     Returns:
         The folder.
     """
-    from core.model_folder import save_pretrained
+    from core.io.model_folder import save_pretrained
 
     folder = save_pretrained(
         model,

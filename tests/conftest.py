@@ -72,7 +72,7 @@ class BadCheckpoints:
         return "captioning" if task == "translation" else "translation"
 
     def __call__(self, kind: str, task: str) -> Path:
-        from core.checkpoint import make_metadata
+        from core.io.checkpoint import make_metadata
 
         path = self.folder / f"{kind}.ckpt"
         if kind == "truncated":

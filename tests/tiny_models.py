@@ -9,7 +9,7 @@ import torch
 
 
 def tiny_translation() -> Any:
-    from core.tokenizers import CharTokenizer
+    from core.text.tokenizers import CharTokenizer
     from tasks.translation.module import TranslationModule
 
     torch.manual_seed(0)

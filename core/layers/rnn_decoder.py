@@ -17,7 +17,7 @@ Location-aware attention starts from uniform weights over the valid memory posit
 and decoding alike. Multi-head weights ``(N, H, S)`` are averaged over heads for what is returned.
 
 The output projection runs once on all teacher-forced steps stacked (one big matmul instead of T small
-ones). Decoding uses :meth:`init_state` / :meth:`step`, the ``core.decoding`` step-function contract.
+ones). Decoding uses :meth:`init_state` / :meth:`step`, the ``core.decoding.beam`` step-function contract.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from core.attention import LocationAttention, build_attention
-from core.decoding import DecoderState
-from core.inference import step_log_probs, vocab_projection
+from core.decoding.beam import DecoderState
+from core.decoding.fast_paths import step_log_probs, vocab_projection
 
 __all__ = ["AttentionalRNNDecoder"]
 
@@ -254,7 +254,7 @@ class AttentionalRNNDecoder(nn.Module):
     def step(
         self, last_tokens: Tensor, state: DecoderState, need_weights: bool = True
     ) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One decoding step (the ``core.decoding`` step function).
+        """One decoding step (the ``core.decoding.beam`` step function).
 
         Args:
             last_tokens: ``(N,)`` previous output tokens (BOS first).

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from core.attention import build_attention
-from core.inference import append_to_cache
+from core.decoding.fast_paths import append_to_cache
 
 __all__ = [
     "FeedForward",

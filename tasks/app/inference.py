@@ -19,7 +19,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from core.errors import ConfigError, UserError
-from core.hparams import BEAM
+from core.io.hparams import BEAM
 from core.viz import plot_alignment, plot_image_attention, plot_spectrogram_alignment
 
 __all__ = [

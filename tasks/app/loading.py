@@ -1,7 +1,7 @@
 """Finding and loading the model of each task for the app (no Gradio here).
 
 Everything goes through :func:`load_task_model`, which hands a ``.ckpt``, a model folder (``config.json``)
-or ``hf://ORG/NAME[@REV]`` to the shared loader ``core.model_folder.load_task_model``; a run folder
+or ``hf://ORG/NAME[@REV]`` to the shared loader ``core.io.model_folder.load_task_model``; a run folder
 holding checkpoints (``<task>.ckpt``, ``best.ckpt``, ...) is searched for the right file first.
 """
 
@@ -87,8 +87,8 @@ def load_task_model(task: str, path: str | Path, device: str = "cpu") -> Any:
         core.errors.UserError: unknown task; ``CheckpointError`` for a missing, unsafe, corrupt or
             other-task checkpoint (the message names the file).
     """
-    from core.model_folder import CONFIG_NAME
-    from core.model_folder import load_task_model as load
+    from core.io.model_folder import CONFIG_NAME
+    from core.io.model_folder import load_task_model as load
 
     cls = _module_class(task)
     text = str(path)

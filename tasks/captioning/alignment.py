@@ -2,7 +2,7 @@
 
 Each generated scene knows where its objects are (:meth:`tasks.captioning.scenes.Scene.regions`), so the
 attention map of every colour or shape word the model generates can be checked against the object the word
-names: the share of such words whose attention peak lies on that object (`core.alignment.pointing_accuracy`).
+names: the share of such words whose attention peak lies on that object (`core.metrics.alignment.pointing_accuracy`).
 The captions scored are the model's own (beam search), not the references: this measures where the model
 looks when it says a word, whatever it says.
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from core.alignment import pointing_accuracy
+from core.metrics.alignment import pointing_accuracy
 from tasks.captioning import scenes as scene_gen
 from tasks.captioning.scenes import ObjectRegion, Scene
 

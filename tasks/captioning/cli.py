@@ -22,8 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from core.infer_cli import InferenceSpec, InputItem, Output
-from core.task_cli import TaskCLI, task_main
+from core.cli.infer import InferenceSpec, InputItem, Output
+from core.cli.task import TaskCLI, task_main
 
 __all__ = ["CaptionCLI", "main", "make_cli"]
 
@@ -41,7 +41,7 @@ class CaptionCLI(TaskCLI):
     def before_instantiate_classes(self) -> None:
         """``--model.encoder hf:...``: images are sized and normalised as the backbone's image processor does
         (read from its folder, or from the checkpoint of ``--ckpt_path``), for the data and the model."""
-        from core.pretrained import is_hf_spec
+        from core.io.pretrained import is_hf_spec
         from tasks.captioning.hf_encoder import vision_settings
 
         cfg = self.config[self.subcommand] if self.subcommand else self.config

@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.errors import ConfigError, DataError
-from core.tokenizers import SPECIAL_TOKENS, WordTokenizer
+from core.text.tokenizers import SPECIAL_TOKENS, WordTokenizer
 from tasks.captioning import scenes as scene_gen
 from tasks.captioning.batching import (
     Batch,
@@ -396,7 +396,7 @@ class CaptionDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         """The ``data.predict_path`` images when set, else the test split.
 
-        Items keep their dataset index, so `core.predict.PredictionWriter` can write
+        Items keep their dataset index, so `core.cli.predict.PredictionWriter` can write
         them back in input order (and name them) whatever the DDP sharding did.
         """
         if self.hparams.predict_path and "predict" not in self.datasets:

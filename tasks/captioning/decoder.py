@@ -9,7 +9,7 @@
   grid are computed once per image and shared by its beams), learned word and grid-cell positions.
 
 Both expose ``forward(memory, mask, inputs, summary, need_weights) -> (logits, alphas)`` (teacher
-forcing), ``init_state(memory, mask, summary)`` and ``step(tokens, state)`` (``core.decoding``).
+forcing), ``init_state(memory, mask, summary)`` and ``step(tokens, state)`` (``core.decoding.beam``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from core.decoding import DecoderState
+from core.decoding.beam import DecoderState
+from core.decoding.fast_paths import step_log_probs, vocab_projection
 from core.errors import ConfigError
-from core.inference import step_log_probs, vocab_projection
 from core.layers import AttentionalRNNDecoder, TransformerDecoderLayer
 
 __all__ = ["TransformerCaptionDecoder", "show_attend_tell_decoder", "upgrade_decoder_v1"]
@@ -132,7 +132,7 @@ class TransformerCaptionDecoder(nn.Module):
     def init_state(self, memory: Tensor, mask: Tensor | None = None, summary: Tensor | None = None) -> DecoderState:
         """The grid's cross-attention keys/values under ``shared`` (one copy per image, attended by all its
         beams) and empty KV caches ``(B, H, 0, Dh)`` per layer under ``cache`` (``step`` follows the beams
-        itself through ``reorder``, see ``core.decoding``)."""
+        itself through ``reorder``, see ``core.decoding.beam``)."""
         b = memory.shape[0]
         kv = self._memory(memory)
         caches = []

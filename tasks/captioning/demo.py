@@ -16,8 +16,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from core.predict import write_text_atomic
-from core.progress import Sink, StageProgress, null_sink
+from core.cli.predict import write_text_atomic
+from core.train.progress import Sink, StageProgress, null_sink
 from tasks.captioning import scenes
 from tasks.captioning.data import CaptionDataModule
 from tasks.captioning.inference import save_attention_figure
@@ -159,7 +159,7 @@ def run_demo(
         out_dir: output folder (created).
         max_minutes: wall-clock budget of the whole task; training gets what scoring and figures leave.
         seed: training seed (initialisation and batch order).
-        sink: progress sink (`core.progress`).
+        sink: progress sink (`core.train.progress`).
         n_held_out: scenes of each held-out split (seen and unseen colour-shape pairs) to score.
         data: `CaptionDataModule` arguments replacing the demo's (e.g. `QUICK_DATA`).
 
@@ -237,7 +237,7 @@ def run_demo(
 if __name__ == "__main__":  # pragma: no cover - manual use
     import sys
 
-    from core.progress import ProgressBoard
+    from core.train.progress import ProgressBoard
     from tasks.demo_report import format_table
 
     torch.set_num_threads(1)

@@ -10,7 +10,7 @@ those of each test set.
 
 from __future__ import annotations
 
-from core.distributed import dedupe_by_index, gather_objects
+from core.train.distributed import dedupe_by_index, gather_objects
 from tasks.captioning.alignment import gold_scenes, pointing_scores
 from tasks.captioning.data import Batch
 from tasks.captioning.images import denormalize
@@ -57,7 +57,7 @@ class CaptioningEvalMixin:
         """Per-word attention overlays of the fixed validation images (rank zero only)."""
         if self._plot_batch is None:
             return
-        from core.training import log_figure
+        from core.train.callbacks import log_figure
         from core.viz import plot_image_attention
 
         images = self._plot_batch.to(self.device)

@@ -2,7 +2,7 @@
 the decoder's attention looks at.
 
 ``--model.encoder hf:<hub-id-or-folder>`` loads ViT, DINOv2, ConvNeXt, ResNet, or the vision tower of a
-CLIP / SigLIP model (``core.pretrained``), with its image processor's input size and normalisation. A
+CLIP / SigLIP model (``core.io.pretrained``), with its image processor's input size and normalisation. A
 Transformer backbone gives one feature per ``patch_size`` patch (its CLS token dropped), a CNN one per cell
 of its last feature map; either way a row-major ``g x g`` grid that covers the whole (centre-cropped) image,
 so ``core.viz.plot_image_attention`` maps each word's attention back onto the image. Every grid feature is
@@ -22,8 +22,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from core.errors import ConfigError
-from core.finetune import FreezePolicy, find_blocks
-from core.pretrained import (
+from core.io.pretrained import (
     build_from_config,
     hf_name,
     load_pretrained,
@@ -31,6 +30,7 @@ from core.pretrained import (
     read_model_type,
     resolve_pretrained,
 )
+from core.train.finetune import FreezePolicy, find_blocks
 
 __all__ = ["HFImageEncoder", "hf_image_encoder", "image_settings", "vision_settings"]
 
@@ -121,11 +121,11 @@ class HFImageEncoder(nn.Module):
 
     Args:
         backbone: the pretrained network (``last_hidden_state`` ``(B, 1+N, C)`` or ``(B, C, g, g)``).
-        model_type: its ``model_type`` (``core.pretrained.MODEL_TYPES["vision"]``).
+        model_type: its ``model_type`` (``core.io.pretrained.MODEL_TYPES["vision"]``).
         config: its config as plain data.
         image_size: side of the square input.
         dim: size of each grid feature after the projection.
-        trainable_blocks: -1 fine-tune all, 0 frozen, k the last k blocks (``core.finetune.FreezePolicy``).
+        trainable_blocks: -1 fine-tune all, 0 frozen, k the last k blocks (``core.train.finetune.FreezePolicy``).
         unfreeze_after_steps: keep the backbone frozen for this many optimizer steps first.
         dropout: dropout on the projected features.
     """

@@ -13,8 +13,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from core.decoding import beam_search
-from core.inference import eval_mode
+from core.decoding.beam import beam_search
+from core.decoding.fast_paths import eval_mode
 from tasks.captioning.images import load_rgb
 
 __all__ = ["Caption", "CaptionMixin", "save_attention_figure"]

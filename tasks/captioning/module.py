@@ -5,7 +5,7 @@ COCO-toolkit style); it also logs per-word attention overlays of a few fixed val
 generated scenes, whether the attention points at the object each word names (``val/pointing``,
 `tasks.captioning.alignment`); see :mod:`tasks.captioning.evaluation`. Checkpoints are self-contained:
 ``checkpoint["attn_suite"]`` carries the task name, the word vocabulary and the image preprocessing
-(:mod:`tasks.captioning.stored`); loading goes through ``core.rebuild`` (``weights_only=True``, task check,
+(:mod:`tasks.captioning.stored`); loading goes through ``core.io.rebuild`` (``weights_only=True``, task check,
 validated hyper-parameters). Captioning itself is in :mod:`tasks.captioning.inference`.
 """
 
@@ -18,15 +18,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from core.attention import attention_options as attention_options_for  # the argument has its name
+from core.cli.predict import Prediction
 from core.errors import ConfigError
-from core.finetune import FreezeSchedule, optimizer_groups
-from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
-from core.predict import Prediction
-from core.pretrained import is_hf_spec
-from core.progress_bar import ThroughputMixin
-from core.schedule import configure_optimizer
-from core.task_io import TaskCheckpointMixin
-from core.training import empty_batch_loss
+from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
+from core.io.pretrained import is_hf_spec
+from core.io.task_io import TaskCheckpointMixin
+from core.train.callbacks import empty_batch_loss
+from core.train.finetune import FreezeSchedule, optimizer_groups
+from core.train.progress_bar import ThroughputMixin
+from core.train.schedule import configure_optimizer
 from tasks.captioning.data import Batch
 from tasks.captioning.decoder import TransformerCaptionDecoder, show_attend_tell_decoder
 from tasks.captioning.encoder import ImageEncoder
@@ -88,7 +88,7 @@ class CaptioningModule(
             ``lambda * mean_s (1 - sum_t alpha_ts)^2`` (0 disables it).
         dropout: decoder dropout.
         max_len: longest generated caption (words).
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.schedule.configure_optimizer``).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.train.schedule.configure_optimizer``).
         lr: peak learning rate.
         encoder_lr_scale: encoder LR = ``lr * encoder_lr_scale`` (lower for pretrained backbones).
         weight_decay: weight decay (not on biases and norms).
@@ -345,7 +345,7 @@ class CaptioningModule(
 
     # ------------------------------------------------------------------ prediction (validation/test: evaluation.py)
     def predict_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
-        """One ``(dataset index, (image name, caption))`` row per image (``core.predict.PredictionWriter``).
+        """One ``(dataset index, (image name, caption))`` row per image (``core.cli.predict.PredictionWriter``).
 
         Images are named by their dataset (the file path for ``data.predict_path`` and real corpora,
         ``scene test/3 (seed 0)`` for generated scenes); unreadable ones were skipped with a warning.
@@ -368,5 +368,5 @@ class CaptioningModule(
         return configure_optimizer(self, [(enc, self.hparams.encoder_lr_scale), (dec, 1.0)])
 
     def configure_callbacks(self) -> list[Any]:
-        """`core.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
+        """`core.train.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
         return [FreezeSchedule()] if self.pretrained_info is not None else []

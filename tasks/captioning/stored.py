@@ -1,6 +1,6 @@
 """What a captioning checkpoint or model folder stores and restores beyond the weights: the word vocabulary, the
 image preprocessing (size, normalisation, feature grid) and an ``hf:`` backbone's config (written by
-`CaptioningStoredMixin.task_metadata`, read back and validated by the other hooks of `core.task_io`), and the
+`CaptioningStoredMixin.task_metadata`, read back and validated by the other hooks of `core.io.task_io`), and the
 mapping of format-1 hyper-parameters and weight names to today's."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from core.checkpoint import META_KEY
 from core.errors import CheckpointError
+from core.io.checkpoint import META_KEY
 from tasks.captioning.decoder import upgrade_decoder_v1
 from tasks.captioning.vocab import CaptionVocab
 
@@ -19,7 +19,7 @@ __all__ = ["CaptioningStoredMixin"]
 
 
 class CaptioningStoredMixin:
-    """The `core.task_io.TaskCheckpointMixin` hooks of :class:`tasks.captioning.module.CaptioningModule` (mix in
+    """The `core.io.task_io.TaskCheckpointMixin` hooks of :class:`tasks.captioning.module.CaptioningModule` (mix in
     before ``TaskCheckpointMixin``; needs ``vocab``, ``pretrained_info`` and the ``image_size`` / ``mean`` /
     ``std`` / ``grid_size`` hyper-parameters)."""
 

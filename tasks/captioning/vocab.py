@@ -1,10 +1,10 @@
-"""Word vocabulary for captions, on top of `core.tokenizers.WordTokenizer`.
+"""Word vocabulary for captions, on top of `core.text.tokenizers.WordTokenizer`.
 
 Captions are PTB-normalised first (`tasks.captioning.text.normalize_caption`), so a caption is
 already a space-separated token list; splitting on spaces (rather than WordTokenizer's regex,
 which would cut ``n't`` into ``n ' t``) keeps the vocabulary's tokens identical to the tokens
 the metrics score. The table itself is a plain `WordTokenizer`, serialised with ``to_dict()``
-into the checkpoint and rebuilt with `core.tokenizers.tokenizer_from_dict`.
+into the checkpoint and rebuilt with `core.text.tokenizers.tokenizer_from_dict`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from core.tokenizers import SPECIAL_TOKENS, WordTokenizer, tokenizer_from_dict
+from core.text.tokenizers import SPECIAL_TOKENS, WordTokenizer, tokenizer_from_dict
 
 
 class CaptionVocab:

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.infer_cli import InferenceSpec, InputItem, Output
-from core.task_cli import TaskCLI, task_main
+from core.cli.infer import InferenceSpec, InputItem, Output
+from core.cli.task import TaskCLI, task_main
 
 
 class SentimentCLI(TaskCLI):

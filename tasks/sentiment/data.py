@@ -9,7 +9,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from core.tokenizers import WordTokenizer
+from core.text.tokenizers import WordTokenizer
 
 POSITIVE, NEGATIVE = ("good", "great", "fun", "lovely", "brilliant"), ("bad", "boring", "awful", "dull", "terrible")
 NOUNS, FILLER = ("film", "book", "meal", "game", "song", "show"), ("long", "short", "new", "old", "loud")

@@ -11,9 +11,9 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from core.attention import build_attention, lengths_to_mask
-from core.hparams import RATE, SIZE
-from core.task_io import TaskCheckpointMixin
-from core.tokenizers import tokenizer_from_dict
+from core.io.hparams import RATE, SIZE
+from core.io.task_io import TaskCheckpointMixin
+from core.text.tokenizers import tokenizer_from_dict
 from tasks.sentiment.data import LABELS
 
 

@@ -5,7 +5,7 @@ the manifests' ``words``, `tasks.speech.sources.Utterance.words`). Every emitted
 the audio of the word it is part of, so:
 
 * ``char_in_span``: the share of emitted characters whose attention peak (the encoder frame of largest weight)
-  lies inside their word's span (`core.alignment.span_accuracy`), over a corpus: hits summed over
+  lies inside their word's span (`core.metrics.alignment.span_accuracy`), over a corpus: hits summed over
   utterances, divided by characters scored summed over utterances.
 * ``off_diagonal``: the expected guided-attention penalty of the attention (`tasks.speech.guided`, band
   width 0.2 of the utterance), per output step, averaged over utterances; 0 is attention on the diagonal
@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.alignment import span_accuracy
+from core.metrics.alignment import span_accuracy
 from tasks.speech.guided import diagonal_penalty
 from tasks.speech.text import normalize_text
 

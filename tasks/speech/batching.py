@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import Dataset
 
 from core.errors import DataError
-from core.tokenizers import BaseTokenizer
+from core.text.tokenizers import BaseTokenizer
 from tasks.speech.audio import load_audio
 from tasks.speech.features import FeatureConfig, LogMel
 from tasks.speech.sources import Utterance

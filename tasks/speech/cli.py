@@ -22,8 +22,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from core.infer_cli import InferenceSpec, InputItem, Output
-from core.task_cli import task_main
+from core.cli.infer import InferenceSpec, InputItem, Output
+from core.cli.task import task_main
 
 __all__ = ["main"]
 

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from core.decoding import DecoderState, StepFn
+from core.decoding.beam import DecoderState, StepFn
 
 __all__ = ["CTCPrefixScorer", "joint_search_inputs"]
 
@@ -120,7 +120,7 @@ def joint_search_inputs(
 
     The CTC state rides beside the decoder's own: its forward variables in ``beams`` (they follow the
     beams), the frame log-probabilities and lengths in ``source`` (expanded once, never reordered; see
-    `core.decoding.DecoderState`). The decoder sees exactly the state it made.
+    `core.decoding.beam.DecoderState`). The decoder sees exactly the state it made.
 
     Args:
         step_fn: ``(tokens (N,), DecoderState) -> (log_probs (N, V), DecoderState, attention)`` of the decoder.
@@ -129,7 +129,7 @@ def joint_search_inputs(
         weight: CTC weight ``w`` of ``(1 - w) log p_att + w log p_ctc``.
 
     Returns:
-        The joint step function and initial state, for `core.decoding.beam_search`.
+        The joint step function and initial state, for `core.decoding.beam.beam_search`.
     """
     joint_state = DecoderState(
         beams={"dec": state.beams, "ctc": scorer.initial_state()},

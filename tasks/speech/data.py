@@ -20,7 +20,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from core.errors import ConfigError, DataError
-from core.tokenizers import CharTokenizer
+from core.text.tokenizers import CharTokenizer
 from tasks.speech.audio import audio_info
 from tasks.speech.batching import BucketedSpeechDataset, SortaGradSampler
 from tasks.speech.features import FeatureConfig

@@ -15,8 +15,8 @@ from typing import Any
 import lightning as L
 import torch
 
-from core.predict import write_text_atomic
-from core.progress import Sink, StageProgress, null_sink
+from core.cli.predict import write_text_atomic
+from core.train.progress import Sink, StageProgress, null_sink
 from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
 from tasks.demo_report import Example, TaskReport
 
@@ -145,7 +145,7 @@ def evaluate(
     Returns:
         `({"cer": ..., "wer": ...}, hypotheses in input order)`.
     """
-    from core.metrics import char_error_rate, word_error_rate
+    from core.metrics.text import char_error_rate, word_error_rate
     from tasks.speech.alignment import off_diagonal
 
     order = sorted(range(len(feats)), key=lambda i: feats[i][0].shape[0])
@@ -208,7 +208,7 @@ def run_demo(
         max_minutes: wall-clock budget of the whole task, corpus synthesis included (cached after the
             first run, which then trains longer).
         seed: training seed (initialisation and batch order).
-        sink: progress sink (`core.progress`).
+        sink: progress sink (`core.train.progress`).
         n_held_out: held-out utterances to score (at most the corpus' test split).
         data: `SpeechDataModule` arguments replacing the demo's (e.g. `QUICK_DATA`).
 
@@ -287,7 +287,7 @@ def run_demo(
 if __name__ == "__main__":  # pragma: no cover - manual use
     import sys
 
-    from core.progress import ProgressBoard
+    from core.train.progress import ProgressBoard
     from tasks.demo_report import format_table
 
     print(format_table([run_demo(Path(sys.argv[1] if len(sys.argv) > 1 else "demo_out"), sink=ProgressBoard())]))

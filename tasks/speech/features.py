@@ -101,7 +101,7 @@ class LogMel(nn.Module):
         super().__init__()
         self.cfg = cfg or FeatureConfig()
         # Always real CPU tensors, also when the module is built on the meta device to check a checkpoint's
-        # shapes (core.rebuild): torchaudio computes the filterbank with .item(), which meta tensors lack;
+        # shapes (core.io.rebuild): torchaudio computes the filterbank with .item(), which meta tensors lack;
         # its size is bounded by the validated FeatureConfig.
         with torch.device("cpu"):
             self.mel = self._mel()

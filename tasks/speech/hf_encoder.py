@@ -1,13 +1,13 @@
 """Self-supervised speech encoders from ``transformers`` under our attention decoder and CTC head.
 
 ``--model.encoder hf:<hub-id-or-folder>`` loads wav2vec2, HuBERT, WavLM (or Whisper's encoder) through
-``core.pretrained``. It reads the raw 16 kHz waveform (the data module then also carries waveforms), resampled
+``core.io.pretrained``. It reads the raw 16 kHz waveform (the data module then also carries waveforms), resampled
 to the encoder's rate when that differs and normalised as its feature extractor does; the decoder attends
 over a learned softmax-weighted sum of all its hidden layers (SpeechBrain's ``weighted_ssl``, s3prl's
 featurizer): lower layers hold acoustics, upper ones more phonetic content, and the mix is learned. Each
 layer is layer-normalised first so that no layer wins by scale alone.
 
-How much of the encoder trains is ``core.finetune.FreezePolicy`` (``trainable_blocks`` counts its
+How much of the encoder trains is ``core.train.finetune.FreezePolicy`` (``trainable_blocks`` counts its
 Transformer layers); its convolutional feature encoder always stays frozen, as in wav2vec2 fine-tuning.
 """
 
@@ -23,8 +23,7 @@ from torch import Tensor, nn
 
 from core.attention import lengths_to_mask
 from core.errors import ConfigError
-from core.finetune import FreezePolicy, find_blocks
-from core.pretrained import (
+from core.io.pretrained import (
     build_from_config,
     hf_name,
     load_pretrained,
@@ -32,6 +31,7 @@ from core.pretrained import (
     read_model_type,
     resolve_pretrained,
 )
+from core.train.finetune import FreezePolicy, find_blocks
 
 __all__ = ["HFSpeechEncoder", "hf_speech_encoder", "speech_settings"]
 

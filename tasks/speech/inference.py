@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.decoding import DecoderState, StepFn, beam_search
-from core.inference import eval_mode
+from core.decoding.beam import DecoderState, StepFn, beam_search
+from core.decoding.fast_paths import eval_mode
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, is_silent, load_audio, split_on_silence
 from tasks.speech.ctc_prefix import CTCPrefixScorer, joint_search_inputs
 
@@ -277,7 +277,7 @@ def ctc_alone_search_inputs(scorer: CTCPrefixScorer) -> tuple[StepFn, DecoderSta
         scorer: CTC prefix scorer of the batch.
 
     Returns:
-        ``(step_fn, state)`` for `core.decoding.beam_search`; the step returns no attention.
+        ``(step_fn, state)`` for `core.decoding.beam.beam_search`; the step returns no attention.
     """
 
     def step(tokens: Tensor, st: DecoderState) -> tuple[Tensor, DecoderState, None]:

@@ -21,15 +21,15 @@ from torchmetrics.aggregation import MeanMetric
 from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from core.attention import attention_options as attention_options_for  # the argument has its name
+from core.cli.predict import Prediction
 from core.errors import ConfigError
-from core.finetune import FreezeSchedule, optimizer_groups
-from core.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
-from core.predict import Prediction
-from core.pretrained import is_hf_spec
-from core.progress_bar import ThroughputMixin
-from core.schedule import configure_optimizer
-from core.task_io import TaskCheckpointMixin
-from core.training import empty_batch_loss
+from core.io.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
+from core.io.pretrained import is_hf_spec
+from core.io.task_io import TaskCheckpointMixin
+from core.train.callbacks import empty_batch_loss
+from core.train.finetune import FreezeSchedule, optimizer_groups
+from core.train.progress_bar import ThroughputMixin
+from core.train.schedule import configure_optimizer
 from tasks.speech.alignment import encoder_frame_times, has_attention_to_score, off_diagonal, utterance_scores
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
@@ -74,7 +74,7 @@ class SpeechModule(
             untrained decoder's beam would mean nothing).
         dropout: dropout.
         label_smoothing: label smoothing of the attention cross-entropy.
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.schedule.configure_optimizer``).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.train.schedule.configure_optimizer``).
         lr: peak learning rate.
         weight_decay: weight decay (not on biases and norms).
         betas: Adam betas.
@@ -275,7 +275,7 @@ class SpeechModule(
         return self.pretrained_info is not None
 
     def configure_callbacks(self) -> list[Any]:
-        """`core.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
+        """`core.train.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
         return [FreezeSchedule()] if self.pretrained_info is not None else []
 
     # ------------------------------------------------------------------------------------------
@@ -442,7 +442,7 @@ class SpeechModule(
         """Spectrogram + attention of the first validation utterances (rank zero only, via log_figure)."""
         if self._trainer is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
             return
-        from core.training import log_figure
+        from core.train.callbacks import log_figure
         from core.viz import plot_spectrogram_alignment
 
         for i in range(min(self.hparams.plot_examples, len(hyps))):

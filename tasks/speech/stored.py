@@ -1,6 +1,6 @@
 """What a speech checkpoint or model folder stores and restores beyond the weights: the character units, the
 log-mel front end and its statistics, the chunking range and an ``hf:`` encoder's config (written by
-`SpeechStoredMixin.task_metadata`, read back and validated by the other hooks of `core.task_io`), and the
+`SpeechStoredMixin.task_metadata`, read back and validated by the other hooks of `core.io.task_io`), and the
 mapping of format-1 weight names to today's modules."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from core.checkpoint import META_KEY
 from core.errors import CheckpointError
-from core.tokenizers import tokenizer_from_dict
+from core.io.checkpoint import META_KEY
+from core.text.tokenizers import tokenizer_from_dict
 from tasks.speech.features import FeatureConfig, LogMel
 from tasks.speech.model import upgrade_state_dict_v1
 
@@ -20,7 +20,7 @@ __all__ = ["SpeechStoredMixin"]
 
 
 class SpeechStoredMixin:
-    """The `core.task_io.TaskCheckpointMixin` hooks of :class:`tasks.speech.module.SpeechModule` (mix in before
+    """The `core.io.task_io.TaskCheckpointMixin` hooks of :class:`tasks.speech.module.SpeechModule` (mix in before
     ``TaskCheckpointMixin``; needs ``tokenizer``, ``feature_cfg``, ``logmel``, ``stats``, ``max_chunk_seconds``
     and ``pretrained_info``)."""
 

@@ -3,14 +3,14 @@
 Luong et al. (2015, §5.4) score attention as a word aligner: the *reference* translation is teacher-forced
 through the model, each target word is linked to the source word it attends to most, and the links are
 compared with gold sure/possible links by the alignment error rate (AER, Och & Ney 2003; 0 is perfect).
-:func:`alignment_scores` does that with :mod:`core.alignment` on the gold links of the embedded grammar
+:func:`alignment_scores` does that with :mod:`core.metrics.alignment` on the gold links of the embedded grammar
 corpus (:mod:`tasks.translation.grammar`); the data module hands them out (``gold_alignments``), and validation
 and test log the scores as ``val/aer`` and ``test/aer`` (:mod:`tasks.translation.evaluation`).
 
 Tokens are merged into the *whitespace* words the gold links index (``text.split()``): subword tokens by their
 Metaspace ``▁`` marker, word tokens by re-tokenising each whitespace word, characters by the spaces between
 them (:func:`word_indices`). A target word's attention row is the mean of its tokens' rows, a source word
-receives the sum of its tokens' columns (:func:`core.alignment.merge_subwords`).
+receives the sum of its tokens' columns (:func:`core.metrics.alignment.merge_subwords`).
 
 Multi-head models (the Transformer, an RNN decoder with ``attention: multihead``) are scored on the mean of
 the heads of their last decoder layer, which is what their heatmaps show; every head and every layer is also
@@ -23,7 +23,7 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
-from core.alignment import AlignmentCounts, argmax_links, merge_subwords, word_index_of_tokens
+from core.metrics.alignment import AlignmentCounts, argmax_links, merge_subwords, word_index_of_tokens
 from tasks.translation.heads import layer_head_attention_batch
 
 __all__ = ["GoldPair", "Link", "alignment_scores", "has_alignment", "word_indices"]
@@ -32,7 +32,7 @@ Link = tuple[int, int]  # (source word, target word)
 # (source sentence, target sentence, sure links, possible links), links over the whitespace words
 GoldPair = tuple[str, str, Sequence[Link], Sequence[Link]]
 
-# Token kinds whose token strings start a word with the Metaspace marker (core.tokenizers.SubwordTokenizer, and
+# Token kinds whose token strings start a word with the Metaspace marker (core.text.tokenizers.SubwordTokenizer, and
 # the SentencePiece pieces of a pretrained Marian model).
 _METASPACE_KINDS = ("subword", "marian")
 
@@ -53,7 +53,7 @@ def word_indices(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int] | N
     """The whitespace word of ``text`` each of its token ids belongs to.
 
     Args:
-        tokenizer: the tokenizer that encoded ``text`` (``core.tokenizers``, or Marian's).
+        tokenizer: the tokenizer that encoded ``text`` (``core.text.tokenizers``, or Marian's).
         text: the sentence.
         ids: ``tokenizer.encode(text)``, all of it.
 

@@ -12,7 +12,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from core.errors import ConfigError
-from core.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID
 
 T = TypeVar("T")
 

@@ -28,9 +28,9 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from core.cli.infer import InferenceSpec, InputItem, Output
+from core.cli.task import task_main
 from core.errors import DataError
-from core.infer_cli import InferenceSpec, InputItem, Output
-from core.task_cli import task_main
 
 __all__ = ["main"]
 

@@ -27,8 +27,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Subset
 
 from core.errors import ConfigError, DataError
-from core.known_words import KnownWords
-from core.tokenizers import BaseTokenizer
+from core.text.known_words import KnownWords
+from core.text.tokenizers import BaseTokenizer
 from tasks.translation import grammar
 from tasks.translation.batching import (
     PairDataset,
@@ -415,7 +415,7 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
         if world > 1 and not injected:
             # The CLI turns Lightning's sampler injection off, so without this every rank would translate
             # everything. Each rank takes a strided shard; items keep their dataset "index", so the
-            # core.predict.PredictionWriter gathers the shards and writes one output in input order.
+            # core.cli.predict.PredictionWriter gathers the shards and writes one output in input order.
             ds = Subset(ds, shard_indices(len(ds), world, rank))  # type: ignore[assignment]
         return DataLoader(ds, batch_size=64, shuffle=False, collate_fn=collate, num_workers=self.num_workers)
 

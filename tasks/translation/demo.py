@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.predict import write_text_atomic
-from core.progress import Sink, StageProgress, null_sink
+from core.cli.predict import write_text_atomic
+from core.train.progress import Sink, StageProgress, null_sink
 from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
 from tasks.demo_report import Example, TaskReport
 
@@ -94,7 +94,7 @@ def evaluate(
     Returns:
         `({"bleu": ..., "chrf": ...}, hypotheses in input order)`.
     """
-    from core.metrics import corpus_bleu, corpus_chrf
+    from core.metrics.text import corpus_bleu, corpus_chrf
 
     hyps: list[str] = []
     for k in range(0, len(pairs), 50):
@@ -124,7 +124,7 @@ def run_demo(
         out_dir: destination folder (created).
         max_minutes: wall-clock budget of the whole task; training gets what evaluation and figures leave.
         seed: training seed (initialisation and batch order).
-        sink: progress sink (`core.progress`).
+        sink: progress sink (`core.train.progress`).
         n_held_out: held-out test sentences to score.
         data: `TranslationDataModule` arguments replacing the demo's (e.g. `QUICK_DATA`).
         threads: torch intra-op threads while the demo runs (restored afterwards). One thread is the
@@ -212,7 +212,7 @@ def _run(out_dir: Path, max_minutes: float, seed: int, sink: Sink, n_held_out: i
 
 
 if __name__ == "__main__":
-    from core.progress import ProgressBoard
+    from core.train.progress import ProgressBoard
     from tasks.demo_report import format_table
 
     out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("demo_out/translation")

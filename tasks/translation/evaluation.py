@@ -8,9 +8,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from core.distributed import dedupe_by_index, gather_objects
-from core.metrics import corpus_bleu, corpus_chrf
-from core.training import log_figure
+from core.metrics.text import corpus_bleu, corpus_chrf
+from core.train.callbacks import log_figure
+from core.train.distributed import dedupe_by_index, gather_objects
 from tasks.translation.alignment import alignment_scores, has_alignment
 
 __all__ = ["TranslationEvalMixin"]

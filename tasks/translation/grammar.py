@@ -21,7 +21,7 @@ Spanish sentence is produced by only one English sentence, so the reverse direct
 **Gold alignments.** The grammar knows which English word produced each Spanish word, so every pair comes
 with gold links (:class:`AlignedPair`) between the *whitespace words* of the two sentences (``en.split()`` and
 ``es.split()`` indices; "¿" and "?" ride on the words they touch), in the *sure* / *possible* scheme of Och &
-Ney (2003) that :mod:`core.alignment` scores. Sure links are the translations of content words; possible
+Ney (2003) that :mod:`core.metrics.alignment` scores. Sure links are the translations of content words; possible
 links mark words whose counterpart is genuinely spread over several words or missing:
 
 ================================================  =========================================  ==========

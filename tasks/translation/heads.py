@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.inference import eval_mode
-from core.tokenizers import BOS_ID, PAD_ID
+from core.decoding.fast_paths import eval_mode
+from core.text.tokenizers import BOS_ID, PAD_ID
 
 __all__ = ["cross_attention_modules", "layer_head_attention", "layer_head_attention_batch", "target_ids"]
 

@@ -10,10 +10,10 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
-from core.decoding import DecodeResult, beam_search
+from core.decoding.beam import DecodeResult, beam_search
+from core.decoding.fast_paths import eval_mode
 from core.errors import ConfigError
-from core.inference import eval_mode
-from core.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from tasks.translation.batching import pad_ids
 
 __all__ = ["TranslateMixin", "Translation"]

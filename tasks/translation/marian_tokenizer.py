@@ -1,13 +1,13 @@
 """A pretrained MarianMT model's own tokenizer behind the task's tokenizer interface.
 
-The task's tokenizers share ``pad=0, bos=1, eos=2, unk=3`` (``core.tokenizers``); Marian's vocabulary has
+The task's tokenizers share ``pad=0, bos=1, eos=2, unk=3`` (``core.text.tokenizers``); Marian's vocabulary has
 ``</s>=0``, ``<unk>=1`` and a ``<pad>`` at its end, and no BOS (its decoder starts from ``<pad>``). Our ids are
 Marian's shifted by :data:`OFFSET` = 2, which lands Marian's ``</s>`` on our EOS and ``<unk>`` on our UNK and
 frees 0 and 1 for PAD and BOS: data loading, losses and beam search stay the task's own, and
 :class:`tasks.translation.models.marian.MarianSeq2Seq` maps ids in and logits out.
 
 The tokenizer files (two SentencePiece models, ``vocab.json``, ``tokenizer_config.json``) travel with every
-checkpoint as plain data (``core.model_folder.file_value``) and are written back byte for byte into a model
+checkpoint as plain data (``core.io.model_folder.file_value``) and are written back byte for byte into a model
 folder; they are read with ``transformers.MarianTokenizer`` (needs ``sentencepiece``: ``pip install
 "attn-suite[pretrained]"``), a fixed class chosen here, never one named by a file.
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.errors import CheckpointError, ConfigError
-from core.model_folder import file_bytes, file_value
-from core.tokenizers import SPECIAL_TOKENS, BaseTokenizer
+from core.io.model_folder import file_bytes, file_value
+from core.text.tokenizers import SPECIAL_TOKENS, BaseTokenizer
 
 __all__ = ["FILES", "OFFSET", "MarianTokenizerSide", "marian_tokenizers", "read_tokenizer_files"]
 

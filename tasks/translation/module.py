@@ -2,7 +2,7 @@
 
 The network is built in :meth:`TranslationModule.setup` from the data module's tokenizers (vocabulary
 sizes are only known after the tokenizers are trained), or from the tokenizers stored in a checkpoint or
-model folder (``core.task_io``). Checkpoints are self-contained::
+model folder (``core.io.task_io``). Checkpoints are self-contained::
 
     checkpoint["attn_suite"] = {"task": "translation", "format": 2, "tokenizers": {"src": {...}, "tgt": {...}}}
 
@@ -26,14 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core.attention import attention_options as attention_options_for  # the argument has its name
+from core.cli.predict import Prediction
 from core.errors import ConfigError
-from core.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
-from core.known_words import KnownWords
-from core.predict import Prediction
-from core.progress_bar import ThroughputMixin
-from core.schedule import configure_optimizer
-from core.task_io import TaskCheckpointMixin
-from core.tokenizers import BaseTokenizer
+from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
+from core.io.task_io import TaskCheckpointMixin
+from core.text.known_words import KnownWords
+from core.text.tokenizers import BaseTokenizer
+from core.train.progress_bar import ThroughputMixin
+from core.train.schedule import configure_optimizer
 from tasks.translation.evaluation import TranslationEvalMixin
 from tasks.translation.inference import TranslateMixin
 from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
@@ -73,7 +73,7 @@ class TranslationModule(
         dropout: dropout rate.
         label_smoothing: label smoothing of the cross-entropy.
         tie_embeddings: tie the target embedding and the output projection.
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.schedule.configure_optimizer``).
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.train.schedule.configure_optimizer``).
         lr: peak learning rate.
         weight_decay: weight decay (not on biases and norms).
         betas: Adam betas.
@@ -187,7 +187,7 @@ class TranslationModule(
         self.tgt_tokenizer: BaseTokenizer | None = None
         self.pretrained_info: dict[str, Any] | None = None  # marian: {"source", "model_type", "config"}
         self.hf_tokenizer_files: dict[str, bytes] | None = None  # marian: its tokenizer files
-        self.known_words: KnownWords | None = None  # the training sources' words (core.known_words)
+        self.known_words: KnownWords | None = None  # the training sources' words (core.text.known_words)
         if arch == "marian":
             self._init_marian(pretrained, pretrained_config)
         elif pretrained is not None:

@@ -1,7 +1,7 @@
 """What a translation checkpoint or model folder stores and restores beyond the weights: the source and target
 tokenizers (plain dicts, or a Marian model's own tokenizer files) and a Marian model's config (written by
 `TranslationStoredMixin.task_metadata`, read back and validated by `tokenizers_from_metadata` and the other hooks
-of `core.task_io`), and the mapping of format-1 weight names to today's modules."""
+of `core.io.task_io`), and the mapping of format-1 weight names to today's modules."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
 
-from core.checkpoint import META_KEY
 from core.errors import CheckpointError, ConfigError, UserError
-from core.known_words import KnownWords
-from core.tokenizers import BaseTokenizer, tokenizer_from_dict
+from core.io.checkpoint import META_KEY
+from core.text.known_words import KnownWords
+from core.text.tokenizers import BaseTokenizer, tokenizer_from_dict
 from tasks.translation.marian_tokenizer import files_from_metadata, files_to_metadata, marian_tokenizers
 from tasks.translation.models.rnn import upgrade_state_dict_v1
 
@@ -57,7 +57,7 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
 
 
 class TranslationStoredMixin:
-    """The `core.task_io.TaskCheckpointMixin` hooks of :class:`tasks.translation.module.TranslationModule` (mix in
+    """The `core.io.task_io.TaskCheckpointMixin` hooks of :class:`tasks.translation.module.TranslationModule` (mix in
     before ``TaskCheckpointMixin``; needs ``src_tokenizer``, ``tgt_tokenizer``, ``pretrained_info``,
     ``hf_tokenizer_files``, ``known_words``, ``set_tokenizers`` and ``build_model``)."""
 

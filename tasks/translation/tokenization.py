@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from core.errors import ConfigError
-from core.tokenizers import SPECIAL_TOKENS, UNK_ID, BaseTokenizer, SubwordTokenizer
+from core.text.tokenizers import SPECIAL_TOKENS, UNK_ID, BaseTokenizer, SubwordTokenizer
 
 
 def encode_all(tok: BaseTokenizer, texts: list[str]) -> list[list[int]]:
@@ -17,7 +17,7 @@ def encode_all(tok: BaseTokenizer, texts: list[str]) -> list[list[int]]:
 def train_subword(
     texts: list[str], vocab_size: int, model: str = "bpe", min_freq: int = 2, split_punctuation: bool = True
 ) -> SubwordTokenizer:
-    """Train a :class:`core.tokenizers.SubwordTokenizer`, optionally splitting punctuation off words.
+    """Train a :class:`core.text.tokenizers.SubwordTokenizer`, optionally splitting punctuation off words.
 
     ``core``'s tokenizer splits on whitespace only, so "coche", "coche?" and "¿coche" are unrelated
     words to the subword model. With ``split_punctuation`` the pre-tokenizer also isolates punctuation

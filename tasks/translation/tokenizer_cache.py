@@ -13,7 +13,7 @@ from pathlib import Path
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from core.tokenizers import tokenizer_from_dict
+from core.text.tokenizers import tokenizer_from_dict
 from tasks.translation.sources import Pair
 from tasks.translation.tokenization import train_subword
 

@@ -155,7 +155,7 @@ def test_translation_tab_outputs(models: dict[str, Any]) -> None:
 
 
 def test_translation_tab_names_words_never_seen(models: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from core.known_words import KnownWords
+    from core.text.known_words import KnownWords
 
     model = models["translation"]
     monkeypatch.setattr(model, "known_words", KnownWords.from_texts(["the red car", "i love you"]))
@@ -177,7 +177,7 @@ def test_layer_head_attention_matches_the_search(models: dict[str, Any]) -> None
 
 def test_layer_head_attention_rnn_multihead() -> None:
     """The RNN decoder queries its attention once per step: heads are stacked over the steps."""
-    from core.tokenizers import WordTokenizer
+    from core.text.tokenizers import WordTokenizer
     from tasks.translation.module import TranslationModule
 
     torch.manual_seed(0)
@@ -250,7 +250,7 @@ def test_long_audio_alternatives_join_chunks() -> None:
 # ------------------------------------------------------------------------------------------------ packaging
 def test_core_and_task_clis_do_not_import_gradio() -> None:
     code = (
-        "import sys, core, core.viz, core.decoding, tasks.demo, tasks.translation.cli, tasks.captioning.cli, "
+        "import sys, core, core.viz, core.decoding.beam, tasks.demo, tasks.translation.cli, tasks.captioning.cli, "
         "tasks.speech.cli, tasks.app, tasks.app.loading, tasks.app.inference, tasks.translation.heads, tasks.app.cli; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('gradio', 'gradio_client')); "
         "print(bad); sys.exit(1 if bad else 0)"

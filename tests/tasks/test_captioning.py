@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from core.checkpoint import FORMAT_VERSION
 from core.errors import ConfigError, DataError, UserError
+from core.io.checkpoint import FORMAT_VERSION
 from tasks.captioning import scenes
 from tasks.captioning.images import ImageError, load_rgb
 from tasks.captioning.metrics import caption_scores, cider_d, corpus_bleu
@@ -705,7 +705,7 @@ def test_predict_path_with_prediction_writer(tmp_path: Path) -> None:
     """``data.predict_path`` images, predicted through a Trainer with the writer: input order, file names."""
     import lightning as L
 
-    from core.predict import PredictionWriter
+    from core.cli.predict import PredictionWriter
     from tasks.captioning.data import CaptionDataModule
 
     folder = tmp_path / "imgs"
@@ -758,7 +758,7 @@ def test_pretrained_download_failure_is_a_config_error(monkeypatch: pytest.Monke
 def test_transformer_caption_decoder_reorders_its_cache_itself() -> None:
     """Beam search over the Transformer caption decoder: its KV caches follow the beams through
     ``DecoderState.reorder``; the same search with ordinary per-step reordering gives the same captions."""
-    from core.decoding import DecoderState, beam_search
+    from core.decoding.beam import DecoderState, beam_search
     from tasks.captioning.decoder import TransformerCaptionDecoder
 
     torch.manual_seed(0)

@@ -101,7 +101,7 @@ def _write_format1(model: Any, task: str, path: Path, hparams_fix: dict[str, Any
 
 
 def _translation(arch: str, attention: str) -> Any:
-    from core.tokenizers import CharTokenizer
+    from core.text.tokenizers import CharTokenizer
     from tasks.translation.module import TranslationModule
 
     torch.manual_seed(0)

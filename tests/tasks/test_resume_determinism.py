@@ -200,7 +200,7 @@ def test_captioning_shipped_configs_wire_guard_and_rolling_checkpoint(
 ) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from core.training import NonFiniteLossGuard
+    from core.train.callbacks import NonFiniteLossGuard
     from tasks.captioning.cli import make_cli
 
     monkeypatch.chdir(tmp_path)
@@ -209,10 +209,12 @@ def test_captioning_shipped_configs_wire_guard_and_rolling_checkpoint(
     for name in ("default", "tiny", "coco", "flickr8k"):
         cbs = yaml.safe_load((CAP_CONFIGS / f"{name}.yaml").read_text(encoding="utf-8"))["trainer"]["callbacks"]
         paths = [cb["class_path"] for cb in cbs]
-        assert "core.training.NonFiniteLossGuard" in paths, name
+        assert "core.train.callbacks.NonFiniteLossGuard" in paths, name
         rolling = [cb["init_args"] for cb in cbs if cb["init_args"] and cb["init_args"].get("every_n_train_steps")]
         assert len(rolling) == 1 and rolling[0]["save_top_k"] == 0 and rolling[0]["save_last"] is True, name
-        dirs = {cb["init_args"].get("dirpath") for cb in cbs if cb["class_path"] == "core.training.RunCheckpoint"}
+        dirs = {
+            cb["init_args"].get("dirpath") for cb in cbs if cb["class_path"] == "core.train.callbacks.RunCheckpoint"
+        }
         assert name != "tiny" or dirs == {None}, dirs  # tiny: <default_root_dir>/checkpoints
         assert len(dirs) == 1, name  # both write the same last.ckpt that `--ckpt_path last` finds
     # ... and what the CLI actually builds from them.
@@ -329,7 +331,7 @@ def test_speech_sigkill_mid_epoch_then_resume_from_last(corpus: Path, tmp_path: 
                 "trainer": {
                     "callbacks": [
                         {
-                            "class_path": "core.training.RunCheckpoint",
+                            "class_path": "core.train.callbacks.RunCheckpoint",
                             "init_args": {
                                 "dirpath": str(tmp_path / "checkpoints"),
                                 "every_n_train_steps": 3,
@@ -402,7 +404,7 @@ def test_speech_cli_wires_guard_and_rolling_checkpoint_for_every_config(
 ) -> None:
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from core.training import NonFiniteLossGuard
+    from core.train.callbacks import NonFiniteLossGuard
     from tasks.speech.cli import main
 
     built: list[pl.Trainer] = []

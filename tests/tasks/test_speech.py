@@ -16,8 +16,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from core.checkpoint import FORMAT_VERSION
 from core.errors import DataError
+from core.io.checkpoint import FORMAT_VERSION
 from tasks.speech.audio import SAMPLE_RATE, load_audio, split_on_silence
 from tasks.speech.data import CHARSET, SpeechDataModule, make_char_tokenizer, validate_utterances
 from tasks.speech.features import FeatureStats, LogMel, SpecAugment

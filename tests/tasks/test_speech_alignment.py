@@ -267,7 +267,7 @@ def test_ctc_alone_loss_is_ctc_and_the_decoder_is_frozen() -> None:
 def test_ctc_alone_decoding_is_the_ctc_prefix_search_and_ignores_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
     import torch.nn.functional as F
 
-    from core.decoding import beam_search
+    from core.decoding.beam import beam_search
     from tasks.speech.ctc_prefix import CTCPrefixScorer, joint_search_inputs
     from tasks.speech.module import SpeechModule
 

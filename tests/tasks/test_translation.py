@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.checkpoint import FORMAT_VERSION
-from core.known_words import words_of
+from core.io.checkpoint import FORMAT_VERSION
+from core.text.known_words import words_of
 from tasks.translation import grammar
 from tasks.translation.cli import main
 from tasks.translation.data import TranslationDataModule
@@ -323,7 +323,7 @@ def test_cli_predict_and_test(cli_ckpt: Path, tmp_path: Path, monkeypatch: pytes
 def test_finish_eval_scores_each_example_once(monkeypatch: pytest.MonkeyPatch) -> None:
     from types import SimpleNamespace
 
-    from core.metrics import corpus_bleu
+    from core.metrics.text import corpus_bleu
 
     model = TranslationModule(embed_dim=8, hidden_dim=8)
     model._trainer = SimpleNamespace(world_size=1)  # type: ignore[assignment]
@@ -649,7 +649,7 @@ def test_rnn_training_step_packs_from_host_lengths(tmp_path: Path, monkeypatch: 
 def test_transformer_beam_search_reorders_its_cache_itself() -> None:
     """The Transformer's KV caches follow the beams through ``DecoderState.reorder`` (one copy per step);
     kept as ordinary ``beams`` state, beam search reorders them itself: same hypotheses."""
-    from core.decoding import DecoderState, beam_search
+    from core.decoding.beam import DecoderState, beam_search
 
     torch.manual_seed(0)
     model = TransformerSeq2Seq(30, 40, d_model=16, num_heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=2).eval()

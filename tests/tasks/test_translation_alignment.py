@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 import torch
 
-from core.alignment import word_index_of_tokens
-from core.tokenizers import CharTokenizer, WordTokenizer
+from core.metrics.alignment import word_index_of_tokens
+from core.text.tokenizers import CharTokenizer, WordTokenizer
 from tasks.translation import alignment as alignment_mod
 from tasks.translation import grammar as g
 from tasks.translation.alignment import alignment_scores, word_indices

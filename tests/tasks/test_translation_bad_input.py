@@ -198,7 +198,7 @@ def test_cli_bad_beam_nbest(args: list[str], expected: str, tmp_path: Path, user
 # ------------------------------------------------------------------------ tampered checkpoints: exit 2
 def _real_checkpoint(tmp: Path) -> dict:
     """A checkpoint dict as ``fit`` writes it (hyper-parameters, weights, tokenizers), built in memory."""
-    from core.tokenizers import CharTokenizer
+    from core.text.tokenizers import CharTokenizer
     from tasks.translation.module import TranslationModule
 
     tok = CharTokenizer.train(["I love you", "te quiero", "the red car", "el coche rojo"])

@@ -285,7 +285,7 @@ def test_bucket_sampler_more_ranks_than_batches_every_rank_gets_a_batch() -> Non
 @pytest.mark.parametrize("n", [1, 2, 5, 64, 65])
 @pytest.mark.parametrize("world", [1, 2, 3, 8])
 def test_predict_shards_cover_every_index_once_after_dedupe(n: int, world: int) -> None:
-    from core.distributed import dedupe_by_index
+    from core.train.distributed import dedupe_by_index
     from tasks.translation.batching import shard_indices
 
     shards = [shard_indices(n, world, r) for r in range(world)]
@@ -297,7 +297,7 @@ def test_predict_shards_cover_every_index_once_after_dedupe(n: int, world: int) 
 
 def test_eval_dedupe_drops_ddp_padding_repeats() -> None:
     """Padded eval batches repeat leading examples on some ranks; each example must be scored once."""
-    from core.distributed import dedupe_by_index
+    from core.train.distributed import dedupe_by_index
 
     lengths = [(i * 5) % 11 + 1 for i in range(37)]
     world = 3

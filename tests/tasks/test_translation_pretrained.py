@@ -15,9 +15,9 @@ import torch
 
 pytest.importorskip("sentencepiece")
 
-from core.decoding import beam_search
+from core.decoding.beam import beam_search
 from core.errors import CheckpointError, ConfigError
-from core.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from tasks.translation import grammar
 from tasks.translation.batching import pad_ids
 from tasks.translation.cli import main

@@ -4,10 +4,10 @@ Both implement the same small interface used by :class:`tasks.translation.module
 
 * ``forward(src (B, S), src_lengths (B,), tgt_in (B, T), need_weights=False)``
   → ``(logits (B, T, V), attention (B, T, S) | None)`` — teacher forcing;
-* ``init_state(src, src_lengths)`` → a ``core.decoding.DecoderState`` (encoder outputs under ``source``; for
+* ``init_state(src, src_lengths)`` → a ``core.decoding.beam.DecoderState`` (encoder outputs under ``source``; for
   the Transformer its cross-attention keys/values under ``shared``, one row per source, never expanded to beams);
 * ``step(last_tokens (N,), state, need_weights)`` → ``(log_probs (N, V), state, attention (N, S) | None)``,
-  the step function :mod:`core.decoding` drives.
+  the step function :mod:`core.decoding.beam` drives.
 """
 
 from tasks.translation.models.rnn import RNNSeq2Seq

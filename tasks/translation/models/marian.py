@@ -1,4 +1,4 @@
-"""A pretrained MarianMT (``transformers``) inside the translation task, decoded by ``core.decoding``.
+"""A pretrained MarianMT (``transformers``) inside the translation task, decoded by ``core.decoding.beam``.
 
 ``--model.arch marian --model.pretrained <hub-id-or-folder>`` fine-tunes one of the Helsinki-NLP
 ``opus-mt-*`` models (or any MarianMT folder) with the task's data, losses, BLEU/chrF, checkpoints and beam
@@ -9,7 +9,7 @@ search. :class:`MarianSeq2Seq` offers the interface of the other translation mod
   source gets Marian's ``</s>`` after its last token, as Marian's tokenizer adds it;
 * logits out: Marian's, with its ``<pad>`` logit repeated for our PAD and BOS columns (so that label smoothing
   sees real model outputs there, as in the other models); decoding never emits them (nor Marian's own pad);
-* the decoding state is tensors only, split as ``core.decoding`` wants it: encoder outputs, mask and the
+* the decoding state is tensors only, split as ``core.decoding.beam`` wants it: encoder outputs, mask and the
   cross-attention keys/values under ``source`` (computed by the first step), the self-attention KV cache
   under ``cache`` (reordered with ``state.reorder``). Each step rebuilds ``transformers``' cache object from
   them and reads the grown tensors back, so beam search can select rows of every part;
@@ -26,12 +26,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from core.decoding import DecoderState
+from core.decoding.beam import DecoderState
+from core.decoding.fast_paths import step_log_probs
 from core.errors import ConfigError
-from core.finetune import FreezePolicy, attn_implementation
-from core.inference import step_log_probs
-from core.pretrained import build_from_config, hf_name, load_pretrained, read_model_type, resolve_pretrained
-from core.tokenizers import BOS_ID
+from core.io.pretrained import build_from_config, hf_name, load_pretrained, read_model_type, resolve_pretrained
+from core.text.tokenizers import BOS_ID
+from core.train.finetune import FreezePolicy, attn_implementation
 from tasks.translation.marian_tokenizer import OFFSET, read_tokenizer_files
 
 __all__ = ["MarianSeq2Seq", "load_marian", "marian_network"]

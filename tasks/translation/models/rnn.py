@@ -17,9 +17,9 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from core.attention import attention_options as attention_options_for  # the argument has its name
 from core.attention import lengths_to_mask
-from core.decoding import DecoderState
+from core.decoding.beam import DecoderState
 from core.layers import AttentionalRNNDecoder
-from core.tokenizers import PAD_ID
+from core.text.tokenizers import PAD_ID
 
 RNNType = Literal["gru", "lstm"]
 

@@ -16,10 +16,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from core.attention import lengths_to_mask
-from core.decoding import DecoderState
-from core.inference import step_log_probs, vocab_projection
+from core.decoding.beam import DecoderState
+from core.decoding.fast_paths import step_log_probs, vocab_projection
 from core.layers import SinusoidalPositions, TransformerDecoderLayer, TransformerEncoderLayer
-from core.tokenizers import PAD_ID
+from core.text.tokenizers import PAD_ID
 
 
 class TransformerSeq2Seq(nn.Module):
@@ -117,7 +117,7 @@ class TransformerSeq2Seq(nn.Module):
     def init_state(self, src: Tensor, src_lengths: Tensor) -> DecoderState:
         """Decoding state: per-layer cross (k, v) and the source mask under ``shared`` (one copy per item,
         never expanded to the beams), empty self-attention KV caches under ``cache`` (reordered by `step`
-        itself, see `core.decoding`)."""
+        itself, see `core.decoding.beam`)."""
         memory, mask = self.encode(src, src_lengths)
         b = src.shape[0]
         dh = self.d_model // self.num_heads

@@ -1,0 +1,573 @@
+"""Model folders: the Hugging Face layout for a trained task model, written and read without pickle.
+
+A folder holds::
+
+    model.safetensors        the weights (safetensors: no code can run when it is read)
+    config.json              task, format, architecture, the hyper-parameters it is rebuilt from, metadata
+    tokenizer_*.json, vocab.json, units.json, preprocessor_config.json, ...
+                             the task's tokenizers / vocabularies / front end, each in its own format
+                             (a subword tokenizer is a HF ``tokenizers`` tokenizer.json; the files of a
+                             pretrained model's own tokenizer, e.g. Marian's ``source.spm``, byte for byte)
+    README.md                a model card: task, architecture, attention, data, command, metrics, figure
+    attention.png            an attention figure, when one was given
+
+``save_pretrained`` / ``from_pretrained`` / ``push_to_hub`` follow huggingface_hub's ``ModelHubMixin``
+names, with one difference on purpose: loading is strict (a missing weight is an error, never a random
+initialisation). Reading goes through ``core.io.rebuild.build_task_module``: validated plain data, shapes
+checked on the meta device before anything is allocated, nothing named in a file imported.
+
+:func:`load_task_model` is what every ``--ckpt`` option calls: a ``.ckpt`` file, an http(s) URL, a folder
+or ``hf://ORG/NAME[@REVISION]`` (downloaded through huggingface_hub and its cache).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+from core.errors import CheckpointError, UserError
+from core.io.checkpoint import FORMAT_VERSION, PROVENANCE_ATTR
+from core.io.jsonio import MAX_JSON_BYTES, read_json
+from core.io.model_card import model_card
+from core.io.rebuild import build_task_module, load_task_module
+
+__all__ = [
+    "CONFIG_NAME",
+    "PROVENANCE_ATTR",
+    "WEIGHTS_NAME",
+    "file_bytes",
+    "file_value",
+    "from_pretrained",
+    "load_task_model",
+    "push_to_hub",
+    "resolve_hub",
+    "save_pretrained",
+]
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
+FIGURE_NAME = "attention.png"
+LIBRARY = "attn-suite"
+HUB_PREFIX = "hf://"
+_MAX_FIGURE_BYTES = 16 << 20
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in a folder: no path, no dot file
+
+M = TypeVar("M")
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def _tokenizer_text(value: Any) -> str:
+    """A tokenizer dict as its file: a subword tokenizer as HF ``tokenizer.json``, others as their dict."""
+    if isinstance(value, dict) and value.get("type") == "subword" and isinstance(value.get("json"), str):
+        return value["json"]
+    return json.dumps(value, ensure_ascii=False, indent=1)
+
+
+def file_value(data: bytes) -> dict[str, str]:
+    """A file's bytes as plain metadata (``{"type": "file", "base64": ...}``): checkpoint-safe, and written
+    back byte for byte into a model folder (``FOLDER_RAW_FILES``)."""
+    import base64
+
+    return {"type": "file", "base64": base64.b64encode(data).decode("ascii")}
+
+
+def file_bytes(value: Any, what: str) -> bytes:
+    """Inverse of :func:`file_value`; ``CheckpointError`` naming ``what`` for anything else."""
+    import base64
+    import binascii
+
+    if not (isinstance(value, dict) and value.get("type") == "file" and isinstance(value.get("base64"), str)):
+        raise CheckpointError(f"{what}: expected a stored file ({{'type': 'file', 'base64': ...}})")
+    try:
+        return base64.b64decode(value["base64"], validate=True)
+    except (binascii.Error, ValueError) as err:
+        raise CheckpointError(f"{what}: the stored file is not valid base64 ({err})") from None
+
+
+def _split_metadata(
+    meta: Mapping[str, Any], files: Mapping[str, str], raw: Mapping[str, str] | None = None
+) -> tuple[dict[str, Any], dict[str, str | bytes]]:
+    """``(metadata left for config.json, {file name: text or bytes})`` for the task's ``FOLDER_FILES`` (and
+    ``FOLDER_RAW_FILES``, written byte for byte)."""
+    rest = {k: v for k, v in meta.items() if k not in ("task", "format")}
+    out: dict[str, str | bytes] = {}
+    entries = [(d, n, False) for d, n in files.items()] + [(d, n, True) for d, n in (raw or {}).items()]
+    for dotted, name, is_raw in entries:
+        head, _, tail = dotted.partition(".")
+        if head not in rest:
+            continue
+        if tail:
+            group = dict(rest[head])
+            if tail in group:
+                value = group.pop(tail)
+                out[name] = file_bytes(value, f"metadata {dotted}") if is_raw else _tokenizer_text(value)
+            rest[head] = group
+            if not group:
+                del rest[head]
+        else:
+            value = rest.pop(head)
+            out[name] = file_bytes(value, f"metadata {dotted}") if is_raw else _tokenizer_text(value)
+    return rest, out
+
+
+def _state_for_safetensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict as contiguous CPU tensors; tied weights are stored under each name (safetensors
+    refuses tensors that share memory), so strict loading finds every key."""
+    state: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for k, v in model.state_dict().items():
+        t = v.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        state[k] = t.clone() if ptr in seen else t
+        seen.add(ptr)
+    return state
+
+
+def save_pretrained(
+    model: Any,
+    folder: str | os.PathLike[str],
+    metrics: Mapping[str, float] | None = None,
+    figure: str | os.PathLike[str] | None = None,
+    training: Mapping[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` (a ``TaskCheckpointMixin`` module) as a model folder, never deleting a user's file.
+
+    Where it may write (:func:`_check_destination`): a new or empty folder, or an existing model folder of
+    this suite, whose own files are replaced (files someone added beside them stay). A file, or a non-empty
+    folder that is not a model folder, is refused; with ``overwrite=True`` the model's files are added to
+    such a folder, but a file of the same name as one of them is still refused, never replaced. A new
+    folder is assembled in a temporary sibling and renamed into place; an existing one gets each file by an
+    atomic rename, ``config.json`` last.
+
+    A model read from a checkpoint or a model folder keeps its provenance (:data:`PROVENANCE_ATTR`): the
+    training record, the metrics and the attention figure it came with are written again unless given here.
+
+    Args:
+        model: the task module.
+        folder: destination.
+        metrics: scores for the model card (e.g. ``{"test/bleu": 97.1}``); defaults to those recorded with
+            the model (its checkpoint or its folder).
+        figure: an attention figure (PNG) to copy into the folder and show in the card; defaults to the
+            figure of the folder the model was read from.
+        training: ``{"data": ..., "command": ...}`` for the card (updates what was recorded with the model).
+        overwrite: also write into a non-empty folder that is not a model folder (adding files only).
+
+    Returns:
+        The folder path.
+
+    Raises:
+        CheckpointError: a destination it may not write (named, with what to do), or an OS error while
+            writing (the destination is left as it was, or with whole files only).
+    """
+    from safetensors.torch import save_file
+
+    if not os.fspath(folder).strip():
+        raise CheckpointError("the output folder is empty: name the model folder to write")
+    folder = Path(os.path.abspath(Path(folder).expanduser()))  # "." and "a/.." get a real name
+    owned, foreign = _check_destination(folder, overwrite)
+    meta = {"task": model.TASK, "format": FORMAT_VERSION, **model.task_metadata()}
+    rest, files = _split_metadata(meta, getattr(model, "FOLDER_FILES", {}), getattr(model, "FOLDER_RAW_FILES", {}))
+    rest.pop("training", None)
+    provenance = getattr(model, PROVENANCE_ATTR, None) or {}
+    recorded = provenance.get("training")
+    training = {**(recorded if isinstance(recorded, dict) else {}), **(training or {})}  # a record read from a file
+    found = training.pop("metrics", None)
+    metrics = dict(metrics if metrics is not None else found if isinstance(found, dict) else {})
+    metrics = {
+        str(k): float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    }
+    hparams = {k: v for k, v in dict(model.hparams).items() if not str(k).startswith("_")}
+    figure_bytes = _figure_bytes(figure) if figure is not None else provenance.get("figure")
+    config = {
+        "library_name": LIBRARY,
+        "task": model.TASK,
+        "format": FORMAT_VERSION,
+        "architecture": type(model).__name__,
+        "hyper_parameters": hparams,
+        "metadata": rest,
+        "files": sorted(files),
+        "training": training,
+        "metrics": metrics,
+    }
+    clash = sorted({WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, FIGURE_NAME, *files} & foreign)
+    if clash:  # a file of the user's with one of our names: never replaced
+        raise CheckpointError(
+            f"{folder} already holds {', '.join(clash)}, not written by an attn-suite export; refusing to "
+            f"replace {'it' if len(clash) == 1 else 'them'} (even with overwrite): choose an empty or new folder"
+        )
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        build_in = folder if folder.is_dir() else folder.parent
+        tmp = Path(tempfile.mkdtemp(dir=build_in, prefix=".attn-export-"))
+    except OSError as err:
+        raise CheckpointError(f"cannot write the model folder {folder}: {err.strerror or err}") from None
+    try:
+        save_file(_state_for_safetensors(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        for name, text in files.items():
+            if isinstance(text, bytes):
+                (tmp / name).write_bytes(text)
+            else:
+                (tmp / name).write_text(text, encoding="utf-8")
+        figure_name = None
+        if figure_bytes:
+            figure_name = FIGURE_NAME
+            (tmp / figure_name).write_bytes(figure_bytes)
+        (tmp / CARD_NAME).write_text(model_card(model, config, figure_name), encoding="utf-8")
+        (tmp / CONFIG_NAME).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
+        if build_in == folder:
+            _move_into(tmp, folder, stale=owned - set(os.listdir(tmp)))
+        else:
+            os.replace(tmp, folder)  # a new folder appears whole or not at all
+    except OSError as err:
+        raise CheckpointError(f"cannot write the model folder {folder}: {err.strerror or err}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def _check_destination(folder: Path, overwrite: bool) -> tuple[set[str], set[str]]:
+    """Whether ``folder`` may receive a model folder (see :func:`save_pretrained`), and what is in it.
+
+    Returns:
+        ``(owned, foreign)``: the files an earlier export wrote there (replaced, or removed when this
+        export does not write them again) and every other name there (never touched).
+
+    Raises:
+        CheckpointError: a file, a path below a file, or a non-empty foreign folder without ``overwrite``.
+    """
+    if folder.exists() and not folder.is_dir():
+        raise CheckpointError(
+            f"{folder} is a file, not a folder; a model is written as a folder: choose another output path "
+            f"(the file is never replaced, even with overwrite)"
+        )
+    if not folder.is_dir():
+        for parent in folder.parents:  # "below a file": name the file instead of an OS error
+            if parent.exists() and not parent.is_dir():
+                raise CheckpointError(f"cannot write the model folder {folder}: {parent} is a file, not a folder")
+        return set(), set()
+    try:
+        names = {n for n in os.listdir(folder) if not n.startswith(".attn-export-")}
+    except OSError as err:
+        raise CheckpointError(f"cannot read the output folder {folder}: {err.strerror or err}") from None
+    written = _own_files(folder) if names else set()
+    if written is None and not overwrite:
+        shown = ", ".join(sorted(names)[:3]) + (", ..." if len(names) > 3 else "")
+        raise CheckpointError(
+            f"{folder} is not empty and is not an attn-suite model folder (it holds {shown}); refusing to "
+            f"write into it: choose a new or empty folder, or pass --overwrite to add the model's files beside "
+            f"what is there (nothing there is deleted)"
+        )
+    owned = (written or set()) & names
+    return owned, names - owned
+
+
+def _own_files(folder: Path) -> set[str] | None:
+    """The files an earlier export wrote into ``folder``, or ``None`` if it is not one of our model folders."""
+    try:
+        config = read_json(folder / CONFIG_NAME, f"{folder / CONFIG_NAME}")
+    except UserError:
+        return None
+    if not isinstance(config, dict) or config.get("library_name") != LIBRARY:
+        return None
+    listed = config.get("files")
+    listed = [n for n in listed if isinstance(n, str) and _PLAIN_NAME.fullmatch(n)] if isinstance(listed, list) else []
+    return {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, FIGURE_NAME, *listed}
+
+
+def _move_into(tmp: Path, folder: Path, stale: set[str]) -> None:
+    """Rename each new file from ``tmp`` into ``folder`` (``config.json`` last), then drop ``stale`` files
+    that an earlier export of this folder wrote and this one does not."""
+    names = sorted(os.listdir(tmp), key=lambda n: n == CONFIG_NAME)
+    for name in names:
+        target = folder / name
+        if target.is_dir() and not target.is_symlink():
+            raise CheckpointError(f"cannot write {target}: a folder of that name is in the way")
+        os.replace(tmp / name, target)
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            (folder / name).unlink()
+
+
+def _figure_bytes(figure: str | os.PathLike[str]) -> bytes:
+    path = Path(figure)
+    if not path.is_file():
+        raise CheckpointError(f"figure {path}: file not found")
+    data = path.read_bytes()
+    if not data.startswith(_PNG_MAGIC):
+        raise CheckpointError(f"figure {path}: not a PNG image")
+    return data
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise CheckpointError(f"{what}: {path.name} is missing")
+    try:
+        return read_json(path, f"{what}: {path.name}")
+    except CheckpointError:
+        raise
+    except UserError as err:  # too large, too deep, not JSON: a folder's file is a checkpoint problem
+        raise CheckpointError(str(err)) from None
+
+
+def _tokenizer_value(path: Path, what: str) -> Any:
+    """Inverse of `_tokenizer_text`: a HF tokenizer.json becomes our subword dict, else the JSON as is."""
+    value = _read_json(path, what)
+    if isinstance(value, dict) and "type" not in value and "model" in value:
+        return {"type": "subword", "json": path.read_text(encoding="utf-8")}
+    return value
+
+
+def _raw_value(path: Path, what: str) -> dict[str, str]:
+    """A ``FOLDER_RAW_FILES`` file as its metadata value (:func:`file_value`)."""
+    if not path.is_file() or path.stat().st_size > MAX_JSON_BYTES:
+        raise CheckpointError(f"{what}: {path.name} is not a file of at most {MAX_JSON_BYTES >> 20} MB")
+    return file_value(path.read_bytes())
+
+
+def from_pretrained(
+    cls: type[M],
+    folder: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    **overrides: Any,
+) -> M:
+    """Rebuild a task module from a model folder (no pickle; validated; strict by default).
+
+    Raises:
+        CheckpointError: not a model folder, another task's folder, bad files, or weights that do not fit.
+    """
+    path = Path(folder).expanduser()
+    what = f"model folder {path}"
+    if not path.is_dir():
+        raise CheckpointError(f"{what}: not a folder")
+    config = _read_json(path / CONFIG_NAME, what)
+    if not isinstance(config, dict) or config.get("library_name") != LIBRARY:
+        raise CheckpointError(
+            f"{what}: {CONFIG_NAME} is not an {LIBRARY} model config (no library_name "
+            f"'{LIBRARY}'); a transformers model folder is loaded with --model.encoder / "
+            f"--model.pretrained instead"
+        )
+    task = config.get("task")
+    if task != cls.TASK:  # type: ignore[attr-defined]
+        raise CheckpointError(f"{what} holds a {task!r} model, expected a {cls.TASK!r} model")  # type: ignore[attr-defined]
+    if config.get("architecture") not in (None, cls.__name__):
+        raise CheckpointError(f"{what} holds a {config.get('architecture')!r}, expected a {cls.__name__}")
+    meta = config.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{what}: 'metadata' in {CONFIG_NAME} must be an object")
+    meta = {**meta, "task": task, "format": config.get("format", 1)}
+    listed = config.get("files")
+    if listed is not None and not (isinstance(listed, list) and all(isinstance(n, str) for n in listed)):
+        raise CheckpointError(f"{what}: 'files' in {CONFIG_NAME} must be a list of file names")
+    raw = getattr(cls, "FOLDER_RAW_FILES", {})
+    for dotted, name in [*getattr(cls, "FOLDER_FILES", {}).items(), *raw.items()]:
+        # Only the files its config lists: a stray file of the same name (left by hand, or by an older
+        # export) is not part of this model.
+        if not (path / name).exists() or (listed is not None and name not in listed):
+            continue
+        head, _, tail = dotted.partition(".")
+        value = _raw_value(path / name, what) if dotted in raw else _tokenizer_value(path / name, what)
+        if tail:
+            group = meta.setdefault(head, {})
+            if not isinstance(group, dict):
+                raise CheckpointError(f"{what}: metadata {head!r} must be an object")
+            group[tail] = value
+        else:
+            meta[head] = value
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise CheckpointError(f"{what}: {WEIGHTS_NAME} is missing")
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{what}: {WEIGHTS_NAME} is truncated or not a safetensors file ({err})") from None
+    model = build_task_module(
+        cls,
+        config.get("hyper_parameters"),
+        meta,
+        state,
+        what,
+        map_location=map_location,
+        strict=strict,
+        overrides=overrides,
+    )
+    setattr(model, PROVENANCE_ATTR, _folder_provenance(path, config))
+    return model
+
+
+def _folder_provenance(path: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The training record, metrics and figure a model folder holds (plain data; kept when re-exported)."""
+    training = config.get("training")
+    training = dict(training) if isinstance(training, dict) else {}
+    metrics = config.get("metrics")
+    if isinstance(metrics, dict):
+        training["metrics"] = metrics
+    figure = path / FIGURE_NAME
+    data = None
+    if figure.is_file() and not figure.is_symlink() and figure.stat().st_size <= _MAX_FIGURE_BYTES:
+        data = figure.read_bytes()
+        data = data if data.startswith(_PNG_MAGIC) else None
+    return {"training": training, "figure": data}
+
+
+# ---------------------------------------------------------------------------------------------- the hub
+#: What a model folder can hold (config, weights, tokenizer files, card, figure): a repository's other files
+#: (checkpoints of other formats, data, anything large) are never downloaded.
+HUB_PATTERNS = ("*.json", "*.safetensors", "*.spm", "*.model", "*.txt", "README.md", "*.png")
+
+
+def _check_hub_size(spec: str, repo_id: str, revision: str | None) -> None:
+    """Refuse a repository whose files to download exceed ``ATTN_SUITE_MAX_DOWNLOAD_MB`` (asked of the hub
+    before anything is downloaded). Offline, or when the hub cannot answer, ``snapshot_download`` decides and
+    reports (cache only, not found, gated)."""
+    import fnmatch
+
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    from core.io.checkpoint import max_download_bytes
+
+    if constants.HF_HUB_OFFLINE:
+        return
+    try:
+        info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
+    except (HfHubHTTPError, OSError, ValueError, *_transport_errors()):
+        return
+    sizes = [
+        int(f.size or 0)
+        for f in info.siblings or []
+        if any(fnmatch.fnmatch(f.rfilename.rsplit("/", 1)[-1], p) for p in HUB_PATTERNS)
+    ]
+    limit = max_download_bytes()
+    if sum(sizes) > limit:
+        raise CheckpointError(
+            f"{spec}: its files take {sum(sizes) / 1e9:.1f} GB, more than the {limit / 1e9:.1f} GB allowed "
+            f"(ATTN_SUITE_MAX_DOWNLOAD_MB); nothing was downloaded"
+        )
+
+
+def resolve_hub(spec: str) -> Path:
+    """Local folder of ``hf://ORG/NAME[@REVISION]``, downloaded through huggingface_hub (and its cache).
+
+    With ``HF_HUB_OFFLINE=1`` only the cache is used. Every failure is a ``CheckpointError`` naming the id.
+    """
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    body = spec[len(HUB_PREFIX) :]
+    repo_id, _, revision = body.partition("@")
+    if repo_id.count("/") != 1 or not all(repo_id.split("/")):
+        raise CheckpointError(f"{spec}: expected hf://ORG/NAME or hf://ORG/NAME@REVISION")
+    _check_hub_size(spec, repo_id, revision or None)
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision or None, allow_patterns=list(HUB_PATTERNS), library_name=LIBRARY
+            )
+        )
+    except RevisionNotFoundError:
+        raise CheckpointError(f"{spec}: revision {revision!r} not found in {repo_id}") from None
+    except (RepositoryNotFoundError, GatedRepoError):
+        raise CheckpointError(
+            f"{spec}: repository {repo_id} not found, private or gated (log in with `hf auth login` if you have access)"
+        ) from None
+    except LocalEntryNotFoundError:
+        raise CheckpointError(
+            f"{spec}: not in the local Hugging Face cache and the hub cannot be reached "
+            f"(offline, or HF_HUB_OFFLINE=1); download it once with a network, or pass a "
+            f"local model folder"
+        ) from None
+    except HFValidationError as err:
+        raise CheckpointError(f"{spec}: not a valid repository id ({err})") from None
+    except (HfHubHTTPError, OSError, *_transport_errors()) as err:
+        raise CheckpointError(f"{spec}: download failed ({type(err).__name__}: {err})") from None
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """The HTTP client errors huggingface_hub lets through (unreachable host, reset connection): its client
+    moved from requests to httpx to httpx2, so each one installed is named (fixed names, never read from a
+    file)."""
+    import importlib
+    import importlib.util
+
+    found: list[type[BaseException]] = []
+    for module, name in (("requests", "RequestException"), ("httpx", "HTTPError"), ("httpx2", "HTTPError")):
+        if importlib.util.find_spec(module) is not None:
+            err = getattr(importlib.import_module(module), name, None)
+            if isinstance(err, type) and issubclass(err, BaseException):
+                found.append(err)
+    return tuple(found)
+
+
+def push_to_hub(folder: str | os.PathLike[str], repo_id: str, private: bool = False, token: str | None = None) -> str:
+    """Upload a model folder to the Hugging Face Hub (creating the repository); returns its URL."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    own = _own_files(Path(folder))
+    if own is None:
+        raise CheckpointError(f"push to {repo_id}: {folder} is not an attn-suite model folder (export it first)")
+    # Only the model's own files: anything else a user keeps in the folder stays private.
+    files = sorted(n for n in own if (Path(folder) / n).is_file())
+    api = HfApi(token=token)
+    try:
+        url = api.create_repo(repo_id, private=private, exist_ok=True)
+        api.upload_folder(
+            folder_path=str(folder), repo_id=repo_id, allow_patterns=files, commit_message="Upload attn-suite model"
+        )
+    except (HfHubHTTPError, OSError, ValueError, *_transport_errors()) as err:
+        raise CheckpointError(
+            f"push of {folder} to {repo_id} failed ({type(err).__name__}: {err}); the model folder is written "
+            f"and can be pushed later"
+        ) from None
+    return str(url)
+
+
+def load_task_model(
+    cls: type[M],
+    source: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    sha256: str | None = None,
+    strict: bool = True,
+    **overrides: Any,
+) -> M:
+    """The module behind a ``--ckpt`` value: a ``.ckpt`` file, an http(s) URL, a model folder or ``hf://...``.
+
+    Raises:
+        CheckpointError: anything unusable, with a message naming the source.
+    """
+    from core.io.checkpoint import _check_hash
+
+    text = os.fspath(source)
+    folder = resolve_hub(text) if text.startswith(HUB_PREFIX) else Path(text).expanduser()
+    if folder.is_dir():
+        if sha256 is not None and (folder / WEIGHTS_NAME).is_file():  # a folder's weights are what it pins
+            _check_hash(folder / WEIGHTS_NAME, sha256, f"{text} ({WEIGHTS_NAME})")
+        return from_pretrained(cls, folder, map_location=map_location, strict=strict, **overrides)
+    return load_task_module(cls, text, map_location=map_location, strict=strict, sha256=sha256, **overrides)

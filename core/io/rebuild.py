@@ -1,0 +1,234 @@
+"""Rebuilding a task module from untrusted files: one safe path for checkpoints and model folders.
+
+Order of checks (:func:`build_task_module`): the metadata and hyper-parameters are plain data
+(``core.io.hparams``), typed and bounded; the module is first built on PyTorch's ``meta`` device (shapes only, no
+memory) and its weight shapes and dtype kinds compared with the file's, and non-finite weights refused; only
+then is it built for real and the weights loaded. A file edited to ``hidden_dim: 8000`` is refused before a
+byte is allocated, and no name read from a file is ever imported.
+
+:func:`load_task_module` reads a ``.ckpt`` (``weights_only=True``) into it; ``core.io.model_folder`` reads a model
+folder into it; ``core.io.task_io.TaskCheckpointMixin`` puts both behind a task module's class methods.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import torch
+from torch import Tensor
+
+from core.errors import CheckpointError, UserError
+from core.io.checkpoint import FORMAT_VERSION, META_KEY, PROVENANCE_ATTR, load_checkpoint
+from core.io.hparams import check_plain, validate_hparams
+
+__all__ = [
+    "build_task_module",
+    "format_version",
+    "load_task_module",
+    "non_finite_weights",
+    "raise_if_mismatch",
+    "state_dict_mismatches",
+]
+
+M = TypeVar("M")  # a task module class (a ``core.io.task_io.TaskCheckpointMixin`` LightningModule)
+
+
+def state_dict_mismatches(expected: Mapping[str, Tensor], got: Mapping[str, Any], strict: bool) -> list[str]:
+    """Human-readable differences between a model's state dict and one read from a file.
+
+    Args:
+        expected: the model's ``state_dict()`` (real or ``meta`` tensors).
+        got: the file's state dict.
+        strict: also report missing and unexpected keys.
+
+    Returns:
+        One string per problem (shape mismatches first).
+    """
+    problems = [
+        f"{k}: {tuple(v.shape)} in the file, {tuple(expected[k].shape)} in the model"
+        for k, v in got.items()
+        if k in expected and isinstance(v, Tensor) and v.shape != expected[k].shape
+    ]
+    problems += [
+        f"{k}: {v.dtype} in the file, {expected[k].dtype} in the model"
+        for k, v in got.items()
+        if k in expected and isinstance(v, Tensor) and _dtype_kind(v.dtype) != _dtype_kind(expected[k].dtype)
+    ]
+    problems += [f"{k}: a {type(v).__name__}, not a tensor" for k, v in got.items() if not isinstance(v, Tensor)]
+    if strict:
+        problems += [f"missing {k}" for k in expected if k not in got]
+        problems += [f"unexpected {k}" for k in got if k not in expected]
+    return problems
+
+
+def _dtype_kind(dtype: torch.dtype) -> str:
+    """float / complex / bool / int: a weight may be stored in another precision (fp16 for an fp32 model), never
+    as another kind (int8 or bool weights for float ones would be cast to garbage without a word)."""
+    if dtype.is_floating_point:
+        return "float"
+    if dtype.is_complex:
+        return "complex"
+    return "bool" if dtype == torch.bool else "int"
+
+
+def non_finite_weights(state: Mapping[str, Any]) -> list[str]:
+    """Names of the floating-point tensors in ``state`` holding NaN or infinity (a diverged or tampered file:
+    such a model answers nothing, or garbage)."""
+    return [
+        k
+        for k, v in state.items()
+        if isinstance(v, Tensor) and v.is_floating_point() and v.numel() and not bool(torch.isfinite(v).all())
+    ]
+
+
+def raise_if_mismatch(
+    expected: Mapping[str, Tensor], got: Mapping[str, Any], strict: bool, source: str, what: str
+) -> None:
+    """``CheckpointError`` naming ``source`` and the first problems when ``got`` does not fit ``expected``."""
+    problems = state_dict_mismatches(expected, got, strict)
+    if problems:
+        more = f"; ... and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise CheckpointError(f"{source} does not fit {what}: {'; '.join(problems[:3])}{more}")
+
+
+def format_version(meta: Mapping[str, Any], source: str) -> int:
+    version = meta.get("format", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CheckpointError(f"{source}: metadata 'format' = {version!r}, expected a positive integer")
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{source} was written by a newer attn-suite (checkpoint format {version}; this "
+            f"version reads formats 1 to {FORMAT_VERSION}): upgrade attn-suite to load it"
+        )
+    return version
+
+
+def _construct(cls: type[M], hparams: dict[str, Any], meta: Mapping[str, Any], source: str, device: str | None) -> M:
+    """``cls(**hparams)`` plus its metadata, on ``device`` (``"meta"``: shapes only), errors named."""
+    ctx = torch.device(device) if device else contextlib.nullcontext()
+    try:
+        with ctx:
+            model = cls(**hparams)
+            model.restore_metadata(meta, source)
+    except CheckpointError:
+        raise
+    except UserError as err:  # e.g. a ConfigError of the constructor: an option out of its range
+        raise CheckpointError(f"{source}: its hyper-parameters do not build a {cls.__name__}: {err}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+        raise CheckpointError(
+            f"{source}: its hyper-parameters do not build a {cls.__name__} ({type(err).__name__}: {err})"
+        ) from None
+    return model
+
+
+def build_task_module(
+    cls: type[M],
+    hparams: Any,
+    meta: Any,
+    state: Any,
+    source: str,
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    overrides: Mapping[str, Any] | None = None,
+) -> M:
+    """Build ``cls`` from untrusted hyper-parameters, metadata and weights (a checkpoint or a model folder).
+
+    Args:
+        cls: the task module class (a :class:`TaskCheckpointMixin`).
+        hparams: the file's hyper-parameters (validated against ``cls.__init__``).
+        meta: the file's ``attn_suite`` metadata (plain data; the task restores it).
+        state: the file's state dict (name -> tensor).
+        source: e.g. ``"checkpoint path/last.ckpt"``, for messages.
+        map_location: device to move the module to (``None`` keeps CPU).
+        strict: exact state-dict match.
+        overrides: hyper-parameters from the caller's code (trusted), applied last.
+
+    Returns:
+        The module with the file's weights, in eval mode.
+
+    Raises:
+        CheckpointError: bad metadata or hyper-parameters, or weights that do not fit (names ``source``).
+    """
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source}: no '{META_KEY}' metadata (not written by attn-suite)")
+    check_plain(meta, f"{source}: metadata")
+    version = format_version(meta, source)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} has no 'state_dict' (not a Lightning checkpoint)")
+    if hparams is None:
+        hparams = {}
+    if not isinstance(hparams, Mapping):
+        raise CheckpointError(f"{source}: hyper-parameters are a {type(hparams).__name__}, expected a mapping")
+    check_plain(dict(hparams), f"{source}: hyper-parameters")
+    raw = cls.upgrade_hparams(dict(hparams), version)
+    raw.update(cls.hparams_from_metadata(meta, source))
+    hp = validate_hparams(cls, raw, source, bounds=cls.HPARAM_BOUNDS, renames=cls.HPARAM_RENAMES)
+    hp.update(overrides or {})
+    state = cls.upgrade_state_dict(dict(state), version)
+    # Shapes first, on the meta device: a tampered size is refused before anything is allocated.
+    probe = _construct(cls, hp, meta, source, device="meta")
+    raise_if_mismatch(
+        probe.state_dict(),
+        state,
+        strict,
+        source,  # type: ignore[attr-defined]
+        f"{cls.__name__} built from its own hyper-parameters",
+    )
+    del probe
+    bad = non_finite_weights(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}{more}); the training run "
+            f"that wrote them diverged, or the file was altered: use an earlier checkpoint"
+        )
+    model = _construct(cls, hp, meta, source, device=None)
+    try:
+        model.load_state_dict(state, strict=strict)  # type: ignore[attr-defined]
+    except RuntimeError as err:  # anything the shape check did not foresee (e.g. a dtype it cannot cast)
+        raise CheckpointError(f"{source}: weights do not load: {' '.join(str(err).split())[:300]}") from None
+    model.check_loaded(source)
+    training = meta.get("training")
+    setattr(model, PROVENANCE_ATTR, {"training": dict(training) if isinstance(training, dict) else {}, "figure": None})
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        model = model.to(map_location)  # type: ignore[attr-defined]
+    return model.eval()  # type: ignore[attr-defined,no-any-return]
+
+
+def load_task_module(
+    cls: type[M],
+    path_or_url: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    sha256: str | None = None,
+    **overrides: Any,
+) -> M:
+    """Load a task checkpoint safely: ``weights_only=True``, task check, then :func:`build_task_module`.
+
+    Args:
+        cls: the task module class.
+        path_or_url: file path or http(s) URL (downloaded once into the cache).
+        map_location: device for the module.
+        strict: exact state-dict match.
+        sha256: expected digest (or prefix) of the file.
+        **overrides: hyper-parameters to change (e.g. ``beam_size=1``).
+
+    Raises:
+        CheckpointError: unreadable, unsafe or other-task file, bad metadata or hyper-parameters, or
+            weights that do not fit (the message names the file).
+    """
+    ckpt = load_checkpoint(path_or_url, expected_task=cls.TASK, map_location="cpu", sha256=sha256)
+    source = f"checkpoint {os.fspath(path_or_url)}"
+    return build_task_module(
+        cls,
+        ckpt.get("hyper_parameters"),
+        ckpt.get(META_KEY),
+        ckpt.get("state_dict"),
+        source,
+        map_location=map_location,
+        strict=strict,
+        overrides=overrides,
+    )

@@ -1,0 +1,73 @@
+"""The training progress bar shows throughput in the task's unit and the time to the next validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+from core.train.progress_bar import (
+    ThroughputMixin,
+    ThroughputProgressBar,
+    ThroughputRichProgressBar,
+    format_seconds,
+    with_throughput,
+)
+
+
+class _Words(ThroughputMixin, pl.LightningModule):
+    THROUGHPUT_UNIT = "tok"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 1)
+
+    def batch_units(self, batch: Any) -> float:
+        return float(batch[0].shape[0] * 10)  # 10 "tokens" per row, counted on the host
+
+    def training_step(self, batch: Any, idx: int) -> torch.Tensor:
+        return self.lin(batch[0]).pow(2).mean()
+
+    def validation_step(self, batch: Any, idx: int) -> None:
+        pass
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_bar_reports_units_per_second_and_next_validation() -> None:
+    seen: list[dict[str, Any]] = []
+
+    class Probe(ThroughputProgressBar):
+        def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+            items = super().get_metrics(trainer, pl_module)
+            seen.append(items)
+            return items
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(64, 2)), batch_size=4)
+    trainer = pl.Trainer(
+        max_steps=12,
+        val_check_interval=8,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        callbacks=[Probe()],
+    )
+    model = _Words()
+    trainer.fit(model, data, data)
+    assert model.last_batch_units == 40.0
+    with_rate = [m for m in seen if "tok/s" in m]
+    assert with_rate and all(float(m["tok/s"]) > 0 for m in with_rate)
+    assert any("next val" in m for m in seen)
+
+
+def test_defaults_are_swapped_and_custom_bars_kept() -> None:
+    assert type(with_throughput(RichProgressBar())) is ThroughputRichProgressBar
+    assert type(with_throughput(TQDMProgressBar(refresh_rate=5))) is ThroughputProgressBar
+    mine = type("Mine", (TQDMProgressBar,), {})()
+    assert with_throughput(mine) is mine
+    assert format_seconds(125.3) == "2:05" and format_seconds(3725) == "1:02:05"
