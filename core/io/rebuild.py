@@ -165,7 +165,7 @@ def build_task_module(
     check_plain(dict(hparams), f"{source}: hyper-parameters")
     raw = cls.upgrade_hparams(dict(hparams), version)
     raw.update(cls.hparams_from_metadata(meta, source))
-    hp = validate_hparams(cls, raw, source, bounds=cls.HPARAM_BOUNDS, renames=cls.HPARAM_RENAMES)
+    hp = validate_hparams(cls, raw, source, bounds=cls.hparam_bounds(), renames=cls.HPARAM_RENAMES)
     hp.update(overrides or {})
     state = cls.upgrade_state_dict(dict(state), version)
     # Shapes first, on the meta device: a tampered size is refused before anything is allocated.

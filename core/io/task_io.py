@@ -60,6 +60,11 @@ class TaskCheckpointMixin:
     FOLDER_FILES: ClassVar[Mapping[str, str]] = {}  # metadata key (dotted) -> its own file in a model folder
     FOLDER_RAW_FILES: ClassVar[Mapping[str, str]] = {}  # the same for core.io.model_folder.file_value files (bytes)
 
+    @classmethod
+    def hparam_bounds(cls) -> dict[str, tuple[float, float]]:
+        """Bounds of every numeric option."""
+        return dict(cls.HPARAM_BOUNDS)
+
     # ---------------------------------------------------------------- hooks a task overrides
     def task_metadata(self) -> dict[str, Any]:
         """Plain data a checkpoint needs besides weights and hyper-parameters (tokenizers, ...)."""

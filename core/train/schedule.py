@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import lightning.pytorch as pl
 import torch
@@ -23,6 +24,7 @@ from core.errors import UserError
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
+    "OptimizerOptions",
     "ScheduleCheck",
     "WarmupSchedule",
     "build_scheduler",
@@ -33,6 +35,54 @@ __all__ = [
 
 SCHEDULES = ("inverse_sqrt", "cosine", "linear", "constant")
 OPTIMIZERS = ("adamw", "adam", "sgd")
+
+
+@dataclass(frozen=True)
+class OptimizerOptions:
+    """The optimizer and LR schedule of every task: one definition of the eight options, their meaning and bounds.
+
+    Every task module takes these as plain ``--model.*`` options (the names below, the same in every task) and
+    the core module reads them through :meth:`from_hparams`; their bounds for files read back are :data:`BOUNDS`.
+
+    Attributes:
+        optimizer: ``adamw``, ``adam`` or ``sgd`` (SGD: Nesterov momentum 0.9).
+        lr: peak learning rate.
+        weight_decay: weight decay (never on biases and normalisation weights).
+        betas: Adam betas.
+        eps: Adam epsilon.
+        warmup_steps: linear warmup steps.
+        lr_schedule: decay after warmup: ``inverse_sqrt``, ``cosine``, ``linear`` or ``constant`` (cosine/linear
+            decay over the trainer's estimated total steps).
+        min_lr_ratio: floor of cosine/linear decay, as a fraction of ``lr``.
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    lr_schedule: str = "inverse_sqrt"
+    min_lr_ratio: float = 0.0
+
+    #: inclusive bounds of the numeric options in files read back (``core.io.hparams.validate_hparams``)
+    BOUNDS: ClassVar[dict[str, tuple[float, float]]] = {
+        "lr": (0.0, 10.0),
+        "weight_decay": (0.0, 10.0),
+        "betas": (0.0, 0.999999),
+        "eps": (0.0, 1.0),
+        "warmup_steps": (0, 10**9),
+        "min_lr_ratio": (0.0, 1.0),
+    }
+
+    @classmethod
+    def from_hparams(cls, hparams: Mapping[str, Any]) -> OptimizerOptions:
+        """The options among a module's hyper-parameters (defaults for those a task does not take)."""
+        names = {f.name for f in fields(cls)}
+        values = {k: hparams[k] for k in names if k in hparams}
+        if "betas" in values:
+            values["betas"] = (float(values["betas"][0]), float(values["betas"][1]))
+        return cls(**values)
 
 
 @dataclass
@@ -102,19 +152,20 @@ def build_scheduler(
 
 
 def configure_optimizer(
-    module: pl.LightningModule, groups: list[tuple[list[torch.nn.Parameter], float]] | None = None
+    module: pl.LightningModule,
+    options: OptimizerOptions,
+    groups: list[tuple[list[torch.nn.Parameter], float]] | None = None,
 ) -> dict[str, Any]:
-    """``configure_optimizers`` of every task, from the module's typed hyper-parameters.
+    """``configure_optimizers`` of every task, from its :class:`OptimizerOptions`.
 
-    Reads ``optimizer`` (adamw / adam / sgd), ``lr``, ``weight_decay``, ``betas``, ``eps``, ``warmup_steps``,
-    ``lr_schedule`` and ``min_lr_ratio`` from ``module.hparams``. Biases and normalisation weights (1-D
-    parameters) get no weight decay. AdamW/Adam use their fused kernels on CUDA (one launch for all
-    parameters). Cosine/linear decay run over the trainer's step budget; without one they fall back to
-    inverse-sqrt with a warning. (LightningCLI's own ``--optimizer``/``--lr_scheduler`` still override all
-    of this when given.)
+    Biases and normalisation weights (1-D parameters) get no weight decay. AdamW/Adam use their fused kernels on
+    CUDA (one launch for all parameters). Cosine/linear decay run over the trainer's step budget; without one
+    they fall back to inverse-sqrt with a warning. (LightningCLI's own ``--optimizer``/``--lr_scheduler`` still
+    override all of this when given.)
 
     Args:
-        module: the LightningModule.
+        module: the LightningModule (its parameters, device and trainer).
+        options: the optimizer and schedule.
         groups: ``[(parameters, lr multiplier)]``, e.g. a pretrained encoder at a lower LR; default all
             trainable parameters at ``lr``. Given groups are used as they are, also parameters frozen now
             (``requires_grad=False``): a freeze schedule (``core.train.finetune``) may unfreeze them later, and the
@@ -123,7 +174,7 @@ def configure_optimizer(
     Returns:
         Lightning's ``{"optimizer": ..., "lr_scheduler": ...}``.
     """
-    hp = module.hparams
+    hp = options
     if groups is None:
         groups = [([p for p in module.parameters() if p.requires_grad], 1.0)]
     param_groups = []
@@ -134,14 +185,13 @@ def configure_optimizer(
         for ps, wd in ((decay, hp.weight_decay), (no_decay, 0.0)):
             if ps:
                 param_groups.append({"params": ps, "lr": hp.lr * scale, "weight_decay": wd})
-    kind = getattr(hp, "optimizer", "adamw")
-    if kind not in OPTIMIZERS:
-        raise UserError(f"optimizer {kind!r} is not one of {', '.join(OPTIMIZERS)}")
-    if kind == "sgd":
+    if hp.optimizer not in OPTIMIZERS:
+        raise UserError(f"optimizer {hp.optimizer!r} is not one of {', '.join(OPTIMIZERS)}")
+    if hp.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(param_groups, lr=hp.lr, momentum=0.9, nesterov=True)
     else:
-        cls = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
-        opt = cls(param_groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, fused=module.device.type == "cuda")
+        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
+        opt = cls(param_groups, lr=hp.lr, betas=hp.betas, eps=hp.eps, fused=module.device.type == "cuda")
     schedule, total = hp.lr_schedule, None
     if schedule in ("cosine", "linear"):
         trainer = getattr(module, "_trainer", None)

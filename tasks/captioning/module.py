@@ -26,7 +26,7 @@ from core.io.task_io import TaskCheckpointMixin
 from core.train.callbacks import empty_batch_loss
 from core.train.finetune import FreezeSchedule, optimizer_groups
 from core.train.progress_bar import ThroughputMixin
-from core.train.schedule import configure_optimizer
+from core.train.schedule import OptimizerOptions, configure_optimizer
 from tasks.captioning.data import Batch
 from tasks.captioning.decoder import TransformerCaptionDecoder, show_attend_tell_decoder
 from tasks.captioning.encoder import ImageEncoder
@@ -362,10 +362,12 @@ class CaptioningModule(
     def configure_optimizers(self) -> dict[str, Any]:
         groups = optimizer_groups(self, self.hparams.encoder_lr_scale)  # hf: backbone, projection, decoder
         if groups is not None:
-            return configure_optimizer(self, groups)
+            return configure_optimizer(self, OptimizerOptions.from_hparams(self.hparams), groups)
         enc = [p for p in self.encoder.parameters() if p.requires_grad]
         dec = [p for p in self.decoder.parameters() if p.requires_grad]
-        return configure_optimizer(self, [(enc, self.hparams.encoder_lr_scale), (dec, 1.0)])
+        return configure_optimizer(
+            self, OptimizerOptions.from_hparams(self.hparams), [(enc, self.hparams.encoder_lr_scale), (dec, 1.0)]
+        )
 
     def configure_callbacks(self) -> list[Any]:
         """`core.train.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""

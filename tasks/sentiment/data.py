@@ -29,7 +29,9 @@ def review(rng: random.Random) -> tuple[str, int]:
 class SentimentDataModule(L.LightningDataModule):
     """Train/val/test splits of generated reviews (80/10/10) and a word vocabulary from the training split."""
 
-    def __init__(self, size: int = 3000, batch_size: int = 64, seed: int = 0) -> None:
+    def __init__(self, size: int = 3000, batch_size: int = 64, seed: int = 0, predict_path: str | None = None) -> None:
+        """Args: ``size`` generated sentences, ``batch_size``, ``seed``; ``predict_path``: a UTF-8 file of
+        sentences, one per line, for ``predict`` (default: the test split)."""
         super().__init__()
         self.save_hyperparameters()
         rng = random.Random(seed)
@@ -39,23 +41,34 @@ class SentimentDataModule(L.LightningDataModule):
         self.tokenizer = WordTokenizer.train([t for t, _ in self.splits["train"]], min_freq=1)
         self.vocab = self.tokenizer.to_dict()  # the CLI links it into the model
 
-    def collate(self, rows: list[tuple[str, int]]) -> dict[str, Any]:
-        ids = [self.tokenizer.encode(t) or [self.tokenizer.unk_id] for t, _ in rows]
+    def collate(self, rows: list[tuple[int, tuple[str, int]]]) -> dict[str, Any]:
+        """``(dataset index, (sentence, label))`` rows -> a padded batch (``index``, ``texts`` stay beside it)."""
+        ids = [self.tokenizer.encode(t) or [self.tokenizer.unk_id] for _, (t, _) in rows]
         x = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)  # (B, S), 0 = padding
         for i, seq in enumerate(ids):
             x[i, : len(seq)] = torch.tensor(seq)
-        return {"ids": x, "lengths": torch.tensor([len(s) for s in ids]), "labels": torch.tensor([y for _, y in rows])}
+        return {
+            "ids": x,
+            "lengths": torch.tensor([len(s) for s in ids]),
+            "labels": torch.tensor([y for _, (_, y) in rows]),
+            "index": torch.tensor([i for i, _ in rows]),
+            "texts": [t for _, (t, _) in rows],
+        }
 
-    def _loader(self, split: str) -> DataLoader:
-        return DataLoader(
-            self.splits[split], self.hparams.batch_size, shuffle=split == "train", collate_fn=self.collate
-        )
+    def _loader(self, rows: list[tuple[str, int]], shuffle: bool = False) -> DataLoader:
+        return DataLoader(list(enumerate(rows)), self.hparams.batch_size, shuffle=shuffle, collate_fn=self.collate)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train")
+        return self._loader(self.splits["train"], shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val")
+        return self._loader(self.splits["val"])
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test")
+        return self._loader(self.splits["test"])
+
+    def predict_dataloader(self) -> DataLoader:
+        if self.hparams.predict_path is None:
+            return self._loader(self.splits["test"])
+        with open(self.hparams.predict_path, encoding="utf-8") as f:
+            return self._loader([(line.rstrip("\n"), 0) for line in f])  # the label is unused

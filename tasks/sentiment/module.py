@@ -1,23 +1,69 @@
-"""Word embeddings -> BiGRU -> attention pooling (``core.attention``'s ``pooling``) -> class scores."""
+"""The sentiment task on the core module: what it trains, how it scores, and ``classify`` for inference."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-import lightning as L
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-from torchmetrics.classification import MulticlassAccuracy
+from torch import Tensor
 
-from core.attention import build_attention, lengths_to_mask
-from core.io.hparams import RATE, SIZE
-from core.io.task_io import TaskCheckpointMixin
-from core.text.tokenizers import tokenizer_from_dict
+from core.cli.predict import Prediction
+from core.io.hparams import SIZE
+from core.text.tokenizers import BaseTokenizer, tokenizer_from_dict
+from core.train.module import TaskModule
+from core.train.task import EvalStage, Evaluation, Objective, Stage, Task
 from tasks.sentiment.data import LABELS
+from tasks.sentiment.network import SentimentNetwork
+
+Batch = dict[str, Any]
 
 
-class SentimentModule(TaskCheckpointMixin, L.LightningModule):
+class SentimentTask(Task[SentimentNetwork, Batch]):
+    """Cross-entropy on the label; scored by macro-averaged accuracy (the mean of the per-class recalls)."""
+
+    unit = "sent"
+
+    def __init__(self, tokenizer: BaseTokenizer, embed_dim: int, hidden_dim: int, attention_hidden: int | None) -> None:
+        self.tokenizer = tokenizer
+        self.sizes = (embed_dim, hidden_dim, attention_hidden)
+
+    def build_network(self) -> SentimentNetwork:
+        return SentimentNetwork(self.tokenizer.vocab_size, len(LABELS), *self.sizes)
+
+    def objective(self, network: SentimentNetwork, batch: Batch, stage: Stage) -> Objective:
+        logits, _ = network(batch["ids"], batch["lengths"])  # (B, C)
+        return Objective(F.cross_entropy(logits, batch["labels"]), size=len(batch["labels"]))
+
+    def evaluate(self, network: SentimentNetwork, batch: Batch, stage: EvalStage) -> Evaluation:
+        predicted = network(batch["ids"], batch["lengths"])[0].argmax(-1).tolist()
+        return Evaluation(
+            batch["index"].tolist(), [LABELS[p] for p in predicted], [[LABELS[y]] for y in batch["labels"].tolist()]
+        )
+
+    def score(self, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+        recalls = []
+        for label in LABELS:
+            rows = [h == label for h, (r,) in zip(hypotheses, references) if r == label]
+            if rows:
+                recalls.append(sum(rows) / len(rows))
+        return {"acc": sum(recalls) / len(recalls)} if recalls else {}
+
+    def predict(
+        self, network: SentimentNetwork, batch: Batch, datamodule: Any, dataloader_idx: int
+    ) -> list[Prediction]:
+        probs = network(batch["ids"], batch["lengths"])[0].softmax(-1)  # (B, C)
+        best, label = probs.max(-1)
+        return [
+            Prediction(int(i), (LABELS[int(c)], f"{float(p):.3f}", text))
+            for i, c, p, text in zip(batch["index"].tolist(), label, best, batch["texts"])
+        ]
+
+    def batch_units(self, batch: Batch) -> float:
+        return float(len(batch["labels"]))
+
+
+class SentimentModule(TaskModule[SentimentNetwork]):
     """Sentence classifier whose attention over the words is the explanation it draws.
 
     Args:
@@ -25,11 +71,12 @@ class SentimentModule(TaskCheckpointMixin, L.LightningModule):
         embed_dim: word embedding size.
         hidden_dim: GRU size per direction.
         attention_hidden: None for the article's ``softmax(Dense(1)(h))``, else ``w . tanh(W h)`` of this size.
-        lr: Adam learning rate.
+        optimizer, lr, weight_decay, betas, eps, warmup_steps, lr_schedule, min_lr_ratio: the optimizer and its
+            schedule (`core.train.schedule.OptimizerOptions`).
     """
 
     TASK, MONITOR, HPARAMS_FROM_DATA = "sentiment", "val/acc", ("vocab",)
-    HPARAM_BOUNDS = {"embed_dim": SIZE, "hidden_dim": SIZE, "attention_hidden": SIZE, "lr": RATE}
+    HPARAM_BOUNDS = {"embed_dim": SIZE, "hidden_dim": SIZE, "attention_hidden": SIZE}
 
     def __init__(
         self,
@@ -37,43 +84,27 @@ class SentimentModule(TaskCheckpointMixin, L.LightningModule):
         embed_dim: int = 32,
         hidden_dim: int = 32,
         attention_hidden: int | None = None,
+        optimizer: Literal["adamw", "adam", "sgd"] = "adam",
         lr: float = 0.01,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        warmup_steps: int = 0,
+        lr_schedule: Literal["inverse_sqrt", "cosine", "linear", "constant"] = "constant",
+        min_lr_ratio: float = 0.0,
     ) -> None:
-        super().__init__()
+        tokenizer = tokenizer_from_dict(vocab or {"type": "word", "vocab": ["<pad>", "<s>", "</s>", "<unk>"]})
+        super().__init__(SentimentTask(tokenizer, embed_dim, hidden_dim, attention_hidden))
         self.save_hyperparameters()
-        self.tokenizer = tokenizer_from_dict(vocab or {"type": "word", "vocab": ["<pad>", "<s>", "</s>", "<unk>"]})
-        self.embed = nn.Embedding(self.tokenizer.vocab_size, embed_dim, padding_idx=0)
-        self.rnn = nn.GRU(embed_dim, hidden_dim, batch_first=True, bidirectional=True)
-        self.attention = build_attention(
-            "pooling", query_dim=2 * hidden_dim, key_dim=2 * hidden_dim, hidden_dim=attention_hidden
-        )
-        self.out = nn.Linear(2 * hidden_dim, len(LABELS))
-        self.val_acc, self.test_acc = MulticlassAccuracy(len(LABELS)), MulticlassAccuracy(len(LABELS))
+        self.tokenizer = tokenizer
+        self.model = self.task.build_network()
 
-    def forward(self, ids: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """``ids (B, S)``, ``lengths (B,)`` -> logits ``(B, C)`` and attention over the words ``(B, S)``."""
-        h, _ = self.rnn(self.embed(ids))  # (B, S, 2H); padding is masked out of the pooling below
-        pooled = self.attention(None, h, h, lengths_to_mask(lengths, ids.shape[1]))
-        return self.out(pooled.context), pooled.weights
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        loss = F.cross_entropy(self(batch["ids"], batch["lengths"])[0], batch["labels"])
-        self.log("train/loss", loss, prog_bar=True)
-        return loss
-
-    def _eval(self, batch: dict[str, Tensor], stage: str) -> None:
-        metric = self.val_acc if stage == "val" else self.test_acc
-        metric(self(batch["ids"], batch["lengths"])[0].argmax(-1), batch["labels"])
-        self.log(f"{stage}/acc", metric, prog_bar=True)
-
-    def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, "val")
-
-    def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        self._eval(batch, "test")
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr)
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        """Before the core module, the network's layers sat on the module itself (no ``model.`` prefix)."""
+        if any(k.startswith(("embed.", "rnn.", "attention.", "out.")) for k in state):
+            return {f"model.{k}": v for k, v in state.items()}
+        return state
 
     @torch.no_grad()
     def classify(self, texts: list[str]) -> list[tuple[str, float, list[str], Tensor]]:
@@ -82,14 +113,8 @@ class SentimentModule(TaskCheckpointMixin, L.LightningModule):
         out = []
         for text in texts:
             ids = torch.tensor([self.tokenizer.encode(text) or [self.tokenizer.unk_id]], device=self.device)
-            logits, weights = self(ids, torch.tensor([ids.shape[1]], device=self.device))
+            logits, weights = self.network(ids, torch.tensor([ids.shape[1]], device=self.device))
             p = logits.softmax(-1)[0]
-            out.append(
-                (
-                    LABELS[int(p.argmax())],
-                    float(p.max()),
-                    [self.tokenizer.id_to_token(int(i)) for i in ids[0]],
-                    weights[0].cpu(),
-                )
-            )
+            words = [self.tokenizer.id_to_token(int(i)) for i in ids[0]]
+            out.append((LABELS[int(p.argmax())], float(p.max()), words, weights[0].cpu()))
         return out

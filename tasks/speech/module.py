@@ -29,7 +29,7 @@ from core.io.task_io import TaskCheckpointMixin
 from core.train.callbacks import empty_batch_loss
 from core.train.finetune import FreezeSchedule, optimizer_groups
 from core.train.progress_bar import ThroughputMixin
-from core.train.schedule import configure_optimizer
+from core.train.schedule import OptimizerOptions, configure_optimizer
 from tasks.speech.alignment import encoder_frame_times, has_attention_to_score, off_diagonal, utterance_scores
 from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
@@ -455,4 +455,6 @@ class SpeechModule(
             log_figure(self, f"val/alignment_{i}", fig)
 
     def configure_optimizers(self) -> Any:
-        return configure_optimizer(self, optimizer_groups(self, self.hparams.encoder_lr_scale))
+        return configure_optimizer(
+            self, OptimizerOptions.from_hparams(self.hparams), optimizer_groups(self, self.hparams.encoder_lr_scale)
+        )

@@ -33,7 +33,7 @@ from core.io.task_io import TaskCheckpointMixin
 from core.text.known_words import KnownWords
 from core.text.tokenizers import BaseTokenizer
 from core.train.progress_bar import ThroughputMixin
-from core.train.schedule import configure_optimizer
+from core.train.schedule import OptimizerOptions, configure_optimizer
 from tasks.translation.evaluation import TranslationEvalMixin
 from tasks.translation.inference import TranslateMixin
 from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
@@ -357,7 +357,7 @@ class TranslationModule(
                 "--model.pretrained_config is filled from checkpoints; to start from a pretrained "
                 "Marian model give --model.pretrained (or --ckpt_path for its checkpoint)"
             )
-        return configure_optimizer(self)
+        return configure_optimizer(self, OptimizerOptions.from_hparams(self.hparams))
 
     # ------------------------------------------------------------------ prediction (validation/test: evaluation.py)
     def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:

@@ -24,7 +24,7 @@ from core.io.pretrained import (
     resolve_pretrained,
 )
 from core.train.finetune import FreezePolicy, FreezeSchedule, find_blocks, optimizer_groups
-from core.train.schedule import configure_optimizer
+from core.train.schedule import OptimizerOptions, configure_optimizer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from hf_tiny import speech_folder, vision_folder
@@ -196,7 +196,7 @@ class _Tiny(pl.LightningModule):
         return self.out(self.backbone(batch[0])).pow(2).mean()
 
     def configure_optimizers(self) -> Any:
-        return configure_optimizer(self, optimizer_groups(self, 0.5))
+        return configure_optimizer(self, OptimizerOptions.from_hparams(self.hparams), optimizer_groups(self, 0.5))
 
     def configure_callbacks(self) -> list[Any]:
         return [FreezeSchedule()]
