@@ -131,11 +131,9 @@ class TaskCLI(LightningCLI):
         if isinstance(raw, dict) and isinstance(meta, dict):
             check_plain(meta, f"{source}: metadata")
             raw = {**raw, **cls.hparams_from_metadata(meta, source)}
-        hparams = validate_hparams(
-            cls, raw, source, bounds=getattr(cls, "HPARAM_BOUNDS", None), renames=getattr(cls, "HPARAM_RENAMES", None)
-        )
+        hparams = validate_hparams(cls, raw, source, bounds=cls.hparam_bounds(), renames=cls.HPARAM_RENAMES)
         # Values the data module links into the model at instantiation are the data's to decide.
-        for name in getattr(cls, "HPARAMS_FROM_DATA", ()):
+        for name in cls.HPARAMS_FROM_DATA:
             hparams.pop(name, None)
         if hparams:
             self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
