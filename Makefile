@@ -5,7 +5,7 @@ VENV ?= $(if $(ATTN_VENV),$(ATTN_VENV),.venv)
 PY := $(VENV)/bin/python
 OUT ?= demo_output
 
-.PHONY: setup demo test lint test-fast bench-attention
+.PHONY: setup demo test lint typecheck test-fast bench-attention
 setup:
 	@ATTN_VENV=$(VENV) bash scripts/setup.sh
 
@@ -18,6 +18,10 @@ test: setup lint
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# Static types of core/ and tasks/ ([tool.mypy] in pyproject.toml). Not part of `lint` yet.
+typecheck: setup
+	$(PY) -m mypy
 
 test-fast: setup
 	$(PY) -m pytest -n 2 -q -m "not slow" -p no:cacheprovider

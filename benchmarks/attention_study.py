@@ -132,7 +132,7 @@ def _budget_callback(seconds: float) -> Any:
             self.c0, self.t0 = time.process_time() + _children_cpu_seconds(), time.perf_counter()
 
         def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, idx: int) -> None:
-            self.units += float(pl_module.batch_units(batch))
+            self.units += float(pl_module.last_batch_units)  # counted on the host before the batch moved
             self.cpu = time.process_time() + _children_cpu_seconds() - self.c0
             self.wall = time.perf_counter() - self.t0
             if self.cpu >= seconds:

@@ -49,7 +49,7 @@ class Translation:
         from tasks.translation.alignment import alignment_scores
 
         n = (QUICK_ALIGN_N if quick else ALIGN_N)["translation"]
-        return alignment_scores(module, dm.gold_alignments("test", n) or [])
+        return alignment_scores(module.translator, dm.gold_alignments("test", n) or [])
 
     @staticmethod
     def by_length(module: Any, dm: Any, quick: bool) -> list[dict[str, Any]]:

@@ -189,7 +189,7 @@ def plot_image_attention(
     up = F.interpolate(w.unsqueeze(1), size=(H, W), mode="bilinear", align_corners=False).squeeze(1)  # (T,H,W)
     lo = up.flatten(1).min(1).values.view(T, 1, 1)
     hi = up.flatten(1).max(1).values.view(T, 1, 1)
-    up = ((up - lo) / (hi - lo).clamp_min(1e-8)).numpy()  # per-word [0, 1] so weak maps stay visible
+    maps = ((up - lo) / (hi - lo).clamp_min(1e-8)).numpy()  # per-word [0, 1] so weak maps stay visible
 
     ncols = max(1, min(ncols, T))
     nrows = max(1, math.ceil(T / ncols))
@@ -198,7 +198,7 @@ def plot_image_attention(
     for t in range(T):
         ax = fig.add_subplot(nrows, ncols, t + 1)
         ax.imshow(img)
-        ax.imshow(up[t], cmap="gray", alpha=alpha, extent=(-0.5, W - 0.5, H - 0.5, -0.5))
+        ax.imshow(maps[t], cmap="gray", alpha=alpha, extent=(-0.5, W - 0.5, H - 0.5, -0.5))
         ax.set_title(labels[t], fontsize=10)
         ax.axis("off")
     if T == 0:

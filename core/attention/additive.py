@@ -105,13 +105,14 @@ class _AdditiveScores(torch.autograd.Function):
     """``scores = tanh(qh[:, :, None] + kh[:, None] (+ (f @ u.T)[:, None])) @ v`` without saving the tanh."""
 
     @staticmethod
-    def forward(ctx: Any, qh: Tensor, kh: Tensor, v: Tensor, f: Tensor | None, u: Tensor | None) -> Tensor:  # type: ignore[override]
+    def forward(ctx: Any, qh: Tensor, kh: Tensor, v: Tensor, f: Tensor | None, u: Tensor | None) -> Tensor:
         dtype = torch.promote_types(qh.dtype, kh.dtype)
         # Autocast is switched off inside: dtypes are chosen explicitly so forward and the
         # recomputation in backward agree (they follow the inputs, bf16 under autocast).
         with torch.autocast(qh.device.type, enabled=False):
             q, k, vv = qh.to(dtype), kh.to(dtype), v.to(dtype)
             if f is not None:
+                assert u is not None, "location features f need their projection u"
                 k = k + torch.matmul(f.to(dtype), u.to(dtype).t())  # (B, S, C) @ (C, H) -> (B, S, H)
             b, t, h = q.shape
             s = k.shape[1]
@@ -128,7 +129,7 @@ class _AdditiveScores(torch.autograd.Function):
         return scores
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         qh, kh, v, f, u = ctx.saved_tensors
         dtype = ctx.compute_dtype
         # Gradients accumulated over chunks are kept in fp32 for bf16/fp16 inputs.
@@ -234,16 +235,20 @@ class AdditiveAttention(Attention):
     def _scores(self, qh: Tensor, kh: Tensor, f: Tensor | None = None) -> Tensor:
         """Energies ``(B, Tq, S)`` from projected queries/keys (and location features ``f``)."""
         v = self.energy.weight.view(-1)
-        u = self._modules.get("loc_proj")  # (a plain dict look-up: this runs at every decoder step)
+        loc: nn.Linear | None = None  # the location projection, with location features only
+        if f is not None:
+            proj = self._modules.get("loc_proj")  # (a plain dict look-up: this runs at every decoder step)
+            assert isinstance(proj, nn.Linear), "location features need the loc_proj layer"
+            loc = proj
         me = self.memory_efficient
         if me is None:
             b, t, h = qh.shape
             recording = torch.is_grad_enabled() and (qh.requires_grad or kh.requires_grad)
             me = auto_memory_efficient(b, t, kh.shape[1], h, qh.device, training=recording)
         if me:
-            return additive_scores(qh, kh, v, f, None if f is None else u.weight)
-        if f is not None:
-            kh = kh + u(f)  # (B, S, C) -> (B, S, H)
+            return additive_scores(qh, kh, v, f, None if loc is None else loc.weight)
+        if loc is not None:
+            kh = kh + loc(f)  # (B, S, C) -> (B, S, H)
         if v.dtype != qh.dtype:
             v = v.to(qh.dtype)
         return torch.matmul(torch.tanh(qh[:, :, None, :] + kh[:, None, :, :]), v)  # (B, Tq, S, H) -> (B, Tq, S)

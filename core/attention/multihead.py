@@ -88,18 +88,24 @@ class MultiHeadAttention(Attention):
         sdpa_causal: bool = False,
     ) -> tuple[Tensor, Tensor | None]:
         b, tq, _ = query.shape
-        k, v = precomputed if precomputed is not None else self.precompute(keys, values)  # (B, H, S, Dh)
+        if precomputed is None:
+            assert keys is not None  # _check_shapes: keys are required without precomputed
+            precomputed = self.precompute(keys, values)
+        k, v = precomputed  # (B, H, S, Dh)
         q = self._split_heads(self.q_proj(query))  # (B, H, Tq, Dh)
         head_mask = None if mask is None else mask[:, None]  # (B, Tq|1, S) -> (B, 1, Tq|1, S)
         # Rows with nothing to attend to attend everywhere (no NaN) and get a zero output below,
         # after the projection (so not the bias either): one has-key check serves both.
-        safe, has_key = (None, None) if mask is None else empty_row_safe_mask(mask)  # (B, Tq|1, S), (B, Tq|1, 1)
+        safe: Tensor | None = None  # (B, Tq|1, S)
+        has_key: Tensor | None = None  # (B, Tq|1, 1)
+        if mask is not None:
+            safe, has_key = empty_row_safe_mask(mask)
         dropout_p = self.dropout if self.training else 0.0
         weights = None
         if not need_weights:
             if sdpa_causal:
                 ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
-            elif mask is None:
+            elif safe is None:  # no mask
                 ctx = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
             else:
                 ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=safe[:, None], dropout_p=dropout_p)

@@ -31,7 +31,9 @@ class Prediction(NamedTuple):
         fields: the output columns (e.g. ``(image name, caption)`` or ``(translation,)``).
     """
 
-    index: int
+    # The field shadows tuple.index (a method), which mypy reports as an incompatible override
+    # (python/mypy#8599); `index` is the public name tasks and tests read, so it stays.
+    index: int  # type: ignore[assignment]
     fields: tuple[str, ...]
 
 

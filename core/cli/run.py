@@ -6,11 +6,22 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from core.errors import CheckpointError, ConfigError, UserError
 
-__all__ = ["USER_ERROR_EXIT_CODE", "check_ckpt_path_arg", "ensure_resumable", "parse_device", "run_cli", "user_errors"]
+if TYPE_CHECKING:
+    from lightning.pytorch.callbacks import Callback
+
+__all__ = [
+    "USER_ERROR_EXIT_CODE",
+    "check_ckpt_path_arg",
+    "ensure_resumable",
+    "parse_device",
+    "run_cli",
+    "trainer_callbacks",
+    "user_errors",
+]
 
 USER_ERROR_EXIT_CODE = 2  # same status argparse uses for bad arguments
 
@@ -123,6 +134,22 @@ def check_ckpt_path_arg(config: Any, task: str) -> None:
                 "--ckpt_path needs a checkpoint written by `fit`"
             )
         cfg["ckpt_path"] = str(local)
+
+
+def trainer_callbacks(trainer: Any) -> list[Callback]:
+    """The trainer's own list of callbacks (a change to it applies to the run).
+
+    Lightning's callback connector sets ``Trainer.callbacks`` when the trainer is built, and the class does not
+    declare it, so a type checker does not see it on ``lightning.pytorch.Trainer``: it is read here, typed.
+
+    Args:
+        trainer: a ``lightning.pytorch.Trainer``.
+
+    Returns:
+        ``trainer.callbacks`` itself (not a copy).
+    """
+    callbacks: list[Callback] = trainer.callbacks
+    return callbacks
 
 
 def ensure_resumable(trainer: Any, monitor: str, mode: str = "max", every_n_train_steps: int = 100) -> list[str]:

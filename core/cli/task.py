@@ -13,17 +13,33 @@ import argparse
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Protocol, cast
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from core.cli.run import check_ckpt_path_arg, ensure_resumable, run_cli, user_errors
+from core.cli.run import check_ckpt_path_arg, ensure_resumable, run_cli, trainer_callbacks, user_errors
 from core.errors import ConfigError
 
-__all__ = ["TaskCLI", "export_main", "run_folder_lock", "task_main"]
+__all__ = ["TaskCLI", "TaskModuleClass", "export_main", "run_folder_lock", "task_main"]
+
+
+class TaskModuleClass(Protocol):
+    """What `TaskCLI` reads off a task's module class (``core.train.module.TaskModule`` declares all of it)."""
+
+    TASK: ClassVar[str]
+    MONITOR: ClassVar[str]
+    MONITOR_MODE: ClassVar[str]
+    HPARAM_RENAMES: ClassVar[Mapping[str, str]]
+    HPARAMS_FROM_DATA: ClassVar[tuple[str, ...]]
+
+    @classmethod
+    def hparam_bounds(cls) -> dict[str, tuple[float, float]]: ...
+
+    @classmethod
+    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]: ...
 
 
 @contextmanager
@@ -93,8 +109,15 @@ class TaskCLI(LightningCLI):
         """Hook: a task links data options into model options here (e.g. a vocabulary)."""
 
     @property
+    def module_class(self) -> type[TaskModuleClass]:
+        """The task's module class (LightningCLI's ``model_class``)."""
+        # LightningCLI types model_class as any LightningModule factory (or None); task_main always gives a task's
+        # module class, and issubclass() cannot check a protocol with class attributes at run time.
+        return cast("type[TaskModuleClass]", self.model_class)
+
+    @property
     def task(self) -> str:
-        return str(self.model_class.TASK)
+        return str(self.module_class.TASK)
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -124,7 +147,7 @@ class TaskCLI(LightningCLI):
         from core.io.hparams import check_plain, validate_hparams
 
         ckpt = load_checkpoint(ckpt_path, expected_task=self.task)
-        cls = self.model_class
+        cls = self.module_class
         source = f"checkpoint {ckpt_path}"
         raw = {} if only_meta else ckpt.get("hyper_parameters")
         meta = ckpt.get(META_KEY)
@@ -139,13 +162,13 @@ class TaskCLI(LightningCLI):
             self.config = self.parser.parse_object({sub: {"model": hparams}}, self.config)
 
     def before_fit(self) -> None:
-        cls = self.model_class
+        cls = self.module_class
         ensure_resumable(self.trainer, monitor=cls.MONITOR, mode=cls.MONITOR_MODE)
         from lightning.pytorch.callbacks import Timer
 
         from core.train.schedule import ScheduleCheck
 
-        cbs = self.trainer.callbacks
+        cbs = trainer_callbacks(self.trainer)
         if any(isinstance(cb, Timer) for cb in cbs) and not any(isinstance(cb, ScheduleCheck) for cb in cbs):
             cbs.append(ScheduleCheck())  # a max_time budget: warn when the schedule cannot fit it
         from core.train.progress_bar import with_throughput
@@ -163,9 +186,10 @@ class TaskCLI(LightningCLI):
 
         from core.cli.predict import PredictionWriter
 
-        if not any(isinstance(cb, BasePredictionWriter) for cb in self.trainer.callbacks):
+        callbacks = trainer_callbacks(self.trainer)
+        if not any(isinstance(cb, BasePredictionWriter) for cb in callbacks):
             out = self.config[self.subcommand].get("predict_output")
-            self.trainer.callbacks.append(PredictionWriter(out))
+            callbacks.append(PredictionWriter(out))
 
 
 def _export_parser(prog: str) -> argparse.ArgumentParser:

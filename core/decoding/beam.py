@@ -291,11 +291,7 @@ def greedy_search(
             last = tok
 
     tok_mat = torch.stack(hist_tok, dim=1).cpu()  # (B, T)
-    attn_mat = (
-        torch.stack([a for a in hist_attn], dim=1).float().cpu()  # (B, T, *attn_shape)
-        if hist_attn and hist_attn[0] is not None
-        else None
-    )
+    attn_mat = _stack_attention(hist_attn, dim=1)  # (B, T, *attn_shape) or None
     res = DecodeResult()
     for b in range(batch_size):
         n_tok = int(lengths[b]) - int(ended_by_eos[b])  # drop the EOS position
@@ -475,6 +471,27 @@ def beam_search(
     return _backtrack(finished, hist_tok, hist_parent, hist_attn, nbest)
 
 
+def _stack_attention(hist_attn: list[Tensor | None], dim: int) -> Tensor | None:
+    """Stack the per-step attention along ``dim`` as float32 on the CPU.
+
+    Args:
+        hist_attn: one entry per step: that step's attention, or None when the step function returned none.
+        dim: the new (step) dimension.
+
+    Returns:
+        The stacked tensor, or None when there are no steps or the first step returned no attention.
+
+    Raises:
+        TypeError: the first step returned attention and a later one returned None (as ``torch.stack`` would).
+    """
+    if not hist_attn or hist_attn[0] is None:
+        return None
+    steps = [a for a in hist_attn if a is not None]
+    if len(steps) != len(hist_attn):
+        raise TypeError("step_fn returned attention weights at some steps and None at others")
+    return torch.stack(steps, dim=dim).float().cpu()
+
+
 def _backtrack(
     finished: list[list[tuple[float, int, int]]],
     hist_tok: list[Tensor],
@@ -485,11 +502,7 @@ def _backtrack(
     """Rebuild the ``nbest`` best hypotheses of every item from the per-step back-pointers."""
     tok = torch.stack(hist_tok).cpu()  # (T, B, K)
     par = torch.stack(hist_parent).cpu()  # (T, B, K)
-    att = (
-        torch.stack([a for a in hist_attn]).float().cpu()  # (T, B, K, *attn)
-        if hist_attn and hist_attn[0] is not None
-        else None
-    )
+    att = _stack_attention(hist_attn, dim=0)  # (T, B, K, *attn) or None
     res = DecodeResult()
     for b, hyps in enumerate(finished):
         if not hyps:  # every continuation scored NaN (or -inf): nothing to return, and "" would hide it
@@ -526,5 +539,10 @@ def _infer_device(state: DecoderState, device: torch.device | str | None) -> tor
     if device is not None:
         return torch.device(device)
     found: list[torch.device] = []
-    state.map(lambda t: (found.append(t.device), t)[1], lambda t: (found.append(t.device), t)[1])
+
+    def note_device(t: Tensor) -> Tensor:
+        found.append(t.device)
+        return t
+
+    state.map(note_device, note_device)
     return found[0] if found else torch.device("cpu")

@@ -241,11 +241,13 @@ class AttentionalRNNDecoder(nn.Module):
         state = self.init_state(memory, mask, summary)
         beams, source = state.beams, state.source
         emb = self.dropout(self.embedding(inputs))  # (B, T, E)
-        feats, weights = [], []
+        feats: list[Tensor] = []
+        weights: list[Tensor] = []
         for t in range(inputs.shape[1]):
             f, beams, w = self._step(emb[:, t], beams, source, need_weights)
             feats.append(f)
             if need_weights:
+                assert w is not None  # every mechanism returns its weights when asked for them
                 weights.append(w)
         h = torch.stack(feats, dim=1)  # T x (B, F) -> (B, T, F)
         logits = self.out(self.pre_out(self.dropout(h)))  # (B, T, V), one matmul for all steps

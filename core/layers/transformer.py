@@ -53,6 +53,8 @@ class SinusoidalPositions(nn.Module):
         max_len: longest sequence accepted, or None.
     """
 
+    table: Tensor  # the buffer registered in __init__
+
     def __init__(self, dim: int, max_len: int | None = None) -> None:
         super().__init__()
         self.dim, self.max_len = dim, max_len

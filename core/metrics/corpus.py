@@ -48,6 +48,19 @@ class CorpusOutputs(Metric):
         self.add_state("index", default=[], dist_reduce_fx="cat")
         self.add_state("payload", default=[], dist_reduce_fx="cat")
         self.add_state("sizes", default=[], dist_reduce_fx="cat")
+        self._typed_empty()
+
+    def _typed_empty(self) -> None:
+        # A rank that evaluates nothing (e.g. every example it holds is past a validation limit) still takes
+        # part in the gather; torchmetrics would stand in a float32 placeholder for its empty lists, which the
+        # other ranks' long/uint8 tensors do not concatenate with. Empty tensors of the right dtypes instead.
+        self.index.append(torch.empty(0, dtype=torch.long, device=self.device))
+        self.payload.append(torch.empty(0, dtype=torch.uint8, device=self.device))
+        self.sizes.append(torch.empty(0, dtype=torch.long, device=self.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self._typed_empty()
 
     def update(self, indices: Sequence[int], hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> None:
         """Add one batch: the dataset index, hypothesis and references of each example."""
@@ -62,11 +75,9 @@ class CorpusOutputs(Metric):
 
     def examples(self) -> tuple[list[str], list[list[str]]]:
         """``(hypotheses, references)`` of every example once, in dataset order (call after a sync)."""
-        if not self.index:
-            return [], []
-        index = _cat(self.index).tolist()
-        sizes = _cat(self.sizes).tolist()
-        data = bytes(_cat(self.payload).cpu().numpy().tobytes())
+        index = _cat(self.index).long().tolist()
+        sizes = _cat(self.sizes).long().tolist()
+        data = _cat(self.payload).to(torch.uint8).cpu().numpy().tobytes()
         seen: dict[int, tuple[str, list[str]]] = {}
         offset = 0
         for i, n in zip(index, sizes):

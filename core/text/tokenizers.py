@@ -353,6 +353,7 @@ class SubwordTokenizer(BaseTokenizer):
         from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
         unk = SPECIAL_TOKENS[UNK_ID]
+        trainer: trainers.Trainer
         if model == "bpe":
             tok = Tokenizer(models.BPE(unk_token=unk))
             trainer = trainers.BpeTrainer(

@@ -110,7 +110,7 @@ class TaskModule(pl.LightningModule, Generic[NetT]):
 
     def setup(self, stage: str) -> None:
         """Let the task take what the data decides, then build the network (rebuilt when that changed it)."""
-        if self.task.setup(stage, self._datamodule()) or self.model is None:
+        if (self.task.setup(stage, self._datamodule()) or self.model is None) and self.task.ready():
             self.model = self.task.build_network()
 
     def configure_callbacks(self) -> list[pl.Callback]:
@@ -183,7 +183,9 @@ class TaskModule(pl.LightningModule, Generic[NetT]):
         # compute() is a collective under DDP: every rank calls it, also one that saw no batch
         scores = corpus.compute() if corpus.update_called or self.trainer.world_size > 1 else {}
         corpus.reset()
-        scores.update(self.task.epoch_scores(self.network, self._datamodule(), stage))
+        # extra scores (e.g. alignment against gold links) cost a pass each: not in the sanity check
+        if self.model is not None and not self.trainer.sanity_checking:
+            scores.update(self.task.epoch_scores(self.model, self._datamodule(), stage))
         for name, value in scores.items():
             # the same value on every rank (computed from the gathered corpus); sync_dist averages equal values
             self.log(f"{stage}/{name}", value, prog_bar=f"{stage}/{name}" == self.MONITOR, sync_dist=True)

@@ -84,6 +84,10 @@ class Task(Protocol[NetT, BatchT]):
         """A new network for the current options and artifacts (its weights are trained or loaded next)."""
         ...
 
+    def ready(self) -> bool:
+        """Whether :meth:`build_network` can run now (False: it waits for a checkpoint's artifacts)."""
+        return True
+
     def setup(self, stage: str, datamodule: Any | None) -> bool:
         """Take what the data decides (tokenizers, feature statistics) before a stage; True when the network must
         be rebuilt for it."""

@@ -182,7 +182,7 @@ def _layer_head_figures(model: Any, k: int, source: str, hyp: Any) -> list[Image
     from tasks.translation.heads import layer_head_attention, target_ids
 
     ids = model.src_tokenizer.encode(source)[: model.hparams.max_source_tokens]
-    layers = layer_head_attention(model, ids, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))
+    layers = layer_head_attention(model.translator, ids, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))
     if len(layers) == 1 and layers[0].shape[0] == 1:
         return []
     out = []

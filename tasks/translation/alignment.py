@@ -25,6 +25,7 @@ from typing import Any
 
 from core.metrics.alignment import AlignmentCounts, argmax_links, merge_subwords, word_index_of_tokens
 from tasks.translation.heads import layer_head_attention_batch
+from tasks.translation.inference import Translator
 
 __all__ = ["GoldPair", "Link", "alignment_scores", "has_alignment", "word_indices"]
 
@@ -37,16 +38,10 @@ GoldPair = tuple[str, str, Sequence[Link], Sequence[Link]]
 _METASPACE_KINDS = ("subword", "marian")
 
 
-def has_alignment(model: Any) -> bool:
+def has_alignment(translator: Translator) -> bool:
     """Whether the model's attention can be scored: not for ``attention: none``, whose "weights" are a uniform
     average that says nothing about the input (the Transformer and Marian ignore ``attention``)."""
-    hp = model.hparams
-    return not (hp.arch == "rnn" and hp.attention == "none")
-
-
-def _is_multihead(model: Any) -> bool:
-    hp = model.hparams
-    return hp.arch in ("transformer", "marian") or hp.attention == "multihead"
+    return translator.attention != "none"
 
 
 def word_indices(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int] | None:
@@ -89,11 +84,13 @@ def word_indices(tokenizer: Any, text: str, ids: Sequence[int]) -> list[int] | N
     return out
 
 
-def alignment_scores(model: Any, pairs_with_links: Sequence[GoldPair], batch_size: int = 32) -> dict[str, float]:
+def alignment_scores(
+    translator: Translator, pairs_with_links: Sequence[GoldPair], batch_size: int = 32
+) -> dict[str, float]:
     """Corpus AER of a translation model's attention on gold-aligned pairs, the reference teacher-forced.
 
     Args:
-        model: a ``TranslationModule`` with its network and tokenizers.
+        translator: the network with its tokenizers (``TranslationModule.translator``).
         pairs_with_links: ``(source, target, sure, possible)`` per sentence; links are ``(source word, target
             word)`` indices over ``source.split()`` / ``target.split()`` (``tasks.translation.grammar``'s
             ``AlignedPair`` is one for en→es; the data module's ``gold_alignments`` gives them for its direction).
@@ -108,10 +105,9 @@ def alignment_scores(model: Any, pairs_with_links: Sequence[GoldPair], batch_siz
         ``max_source_tokens`` are cut as in ``translate`` (links to the words cut off are not scored), and
         sentences whose tokens cannot be mapped onto words are skipped; with nothing scored the AERs are NaN.
     """
-    if not has_alignment(model):
+    if not has_alignment(translator):
         return {}
-    hp = model.hparams
-    src_tok, tgt_tok = model.src_tokenizer, model.tgt_tokenizer
+    src_tok, tgt_tok = translator.src_tokenizer, translator.tgt_tokenizer
     items = []
     for src, tgt, sure, possible in pairs_with_links:
         src_ids, tgt_ids = src_tok.encode(src), tgt_tok.encode(tgt)
@@ -119,8 +115,9 @@ def alignment_scores(model: Any, pairs_with_links: Sequence[GoldPair], batch_siz
         if src_words is None or tgt_words is None:
             continue
         # Cut as translate() cuts the source; a target as long as the decoder may ever emit.
-        src_ids, src_words = src_ids[: hp.max_source_tokens], src_words[: hp.max_source_tokens]
-        tgt_ids, tgt_words = tgt_ids[: hp.max_len], tgt_words[: hp.max_len]
+        cut_src, cut_tgt = translator.max_source_tokens, translator.max_len
+        src_ids, src_words = src_ids[:cut_src], src_words[:cut_src]
+        tgt_ids, tgt_words = tgt_ids[:cut_tgt], tgt_words[:cut_tgt]
         n_src, n_tgt = src_words[-1] + 1, tgt_words[-1] + 1
 
         def kept(links: Sequence[Link], n_src: int = n_src, n_tgt: int = n_tgt) -> list[Link]:
@@ -132,7 +129,7 @@ def alignment_scores(model: Any, pairs_with_links: Sequence[GoldPair], batch_siz
     heads: list[list[AlignmentCounts]] = []  # per layer, per head
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        attention = layer_head_attention_batch(model, [c[0] for c in chunk], [c[1] for c in chunk])
+        attention = layer_head_attention_batch(translator, [c[0] for c in chunk], [c[1] for c in chunk])
         for (_, _, src_words, tgt_words, sure, possible), layers in zip(chunk, attention):
             if not mean:
                 mean = [AlignmentCounts() for _ in layers]
@@ -145,7 +142,7 @@ def alignment_scores(model: Any, pairs_with_links: Sequence[GoldPair], batch_siz
     if not mean:
         return {"aer": float("nan")}
     last = len(mean) - 1
-    if not _is_multihead(model):
+    if not translator.multihead:
         return {"aer": mean[last].aer}
     layer_aer = [c.aer for c in mean]
     head_aer = [c.aer for c in heads[last]] or [layer_aer[last]]  # one head: it is the mean

@@ -62,7 +62,9 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     Returns:
         dict with ``src`` (B, S) long, ``src_lengths`` (B,), ``tgt_in`` (B, T) = BOS + target,
         ``tgt_out`` (B, T) = target + EOS (PAD = 0 elsewhere), ``index`` (B,), ``src_text`` / ``tgt_text``
-        lists of str.
+        lists of str, and ``src_lengths_host``: the source lengths as a tuple, which stays on the host when
+        Lightning moves the batch (it moves only tensors), so the RNN encoder packs without copying lengths back
+        from the GPU (a sync every step) and the Transformer drops the mask of unpadded batches.
     """
     b = len(items)
     s_max = max(1, max(len(it["src"]) for it in items))
@@ -81,6 +83,7 @@ def collate(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "src": src,
         "src_lengths": lengths,
+        "src_lengths_host": tuple(lengths.tolist()),
         "tgt_in": tgt_in,
         "tgt_out": tgt_out,
         "index": torch.tensor([it["index"] for it in items]),

@@ -104,7 +104,9 @@ def _head_figures(model: Any, text: str, best: Any, stem: Path) -> list[Path]:
     from tasks.translation.heads import layer_head_attention, target_ids
 
     ids = model.src_tokenizer.encode(text)[: model.hparams.max_source_tokens]
-    last = layer_head_attention(model, ids, target_ids(model.tgt_tokenizer, best.tgt_tokens))[-1]  # (H, T, S)
+    last = layer_head_attention(model.translator, ids, target_ids(model.tgt_tokenizer, best.tgt_tokens))[
+        -1
+    ]  # (H, T, S)
     if last.shape[0] == 1:  # one head: the averaged figure is already it
         return []
     return [

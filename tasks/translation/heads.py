@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from core.decoding.fast_paths import eval_mode
 from core.text.tokenizers import BOS_ID, PAD_ID
+from tasks.translation.inference import Translator
 
 __all__ = ["cross_attention_modules", "layer_head_attention", "layer_head_attention_batch", "target_ids"]
 
@@ -48,11 +49,11 @@ def target_ids(tokenizer: Any, tokens: list[str]) -> list[int]:
         raise ValueError(f"output token {err.args[0]!r} is not in the target vocabulary") from None
 
 
-def layer_head_attention(module: Any, src_ids: list[int], tgt_ids: list[int]) -> list[Tensor]:
+def layer_head_attention(translator: Translator, src_ids: list[int], tgt_ids: list[int]) -> list[Tensor]:
     """Cross-attention of every decoder layer and head while emitting ``tgt_ids`` from ``src_ids``.
 
     Args:
-        module: a ``TranslationModule`` with its network built.
+        translator: the network with its tokenizers (``TranslationModule.translator``).
         src_ids: source token ids (as ``translate`` encoded them, truncation included).
         tgt_ids: the output ids, without BOS/EOS.
 
@@ -60,7 +61,7 @@ def layer_head_attention(module: Any, src_ids: list[int], tgt_ids: list[int]) ->
         One ``(H, T, S)`` float CPU tensor per decoder layer, bottom first; ``H = 1`` for single-head
         mechanisms, ``T = len(tgt_ids)``, ``S = len(src_ids)``.
     """
-    return layer_head_attention_batch(module, [src_ids], [tgt_ids])[0]
+    return layer_head_attention_batch(translator, [src_ids], [tgt_ids])[0]
 
 
 def _padded(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
@@ -73,7 +74,7 @@ def _padded(rows: Sequence[Sequence[int]], device: torch.device) -> Tensor:
 
 @torch.no_grad()
 def layer_head_attention_batch(
-    module: Any, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]
+    translator: Translator, src_ids: Sequence[Sequence[int]], tgt_ids: Sequence[Sequence[int]]
 ) -> list[list[Tensor]]:
     """:func:`layer_head_attention` of a batch of sentences in one teacher-forced pass.
 
@@ -82,7 +83,7 @@ def layer_head_attention_batch(
     padding after a shorter target comes later.
 
     Args:
-        module: a ``TranslationModule`` with its network built.
+        translator: the network with its tokenizers (``TranslationModule.translator``).
         src_ids: per sentence, its non-empty source token ids.
         tgt_ids: per sentence, its output ids without BOS/EOS.
 
@@ -94,16 +95,16 @@ def layer_head_attention_batch(
         raise ValueError(f"layer_head_attention_batch: {len(src_ids)} sources but {len(tgt_ids)} targets")
     if not src_ids:
         return []
-    model = module.model
-    dev = module.device
+    model = translator.network
+    dev = translator.device
     src = _padded(src_ids, dev)  # (B, S)
     lengths = torch.tensor([len(s) for s in src_ids], dtype=torch.long, device=dev)  # (B,)
     tgt_in = _padded([[BOS_ID, *t] for t in tgt_ids], dev)  # (B, T + 1)
     if hasattr(model, "layer_head_attention"):  # a model that returns them itself (a pretrained Marian)
-        with eval_mode(module):
+        with eval_mode(model):
             layers = model.layer_head_attention(src, lengths, tgt_in)  # (B, H, T + 1, S + 1) each
     else:
-        layers = _hooked_attention(module, model, src, lengths, tgt_in)  # (B, H, T + 1, S) each
+        layers = _hooked_attention(model, src, lengths, tgt_in)  # (B, H, T + 1, S) each
     # Row t of a sentence with T_b outputs is the step emitting output t; row T_b emits EOS (not shown), and
     # columns past S_b are padding (or, for Marian, the source's appended </s>).
     return [
@@ -111,7 +112,7 @@ def layer_head_attention_batch(
     ]
 
 
-def _hooked_attention(module: Any, model: nn.Module, src: Tensor, lengths: Tensor, tgt_in: Tensor) -> list[Tensor]:
+def _hooked_attention(model: nn.Module, src: Tensor, lengths: Tensor, tgt_in: Tensor) -> list[Tensor]:
     """Run ``model`` teacher-forced with hooks that keep every cross-attention's weights.
 
     Returns:
@@ -136,7 +137,7 @@ def _hooked_attention(module: Any, model: nn.Module, src: Tensor, lengths: Tenso
         handles.append(att.register_forward_pre_hook(want_weights, with_kwargs=True))
         handles.append(att.register_forward_hook(keeper(i), with_kwargs=True))
     try:
-        with eval_mode(module):
+        with eval_mode(model):
             model(src, lengths, tgt_in, need_weights=False)
     finally:
         for h in handles:

@@ -1,22 +1,48 @@
-"""Translation with a trained module: the library API (``TranslationModule.translate``) and its result type."""
+"""Translation with a trained network: :class:`Translator` (network + tokenizers, no Lightning) and its results.
+
+``TranslationModule.translate`` is a :class:`Translator` over the module's network; so are the CLI, the app,
+the alignment scores and the per-head views. Nothing here imports Lightning or the training stack.
+"""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 
-from core.decoding.beam import DecodeResult, beam_search
+from core.decoding.beam import DecodeResult, DecoderState, beam_search
 from core.decoding.fast_paths import eval_mode
 from core.errors import ConfigError
-from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from core.text.known_words import KnownWords
+from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID, BaseTokenizer
 from tasks.translation.batching import pad_ids
 
-__all__ = ["TranslateMixin", "Translation"]
+__all__ = ["Seq2SeqNetwork", "Translation", "Translator"]
+
+
+class Seq2SeqNetwork(Protocol):
+    """What every translation network provides (RNN, Transformer, Marian; ``tasks.translation.models``)."""
+
+    def __call__(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False, **kwargs: Any
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing: ``src (B, S)``, ``src_lengths (B,)``, ``tgt_in (B, T)`` -> logits ``(B, T, V)``, attention
+        ``(B, T, S)`` or None."""
+        ...
+
+    def init_state(self, src: Tensor, src_lengths: Tensor) -> DecoderState:
+        """Encode ``src`` and return the decoder's first state."""
+        ...
+
+    def step(
+        self, tokens: Tensor, state: DecoderState, need_weights: bool
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One decoding step: ``tokens (N,)`` -> log-probabilities ``(N, V)``, the next state, attention ``(N, S)``."""
+        ...
 
 
 @dataclass
@@ -38,19 +64,46 @@ class Translation:
     attention: Tensor | None
 
 
-class TranslateMixin:
-    """``translate`` for :class:`tasks.translation.module.TranslationModule` (needs ``model``, the tokenizers
-    and the ``max_len`` / ``max_source_tokens`` / ``length_penalty`` hyper-parameters)."""
+@dataclass
+class Translator:
+    """A translation network with its tokenizers and decoding limits.
 
-    def _decode(self, src: Tensor, src_lengths: Tensor, beam: int, nbest: int, need_weights: bool) -> DecodeResult:
+    Attributes:
+        network: the network (any of ``tasks.translation.models``), an ``nn.Module``.
+        src_tokenizer: source tokenizer.
+        tgt_tokenizer: target tokenizer.
+        max_len: cap on output tokens (also ``2 * source length + 10``).
+        max_source_tokens: longer inputs are truncated (with a warning).
+        length_penalty: beam-search length normalisation exponent.
+        known_words: the training sources' words, when known (names the words a translation guesses).
+        attention: the RNN decoder's mechanism (``none``: its weights are a uniform average that says nothing
+            about the input), or None for networks that always attend with multi-head attention.
+        multihead: whether the cross-attention has several heads (alignment scores then rank them).
+    """
+
+    network: nn.Module
+    src_tokenizer: BaseTokenizer
+    tgt_tokenizer: BaseTokenizer
+    max_len: int = 100
+    max_source_tokens: int = 100
+    length_penalty: float = 1.0
+    known_words: KnownWords | None = None
+    attention: str | None = None
+    multihead: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are."""
+        return next(self.network.parameters()).device
+
+    def decode(self, src: Tensor, src_lengths: Tensor, beam: int, nbest: int, need_weights: bool) -> DecodeResult:
         """Beam search over a padded batch ``src (B, S)``, ``src_lengths (B,)``."""
-        model = self.model  # type: ignore[attr-defined]
-        assert model is not None
-        state = model.init_state(src, src_lengths)
-        max_len = min(self.hparams.max_len, int(src_lengths.max()) * 2 + 10)  # type: ignore[attr-defined]
+        net: Seq2SeqNetwork = self.network  # type: ignore[assignment]  # nn.Module's __call__ is untyped
+        state = net.init_state(src, src_lengths)
+        max_len = min(self.max_len, int(src_lengths.max()) * 2 + 10)
 
-        def step_fn(last: Tensor, st: Any) -> tuple[Tensor, Any, Tensor | None]:
-            return model.step(last, st, need_weights)
+        def step_fn(last: Tensor, st: DecoderState) -> tuple[Tensor, DecoderState, Tensor | None]:
+            return net.step(last, st, need_weights)
 
         return beam_search(
             step_fn,
@@ -60,7 +113,7 @@ class TranslateMixin:
             eos_id=EOS_ID,
             max_len=max_len,
             beam_size=beam,
-            length_penalty=self.hparams.length_penalty,  # type: ignore[attr-defined]
+            length_penalty=self.length_penalty,
             nbest=nbest,
             suppress=(PAD_ID, BOS_ID),
             device=src.device,
@@ -72,8 +125,21 @@ class TranslateMixin:
         Empty when the model does not know its training words (a pretrained Marian model, or one written
         before they were stored).
         """
-        known = self.known_words  # type: ignore[attr-defined]
-        return [] if known is None else known.unknown(text)
+        return [] if self.known_words is None else self.known_words.unknown(text)
+
+    def encode(self, texts: Sequence[str]) -> list[list[int]]:
+        """Source ids per text, cut to ``max_source_tokens`` (with a warning)."""
+        encoded = []
+        for i, t in enumerate(texts):
+            ids = self.src_tokenizer.encode(t)
+            if len(ids) > self.max_source_tokens:
+                warnings.warn(
+                    f"input {i} has {len(ids)} subword tokens; truncated to max_source_tokens={self.max_source_tokens}",
+                    stacklevel=3,
+                )
+                ids = ids[: self.max_source_tokens]
+            encoded.append(ids)
+        return encoded
 
     @torch.no_grad()
     def translate(
@@ -109,45 +175,35 @@ class TranslateMixin:
             return self.translate([texts], beam, nbest, return_attention, batch_size)[0]
         if not all(isinstance(t, str) for t in texts):
             raise ConfigError("translate() takes a sentence or a list of sentences (strings)")
-        if self.model is None:  # type: ignore[attr-defined]
-            self.build_model()  # type: ignore[attr-defined]
         if not 1 <= nbest <= beam:
             raise ConfigError(f"need 1 <= nbest <= beam, got nbest={nbest}, beam={beam}")
-        src_tok, tgt_tok = self.src_tokenizer, self.tgt_tokenizer  # type: ignore[attr-defined]
-        assert src_tok is not None and tgt_tok is not None
-        limit = self.hparams.max_source_tokens  # type: ignore[attr-defined]
-        encoded = []
-        for i, t in enumerate(texts):
-            ids = src_tok.encode(t)
-            if len(ids) > limit:
-                rank_zero_warn(f"input {i} has {len(ids)} subword tokens; truncated to max_source_tokens={limit}")
-                ids = ids[:limit]
-            encoded.append(ids)
+        src_tok, tgt_tok = self.src_tokenizer, self.tgt_tokenizer
+        encoded = self.encode(texts)
         # Decode in length-sorted batches (little padding), then restore the input order.
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
         results: list[Any] = [None] * len(texts)
-        device = self.device  # type: ignore[attr-defined]
-        with eval_mode(self):  # type: ignore[arg-type]
+        device = self.device
+        with eval_mode(self.network):
             for k in range(0, len(order), batch_size):
                 idx = order[k : k + batch_size]
                 src, lengths = pad_ids([encoded[i] for i in idx])  # (B, S), (B,)
-                res = self._decode(src.to(device), lengths.to(device), beam, nbest, return_attention)
+                res = self.decode(src.to(device), lengths.to(device), beam, nbest, return_attention)
                 for j, i in enumerate(idx):
-                    hyps = []
+                    hyps: list[Any] = []
                     for toks, score, att in zip(res.tokens[j], res.scores[j], res.attention[j]):
                         text = tgt_tok.decode(toks)
-                        if return_attention:
-                            s_len = max(1, len(encoded[i]))
-                            hyps.append(
-                                Translation(
-                                    text,
-                                    float(score),
-                                    [src_tok.id_to_token(t) for t in encoded[i]],
-                                    [tgt_tok.id_to_token(t) for t in toks],
-                                    None if att is None else att[:, :s_len].float().cpu(),
-                                )
-                            )  # (T, S)
-                        else:
+                        if not return_attention:
                             hyps.append(text)
+                            continue
+                        s_len = max(1, len(encoded[i]))
+                        hyps.append(
+                            Translation(
+                                text,
+                                float(score),
+                                [src_tok.id_to_token(t) for t in encoded[i]],
+                                [tgt_tok.id_to_token(t) for t in toks],
+                                None if att is None else att[:, :s_len].float().cpu(),  # (T, S)
+                            )
+                        )
                     results[i] = hyps[0] if nbest == 1 else hyps
         return results

@@ -1,14 +1,13 @@
-"""LightningModule for attention-based translation (RNN or Transformer encoder–decoder).
+"""Translation on the core module: the task's parts (:class:`TranslationTask`) and its typed options
+(:class:`TranslationModule`).
 
-The network is built in :meth:`TranslationModule.setup` from the data module's tokenizers (vocabulary
-sizes are only known after the tokenizers are trained), or from the tokenizers stored in a checkpoint or
-model folder (``core.io.task_io``). Checkpoints are self-contained::
+The network is built from the tokenizers (vocabulary sizes are only known once they are trained), taken from the
+data module at ``setup`` or from a checkpoint or model folder. Checkpoints are self-contained::
 
     checkpoint["attn_suite"] = {"task": "translation", "format": 2, "tokenizers": {"src": {...}, "tgt": {...}}}
 
-and load with ``torch.load(path, weights_only=True)`` (what they store: :mod:`tasks.translation.stored`);
-translation itself is in :mod:`tasks.translation.inference`, validation and test scoring in
-:mod:`tasks.translation.evaluation`.
+and load with ``torch.load(path, weights_only=True)`` (what they store: :mod:`tasks.translation.stored`).
+Translation itself is :class:`tasks.translation.inference.Translator`, which needs no Lightning.
 
 Example:
     >>> model = TranslationModule.load_from_checkpoint("model.ckpt")  # doctest: +SKIP
@@ -18,41 +17,336 @@ Example:
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from lightning.pytorch.utilities import rank_zero_warn
+from matplotlib.figure import Figure
+from torch import nn
 
 from core.attention import attention_options as attention_options_for  # the argument has its name
 from core.cli.predict import Prediction
 from core.errors import ConfigError
-from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
-from core.io.task_io import TaskCheckpointMixin
+from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, SIZE
+from core.metrics.text import corpus_bleu, corpus_chrf
 from core.text.known_words import KnownWords
 from core.text.tokenizers import BaseTokenizer
-from core.train.progress_bar import ThroughputMixin
-from core.train.schedule import OptimizerOptions, configure_optimizer
-from tasks.translation.evaluation import TranslationEvalMixin
-from tasks.translation.inference import TranslateMixin
+from core.train.module import TaskModule
+from core.train.task import EvalStage, Evaluation, Objective, Stage, Task
+from core.viz import plot_alignment
+from tasks.translation.alignment import alignment_scores, has_alignment
+from tasks.translation.inference import Translator
 from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
 from tasks.translation.marian_tokenizer import marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
-from tasks.translation.models.marian import load_marian, marian_network
-from tasks.translation.stored import TranslationStoredMixin
+from tasks.translation.models.marian import MarianSeq2Seq, load_marian, marian_network
+from tasks.translation.models.rnn import upgrade_state_dict_v1
+from tasks.translation.stored import read_artifacts, write_artifacts
 
 TASK = "translation"
+Batch = dict[str, Any]
+TranslationNetwork = RNNSeq2Seq | TransformerSeq2Seq | MarianSeq2Seq
 
 
-class TranslationModule(
-    TranslateMixin,
-    TranslationEvalMixin,
-    TranslationStoredMixin,
-    TaskCheckpointMixin,
-    ThroughputMixin,
-    pl.LightningModule,
-):
+@dataclass(frozen=True)
+class TranslationOptions:
+    """The options of :class:`TranslationModule` the task reads (see its docstring)."""
+
+    arch: str = "rnn"
+    embed_dim: int = 256
+    hidden_dim: int = 256
+    encoder_layers: int = 1
+    decoder_layers: int = 1
+    rnn_type: str = "gru"
+    attention: str = "additive"
+    attention_options: dict[str, Any] | None = None
+    num_heads: int = 4
+    ffn_dim: int = 1024
+    dropout: float = 0.1
+    label_smoothing: float = 0.1
+    tie_embeddings: bool = False
+    beam_size: int = 5
+    length_penalty: float = 1.0
+    max_len: int = 100
+    max_source_tokens: int = 100
+    val_bleu_sentences: int | None = None
+    plot_examples: int = 3
+    trainable_blocks: int = -1
+
+
+def rnn_network(o: TranslationOptions, src_vocab: int, tgt_vocab: int) -> RNNSeq2Seq:
+    """Bidirectional GRU/LSTM encoder and an attentional decoder with input feeding."""
+    return RNNSeq2Seq(
+        src_vocab,
+        tgt_vocab,
+        o.embed_dim,
+        o.hidden_dim,
+        o.encoder_layers,
+        o.decoder_layers,
+        o.rnn_type,
+        o.attention,
+        o.attention_options,
+        o.dropout,
+        o.tie_embeddings,
+    )
+
+
+def transformer_network(o: TranslationOptions, src_vocab: int, tgt_vocab: int) -> TransformerSeq2Seq:
+    """Pre-norm Transformer encoder–decoder on core multi-head attention."""
+    return TransformerSeq2Seq(
+        src_vocab,
+        tgt_vocab,
+        o.hidden_dim,
+        o.num_heads,
+        o.ffn_dim,
+        o.encoder_layers,
+        o.decoder_layers,
+        o.dropout,
+        o.tie_embeddings,
+        max_positions=max(512, o.max_len + 1, o.max_source_tokens),
+    )
+
+
+#: the networks built from scratch, by ``--model.arch`` (``marian`` is built from its pretrained model)
+NETWORKS: dict[str, Callable[[TranslationOptions, int, int], TranslationNetwork]] = {
+    "rnn": rnn_network,
+    "transformer": transformer_network,
+}
+
+
+class TranslationTask(Task[TranslationNetwork, Batch]):
+    """Cross-entropy with label smoothing; beam-search BLEU/chrF; alignment error of the attention on gold links.
+
+    Holds what the network is built from and what a checkpoint stores besides the weights: the tokenizers, the
+    training sources' words and, for Marian, its config and tokenizer files.
+
+    Args:
+        options: the module's options.
+    """
+
+    unit = "tok"  # source + target tokens, padding excluded
+
+    def __init__(self, options: TranslationOptions) -> None:
+        self.options = options
+        self.src_tokenizer: BaseTokenizer | None = None
+        self.tgt_tokenizer: BaseTokenizer | None = None
+        self.known_words: KnownWords | None = None  # the training sources' words (core.text.known_words)
+        self.pretrained_info: dict[str, Any] | None = None  # marian: {"source", "model_type", "config"}
+        self.hf_tokenizer_files: dict[str, bytes] | None = None  # marian: its tokenizer files
+        self._backbone: nn.Module | None = None  # marian: the loaded pretrained model, used by the first build
+
+    # ------------------------------------------------------------------ building
+    def init_marian(self, pretrained: str | None, stored: dict[str, Any] | None) -> None:
+        """``arch=marian``: from a checkpoint's stored config (offline; tokenizers come with its metadata), or
+        the pretrained model and its tokenizer read from ``pretrained`` (a hub id, downloaded once, or a folder)."""
+        if stored is not None:
+            self.pretrained_info = dict(stored)
+            return
+        self._backbone, self.hf_tokenizer_files, self.pretrained_info = load_marian(pretrained)
+        self.set_tokenizers(*marian_tokenizers(self.hf_tokenizer_files, f"--model.pretrained={pretrained}"))
+
+    def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
+        """Attach the tokenizers (vocabulary sizes decide the embedding shapes)."""
+        self.src_tokenizer, self.tgt_tokenizer = src, tgt
+
+    def ready(self) -> bool:
+        return self.src_tokenizer is not None and self.tgt_tokenizer is not None
+
+    def build_network(self) -> TranslationNetwork:
+        o = self.options
+        if self.src_tokenizer is None or self.tgt_tokenizer is None:
+            if o.arch == "marian":
+                raise ConfigError(
+                    "--model.pretrained_config is filled from checkpoints; to start from a pretrained "
+                    "Marian model give --model.pretrained (or --ckpt_path for its checkpoint)"
+                )
+            raise ConfigError(
+                "TranslationModule needs tokenizers: a data module with src_tokenizer/tgt_tokenizer "
+                "(e.g. tasks.translation.data.TranslationDataModule), or set_tokenizers() in Python"
+            )
+        sv, tv = self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size
+        if o.arch == "marian":
+            assert self.pretrained_info is not None
+            backbone, self._backbone = self._backbone, None
+            return marian_network(
+                self.pretrained_info, backbone, tv, o.trainable_blocks, max(o.max_len, o.max_source_tokens)
+            )
+        if o.arch not in NETWORKS:
+            raise ConfigError(f"--model.arch must be 'rnn', 'transformer' or 'marian', got {o.arch!r}")
+        return NETWORKS[o.arch](o, sv, tv)
+
+    def translator(self, network: TranslationNetwork) -> Translator:
+        """The network with the tokenizers and decoding limits (what ``translate`` runs)."""
+        assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
+        o = self.options
+        return Translator(
+            network,
+            self.src_tokenizer,
+            self.tgt_tokenizer,
+            max_len=o.max_len,
+            max_source_tokens=o.max_source_tokens,
+            length_penalty=o.length_penalty,
+            known_words=self.known_words,
+            attention=None if o.arch != "rnn" else o.attention,
+            multihead=o.arch != "rnn" or o.attention == "multihead",
+        )
+
+    def setup(self, stage: str, datamodule: Any | None) -> bool:
+        """Take the data module's tokenizers (or impose ours on it) and its training words."""
+        dm = datamodule
+        if self.options.arch == "marian" and self.src_tokenizer is None:
+            # Rebuilt from a checkpoint's config (--ckpt_path): its tokenizers (never the data module's) arrive
+            # with the checkpoint's metadata when Lightning restores it; restore() has the network rebuilt.
+            return False
+        rebuild = False
+        if self.src_tokenizer is None:
+            src, tgt = getattr(dm, "src_tokenizer", None), getattr(dm, "tgt_tokenizer", None)
+            if src is None or tgt is None:
+                raise ConfigError(
+                    "TranslationModule needs a data module with src_tokenizer/tgt_tokenizer "
+                    "(e.g. tasks.translation.data.TranslationDataModule)"
+                )
+            self.set_tokenizers(src, tgt)
+            rebuild = True
+        elif dm is not None and callable(getattr(dm, "set_tokenizers", None)):
+            # A model that already has tokenizers (loaded checkpoint) imposes them on the data.
+            assert self.tgt_tokenizer is not None
+            if dm.src_tokenizer is None or dm.src_tokenizer.to_dict() != self.src_tokenizer.to_dict():
+                dm.set_tokenizers(self.src_tokenizer, self.tgt_tokenizer)
+                dm.datasets.clear()
+                dm.setup(stage)
+        if stage == "fit" and callable(getattr(dm, "known_source_words", None)):
+            # a model trained further on new data knows the words of both
+            new = dm.known_source_words()
+            self.known_words = new if self.known_words is None else KnownWords(self.known_words.words | new.words)
+        return rebuild
+
+    # ------------------------------------------------------------------ training and evaluation
+    def objective(self, network: TranslationNetwork, batch: Batch, stage: Stage) -> Objective:
+        host = batch.get("src_lengths_host")
+        src = batch["src"]
+        # Whether any source is padded, decided in Python (no tensor check, nothing for torch.compile to break
+        # on); the RNN also packs padded batches from the host lengths.
+        unpadded = host is not None and all(n == src.shape[1] for n in host)
+        if isinstance(network, RNNSeq2Seq):
+            lengths = None if host is None else torch.tensor(host, dtype=torch.long)  # (B,)
+            logits, _ = network(src, batch["src_lengths"], batch["tgt_in"], host_lengths=lengths, unpadded=unpadded)
+        else:
+            logits, _ = network(src, batch["src_lengths"], batch["tgt_in"], unpadded=unpadded)
+        loss = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),  # (B*T, V)
+            batch["tgt_out"].reshape(-1),  # (B*T,)
+            ignore_index=0,
+            label_smoothing=self.options.label_smoothing,
+        )
+        out = Objective(loss, size=src.shape[0])
+        if stage == "train":
+            # source + target tokens, unpadded: the throughput numerator of the benchmarks
+            out.counts["tokens"] = ((batch["tgt_out"] != 0).sum() + batch["src_lengths"].sum()).float()
+        return out
+
+    def evaluate(self, network: TranslationNetwork, batch: Batch, stage: EvalStage) -> Evaluation | None:
+        """Beam-search translations of the batch (for validation only its sentences with dataset index below
+        ``val_bleu_sentences``: batches are length-sorted, so the first batches would be the shortest)."""
+        src, lengths, refs = batch["src"], batch["src_lengths"], batch["tgt_text"]
+        indices = batch["index"].tolist()
+        limit = self.options.val_bleu_sentences if stage == "val" else None
+        if limit is not None:
+            keep = (batch["index"] < limit).nonzero().squeeze(1)  # (K,)
+            if keep.numel() == 0:
+                return None
+            src, lengths = src.index_select(0, keep), lengths.index_select(0, keep)
+            refs = [refs[i] for i in keep.tolist()]
+            indices = [indices[i] for i in keep.tolist()]
+        res = self.translator(network).decode(src, lengths, self.options.beam_size, nbest=1, need_weights=False)
+        assert self.tgt_tokenizer is not None
+        return Evaluation(indices, [self.tgt_tokenizer.decode(h[0]) for h in res.tokens], [[r] for r in refs])
+
+    def score(self, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
+        refs = [r[0] for r in references]
+        return {"bleu": corpus_bleu(hypotheses, refs), "chrf": corpus_chrf(hypotheses, refs)}
+
+    def epoch_scores(self, network: TranslationNetwork, datamodule: Any | None, stage: EvalStage) -> dict[str, float]:
+        """``aer`` (and the head and layer scores of multi-head models) on the first gold-aligned pairs of the
+        split the data module hands out (``gold_alignments``; none for data without gold alignments).
+
+        Teacher forcing only, one pass per batch of 32 sentences, so it costs a fraction of the beam search.
+        Skipped for ``attention: none`` (nothing to align) and Marian (eager attention in every layer of a large
+        pretrained network, for every validation; :func:`tasks.translation.alignment.alignment_scores` scores it
+        when asked). Every rank scores the same pairs.
+        """
+        gold = getattr(datamodule, "gold_alignments", None)
+        if not callable(gold) or self.options.arch == "marian":
+            return {}
+        translator = self.translator(network)
+        if not has_alignment(translator):
+            return {}
+        pairs = gold(stage)  # the split is named like the stage: "val", "test"
+        if not pairs:
+            return {}
+        return {k: v for k, v in alignment_scores(translator, pairs).items() if math.isfinite(v)}
+
+    def figures(self, network: TranslationNetwork, datamodule: Any | None) -> list[tuple[str, Figure]]:
+        """Attention heatmaps of the data module's first ``plot_examples`` validation sentences (greedy)."""
+        n = self.options.plot_examples
+        if n <= 0 or not callable(getattr(datamodule, "fixed_examples", None)):
+            return []
+        examples = datamodule.fixed_examples(n)  # type: ignore[union-attr]  # callable checked above
+        if not examples:
+            return []
+        results = self.translator(network).translate([s for s, _ in examples], beam=1, return_attention=True)
+        return [
+            (f"val/attention_{i}", plot_alignment(r.attention, r.src_tokens, r.tgt_tokens, title=f"{src} → {r.text}"))
+            for i, (r, (src, _)) in enumerate(zip(results, examples))
+            if r.attention is not None
+        ]
+
+    def predict(
+        self, network: TranslationNetwork, batch: Batch, datamodule: Any, dataloader_idx: int
+    ) -> list[Prediction]:
+        """One ``(dataset index, (translation,))`` row per input line (beam ``beam_size``); an empty input
+        line gets an empty output line, so output line i always translates input line i."""
+        res = self.translator(network).decode(
+            batch["src"], batch["src_lengths"], self.options.beam_size, nbest=1, need_weights=False
+        )
+        assert self.tgt_tokenizer is not None
+        return [
+            Prediction(int(i), ("" if not src.strip() else self.tgt_tokenizer.decode(h[0]),))
+            for i, h, src in zip(batch["index"].tolist(), res.tokens, batch["src_text"])
+        ]
+
+    def batch_units(self, batch: Batch) -> float:
+        """Tokens of a host batch: source lengths plus non-padding targets."""
+        return float(sum(batch["src_lengths_host"]) + int((batch["tgt_out"] != 0).sum()))
+
+    # ------------------------------------------------------------------ what a checkpoint stores
+    def artifacts(self) -> dict[str, Any]:
+        assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
+        return write_artifacts(
+            self.src_tokenizer, self.tgt_tokenizer, self.known_words, self.pretrained_info, self.hf_tokenizer_files
+        )
+
+    def restore(self, artifacts: Mapping[str, Any], source: str) -> bool:
+        """Take the file's tokenizers; True when they differ from ours (the network is then rebuilt for them, and
+        during ``--ckpt_path`` restores the data module re-tokenizes its data with them)."""
+        stored = read_artifacts(artifacts, source, self.src_tokenizer, self.tgt_tokenizer)
+        if stored.known_words is not None:  # absent in models written before it, and in Marian fine-tunes
+            self.known_words = stored.known_words
+        if stored.tokenizers is None:  # the same tokenizers as ours
+            return False
+        if stored.hf_tokenizer_files is not None:
+            self.hf_tokenizer_files = stored.hf_tokenizer_files
+        if self.src_tokenizer is not None:
+            rank_zero_warn("the checkpoint's tokenizers differ from the data module's; using the checkpoint's")
+        self.set_tokenizers(*stored.tokenizers)
+        return True
+
+
+class TranslationModule(TaskModule[TranslationNetwork]):
     """Sequence-to-sequence translation with attention.
 
     Args:
@@ -73,15 +367,8 @@ class TranslationModule(
         dropout: dropout rate.
         label_smoothing: label smoothing of the cross-entropy.
         tie_embeddings: tie the target embedding and the output projection.
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.train.schedule.configure_optimizer``).
-        lr: peak learning rate.
-        weight_decay: weight decay (not on biases and norms).
-        betas: Adam betas.
-        eps: Adam epsilon.
-        warmup_steps: linear warmup steps.
-        lr_schedule: decay after warmup: ``inverse_sqrt``, ``cosine``, ``linear`` or ``constant``
-            (cosine/linear decay over the trainer's estimated total steps).
-        min_lr_ratio: floor of cosine/linear decay, as a fraction of ``lr``.
+        optimizer, lr, weight_decay, betas, eps, warmup_steps, lr_schedule, min_lr_ratio: the optimizer and
+            its LR schedule (`core.train.schedule.OptimizerOptions`).
         beam_size: beam size of validation/test/predict decoding (BLEU/chrF).
         length_penalty: beam-search length normalisation exponent.
         max_len: cap on output tokens (also ``2 * source length + 10``).
@@ -99,7 +386,6 @@ class TranslationModule(
 
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/bleu", "max"
-    THROUGHPUT_UNIT = "tok"  # source + target tokens, padding excluded
     HPARAM_BOUNDS = {
         "embed_dim": SIZE,
         "hidden_dim": SIZE,
@@ -109,12 +395,6 @@ class TranslationModule(
         "ffn_dim": SIZE,
         "dropout": FRACTION,
         "label_smoothing": FRACTION,
-        "lr": RATE,
-        "weight_decay": RATE,
-        "betas": (0.0, 0.999999),
-        "eps": (0.0, 1.0),
-        "warmup_steps": STEPS,
-        "min_lr_ratio": (0.0, 1.0),
         "beam_size": BEAM,
         "length_penalty": (-10.0, 10.0),
         "max_len": LENGTH,
@@ -174,198 +454,103 @@ class TranslationModule(
         trainable_blocks: int = -1,
         pretrained_config: dict[str, Any] | None = None,
     ) -> None:
-        super().__init__()
-        self.save_hyperparameters()
+        if beam_size < 1:
+            raise ConfigError(f"--model.beam_size must be >= 1, got {beam_size}")
         if attention == "none":
             # options written for another mechanism are dropped (and named) here, so the checkpoint records what
             # was built and reloading it does not warn again
-            self.hparams["attention_options"] = attention_options_for("none", attention_options, hidden_dim) or None
-        if beam_size < 1:
-            raise ConfigError(f"--model.beam_size must be >= 1, got {beam_size}")
-        self.model: nn.Module | None = None
-        self.src_tokenizer: BaseTokenizer | None = None
-        self.tgt_tokenizer: BaseTokenizer | None = None
-        self.pretrained_info: dict[str, Any] | None = None  # marian: {"source", "model_type", "config"}
-        self.hf_tokenizer_files: dict[str, bytes] | None = None  # marian: its tokenizer files
-        self.known_words: KnownWords | None = None  # the training sources' words (core.text.known_words)
+            attention_options = attention_options_for("none", attention_options, hidden_dim) or None
+        options = TranslationOptions(
+            arch,
+            embed_dim,
+            hidden_dim,
+            encoder_layers,
+            decoder_layers,
+            rnn_type,
+            attention,
+            attention_options,
+            num_heads,
+            ffn_dim,
+            dropout,
+            label_smoothing,
+            tie_embeddings,
+            beam_size,
+            length_penalty,
+            max_len,
+            max_source_tokens,
+            val_bleu_sentences,
+            plot_examples,
+            trainable_blocks,
+        )
+        super().__init__(TranslationTask(options))
+        self.save_hyperparameters()
+        self.hparams["attention_options"] = attention_options
+        self.task: TranslationTask
         if arch == "marian":
-            self._init_marian(pretrained, pretrained_config)
+            self.task.init_marian(pretrained, pretrained_config)
+            if self.task.ready():
+                self.model = self.task.build_network()
         elif pretrained is not None:
             raise ConfigError(f"--model.pretrained is for --model.arch marian, not {arch!r}")
-        # prefix -> [(dataset index, (hypothesis, reference))]; the index lets DDP padding repeats be dropped
-        self._eval_outputs: dict[str, list[tuple[int, tuple[str, str]]]] = {}
 
-    def _init_marian(self, pretrained: str | None, stored: dict[str, Any] | None) -> None:
-        """``arch=marian``: from a checkpoint's stored config (offline; tokenizers come with its metadata), or
-        the pretrained model and its tokenizer read from ``pretrained`` (a hub id, downloaded once, or a folder)."""
-        if stored is not None:
-            self.pretrained_info = dict(stored)
-            return
-        backbone, self.hf_tokenizer_files, self.pretrained_info = load_marian(pretrained)
-        self.set_tokenizers(*marian_tokenizers(self.hf_tokenizer_files, f"--model.pretrained={pretrained}"))
-        self.build_model(backbone)
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        """Format 1 kept the RNN decoder's parts directly under the seq2seq model."""
+        if version < 2 and any(k.startswith("model.cells.") for k in state):
+            return upgrade_state_dict_v1(state)
+        return state
 
-    # ------------------------------------------------------------------ building
+    @classmethod
+    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """A Marian model is rebuilt from the config stored with it: loading never downloads it."""
+        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
+
+    # ------------------------------------------------------------------ the library API
+    @property
+    def src_tokenizer(self) -> BaseTokenizer | None:
+        return self.task.src_tokenizer
+
+    @property
+    def tgt_tokenizer(self) -> BaseTokenizer | None:
+        return self.task.tgt_tokenizer
+
+    @property
+    def known_words(self) -> KnownWords | None:
+        return self.task.known_words
+
+    @known_words.setter
+    def known_words(self, words: KnownWords | None) -> None:
+        self.task.known_words = words
+
+    @property
+    def pretrained_info(self) -> dict[str, Any] | None:
+        return self.task.pretrained_info
+
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
-        """Attach the tokenizers (vocabulary sizes decide the embedding shapes)."""
-        self.src_tokenizer, self.tgt_tokenizer = src, tgt
+        """Attach the tokenizers before :meth:`build_model` (building a model in Python, without a data module)."""
+        self.task.set_tokenizers(src, tgt)
 
-    def build_model(self, pretrained: nn.Module | None = None) -> None:
-        """Create the network from the hyperparameters and the attached tokenizers (idempotent).
-
-        Args:
-            pretrained: ``marian``: the loaded ``MarianMTModel`` (default: rebuilt from ``pretrained_info``).
-        """
-        if self.model is not None:
-            return
-        if self.src_tokenizer is None or self.tgt_tokenizer is None:
-            raise RuntimeError("set_tokenizers() (or a data module with tokenizers) is needed before build_model()")
-        hp = self.hparams
-        sv, tv = self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size
-        if hp.arch == "marian":
-            assert self.pretrained_info is not None
-            self.model = marian_network(
-                self.pretrained_info, pretrained, tv, hp.trainable_blocks, max(hp.max_len, hp.max_source_tokens)
-            )
-        elif hp.arch == "rnn":
-            self.model = RNNSeq2Seq(
-                sv,
-                tv,
-                hp.embed_dim,
-                hp.hidden_dim,
-                hp.encoder_layers,
-                hp.decoder_layers,
-                hp.rnn_type,
-                hp.attention,
-                hp.attention_options,
-                hp.dropout,
-                hp.tie_embeddings,
-            )
-        elif hp.arch == "transformer":
-            self.model = TransformerSeq2Seq(
-                sv,
-                tv,
-                hp.hidden_dim,
-                hp.num_heads,
-                hp.ffn_dim,
-                hp.encoder_layers,
-                hp.decoder_layers,
-                hp.dropout,
-                hp.tie_embeddings,
-                max_positions=max(512, hp.max_len + 1, hp.max_source_tokens),
-            )
-        else:
-            raise ConfigError(f"--model.arch must be 'rnn', 'transformer' or 'marian', got {hp.arch!r}")
-
-    def setup(self, stage: str) -> None:
-        """Take the tokenizers from the data module (unless already set) and build the network."""
-        if self.hparams.arch == "marian" and self.src_tokenizer is None:
-            # Rebuilt from a checkpoint's config (--ckpt_path): its tokenizers (never the data module's) arrive
-            # with the checkpoint's metadata when Lightning restores it; restore_metadata builds the network.
-            return
-        if self.src_tokenizer is None:
-            dm = self.trainer.datamodule if self._trainer is not None else None
-            src, tgt = getattr(dm, "src_tokenizer", None), getattr(dm, "tgt_tokenizer", None)
-            if src is None or tgt is None:
-                raise ConfigError(
-                    "TranslationModule needs a data module with src_tokenizer/tgt_tokenizer "
-                    "(e.g. tasks.translation.data.TranslationDataModule)"
-                )
-            self.set_tokenizers(src, tgt)
-        elif self._trainer is not None and getattr(self.trainer.datamodule, "set_tokenizers", None):
-            # A model that already has tokenizers (loaded checkpoint) imposes them on the data.
-            dm = self.trainer.datamodule
-            if dm.src_tokenizer is None or dm.src_tokenizer.to_dict() != self.src_tokenizer.to_dict():
-                dm.set_tokenizers(self.src_tokenizer, self.tgt_tokenizer)
-                dm.datasets.clear()
-                dm.setup(stage)
-        dm = self.trainer.datamodule if self._trainer is not None else None
-        if stage == "fit" and callable(getattr(dm, "known_source_words", None)):
-            # a model trained further on new data knows the words of both
-            new = dm.known_source_words()
-            self.known_words = new if self.known_words is None else KnownWords(self.known_words.words | new.words)
-        self.build_model()
-
-    # ------------------------------------------------------------------ training
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Keep a host copy of the source lengths (a tuple: Lightning moves only tensors), so the
-        RNN encoder packs without copying lengths back from the GPU (a sync every step) and the
-        Transformer drops the mask of unpadded batches."""
-        if (
-            isinstance(batch, dict)
-            and isinstance(batch.get("src_lengths"), Tensor)
-            and batch["src_lengths"].device.type == "cpu"
-        ):
-            batch["src_lengths_host"] = tuple(batch["src_lengths"].tolist())
-        return super().on_before_batch_transfer(batch, dataloader_idx)  # ThroughputMixin counts the tokens
-
-    def batch_units(self, batch: Any) -> float:
-        """Tokens of a host batch: source lengths plus non-padding targets."""
-        return float(sum(batch["src_lengths_host"]) + int((batch["tgt_out"] != 0).sum()))
-
-    def forward(
-        self,
-        src: Tensor,
-        src_lengths: Tensor,
-        tgt_in: Tensor,
-        need_weights: bool = False,
-        src_lengths_host: tuple[int, ...] | None = None,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Teacher-forced logits (B, T, V) and attention (B, T, S) or None."""
-        assert self.model is not None
-        # Whether any source is padded, decided in Python (no tensor check, nothing for torch.compile
-        # to break on); the RNN also packs padded batches from the host lengths.
-        unpadded = src_lengths_host is not None and all(n == src.shape[1] for n in src_lengths_host)
-        if isinstance(self.model, RNNSeq2Seq):
-            host = None if src_lengths_host is None else torch.tensor(src_lengths_host, dtype=torch.long)  # (B,)
-            return self.model(src, src_lengths, tgt_in, need_weights=need_weights, host_lengths=host, unpadded=unpadded)
-        return self.model(src, src_lengths, tgt_in, need_weights=need_weights, unpadded=unpadded)
-
-    def _loss(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
-        logits, _ = self(
-            batch["src"], batch["src_lengths"], batch["tgt_in"], src_lengths_host=batch.get("src_lengths_host")
-        )
-        v = logits.shape[-1]
-        loss = F.cross_entropy(
-            logits.reshape(-1, v).float(),
-            batch["tgt_out"].reshape(-1),  # (B*T, V), (B*T,)
-            ignore_index=0,
-            label_smoothing=self.hparams.label_smoothing,
-        )
-        n_tokens = (batch["tgt_out"] != 0).sum()
-        return loss, n_tokens
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        loss, n_tokens = self._loss(batch)
-        b = batch["src"].shape[0]
-        self.log("train/loss", loss, prog_bar=True, batch_size=b)
-        # Tokens processed (source + target, unpadded): the throughput numerator of the benchmarks.
-        self.log(
-            "train/tokens",
-            (n_tokens + batch["src_lengths"].sum()).float(),
-            reduce_fx="sum",
-            on_step=False,
-            on_epoch=True,
-            batch_size=b,
-            sync_dist=True,
-        )
-        return loss
-
-    def configure_optimizers(self) -> dict[str, Any]:
+    def build_model(self) -> None:
+        """Create the network for the attached tokenizers (idempotent)."""
         if self.model is None:
-            raise ConfigError(
-                "--model.pretrained_config is filled from checkpoints; to start from a pretrained "
-                "Marian model give --model.pretrained (or --ckpt_path for its checkpoint)"
-            )
-        return configure_optimizer(self, OptimizerOptions.from_hparams(self.hparams))
+            self.model = self.task.build_network()
 
-    # ------------------------------------------------------------------ prediction (validation/test: evaluation.py)
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
-        """One ``(dataset index, (translation,))`` row per input line (beam ``beam_size``); an empty input
-        line gets an empty output line, so output line i always translates input line i."""
-        res = self._decode(batch["src"], batch["src_lengths"], beam=self.hparams.beam_size, nbest=1, need_weights=False)
-        assert self.tgt_tokenizer is not None
-        return [
-            Prediction(int(i), ("" if not src.strip() else self.tgt_tokenizer.decode(h[0]),))
-            for i, h, src in zip(batch["index"].tolist(), res.tokens, batch["src_text"])
-        ]
+    @property
+    def translator(self) -> Translator:
+        """This model as a :class:`~tasks.translation.inference.Translator` (no Lightning needed to run it)."""
+        return self.task.translator(self.network)
+
+    def translate(
+        self,
+        texts: str | list[str],
+        beam: int = 5,
+        nbest: int = 1,
+        return_attention: bool = False,
+        batch_size: int = 64,
+    ) -> Any:
+        """:meth:`tasks.translation.inference.Translator.translate` with this model."""
+        return self.translator.translate(texts, beam, nbest, return_attention, batch_size)
+
+    def unknown_words(self, text: str) -> list[str]:
+        """Words of ``text`` never seen in training (see :meth:`Translator.unknown_words`)."""
+        return [] if self.known_words is None else self.known_words.unknown(text)

@@ -1,23 +1,20 @@
-"""What a translation checkpoint or model folder stores and restores beyond the weights: the source and target
-tokenizers (plain dicts, or a Marian model's own tokenizer files) and a Marian model's config (written by
-`TranslationStoredMixin.task_metadata`, read back and validated by `tokenizers_from_metadata` and the other hooks
-of `core.io.task_io`), and the mapping of format-1 weight names to today's modules."""
+"""What a translation checkpoint or model folder stores beyond the weights: the source and target tokenizers
+(plain dicts, or a Marian model's own tokenizer files), a Marian model's config and the training sources' words
+(written by :func:`write_artifacts`, read back and validated by :func:`read_artifacts`)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
-
-from lightning.pytorch.utilities import rank_zero_warn
 
 from core.errors import CheckpointError, ConfigError, UserError
 from core.io.checkpoint import META_KEY
 from core.text.known_words import KnownWords
 from core.text.tokenizers import BaseTokenizer, tokenizer_from_dict
 from tasks.translation.marian_tokenizer import files_from_metadata, files_to_metadata, marian_tokenizers
-from tasks.translation.models.rnn import upgrade_state_dict_v1
 
-__all__ = ["TranslationStoredMixin", "tokenizers_from_metadata"]
+__all__ = ["StoredArtifacts", "read_artifacts", "tokenizers_from_metadata", "write_artifacts"]
 
 
 def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[BaseTokenizer, BaseTokenizer]:
@@ -56,68 +53,56 @@ def tokenizers_from_metadata(meta: Mapping[str, Any], source: str) -> tuple[Base
     return out[0], out[1]
 
 
-class TranslationStoredMixin:
-    """The `core.io.task_io.TaskCheckpointMixin` hooks of :class:`tasks.translation.module.TranslationModule` (mix in
-    before ``TaskCheckpointMixin``; needs ``src_tokenizer``, ``tgt_tokenizer``, ``pretrained_info``,
-    ``hf_tokenizer_files``, ``known_words``, ``set_tokenizers`` and ``build_model``)."""
+@dataclass
+class StoredArtifacts:
+    """What :func:`read_artifacts` found: tokenizers (None when they equal the current ones), the training
+    sources' words and a Marian model's tokenizer files (each None when absent)."""
 
-    @classmethod
-    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
-        """Format 1 kept the RNN decoder's parts directly under the seq2seq model."""
-        if version < 2 and any(k.startswith("model.cells.") for k in state):
-            return upgrade_state_dict_v1(state)
-        return state
+    tokenizers: tuple[BaseTokenizer, BaseTokenizer] | None
+    known_words: KnownWords | None
+    hf_tokenizer_files: dict[str, bytes] | None
 
-    def task_metadata(self) -> dict[str, Any]:
-        """The tokenizers (plain dicts), so the checkpoint alone can translate."""
-        assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
-        meta: dict[str, Any] = {
-            "tokenizers": {"src": self.src_tokenizer.to_dict(), "tgt": self.tgt_tokenizer.to_dict()}
-        }
-        if self.pretrained_info is not None:  # marian: its config (rebuilt from it, offline) and tokenizer files
-            meta["pretrained"] = self.pretrained_info
-        if self.hf_tokenizer_files is not None:
-            meta["hf_tokenizer"] = files_to_metadata(self.hf_tokenizer_files)
-        if self.known_words is not None:
-            meta["known_words"] = self.known_words.to_dict()
-        return meta
 
-    @classmethod
-    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
-        """A Marian model is rebuilt from the config stored with it: loading never downloads it."""
-        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
+def write_artifacts(
+    src: BaseTokenizer,
+    tgt: BaseTokenizer,
+    known_words: KnownWords | None,
+    pretrained_info: dict[str, Any] | None,
+    hf_tokenizer_files: dict[str, bytes] | None,
+) -> dict[str, Any]:
+    """The tokenizers (plain dicts), so the checkpoint alone can translate; a Marian model's config (rebuilt from
+    it, offline) and tokenizer files; the training words."""
+    meta: dict[str, Any] = {"tokenizers": {"src": src.to_dict(), "tgt": tgt.to_dict()}}
+    if pretrained_info is not None:
+        meta["pretrained"] = pretrained_info
+    if hf_tokenizer_files is not None:
+        meta["hf_tokenizer"] = files_to_metadata(hf_tokenizer_files)
+    if known_words is not None:
+        meta["known_words"] = known_words.to_dict()
+    return meta
 
-    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
-        """Take the file's tokenizers and build the network for them.
 
-        During ``--ckpt_path`` restores the checkpoint's tokenizers win over the ones the data module
-        trained: the network is rebuilt for them and the data module re-tokenizes its data.
-        """
-        if "known_words" in meta:  # absent in models written before it, and in Marian fine-tunes
-            self.known_words = KnownWords.from_dict(meta["known_words"], source)
-        toks = meta.get("tokenizers")
-        if (
-            isinstance(toks, dict)
-            and self.src_tokenizer is not None
-            and self.tgt_tokenizer is not None
-            and self.src_tokenizer.to_dict() == toks.get("src")
-            and self.tgt_tokenizer.to_dict() == toks.get("tgt")
-        ):
-            return
-        src, tgt = tokenizers_from_metadata(meta, source)
-        if getattr(src, "kind", None) == "marian":
-            self.hf_tokenizer_files = files_from_metadata(meta, source)
-        had_data_tokenizers = self.src_tokenizer is not None
-        self.set_tokenizers(src, tgt)
-        self.model = None
-        self.build_model()
-        if self._trainer is None:
-            return
-        self.model.to(self.device)
-        dm = self.trainer.datamodule
-        if dm is not None and hasattr(dm, "set_tokenizers"):
-            if had_data_tokenizers:
-                rank_zero_warn("the checkpoint's tokenizers differ from the data module's; using the checkpoint's")
-            dm.set_tokenizers(self.src_tokenizer, self.tgt_tokenizer)
-            dm.datasets.clear()
-            dm.setup(self.trainer.state.fn.value if self.trainer.state.fn else None)
+def read_artifacts(
+    meta: Mapping[str, Any], source: str, src: BaseTokenizer | None, tgt: BaseTokenizer | None
+) -> StoredArtifacts:
+    """The artifacts of :func:`write_artifacts` read back from ``source`` (untrusted: checked, errors name it).
+
+    Args:
+        meta: the metadata.
+        source: the checkpoint or folder, for messages.
+        src: the current source tokenizer (the stored ones are not rebuilt when they equal the current ones).
+        tgt: the current target tokenizer.
+    """
+    known = KnownWords.from_dict(meta["known_words"], source) if "known_words" in meta else None
+    toks = meta.get("tokenizers")
+    if (
+        isinstance(toks, dict)
+        and src is not None
+        and tgt is not None
+        and src.to_dict() == toks.get("src")
+        and tgt.to_dict() == toks.get("tgt")
+    ):
+        return StoredArtifacts(None, known, None)
+    pair = tokenizers_from_metadata(meta, source)
+    files = files_from_metadata(meta, source) if getattr(pair[0], "kind", None) == "marian" else None
+    return StoredArtifacts(pair, known, files)

@@ -169,7 +169,7 @@ def test_layer_head_attention_matches_the_search(models: dict[str, Any]) -> None
     model = models["translation"]
     hyp = model.translate(["the red car"], beam=3, return_attention=True)[0]
     src = model.src_tokenizer.encode("the red car")
-    layers = layer_head_attention(model, src, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))
+    layers = layer_head_attention(model.translator, src, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))
     assert [tuple(w.shape) for w in layers] == [(2, len(hyp.tgt_tokens), len(src))] * 2
     torch.testing.assert_close(layers[-1].mean(0), hyp.attention, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(layers[0], layers[1])  # the layers really are different maps
@@ -189,7 +189,7 @@ def test_layer_head_attention_rnn_multihead() -> None:
     model.build_model()
     hyp = model.translate(["a b c"], beam=2, return_attention=True)[0]
     src = tok.encode("a b c")
-    (w,) = layer_head_attention(model, src, target_ids(tok, hyp.tgt_tokens))
+    (w,) = layer_head_attention(model.translator, src, target_ids(tok, hyp.tgt_tokens))
     assert tuple(w.shape) == (2, len(hyp.tgt_tokens), len(src))
     torch.testing.assert_close(w.mean(0), hyp.attention, atol=1e-5, rtol=1e-4)
 

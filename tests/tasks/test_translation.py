@@ -326,12 +326,13 @@ def test_finish_eval_scores_each_example_once(monkeypatch: pytest.MonkeyPatch) -
     from core.metrics.text import corpus_bleu
 
     model = TranslationModule(embed_dim=8, hidden_dim=8)
-    model._trainer = SimpleNamespace(world_size=1)  # type: ignore[assignment]
+    model._trainer = SimpleNamespace(world_size=1, sanity_checking=False)  # type: ignore[assignment]
     logged: dict[str, float] = {}
     monkeypatch.setattr(model, "log", lambda name, value, **kw: logged.__setitem__(name, value))
     good, bad = ("the red car", "the red car"), ("a b c d", "w x y z")
     # Example 1 (a bad hypothesis) was repeated by the DDP padding; it must count once.
-    model._eval_outputs["test"] = [(1, bad), (0, good), (1, bad), (1, bad)]
+    rows = [(1, bad), (0, good), (1, bad), (1, bad)]
+    model.corpus["test"].update([i for i, _ in rows], [h for _, (h, _) in rows], [[r] for _, (_, r) in rows])
     model._finish_eval("test")
     assert logged["test/bleu"] == pytest.approx(corpus_bleu([good[0], bad[0]], [good[1], bad[1]]))
 
@@ -621,9 +622,10 @@ def test_rnn_training_step_packs_from_host_lengths(tmp_path: Path, monkeypatch: 
     model.set_tokenizers(dm.src_tokenizer, dm.tgt_tokenizer)  # type: ignore[arg-type]
     model.build_model()
     batch = next(iter(dm.train_dataloader()))
+    assert batch["src_lengths_host"] == tuple(batch["src_lengths"].tolist())  # the collate keeps them on the host
     batch["src_lengths"][0] = 2  # force padding: the packed path
-    moved = model.on_before_batch_transfer(dict(batch), 0)
-    assert moved["src_lengths_host"] == tuple(batch["src_lengths"].tolist())
+    moved = {**batch, "src_lengths_host": tuple(batch["src_lengths"].tolist())}
+    batch.pop("src_lengths_host")
     seen: list[object] = []
     original = RNNEncoder.forward
 
@@ -639,8 +641,8 @@ def test_rnn_training_step_packs_from_host_lengths(tmp_path: Path, monkeypatch: 
         return original(self, src, lengths, host_lengths, unpadded)
 
     monkeypatch.setattr(RNNEncoder, "forward", spy)
-    with_host, _ = model._loss(moved)
-    without, _ = model._loss(batch)
+    with_host = model.task.objective(model.network, moved, "train").loss
+    without = model.task.objective(model.network, batch, "train").loss
     assert isinstance(seen[0], torch.Tensor) and seen[0].tolist() == batch["src_lengths"].tolist()
     assert seen[1] is None
     torch.testing.assert_close(with_host, without)
@@ -714,8 +716,12 @@ def test_transformer_unpadded_batch_runs_without_mask() -> None:
 
     import unittest.mock
 
+    def batch(lengths: torch.Tensor, host: tuple[int, ...] | None) -> dict[str, object]:
+        out = {"src": src, "src_lengths": lengths, "tgt_in": tgt, "tgt_out": tgt}
+        return out if host is None else {**out, "src_lengths_host": host}
+
     with unittest.mock.patch.object(TransformerSeq2Seq, "forward", spy), torch.no_grad():
-        module(src, full, tgt, src_lengths_host=(6, 6, 6))
-        module(src, torch.tensor([6, 3, 1]), tgt, src_lengths_host=(6, 3, 1))
-        module(src, full, tgt)  # no host lengths: the mask stays
+        module.task.objective(model, batch(full, (6, 6, 6)), "val")
+        module.task.objective(model, batch(torch.tensor([6, 3, 1]), (6, 3, 1)), "val")
+        module.task.objective(model, batch(full, None), "val")  # no host lengths: the mask stays
     assert seen == [True, False, False]

@@ -232,21 +232,23 @@ def test_alignment_scores_of_tiny_models(tmp_path: Path) -> None:
     dm.setup("fit")
     gold = dm.gold_alignments("val")
     assert gold
-    scores = alignment_scores(_tiny_model(dm), gold, batch_size=5)
+    scores = alignment_scores(_tiny_model(dm).translator, gold, batch_size=5)
     assert set(scores) == {"aer"} and 0.0 <= scores["aer"] <= 1.0
-    assert alignment_scores(_tiny_model(dm, attention="none"), gold) == {}
-    multi = alignment_scores(_tiny_model(dm, attention="multihead", attention_options={"num_heads": 2}), gold)
+    assert alignment_scores(_tiny_model(dm, attention="none").translator, gold) == {}
+    multi = alignment_scores(
+        _tiny_model(dm, attention="multihead", attention_options={"num_heads": 2}).translator, gold
+    )
     keys = {"aer", "aer_mean_heads", "aer_layer", "aer_best_head", "aer_best_head_index"}
     keys |= {"aer_best_layer", "aer_best_layer_index"}
     assert set(multi) == keys and multi["aer_layer"] == 0.0 == multi["aer_best_layer_index"]
     assert multi["aer"] == multi["aer_mean_heads"] == multi["aer_best_layer"]  # one layer: the best one
     assert 0.0 <= multi["aer_best_head"] <= 1.0 and multi["aer_best_head_index"] in (0.0, 1.0)
     trans = _tiny_model(dm, arch="transformer", num_heads=2, ffn_dim=32, encoder_layers=1, decoder_layers=2)
-    scores = alignment_scores(trans, gold)
+    scores = alignment_scores(trans.translator, gold)
     assert set(scores) == keys and scores["aer_layer"] == 1.0 and scores["aer_best_head_index"] in (0.0, 1.0)
     assert all(0.0 <= scores[k] <= 1.0 for k in ("aer", "aer_best_head", "aer_best_layer"))
     # batching changes nothing: the same score one sentence at a time
-    assert alignment_scores(trans, gold, batch_size=1) == pytest.approx(scores)
+    assert alignment_scores(trans.translator, gold, batch_size=1) == pytest.approx(scores)
 
 
 def _forced(model: TranslationModule, gold: list[Any], layers: list[list[dict[int, float]]]) -> Any:
@@ -293,17 +295,17 @@ def test_forced_attention_scores_zero_and_a_known_shifted_value(
     model = _tiny_model(dm)
     gold_map, shifted = {0: 1.0}, {1: 1.0}
     monkeypatch.setattr(alignment_mod, "layer_head_attention_batch", _forced(model, gold, [[gold_map]]))
-    assert alignment_scores(model, gold) == {"aer": 0.0}
+    assert alignment_scores(model.translator, gold) == {"aer": 0.0}
     monkeypatch.setattr(alignment_mod, "layer_head_attention_batch", _forced(model, gold, [[shifted]]))
     # shifted: veo/al→"the", niño→"I"; el→"red", coche→"the", rojo→"car": only ("the", "al") is even possible.
     # |A| = 6, |S| = 5, |A∩S| = 0, |A∩P| = 1: AER = 1 - 1/11.
-    assert alignment_scores(model, gold) == {"aer": pytest.approx(10 / 11)}
+    assert alignment_scores(model.translator, gold) == {"aer": pytest.approx(10 / 11)}
 
     # Two layers of two heads: the last layer's mean leans to the shifted map, its second head to the gold.
     multi = _tiny_model(dm, attention="multihead", attention_options={"num_heads": 2})
     layers = [[gold_map, gold_map], [shifted, {0: 0.6, 1: 0.4}]]
     monkeypatch.setattr(alignment_mod, "layer_head_attention_batch", _forced(multi, gold, layers))
-    assert alignment_scores(multi, gold) == {
+    assert alignment_scores(multi.translator, gold) == {
         "aer": pytest.approx(10 / 11),
         "aer_mean_heads": pytest.approx(10 / 11),
         "aer_layer": 1.0,
