@@ -41,6 +41,9 @@ class TaskModuleClass(Protocol):
     @classmethod
     def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]: ...
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str) -> Any: ...
+
 
 @contextmanager
 def run_folder_lock(root: Path) -> Iterator[None]:
@@ -121,7 +124,38 @@ class TaskCLI(LightningCLI):
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
+        self._model_folder_as_checkpoint()
         check_ckpt_path_arg(self.config, self.task)  # checked, URL made local, weights_only=True
+
+    def _model_folder_as_checkpoint(self) -> None:
+        """``validate``/``test``/``predict --ckpt_path`` a model folder (or ``hf://ORG/NAME``): the folder is loaded
+        safely (``core.io.model_folder``) and written as a checkpoint in a temporary folder, which Lightning then
+        restores like any other. ``fit`` needs a checkpoint written by ``fit`` (a folder has no optimizer state)."""
+        sub = self.config.get("subcommand")
+        ckpt = self.config[sub].get("ckpt_path") if sub else None
+        if not ckpt or not (str(ckpt).startswith("hf://") or Path(str(ckpt)).is_dir()):
+            return
+        if sub == "fit":
+            raise ConfigError(
+                f"--ckpt_path {ckpt}: fit resumes from a checkpoint written by fit (a model folder has no optimizer "
+                "state); to train a model folder further, export it from its .ckpt or start a new run from it"
+            )
+        import tempfile
+
+        import lightning
+        import torch
+
+        model = self.module_class.from_pretrained(str(ckpt))
+        checkpoint: dict[str, Any] = {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        }
+        model.on_save_checkpoint(checkpoint)
+        self._folder_checkpoint = tempfile.TemporaryDirectory(prefix="attn-suite-folder-")  # removed with the CLI
+        path = Path(self._folder_checkpoint.name) / "model.ckpt"
+        torch.save(checkpoint, path)
+        self.config[sub]["ckpt_path"] = str(path)
 
     def _parse_ckpt_path(self) -> None:
         """Merge the ``--ckpt_path`` file's hyper-parameters into the config, as plain validated data.

@@ -163,7 +163,8 @@ class TaskModule(pl.LightningModule, Generic[NetT]):
             mean = self.means[key]
             assert isinstance(mean, MeanMetric)
             mean.update(value, weight)
-            self.log(key, mean, batch_size=len(ev.indices))
+            # named explicitly: Lightning looks metric attributes up once, before this one may have existed
+            self.log(key, mean, batch_size=len(ev.indices), metric_attribute=f"means.{key}")
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, "val")

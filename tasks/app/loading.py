@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import CheckpointError, UserError
+from tasks.registry import REGISTRY
 
 __all__ = ["CHECKPOINT_NAMES", "TASKS", "demo_checkpoints", "find_checkpoint", "load_task_model"]
 
@@ -22,20 +23,10 @@ CHECKPOINT_NAMES: tuple[str, ...] = ("{task}.ckpt", "best.ckpt", "last.ckpt", "m
 
 
 def _module_class(task: str) -> Any:
-    """The task's LightningModule class (imported lazily: each pulls in its own task package)."""
-    if task == "translation":
-        from tasks.translation.module import TranslationModule
-
-        return TranslationModule
-    if task == "captioning":
-        from tasks.captioning.module import CaptioningModule
-
-        return CaptioningModule
-    if task == "speech":
-        from tasks.speech.module import SpeechModule
-
-        return SpeechModule
-    raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    """The task's module class (imported lazily: each pulls in its own task package)."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return REGISTRY[task].module_class()
 
 
 def find_checkpoint(task: str, path: str | Path) -> Path:

@@ -56,7 +56,9 @@ class SentimentDataModule(L.LightningDataModule):
         }
 
     def _loader(self, rows: list[tuple[str, int]], shuffle: bool = False) -> DataLoader:
-        return DataLoader(list(enumerate(rows)), self.hparams.batch_size, shuffle=shuffle, collate_fn=self.collate)
+        return DataLoader(
+            list(enumerate(rows)), batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=self.collate
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.splits["train"], shuffle=True)
