@@ -4,7 +4,9 @@ from core.layers.rnn_decoder import AttentionalRNNDecoder
 from core.layers.transformer import (
     FeedForward,
     SinusoidalPositions,
+    TransformerDecoder,
     TransformerDecoderLayer,
+    TransformerEncoder,
     TransformerEncoderLayer,
     sinusoidal_table,
 )
@@ -13,7 +15,9 @@ __all__ = [
     "AttentionalRNNDecoder",
     "FeedForward",
     "SinusoidalPositions",
+    "TransformerDecoder",
     "TransformerDecoderLayer",
+    "TransformerEncoder",
     "TransformerEncoderLayer",
     "sinusoidal_table",
 ]

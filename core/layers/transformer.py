@@ -5,6 +5,10 @@
   decoding, cross-attention over a memory whose key/value projections are computed once
   (``cross_attn.precompute``), feed-forward. Under beam search the beams of an item may share one copy of
   its memory (``memory_kv`` with fewer rows than ``x``): they become extra query positions of that item.
+* :class:`TransformerEncoder` / :class:`TransformerDecoder` -- the stacks of those layers with their final
+  LayerNorm; the decoder also runs one incremental step from a :class:`core.decoding.beam.DecoderState` (KV caches
+  under ``cache``, the memory's projected keys/values and mask under ``shared``). A task's network adds its own
+  embeddings and output projection around them (translation: token embeddings; captioning: image grid features).
 * :class:`SinusoidalPositions` -- the fixed positional encoding (Vaswani et al. 2017), computed for any length.
 
 Pre-norm residual blocks (LayerNorm before each sub-layer; the stacks end with their own LayerNorm) train
@@ -15,18 +19,21 @@ kernels) unless weights are asked for.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from core.attention import build_attention
+from core.decoding.beam import DecoderState
 from core.decoding.fast_paths import append_to_cache
 
 __all__ = [
     "FeedForward",
     "SinusoidalPositions",
+    "TransformerDecoder",
     "TransformerDecoderLayer",
+    "TransformerEncoder",
     "TransformerEncoderLayer",
     "sinusoidal_table",
 ]
@@ -189,3 +196,118 @@ class TransformerDecoderLayer(nn.Module):
         x = x + self.dropout(ctx)
         x = x + self.dropout(self.ff(self.norm3(x)))
         return x, w, new_kv
+
+
+class TransformerEncoder(nn.Module):
+    """A stack of :class:`TransformerEncoderLayer` and its final LayerNorm.
+
+    Args:
+        d_model: width D.
+        num_heads: attention heads.
+        ffn_dim: feed-forward width.
+        num_layers: blocks.
+        dropout: dropout on the residual branches and the attention weights.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        """x ``(B, S, D)`` embedded inputs, mask ``(B, S)`` (True = token) or None -> ``(B, S, D)``."""
+        for layer in self.layers:
+            x = layer(x, mask)
+        return self.norm(x)
+
+
+class TransformerDecoder(nn.Module):
+    """A stack of :class:`TransformerDecoderLayer` and its final LayerNorm, teacher-forced or one step at a time.
+
+    Alignment weights, when asked for, are the last layer's cross-attention averaged over its heads.
+
+    Args:
+        d_model: width D.
+        num_heads: attention heads H.
+        ffn_dim: feed-forward width.
+        num_layers: blocks.
+        dropout: dropout on the residual branches and the attention weights.
+    """
+
+    def __init__(self, d_model: int, num_heads: int, ffn_dim: int, num_layers: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.layers = nn.ModuleList(
+            TransformerDecoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(num_layers)
+        )
+        self.norm = nn.LayerNorm(d_model)
+
+    def forward(
+        self, x: Tensor, memory: Tensor, memory_mask: Tensor | None, need_weights: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing.
+
+        Args:
+            x: ``(B, T, D)`` embedded decoder inputs.
+            memory: ``(B, S, D)`` encoder output.
+            memory_mask: ``(B, S)`` (True = position) or None (no padding).
+            need_weights: also return the last layer's cross-attention.
+
+        Returns:
+            ``(B, T, D)`` normalised outputs, and ``(B, T, S)`` weights (mean over heads) or None.
+        """
+        weights = None
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            kv = layer.cross_attn.precompute(memory, memory)
+            x, w, _ = layer(x, kv, memory_mask, need_weights=need_weights and last)
+            if w is not None:
+                weights = w.mean(dim=1)  # (B, H, T, S) -> (B, T, S)
+        return self.norm(x), weights
+
+    def init_state(self, memory: Tensor, memory_mask: Tensor | None) -> DecoderState:
+        """The first decoding state: every layer's cross-attention keys/values and the mask under ``shared`` (one
+        copy per item, never expanded to the beams), empty self-attention KV caches under ``cache`` (reordered by
+        :meth:`step` itself, see ``core.decoding.beam``)."""
+        b, _, d = memory.shape
+        empty = memory.new_zeros(b, self.num_heads, 0, d // self.num_heads)  # (B, H, 0, Dh): before the first step
+        cross = [layer.cross_attn.precompute(memory, memory) for layer in self.layers]
+        return DecoderState(shared={"mask": memory_mask, "cross": cross}, cache=[(empty, empty) for _ in self.layers])
+
+    @property
+    def cross_attentions(self) -> list[nn.Module]:
+        """The cross-attention module of every layer, bottom first (for per-layer and per-head views)."""
+        return [layer.cross_attn for layer in self.layers]
+
+    def step(
+        self, x: Tensor, state: DecoderState, need_weights: bool = False
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One incremental step.
+
+        Args:
+            x: ``(N, 1, D)`` the embedded last tokens (N = items x beams).
+            state: from :meth:`init_state` or the previous step (``state.reorder``: the rows to continue).
+            need_weights: also return the last layer's cross-attention.
+
+        Returns:
+            ``(N, D)`` normalised output, the next state, ``(N, S)`` weights (mean over heads) or None.
+        """
+        shared: dict[str, Any] = state.shared
+        new_cache = []
+        weights = None
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            x, w, kv = layer(
+                x,
+                shared["cross"][i],
+                shared["mask"],
+                self_kv=state.cache[i],
+                need_weights=need_weights and last,
+                reorder=state.reorder,
+            )
+            new_cache.append(kv)
+            if w is not None:
+                weights = w.mean(dim=1)[:, 0]  # (N, H, 1, S) -> (N, S)
+        return self.norm(x[:, 0]), DecoderState(shared=shared, cache=new_cache), weights

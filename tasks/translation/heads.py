@@ -22,15 +22,15 @@ from torch import Tensor, nn
 from core.decoding.fast_paths import eval_mode
 from core.text.tokenizers import BOS_ID, PAD_ID
 from tasks.translation.inference import Translator
+from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
+from tasks.translation.models.marian import MarianSeq2Seq
 
 __all__ = ["cross_attention_modules", "layer_head_attention", "layer_head_attention_batch", "target_ids"]
 
 
-def cross_attention_modules(model: nn.Module) -> list[nn.Module]:
+def cross_attention_modules(model: RNNSeq2Seq | TransformerSeq2Seq) -> list[nn.Module]:
     """The cross-attention module of every decoder layer, bottom first (one for the RNN decoder)."""
-    if hasattr(model, "dec_layers") and isinstance(model.dec_layers, nn.ModuleList):  # Transformer
-        return [layer.cross_attn for layer in model.dec_layers]
-    return [model.decoder.attention]  # RNN (core.layers.AttentionalRNNDecoder): queried once per output step
+    return model.cross_attentions
 
 
 def target_ids(tokenizer: Any, tokens: list[str]) -> list[int]:
@@ -100,11 +100,13 @@ def layer_head_attention_batch(
     src = _padded(src_ids, dev)  # (B, S)
     lengths = torch.tensor([len(s) for s in src_ids], dtype=torch.long, device=dev)  # (B,)
     tgt_in = _padded([[BOS_ID, *t] for t in tgt_ids], dev)  # (B, T + 1)
-    if hasattr(model, "layer_head_attention"):  # a model that returns them itself (a pretrained Marian)
+    if isinstance(model, MarianSeq2Seq):  # transformers returns them itself
         with eval_mode(model):
             layers = model.layer_head_attention(src, lengths, tgt_in)  # (B, H, T + 1, S + 1) each
-    else:
+    elif isinstance(model, (RNNSeq2Seq, TransformerSeq2Seq)):
         layers = _hooked_attention(model, src, lengths, tgt_in)  # (B, H, T + 1, S) each
+    else:
+        raise TypeError(f"no per-layer attention for a {type(model).__name__}")
     # Row t of a sentence with T_b outputs is the step emitting output t; row T_b emits EOS (not shown), and
     # columns past S_b are padding (or, for Marian, the source's appended </s>).
     return [
@@ -112,7 +114,9 @@ def layer_head_attention_batch(
     ]
 
 
-def _hooked_attention(model: nn.Module, src: Tensor, lengths: Tensor, tgt_in: Tensor) -> list[Tensor]:
+def _hooked_attention(
+    model: RNNSeq2Seq | TransformerSeq2Seq, src: Tensor, lengths: Tensor, tgt_in: Tensor
+) -> list[Tensor]:
     """Run ``model`` teacher-forced with hooks that keep every cross-attention's weights.
 
     Returns:

@@ -45,6 +45,7 @@ from tasks.translation.marian_tokenizer import marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 from tasks.translation.models.marian import MarianSeq2Seq, load_marian, marian_network
 from tasks.translation.models.rnn import upgrade_state_dict_v1
+from tasks.translation.models.transformer import upgrade_state_dict_v2
 from tasks.translation.stored import read_artifacts, write_artifacts
 
 TASK = "translation"
@@ -495,9 +496,12 @@ class TranslationModule(TaskModule[TranslationNetwork]):
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
-        """Format 1 kept the RNN decoder's parts directly under the seq2seq model."""
+        """Format 1 kept the RNN decoder's parts directly under the seq2seq model; before the Transformer stacks
+        moved to ``core.layers``, its layers and norms sat directly under the network."""
         if version < 2 and any(k.startswith("model.cells.") for k in state):
-            return upgrade_state_dict_v1(state)
+            state = upgrade_state_dict_v1(state)
+        if any(k.startswith(("model.enc_layers.", "model.dec_layers.")) for k in state):
+            state = upgrade_state_dict_v2(state)
         return state
 
     @classmethod

@@ -199,6 +199,11 @@ class RNNSeq2Seq(nn.Module):
         """One decoding step: last_tokens (N,) → log_probs (N, V) float32, new state, attention (N, S) or None."""
         return self.decoder.step(last_tokens, state, need_weights)
 
+    @property
+    def cross_attentions(self) -> list[nn.Module]:
+        """The decoder's one attention module (queried once per output step)."""
+        return [self.decoder.attention]
+
 
 def upgrade_state_dict_v1(state: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
     """Weights of a format-1 checkpoint (decoder parts directly under the seq2seq model) under today's names."""

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from core.attention import lengths_to_mask
 from core.decoding.beam import DecoderState
 from core.decoding.fast_paths import step_log_probs, vocab_projection
-from core.layers import SinusoidalPositions, TransformerDecoderLayer, TransformerEncoderLayer
+from core.layers import SinusoidalPositions, TransformerDecoder, TransformerEncoder
 from core.text.tokenizers import PAD_ID
 
 
@@ -67,14 +67,8 @@ class TransformerSeq2Seq(nn.Module):
         for emb in (self.src_embedding, self.tgt_embedding):
             nn.init.normal_(emb.weight, std=d_model**-0.5)
         self.positions = SinusoidalPositions(d_model, max_positions)
-        self.enc_layers = nn.ModuleList(
-            TransformerEncoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(encoder_layers)
-        )
-        self.dec_layers = nn.ModuleList(
-            TransformerDecoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(decoder_layers)
-        )
-        self.enc_norm = nn.LayerNorm(d_model)
-        self.dec_norm = nn.LayerNorm(d_model)
+        self.encoder = TransformerEncoder(d_model, num_heads, ffn_dim, encoder_layers, dropout)
+        self.decoder = TransformerDecoder(d_model, num_heads, ffn_dim, decoder_layers, dropout)
         self.dropout = nn.Dropout(dropout)
         self.out = nn.Linear(d_model, tgt_vocab, bias=False)
         if tie_embeddings:
@@ -92,10 +86,7 @@ class TransformerSeq2Seq(nn.Module):
         `torch.compile` sees no data-dependent branch and checking lengths on a GPU never syncs.
         """
         mask = None if unpadded else lengths_to_mask(src_lengths, src.shape[1])  # (B, S)
-        x = self._embed(self.src_embedding, src)
-        for layer in self.enc_layers:
-            x = layer(x, mask)
-        return self.enc_norm(x), mask
+        return self.encoder(self._embed(self.src_embedding, src), mask), mask
 
     def forward(
         self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False, unpadded: bool = False
@@ -105,25 +96,17 @@ class TransformerSeq2Seq(nn.Module):
         ``unpadded``: no source has padding (see `encode`).
         """
         memory, mask = self.encode(src, src_lengths, unpadded)
-        x = self._embed(self.tgt_embedding, tgt_in)  # (B, T, D)
-        weights = None
-        for i, layer in enumerate(self.dec_layers):
-            last = i == len(self.dec_layers) - 1
-            x, w, _ = layer(x, layer.cross_attn.precompute(memory, memory), mask, need_weights=need_weights and last)
-            if w is not None:
-                weights = w.mean(dim=1)  # (B, H, T, S) -> (B, T, S)
-        return self.out(self.dec_norm(x)), weights
+        x, weights = self.decoder(self._embed(self.tgt_embedding, tgt_in), memory, mask, need_weights)  # (B, T, D)
+        return self.out(x), weights
 
     def init_state(self, src: Tensor, src_lengths: Tensor) -> DecoderState:
-        """Decoding state: per-layer cross (k, v) and the source mask under ``shared`` (one copy per item,
-        never expanded to the beams), empty self-attention KV caches under ``cache`` (reordered by `step`
-        itself, see `core.decoding.beam`)."""
-        memory, mask = self.encode(src, src_lengths)
-        b = src.shape[0]
-        dh = self.d_model // self.num_heads
-        empty = memory.new_zeros(b, self.num_heads, 0, dh)  # (B, H, 0, Dh): cache before the first step
-        cross = [layer.cross_attn.precompute(memory, memory) for layer in self.dec_layers]
-        return DecoderState(shared={"mask": mask, "cross": cross}, cache=[(empty, empty) for _ in self.dec_layers])
+        """Encode ``src`` and return the decoder's first state (see `core.layers.TransformerDecoder.init_state`)."""
+        return self.decoder.init_state(*self.encode(src, src_lengths))
+
+    @property
+    def cross_attentions(self) -> list[nn.Module]:
+        """The cross-attention module of every decoder layer, bottom first."""
+        return self.decoder.cross_attentions
 
     def step(
         self, last_tokens: Tensor, state: DecoderState, need_weights: bool = False
@@ -131,21 +114,24 @@ class TransformerSeq2Seq(nn.Module):
         """One incremental step: last_tokens (N,) → log_probs (N, V), new state, attention (N, S) | None."""
         t = state.cache[0][0].shape[2]  # positions already decoded
         x = self._embed(self.tgt_embedding, last_tokens[:, None], offset=t)  # (N,) -> (N, 1, D)
-        st: dict[str, Any] = state.shared
-        new_cache = []
-        weights = None
-        for i, layer in enumerate(self.dec_layers):
-            last = i == len(self.dec_layers) - 1
-            x, w, kv = layer(
-                x,
-                st["cross"][i],
-                st["mask"],
-                self_kv=state.cache[i],
-                need_weights=need_weights and last,
-                reorder=state.reorder,
-            )
-            new_cache.append(kv)
-            if w is not None:
-                weights = w.mean(dim=1)[:, 0]  # (N, H, 1, S) -> (N, S)
-        logits = vocab_projection(self.out, self.dec_norm(x[:, 0]))  # (N, D) -> (N, V)
-        return step_log_probs(logits), DecoderState(shared=st, cache=new_cache), weights
+        h, state, weights = self.decoder.step(x, state, need_weights)  # (N, D)
+        return step_log_probs(vocab_projection(self.out, h)), state, weights  # (N, V)
+
+
+def upgrade_state_dict_v2(state: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
+    """Weight names of Transformers written before the stacks moved to ``core.layers`` (``enc_layers``,
+    ``enc_norm``, ``dec_layers``, ``dec_norm`` directly under the network) mapped to today's."""
+    names = {
+        "enc_layers.": "encoder.layers.",
+        "enc_norm.": "encoder.norm.",
+        "dec_layers.": "decoder.layers.",
+        "dec_norm.": "decoder.norm.",
+    }
+    out = {}
+    for key, value in state.items():
+        for old, new in names.items():
+            if key.startswith(prefix + old):
+                key = prefix + new + key[len(prefix + old) :]
+                break
+        out[key] = value
+    return out
