@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import CheckpointError, ConfigError, UserError
 
 if TYPE_CHECKING:
-    from lightning.pytorch.callbacks import Callback
+    pass
 
 __all__ = [
     "USER_ERROR_EXIT_CODE",
@@ -19,7 +19,6 @@ __all__ = [
     "ensure_resumable",
     "parse_device",
     "run_cli",
-    "trainer_callbacks",
     "user_errors",
 ]
 
@@ -136,22 +135,6 @@ def check_ckpt_path_arg(config: Any, task: str) -> None:
         cfg["ckpt_path"] = str(local)
 
 
-def trainer_callbacks(trainer: Any) -> list[Callback]:
-    """The trainer's own list of callbacks (a change to it applies to the run).
-
-    Lightning's callback connector sets ``Trainer.callbacks`` when the trainer is built, and the class does not
-    declare it, so a type checker does not see it on ``lightning.pytorch.Trainer``: it is read here, typed.
-
-    Args:
-        trainer: a ``lightning.pytorch.Trainer``.
-
-    Returns:
-        ``trainer.callbacks`` itself (not a copy).
-    """
-    callbacks: list[Callback] = trainer.callbacks
-    return callbacks
-
-
 def ensure_resumable(trainer: Any, monitor: str, mode: str = "max", every_n_train_steps: int = 100) -> list[str]:
     """Give a run built from any config the shipped configs' safety net; returns what was added.
 
@@ -171,10 +154,10 @@ def ensure_resumable(trainer: Any, monitor: str, mode: str = "max", every_n_trai
     """
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from core.train.callbacks import NonFiniteLossGuard, RunCheckpoint
+    from core.train.callbacks import NonFiniteLossGuard, RunCheckpoint, trainer_callbacks
 
     added: list[str] = []
-    cbs = trainer.callbacks
+    cbs = trainer_callbacks(trainer)
     defaults = [
         cb
         for cb in cbs

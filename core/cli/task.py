@@ -20,8 +20,9 @@ from typing import Any, ClassVar, Protocol, cast
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from core.cli.run import check_ckpt_path_arg, ensure_resumable, run_cli, trainer_callbacks, user_errors
+from core.cli.run import check_ckpt_path_arg, ensure_resumable, run_cli, user_errors
 from core.errors import ConfigError
+from core.train.callbacks import trainer_callbacks
 
 __all__ = ["TaskCLI", "TaskModuleClass", "export_main", "run_folder_lock", "task_main"]
 

@@ -1,6 +1,6 @@
-"""Batched greedy and beam search over an incremental step function.
+"""Batched beam search over an incremental step function; ``beam_size=1`` is greedy (arg-max) search.
 
-Both searches drive a model through a *step function* with explicit state::
+The search drives a model through a *step function* with explicit state::
 
     step_fn(last_tokens: LongTensor (N,), state) -> (log_probs (N, V), new_state, attn (N, S) | None)
 
@@ -18,10 +18,12 @@ follows the beams:
 * ``cache``: one row per hypothesis that the step function reorders itself: before each step beam
   search puts the ``(N,)`` parent row of every row in ``reorder``; the step applies it (e.g. fused with
   appending to a KV cache: one copy instead of a reorder copy plus an append) and returns
-  ``reorder=None``. Greedy search never sets it.
+  ``reorder=None``. ``reorder`` is None when every row continues itself (the first step, and with
+  ``beam_size=1`` every step on which no item finished).
 
 Beam search runs the first step on the ``B`` rows of the initial state (all beams of an item start
-identical) and expands what that step returns to ``B * beam`` rows once. Finished items are dropped from
+identical) and expands what that step returns to ``B * beam`` rows once (with one beam there is nothing to
+expand: greedy search is beam search with ``beam_size=1``, at the same cost). Finished items are dropped from
 the running state, so late steps only pay for items still decoding; the loop stops when all are done.
 
 Scores are length-normalised log-probabilities: ``sum(log p) / length ** length_penalty`` where
@@ -41,7 +43,7 @@ from torch import Tensor
 from core.errors import ConfigError, DecodingError
 from core.io.hparams import BEAM
 
-__all__ = ["DecodeResult", "DecoderState", "StepFn", "beam_search", "greedy_search", "tree_map"]
+__all__ = ["DecodeResult", "DecoderState", "StepFn", "beam_search", "tree_map"]
 
 StepFn = Callable[[Tensor, Any], tuple[Tensor, Any, Tensor | None]]
 """``step_fn(last_tokens (N,), state) -> (log_probs (N, V), new_state, attn (N, S) or None)``."""
@@ -168,6 +170,9 @@ def _top_candidates(beam_scores: Tensor, log_probs: Tensor, n: int) -> tuple[Ten
         scores ``(A, n)`` sorted descending, and flat indices ``k * V + token`` ``(A, n)``.
     """
     a, r, v = log_probs.shape
+    if n == 1 and r == 1:  # one beam (greedy): an arg-max, and s + max(lp) == max(s + lp) exactly
+        best, idx = log_probs.view(a, v).max(dim=1, keepdim=True)  # (A, 1)
+        return beam_scores[:, :1] + best, idx
     nb = -(-v // TOPK_BLOCK)
     if log_probs.device.type != "cpu" or nb < 16 or r * nb < n:
         # One topk kernel over all K*V sums (on GPU this is cheaper than the blocked version's
@@ -213,95 +218,6 @@ def _length_norm(score: float, length: int, length_penalty: float) -> float:
 
 
 # ----------------------------------------------------------------------------------------------
-# greedy
-# ----------------------------------------------------------------------------------------------
-@torch.no_grad()
-def greedy_search(
-    step_fn: StepFn,
-    init_state: Any,
-    *,
-    batch_size: int,
-    bos_id: int = 1,
-    eos_id: int = 2,
-    max_len: int = 100,
-    length_penalty: float = 1.0,
-    pad_id: int = 0,
-    suppress: tuple[int, ...] = (),
-    device: torch.device | str | None = None,
-) -> DecodeResult:
-    """Greedy (arg-max) decoding, batched; finished items are dropped from the running state.
-
-    Args:
-        step_fn: see module docstring; called with ``N <= batch_size`` rows (unfinished items).
-        init_state: a ``DecoderState`` or a pytree of batch-first tensors (leading dim ``batch_size``).
-        batch_size: B.
-        bos_id: first input token.
-        eos_id: end-of-sequence token (ends a hypothesis; not included in the output).
-        max_len: maximum number of decoding steps (EOS included).
-        length_penalty: exponent of the length normalisation of the returned score.
-        pad_id: kept for API symmetry with ``beam_search`` (finished rows are dropped, never padded).
-        suppress: token ids never emitted (e.g. PAD and BOS): their log-probs are set to -inf.
-        device: device of the token tensors; defaults to the first tensor leaf's device, else CPU.
-
-    Returns:
-        DecodeResult with one hypothesis per item.
-    """
-    del pad_id  # finished rows leave the batch, so no PAD needs to be fed
-    if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    state, wrapped = _as_state(init_state)
-    state.map(_check_batch(batch_size), _check_batch(batch_size))
-    device = _infer_device(state, device)
-    active = torch.arange(batch_size, device=device)  # (N,) original batch index of each row
-    last = torch.full((batch_size,), bos_id, dtype=torch.long, device=device)  # (N,)
-    sums = torch.zeros(batch_size, dtype=torch.float32, device=device)  # (N,)
-    hist_tok: list[Tensor] = []  # per step (B,) full-size, so backtracking ignores shrinking
-    hist_attn: list[Tensor | None] = []  # per step (B, *attn_shape) or None
-    lengths = torch.full((batch_size,), max_len, dtype=torch.long)  # steps incl. EOS, CPU
-    final = torch.zeros(batch_size, dtype=torch.float32)  # raw summed log-prob, CPU
-    ended_by_eos = torch.zeros(batch_size, dtype=torch.bool)
-
-    for t in range(max_len):
-        log_probs, state, attn = _call(step_fn, last, state, wrapped)
-        log_probs = _suppressed(log_probs.float(), suppress)  # (N, V); fp32 so sums match beam search bit-for-bit
-        best_lp, tok = log_probs.max(dim=-1)  # (N,), (N,)
-        sums = sums + best_lp
-        full_tok = torch.full((batch_size,), eos_id, dtype=torch.long, device=device)
-        hist_tok.append(full_tok.index_copy(0, active, tok))
-        if attn is not None:
-            full_attn = attn.new_zeros((batch_size, *attn.shape[1:]))
-            hist_attn.append(full_attn.index_copy(0, active, attn))
-        else:
-            hist_attn.append(None)
-        done = tok == eos_id  # (N,)
-        if t == max_len - 1:
-            done = torch.ones_like(done)
-        if bool(done.any()):
-            # one host sync per step that ends something: cheap bookkeeping, not per-hypothesis work
-            idx = active[done].cpu()
-            lengths[idx] = t + 1
-            final[idx] = sums[done].cpu()
-            ended_by_eos[idx] = (tok[done] == eos_id).cpu()
-            keep = (~done).nonzero().squeeze(1)  # (N',)
-            if keep.numel() == 0:
-                break
-            active, last, sums = active[keep], tok[keep], sums[keep]
-            state = state.map(_select_rows(keep), _select_rows(keep))  # greedy: one row per item everywhere
-        else:
-            last = tok
-
-    tok_mat = torch.stack(hist_tok, dim=1).cpu()  # (B, T)
-    attn_mat = _stack_attention(hist_attn, dim=1)  # (B, T, *attn_shape) or None
-    res = DecodeResult()
-    for b in range(batch_size):
-        n_tok = int(lengths[b]) - int(ended_by_eos[b])  # drop the EOS position
-        res.tokens.append([tok_mat[b, :n_tok].tolist()])
-        res.scores.append([_length_norm(float(final[b]), int(lengths[b]), length_penalty)])
-        res.attention.append([attn_mat[b, :n_tok].clone() if attn_mat is not None else None])
-    return res
-
-
-# ----------------------------------------------------------------------------------------------
 # beam
 # ----------------------------------------------------------------------------------------------
 @torch.no_grad()
@@ -322,11 +238,12 @@ def beam_search(
 ) -> DecodeResult:
     """Batched beam search over ``batch_size * beam_size`` rows.
 
-    Each step scores all ``K * V`` continuations of an item's ``K`` live beams, takes the top ``2K``;
-    EOS candidates ranked within the top ``K`` become finished hypotheses (scored with the length
-    penalty), the best ``K`` non-EOS candidates become the next live beams. An item is done once it has
-    ``K`` finished hypotheses (with ``K = 1`` this is exactly greedy search); at ``max_len`` the live
-    beams are finished as they are. Done items are dropped from the running state.
+    Each step scores all ``K * V`` continuations of an item's ``K`` live beams, takes the top ``2K`` (one
+    if ``K = 1``); EOS candidates ranked within the top ``K`` become finished hypotheses (scored with the
+    length penalty), the best ``K`` non-EOS candidates become the next live beams. An item is done once it
+    has ``K`` finished hypotheses; at ``max_len`` the live beams are finished as they are. Done items are
+    dropped from the running state. With ``K = 1`` this is exactly greedy search, and as cheap: one arg-max
+    per row, and no state is moved on steps where no item finishes.
 
     Args:
         step_fn: see module docstring; called first with the ``batch_size`` rows of ``init_state``
@@ -388,25 +305,30 @@ def beam_search(
                 f"step_fn returned log_probs for {log_probs.shape[0]} rows, "
                 f"expected one per input token ({last.shape[0]})"
             )
-        if t == 0:  # one row per item so far: (B, ...) -> (B*K, ...)
+        if t == 0 and K > 1:  # one row per item so far: (B, ...) -> (B*K, ...)
             state = state.map(expand, None)
             if attn is not None:
                 attn = attn.repeat_interleave(K, dim=0)  # (B, *attn) -> (B*K, *attn)
-        n_top = min(2 * K, K * V)
+        # 2K candidates hold K non-EOS ones. With K == 1 one is enough: if it is EOS the item is done.
+        n_top = 1 if K == 1 else min(2 * K, K * V)
         # At t == 0 log_probs is (B, V): one row per item, whose beam 0 is the only live one.
         lp = _suppressed(log_probs.float(), suppress).reshape(A, -1, V)  # (A, K|1, V)
-        top_scores, top_idx = _top_candidates(beam_scores, lp, n_top)  # (A, 2K) sorted desc
-        top_parent = torch.div(top_idx, V, rounding_mode="floor")  # (A, 2K)
-        top_tok = top_idx % V  # (A, 2K)
+        top_scores, top_idx = _top_candidates(beam_scores, lp, n_top)  # (A, n_top) sorted desc
+        top_parent = torch.div(top_idx, V, rounding_mode="floor")  # (A, n_top)
+        top_tok = top_idx % V  # (A, n_top)
         is_eos = top_tok == eos_id
         valid = top_scores > dead / 2  # candidates descending from a real hypothesis
 
         # New live beams: the K best non-EOS candidates (stable sort keeps score order).
-        order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :K]  # (A, K)
-        new_scores = top_scores.gather(1, order)  # (A, K)
-        new_parent = top_parent.gather(1, order)  # (A, K)
-        new_tok = top_tok.gather(1, order)  # (A, K)
-        new_scores = new_scores.masked_fill(~valid.gather(1, order) | (new_tok == eos_id), dead)
+        if n_top == K:  # K == 1: the one candidate (if EOS, the item is done: masked dead below)
+            new_scores, new_parent, new_tok, new_valid = top_scores, top_parent, top_tok, valid  # (A, K)
+        else:
+            order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :K]  # (A, K)
+            new_scores = top_scores.gather(1, order)  # (A, K)
+            new_parent = top_parent.gather(1, order)  # (A, K)
+            new_tok = top_tok.gather(1, order)  # (A, K)
+            new_valid = valid.gather(1, order)  # (A, K)
+        new_scores = new_scores.masked_fill(~new_valid | (new_tok == eos_id), dead)
 
         full_tok = torch.full((batch_size, K), pad_id, dtype=torch.long, device=device)
         full_par = torch.zeros((batch_size, K), dtype=torch.long, device=device)
@@ -443,7 +365,8 @@ def beam_search(
         # dead slots (no valid continuation) get PAD as input; their outputs are never selected
         new_tok = new_tok.masked_fill(new_scores <= dead / 2, pad_id)
         done_list = [len(finished[b]) >= K for b in active.tolist()] if eos_hits else []
-        if any(done_list):
+        dropped = any(done_list)
+        if dropped:
             done = torch.tensor(done_list, device=device)  # (A,)
             keep = (~done).nonzero().squeeze(1)  # (A',)
             if keep.numel() == 0:
@@ -458,14 +381,15 @@ def beam_search(
                 shared=tree_map(_select_rows(keep), state.shared),
             )
         beam_scores = new_scores
-        rows_flat = rows.reshape(-1)  # (A*K,) parent row of each new row
-        # Follow the beams: `beams` here; `cache` by the step itself (fused with its own copy);
-        # `source` and `shared` never change within an item.
-        state = replace(
-            state,
-            beams=tree_map(_select_rows(rows_flat), state.beams),
-            reorder=rows_flat if state.cache is not None else None,
-        )
+        if K > 1 or dropped:  # with one beam and no item dropped every row continues itself: nothing to move
+            rows_flat = rows.reshape(-1)  # (A*K,) parent row of each new row
+            # Follow the beams: `beams` here; `cache` by the step itself (fused with its own copy);
+            # `source` and `shared` never change within an item.
+            state = replace(
+                state,
+                beams=tree_map(_select_rows(rows_flat), state.beams),
+                reorder=rows_flat if state.cache is not None else None,
+            )
         last = new_tok.reshape(-1)  # (A*K,)
 
     return _backtrack(finished, hist_tok, hist_parent, hist_attn, nbest)

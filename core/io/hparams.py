@@ -197,11 +197,11 @@ def validate_hparams(
         return {}
     if not isinstance(hparams, Mapping):
         raise CheckpointError(f"{source}: hyper-parameters are a {type(hparams).__name__}, expected a mapping")
-    sig = inspect.signature(cls.__init__)
-    try:
-        hints = typing.get_type_hints(cls.__init__)
+    try:  # the constructor's signature, its string annotations (``from __future__ import annotations``) resolved
+        sig = inspect.signature(cls, eval_str=True)
     except (NameError, TypeError):  # an annotation this module cannot resolve: types unchecked, values plain
-        hints = {}
+        sig = inspect.signature(cls)
+    hints = {name: p.annotation for name, p in sig.parameters.items() if not isinstance(p.annotation, str)}
     bounds = bounds or {}
     renames = renames or {}
     out: dict[str, Any] = {}

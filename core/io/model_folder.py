@@ -39,7 +39,7 @@ from core.errors import CheckpointError, UserError
 from core.io.checkpoint import FORMAT_VERSION, PROVENANCE_ATTR
 from core.io.jsonio import MAX_JSON_BYTES, read_json
 from core.io.model_card import model_card
-from core.io.rebuild import build_task_module, load_task_module
+from core.io.rebuild import RebuildableModule, build_task_module, load_task_module
 
 __all__ = [
     "CONFIG_NAME",
@@ -64,7 +64,7 @@ _MAX_FIGURE_BYTES = 16 << 20
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in a folder: no path, no dot file
 
-M = TypeVar("M")
+M = TypeVar("M", bound=RebuildableModule)  # a task's module class
 
 
 # ---------------------------------------------------------------------------------------------- writing
@@ -364,8 +364,8 @@ def from_pretrained(
             f"--model.pretrained instead"
         )
     task = config.get("task")
-    if task != cls.TASK:  # type: ignore[attr-defined]
-        raise CheckpointError(f"{what} holds a {task!r} model, expected a {cls.TASK!r} model")  # type: ignore[attr-defined]
+    if task != cls.TASK:
+        raise CheckpointError(f"{what} holds a {task!r} model, expected a {cls.TASK!r} model")
     if config.get("architecture") not in (None, cls.__name__):
         raise CheckpointError(f"{what} holds a {config.get('architecture')!r}, expected a {cls.__name__}")
     meta = config.get("metadata") or {}
@@ -448,9 +448,10 @@ def _check_hub_size(spec: str, repo_id: str, revision: str | None) -> None:
 
     if constants.HF_HUB_OFFLINE:
         return
+    errors: tuple[type[BaseException], ...] = (HfHubHTTPError, OSError, ValueError, *_transport_errors())
     try:
         info = HfApi().model_info(repo_id, revision=revision, files_metadata=True)
-    except (HfHubHTTPError, OSError, ValueError, *_transport_errors()):
+    except errors:
         return
     sizes = [
         int(f.size or 0)
@@ -485,6 +486,7 @@ def resolve_hub(spec: str) -> Path:
     if repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise CheckpointError(f"{spec}: expected hf://ORG/NAME or hf://ORG/NAME@REVISION")
     _check_hub_size(spec, repo_id, revision or None)
+    download_errors: tuple[type[BaseException], ...] = (HfHubHTTPError, OSError, *_transport_errors())
     try:
         return Path(
             snapshot_download(
@@ -505,7 +507,7 @@ def resolve_hub(spec: str) -> Path:
         ) from None
     except HFValidationError as err:
         raise CheckpointError(f"{spec}: not a valid repository id ({err})") from None
-    except (HfHubHTTPError, OSError, *_transport_errors()) as err:
+    except download_errors as err:
         raise CheckpointError(f"{spec}: download failed ({type(err).__name__}: {err})") from None
 
 
@@ -536,12 +538,13 @@ def push_to_hub(folder: str | os.PathLike[str], repo_id: str, private: bool = Fa
     # Only the model's own files: anything else a user keeps in the folder stays private.
     files = sorted(n for n in own if (Path(folder) / n).is_file())
     api = HfApi(token=token)
+    push_errors: tuple[type[BaseException], ...] = (HfHubHTTPError, OSError, ValueError, *_transport_errors())
     try:
         url = api.create_repo(repo_id, private=private, exist_ok=True)
         api.upload_folder(
             folder_path=str(folder), repo_id=repo_id, allow_patterns=files, commit_message="Upload attn-suite model"
         )
-    except (HfHubHTTPError, OSError, ValueError, *_transport_errors()) as err:
+    except push_errors as err:
         raise CheckpointError(
             f"push of {folder} to {repo_id} failed ({type(err).__name__}: {err}); the model folder is written "
             f"and can be pushed later"

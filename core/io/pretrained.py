@@ -346,8 +346,10 @@ def build_from_config(
     try:
         hf_config = AutoConfig.for_model(model_type, **fields)
         if model_type == "whisper":  # only the encoder is used (see tasks.speech.hf_encoder)
+            from transformers import WhisperConfig
             from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+            assert isinstance(hf_config, WhisperConfig)  # AutoConfig.for_model("whisper") builds one
             return WhisperEncoder(hf_config).float()
         return _auto_class(kind).from_config(hf_config, trust_remote_code=False, **model_kwargs).float()
     except (TypeError, ValueError, KeyError, AttributeError, RuntimeError) as err:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -33,7 +33,40 @@ __all__ = [
     "state_dict_mismatches",
 ]
 
-M = TypeVar("M")  # a task module class (a ``core.io.task_io.TaskCheckpointMixin`` LightningModule)
+
+class RebuildableModule(Protocol):
+    """What rebuilding reads off a task's module class (``core.train.module.TaskModule`` has all of it)."""
+
+    TASK: ClassVar[str]
+    HPARAM_RENAMES: ClassVar[Mapping[str, str]]
+
+    @classmethod
+    def hparam_bounds(cls) -> dict[str, tuple[float, float]]: ...
+
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict[str, Any], version: int) -> dict[str, Any]: ...
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]: ...
+
+    @classmethod
+    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]: ...
+
+    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None: ...
+
+    def check_loaded(self, source: str) -> None: ...
+
+    # nn.Module's, whose overloads need not be repeated here
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def to(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def eval(self) -> Any: ...
+
+
+M = TypeVar("M", bound=RebuildableModule)  # a task's module class
 
 
 def state_dict_mismatches(expected: Mapping[str, Tensor], got: Mapping[str, Any], strict: bool) -> list[str]:
@@ -174,7 +207,7 @@ def build_task_module(
         probe.state_dict(),
         state,
         strict,
-        source,  # type: ignore[attr-defined]
+        source,
         f"{cls.__name__} built from its own hyper-parameters",
     )
     del probe
@@ -187,15 +220,16 @@ def build_task_module(
         )
     model = _construct(cls, hp, meta, source, device=None)
     try:
-        model.load_state_dict(state, strict=strict)  # type: ignore[attr-defined]
+        model.load_state_dict(state, strict=strict)
     except RuntimeError as err:  # anything the shape check did not foresee (e.g. a dtype it cannot cast)
         raise CheckpointError(f"{source}: weights do not load: {' '.join(str(err).split())[:300]}") from None
     model.check_loaded(source)
     training = meta.get("training")
     setattr(model, PROVENANCE_ATTR, {"training": dict(training) if isinstance(training, dict) else {}, "figure": None})
     if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-        model = model.to(map_location)  # type: ignore[attr-defined]
-    return model.eval()  # type: ignore[attr-defined,no-any-return]
+        model.to(map_location)  # nn.Module.to moves in place (and returns the module)
+    model.eval()
+    return model
 
 
 def load_task_module(

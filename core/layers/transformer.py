@@ -259,7 +259,7 @@ class TransformerDecoder(nn.Module):
             ``(B, T, D)`` normalised outputs, and ``(B, T, S)`` weights (mean over heads) or None.
         """
         weights = None
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks):
             last = i == len(self.layers) - 1
             kv = layer.cross_attn.precompute(memory, memory)
             x, w, _ = layer(x, kv, memory_mask, need_weights=need_weights and last)
@@ -273,13 +273,18 @@ class TransformerDecoder(nn.Module):
         :meth:`step` itself, see ``core.decoding.beam``)."""
         b, _, d = memory.shape
         empty = memory.new_zeros(b, self.num_heads, 0, d // self.num_heads)  # (B, H, 0, Dh): before the first step
-        cross = [layer.cross_attn.precompute(memory, memory) for layer in self.layers]
+        cross = [layer.cross_attn.precompute(memory, memory) for layer in self.blocks]
         return DecoderState(shared={"mask": memory_mask, "cross": cross}, cache=[(empty, empty) for _ in self.layers])
 
     @property
     def cross_attentions(self) -> list[nn.Module]:
         """The cross-attention module of every layer, bottom first (for per-layer and per-head views)."""
-        return [layer.cross_attn for layer in self.layers]
+        return [layer.cross_attn for layer in self.blocks]
+
+    @property
+    def blocks(self) -> list[TransformerDecoderLayer]:
+        """The layers, typed (an ``nn.ModuleList`` yields plain modules)."""
+        return [layer for layer in self.layers if isinstance(layer, TransformerDecoderLayer)]
 
     def step(
         self, x: Tensor, state: DecoderState, need_weights: bool = False
@@ -297,7 +302,7 @@ class TransformerDecoder(nn.Module):
         shared: dict[str, Any] = state.shared
         new_cache = []
         weights = None
-        for i, layer in enumerate(self.layers):
+        for i, layer in enumerate(self.blocks):
             last = i == len(self.layers) - 1
             x, w, kv = layer(
                 x,

@@ -28,6 +28,7 @@ __all__ = [
     "empty_batch_loss",
     "finite_loss_or_none",
     "log_figure",
+    "trainer_callbacks",
 ]
 
 
@@ -45,6 +46,22 @@ def empty_batch_loss(module: pl.LightningModule) -> torch.Tensor | None:
     zero = torch.zeros((), device=module.device)
     # a Python sum, not torch.stack: parameters may not all share one dtype
     return sum((p.sum() * 0.0 for p in module.parameters() if p.requires_grad), zero)
+
+
+def trainer_callbacks(trainer: Any) -> list[pl.Callback]:
+    """The trainer's own list of callbacks (a change to it applies to the run).
+
+    Lightning's callback connector sets ``Trainer.callbacks`` when the trainer is built, and the class does not
+    declare it, so a type checker does not see it on ``lightning.pytorch.Trainer``: it is read here, typed.
+
+    Args:
+        trainer: a ``lightning.pytorch.Trainer``.
+
+    Returns:
+        ``trainer.callbacks`` itself (not a copy).
+    """
+    callbacks: list[pl.Callback] = trainer.callbacks
+    return callbacks
 
 
 # ----------------------------------------------------------------------------------------------
@@ -214,8 +231,9 @@ class RunCheckpoint(ModelCheckpoint):
     truncated ``last.ckpt``; only global rank 0 writes.
     """
 
-    def __init__(self, *args: Any, enable_version_counter: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, enable_version_counter=enable_version_counter, **kwargs)
+    def __init__(self, enable_version_counter: bool = False, **kwargs: Any) -> None:
+        """Args: ``ModelCheckpoint``'s, by keyword (``dirpath``, ``monitor``, ``save_last``, ...)."""
+        super().__init__(enable_version_counter=enable_version_counter, **kwargs)
 
     def _pin_dirpath(self, trainer: pl.Trainer) -> None:
         if self.dirpath is None:

@@ -34,6 +34,7 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
@@ -116,7 +117,7 @@ class TaskModule(pl.LightningModule, Generic[NetT]):
     def configure_callbacks(self) -> list[pl.Callback]:
         return self.task.callbacks()
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         options = OptimizerOptions.from_hparams(self.hparams)
         return configure_optimizer(self, options, self.task.param_groups(self.network))
 
@@ -153,9 +154,7 @@ class TaskModule(pl.LightningModule, Generic[NetT]):
         ev = self.task.evaluate(self.network, batch, stage)
         if ev is None:
             return
-        corpus = self.corpus[stage]
-        assert isinstance(corpus, CorpusOutputs)
-        corpus.update(ev.indices, ev.hypotheses, ev.references)
+        self._corpus(stage).update(ev.indices, ev.hypotheses, ev.references)
         for name, (value, weight) in ev.means.items():
             key = f"{stage}/{name}"
             if key not in self.means:
@@ -175,12 +174,16 @@ class TaskModule(pl.LightningModule, Generic[NetT]):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         return self.task.predict(self.network, batch, self._datamodule(), dataloader_idx)
 
+    def _corpus(self, stage: EvalStage) -> CorpusOutputs:
+        corpus = self.corpus[stage]
+        assert isinstance(corpus, CorpusOutputs)  # an nn.ModuleDict yields plain modules
+        return corpus
+
     def _start_eval(self, stage: EvalStage) -> None:
-        self.corpus[stage].reset()  # a sanity check or an interrupted epoch may have left outputs
+        self._corpus(stage).reset()  # a sanity check or an interrupted epoch may have left outputs
 
     def _finish_eval(self, stage: EvalStage) -> None:
-        corpus = self.corpus[stage]
-        assert isinstance(corpus, CorpusOutputs)
+        corpus = self._corpus(stage)
         # compute() is a collective under DDP: every rank calls it, also one that saw no batch
         scores = corpus.compute() if corpus.update_called or self.trainer.world_size > 1 else {}
         corpus.reset()

@@ -142,7 +142,7 @@ def with_throughput(bar: Any) -> Any:
     """The throughput variant of Lightning's default bar ``bar`` (same refresh rate), or ``bar`` itself when it
     is a user's own progress bar class."""
     if type(bar) is RichProgressBar:
-        return ThroughputRichProgressBar(refresh_rate=bar.refresh_rate)
+        return ThroughputRichProgressBar(refresh_rate=int(bar.refresh_rate))
     if type(bar) is TQDMProgressBar:
         return ThroughputProgressBar(refresh_rate=bar.refresh_rate)
     return bar

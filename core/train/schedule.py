@@ -17,9 +17,11 @@ from typing import Any, ClassVar
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities.types import LRSchedulerConfigType, OptimizerLRSchedulerConfig
 from torch.optim.lr_scheduler import LambdaLR
 
 from core.errors import UserError
+from core.train.callbacks import trainer_callbacks
 
 __all__ = [
     "OPTIMIZERS",
@@ -141,7 +143,7 @@ def build_scheduler(
     schedule: str = "inverse_sqrt",
     total_steps: int | None = None,
     min_ratio: float = 0.0,
-) -> dict[str, Any]:
+) -> LRSchedulerConfigType:
     """Lightning ``lr_scheduler`` config (stepped every optimizer step) for ``configure_optimizers``.
 
     Example:
@@ -155,7 +157,7 @@ def configure_optimizer(
     module: pl.LightningModule,
     options: OptimizerOptions,
     groups: list[tuple[list[torch.nn.Parameter], float]] | None = None,
-) -> dict[str, Any]:
+) -> OptimizerLRSchedulerConfig:
     """``configure_optimizers`` of every task, from its :class:`OptimizerOptions`.
 
     Biases and normalisation weights (1-D parameters) get no weight decay. AdamW/Adam use their fused kernels on
@@ -310,7 +312,7 @@ def _time_remaining(trainer: pl.Trainer) -> float | None:
     """Seconds left before ``max_time`` (Lightning's Timer callback), or None without a time budget."""
     from lightning.pytorch.callbacks import Timer
 
-    for cb in trainer.callbacks:
+    for cb in trainer_callbacks(trainer):
         if isinstance(cb, Timer):
             left = cb.time_remaining("train")
             return None if left is None else float(left)
@@ -338,7 +340,7 @@ def _checkpoint_every(trainer: pl.Trainer) -> int | None:
 
     steps = [
         cb._every_n_train_steps
-        for cb in trainer.callbacks
+        for cb in trainer_callbacks(trainer)
         if isinstance(cb, ModelCheckpoint) and cb._every_n_train_steps > 0
     ]
     return min(steps) if steps else None

@@ -140,3 +140,4 @@ class Task(Protocol[NetT, BatchT]):
 
     def check_loaded(self, network: NetT, source: str) -> None:
         """Check loaded weights and buffers make sense (e.g. positive feature statistics)."""
+        return None
