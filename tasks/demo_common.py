@@ -1,9 +1,16 @@
-"""Pieces every task's demo shares: a time-budgeted trainer with a progress bar, and example selection."""
+"""What every task's demo shares: the sequence build → fit within a budget → save → reload → score → show →
+export (:func:`run_task_demo`), a time-budgeted trainer with a progress bar, and example selection.
+
+A task's ``demo.py`` supplies a :class:`DemoRecipe`: how to build its data module and model, how to score the
+reloaded model on its held-out set, and what to show; the order, the budget, the checkpoint written with
+``weights_only`` and reloaded through the safe loader, and the exported model folder are the same for all.
+"""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -11,8 +18,9 @@ import lightning as L
 
 from core.train.callbacks import DeadlineStop
 from core.train.progress import BudgetProgressBar, Sink, null_sink
+from tasks.demo_report import TaskReport
 
-__all__ = ["TrainClock", "demo_trainer", "export_model", "shown_indices"]
+__all__ = ["DemoRecipe", "TrainClock", "demo_trainer", "export_model", "run_task_demo", "shown_indices"]
 
 
 class TrainClock(L.Callback):
@@ -106,3 +114,64 @@ def export_model(
     )
     type(model).from_pretrained(folder)
     return folder
+
+
+@dataclass
+class DemoRecipe:
+    """What one task's demo supplies to :func:`run_task_demo`.
+
+    Attributes:
+        task: the task name (file names, progress, report).
+        build: ``(out_dir) -> (datamodule, model)``: the demo's data (caches under ``out_dir``) and a fresh model,
+            seeded by the caller.
+        score: ``(reloaded model, datamodule, report, sink) -> None``: score the reloaded model on the held-out
+            set and fill the report (``metrics``, ``n_examples``, ``examples``, ``files``: figures, outputs),
+            reporting progress to ``sink``.
+        data: what the model was trained on, for the model card.
+        reserve_s: seconds of the budget kept for saving, reloading, scoring and figures.
+        trainer: further ``L.Trainer`` arguments (e.g. ``gradient_clip_val``).
+    """
+
+    task: str
+    build: Callable[[Path], tuple[L.LightningDataModule, L.LightningModule]]
+    score: Callable[[Any, Any, TaskReport, Sink], None]
+    data: str
+    reserve_s: float = 25.0
+    trainer: dict[str, Any] = field(default_factory=dict)
+
+
+def run_task_demo(recipe: DemoRecipe, out_dir: Path, max_minutes: float, seed: int, sink: Sink) -> TaskReport:
+    """Build, train until the budget minus ``reserve_s``, save, reload safely, score, show and export one task.
+
+    Writes ``<task>.ckpt`` (weights, hyper-parameters and metadata; no optimizer state) and the model folder
+    ``model/``, and whatever the recipe's ``score`` adds.
+
+    Args:
+        recipe: the task's parts.
+        out_dir: the task's output folder (created).
+        max_minutes: wall-clock budget of the whole task.
+        seed: seed of the model initialisation and batch order.
+        sink: progress sink (`core.train.progress`).
+
+    Returns:
+        The report: scores, examples, files, steps and seconds.
+    """
+    start = time.monotonic()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(seed, verbose=False)
+    dm, model = recipe.build(out_dir)
+    # Keep reserve_s (or a third of a tiny budget) for saving, reloading, scoring and figures.
+    deadline = start + max(5.0, max_minutes * 60 - min(recipe.reserve_s, max_minutes * 60 / 3))
+    clock = TrainClock()
+    trainer = demo_trainer(recipe.task, deadline, sink, clock, default_root_dir=str(out_dir), **recipe.trainer)
+    trainer.fit(model, dm)
+    ckpt = out_dir / f"{recipe.task}.ckpt"
+    trainer.save_checkpoint(ckpt, weights_only=True)  # weights + hparams + metadata: small, no optimizer state
+    reloaded = type(model).load_from_checkpoint(ckpt)  # the safe loader: weights_only, task and shapes checked
+    report = TaskReport(recipe.task, train_steps=trainer.global_step, train_seconds=clock.seconds, files=[ckpt])
+    recipe.score(reloaded, dm, report, sink)
+    figures = [f for f in report.files if f.suffix == ".png"]
+    folder = export_model(reloaded, out_dir, report.metrics, recipe.data, figures[0] if figures else None)
+    report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
+    report.seconds = time.monotonic() - start
+    return report

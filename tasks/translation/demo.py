@@ -8,14 +8,13 @@ measures.
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from core.cli.predict import write_text_atomic
 from core.train.progress import Sink, StageProgress, null_sink
-from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
+from tasks.demo_common import DemoRecipe, run_task_demo, shown_indices
 from tasks.demo_report import Example, TaskReport
 
 TASK = "translation"
@@ -146,36 +145,44 @@ def run_demo(
 
 
 def _run(out_dir: Path, max_minutes: float, seed: int, sink: Sink, n_held_out: int, data: dict[str, Any]) -> TaskReport:
+    def build_demo(out: Path) -> tuple[Any, Any]:
+        return build(seed, data={"cache_dir": str(out / "cache"), **data})
+
+    def score(reloaded: Any, dm: Any, report: TaskReport, sink: Sink) -> None:
+        _score(reloaded, held_out(dm, n_held_out), out_dir, report, sink)
+
+    recipe = DemoRecipe(
+        TASK,
+        build_demo,
+        score,
+        "demo: the embedded English-Spanish grammar corpus (tasks/translation/grammar.py)",
+        RESERVE_S,
+        DEMO_TRAINER,
+    )
+    return run_task_demo(recipe, out_dir, max_minutes, seed, sink)
+
+
+def _score(reloaded: Any, pairs: list[tuple[str, str]], out_dir: Path, report: TaskReport, sink: Sink) -> None:
+    """Held-out BLEU/chrF, the shown examples with their alignments, and ``translations.txt``."""
     from core.viz import plot_alignment
-    from tasks.translation.module import TranslationModule
 
-    start = time.monotonic()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dm, model = build(seed, data={"cache_dir": str(out_dir / "cache"), **data})
-    # Leave RESERVE_S (or a third of a tiny budget) for checkpointing, reloading, scoring and figures.
-    deadline = start + max(5.0, max_minutes * 60 - min(RESERVE_S, max_minutes * 60 / 3))
-    clock = TrainClock()
-    trainer = demo_trainer(TASK, deadline, sink, clock, default_root_dir=str(out_dir), **DEMO_TRAINER)
-    trainer.fit(model, dm)
-    ckpt = out_dir / "translation.ckpt"
-    trainer.save_checkpoint(ckpt, weights_only=True)  # weights + hparams + metadata: small, no optimizer state
-
-    reloaded = TranslationModule.load_from_checkpoint(ckpt)
-    pairs = held_out(dm, n_held_out)
     with StageProgress(sink, TASK, f"scoring {len(pairs)} held-out sentences", len(pairs), "sentences") as prog:
-        metrics, hyps = evaluate(reloaded, pairs, progress=prog)
+        report.metrics, hyps = evaluate(reloaded, pairs, progress=prog)
+    report.n_examples = {"test": len(pairs)}
     correct = [h == r for h, (_, r) in zip(hyps, pairs)]
     shown = shown_indices(correct)
     # Alignments of the shown sentences (same beam, so the same outputs as scored).
     results = reloaded.translate([pairs[i][0] for i in shown], beam=DEMO_BEAM, return_attention=True)
-    report = TaskReport(
-        TASK,
-        metrics=metrics,
-        n_examples={"test": len(pairs)},
-        train_steps=trainer.global_step,
-        train_seconds=clock.seconds,
-        files=[ckpt],
-    )
+    own = reloaded.translate(DEMO_SENTENCES, beam=DEMO_BEAM)
+    txt = out_dir / "translations.txt"
+    lines = [f"{s}\t{h}\t{r}\t{'ok' if c else 'WRONG'}" for (s, r), h, c in zip(pairs, hyps, correct)]
+    for s, h in zip(DEMO_SENTENCES, own):
+        unknown = reloaded.unknown_words(s)
+        lines.append(
+            f"{s}\t{h}\t\thand-picked" + (f"; never seen in training: {', '.join(unknown)}" if unknown else "")
+        )
+    write_text_atomic(txt, "source\toutput\treference\tresult\n" + "\n".join(lines) + "\n")
+    report.files.append(txt)
     for k, (i, res) in enumerate(zip(shown, results)):
         src, ref = pairs[i]
         png = out_dir / f"translation_alignment_{k}.png"
@@ -193,22 +200,6 @@ def _run(out_dir: Path, max_minutes: float, seed: int, sink: Sink, n_held_out: i
                 group=f"test #{i}",
             )
         )
-    own = reloaded.translate(DEMO_SENTENCES, beam=DEMO_BEAM)
-    txt = out_dir / "translations.txt"
-    lines = [f"{s}\t{h}\t{r}\t{'ok' if c else 'WRONG'}" for (s, r), h, c in zip(pairs, hyps, correct)]
-    for s, h in zip(DEMO_SENTENCES, own):
-        unknown = reloaded.unknown_words(s)
-        lines.append(
-            f"{s}\t{h}\t\thand-picked" + (f"; never seen in training: {', '.join(unknown)}" if unknown else "")
-        )
-    write_text_atomic(txt, "source\toutput\treference\tresult\n" + "\n".join(lines) + "\n")
-    report.files.insert(1, txt)
-    figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
-    data = "demo: the embedded English-Spanish grammar corpus (tasks/translation/grammar.py)"
-    folder = export_model(reloaded, out_dir, report.metrics, data, figures[0] if figures else None)
-    report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
-    report.seconds = time.monotonic() - start
-    return report
 
 
 if __name__ == "__main__":
