@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,16 @@ def _decode(model: Any, texts: list[str], args: argparse.Namespace) -> list[Outp
     def plot(stem: Path, r: Any) -> list[Path]:
         return [save_figure(plot_alignment(r[3][None], r[2], [r[0]], title=f"{r[0]} ({r[1]:.2f})"), f"{stem}.png")]
 
-    return [Output([(r[0], f"{r[1]:.3f}", t)], lambda s, r=r: plot(s, r)) for t, r in zip(texts, model.classify(texts))]
+    return [Output([(r[0], f"{r[1]:.3f}", t)], partial(plot, r=r)) for t, r in zip(texts, model.classify(texts))]
+
+
+def _add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("texts", nargs="+")
+
+
+def _inputs(args: argparse.Namespace) -> Iterator[InputItem]:
+    for i, text in enumerate(args.texts):
+        yield InputItem(i, text, partial(str, text))  # loading a command-line sentence is the sentence itself
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,8 +43,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "attn-sentiment classify",
         "Classify sentences ('label<TAB>probability<TAB>sentence' per line).",
         SentimentModule,
-        lambda p: p.add_argument("texts", nargs="+"),
-        lambda a: (InputItem(i, t, lambda t=t: t) for i, t in enumerate(a.texts)),
+        _add_arguments,
+        _inputs,
         _decode,
     )
     return task_main(argv, SentimentModule, SentimentDataModule, spec, cli_class=SentimentCLI)

@@ -7,13 +7,15 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from core.text.tokenizers import WordTokenizer
 
 POSITIVE, NEGATIVE = ("good", "great", "fun", "lovely", "brilliant"), ("bad", "boring", "awful", "dull", "terrible")
 NOUNS, FILLER = ("film", "book", "meal", "game", "song", "show"), ("long", "short", "new", "old", "loud")
 LABELS = ("negative", "positive")
+
+Row = tuple[int, tuple[str, int]]  # (dataset index, (sentence, label))
 
 
 def review(rng: random.Random) -> tuple[str, int]:
@@ -26,6 +28,19 @@ def review(rng: random.Random) -> tuple[str, int]:
     return " ".join(words), int(positive != negated)
 
 
+class _Rows(Dataset[Row]):
+    """Sentences with their labels, each numbered by its position (the ``index`` of a batch)."""
+
+    def __init__(self, rows: list[tuple[str, int]]) -> None:
+        self.rows: list[Row] = list(enumerate(rows))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> Row:
+        return self.rows[i]
+
+
 class SentimentDataModule(L.LightningDataModule):
     """Train/val/test splits of generated reviews (80/10/10) and a word vocabulary from the training split."""
 
@@ -34,6 +49,8 @@ class SentimentDataModule(L.LightningDataModule):
         sentences, one per line, for ``predict`` (default: the test split)."""
         super().__init__()
         self.save_hyperparameters()
+        self.batch_size = batch_size
+        self.predict_path = predict_path
         rng = random.Random(seed)
         data = [review(rng) for _ in range(size)]
         n = size // 10
@@ -41,7 +58,7 @@ class SentimentDataModule(L.LightningDataModule):
         self.tokenizer = WordTokenizer.train([t for t, _ in self.splits["train"]], min_freq=1)
         self.vocab = self.tokenizer.to_dict()  # the CLI links it into the model
 
-    def collate(self, rows: list[tuple[int, tuple[str, int]]]) -> dict[str, Any]:
+    def collate(self, rows: list[Row]) -> dict[str, Any]:
         """``(dataset index, (sentence, label))`` rows -> a padded batch (``index``, ``texts`` stay beside it)."""
         ids = [self.tokenizer.encode(t) or [self.tokenizer.unk_id] for _, (t, _) in rows]
         x = torch.zeros(len(ids), max(map(len, ids)), dtype=torch.long)  # (B, S), 0 = padding
@@ -56,9 +73,7 @@ class SentimentDataModule(L.LightningDataModule):
         }
 
     def _loader(self, rows: list[tuple[str, int]], shuffle: bool = False) -> DataLoader:
-        return DataLoader(
-            list(enumerate(rows)), batch_size=self.hparams.batch_size, shuffle=shuffle, collate_fn=self.collate
-        )
+        return DataLoader(_Rows(rows), batch_size=self.batch_size, shuffle=shuffle, collate_fn=self.collate)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.splits["train"], shuffle=True)
@@ -70,7 +85,7 @@ class SentimentDataModule(L.LightningDataModule):
         return self._loader(self.splits["test"])
 
     def predict_dataloader(self) -> DataLoader:
-        if self.hparams.predict_path is None:
+        if self.predict_path is None:
             return self._loader(self.splits["test"])
-        with open(self.hparams.predict_path, encoding="utf-8") as f:
+        with open(self.predict_path, encoding="utf-8") as f:
             return self._loader([(line.rstrip("\n"), 0) for line in f])  # the label is unused

@@ -216,6 +216,8 @@ class ResumableDataLoader(DataLoader):
         self._yielded = 0
         self._resume_skip = 0
 
+    # torch types DataLoader.__iter__ as its private _BaseDataLoaderIter; this generator wraps that iterator
+    # (counting batches), which Lightning and Python only use as an iterator.
     def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
         sampler = self.batch_sampler
         skip, self._resume_skip = self._resume_skip, 0

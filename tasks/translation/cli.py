@@ -77,6 +77,7 @@ def _decode(model: Any, loaded: list[tuple[int, str]], args: argparse.Namespace)
     outputs = []
     for (index, text), res in zip(loaded, results):
         hyps = [] if not text.strip() else (res if args.nbest > 1 else [res])
+        rows: list[tuple[str, ...]]  # one field per line, or INDEX / SCORE / TEXT with --nbest
         if args.nbest == 1:
             rows = [(hyps[0].text if hyps else "",)]
         else:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Literal
 
 import lightning.pytorch as pl
 from lightning.pytorch.utilities import rank_zero_warn
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from core.errors import ConfigError, DataError
 from core.text.known_words import KnownWords
@@ -48,7 +48,7 @@ from tasks.translation.sources import (
 )
 from tasks.translation.splits import split_by_source
 from tasks.translation.tokenization import encode_all
-from tasks.translation.tokenizer_cache import TokenizerCacheMixin, default_cache_dir
+from tasks.translation.tokenizer_cache import TokenizerCache, default_cache_dir
 
 if TYPE_CHECKING:
     from tasks.translation.alignment import GoldPair
@@ -57,7 +57,7 @@ Pair = tuple[str, str]
 Source = Literal["embedded", "tatoeba", "tsv", "csv", "parallel", "hf"]
 
 
-class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
+class TranslationDataModule(pl.LightningDataModule):
     """Data for :class:`tasks.translation.module.TranslationModule`.
 
     Args:
@@ -311,6 +311,26 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
         return {label: [self._oriented(p) for p in pairs] for label, pairs in found.items()}
 
     # ------------------------------------------------------------------ tokenizers (cache: tokenizer_cache.py)
+    def _tokenizer_cache(self) -> TokenizerCache:
+        return TokenizerCache(
+            cache_dir=self.cache_dir,
+            vocab_size=self.vocab_size,
+            tokenizer_model=self.tokenizer_model,
+            joint_vocab=self.joint_vocab,
+            min_freq=self.min_freq,
+            split_punctuation=self.split_punctuation,
+        )
+
+    def prepare_data(self) -> None:
+        """Rank 0 of each node: train the tokenizers on the training split and cache them."""
+        self._tokenizer_cache().prepare(self.load_splits()["train"])
+
+    def _load_tokenizers(self) -> None:
+        """The cached tokenizers (or ones trained in memory), unless the module already has tokenizers."""
+        if self.src_tokenizer is not None:
+            return
+        self.src_tokenizer, self.tgt_tokenizer = self._tokenizer_cache().load_or_train(self.load_splits()["train"])
+
     def set_tokenizers(self, src: BaseTokenizer, tgt: BaseTokenizer) -> None:
         """Use given tokenizers (e.g. from a checkpoint) instead of training/caching new ones."""
         self.src_tokenizer, self.tgt_tokenizer = src, tgt
@@ -406,7 +426,8 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         # Plain batching: Lightning wraps predict batch samplers to track indices, which only works
         # for torch's BatchSampler; outputs are in dataset order.
-        ds = self.datasets["predict" if "predict" in self.datasets else "test"]
+        pairs = self.datasets["predict" if "predict" in self.datasets else "test"]
+        ds: Dataset = pairs  # the whole split, or this rank's shard of it
         world, rank = self._world()
         # (If Lightning injects its own distributed sampler, it shards this loader already.)
         injected = bool(
@@ -416,7 +437,7 @@ class TranslationDataModule(TokenizerCacheMixin, pl.LightningDataModule):
             # The CLI turns Lightning's sampler injection off, so without this every rank would translate
             # everything. Each rank takes a strided shard; items keep their dataset "index", so the
             # core.cli.predict.PredictionWriter gathers the shards and writes one output in input order.
-            ds = Subset(ds, shard_indices(len(ds), world, rank))  # type: ignore[assignment]
+            ds = Subset(pairs, shard_indices(len(pairs), world, rank))
         return DataLoader(ds, batch_size=64, shuffle=False, collate_fn=collate, num_workers=self.num_workers)
 
     def fixed_examples(self, n: int) -> list[Pair]:

@@ -324,7 +324,8 @@ def _clause(
 ) -> _Sentence:
     """The words and links of :func:`aligned_clause`, before question marks."""
     aux, main = _en_verb(verb, subject.person, tense, negative, question)
-    en_obj, es_clitic, es_obj, obj_links, personal_a = "", "", "", (), None
+    en_obj, es_clitic, es_obj, personal_a = "", "", "", None
+    obj_links: tuple[PhraseLink, ...] = ()
     if clitic is not None:
         en_obj, es_clitic, _ = OBJECT_PRONOUNS[clitic]
     elif obj is not None:

@@ -44,7 +44,7 @@ from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
 from tasks.translation.marian_tokenizer import marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 from tasks.translation.models.marian import MarianSeq2Seq, load_marian, marian_network
-from tasks.translation.models.rnn import upgrade_state_dict_v1
+from tasks.translation.models.rnn import RNNType, upgrade_state_dict_v1
 from tasks.translation.models.transformer import upgrade_state_dict_v2
 from tasks.translation.stored import read_artifacts, write_artifacts
 
@@ -62,7 +62,7 @@ class TranslationOptions:
     hidden_dim: int = 256
     encoder_layers: int = 1
     decoder_layers: int = 1
-    rnn_type: str = "gru"
+    rnn_type: RNNType = "gru"
     attention: str = "additive"
     attention_options: dict[str, Any] | None = None
     num_heads: int = 4
@@ -220,9 +220,10 @@ class TranslationTask(Task[TranslationNetwork, Batch]):
                 dm.set_tokenizers(self.src_tokenizer, self.tgt_tokenizer)
                 dm.datasets.clear()
                 dm.setup(stage)
-        if stage == "fit" and callable(getattr(dm, "known_source_words", None)):
+        known_source_words = getattr(dm, "known_source_words", None)
+        if stage == "fit" and callable(known_source_words):
             # a model trained further on new data knows the words of both
-            new = dm.known_source_words()
+            new = known_source_words()
             self.known_words = new if self.known_words is None else KnownWords(self.known_words.words | new.words)
         return rebuild
 
@@ -294,9 +295,10 @@ class TranslationTask(Task[TranslationNetwork, Batch]):
     def figures(self, network: TranslationNetwork, datamodule: Any | None) -> list[tuple[str, Figure]]:
         """Attention heatmaps of the data module's first ``plot_examples`` validation sentences (greedy)."""
         n = self.options.plot_examples
-        if n <= 0 or not callable(getattr(datamodule, "fixed_examples", None)):
+        fixed_examples = getattr(datamodule, "fixed_examples", None)
+        if n <= 0 or not callable(fixed_examples):
             return []
-        examples = datamodule.fixed_examples(n)  # type: ignore[union-attr]  # callable checked above
+        examples = fixed_examples(n)
         if not examples:
             return []
         results = self.translator(network).translate([s for s, _ in examples], beam=1, return_attention=True)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import csv
 import os
 import unicodedata
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,8 +156,9 @@ def read_table(
 
     # A TSV has no quoting convention: a stray `"` (common in sentences) must stay literal text. With
     # csv's default quoting it would open a quoted field that swallows the following lines silently.
-    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
-    reader = csv.reader(texts(), delimiter=delimiter, quoting=quoting)
+    reader = csv.reader(
+        texts(), delimiter=delimiter, quoting=csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    )
     try:
         header = next(reader)
     except StopIteration:
@@ -244,6 +245,7 @@ def read_hf(name_or_path: str, src_column: str, tgt_column: str, split: str = "t
         ds = ds[split]
     cols = list(ds.column_names or [])
     res = LoadResult()
+    rows: Iterable[tuple[object, object]]  # untrusted cells: checked to be text below
     if src_column in cols and tgt_column in cols:
         rows = zip(ds[src_column], ds[tgt_column])
     elif "translation" in cols:

@@ -32,6 +32,7 @@ def train_subword(
 
     specials = list(SPECIAL_TOKENS)
     unk = SPECIAL_TOKENS[UNK_ID]
+    trainer: trainers.Trainer
     if model == "bpe":
         tok = Tokenizer(models.BPE(unk_token=unk))
         trainer = trainers.BpeTrainer(

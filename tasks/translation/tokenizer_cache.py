@@ -9,15 +9,17 @@ import hashlib
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_info
 
-from core.text.tokenizers import tokenizer_from_dict
+from core.text.tokenizers import BaseTokenizer, tokenizer_from_dict
 from tasks.translation.sources import Pair
 from tasks.translation.tokenization import train_subword
 
-__all__ = ["TokenizerCacheMixin", "default_cache_dir"]
+__all__ = ["TokenizerCache", "default_cache_dir"]
 
 #: Bump when the preprocessing changes so stale tokenizer caches are not reused.
 _CACHE_VERSION = 1
@@ -29,12 +31,28 @@ def default_cache_dir() -> Path:
     return Path(env).expanduser() if env else Path("~/.cache/attn-suite/translation").expanduser()
 
 
-class TokenizerCacheMixin:
-    """Tokenizer training and caching of :class:`tasks.translation.data.TranslationDataModule` (needs
-    ``load_splits``, ``cache_dir``, the tokenizer settings ``vocab_size`` / ``tokenizer_model`` / ``joint_vocab`` /
-    ``min_freq`` / ``split_punctuation``, and sets ``src_tokenizer`` / ``tgt_tokenizer``)."""
+@dataclass(frozen=True)
+class TokenizerCache:
+    """Tokenizer training and caching for :class:`tasks.translation.data.TranslationDataModule`.
 
-    def _cache_key(self, train: list[Pair]) -> str:
+    Attributes:
+        cache_dir: folder of the cache files (``tokenizers-<key>.json``).
+        vocab_size: subword vocabulary size (per language, or total when ``joint_vocab``).
+        tokenizer_model: ``bpe`` or ``unigram``.
+        joint_vocab: one shared tokenizer for both languages.
+        min_freq: minimum pair frequency for BPE merges.
+        split_punctuation: split punctuation off words before subword training.
+    """
+
+    cache_dir: Path
+    vocab_size: int
+    tokenizer_model: str
+    joint_vocab: bool
+    min_freq: int
+    split_punctuation: bool
+
+    def key(self, train: list[Pair]) -> str:
+        """A hash of the settings and the training pairs (the cache file's name)."""
         h = hashlib.sha256()
         h.update(
             json.dumps(
@@ -55,34 +73,35 @@ class TokenizerCacheMixin:
             h.update(b"\n")
         return h.hexdigest()[:20]
 
-    def _cache_path(self, train: list[Pair]) -> Path:
-        return self.cache_dir / f"tokenizers-{self._cache_key(train)}.json"
+    def path(self, train: list[Pair]) -> Path:
+        """The cache file of the tokenizers of ``train``."""
+        return self.cache_dir / f"tokenizers-{self.key(train)}.json"
 
-    def _train_tokenizers(self, train: list[Pair]) -> dict[str, dict]:
+    def train(self, train: list[Pair]) -> dict[str, Any]:
+        """Train the tokenizers: ``{"src": dict, "tgt": dict, "joint": bool}``, the cache file's content."""
         src_texts = [s for s, _ in train]
         tgt_texts = [t for _, t in train]
-        kw = {
-            "vocab_size": self.vocab_size,
-            "model": self.tokenizer_model,
-            "min_freq": self.min_freq,
-            "split_punctuation": self.split_punctuation,
-        }
-        if self.joint_vocab:
-            tok = train_subword(src_texts + tgt_texts, **kw)  # type: ignore[arg-type]
-            return {"src": tok.to_dict(), "tgt": tok.to_dict(), "joint": True}
-        return {
-            "src": train_subword(src_texts, **kw).to_dict(),  # type: ignore[arg-type]
-            "tgt": train_subword(tgt_texts, **kw).to_dict(),
-            "joint": False,
-        }  # type: ignore[arg-type]
 
-    def prepare_data(self) -> None:
-        """Rank 0 of each node: train the tokenizers on the training split and cache them."""
-        train = self.load_splits()["train"]
-        path = self._cache_path(train)
+        def subword(texts: list[str]) -> dict[str, Any]:
+            return train_subword(
+                texts,
+                vocab_size=self.vocab_size,
+                model=self.tokenizer_model,
+                min_freq=self.min_freq,
+                split_punctuation=self.split_punctuation,
+            ).to_dict()
+
+        if self.joint_vocab:
+            joint = subword(src_texts + tgt_texts)
+            return {"src": joint, "tgt": joint, "joint": True}
+        return {"src": subword(src_texts), "tgt": subword(tgt_texts), "joint": False}
+
+    def prepare(self, train: list[Pair]) -> None:
+        """Train the tokenizers of ``train`` and write them to the cache, unless a cache file exists."""
+        path = self.path(train)
         if path.exists():
             return
-        toks = self._train_tokenizers(train)
+        toks = self.train(train)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Atomic write: another process (or a killed run) never sees a half-written cache file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tok-", suffix=".json")
@@ -91,15 +110,11 @@ class TokenizerCacheMixin:
         os.replace(tmp, path)
         rank_zero_info(f"tokenizers trained on {len(train)} pairs and cached at {path}")
 
-    def _load_tokenizers(self) -> None:
-        if self.src_tokenizer is not None:
-            return
-        train = self.load_splits()["train"]
-        path = self._cache_path(train)
-        if path.exists():
-            toks = json.loads(path.read_text(encoding="utf-8"))
-        else:
-            # prepare_data was not run (plain Python use without a Trainer): train here, in memory.
-            toks = self._train_tokenizers(train)
-        self.src_tokenizer = tokenizer_from_dict(toks["src"])
-        self.tgt_tokenizer = self.src_tokenizer if toks.get("joint") else tokenizer_from_dict(toks["tgt"])
+    def load_or_train(self, train: list[Pair]) -> tuple[BaseTokenizer, BaseTokenizer]:
+        """The source and target tokenizers of ``train``: read from the cache, or trained in memory when
+        ``prepare`` was not run (plain Python use without a Trainer). With ``joint`` both are one object."""
+        path = self.path(train)
+        toks = json.loads(path.read_text(encoding="utf-8")) if path.exists() else self.train(train)
+        src = tokenizer_from_dict(toks["src"])
+        tgt = src if toks.get("joint") else tokenizer_from_dict(toks["tgt"])
+        return src, tgt

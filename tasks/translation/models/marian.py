@@ -20,8 +20,9 @@ search. :class:`MarianSeq2Seq` offers the interface of the other translation mod
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -34,9 +35,20 @@ from core.text.tokenizers import BOS_ID
 from core.train.finetune import FreezePolicy, attn_implementation
 from tasks.translation.marian_tokenizer import OFFSET, read_tokenizer_files
 
+if TYPE_CHECKING:
+    from transformers.models.marian.modeling_marian import MarianMTModel
+
 __all__ = ["MarianSeq2Seq", "load_marian", "marian_network"]
 
 OPTION = "--model.pretrained"
+
+
+def _token_id(name: str, value: int | float | list[int] | None) -> int:
+    """A special token's id from the Marian config, as ``int``; the config's typing also allows None or a list
+    (a config without this token, or with several end tokens), which this model cannot use."""
+    if not isinstance(value, (int, float)):
+        raise ConfigError(f"marian config: {name} = {value!r}, expected one token id")
+    return int(value)
 
 
 class MarianSeq2Seq(nn.Module):
@@ -51,19 +63,28 @@ class MarianSeq2Seq(nn.Module):
 
     def __init__(self, marian: nn.Module, trainable_blocks: int = -1) -> None:
         super().__init__()
-        cfg = marian.config  # type: ignore[attr-defined]
+        # Imported here: transformers is slow to import and only this architecture needs it (it is loaded by now).
+        from transformers.models.marian.modeling_marian import MarianMTModel
+
+        # load_marian / marian_network only build "marian" model types (core.io.pretrained.MODEL_TYPES), which
+        # transformers' AutoModelForSeq2SeqLM makes into a MarianMTModel.
+        assert isinstance(marian, MarianMTModel), f"expected a MarianMTModel, got {type(marian).__name__}"
+        cfg = marian.config
         if trainable_blocks == 0:
             raise ConfigError(
                 "--model.trainable_blocks=0 leaves nothing of a marian model to train (it has no new "
                 "layers): use -1 (all) or the number of top decoder layers to fine-tune"
             )
-        self.marian = marian
-        self.m_pad, self.m_eos = int(cfg.pad_token_id), int(cfg.eos_token_id)
+        self.marian: MarianMTModel = marian
+        self.m_pad, self.m_eos = (
+            _token_id("pad_token_id", cfg.pad_token_id),
+            _token_id("eos_token_id", cfg.eos_token_id),
+        )
         start = cfg.decoder_start_token_id
         self.m_start = int(self.m_pad if start is None else start)
         self.vocab_size = int(cfg.decoder_vocab_size or cfg.vocab_size) + OFFSET
         self.max_positions = int(cfg.max_position_embeddings)
-        blocks = list(marian.model.decoder.layers)  # type: ignore[attr-defined]
+        blocks = list(marian.model.decoder.layers)
         self.freeze_policy = FreezePolicy(
             marian,
             blocks,
@@ -214,7 +235,10 @@ def marian_network(
         ConfigError: tokenizer and weights of different models, or lengths beyond the model's positions.
     """
     if backbone is None:
-        backbone = build_from_config(info.get("config"), "translation", "--model.pretrained_config")  # type: ignore[arg-type]
+        source, config = "--model.pretrained_config", info.get("config")
+        if not isinstance(config, Mapping):  # untrusted: build_from_config checks the rest
+            raise ConfigError(f"{source}: pretrained config is a {type(config).__name__}, expected an object")
+        backbone = build_from_config(config, "translation", source)
     model = MarianSeq2Seq(backbone, trainable_blocks)
     if model.vocab_size != vocab_size:
         raise ConfigError(
