@@ -18,8 +18,9 @@ test: setup lint
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
-# Static types of core/ and tasks/ ([tool.mypy] in pyproject.toml). Not part of `lint` yet.
+# Static types of core/ and tasks/ alone ([tool.mypy] in pyproject.toml; also part of `lint`).
 typecheck: setup
 	$(PY) -m mypy
 

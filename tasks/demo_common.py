@@ -94,7 +94,7 @@ def export_model(
     before allocation) means a demo that finished also proved the folder usable.
 
     Args:
-        model: the trained task module (a ``TaskCheckpointMixin``).
+        model: the trained task module (a ``core.train.module.TaskModule``).
         out_dir: the task's output folder.
         metrics: held-out scores for the model card.
         data: what it was trained on, for the card (the demo's embedded corpus, named).

@@ -69,13 +69,15 @@ class CorpusOutputs(Metric):
         if not indices:
             return
         blobs = [json.dumps([h, list(r)], ensure_ascii=False).encode("utf-8") for h, r in zip(hypotheses, references)]
-        self.index.append(torch.tensor(list(indices), dtype=torch.long))
-        self.payload.append(torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8))
-        self.sizes.append(torch.tensor([len(b) for b in blobs], dtype=torch.long))
+        # on the metric's device, like its other state: a sync gathers them there (NCCL needs CUDA tensors)
+        dev = self.device
+        self.index.append(torch.tensor(list(indices), dtype=torch.long, device=dev))
+        self.payload.append(torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8).to(dev))
+        self.sizes.append(torch.tensor([len(b) for b in blobs], dtype=torch.long, device=dev))
 
     def examples(self) -> tuple[list[str], list[list[str]]]:
         """``(hypotheses, references)`` of every example once, in dataset order (call after a sync)."""
-        index = _cat(self.index).long().tolist()
+        index = _cat(self.index).long().tolist()  # (one host copy per epoch)
         sizes = _cat(self.sizes).long().tolist()
         data = _cat(self.payload).to(torch.uint8).cpu().numpy().tobytes()
         seen: dict[int, tuple[str, list[str]]] = {}

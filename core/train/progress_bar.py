@@ -1,8 +1,8 @@
 """Training progress a user can act on: throughput in the task's own unit and the time to the next validation.
 
 `ThroughputProgressBar` is Lightning's tqdm bar plus two fields, e.g. ``tok/s=1840, next val=2:41``. A task
-module mixes in :class:`ThroughputMixin` and says what one batch is worth (``THROUGHPUT_UNIT`` and
-``batch_units``: source + target tokens, images, seconds of audio). The count is taken in
+module's task says what one batch is worth (``Task.unit`` and ``Task.batch_units``, counted by
+``core.train.module.TaskModule``: source + target tokens, images, seconds of audio). The count is taken in
 ``on_before_batch_transfer``, while the batch is still on the host, so showing it never synchronises with a
 GPU. ``TaskCLI`` puts the bar in place of Lightning's default one for ``fit``.
 """
@@ -11,32 +11,12 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Any, ClassVar
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
-__all__ = ["ThroughputMixin", "ThroughputProgressBar", "ThroughputRichProgressBar", "format_seconds", "with_throughput"]
-
-
-class ThroughputMixin:
-    """Counts the units of each training batch on the host (see module docstring)."""
-
-    THROUGHPUT_UNIT: ClassVar[str] = "samples"
-    last_batch_units: float = 0.0
-
-    def batch_units(self, batch: Any) -> float:
-        """How many ``THROUGHPUT_UNIT`` the (host) batch holds."""
-        return 0.0
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        try:
-            self.last_batch_units = float(self.batch_units(batch)) if batch is not None else 0.0
-        except (TypeError, KeyError, AttributeError):  # a batch built by hand: nothing to count
-            self.last_batch_units = 0.0
-        parent = super()
-        hook = getattr(parent, "on_before_batch_transfer", None)
-        return hook(batch, dataloader_idx) if hook is not None else batch
+__all__ = ["ThroughputProgressBar", "ThroughputRichProgressBar", "format_seconds", "with_throughput"]
 
 
 def format_seconds(seconds: float) -> str:

@@ -28,9 +28,10 @@ from typing import Any
 
 from core.metrics.alignment import pointing_accuracy
 from tasks.captioning import scenes as scene_gen
+from tasks.captioning.inference import Caption
 from tasks.captioning.scenes import ObjectRegion, Scene
 
-__all__ = ["POINTING_SCENES", "gold_scenes", "named_cells", "pointing_scores", "scored_words"]
+__all__ = ["POINTING_SCENES", "caption_pointing", "gold_scenes", "named_cells", "pointing_scores", "scored_words"]
 
 #: Scenes of a split scored at each validation / test (a few dozen: seconds on a CPU).
 POINTING_SCENES = 32
@@ -89,28 +90,36 @@ def pointing_scores(model: Any, scenes: Sequence[Scene], beam: int = 3, batch_si
 
     Args:
         model: a `tasks.captioning.module.CaptioningModule` (anything with ``caption_images`` and the
-            ``grid_size`` / ``decoder`` / ``attention`` hyper-parameters).
+            ``decoder`` / ``attention`` hyper-parameters).
         scenes: generated scenes (their objects carry positions, as `scenes.make_scene` makes them).
         beam: beam width of the captions.
         batch_size: images per forward pass.
 
     Returns:
-        ``{"pointing": share of scored words whose attention peak lies on the object they name,
-        "pointing_colour": the share over colour words, "pointing_shape": over shape words,
-        "pointing_words": number of words scored}``; a share is NaN when no such word was generated.
-        Empty for a model without attention maps (``attention=none``, whose uniform map points nowhere).
+        :func:`caption_pointing` of the model's captions; empty for a model without attention maps
+        (``attention=none``, whose uniform map points nowhere).
     """
     hp = model.hparams
     if (hp.decoder == "rnn" and hp.attention == "none") or not scenes:
         return {}
-    g = int(hp.grid_size)
-    hyps = model.caption_images([s.image for s in scenes], beam=beam, batch_size=batch_size)
+    return caption_pointing(model.caption_images([s.image for s in scenes], beam=beam, batch_size=batch_size), scenes)
+
+
+def caption_pointing(captions: Sequence[Sequence[Caption]], scenes: Sequence[Scene]) -> dict[str, float]:
+    """Pointing accuracy of the best caption of each scene (``captions[i][0]``, with its attention maps).
+
+    Returns:
+        ``{"pointing": share of scored words whose attention peak lies on the object they name,
+        "pointing_colour": the share over colour words, "pointing_shape": over shape words,
+        "pointing_words": number of words scored}``; a share is NaN when no such word was generated.
+        Empty when a caption has no attention maps (a decoder that returns none).
+    """
     maps, regions, kinds = [], [], []
-    for scene, candidates in zip(scenes, hyps):
+    for scene, candidates in zip(scenes, captions):
         best = candidates[0]
         if best.attention is None:  # a decoder that returns no maps: nothing to score
             return {}
-        gold = scene.regions(g)
+        gold = scene.regions(best.attention.shape[-1])  # (T, g, g) maps: the g x g grid
         for i, kind, cells in scored_words(best.words, gold):
             maps.append(best.attention[i])  # (g, g): flattened row-major, as the cells index it
             regions.append(cells)
@@ -135,8 +144,9 @@ def gold_scenes(datamodule: Any, split: str, limit: int = POINTING_SCENES) -> li
         Scenes ``0 .. n-1`` of the split, exactly those its loader serves first; ``[]`` when the data is not
         the generated corpus (real corpora have no object positions).
     """
-    if getattr(datamodule, "dataset", None) != "scenes" or split not in ("val", "test", "unseen"):
+    held_out: dict[str, scene_gen.Split] = {"val": "val", "test": "test", "unseen": "unseen"}
+    if getattr(datamodule, "dataset", None) != "scenes" or split not in held_out:
         return []
     hp = datamodule.hparams
     n = min(limit, int(getattr(hp, f"{split}_size")))
-    return [scene_gen.make_scene(hp.seed, split, i, datamodule.image_size) for i in range(n)]  # type: ignore[arg-type]
+    return [scene_gen.make_scene(hp.seed, held_out[split], i, datamodule.image_size) for i in range(n)]

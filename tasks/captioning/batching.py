@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from tasks.captioning.sources import CaptionRecord
 from tasks.captioning.text import normalize_caption
 from tasks.captioning.vocab import CaptionVocab
 
-__all__ = ["Batch", "CaptionCollate", "FileCaptionDataset", "HFCaptionDataset", "SceneDataset"]
+__all__ = ["Batch", "CaptionCollate", "FileCaptionDataset", "HFCaptionDataset", "SceneDataset", "SplitsDataset"]
 
 
 @dataclass
@@ -42,6 +42,8 @@ class Batch:
             repeats DistributedSampler pads the last shard with).
         skipped: samples of this batch dropped because their image could not be read. A batch
             where every image failed is empty (``len(batch) == 0``) and only carries this count.
+        splits: per image, the split it comes from when one loader serves several (`SplitsDataset`: the
+            test and unseen scenes); empty otherwise. ``index`` counts within each split.
     """
 
     images: Tensor
@@ -50,6 +52,7 @@ class Batch:
     refs: list[list[str]]
     index: Tensor
     skipped: int = 0
+    splits: list[str] = field(default_factory=list)
 
     @classmethod
     def empty(cls, skipped: int) -> Batch:
@@ -59,14 +62,14 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """Move the tensors (Lightning calls this through `transfer_batch_to_device`)."""
-        kw = {"non_blocking": non_blocking}
         return Batch(
-            self.images.to(device, **kw),
-            self.inputs.to(device, **kw),
-            self.targets.to(device, **kw),
+            self.images.to(device, non_blocking=non_blocking),
+            self.inputs.to(device, non_blocking=non_blocking),
+            self.targets.to(device, non_blocking=non_blocking),
             self.refs,
             self.index,
             self.skipped,
+            self.splits,
         )
 
     def __len__(self) -> int:
@@ -82,6 +85,9 @@ class _CaptionDataset(Dataset):
     def __init__(self, transform: Callable[[Any], Tensor], train: bool) -> None:
         self.transform = transform
         self.train = train
+
+    def __len__(self) -> int:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def _image(self, i: int) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -252,6 +258,42 @@ class HFCaptionDataset(_CaptionDataset):
         return f"HF row {self.rows[i]}"
 
 
+class SplitsDataset(Dataset):
+    """Several evaluation splits as one dataset, in order; each item keeps its index within its split and is
+    tagged with the split's name (``Batch.splits``).
+
+    One loader then serves them all (the core module runs one test loader; the task scores each split on its
+    own, see `tasks.captioning.evaluation.ExtraTestSplits`).
+
+    Args:
+        splits: split name -> its dataset, in order.
+    """
+
+    def __init__(self, splits: dict[str, _CaptionDataset]) -> None:
+        self.splits = list(splits.items())
+
+    def __len__(self) -> int:
+        return sum(len(ds) for _, ds in self.splits)
+
+    def _locate(self, i: int) -> tuple[str, _CaptionDataset, int]:
+        for name, ds in self.splits:
+            if i < len(ds):
+                return name, ds, i
+            i -= len(ds)
+        raise IndexError(i)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        name, ds, j = self._locate(i)
+        item = ds[j]
+        if item is not None:
+            item["split"] = name
+        return item
+
+    def name(self, i: int) -> str:
+        _, ds, j = self._locate(i)
+        return ds.name(j)
+
+
 class CaptionCollate:
     """Collate samples into a `Batch`; drops samples that failed to load (``None``) and counts them.
 
@@ -269,10 +311,9 @@ class CaptionCollate:
     def __call__(self, samples: list[dict[str, Any] | None]) -> Batch:
         kept = [s for s in samples if s is not None]
         skipped = len(samples) - len(kept)
-        samples = kept
-        if not samples:
+        if not kept:
             return Batch.empty(skipped)  # every image of the batch was unreadable
-        ids = [self.vocab.encode(s["caption"])[: self.max_len] for s in samples]
+        ids = [self.vocab.encode(s["caption"])[: self.max_len] for s in kept]
         t = max(len(x) for x in ids) + 1  # +1 for BOS (inputs) / EOS (targets)
         inputs = torch.full((len(ids), t), self.vocab.pad_id, dtype=torch.long)  # (B, T)
         targets = torch.full((len(ids), t), self.vocab.pad_id, dtype=torch.long)  # (B, T)
@@ -280,10 +321,11 @@ class CaptionCollate:
             inputs[b, : len(x) + 1] = torch.tensor([self.vocab.bos_id, *x])
             targets[b, : len(x) + 1] = torch.tensor([*x, self.vocab.eos_id])
         return Batch(
-            images=torch.stack([s["image"] for s in samples]),  # (B, 3, H, W)
+            images=torch.stack([s["image"] for s in kept]),  # (B, 3, H, W)
             inputs=inputs,
             targets=targets,
-            refs=[s["refs"] for s in samples],
-            index=torch.tensor([s["index"] for s in samples]),
+            refs=[s["refs"] for s in kept],
+            index=torch.tensor([s["index"] for s in kept]),
             skipped=skipped,
+            splits=[s["split"] for s in kept if "split" in s],
         )

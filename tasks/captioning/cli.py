@@ -91,6 +91,7 @@ def _decode(model: Any, loaded: list[tuple[str, Any]], args: argparse.Namespace)
     size = int(model.hparams.image_size)
     outputs = []
     for (name, image), hyps in zip(loaded, results):
+        rows: list[tuple[str, ...]]
         if args.nbest == 1:
             rows = [(name, hyps[0].text)]
         else:

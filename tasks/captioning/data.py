@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from torch.utils.data import DataLoader, Dataset
 
 from core.errors import ConfigError, DataError
@@ -26,6 +27,7 @@ from tasks.captioning.batching import (
     FileCaptionDataset,
     HFCaptionDataset,
     SceneDataset,
+    SplitsDataset,
 )
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from tasks.captioning.sources import (
@@ -160,8 +162,13 @@ class CaptionDataModule(L.LightningDataModule):
         self._hf: dict[str, tuple[Any, list[int] | None]] | None = None
         self._vocab: CaptionVocab | None = None
         self.datasets: dict[str, Dataset] = {}
-        #: Names of the test dataloaders, in order (the module logs ``<name>/bleu4`` etc.).
+        #: Names of the test splits, in order (the module logs ``<name>/bleu4`` etc.); one loader serves them all.
         self.test_names: list[str] = ["test", "unseen"] if dataset == "scenes" else ["test"]
+
+    @property
+    def options(self) -> AttributeDict:
+        """The ``data.*`` options (``hparams``, typed for attribute access)."""
+        return cast(AttributeDict, self.hparams)
 
     # ------------------------------------------------------------------ corpus reading
     def _path(self, p: str | None, default: str | None = None) -> Path | None:
@@ -170,23 +177,24 @@ class CaptionDataModule(L.LightningDataModule):
         if p is None:
             return None
         path = Path(p).expanduser()
-        if not path.is_absolute() and self.hparams.data_dir:
-            path = Path(self.hparams.data_dir).expanduser() / path
+        if not path.is_absolute() and self.options.data_dir:
+            path = Path(self.options.data_dir).expanduser() / path
         return path
 
     def _read_records(self) -> dict[str, list[CaptionRecord]]:
         """Read the real corpus once and split it (records per split name)."""
         if self._records is not None:
             return self._records
-        hp = self.hparams
+        hp = self.options
         image_dir = self._path(hp.image_dir)
         splits: dict[str, list[CaptionRecord]] = {}
         if self.dataset == "flickr":
             cap = self._path(hp.captions_file, "captions.txt")
             assert cap is not None
-            if not cap.is_file() and hp.captions_file is None and self._path("Flickr8k.token.txt").is_file():  # type: ignore[union-attr]
-                cap = self._path("Flickr8k.token.txt")
-                assert cap is not None
+            token_file = self._path("Flickr8k.token.txt")
+            assert token_file is not None  # a name is given, so a path comes back
+            if not cap.is_file() and hp.captions_file is None and token_file.is_file():
+                cap = token_file
             is_token = cap.name.endswith(".token.txt") or cap.suffix == ".token"
             if cap.is_file() and not is_token:
                 with open(cap, encoding="utf-8-sig", errors="replace") as f:
@@ -241,7 +249,7 @@ class CaptionDataModule(L.LightningDataModule):
             import datasets
         except ImportError as err:  # pragma: no cover - datasets is a dependency
             raise ConfigError(f"data.dataset='hf' needs the 'datasets' package ({err})") from None
-        hp = self.hparams
+        hp = self.options
         path = Path(hp.hf_name).expanduser()
         try:
             if (path / "dataset_dict.json").is_file() or (path / "dataset_info.json").is_file():
@@ -280,7 +288,7 @@ class CaptionDataModule(L.LightningDataModule):
     def caption_vocab(self) -> CaptionVocab:
         """The vocabulary object, built from the training captions on first use."""
         if self._vocab is None:
-            hp = self.hparams
+            hp = self.options
             if self.dataset == "scenes":
                 # The template grammar is closed: the vocabulary is known without generating anything.
                 self._vocab = CaptionVocab(WordTokenizer(list(SPECIAL_TOKENS) + scene_gen.scene_vocabulary()))
@@ -305,9 +313,9 @@ class CaptionDataModule(L.LightningDataModule):
         if isinstance(model_vocab, CaptionVocab):
             # A model restored from a checkpoint brings its own vocabulary: encode targets with it.
             self._vocab = model_vocab
-        if self.datasets or (stage == "predict" and self.hparams.predict_path):
+        if self.datasets or (stage == "predict" and self.options.predict_path):
             return  # already built / predict reads only data.predict_path (in predict_dataloader)
-        hp = self.hparams
+        hp = self.options
         tr_tf = (
             train_transform(self.image_size, self.mean, self.std, hp.hflip)
             if hp.augment
@@ -315,11 +323,14 @@ class CaptionDataModule(L.LightningDataModule):
         )
         ev_tf = eval_transform(self.image_size, self.mean, self.std)
         if self.dataset == "scenes":
+            test = SceneDataset("test", hp.test_size, hp.seed, self.image_size, ev_tf, False)
+            unseen = SceneDataset("unseen", hp.unseen_size, hp.seed, self.image_size, ev_tf, False)
             self.datasets = {
                 "train": SceneDataset("train", hp.train_size, hp.seed, self.image_size, tr_tf, True),
                 "val": SceneDataset("val", hp.val_size, hp.seed, self.image_size, ev_tf, False),
-                "test": SceneDataset("test", hp.test_size, hp.seed, self.image_size, ev_tf, False),
-                "unseen": SceneDataset("unseen", hp.unseen_size, hp.seed, self.image_size, ev_tf, False),
+                "test": test,
+                "unseen": unseen,
+                "tests": SplitsDataset({"test": test, "unseen": unseen}),  # what the test loader serves
             }
         elif self.dataset == "hf":
             parts = self._read_hf()
@@ -349,7 +360,7 @@ class CaptionDataModule(L.LightningDataModule):
             drop_last=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            collate_fn=CaptionCollate(self.caption_vocab, self.hparams.max_caption_len),
+            collate_fn=CaptionCollate(self.caption_vocab, self.options.max_caption_len),
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -358,8 +369,9 @@ class CaptionDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False)
 
-    def test_dataloader(self) -> list[DataLoader]:
-        return [self._loader(name, False) for name in self.test_names]
+    def test_dataloader(self) -> DataLoader:
+        """One loader over every test split (`test_names`); with several, each row carries its split's name."""
+        return self._loader("tests" if len(self.test_names) > 1 else "test", False)
 
     def predict_records(self) -> list[CaptionRecord]:
         """The ``data.predict_path`` images as records (no captions), in input order.
@@ -367,7 +379,7 @@ class CaptionDataModule(L.LightningDataModule):
         Raises:
             DataError: the path, or a file the list names, does not exist; nothing to caption.
         """
-        path = Path(self.hparams.predict_path).expanduser()
+        path = Path(self.options.predict_path).expanduser()
         if path.is_dir():
             images = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
             if not images:
@@ -399,11 +411,16 @@ class CaptionDataModule(L.LightningDataModule):
         Items keep their dataset index, so `core.cli.predict.PredictionWriter` can write
         them back in input order (and name them) whatever the DDP sharding did.
         """
-        if self.hparams.predict_path and "predict" not in self.datasets:
+        if self.options.predict_path and "predict" not in self.datasets:
             self.datasets["predict"] = FileCaptionDataset(
                 self.predict_records(), eval_transform(self.image_size, self.mean, self.std), train=False
             )
-        return self._loader("predict" if self.hparams.predict_path else "test", False)
+        return self._loader("predict" if self.options.predict_path else "test", False)
+
+    @property
+    def predict_dataset(self) -> Dataset:
+        """What `predict_dataloader` serves (``name(i)`` names its items: a file path, a scene)."""
+        return self.datasets["predict" if self.options.predict_path else "test"]
 
     def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
         if isinstance(batch, Batch):

@@ -14,7 +14,7 @@ forcing), ``init_state(memory, mask, summary)`` and ``step(tokens, state)`` (``c
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import Tensor, nn
@@ -100,7 +100,7 @@ class TransformerCaptionDecoder(nn.Module):
     def _memory(self, feats: Tensor) -> list[Any]:
         """Cross-attention key/value projections of the grid, once per layer per image."""
         mem = self.feat_proj(feats) + self.feat_pos[:, : feats.shape[1]]  # (B, S, d)
-        return [layer.cross_attn.precompute(mem, mem) for layer in self.layers]
+        return [cast(TransformerDecoderLayer, layer).cross_attn.precompute(mem, mem) for layer in self.layers]
 
     def forward(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,14 +90,14 @@ def build(
     return dm, CaptioningModule(vocab=dm.vocab, **{**DEMO_MODEL, **(model or {})})
 
 
-def held_out(n: int, split: str = "test", image_size: int = 96) -> list[scenes.Scene]:
+def held_out(n: int, split: scenes.Split = "test", image_size: int = 96) -> list[scenes.Scene]:
     """Scenes ``0..n-1`` of a held-out split: ``"test"`` (seen colour-shape pairs) or ``"unseen"``."""
-    return [scenes.make_scene(SCENE_SEED, split, i, image_size) for i in range(n)]  # type: ignore[arg-type]
+    return [scenes.make_scene(SCENE_SEED, split, i, image_size) for i in range(n)]
 
 
 def evaluate(
     model: CaptioningModule,
-    groups: dict[str, Sequence[scenes.Scene]],
+    groups: Mapping[str, Sequence[scenes.Scene]],
     beam: int = DEMO_BEAM,
     progress: StageProgress | None = None,
 ) -> tuple[dict[str, float], dict[str, list[str]]]:
@@ -137,7 +137,7 @@ _PHRASE = re.compile(r"\ba (small|large) (\w+) (circle|square|triangle|diamond)\
 
 def _objects(caption: str) -> list[tuple[str, str, str]]:
     """The ``(size, colour, shape)`` noun phrases a scene caption names, in order."""
-    return [m.groups() for m in _PHRASE.finditer(caption)]  # type: ignore[misc]
+    return [(m[1], m[2], m[3]) for m in _PHRASE.finditer(caption)]
 
 
 def run_demo(
@@ -227,8 +227,8 @@ def run_demo(
     write_text_atomic(txt, "\n".join(lines) + "\n")
     report.files.append(txt)
     figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
-    data = "demo: generated shape scenes and their captions (tasks/captioning/scenes.py)"
-    folder = export_model(model, out_dir, report.metrics, data, figures[0] if figures else None)
+    source = "demo: generated shape scenes and their captions (tasks/captioning/scenes.py)"
+    folder = export_model(model, out_dir, report.metrics, source, figures[0] if figures else None)
     report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
     report.seconds = time.monotonic() - start
     return report

@@ -216,7 +216,9 @@ def hf_image_encoder(
     """
     if stored is not None:
         config = stored.get("config")
-        backbone = build_from_config(config, "vision", "--model.pretrained_config")  # type: ignore[arg-type]
+        if not isinstance(config, dict):
+            raise ConfigError("--model.pretrained_config: its 'config' is missing or not a mapping")
+        backbone = build_from_config(config, "vision", "--model.pretrained_config")
         info = dict(stored)
     else:
         folder = resolve_pretrained(spec, OPTION)

@@ -114,11 +114,12 @@ def load_rgb(path: str | Path, max_side: int = MAX_DECODE_SIDE) -> Image.Image:
                     # JPEG only: decode at a reduced scale (no-op for other formats).
                     img.draft("RGB", (max_side, max_side))
                 img.load()
+                decoded: Image.Image = img
                 if img.mode == "P" and "transparency" in img.info and max_side and max(img.size) > max_side:
-                    img = img.convert("RGBA")  # so that it is shrunk (below) before compositing
+                    decoded = img.convert("RGBA")  # so that it is shrunk (below) before compositing
                 # 16/32-bit and transparent images: shrink in their own mode first (bounded memory), then
                 # convert; 8-bit ones (and JPEGs decoded in draft mode) convert, then shrink below.
-                out = _to_rgb(_shrink_native(img, max_side))
+                out = _to_rgb(_shrink_native(decoded, max_side))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageError(f"{p}: image too large to decode safely ({err})") from None
     except UnidentifiedImageError:

@@ -1,10 +1,10 @@
-"""Captioning with a trained module: the library API (``CaptioningModule.caption``), its result type and the
-per-word attention figure of one image."""
+"""Captioning with a trained network: the library API behind ``CaptioningModule.caption`` (:class:`Captioner`), its
+result type and the per-word attention figure of one image."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,10 @@ from torch import Tensor
 from core.decoding.beam import beam_search
 from core.decoding.fast_paths import eval_mode
 from tasks.captioning.images import load_rgb
+from tasks.captioning.network import CaptionNetwork
+from tasks.captioning.vocab import CaptionVocab
 
-__all__ = ["Caption", "CaptionMixin", "save_attention_figure"]
+__all__ = ["Caption", "Captioner", "save_attention_figure"]
 
 
 @dataclass
@@ -37,9 +39,24 @@ class Caption:
     attention: Tensor | None
 
 
-class CaptionMixin:
-    """``generate`` / ``caption`` for :class:`tasks.captioning.module.CaptioningModule` (needs ``encoder``,
-    ``decoder``, ``vocab``, the eval transform and the ``max_len`` / ``grid_size`` hyper-parameters)."""
+@dataclass(frozen=True)
+class Captioner:
+    """What captioning needs: the network, its vocabulary, the image preprocessing and the longest caption.
+
+    ``CaptioningModule.caption`` / ``caption_images`` / ``generate`` / ``preprocess`` are these methods on the
+    module's network (validation, test and prediction decode through them too).
+
+    Attributes:
+        network: the encoder and decoder.
+        vocab: the word vocabulary.
+        transform: RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor.
+        max_len: default longest caption (words).
+    """
+
+    network: CaptionNetwork
+    vocab: CaptionVocab
+    transform: Callable[[Image.Image], Tensor]
+    max_len: int
 
     @torch.no_grad()
     def generate(
@@ -56,29 +73,27 @@ class CaptionMixin:
             images: ``(B, 3, H, W)`` normalised.
             beam_size: beam width (1 = greedy).
             nbest: hypotheses per image (<= beam_size).
-            max_len: maximum caption length in words (default: ``hparams.max_len``).
+            max_len: maximum caption length in words (default: :attr:`max_len`).
             length_penalty: exponent of the length normalisation.
 
         Returns:
             ``nbest`` captions per image, best first.
         """
-        hp = self.hparams  # type: ignore[attr-defined]
-        feats = self.encoder(images)  # type: ignore[attr-defined]  # (B, S, D)
-        decoder, vocab = self.decoder, self.vocab  # type: ignore[attr-defined]
+        network, vocab = self.network, self.vocab
         res = beam_search(
-            decoder.step,
-            decoder.init_state(feats, None, summary=feats.mean(1)),
+            network.step,
+            network.init_state(network.encode(images)),  # (B, S, D) grid features
             batch_size=images.shape[0],
             bos_id=vocab.bos_id,
             eos_id=vocab.eos_id,
-            max_len=(max_len or hp.max_len) + 1,  # +1: the EOS step
+            max_len=(max_len or self.max_len) + 1,  # +1: the EOS step
             beam_size=beam_size,
             nbest=nbest,
             length_penalty=length_penalty,
             pad_id=vocab.pad_id,
             suppress=(vocab.pad_id, vocab.bos_id),
         )
-        g = int(hp.grid_size)
+        g = network.grid_size
         out: list[list[Caption]] = []
         for toks, scores, attns in zip(res.tokens, res.scores, res.attention):
             out.append(
@@ -91,9 +106,9 @@ class CaptionMixin:
             )
         return out
 
-    def _decode_batch(self, batch: Any) -> list[str]:
-        """Best caption of each image of a training-loader batch (validation / test / predict)."""
-        return [hyps[0].text for hyps in self.generate(batch.images, beam_size=self.hparams.beam_size)]  # type: ignore[attr-defined]
+    def best(self, images: Tensor, beam_size: int) -> list[str]:
+        """The best caption of each image of a batch (validation / test / predict)."""
+        return [hyps[0].text for hyps in self.generate(images, beam_size=beam_size)]
 
     @torch.no_grad()
     def caption_images(
@@ -101,10 +116,10 @@ class CaptionMixin:
     ) -> list[list[Caption]]:
         """``nbest`` captions (with scores and attention) of each RGB PIL image, best first."""
         out: list[list[Caption]] = []
-        device = self.device  # type: ignore[attr-defined]
-        with eval_mode(self):  # type: ignore[arg-type]
+        device = next(self.network.parameters()).device
+        with eval_mode(self.network):
             for start in range(0, len(images), batch_size):
-                x = torch.stack([self.preprocess(im) for im in images[start : start + batch_size]]).to(device)
+                x = torch.stack([self.transform(im) for im in images[start : start + batch_size]]).to(device)
                 out.extend(self.generate(x, beam_size=beam, nbest=nbest))
         return out
 
@@ -117,42 +132,20 @@ class CaptionMixin:
         return_attention: bool = False,
         batch_size: int = 16,
     ) -> Any:
-        """Caption one image or a list of them.
-
-        Args:
-            images: a file path or PIL image (any mode; converted to RGB), or a list of them; a single one
-                gives its one result, not a list of one.
-            beam: beam width (1 = greedy).
-            nbest: captions per image (<= beam).
-            return_attention: also return each caption's attention maps.
-            batch_size: images per forward pass.
-
-        Returns:
-            ``nbest == 1``: one caption per image, or with ``return_attention`` a ``(caption, weights)`` pair
-            where ``weights`` is ``(n_words, grid_size, grid_size)`` (row t = where word t looked).
-            ``nbest > 1``: a list of :class:`Caption` per image.
-
-        Raises:
-            tasks.captioning.images.ImageError: a file is missing or not a readable image (the message
-                names it; the CLI reports such files one by one and captions the rest).
-        """
+        """Caption one image or a list of them (``CaptioningModule.caption`` documents it)."""
         if isinstance(images, (str, os.PathLike, Image.Image)):
             return self.caption([images], beam, nbest, return_attention, batch_size)[0]
-        pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_rgb(im) for im in images]
+        pil = [im.convert("RGB") if isinstance(im, Image.Image) else load_rgb(os.fspath(im)) for im in images]
         hyps = self.caption_images(pil, beam=beam, nbest=nbest, batch_size=batch_size)
         if nbest > 1:
             return hyps
-        g = int(self.hparams.grid_size)  # type: ignore[attr-defined]
+        g = self.network.grid_size
         if not return_attention:
             return [h[0].text for h in hyps]
         return [
             (h[0].text, h[0].attention if h[0].attention is not None else torch.zeros(len(h[0].words), g, g))
             for h in hyps
         ]
-
-    def preprocess(self, image: Image.Image) -> Tensor:
-        """RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor (inference transform)."""
-        return self._transform(image)  # type: ignore[attr-defined,no-any-return]
 
 
 def save_attention_figure(image: Image.Image, caption: str, weights: Tensor, path: str | Path, image_size: int) -> Path:

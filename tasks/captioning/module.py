@@ -1,56 +1,44 @@
-"""`CaptioningModule`: CNN encoder + attention decoder, trained with teacher forcing.
+"""`CaptioningModule`: CNN encoder + attention decoder, trained with teacher forcing, on the core module.
 
-Validation decodes with beam search and scores BLEU-1..4 / CIDEr-D (`tasks.captioning.metrics`,
-COCO-toolkit style); it also logs per-word attention overlays of a few fixed validation images and, on
-generated scenes, whether the attention points at the object each word names (``val/pointing``,
-`tasks.captioning.alignment`); see :mod:`tasks.captioning.evaluation`. Checkpoints are self-contained:
-``checkpoint["attn_suite"]`` carries the task name, the word vocabulary and the image preprocessing
-(:mod:`tasks.captioning.stored`); loading goes through ``core.io.rebuild`` (``weights_only=True``, task check,
-validated hyper-parameters). Captioning itself is in :mod:`tasks.captioning.inference`.
+Its options are the ``--model.*`` of ``attn-caption`` (the optimizer's eight are documented once, in
+`core.train.schedule.OptimizerOptions`); `core.train.module.TaskModule` runs what it trains, decodes and scores:
+:class:`tasks.captioning.task.CaptioningTask`. Validation decodes with beam search and scores BLEU-1..4 / CIDEr-D
+(`tasks.captioning.metrics`, COCO-toolkit style); it also logs per-word attention overlays of a few fixed
+validation images and, on generated scenes, whether the attention points at the object each word names
+(``val/pointing``, `tasks.captioning.alignment`); see :mod:`tasks.captioning.evaluation`. Checkpoints are
+self-contained: ``checkpoint["attn_suite"]`` carries the task name, the word vocabulary and the image
+preprocessing (:mod:`tasks.captioning.stored`); loading goes through ``core.io.rebuild`` (``weights_only=True``,
+task check, validated hyper-parameters). Captioning itself is :class:`tasks.captioning.inference.Captioner`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import lightning as L
-import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
-from core.attention import attention_options as attention_options_for  # the argument has its name
-from core.cli.predict import Prediction
 from core.errors import ConfigError
 from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
-from core.io.pretrained import is_hf_spec
-from core.io.task_io import TaskCheckpointMixin
-from core.train.callbacks import empty_batch_loss
-from core.train.finetune import FreezeSchedule, optimizer_groups
-from core.train.progress_bar import ThroughputMixin
-from core.train.schedule import OptimizerOptions, configure_optimizer
-from tasks.captioning.data import Batch
-from tasks.captioning.decoder import TransformerCaptionDecoder, show_attend_tell_decoder
+from core.layers import AttentionalRNNDecoder
+from core.train.module import TaskModule
+from tasks.captioning import stored
+from tasks.captioning.batching import Batch
+from tasks.captioning.decoder import TransformerCaptionDecoder
 from tasks.captioning.encoder import ImageEncoder
-from tasks.captioning.evaluation import CaptioningEvalMixin
-from tasks.captioning.hf_encoder import hf_image_encoder
-from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-from tasks.captioning.inference import CaptionMixin
-from tasks.captioning.stored import CaptioningStoredMixin
+from tasks.captioning.hf_encoder import HFImageEncoder
+from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD
+from tasks.captioning.inference import Caption
+from tasks.captioning.network import CaptionNetwork, NetworkOptions
+from tasks.captioning.task import CaptioningTask, TaskOptions
 from tasks.captioning.vocab import CaptionVocab
 
-TASK = "captioning"
+__all__ = ["CaptioningModule"]
 
 
-def _dataset_of(trainer: Any, dataloader_idx: int) -> Any:
-    """The dataset behind predict dataloader ``dataloader_idx`` (None when unknown)."""
-    loaders = getattr(trainer, "predict_dataloaders", None) if trainer is not None else None
-    if isinstance(loaders, (list, tuple)):
-        loaders = loaders[dataloader_idx] if dataloader_idx < len(loaders) else None
-    return getattr(loaders, "dataset", None)
-
-
-class CaptioningModule(
-    CaptionMixin, CaptioningEvalMixin, CaptioningStoredMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule
-):
+class CaptioningModule(TaskModule[CaptionNetwork]):
     """Image captioning with visual attention (Show, Attend and Tell, plus a Transformer option).
 
     Args:
@@ -88,16 +76,9 @@ class CaptioningModule(
             ``lambda * mean_s (1 - sum_t alpha_ts)^2`` (0 disables it).
         dropout: decoder dropout.
         max_len: longest generated caption (words).
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.train.schedule.configure_optimizer``).
-        lr: peak learning rate.
+        optimizer, lr, weight_decay, betas, eps, warmup_steps, lr_schedule, min_lr_ratio: the optimizer and its
+            schedule (`core.train.schedule.OptimizerOptions`).
         encoder_lr_scale: encoder LR = ``lr * encoder_lr_scale`` (lower for pretrained backbones).
-        weight_decay: weight decay (not on biases and norms).
-        betas: Adam betas.
-        eps: Adam epsilon.
-        warmup_steps: linear LR warmup steps.
-        lr_schedule: after warmup: ``constant``, ``inverse_sqrt``, ``cosine`` or ``linear``
-            (cosine/linear decay over the trainer's step budget).
-        min_lr_ratio: floor of cosine/linear decay, as a fraction of ``lr``.
         label_smoothing: cross-entropy label smoothing.
         beam_size: beam size of validation/test/predict decoding (1 = greedy, faster).
         plot_examples: fixed validation images whose attention overlays are logged.
@@ -106,9 +87,7 @@ class CaptioningModule(
         std: normalisation std (linked from ``data.std``).
     """
 
-    TASK = TASK
-    MONITOR, MONITOR_MODE = "val/bleu4", "max"
-    THROUGHPUT_UNIT = "img"
+    TASK, MONITOR, MONITOR_MODE = "captioning", "val/bleu4", "max"
     HPARAMS_FROM_DATA = ("vocab", "image_size", "mean", "std")
     HPARAM_BOUNDS = {
         "trainable_blocks": (-1, 1000),
@@ -123,13 +102,7 @@ class CaptioningModule(
         "alpha_reg": (0.0, 1000.0),
         "dropout": FRACTION,
         "max_len": LENGTH,
-        "lr": RATE,
         "encoder_lr_scale": RATE,
-        "weight_decay": RATE,
-        "betas": (0.0, 0.999999),
-        "eps": (0.0, 1.0),
-        "warmup_steps": STEPS,
-        "min_lr_ratio": (0.0, 1.0),
         "label_smoothing": FRACTION,
         "beam_size": BEAM,
         "plot_examples": (0, 1000),
@@ -139,6 +112,7 @@ class CaptioningModule(
     }
     HPARAM_RENAMES = {"feat_dim": "encoder_dim", "val_beam_size": "beam_size", "plot_images": "plot_examples"}
     FOLDER_FILES = {"vocab": "vocab.json"}
+    task: CaptioningTask
 
     def __init__(
         self,
@@ -179,196 +153,135 @@ class CaptioningModule(
         mean: tuple[float, float, float] = IMAGENET_MEAN,
         std: tuple[float, float, float] = IMAGENET_STD,
     ) -> None:
-        super().__init__()
         if vocab is None:
             raise ConfigError(
                 "model.vocab is missing: it is built by the data module (the CLI links data.vocab); "
                 "in Python pass vocab=datamodule.vocab"
             )
-        self.save_hyperparameters()
-        if decoder == "rnn" and attention == "none":
-            # options written for another mechanism are dropped (and named) here, so the checkpoint records what
-            # was built and reloading it does not warn again
-            self.hparams["attention_options"] = attention_options_for("none", attention_options, hidden_dim) or None
         try:
-            self.vocab = CaptionVocab.from_dict(vocab)
+            words = CaptionVocab.from_dict(vocab)
         except ValueError as err:
             raise ConfigError(f"model.vocab: not a captioning word vocabulary: {err}") from None
-        self.pretrained_info: dict[str, Any] | None = None
-        if is_hf_spec(encoder):
-            self.encoder: Any = self._hf_encoder(
-                encoder, pretrained_config, encoder_dim, image_size, mean, std, trainable_blocks, unfreeze_after_steps
-            )
-        else:
-            self.encoder = ImageEncoder(encoder, encoder_dim, grid_size, pretrained, trainable_blocks, dropout=0.0)
-        v = len(self.vocab)
-        if decoder == "rnn":
-            self.decoder: Any = show_attend_tell_decoder(
-                v,
-                encoder_dim,
-                embed_dim,
-                hidden_dim,
-                decoder_layers,
-                rnn_type,
-                attention,
-                attention_options_for(attention, self.hparams.attention_options, hidden_dim=256),
-                gate,
-                dropout,
-            )
-        elif decoder == "transformer":
-            self.decoder = TransformerCaptionDecoder(
-                # Positions also cover teacher-forced training captions, which may be longer than max_len.
-                v,
-                encoder_dim,
-                hidden_dim,
-                decoder_layers,
-                num_heads,
-                ffn_dim,
-                dropout,
-                max(max_len + 2, 128),
-            )
-        else:
-            raise ConfigError(f"model.decoder={decoder!r}: expected 'rnn' or 'transformer'")
-        cells = getattr(getattr(self.decoder, "feat_pos", None), "shape", (0, 10**9))[1]
-        if self.hparams.grid_size**2 > cells:  # an hf: backbone's own grid may be larger than the positions
-            raise ConfigError(
-                f"model.encoder={encoder}: its {self.hparams.grid_size}x{self.hparams.grid_size} feature "
-                f"grid has more cells than the transformer decoder's {cells} positions; use "
-                f"model.decoder=rnn or a smaller data.image_size"
-            )
-        self._transform = eval_transform(image_size, tuple(mean), tuple(std))
-        # (dataset index, (hypothesis, references)) per evaluated image; the index drops DDP padding repeats
-        self._val_out: list[tuple[int, tuple[str, list[str]]]] = []
-        self._test_out: dict[int, list[tuple[int, tuple[str, list[str]]]]] = {}
-        self._plot_batch: Tensor | None = None
-
-    def _hf_encoder(
-        self,
-        encoder: str,
-        stored: dict[str, Any] | None,
-        dim: int,
-        image_size: int,
-        mean: tuple[float, ...],
-        std: tuple[float, ...],
-        trainable_blocks: int,
-        unfreeze_after_steps: int | None,
-    ) -> Any:
-        """The ``hf:`` backbone (`tasks.captioning.hf_encoder`); ``grid_size`` becomes its feature grid."""
-        enc, self.pretrained_info = hf_image_encoder(
-            encoder, stored, dim, image_size, trainable_blocks, unfreeze_after_steps, mean, std
+        network = NetworkOptions(
+            encoder=encoder,
+            pretrained=pretrained,
+            trainable_blocks=trainable_blocks,
+            unfreeze_after_steps=unfreeze_after_steps,
+            grid_size=grid_size,
+            encoder_dim=encoder_dim,
+            decoder=decoder,
+            rnn_type=rnn_type,
+            attention=attention,
+            attention_options=NetworkOptions.recorded_attention_options(
+                decoder, attention, attention_options, hidden_dim
+            ),
+            embed_dim=embed_dim,
+            hidden_dim=hidden_dim,
+            decoder_layers=decoder_layers,
+            num_heads=num_heads,
+            ffn_dim=ffn_dim,
+            gate=gate,
+            dropout=dropout,
+            max_len=max_len,
         )
-        self.hparams["grid_size"] = enc.grid_size
-        return enc
+        options = TaskOptions(
+            image_size=image_size,
+            mean=tuple(mean),
+            std=tuple(std),
+            alpha_reg=alpha_reg,
+            label_smoothing=label_smoothing,
+            encoder_lr_scale=encoder_lr_scale,
+            beam_size=beam_size,
+            plot_examples=plot_examples,
+        )
+        super().__init__(CaptioningTask(words, network, options, pretrained_config))
+        self.save_hyperparameters()
+        self.model = self.task.build_network()
+        # what was built is what is recorded (and reloaded without a warning): the options of `none` dropped, an
+        # hf: backbone's own feature grid
+        self.hparams.update(attention_options=network.attention_options, grid_size=self.task.grid_size)
+
+    # ------------------------------------------------------------------ earlier checkpoints and model folders
+    @classmethod
+    def upgrade_hparams(cls, hparams: dict[str, Any], version: int) -> dict[str, Any]:
+        return stored.upgrade_hparams(hparams, version)
+
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        return stored.upgrade_state_dict(state, version)
+
+    @classmethod
+    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+        return stored.hparams_from_metadata(meta)
+
+    # ------------------------------------------------------------------ what other code reads off the module
+    @property
+    def vocab(self) -> CaptionVocab:
+        """The word vocabulary (a data module encodes targets with a restored model's own)."""
+        return self.task.vocab
+
+    @property
+    def encoder(self) -> ImageEncoder | HFImageEncoder:
+        """The network's image encoder."""
+        return self.network.encoder
+
+    @property
+    def decoder(self) -> AttentionalRNNDecoder | TransformerCaptionDecoder:
+        """The network's caption decoder."""
+        return self.network.decoder
 
     def batch_units(self, batch: Batch | None) -> float:
-        return float(len(batch)) if batch is not None else 0.0
+        """Images in a batch (what the throughput counts)."""
+        return self.task.batch_units(batch) if batch is not None else 0.0
 
-    # ------------------------------------------------------------------ model
-    def forward(self, images: Tensor, inputs: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        """Teacher-forced scores.
+    # ------------------------------------------------------------------ the library API
+    def caption(
+        self,
+        images: str | os.PathLike[str] | Image.Image | Sequence[str | os.PathLike[str] | Image.Image],
+        beam: int = 5,
+        nbest: int = 1,
+        return_attention: bool = False,
+        batch_size: int = 16,
+    ) -> Any:
+        """Caption one image or a list of them.
 
         Args:
-            images: ``(B, 3, H, W)`` normalised images.
-            inputs: ``(B, T)`` BOS-prefixed caption tokens.
-            need_weights: also return the attention (RNN decoder).
+            images: a file path or PIL image (any mode; converted to RGB), or a list of them; a single one
+                gives its one result, not a list of one.
+            beam: beam width (1 = greedy).
+            nbest: captions per image (<= beam).
+            return_attention: also return each caption's attention maps.
+            batch_size: images per forward pass.
 
         Returns:
-            ``(logits (B, T, V), attention (B, T, S) or None)``.
+            ``nbest == 1``: one caption per image, or with ``return_attention`` a ``(caption, weights)`` pair
+            where ``weights`` is ``(n_words, grid_size, grid_size)`` (row t = where word t looked).
+            ``nbest > 1``: a list of :class:`~tasks.captioning.inference.Caption` per image.
+
+        Raises:
+            tasks.captioning.images.ImageError: a file is missing or not a readable image (the message
+                names it; the CLI reports such files one by one and captions the rest).
         """
-        feats = self.encoder(images)  # (B, S, D)
-        return self.decoder(feats, None, inputs, summary=feats.mean(1), need_weights=need_weights)
+        return self.task.captioner(self.network).caption(images, beam, nbest, return_attention, batch_size)
 
-    def _loss(self, batch: Batch) -> tuple[Tensor, Tensor]:
-        """Cross-entropy (+ doubly stochastic regulariser); returns ``(total, ce)``."""
-        reg = self.hparams.alpha_reg > 0 and self.hparams.decoder == "rnn"
-        logits, alphas = self(batch.images, batch.inputs, need_weights=reg)  # (B, T, V), (B, T, S) | None
-        ce = F.cross_entropy(
-            logits.flatten(0, 1).float(),  # (B*T, V)
-            batch.targets.flatten(),  # (B*T,)
-            ignore_index=self.vocab.pad_id,
-            label_smoothing=self.hparams.label_smoothing,
-        )
-        loss = ce
-        if alphas is not None and reg:
-            valid = (batch.targets != self.vocab.pad_id).unsqueeze(-1).to(alphas.dtype)  # (B, T, 1)
-            coverage = (alphas * valid).sum(1)  # (B, S): total attention each cell received
-            # Paper eq. 14: encourage every cell to be attended about once over the caption. Averaged
-            # over cells (as in the widely used PyTorch port) rather than summed, so lambda does not
-            # need rescaling when the grid size changes.
-            loss = loss + self.hparams.alpha_reg * ((1.0 - coverage) ** 2).mean()
-        return loss, ce
+    def caption_images(
+        self, images: Sequence[Image.Image], beam: int = 5, nbest: int = 1, batch_size: int = 16
+    ) -> list[list[Caption]]:
+        """``nbest`` captions (with scores and attention) of each RGB PIL image, best first."""
+        return self.task.captioner(self.network).caption_images(images, beam, nbest, batch_size)
 
-    def setup(self, stage: str) -> None:
-        """Fail early (a `ConfigError`) when the data's captions cannot fit the Transformer positions."""
-        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
-        max_caption_len = getattr(getattr(dm, "hparams", None), "max_caption_len", None)
-        positions = getattr(self.decoder, "max_len", None)
-        if isinstance(self.decoder, TransformerCaptionDecoder) and isinstance(max_caption_len, int) and positions:
-            if max_caption_len + 1 > positions:  # +1: the BOS-prefixed decoder input
-                raise ConfigError(
-                    f"data.max_caption_len={max_caption_len} does not fit the transformer decoder's {positions} "
-                    f"learned positions: set data.max_caption_len <= {positions - 1} "
-                    f"or model.max_len >= {max_caption_len - 1}"
-                )
+    def generate(
+        self,
+        images: Tensor,
+        beam_size: int = 5,
+        nbest: int = 1,
+        max_len: int | None = None,
+        length_penalty: float = 1.0,
+    ) -> list[list[Caption]]:
+        """Beam-search captions for ``(B, 3, H, W)`` preprocessed images: ``nbest`` per image, best first
+        (``max_len`` words at most, default ``hparams.max_len``)."""
+        return self.task.captioner(self.network).generate(images, beam_size, nbest, max_len, length_penalty)
 
-    def training_step(self, batch: Batch | None, batch_idx: int) -> Tensor | None:
-        n_skipped = 0 if batch is None else batch.skipped
-        # Logged every step (0 when nothing was skipped): with sync_dist every rank must log the same
-        # keys, and the epoch value is the total over steps and ranks.
-        self.log(
-            "train/skipped_images",
-            float(n_skipped),
-            on_step=False,
-            on_epoch=True,
-            reduce_fx="sum",
-            sync_dist=True,
-            batch_size=1,
-        )
-        if batch is None or len(batch) == 0:  # every image of this batch failed to decode
-            self.log(
-                "train/skipped_batches",
-                1.0,
-                on_step=False,
-                on_epoch=True,
-                reduce_fx="sum",
-                sync_dist=True,
-                batch_size=1,
-            )
-            return empty_batch_loss(self)
-        self.log(
-            "train/skipped_batches", 0.0, on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True, batch_size=1
-        )
-        loss, ce = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch))
-        self.log("train/ce", ce, batch_size=len(batch))
-        return loss
-
-    # ------------------------------------------------------------------ prediction (validation/test: evaluation.py)
-    def predict_step(self, batch: Batch | None, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
-        """One ``(dataset index, (image name, caption))`` row per image (``core.cli.predict.PredictionWriter``).
-
-        Images are named by their dataset (the file path for ``data.predict_path`` and real corpora,
-        ``scene test/3 (seed 0)`` for generated scenes); unreadable ones were skipped with a warning.
-        """
-        if batch is None or len(batch) == 0:
-            return []
-        namer = getattr(_dataset_of(self._trainer, dataloader_idx), "name", None)
-        return [
-            Prediction(int(i), (namer(int(i)) if callable(namer) else f"item {int(i)}", c))
-            for i, c in zip(batch.index.tolist(), self._decode_batch(batch))
-        ]
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
-        groups = optimizer_groups(self, self.hparams.encoder_lr_scale)  # hf: backbone, projection, decoder
-        if groups is not None:
-            return configure_optimizer(self, OptimizerOptions.from_hparams(self.hparams), groups)
-        enc = [p for p in self.encoder.parameters() if p.requires_grad]
-        dec = [p for p in self.decoder.parameters() if p.requires_grad]
-        return configure_optimizer(
-            self, OptimizerOptions.from_hparams(self.hparams), [(enc, self.hparams.encoder_lr_scale), (dec, 1.0)]
-        )
-
-    def configure_callbacks(self) -> list[Any]:
-        """`core.train.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
-        return [FreezeSchedule()] if self.pretrained_info is not None else []
+    def preprocess(self, image: Image.Image) -> Tensor:
+        """RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor (inference transform)."""
+        return self.task.transform(image)

@@ -306,8 +306,8 @@ def make_scene(seed: int, split: Split, index: int, image_size: int = 96) -> Sce
         cx = (o.col + 0.5) * cell + rng.uniform(-slack, slack)
         cy = (o.row + 0.5) * cell + rng.uniform(-slack, slack)
         jitter = rng.integers(-20, 21, size=3)
-        fill = tuple(int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[o.colour], jitter))
-        _draw(draw, o.shape, cx, cy, r, fill)  # type: ignore[arg-type]
+        red, green, blue = (int(np.clip(v + j, 0, 255)) for v, j in zip(COLOURS[o.colour], jitter))
+        _draw(draw, o.shape, cx, cy, r, (red, green, blue))
         # Kept as gold for alignment scores; recorded after drawing so the random stream is unchanged.
         placed.append(replace(o, cx=float(cx), cy=float(cy), radius=float(r)))
     objs = placed

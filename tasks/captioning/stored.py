@@ -1,11 +1,15 @@
-"""What a captioning checkpoint or model folder stores and restores beyond the weights: the word vocabulary, the
-image preprocessing (size, normalisation, feature grid) and an ``hf:`` backbone's config (written by
-`CaptioningStoredMixin.task_metadata`, read back and validated by the other hooks of `core.io.task_io`), and the
-mapping of format-1 hyper-parameters and weight names to today's."""
+"""What a captioning checkpoint or model folder stores beyond the weights, and how earlier files are read.
+
+The artifacts (``checkpoint["attn_suite"]``): the word vocabulary, the image preprocessing (size, normalisation,
+feature grid) and an ``hf:`` backbone's config (:func:`artifacts`); read back, they decide those options
+(:func:`hparams_from_metadata`) and a ``--ckpt_path`` restore checks its vocabulary against the data module's
+(:func:`check_vocab`). Format-1 option names (:func:`upgrade_hparams`) and weight names, and the weight names of
+the module before the core module (:func:`upgrade_state_dict`), map to today's.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
@@ -15,82 +19,96 @@ from core.io.checkpoint import META_KEY
 from tasks.captioning.decoder import upgrade_decoder_v1
 from tasks.captioning.vocab import CaptionVocab
 
-__all__ = ["CaptioningStoredMixin"]
+__all__ = ["artifacts", "check_vocab", "hparams_from_metadata", "upgrade_hparams", "upgrade_state_dict"]
+
+#: the network's parts; before the core module they sat on the module itself (no ``model.`` prefix)
+_NETWORK_PARTS = ("encoder.", "decoder.")
 
 
-class CaptioningStoredMixin:
-    """The `core.io.task_io.TaskCheckpointMixin` hooks of :class:`tasks.captioning.module.CaptioningModule` (mix in
-    before ``TaskCheckpointMixin``; needs ``vocab``, ``pretrained_info`` and the ``image_size`` / ``mean`` /
-    ``std`` / ``grid_size`` hyper-parameters)."""
+def artifacts(
+    vocab: CaptionVocab,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    grid_size: int,
+    pretrained: Mapping[str, Any] | None,
+) -> dict[str, Any]:
+    """The vocabulary and the image preprocessing (and an ``hf:`` backbone's config), so that the checkpoint
+    alone can caption."""
+    meta: dict[str, Any] = {
+        "vocab": vocab.to_dict(),
+        "image_size": int(image_size),
+        "mean": [float(x) for x in mean],
+        "std": [float(x) for x in std],
+        "grid_size": int(grid_size),
+    }
+    if pretrained is not None:  # the hf: backbone's config: rebuilt from it, offline
+        meta["pretrained"] = dict(pretrained)
+    return meta
 
-    @classmethod
-    def upgrade_hparams(cls, hparams: dict[str, Any], version: int) -> dict[str, Any]:
-        """Format 1 named the RNN decoder ``lstm`` and spelled its attention options as ``attention_dim`` /
-        ``num_heads``, and the Transformer's width and depth as ``d_model`` / ``num_layers``."""
-        if version >= 2:
-            return hparams
-        hp = dict(hparams)
-        attention_dim, heads = hp.pop("attention_dim", None), hp.get("num_heads")
-        d_model, layers = hp.pop("d_model", None), hp.pop("num_layers", None)
-        if hp.get("decoder", "lstm") == "lstm":
-            hp.update(decoder="rnn", rnn_type="lstm", decoder_layers=1)
-            if hp.get("attention", "additive") in ("additive", "location") and attention_dim is not None:
-                hp["attention_options"] = {"hidden_dim": attention_dim}
-            elif hp.get("attention") == "multihead" and heads is not None:
-                hp["attention_options"] = {"num_heads": heads}
+
+def hparams_from_metadata(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Vocabulary and preprocessing from the metadata; ``pretrained`` off: the weights are in the file,
+    so loading never downloads or reads backbone weights."""
+    out: dict[str, Any] = {k: meta[k] for k in ("vocab", "image_size", "grid_size", "mean", "std") if k in meta}
+    out["pretrained"] = None
+    if isinstance(meta.get("pretrained"), dict):  # an hf: backbone: rebuilt from its stored config
+        out["pretrained_config"] = meta["pretrained"]
+    return out
+
+
+def check_vocab(meta: Mapping[str, Any], vocab: CaptionVocab, source: str) -> None:
+    """``--ckpt_path`` restores: warn when the data module built another vocabulary of the same size than the
+    checkpoint's (the weights fit, the captions may not); refuse one of another size.
+
+    Raises:
+        CheckpointError: the stored vocabulary is invalid or of another size (names ``source``).
+    """
+    stored = meta.get("vocab")
+    if stored is None:
+        return
+    try:
+        ckpt_vocab = CaptionVocab.from_dict(stored)
+    except ValueError as err:
+        raise CheckpointError(f"{source}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
+    if ckpt_vocab.to_dict() != vocab.to_dict():
+        if len(ckpt_vocab) == len(vocab):
+            rank_zero_warn(
+                f"{source} was trained with another vocabulary of the same size than the data "
+                "module built now; check data.min_freq / data.max_vocab / the corpus"
+            )
         else:
-            if d_model is not None:
-                hp["hidden_dim"] = d_model
-            if layers is not None:
-                hp["decoder_layers"] = layers
-        return hp
+            raise CheckpointError(
+                f"{source} has a vocabulary of {len(ckpt_vocab)} words, the data module "
+                f"{len(vocab)}: train and evaluate with the same data settings"
+            )
 
-    @classmethod
-    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
-        return upgrade_decoder_v1(state) if version < 2 else state
 
-    def task_metadata(self) -> dict[str, Any]:
-        """The vocabulary and the image preprocessing, so the checkpoint alone can caption."""
-        hp = self.hparams
-        meta = {
-            "vocab": self.vocab.to_dict(),
-            "image_size": int(hp.image_size),
-            "mean": [float(x) for x in hp.mean],
-            "std": [float(x) for x in hp.std],
-            "grid_size": int(hp.grid_size),
-        }
-        if self.pretrained_info is not None:  # the hf: backbone's config: rebuilt from it, offline
-            meta["pretrained"] = self.pretrained_info
-        return meta
+def upgrade_hparams(hparams: dict[str, Any], version: int) -> dict[str, Any]:
+    """Format 1 named the RNN decoder ``lstm`` and spelled its attention options as ``attention_dim`` /
+    ``num_heads``, and the Transformer's width and depth as ``d_model`` / ``num_layers``."""
+    if version >= 2:
+        return hparams
+    hp = dict(hparams)
+    attention_dim, heads = hp.pop("attention_dim", None), hp.get("num_heads")
+    d_model, layers = hp.pop("d_model", None), hp.pop("num_layers", None)
+    if hp.get("decoder", "lstm") == "lstm":
+        hp.update(decoder="rnn", rnn_type="lstm", decoder_layers=1)
+        if hp.get("attention", "additive") in ("additive", "location") and attention_dim is not None:
+            hp["attention_options"] = {"hidden_dim": attention_dim}
+        elif hp.get("attention") == "multihead" and heads is not None:
+            hp["attention_options"] = {"num_heads": heads}
+    else:
+        if d_model is not None:
+            hp["hidden_dim"] = d_model
+        if layers is not None:
+            hp["decoder_layers"] = layers
+    return hp
 
-    @classmethod
-    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
-        """Vocabulary and preprocessing from the metadata; ``pretrained`` off: the weights are in the file,
-        so loading never downloads or reads backbone weights."""
-        out: dict[str, Any] = {k: meta[k] for k in ("vocab", "image_size", "grid_size", "mean", "std") if k in meta}
-        out["pretrained"] = None
-        if isinstance(meta.get("pretrained"), dict):  # an hf: backbone: rebuilt from its stored config
-            out["pretrained_config"] = meta["pretrained"]
-        return out
 
-    def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None:
-        """``--ckpt_path`` restores: warn when the data module built another vocabulary of the same size
-        (the weights fit, the captions may not)."""
-        vocab = meta.get("vocab")
-        if vocab is None:
-            return
-        try:
-            ckpt_vocab = CaptionVocab.from_dict(vocab)
-        except ValueError as err:
-            raise CheckpointError(f"{source}: invalid vocabulary in '{META_KEY}.vocab': {err}") from None
-        if ckpt_vocab.to_dict() != self.vocab.to_dict():
-            if len(ckpt_vocab) == len(self.vocab):
-                rank_zero_warn(
-                    f"{source} was trained with another vocabulary of the same size than the data "
-                    "module built now; check data.min_freq / data.max_vocab / the corpus"
-                )
-            else:
-                raise CheckpointError(
-                    f"{source} has a vocabulary of {len(ckpt_vocab)} words, the data module "
-                    f"{len(self.vocab)}: train and evaluate with the same data settings"
-                )
+def upgrade_state_dict(state: dict[str, Any], version: int) -> dict[str, Any]:
+    """Format-1 decoder weight names to today's, then the module's own ``encoder.*`` / ``decoder.*`` (every file
+    written before the core module, of any format) to the network's ``model.encoder.*`` / ``model.decoder.*``."""
+    if version < 2:
+        state = upgrade_decoder_v1(state)
+    return {f"model.{k}" if k.startswith(_NETWORK_PARTS) else k: v for k, v in state.items()}

@@ -42,6 +42,8 @@ from torch import Tensor
 
 from core.metrics.alignment import span_accuracy
 from tasks.speech.guided import diagonal_penalty
+from tasks.speech.model import SpeechEncoder
+from tasks.speech.network import SpeechNetwork
 from tasks.speech.text import normalize_text
 
 __all__ = [
@@ -61,26 +63,27 @@ WordSpan = tuple[str, float, float]
 OFF_DIAGONAL_SIGMA = 0.2
 
 
-def has_attention_to_score(model: Any) -> bool:
-    """Whether `model`'s decoder attention says where it listens: not ``none``, not CTC alone."""
-    hp = model.hparams
-    return hp.attention != "none" and hp.ctc_weight < 1.0
-
-
-def encoder_frame_times(model: Any) -> tuple[float, float]:
-    """``(seconds per encoder frame, centre of frame 0 in seconds)`` of a `SpeechModule` (module docstring).
+def has_attention_to_score(attention: str, ctc_weight: float) -> bool:
+    """Whether a decoder's attention says where it listens: not ``none``, not CTC alone.
 
     Args:
-        model: a `tasks.speech.module.SpeechModule`.
+        attention: the decoder's mechanism (``--model.attention``).
+        ctc_weight: the weight of CTC (``--model.ctc_weight``; 1 is CTC alone).
+    """
+    return attention != "none" and ctc_weight < 1.0
+
+
+def encoder_frame_times(network: SpeechNetwork) -> tuple[float, float]:
+    """``(seconds per encoder frame, centre of frame 0 in seconds)`` of a network (module docstring).
 
     Returns:
         E.g. ``(0.04, 0.0)`` for the conv2d-subsampling encoders.
     """
-    if getattr(model, "reads_waveforms", False):
+    if network.reads_waveforms:
         return 0.02, 0.01
-    hop = model.feature_cfg.hop_length / model.feature_cfg.sample_rate  # 10 ms
-    centre = 1.5 * hop if model.hparams.encoder == "pblstm" else 0.0
-    return 4 * hop, centre
+    hop = network.feature_cfg.hop_length / network.feature_cfg.sample_rate  # 10 ms
+    pyramid = isinstance(network.encoder, SpeechEncoder) and network.encoder.kind == "pblstm"
+    return 4 * hop, 1.5 * hop if pyramid else 0.0
 
 
 def _char_distance(a: str, b: str) -> float:
@@ -230,8 +233,8 @@ class SpanTally:
     def add(
         self, hyp: str, attention: Tensor | None, words: Sequence[WordSpan], frame_s: float, centre_s: float
     ) -> None:
-        """Count one decoded utterance (nothing when it has no attention)."""
-        if attention is None:
+        """Count one decoded utterance (nothing when it has no attention or no word spans)."""
+        if attention is None or not words:
             return
         hits, scored = utterance_scores(hyp, attention, words, frame_s, centre_s)
         self.hits += hits
@@ -247,6 +250,21 @@ class SpanTally:
             "char_in_span": self.hits / self.scored if self.scored else float("nan"),
             "chars_scored": float(self.scored),
             "off_diagonal": self.off_diagonal_sum / self.utterances if self.utterances else float("nan"),
+        }
+
+    def means(self) -> dict[str, tuple[float, float]]:
+        """``{"char_in_span", "off_diagonal"}`` as ``(value, weight)`` (weights: characters scored, utterances), so
+        that the weighted mean over batches and ranks is the corpus share and the mean over utterances.
+
+        Weight 0 when nothing was scored (e.g. an untrained model's empty transcripts): the scores are still
+        reported, so every rank logs them; an epoch with nothing scored at all gives NaN.
+        """
+        return {
+            "char_in_span": (self.hits / self.scored if self.scored else 0.0, float(self.scored)),
+            "off_diagonal": (
+                self.off_diagonal_sum / self.utterances if self.utterances else 0.0,
+                float(self.utterances),
+            ),
         }
 
 
@@ -273,9 +291,9 @@ def span_scores(model: Any, items: Sequence[Any], beam: int = 3, batch_size: int
     from tasks.speech.features import LogMel
 
     todo = [u for u in items if u.words]
-    if not has_attention_to_score(model) or not todo:
+    if not has_attention_to_score(model.hparams.attention, model.hparams.ctc_weight) or not todo:
         return {}
-    frame_s, centre_s = encoder_frame_times(model)
+    frame_s, centre_s = encoder_frame_times(model.model)
     logmel = LogMel(model.feature_cfg)
     wavs = [load_audio(u.audio) for u in todo]
     feats = [logmel(w) for w in wavs]

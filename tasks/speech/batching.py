@@ -9,9 +9,10 @@ import math
 import random
 import warnings
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
+from torch import Tensor
 from torch.utils.data import Dataset
 
 from core.errors import DataError
@@ -21,7 +22,7 @@ from tasks.speech.features import FeatureConfig, LogMel
 from tasks.speech.sources import Utterance
 from tasks.speech.text import normalize_text
 
-__all__ = ["MAX_ROW_WARNINGS", "BucketedSpeechDataset", "SortaGradSampler", "collate_items"]
+__all__ = ["MAX_ROW_WARNINGS", "BucketedSpeechDataset", "SortaGradSampler", "SpeechBatch", "collate_items"]
 
 # Utterances skipped when a batch is loaded (unreadable, NaN, silent) get an individual warning up to
 # this many times per dataset copy (each DataLoader worker has one); the rest are only counted, in the
@@ -30,7 +31,37 @@ __all__ = ["MAX_ROW_WARNINGS", "BucketedSpeechDataset", "SortaGradSampler", "col
 MAX_ROW_WARNINGS = 3
 
 
-def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any]:
+class SpeechBatch(TypedDict, total=False):
+    """One batch of utterances (`collate_items`), or ``{"empty": True, "skipped": n}`` when none of them loaded.
+
+    Attributes:
+        feats: ``(B, T, F)`` unnormalised log-mel features, zero-padded.
+        feat_lens: ``(B,)`` valid frames.
+        tokens: ``(B, L)`` unit ids, padded with the pad id.
+        token_lens: ``(B,)`` valid units.
+        texts: the normalised transcripts.
+        ids: the utterance names.
+        indices: positions in the split (input order for predict; one example once under DDP).
+        skipped: utterances dropped when the batch was loaded (a 0-d tensor; an int in a batch built by hand).
+        empty: True when every utterance of the batch was dropped (then only ``skipped`` is set).
+        wavs: ``(B, N)`` 16 kHz waveforms, zero-padded (for an encoder that reads them).
+        wav_lens: ``(B,)`` valid samples.
+    """
+
+    feats: Tensor
+    feat_lens: Tensor
+    tokens: Tensor
+    token_lens: Tensor
+    texts: list[str]
+    ids: list[str]
+    indices: list[int]
+    skipped: Tensor | int
+    empty: bool
+    wavs: Tensor
+    wav_lens: Tensor
+
+
+def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> SpeechBatch:
     """Pad a list of examples into a batch.
 
     Args:
@@ -52,12 +83,7 @@ def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
     for i, it in enumerate(items):
         feats[i, : it["feats"].shape[0]] = it["feats"]
         tokens[i, : it["tokens"].numel()] = it["tokens"]
-    extra: dict[str, Any] = {}
-    if "wav" in items[0]:  # raw audio for encoders that read waveforms (tasks.speech.hf_encoder)
-        extra["wavs"] = torch.nn.utils.rnn.pad_sequence([it["wav"] for it in items], batch_first=True)  # (B, N)
-        extra["wav_lens"] = torch.tensor([it["wav"].numel() for it in items])
-    return {
-        **extra,
+    batch: SpeechBatch = {
         "feats": feats,
         "feat_lens": torch.tensor([it["feats"].shape[0] for it in items]),
         "tokens": tokens,
@@ -67,6 +93,10 @@ def collate_items(items: list[dict[str, Any]], pad_id: int = 0) -> dict[str, Any
         "indices": [it.get("index", i) for i, it in enumerate(items)],
         "skipped": torch.tensor(0),
     }
+    if "wav" in items[0]:  # raw audio for encoders that read waveforms (tasks.speech.hf_encoder)
+        batch["wavs"] = torch.nn.utils.rnn.pad_sequence([it["wav"] for it in items], batch_first=True)  # (B, N)
+        batch["wav_lens"] = torch.tensor([it["wav"].numel() for it in items])
+    return batch
 
 
 class BucketedSpeechDataset(Dataset):
@@ -173,7 +203,7 @@ class BucketedSpeechDataset(Dataset):
                 stacklevel=2,
             )
 
-    def __getitem__(self, idx: int) -> dict[str, Any]:
+    def __getitem__(self, idx: int) -> SpeechBatch:
         loaded = [self.load_item(i) for i in self.batches[idx]]
         items = [it for it in loaded if it is not None]
         skipped = len(loaded) - len(items)
@@ -182,6 +212,13 @@ class BucketedSpeechDataset(Dataset):
         batch = collate_items(items, self.tokenizer.pad_id)
         batch["skipped"] = torch.tensor(skipped)
         return batch
+
+    def head(self, n: int) -> SpeechBatch | None:
+        """The first ``n`` utterances of batch 0 that load (how the first validation batch starts), collated;
+        None when none does."""
+        first = self.batches[0][:n] if self.batches else []
+        items = [it for it in (self.load_item(i) for i in first) if it is not None]
+        return collate_items(items, self.tokenizer.pad_id) if items else None
 
 
 class SortaGradSampler(torch.utils.data.Sampler[int]):

@@ -51,6 +51,7 @@ def _decode(model: Any, loaded: list[tuple[str, Any]], args: argparse.Namespace)
     )
     outputs = []
     for (name, _), res in zip(loaded, results):
+        rows: list[tuple[str, ...]]  # file and transcript, or file / score / transcript per line with --nbest
         if args.nbest == 1:
             rows = [(name, res.text)]
         else:

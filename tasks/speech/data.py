@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import random
 import unicodedata
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.data import AttributeDict
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -171,9 +172,14 @@ class SpeechDataModule(L.LightningDataModule):
         # carry the padded waveforms.
         self.waveforms = False
 
+    @property
+    def _options(self) -> AttributeDict:
+        # what save_hyperparameters stored: an AttributeDict (Lightning types it as a plain mapping)
+        return cast(AttributeDict, self.hparams)
+
     # -- synthesised corpus -------------------------------------------------------------------
     def _synth_kwargs(self) -> dict[str, Any]:
-        h = self.hparams
+        h = self._options
         return {
             "root": h.cache_dir,
             "seed": h.synth_seed,
@@ -184,7 +190,7 @@ class SpeechDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         """Generate the synthesised corpus once (Lightning calls this on local rank 0 only)."""
-        if self.hparams.train is None:
+        if self._options.train is None:
             from tasks.speech.synth import generate_corpus
 
             generate_corpus(**self._synth_kwargs())
@@ -202,7 +208,7 @@ class SpeechDataModule(L.LightningDataModule):
         if self.splits:
             self._check_eval_splits(stage)  # e.g. `test` after `fit` in one process
             return
-        h = self.hparams
+        h = self._options
         if h.train is None:
             train = self._synth_split("train")
             val = read_source(h.val) if h.val else self._synth_split("val")
@@ -240,7 +246,7 @@ class SpeechDataModule(L.LightningDataModule):
         Without this an empty validation split crashes mid-run (the `val/cer` checkpoint monitor
         finds no metric), after the training epoch has been spent.
         """
-        h = self.hparams
+        h = self._options
         trainer = getattr(self, "trainer", None)
         val_off = trainer is not None and trainer.limit_val_batches == 0  # validation disabled: nothing to check
         if stage in (None, "fit", "validate") and not self.splits["val"] and not (stage == "fit" and val_off):
@@ -274,7 +280,7 @@ class SpeechDataModule(L.LightningDataModule):
         if not utts:
             return
         ds = BucketedSpeechDataset(utts, self.tokenizer, self.feature_cfg)
-        step = max(1, len(utts) // self.hparams.stats_utterances)
+        step = max(1, len(utts) // self._options.stats_utterances)
         feats = (it["feats"] for it in (ds.load_item(i) for i in range(0, len(utts), step)) if it is not None)
         st = FeatureStats(self.feature_cfg.n_mels).fit(feats)
         self.feature_stats = (st.mean.clone(), st.std.clone())
@@ -285,7 +291,7 @@ class SpeechDataModule(L.LightningDataModule):
 
     # -- loaders -------------------------------------------------------------------------------
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        h = self.hparams
+        h = self._options
         ds = BucketedSpeechDataset(
             self.splits[split],
             self.tokenizer,

@@ -89,7 +89,7 @@ def build(
 
     L.seed_everything(seed, verbose=False)
     dm = SpeechDataModule(**{**DEMO_DATA, **(data or {})})
-    if sink is not null_sink and dm.hparams.train is None:
+    if sink is not null_sink and dm.hparams["train"] is None:
         from tasks.speech.synth import generate_corpus
 
         # Synthesis (first run only; cached): report to the demo's display instead of a bar of its own.
@@ -277,8 +277,8 @@ def run_demo(
     )
     report.files.append(txt)
     figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
-    data = "demo: sentences synthesised with eSpeak NG in several voices (tasks/speech/synth.py)"
-    folder = export_model(reloaded, out_dir, report.metrics, data, figures[0] if figures else None)
+    about_data = "demo: sentences synthesised with eSpeak NG in several voices (tasks/speech/synth.py)"
+    folder = export_model(reloaded, out_dir, report.metrics, about_data, figures[0] if figures else None)
     report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
     report.seconds = time.monotonic() - start
     return report

@@ -132,6 +132,10 @@ class LogMel(nn.Module):
 class FeatureStats(nn.Module):
     """Global per-bin mean / std, estimated on the training split; buffers live in the checkpoint."""
 
+    mean: Tensor  # (n_mels,)
+    std: Tensor  # (n_mels,)
+    initialized: Tensor  # () bool: set from data or a checkpoint
+
     def __init__(self, n_mels: int = 80) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(n_mels))

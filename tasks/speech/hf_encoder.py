@@ -187,7 +187,8 @@ class HFSpeechEncoder(nn.Module):
         else:
             attention = mask.long() if self.settings["return_attention_mask"] else None
             out = self.backbone(x, attention_mask=attention, output_hidden_states=True)
-            frames = self.backbone._get_feat_extract_output_lengths(lengths.to(x.device))  # (B,)
+            output_lengths: Any = self.backbone._get_feat_extract_output_lengths  # its conv stack's rule
+            frames = output_lengths(lengths.to(x.device))  # (B,)
         hidden = (*out.hidden_states[:-1], out.last_hidden_state)
         return hidden, frames.clamp(1, out.last_hidden_state.shape[1])
 
@@ -235,12 +236,8 @@ def hf_speech_encoder(
         ``(encoder, pretrained_config)``: ``{"source", "model_type", "config", "processor"}`` as plain data.
     """
     if stored is not None:
-        backbone = build_from_config(
-            stored.get("config"),
-            "speech",
-            "--model.pretrained_config",  # type: ignore[arg-type]
-            overrides=_NO_LAYERDROP,
-        )
+        config: Any = stored.get("config")  # untrusted: build_from_config checks it
+        backbone = build_from_config(config, "speech", "--model.pretrained_config", overrides=_NO_LAYERDROP)
         info = dict(stored)
         model_type = str(info["config"]["model_type"])
         processor = info.get("processor")

@@ -289,15 +289,16 @@ class ASRModel(nn.Module):
         conv_channels: int = 32,
     ) -> None:
         super().__init__()
-        self.encoder: Any = (
+        encoder_net: Any = (  # any encoder with an output_dim
             encoder_module
             if encoder_module is not None
             else SpeechEncoder(encoder, n_mels, encoder_dim, encoder_layers, num_heads, dropout, conv_channels)
         )
+        self.encoder = encoder_net
         opts = attention_options_for(attention, attention_options, hidden_dim=128)
         self.decoder = AttentionalRNNDecoder(
             vocab_size,
-            self.encoder.output_dim,
+            encoder_net.output_dim,
             embed_dim,
             hidden_dim,
             1,
@@ -307,7 +308,7 @@ class ASRModel(nn.Module):
             dropout,
             input_feed="context",
         )
-        self.ctc_head = nn.Linear(self.encoder.output_dim, vocab_size)
+        self.ctc_head = nn.Linear(encoder_net.output_dim, vocab_size)
 
     def encode(self, feats: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Encoder states `(B, S, D)`, their mask `(B, S)` and CTC log-probs `(B, S, V)` of features `(B, T, F)`

@@ -1,53 +1,37 @@
-"""`SpeechModule`: joint CTC/attention ASR as a LightningModule, plus `transcribe` for inference.
+"""`SpeechModule`: joint CTC/attention ASR on the core module, and its library API (`transcribe`, `decode_features`).
 
-Besides CER/WER, validation and test score where the attention looks when the data knows where each word is
-(the synthesised corpus' word spans, `tasks.speech.alignment`): ``val/char_in_span`` / ``test/char_in_span``,
-the share of emitted characters whose attention peak lies inside their word's span, and ``val/off_diagonal`` /
-``test/off_diagonal``, the attention's expected distance from the diagonal. Both come from the decoding the
-CER needs anyway (nothing is decoded twice), and are not logged for a model without attention to score
-(``attention="none"``, CTC alone) or data without spans.
+What it trains, scores, draws and stores is `tasks.speech.task.SpeechTask`; the network (``self.model``: the log-mel
+front end, the encoder, the attention decoder and the CTC head) is `tasks.speech.network.SpeechNetwork`; decoding
+is `tasks.speech.inference`.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import lightning as L
-import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
-from torchmetrics.aggregation import MeanMetric
-from torchmetrics.text import CharErrorRate, WordErrorRate
 
 from core.attention import attention_options as attention_options_for  # the argument has its name
-from core.cli.predict import Prediction
 from core.errors import ConfigError
 from core.io.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
 from core.io.pretrained import is_hf_spec
-from core.io.task_io import TaskCheckpointMixin
-from core.train.callbacks import empty_batch_loss
-from core.train.finetune import FreezeSchedule, optimizer_groups
-from core.train.progress_bar import ThroughputMixin
-from core.train.schedule import OptimizerOptions, configure_optimizer
-from tasks.speech.alignment import encoder_frame_times, has_attention_to_score, off_diagonal, utterance_scores
-from tasks.speech.data import make_char_tokenizer
-from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
-from tasks.speech.hf_encoder import hf_speech_encoder
-from tasks.speech.inference import Hypothesis, TranscribeMixin
-from tasks.speech.losses import SpeechLossMixin
-from tasks.speech.model import ASRModel
-from tasks.speech.stored import SpeechStoredMixin
+from core.text.tokenizers import BaseTokenizer
+from core.train.module import TaskModule
+from tasks.speech import inference
+from tasks.speech.audio import AudioInput
+from tasks.speech.features import FeatureConfig, FeatureStats, LogMel
+from tasks.speech.inference import Hypothesis, SearchOptions, Transcription
+from tasks.speech.network import SpeechNetwork, upgrade_state_dict
+from tasks.speech.task import SpeechOptions, SpeechTask
 
 __all__ = ["SpeechModule"]
 
-TASK = "speech"
 ENCODERS = ("lstm", "pblstm", "transformer", "conformer")
 
 
-class SpeechModule(
-    TranscribeMixin, SpeechLossMixin, SpeechStoredMixin, TaskCheckpointMixin, ThroughputMixin, L.LightningModule
-):
+class SpeechModule(TaskModule[SpeechNetwork]):
     """Listen-attend-spell style ASR with joint CTC.
 
     Args:
@@ -74,14 +58,8 @@ class SpeechModule(
             untrained decoder's beam would mean nothing).
         dropout: dropout.
         label_smoothing: label smoothing of the attention cross-entropy.
-        optimizer: ``adamw``, ``adam`` or ``sgd`` (``core.train.schedule.configure_optimizer``).
-        lr: peak learning rate.
-        weight_decay: weight decay (not on biases and norms).
-        betas: Adam betas.
-        eps: Adam epsilon.
-        warmup_steps: linear warmup steps.
-        lr_schedule: decay after warmup: ``inverse_sqrt``, ``cosine``, ``linear`` or ``constant``.
-        min_lr_ratio: floor of cosine/linear decay, as a fraction of ``lr``.
+        optimizer, lr, weight_decay, betas, eps, warmup_steps, lr_schedule, min_lr_ratio: the optimizer and its
+            schedule (`core.train.schedule.OptimizerOptions`).
         spec_augment: frequency/time masking during training.
         beam_size: beam width for validation/test/predict decoding.
         length_penalty: exponent of the beam's length normalisation.
@@ -114,9 +92,8 @@ class SpeechModule(
             the CTC prefix scores only, without running the decoder (the same scores `w = 1` gives here).
     """
 
-    TASK = TASK
+    TASK = "speech"
     MONITOR, MONITOR_MODE = "val/cer", "min"
-    THROUGHPUT_UNIT = "audio-s"  # seconds of audio per second of training
     HPARAM_BOUNDS = {
         "encoder_dim": SIZE,
         "encoder_layers": LAYERS,
@@ -126,12 +103,6 @@ class SpeechModule(
         "ctc_weight": (0.0, 1.0),
         "dropout": FRACTION,
         "label_smoothing": FRACTION,
-        "lr": RATE,
-        "weight_decay": RATE,
-        "betas": (0.0, 0.999999),
-        "eps": (0.0, 1.0),
-        "warmup_steps": STEPS,
-        "min_lr_ratio": (0.0, 1.0),
         "beam_size": BEAM,
         "length_penalty": (-10.0, 10.0),
         "plot_examples": (0, 1000),
@@ -149,6 +120,8 @@ class SpeechModule(
     # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
     HPARAM_RENAMES = {"encoder_hidden": "encoder_dim", "encoder_heads": "num_heads", "decoder_hidden": "hidden_dim"}
     FOLDER_FILES = {"units": "units.json", "feature_config": "preprocessor_config.json"}
+
+    task: SpeechTask
 
     def __init__(
         self,
@@ -188,7 +161,6 @@ class SpeechModule(
         joint_ctc_decoding: bool = False,
         encoder_conv_channels: int = 32,
     ) -> None:
-        super().__init__()
         if not 0.0 <= ctc_weight <= 1.0:
             raise ConfigError(f"model.ctc_weight must be in [0, 1], got {ctc_weight}")
         if not is_hf_spec(encoder) and encoder not in ENCODERS:
@@ -199,262 +171,170 @@ class SpeechModule(
         if guided_attention_weight > 0 and (attention == "none" or ctc_weight >= 1.0):
             what = "attention=none (uniform weights)" if attention == "none" else "ctc_weight=1 (CTC alone)"
             rank_zero_warn(f"model.guided_attention_weight is ignored with {what}: there is no attention to guide")
-        self.save_hyperparameters()
         if attention == "none":
             # options written for another mechanism are dropped (and named) here, so the checkpoint records what
             # was built and reloading it does not warn again
-            self.hparams["attention_options"] = attention_options_for("none", attention_options, hidden_dim) or None
-        self.tokenizer = make_char_tokenizer()
-        self.feature_cfg = FeatureConfig()
-        self.logmel = LogMel(self.feature_cfg)
-        self.stats = FeatureStats(self.feature_cfg.n_mels)
-        self.specaug = SpecAugment() if spec_augment else None
-        self.pretrained_info: dict[str, Any] | None = None
-        hf_encoder = None
-        if is_hf_spec(encoder):
-            hf_encoder, self.pretrained_info = hf_speech_encoder(
-                encoder, pretrained_config, trainable_blocks, unfreeze_after_steps
-            )
-        self.model = ASRModel(
-            self.tokenizer.vocab_size,
-            self.feature_cfg.n_mels,
-            encoder,
-            encoder_dim,
-            encoder_layers,
-            num_heads,
-            hidden_dim,
-            embed_dim,
-            attention,
-            self.hparams.attention_options,
-            dropout,
-            encoder_module=hf_encoder,
-            conv_channels=encoder_conv_channels,
+            attention_options = attention_options_for("none", attention_options, hidden_dim) or None
+        options = SpeechOptions(
+            encoder=encoder,
+            encoder_dim=encoder_dim,
+            encoder_layers=encoder_layers,
+            num_heads=num_heads,
+            hidden_dim=hidden_dim,
+            embed_dim=embed_dim,
+            attention=attention,
+            attention_options=attention_options,
+            ctc_weight=ctc_weight,
+            dropout=dropout,
+            label_smoothing=label_smoothing,
+            spec_augment=spec_augment,
+            beam_size=beam_size,
+            length_penalty=length_penalty,
+            plot_examples=plot_examples,
+            cpu_threads=cpu_threads,
+            trainable_blocks=trainable_blocks,
+            encoder_lr_scale=encoder_lr_scale,
+            unfreeze_after_steps=unfreeze_after_steps,
+            guided_attention_weight=guided_attention_weight,
+            guided_attention_sigma=guided_attention_sigma,
+            guided_attention_steps=guided_attention_steps,
+            guided_attention_final_weight=guided_attention_final_weight,
+            joint_ctc_decoding=joint_ctc_decoding,
+            encoder_conv_channels=encoder_conv_channels,
         )
-        if ctc_weight >= 1.0:
-            # CTC alone: the decoder has no loss and is never run. Frozen, it gets no gradient (DDP expects
-            # none of it), no weight decay and no optimizer state; it stays in the model so that every
-            # setting has the same weights.
-            self.model.decoder.requires_grad_(False)
-        self.max_chunk_seconds = max_chunk_seconds
-        self.val_cer, self.val_wer = CharErrorRate(), WordErrorRate()
-        self.test_cer, self.test_wer = CharErrorRate(), WordErrorRate()
-        # Attention against word spans (tasks.speech.alignment): weighted means, so that the epoch value is the
-        # corpus share (characters in span / characters scored) and the mean over utterances, across ranks too.
-        self.val_in_span, self.val_off_diagonal = MeanMetric(), MeanMetric()
-        self.test_in_span, self.test_off_diagonal = MeanMetric(), MeanMetric()
-        self._span_utts: dict[str, list[Any] | None] = {}
+        super().__init__(SpeechTask(options, max_chunk_seconds, pretrained_config))
+        self.save_hyperparameters()
+        self.hparams["attention_options"] = attention_options
+        self.model = self.task.build_network()
 
-    # ------------------------------------------------------------------------------------------
-    # setup (what a checkpoint stores beyond the weights: tasks.speech.stored)
-    # ------------------------------------------------------------------------------------------
-    def setup(self, stage: str) -> None:
-        """Take feature statistics and the trained duration range from the datamodule (fresh runs)."""
-        if self._trainer is not None and self.hparams.cpu_threads and self.trainer.strategy.root_device.type == "cpu":
-            torch.set_num_threads(self.hparams.cpu_threads)
-        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is None:
-            return
-        if self.reads_waveforms and hasattr(dm, "waveforms"):
-            dm.waveforms = True  # before the loaders are made: batches carry the raw audio too
-        if not bool(self.stats.initialized) and getattr(dm, "feature_stats", None) is not None:
-            self.stats.set(*dm.feature_stats)
-        if self.max_chunk_seconds is None and getattr(dm, "splits", None):
-            durs = [u.duration or 0.0 for u in dm.splits.get("train", [])]
-            if durs:
-                # within the bounds a checkpoint may hold (1-600 s): clips shorter than a second still make a
-                # loadable checkpoint, and longer audio is cut where it must be anyway
-                self.max_chunk_seconds = float(min(600.0, max(1.0, max(durs))))
+    # ------------------------------------------------------------------ what other code reads of the model
+    @property
+    def tokenizer(self) -> BaseTokenizer:
+        """The character units."""
+        return self.task.tokenizer
 
-    def batch_units(self, batch: dict[str, Any]) -> float:
-        """Seconds of audio in a host batch (10 ms frames)."""
-        return float(batch["feat_lens"].sum()) * self.feature_cfg.hop_length / self.feature_cfg.sample_rate
+    @property
+    def feature_cfg(self) -> FeatureConfig:
+        """The log-mel front end's settings."""
+        return self.task.feature_cfg
+
+    @property
+    def logmel(self) -> LogMel:
+        """Waveform -> log-mel features ``(frames, n_mels)`` (the network's front end)."""
+        return self.network.logmel
+
+    @property
+    def stats(self) -> FeatureStats:
+        """The feature statistics the network normalises with."""
+        return self.network.stats
 
     @property
     def reads_waveforms(self) -> bool:
         """Whether the encoder reads raw 16 kHz audio (an ``hf:`` encoder) instead of log-mel features."""
-        return self.pretrained_info is not None
+        return self.task.reads_waveforms
 
-    def configure_callbacks(self) -> list[Any]:
-        """`core.train.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
-        return [FreezeSchedule()] if self.pretrained_info is not None else []
+    @property
+    def pretrained_info(self) -> dict[str, Any] | None:
+        """An ``hf:`` encoder's config as plain data (stored with the model), else None."""
+        return self.task.pretrained_info
 
-    # ------------------------------------------------------------------------------------------
-    # training (the losses: tasks.speech.losses)
-    # ------------------------------------------------------------------------------------------
-    def _log_counts(self, stage: str, batch: dict[str, Any]) -> Tensor:
-        """Per-epoch sums of skipped utterances and batches; returns a device zero for other counts.
+    @property
+    def max_chunk_seconds(self) -> float | None:
+        """``transcribe`` cuts longer audio into chunks (stored with the model; None until the data decides)."""
+        return self.task.max_chunk_seconds
 
-        Logged for every batch, empty or not, on every rank, so all ranks hold the same keys;
-        `on_step=False` keeps the cross-rank sum (`sync_dist`) to one all-reduce at epoch end. The
-        values are device tensors derived from the batch's `skipped` tensor (logging a Python
-        number would copy it to the device and synchronise every step).
+    @max_chunk_seconds.setter
+    def max_chunk_seconds(self, seconds: float | None) -> None:
+        self.task.max_chunk_seconds = seconds
+
+    # ------------------------------------------------------------------ earlier files
+    @classmethod
+    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
+        """Format-1 names, and the front end that sat on the module itself before the core module (``model.``)."""
+        return upgrade_state_dict(state, version)
+
+    @classmethod
+    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
+        """An ``hf:`` encoder is rebuilt from the config stored with it: loading never downloads it."""
+        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
+
+    # ------------------------------------------------------------------ the library API
+    def decode_features(
+        self,
+        feats: Tensor,
+        lens: Tensor,
+        beam: int = 5,
+        nbest: int = 1,
+        with_attention: bool = False,
+        wavs: Tensor | None = None,
+        wav_lens: Tensor | None = None,
+    ) -> list[list[Hypothesis]]:
+        """Beam search over a batch of log-mel features (`tasks.speech.inference.decode_features`).
+
+        The scoring options (``ctc_weight``, ``joint_ctc_decoding``, ``length_penalty``) are read from
+        ``hparams`` at every call, so a caller may switch them (e.g. the attention decoder alone).
+
+        Args:
+            feats: unnormalised log-mel `(B, T, F)`.
+            lens: valid frames `(B,)`.
+            beam: beam width (1 = greedy).
+            nbest: hypotheses returned per utterance (<= beam).
+            with_attention: keep each hypothesis' attention `(T_out, S_enc)`.
+            wavs: `(B, N)` 16 kHz waveforms, for an encoder that reads them (``reads_waveforms``).
+            wav_lens: their valid samples `(B,)`.
+
+        Returns:
+            Per utterance, ``nbest`` hypotheses sorted by the joint score.
         """
-        skipped = batch.get("skipped")
-        if not isinstance(skipped, Tensor):  # a batch built by hand
-            skipped = torch.tensor(int(skipped or 0), device=self.device)
-        kw: dict[str, Any] = {
-            "reduce_fx": "sum",
-            "on_step": False,
-            "on_epoch": True,
-            "sync_dist": True,
-            "batch_size": 1,
-        }
-        zero = skipped.new_zeros((), dtype=torch.float32)
-        self.log(f"{stage}/skipped_utterances", skipped.float(), **kw)
-        self.log(f"{stage}/skipped_batches", zero + 1.0 if batch.get("empty") else zero, **kw)
-        return zero
-
-    def _log_ctc_infeasible(self, stage: str, count: Tensor) -> None:
-        """Per-epoch sum of utterances whose CTC loss was infinite (zeroed by `zero_infinity`)."""
-        self.log(
-            f"{stage}/ctc_infeasible",
-            count,
-            reduce_fx="sum",
-            on_step=False,
-            on_epoch=True,
-            sync_dist=True,
-            batch_size=1,
+        search = SearchOptions.from_hparams(self.hparams)
+        return inference.decode_features(
+            self.network, self.tokenizer, search, feats, lens, beam, nbest, with_attention, wavs, wav_lens
         )
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor | None:
-        zero = self._log_counts("train", batch)
-        if batch.get("empty"):
-            # Every utterance of this batch was unusable (warned and counted).
-            if self.hparams.ctc_weight > 0:
-                self._log_ctc_infeasible("train", zero)  # same keys on every rank, every step
-            return empty_batch_loss(self)
-        losses = self._losses(batch)
-        if "ctc_infeasible" in losses:
-            self._log_ctc_infeasible("train", losses["ctc_infeasible"])
-        b = len(batch["texts"])
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=b)
-        if "ce" in losses:  # not with CTC alone
-            self.log("train/ce", losses["ce"], batch_size=b)
-        if "ctc" in losses:
-            self.log("train/ctc", losses["ctc"], batch_size=b)
-        if "guided" in losses:
-            self.log("train/guided", losses["guided"], batch_size=b)
-        # audio seconds in this batch: feature frames are 10 ms
-        self.log(
-            "train/audio_seconds",
-            batch["feat_lens"].sum().float() * self.feature_cfg.hop_length / self.feature_cfg.sample_rate,
-            reduce_fx="sum",
-            batch_size=b,
-        )
-        return losses["loss"]
+    def transcribe(
+        self,
+        inputs: AudioInput | Sequence[AudioInput],
+        beam: int = 5,
+        nbest: int = 1,
+        return_attention: bool = False,
+        batch_size: int = 16,
+    ) -> str | Transcription | list[str] | list[Transcription]:
+        """Transcribe one audio file or waveform, or a list of them.
 
-    def _eval_step(self, batch: dict[str, Any], batch_idx: int, stage: str) -> None:
-        self._log_counts(stage, batch)
-        if batch.get("empty"):
-            return
-        b = len(batch["texts"])
-        losses = self._losses(batch)
-        self.log(f"{stage}/loss", losses["loss"], prog_bar=True, batch_size=b, sync_dist=True)
-        span_utts = self._span_utts.get(stage)
-        hyps = [
-            h[0]
-            for h in self.decode_features(
-                batch["feats"],
-                batch["feat_lens"],
-                beam=self.hparams.beam_size,
-                # the beam search keeps the attention anyway: returning it costs a slice
-                with_attention=(stage == "val" and batch_idx == 0) or span_utts is not None,
-                wavs=batch.get("wavs"),
-                wav_lens=batch.get("wav_lens"),
-            )
-        ]
-        texts = [h.text for h in hyps]
-        cer, wer = (self.val_cer, self.val_wer) if stage == "val" else (self.test_cer, self.test_wer)
-        cer.update(texts, batch["texts"])
-        wer.update(texts, batch["texts"])
-        self.log(f"{stage}/cer", cer, prog_bar=True, batch_size=b)
-        self.log(f"{stage}/wer", wer, batch_size=b)
-        if stage == "val" and batch_idx == 0 and self.hparams.plot_examples > 0:
-            self._plot(batch, hyps)
-        if span_utts is not None:
-            self._score_attention(stage, batch, hyps, span_utts)
+        Audio longer than the trained range (`max_chunk_seconds`) is cut into chunks at the quietest points
+        (energy-based) and the chunk transcripts are joined with a space. A silent chunk (digital silence or near
+        it) is not decoded: it has no words, and a decoder asked anyway would make some up. The scoring options are
+        read from ``hparams`` at every call (as in :meth:`decode_features`).
 
-    def _find_span_utterances(self, stage: str) -> None:
-        """Note the split's utterances when their word spans can score this model's attention (else None).
+        Args:
+            inputs: paths, or `(waveform, sample_rate)` with the waveform `(N,)` or `(channels, N)`;
+                any sample rate and channel count (resampled to 16 kHz, downmixed). A single path or
+                `(waveform, sample_rate)` pair gives its one result, not a list of one.
+            beam: beam width.
+            nbest: alternatives kept per input (in ``Transcription.nbest``).
+            return_attention: return `Transcription` objects with per-chunk spectrogram/attention.
+            batch_size: chunks decoded together.
 
-        Decided once per evaluation epoch from the datamodule's split (the same files on every rank, so every
-        rank logs the same keys); `batch["indices"]` are positions in it.
+        Returns:
+            One normalised transcript per input, or `Transcription` objects with ``return_attention`` or
+            ``nbest > 1``.
+
+        Raises:
+            core.errors.DataError: an input is missing, unreadable, corrupt, empty or too short (the message
+                names it); use one call per file to keep going over bad files.
         """
-        utts = None
-        if self._trainer is not None and has_attention_to_score(self):
-            dm = getattr(self.trainer, "datamodule", None)
-            split = (getattr(dm, "splits", None) or {}).get(stage)
-            if split and any(getattr(u, "words", None) for u in split):
-                utts = split
-        self._span_utts[stage] = utts
-
-    def on_validation_epoch_start(self) -> None:
-        self._find_span_utterances("val")
-
-    def on_test_epoch_start(self) -> None:
-        self._find_span_utterances("test")
-
-    def _score_attention(self, stage: str, batch: dict[str, Any], hyps: list[Hypothesis], utts: list[Any]) -> None:
-        """Update and log `<stage>/char_in_span` and `<stage>/off_diagonal` with one batch's hypotheses."""
-        frame_s, centre_s = encoder_frame_times(self)
-        hits = scored = 0
-        offs: list[float] = []
-        for i, h in zip(batch["indices"], hyps):
-            words = getattr(utts[int(i)], "words", None)
-            if not words or h.attention is None:
-                continue
-            n_in, n = utterance_scores(h.text, h.attention, words, frame_s, centre_s)
-            hits, scored = hits + n_in, scored + n
-            off = off_diagonal(h.attention)
-            if not math.isnan(off):
-                offs.append(off)
-        in_span, off_diag = (
-            (self.val_in_span, self.val_off_diagonal) if stage == "val" else (self.test_in_span, self.test_off_diagonal)
+        items, single = inference.as_inputs(inputs)
+        search = SearchOptions.from_hparams(self.hparams)
+        results = inference.transcribe(
+            self.network,
+            self.tokenizer,
+            search,
+            items,
+            self.max_chunk_seconds,
+            beam,
+            nbest,
+            return_attention,
+            batch_size,
         )
-        # Weight 0 when nothing was scored (e.g. an untrained model's empty transcripts): the key is still
-        # logged, so every rank holds it; an epoch with nothing scored at all gives NaN.
-        in_span.update(hits / scored if scored else 0.0, float(scored))
-        off_diag.update(sum(offs) / len(offs) if offs else 0.0, float(len(offs)))
-        b = len(hyps)
-        self.log(f"{stage}/char_in_span", in_span, batch_size=b)
-        self.log(f"{stage}/off_diagonal", off_diag, batch_size=b)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, batch_idx, "test")
-
-    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[Prediction]:
-        """One ``(position in the split, (utterance id, transcript))`` row per utterance."""
-        if batch.get("empty"):
-            return []
-        hyps = self.decode_features(
-            batch["feats"],
-            batch["feat_lens"],
-            beam=self.hparams.beam_size,
-            wavs=batch.get("wavs"),
-            wav_lens=batch.get("wav_lens"),
-        )
-        return [Prediction(int(i), (u, h[0].text)) for i, u, h in zip(batch["indices"], batch["ids"], hyps)]
-
-    def _plot(self, batch: dict[str, Any], hyps: list[Hypothesis]) -> None:
-        """Spectrogram + attention of the first validation utterances (rank zero only, via log_figure)."""
-        if self._trainer is None or not self.trainer.is_global_zero or self.trainer.sanity_checking:
-            return
-        from core.train.callbacks import log_figure
-        from core.viz import plot_spectrogram_alignment
-
-        for i in range(min(self.hparams.plot_examples, len(hyps))):
-            text, att = hyps[i].text, hyps[i].attention
-            if att is None or att.shape[0] == 0:
-                continue
-            n = int(batch["feat_lens"][i])
-            spec = batch["feats"][i, :n].T.cpu()  # (T, F) -> (F, T)
-            fig = plot_spectrogram_alignment(spec, att, list(text), title=f"ref: {batch['texts'][i]}")
-            log_figure(self, f"val/alignment_{i}", fig)
-
-    def configure_optimizers(self) -> Any:
-        return configure_optimizer(
-            self, OptimizerOptions.from_hparams(self.hparams), optimizer_groups(self, self.hparams.encoder_lr_scale)
-        )
+        out: list[str] | list[Transcription] = results if return_attention or nbest > 1 else [r.text for r in results]
+        return out[0] if single else out

@@ -223,10 +223,11 @@ def read_manifest(path: str | Path) -> list[Utterance]:
             missing.append(str(audio))
             continue
         dk = _pick(row, ("duration",))
+        raw = row[dk] if dk is not None else None
         try:
-            dur = float(row[dk]) if dk is not None and row[dk] not in (None, "") else None
+            dur = float(raw) if raw not in (None, "") else None
         except ValueError:
-            raise DataError(f"{path}:{lineno}: duration {row[dk]!r} is not a number of seconds") from None
+            raise DataError(f"{path}:{lineno}: duration {raw!r} is not a number of seconds") from None
         if dur is not None and not math.isfinite(dur):
             bad_dur.append(f"{path}:{lineno}")
             dur = None  # unknown: validate_utterances reads it from the audio header

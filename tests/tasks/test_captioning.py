@@ -6,6 +6,7 @@ All fixtures are generated in ``tmp_path``; models are tiny so each test takes s
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from PIL import Image
 
 from core.errors import ConfigError, DataError, UserError
 from core.io.checkpoint import FORMAT_VERSION
+from core.metrics.corpus import CorpusOutputs
 from tasks.captioning import scenes
 from tasks.captioning.images import ImageError, load_rgb
 from tasks.captioning.metrics import caption_scores, cider_d, corpus_bleu
@@ -587,6 +589,61 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
 
 
+DDP_TEST = r"""
+import json, sys, warnings
+warnings.filterwarnings("ignore")
+import lightning as L
+import torch
+from tasks.captioning.data import CaptionDataModule
+from tasks.captioning.module import CaptioningModule
+
+mode, folder = sys.argv[1], sys.argv[2]
+torch.set_num_threads(1)
+# 7 + 4 test rows in one loader: on 2 ranks the sampler pads the last shard with a repeat of row 0
+dm = CaptionDataModule(batch_size=4, train_size=16, val_size=3, test_size=7, unseen_size=4, image_size=48)
+if mode == "make":
+    torch.manual_seed(0)
+    m = CaptioningModule(vocab=dm.vocab, encoder_dim=16, attention_options={"hidden_dim": 8}, embed_dim=8,
+                         hidden_dim=16, max_len=6, image_size=48, beam_size=2, plot_examples=0)
+    t = L.Trainer(max_steps=30, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                  enable_model_summary=False, limit_val_batches=0)
+    t.fit(m, datamodule=dm)
+    t.save_checkpoint(folder + "/m.ckpt", weights_only=True)
+else:
+    kw = {"strategy": "ddp", "devices": 2} if mode == "ddp" else {"devices": 1}
+    t = L.Trainer(logger=False, enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", **kw)
+    t.test(CaptioningModule.load_from_checkpoint(folder + "/m.ckpt"), datamodule=dm, verbose=False)
+    if t.is_global_zero:
+        with open(f"{folder}/{mode}.json", "w") as f:
+            json.dump({k: float(v) for k, v in t.callback_metrics.items()}, f)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_test_scores_each_split_as_one_process(tmp_path: Path) -> None:
+    """``test`` on 2 CPU processes: the corpus and pointing scores of both test splits (``test/``, ``unseen/``),
+    gathered over the ranks with the padding repeat dropped, are those of one process."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ddp_test.py"  # a file: Lightning's DDP launcher re-executes the command line for rank 1
+    script.write_text(DDP_TEST, encoding="utf-8")
+    for mode in ("make", "one", "ddp"):
+        proc = subprocess.run(
+            [sys.executable, str(script), mode, str(tmp_path)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    one, ddp = (json.loads((tmp_path / f"{mode}.json").read_text()) for mode in ("one", "ddp"))
+    scores = {k: v for k, v in one.items() if k != "test/loss"}  # the loss is a mean over batches, not a corpus score
+    assert {k.split("/")[0] for k in scores} == {"test", "unseen"} and "unseen/bleu4" in scores
+    assert {k: ddp[k] for k in scores} == pytest.approx(scores, nan_ok=True)
+
+
 # ---------------------------------------------------------------------------------------------
 # review fixes: skipped images, DDP-safe skip step, eval de-duplication, prediction writer
 # ---------------------------------------------------------------------------------------------
@@ -676,27 +733,35 @@ def test_skipped_images_logged_as_epoch_sum(tmp_path: Path) -> None:
     assert float(trainer.callback_metrics["train/skipped_batches"]) == 1.0
 
 
-def test_dedupe_by_index_drops_ddp_padding_repeats() -> None:
-    from tasks.captioning.evaluation import hyps_and_refs
+def _corpus(rows: list[tuple[int, tuple[str, list[str]]]]) -> CorpusOutputs:
+    """The validation corpus of a tiny module holding gathered ``(index, (hypothesis, references))`` rows."""
+    corpus = _tiny_module().corpus["val"]
+    assert isinstance(corpus, CorpusOutputs)
+    if rows:
+        corpus.update([i for i, _ in rows], [h for _, (h, _) in rows], [r for _, (_, r) in rows])
+    return corpus
 
+
+def test_dedupe_by_index_drops_ddp_padding_repeats() -> None:
     # 5 images on 2 ranks: DistributedSampler gives rank 0 [0, 2, 4] and rank 1 [1, 3, 0] (padding repeat)
     gathered = [(i, (f"h{i}", [f"r{i}"])) for i in (0, 2, 4, 1, 3, 0)]
-    hyps, refs = hyps_and_refs(gathered)
+    hyps, refs = _corpus(gathered).examples()
     assert hyps == ["h0", "h1", "h2", "h3", "h4"] and refs == [["r0"], ["r1"], ["r2"], ["r3"], ["r4"]]
-    assert hyps_and_refs([]) == ([], [])
+    assert _corpus([]).examples() == ([], [])
 
 
 def test_validation_scores_count_each_image_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """What `on_validation_epoch_end` scores when the gathered rows hold a padding repeat."""
-    import tasks.captioning.evaluation as mod  # the module whose on_validation_epoch_end gathers and scores
+    import tasks.captioning.task as mod  # the module whose task scores the validation corpus
 
     m = _tiny_module()
-    m._val_out = [(0, ("a b", ["a b"])), (1, ("c", ["c d"]))]
-    monkeypatch.setattr(mod, "gather_objects", lambda rows: rows + [rows[0]])  # rank 1 re-evaluated image 0
+    rows = [(0, ("a b", ["a b"])), (1, ("c", ["c d"]))]
+    rows.append(rows[0])  # rank 1 re-evaluated image 0: what the gathered corpus holds
+    m.corpus["val"].update([i for i, _ in rows], [h for _, (h, _) in rows], [r for _, (_, r) in rows])
     seen: list[tuple[list[str], list[list[str]]]] = []
     monkeypatch.setattr(mod, "caption_scores", lambda h, r: seen.append((h, r)) or {"bleu4": 0.0})
     monkeypatch.setattr(m, "log", lambda *a, **k: None)
-    m._trainer = type("T", (), {"is_global_zero": False, "sanity_checking": False})()  # type: ignore[assignment]
+    m._trainer = type("T", (), {"is_global_zero": False, "sanity_checking": False, "world_size": 1})()  # type: ignore[assignment]
     m.on_validation_epoch_end()
     assert seen == [(["a b", "c"], [["a b"], ["c d"]])]
 

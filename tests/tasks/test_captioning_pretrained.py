@@ -75,9 +75,9 @@ def test_vit_checkpoint_is_self_contained_and_loads_offline(
     assert meta["pretrained"]["model_type"] == "vit" and meta["pretrained"]["source"] == str(folder)
     assert meta["pretrained"]["processor"] == {"image_size": 48, "mean": [0.5] * 3, "std": [0.5] * 3}
     assert hp["grid_size"] == 6 and hp["image_size"] == 48 and list(hp["mean"]) == [0.5] * 3  # from the processor
-    assert "encoder.backbone.embeddings.patch_embeddings.projection.weight" in raw["state_dict"]
-    trained = raw["state_dict"]["encoder.backbone.layers.1.attention.q_proj.weight"]
-    frozen = raw["state_dict"]["encoder.backbone.layers.0.attention.q_proj.weight"]
+    assert "model.encoder.backbone.embeddings.patch_embeddings.projection.weight" in raw["state_dict"]
+    trained = raw["state_dict"]["model.encoder.backbone.layers.1.attention.q_proj.weight"]
+    frozen = raw["state_dict"]["model.encoder.backbone.layers.0.attention.q_proj.weight"]
     original = CaptioningModule(
         vocab=CaptionDataModule().vocab, encoder=f"hf:{folder}", image_size=48, mean=(0.5,) * 3, std=(0.5,) * 3
     ).encoder.backbone.state_dict()

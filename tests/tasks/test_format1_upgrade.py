@@ -41,6 +41,7 @@ def _old_translation_key(k: str) -> str:
 
 
 def _old_captioning_key(k: str) -> str:
+    k = k.removeprefix("model.")  # format 1 kept the encoder and decoder on the module itself
     for new, old in (
         ("decoder.embedding.", "decoder.embed."),
         ("decoder.attention.", "decoder.attn."),

@@ -264,8 +264,8 @@ def test_crafted_front_end_in_a_model_folder_is_refused(tmp_path: Path) -> None:
     (folder / "preprocessor_config.json").write_text(json.dumps({**cfg, "hop_length": 1}), encoding="utf-8")
     with safe_open(str(folder / "model.safetensors"), "pt") as f:
         meta, state = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
-    state["logmel.mel.spectrogram.window"] = torch.hann_window(16384)
-    state["logmel.mel.mel_scale.fb"] = torch.rand(16384 // 2 + 1, state["logmel.mel.mel_scale.fb"].shape[1])
+    state["model.logmel.mel.spectrogram.window"] = torch.hann_window(16384)
+    state["model.logmel.mel.mel_scale.fb"] = torch.rand(16384 // 2 + 1, state["model.logmel.mel.mel_scale.fb"].shape[1])
     save_file(state, str(folder / "model.safetensors"), metadata=meta)
     res = run_capped(
         "import numpy as np\nfrom core.errors import CheckpointError\nfrom tasks.speech.module import SpeechModule",

@@ -237,12 +237,12 @@ def test_captioning_shipped_configs_wire_guard_and_rolling_checkpoint(
 
 def test_captioning_nan_loss_step_is_skipped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tasks.captioning.cli import main
-    from tasks.captioning.module import CaptioningModule
+    from tasks.captioning.network import CaptionNetwork
 
-    monkeypatch.setattr(
-        CaptioningModule,
-        "_loss",
-        _nan_on_first_training_call(CaptioningModule._loss, lambda out: (out[0] * float("nan"), out[1])),
+    monkeypatch.setattr(  # NaN logits: a NaN loss
+        CaptionNetwork,
+        "forward",
+        _nan_on_first_training_call(CaptionNetwork.forward, lambda out: (out[0] * float("nan"), out[1])),
     )
     with pytest.warns(UserWarning, match="skipping optimizer step"):
         assert (
@@ -428,13 +428,15 @@ def test_speech_cli_wires_guard_and_rolling_checkpoint_for_every_config(
 
 
 def test_speech_nan_loss_step_is_skipped(corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tasks.speech import task as speech_task
     from tasks.speech.cli import main
-    from tasks.speech.module import SpeechModule
 
     def nan_loss(out: dict[str, Any]) -> dict[str, Any]:
         return {**out, "loss": out["loss"] * float("nan")}
 
-    monkeypatch.setattr(SpeechModule, "_losses", _nan_on_first_training_call(SpeechModule._losses, nan_loss))
+    # the task's loss function; its first argument is the network (in training mode when training)
+    losses = _nan_on_first_training_call(speech_task.speech_losses, nan_loss)
+    monkeypatch.setattr(speech_task, "speech_losses", losses)
     with pytest.warns(UserWarning, match="skipping optimizer step"):
         assert main(["fit", *_asr_args(corpus, tmp_path), "--trainer.max_steps=2", "--trainer.logger=false"]) == 0
     _assert_one_step_skipped(torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True), 2)

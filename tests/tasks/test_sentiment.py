@@ -53,7 +53,7 @@ def test_fit_then_classify_with_attention_on_the_deciding_words(
 ) -> None:
     from tasks.sentiment.module import SentimentModule
 
-    model = SentimentModule.load_from_checkpoint(trained)  # the shared safe loader (core.io.task_io)
+    model = SentimentModule.load_from_checkpoint(trained)  # the shared safe loader (core.io.rebuild)
     dm = SentimentDataModule(size=1500)
     correct = total = 0
     ignored: list[float] = []

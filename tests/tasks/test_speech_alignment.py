@@ -200,7 +200,7 @@ def test_span_scores_of_forced_attention(
     from tasks.speech.module import SpeechModule
 
     model = SpeechModule(**TINY)
-    assert encoder_frame_times(model) == (0.04, 0.0)
+    assert encoder_frame_times(model.model) == (0.04, 0.0)
     sf.write(tmp_path / "u.wav", np.zeros(int(1.2 * 16000), dtype=np.float32), 16000)  # 121 frames -> 31
     items = [Utterance(str(tmp_path / "u.wav"), "one two three", 1.2, words=WORDS)] * 2
 
@@ -246,7 +246,7 @@ def test_none_attention_drops_location_options_and_guidance() -> None:
     assert "guided_attention_weight is ignored with attention=none" in said
     assert m.hparams.attention_options is None  # what was built, also in the checkpoint
     m.train()
-    losses = m._losses(tiny_batch(["a cat", "dogs run"], [120, 90]))
+    losses = m.task.losses(m.model, tiny_batch(["a cat", "dogs run"], [120, 90]))
     assert "guided" not in losses and torch.isfinite(losses["loss"])
 
 
@@ -256,7 +256,7 @@ def test_ctc_alone_loss_is_ctc_and_the_decoder_is_frozen() -> None:
     torch.manual_seed(0)
     m = SpeechModule(**TINY, ctc_weight=1.0, spec_augment=False)
     m.train()
-    losses = m._losses(tiny_batch(["a cat", "dogs run"], [120, 90]))
+    losses = m.task.losses(m.model, tiny_batch(["a cat", "dogs run"], [120, 90]))
     assert "ce" not in losses and torch.equal(losses["loss"], losses["ctc"])
     losses["loss"].backward()
     dec = {id(p) for p in m.model.decoder.parameters()}
@@ -358,3 +358,29 @@ def test_models_without_attention_fit_and_decode(corpus: Path, model: dict[str, 
     assert moved == ("ctc_weight" not in model)  # CTC alone: the frozen decoder did not move
     texts = m.transcribe([u.audio for u in dm.splits["val"][:2]], beam=2)
     assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+
+def test_figures_draw_the_first_validation_utterances(corpus: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After each validation: spectrogram and attention of the first ``plot_examples`` utterances of the first
+    validation batch, decoded with their attention."""
+    from tasks.speech import task as speech_task
+    from tasks.speech.module import SpeechModule
+
+    dm = SpeechDataModule(
+        cache_dir=str(corpus.parent), synth_train=16, synth_val=4, synth_test=4, num_workers=0, max_frames=6000
+    )
+    dm.setup("fit")
+    first = next(iter(dm.val_dataloader()))
+    seen: list[list[int]] = []
+
+    def decode(network: Any, tokenizer: Any, search: Any, feats: torch.Tensor, lens: torch.Tensor, **kw: Any) -> Any:
+        assert kw["with_attention"] and feats.shape[0] == len(lens)
+        seen.append(lens.tolist())
+        return [[Hypothesis("ab", 0.0, torch.full((2, 5), 0.2))] for _ in range(feats.shape[0])]
+
+    monkeypatch.setattr(speech_task, "decode_features", decode)
+    m = SpeechModule(**{**TINY, "plot_examples": 2})
+    figures = m.task.figures(m.model, dm)
+    assert [tag for tag, _ in figures] == ["val/alignment_0", "val/alignment_1"]
+    assert seen == [first["feat_lens"][:2].tolist()]  # the first batch's first two utterances
+    assert SpeechModule(**{**TINY, "plot_examples": 2, "ctc_weight": 1.0}).task.figures(m.model, dm) == []

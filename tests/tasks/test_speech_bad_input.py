@@ -266,14 +266,14 @@ def test_empty_batch_skips_the_step_alone_and_gives_a_zero_loss_under_ddp() -> N
 
 
 def test_ctc_infeasible_count() -> None:
-    from tasks.speech.module import SpeechModule
+    from tasks.speech.losses import ctc_infeasible
 
     tokens = torch.tensor([[5, 6, 7, 0], [5, 5, 5, 5], [5, 5, 0, 0]])
     token_lens = torch.tensor([3, 4, 2])
     # needs 3, 4 + 3 repeats = 7, 2 + 1 = 3 frames
     enc_lens = torch.tensor([3, 6, 3])
-    assert float(SpeechModule._ctc_infeasible(tokens, token_lens, enc_lens)) == 1.0
-    assert float(SpeechModule._ctc_infeasible(tokens, token_lens, torch.tensor([2, 7, 2]))) == 2.0
+    assert float(ctc_infeasible(tokens, token_lens, enc_lens)) == 1.0
+    assert float(ctc_infeasible(tokens, token_lens, torch.tensor([2, 7, 2]))) == 2.0
 
 
 def _jsonl(path: Path, rows: list[tuple[Path, str]]) -> Path:
@@ -593,7 +593,7 @@ def test_zero_feature_std_is_refused(tiny_ckpt: Path, tmp_path: Path) -> None:
     from tasks.speech.module import SpeechModule
 
     ckpt = torch.load(tiny_ckpt, weights_only=True)
-    ckpt["state_dict"]["stats.std"] = torch.zeros_like(ckpt["state_dict"]["stats.std"])
+    ckpt["state_dict"]["model.stats.std"] = torch.zeros_like(ckpt["state_dict"]["model.stats.std"])
     torch.save(ckpt, tmp_path / "t.ckpt")
     with pytest.raises(CheckpointError, match="zero/negative std"):
         SpeechModule.load_from_checkpoint(tmp_path / "t.ckpt")

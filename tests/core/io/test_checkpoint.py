@@ -8,6 +8,7 @@ import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import pytest
@@ -17,7 +18,8 @@ from core.errors import CheckpointError, UserError
 from core.io import checkpoint as ckpt_mod
 from core.io.checkpoint import FORMAT_VERSION, load_checkpoint, make_metadata, resolve_checkpoint
 from core.io.rebuild import load_task_module
-from core.io.task_io import TaskCheckpointMixin
+from core.train.module import TaskModule
+from core.train.task import Objective, Stage, Task
 
 
 class _Evil:
@@ -148,35 +150,53 @@ def test_download_is_monkeypatchable(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert load_checkpoint("https://example.invalid/x/good.ckpt")["attn_suite"]["task"] == "translation"
 
 
-class _TaskModule(TaskCheckpointMixin, pl.LightningModule):
-    """A task-like module storing metadata + a tokenizer dict, the way the tasks do."""
+class _ToyTask(Task[torch.nn.Linear, Any]):
+    """A task storing a tokenizer dict beside the weights, the way the tasks do."""
 
-    TASK = "toy"
-    HPARAM_BOUNDS = {"hidden": (1, 64)}
-
-    def __init__(self, hidden: int = 3, name: str = "x") -> None:
-        super().__init__()
-        self.save_hyperparameters()
-        self.lin = torch.nn.Linear(2, hidden)
+    def __init__(self, hidden: int) -> None:
+        self.hidden = hidden
         self.loaded_meta: dict | None = None
 
-    def training_step(self, batch, idx):
-        return self.lin(batch[0]).pow(2).mean()
+    def build_network(self) -> torch.nn.Linear:
+        return torch.nn.Linear(2, self.hidden)
 
-    def train_dataloader(self):
-        data = torch.utils.data.TensorDataset(torch.randn(4, 2))
-        return torch.utils.data.DataLoader(data, batch_size=2)
+    def objective(self, network: torch.nn.Linear, batch: Any, stage: Stage) -> Objective:
+        return Objective(network(batch[0]).pow(2).mean(), size=len(batch[0]))
 
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    def task_metadata(self) -> dict:
+    def artifacts(self) -> dict[str, Any]:
         from core.text.tokenizers import CharTokenizer
 
         return {"tokenizer": CharTokenizer.train(["ñandú"]).to_dict()}
 
-    def restore_metadata(self, meta, source) -> None:
-        self.loaded_meta = dict(meta)
+    def restore(self, artifacts: Any, source: str) -> bool:
+        self.loaded_meta = dict(artifacts)
+        return False
+
+
+class _TaskModule(TaskModule[torch.nn.Linear]):
+    """A task module on the core module (its network is the one linear layer)."""
+
+    TASK, MONITOR = "toy", "val/loss"
+    HPARAM_BOUNDS = {"hidden": (1, 64)}
+
+    def __init__(self, hidden: int = 3, name: str = "x", optimizer: str = "sgd", lr: float = 0.1) -> None:
+        super().__init__(_ToyTask(hidden))
+        self.save_hyperparameters()
+        self.model = self.task.build_network()
+
+    @property
+    def lin(self) -> torch.nn.Linear:
+        assert self.model is not None
+        return self.model
+
+    @property
+    def loaded_meta(self) -> dict | None:
+        assert isinstance(self.task, _ToyTask)
+        return self.task.loaded_meta
+
+    def train_dataloader(self) -> Any:
+        data = torch.utils.data.TensorDataset(torch.randn(4, 2))
+        return torch.utils.data.DataLoader(data, batch_size=2)
 
 
 def _toy_checkpoint(tmp_path: Path) -> tuple[_TaskModule, Path]:
@@ -205,7 +225,7 @@ def test_lightning_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.testing.assert_close(again.lin.weight, model.lin.weight)
     with pytest.raises(CheckpointError, match="is a 'toy' checkpoint, expected a 'other'"):
         load_task_module(type("Other", (_TaskModule,), {"TASK": "other"}), path)
-    with pytest.raises(CheckpointError, match=r"lin\.weight: \(5, 2\) in the file, \(4, 2\) in the model"):
+    with pytest.raises(CheckpointError, match=r"model\.weight: \(5, 2\) in the file, \(4, 2\) in the model"):
         _TaskModule.load_from_checkpoint(path, hidden=4)
 
 

@@ -101,7 +101,7 @@ def test_stored_config_is_checked_and_rebuilt_offline(vit: Path) -> None:
     model, config = load_pretrained(vit, "vision", "--model.encoder")
     assert config["model_type"] == "vit" and "_name_or_path" not in config and "architectures" not in config
     json.dumps(config)  # plain data
-    with torch.device("meta"):  # how core.io.task_io probes shapes: nothing allocated
+    with torch.device("meta"):  # how core.io.rebuild probes shapes: nothing allocated
         probe = build_from_config(config, "vision", "ckpt")
     assert {k: v.shape for k, v in probe.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     rebuilt = build_from_config(config, "vision", "ckpt")

@@ -28,3 +28,13 @@ def test_any_text_round_trips_and_reset_empties() -> None:
     m.reset()
     assert m.examples() == ([], [])
     assert m.compute() == {}
+
+
+def test_state_follows_the_metric_device() -> None:
+    """Outputs added after the metric moved are kept on its device (a CUDA module's metric gathers CUDA tensors);
+    the ``meta`` device stands in for a GPU here."""
+    import torch
+
+    m = CorpusOutputs(_exact).to(torch.device("meta"))
+    m.update([0], ["a"], [["a"]])
+    assert {t.device.type for t in [*m.index, *m.payload, *m.sizes]} == {"meta"}

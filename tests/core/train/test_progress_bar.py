@@ -8,33 +8,35 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 
+from core.train.module import TaskModule
 from core.train.progress_bar import (
-    ThroughputMixin,
     ThroughputProgressBar,
     ThroughputRichProgressBar,
     format_seconds,
     with_throughput,
 )
+from core.train.task import Objective, Stage, Task
 
 
-class _Words(ThroughputMixin, pl.LightningModule):
-    THROUGHPUT_UNIT = "tok"
+class _WordsTask(Task[torch.nn.Linear, Any]):
+    unit = "tok"
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.lin = torch.nn.Linear(2, 1)
+    def build_network(self) -> torch.nn.Linear:
+        return torch.nn.Linear(2, 1)
 
     def batch_units(self, batch: Any) -> float:
         return float(batch[0].shape[0] * 10)  # 10 "tokens" per row, counted on the host
 
-    def training_step(self, batch: Any, idx: int) -> torch.Tensor:
-        return self.lin(batch[0]).pow(2).mean()
+    def objective(self, network: torch.nn.Linear, batch: Any, stage: Stage) -> Objective:
+        return Objective(network(batch[0]).pow(2).mean(), size=len(batch[0]))
 
-    def validation_step(self, batch: Any, idx: int) -> None:
-        pass
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.SGD(self.parameters(), lr=0.01)
+class _Words(TaskModule[torch.nn.Linear]):
+    TASK, MONITOR = "words", "val/loss"
+
+    def __init__(self, optimizer: str = "sgd", lr: float = 0.01) -> None:
+        super().__init__(_WordsTask())
+        self.save_hyperparameters()
 
 
 def test_bar_reports_units_per_second_and_next_validation() -> None:
