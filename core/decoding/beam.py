@@ -205,11 +205,10 @@ def _top_candidates(beam_scores: Tensor, log_probs: Tensor, n: int) -> tuple[Ten
     return scores, idx
 
 
-def _suppressed(log_probs: Tensor, ids: tuple[int, ...]) -> Tensor:
-    """``log_probs`` with the columns ``ids`` set to -inf (in place: the step's fresh output)."""
-    if ids:
-        log_probs[:, list(ids)] = float("-inf")
-    return log_probs
+def _suppressed(log_probs: Tensor, ids: Tensor | None) -> Tensor:
+    """``log_probs`` with the columns ``ids`` (a ``(n,)`` index tensor, or None) set to -inf, in place (the
+    step's fresh output)."""
+    return log_probs if ids is None else log_probs.index_fill_(1, ids, float("-inf"))
 
 
 def _length_norm(score: float, length: int, length_penalty: float) -> float:
@@ -293,6 +292,10 @@ def beam_search(
     hist_tok: list[Tensor] = []  # token chosen for each new live slot
     hist_parent: list[Tensor] = []  # slot (at the previous step) that each new live slot extends
     hist_attn: list[Tensor | None] = []  # attention row that produced that token, (B, K, *attn)
+    # A step's history before the active items' rows are written in (index_copy copies, these stay as they are).
+    full_tok = torch.full((batch_size, K), pad_id, dtype=torch.long, device=device)
+    full_par = torch.zeros((batch_size, K), dtype=torch.long, device=device)
+    suppress_ids = torch.tensor(suppress, dtype=torch.long, device=device) if suppress else None
     # finished[b] = list of (normalised score, step of last real token, slot at that step)
     finished: list[list[tuple[float, int, int]]] = [[] for _ in range(batch_size)]
 
@@ -312,66 +315,68 @@ def beam_search(
         # 2K candidates hold K non-EOS ones. With K == 1 one is enough: if it is EOS the item is done.
         n_top = 1 if K == 1 else min(2 * K, K * V)
         # At t == 0 log_probs is (B, V): one row per item, whose beam 0 is the only live one.
-        lp = _suppressed(log_probs.float(), suppress).reshape(A, -1, V)  # (A, K|1, V)
+        lp = _suppressed(log_probs.float(), suppress_ids).reshape(A, -1, V)  # (A, K|1, V)
         top_scores, top_idx = _top_candidates(beam_scores, lp, n_top)  # (A, n_top) sorted desc
-        top_parent = torch.div(top_idx, V, rounding_mode="floor")  # (A, n_top)
-        top_tok = top_idx % V  # (A, n_top)
+        if K == 1:  # one row per item: the flat index is the token, the parent is slot 0
+            top_parent, top_tok = full_par[:A], top_idx
+        else:
+            top_parent = torch.div(top_idx, V, rounding_mode="floor")  # (A, n_top)
+            top_tok = top_idx % V  # (A, n_top)
         is_eos = top_tok == eos_id
         valid = top_scores > dead / 2  # candidates descending from a real hypothesis
 
         # New live beams: the K best non-EOS candidates (stable sort keeps score order).
-        if n_top == K:  # K == 1: the one candidate (if EOS, the item is done: masked dead below)
-            new_scores, new_parent, new_tok, new_valid = top_scores, top_parent, top_tok, valid  # (A, K)
+        if K == 1:  # the one candidate (if EOS, the item is done: its slot is dead)
+            new_scores, new_parent, new_tok = top_scores, top_parent, top_tok  # (A, K)
+            dead_slot = ~valid | is_eos  # (A, K)
         else:
             order = torch.sort(is_eos.to(torch.int8), dim=1, stable=True).indices[:, :K]  # (A, K)
             new_scores = top_scores.gather(1, order)  # (A, K)
             new_parent = top_parent.gather(1, order)  # (A, K)
             new_tok = top_tok.gather(1, order)  # (A, K)
-            new_valid = valid.gather(1, order)  # (A, K)
-        new_scores = new_scores.masked_fill(~new_valid | (new_tok == eos_id), dead)
+            dead_slot = ~valid.gather(1, order) | (new_tok == eos_id)  # (A, K)
+        new_scores = new_scores.masked_fill(dead_slot, dead)
 
-        full_tok = torch.full((batch_size, K), pad_id, dtype=torch.long, device=device)
-        full_par = torch.zeros((batch_size, K), dtype=torch.long, device=device)
         hist_tok.append(full_tok.index_copy(0, active, new_tok))
-        hist_parent.append(full_par.index_copy(0, active, new_parent))
+        hist_parent.append(full_par if K == 1 else full_par.index_copy(0, active, new_parent))  # one beam: all 0
         if attn is not None:
-            attn_k = attn.reshape(A, K, *attn.shape[1:])  # (A, K, *attn)
-            gather_idx = new_parent.view(A, K, *([1] * (attn.dim() - 1))).expand(A, K, *attn.shape[1:])
-            sel = attn_k.gather(1, gather_idx)  # (A, K, *attn): row of the parent that chose the token
+            sel = attn.reshape(A, K, *attn.shape[1:])  # (A, K, *attn)
+            if K > 1:  # the row of the parent that chose each token (one beam: its own)
+                gather_idx = new_parent.view(A, K, *([1] * (attn.dim() - 1))).expand(A, K, *attn.shape[1:])
+                sel = sel.gather(1, gather_idx)
             hist_attn.append(attn.new_zeros((batch_size, K, *attn.shape[1:])).index_copy(0, active, sel))
         else:
             hist_attn.append(None)
 
         # Finished hypotheses: valid EOS candidates ranked within the top K (host bookkeeping).
-        eos_hits = (is_eos[:, :K] & valid[:, :K]).nonzero().tolist()
+        eos_hits = (is_eos & valid)[:, :K].nonzero().tolist()
         if eos_hits:
-            sc = top_scores[:, :K].cpu()
-            par = top_parent[:, :K].cpu()
+            sc = top_scores[:, :K].tolist()  # host lists: element-wise tensor indexing costs ~1 us a call
+            par = top_parent[:, :K].tolist()
             act = active.tolist()
             for a, r in eos_hits:
                 b = act[a]
                 if len(finished[b]) < K:
                     # EOS at step t: tokens end at step t-1 in slot `par`; length t+1 includes EOS
-                    finished[b].append((_length_norm(float(sc[a, r]), t + 1, length_penalty), t - 1, int(par[a, r])))
+                    finished[b].append((_length_norm(sc[a][r], t + 1, length_penalty), t - 1, par[a][r]))
         if t == max_len - 1:  # out of steps: live beams finish as they are
-            live = new_scores.cpu()
+            live = new_scores.tolist()
             for a, b in enumerate(active.tolist()):
                 for k in range(K):
-                    if len(finished[b]) < K and live[a, k] > dead / 2:
-                        finished[b].append((_length_norm(float(live[a, k]), max_len, length_penalty), t, k))
+                    if len(finished[b]) < K and live[a][k] > dead / 2:
+                        finished[b].append((_length_norm(live[a][k], max_len, length_penalty), t, k))
             break
 
-        rows = (torch.arange(A, device=device) * K).unsqueeze(1) + new_parent  # (A, K) parent rows
         # dead slots (no valid continuation) get PAD as input; their outputs are never selected
-        new_tok = new_tok.masked_fill(new_scores <= dead / 2, pad_id)
+        new_tok = new_tok.masked_fill(dead_slot, pad_id)
         done_list = [len(finished[b]) >= K for b in active.tolist()] if eos_hits else []
-        dropped = any(done_list)
-        if dropped:
+        keep: Tensor | None = None
+        if any(done_list):
             done = torch.tensor(done_list, device=device)  # (A,)
             keep = (~done).nonzero().squeeze(1)  # (A',)
             if keep.numel() == 0:
                 break
-            active, new_scores, new_tok, rows = active[keep], new_scores[keep], new_tok[keep], rows[keep]
+            active, new_scores, new_tok = active[keep], new_scores[keep], new_tok[keep]
             keep_rows = (keep.unsqueeze(1) * K + torch.arange(K, device=device)).reshape(-1)  # (A'*K,)
             # `source` and `shared` drop the finished items' rows here; `beams` and `cache` are about to be
             # re-indexed by `rows` (parent rows into the current, unfiltered state), which drops them too.
@@ -381,8 +386,9 @@ def beam_search(
                 shared=tree_map(_select_rows(keep), state.shared),
             )
         beam_scores = new_scores
-        if K > 1 or dropped:  # with one beam and no item dropped every row continues itself: nothing to move
-            rows_flat = rows.reshape(-1)  # (A*K,) parent row of each new row
+        if K > 1 or keep is not None:  # one beam, no item dropped: every row continues itself, nothing moves
+            rows = (torch.arange(A, device=device) * K).unsqueeze(1) + new_parent  # (A, K) parent rows
+            rows_flat = (rows if keep is None else rows[keep]).reshape(-1)  # (A'*K,) parent row of each new row
             # Follow the beams: `beams` here; `cache` by the step itself (fused with its own copy);
             # `source` and `shared` never change within an item.
             state = replace(
@@ -424,8 +430,8 @@ def _backtrack(
     nbest: int,
 ) -> DecodeResult:
     """Rebuild the ``nbest`` best hypotheses of every item from the per-step back-pointers."""
-    tok = torch.stack(hist_tok).cpu()  # (T, B, K)
-    par = torch.stack(hist_parent).cpu()  # (T, B, K)
+    tok = torch.stack(hist_tok).tolist()  # [T][B][K]: walked on the host, element by element
+    par = torch.stack(hist_parent).tolist()  # [T][B][K]
     att = _stack_attention(hist_attn, dim=0)  # (T, B, K, *attn) or None
     res = DecodeResult()
     for b, hyps in enumerate(finished):
@@ -440,21 +446,20 @@ def _backtrack(
         res.attention.append([])
         for score, t_end, slot in hyps:
             ids: list[int] = []
-            rows: list[Tensor] = []
+            slots: list[int] = []
             k = slot
             for t in range(t_end, -1, -1):  # walk back-pointers: O(length) cheap host work
-                ids.append(int(tok[t, b, k]))
-                if att is not None:
-                    rows.append(att[t, b, k])
-                k = int(par[t, b, k])
+                ids.append(tok[t][b][k])
+                slots.append(k)
+                k = par[t][b][k]
             ids.reverse()
-            rows.reverse()
+            slots.reverse()
             res.tokens[b].append(ids)
             res.scores[b].append(score)
             if att is None:
                 res.attention[b].append(None)
-            else:
-                res.attention[b].append(torch.stack(rows) if rows else att.new_zeros((0, *att.shape[3:])))
+            else:  # (len, *attn): the row of step t in the slot the hypothesis held then, one gather
+                res.attention[b].append(att[torch.arange(len(slots)), b, torch.tensor(slots, dtype=torch.long)])
     return res
 
 

@@ -1,4 +1,5 @@
-"""Tests for core.decoding.beam: greedy/beam equivalence, search quality, n-best, EOS/max_len, state handling."""
+"""Tests for core.decoding.beam: beam_size=1 against an arg-max reference, search quality, n-best, EOS/max_len,
+state handling."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from core.decoding.beam import DecoderState, beam_search, greedy_search
+from core.decoding.beam import DecoderState, beam_search
 
 PAD, BOS, EOS = 0, 1, 2
 
@@ -64,16 +65,42 @@ def _teacher_force(model: ToyModel, state: Any, tokens: list[int], with_eos: boo
     return total, torch.stack(rows[: len(tokens)]) if tokens else torch.zeros(0, model.src_len)
 
 
-def test_beam1_equals_greedy() -> None:
+def _argmax_reference(
+    model: ToyModel, state: DecoderState, batch: int, max_len: int, length_penalty: float
+) -> tuple[list[list[int]], list[float], list[Tensor]]:
+    """Plain greedy decoding: every row steps to ``max_len`` (none is dropped), each takes its arg-max until EOS.
+
+    Returns per item the tokens (without EOS), the length-normalised score and the attention rows of the tokens.
+    """
+    last = torch.full((batch,), BOS)
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    rows: list[list[Tensor]] = [[] for _ in range(batch)]
+    sums, ended = [0.0] * batch, [False] * batch
+    for _ in range(max_len):
+        lp, state, attn = model.step(last, state)
+        last = lp.argmax(-1)
+        for b in range(batch):
+            if not ended[b]:
+                tok = int(last[b])
+                sums[b] += float(lp[b, tok])
+                ended[b] = tok == EOS
+                if not ended[b]:
+                    tokens[b].append(tok)
+                    rows[b].append(attn[b])
+    scores = [sums[b] / (len(tokens[b]) + int(ended[b])) ** length_penalty for b in range(batch)]
+    return tokens, scores, [torch.stack(r) if r else torch.zeros(0, model.src_len) for r in rows]
+
+
+def test_beam1_equals_argmax_reference() -> None:
     model = ToyModel()
     kw = dict(batch_size=5, bos_id=BOS, eos_id=EOS, max_len=12, length_penalty=0.7)
-    g = greedy_search(model.step, model.init_state(5), **kw)
     b = beam_search(model.step, model.init_state(5), beam_size=1, **kw)
-    assert g.tokens == b.tokens
-    assert g.scores == b.scores  # same float ops in the same order: bit-identical
-    for ga, ba in zip(g.attention, b.attention):
-        torch.testing.assert_close(ga[0], ba[0], rtol=0, atol=0)
-    lengths = {len(t[0]) for t in g.tokens}
+    tokens, scores, attention = _argmax_reference(model, model.init_state(5), 5, 12, 0.7)
+    assert [t[0] for t in b.tokens] == tokens
+    assert [s[0] for s in b.scores] == pytest.approx(scores, abs=1e-5)
+    for ba, ra in zip(b.attention, attention):
+        torch.testing.assert_close(ba[0], ra, rtol=1e-5, atol=1e-6)
+    lengths = {len(t) for t in tokens}
     assert len(lengths) > 1, "fixture should produce hypotheses of different lengths"
 
 
@@ -94,9 +121,10 @@ def test_beam_beats_greedy_on_handmade_scorer() -> None:
 
     init = {"first": torch.zeros(2, dtype=torch.long), "t": torch.zeros(2, dtype=torch.long)}
     kw = dict(batch_size=2, bos_id=BOS, eos_id=EOS, max_len=5, length_penalty=0.0)
-    g = greedy_search(step, init, **kw)
+    g = beam_search(step, init, beam_size=1, **kw)
     b = beam_search(step, init, beam_size=2, nbest=2, **kw)
     assert g.tokens[0][0] == [3]
+    assert g.scores[0][0] == pytest.approx(math.log(0.6 * 0.34), abs=1e-4)  # "a", then EOS
     assert b.tokens[0][0] == [4]
     assert b.scores[0][0] > g.scores[0][0]
     assert b.scores[0][0] == pytest.approx(math.log(0.4), abs=1e-4)
@@ -124,12 +152,13 @@ def test_nbest_sorted_and_consistent_with_teacher_forcing() -> None:
             torch.testing.assert_close(attn, rows, atol=1e-5, rtol=1e-5)
 
 
-def test_batch_items_independent() -> None:
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_batch_items_independent(beam_size: int) -> None:
     """Dropping finished items from the batch must not change any item's result."""
     model = ToyModel(seed=5)
     B = 4
     init = model.init_state(B)
-    kw = dict(bos_id=BOS, eos_id=EOS, max_len=10, beam_size=3, nbest=2)
+    kw = dict(bos_id=BOS, eos_id=EOS, max_len=10, beam_size=beam_size, nbest=min(2, beam_size))
     full = beam_search(model.step, init, batch_size=B, **kw)
     for b in range(B):
         one = beam_search(model.step, _slice(init, b), batch_size=1, **kw)
@@ -152,12 +181,12 @@ def test_max_len_without_eos_and_immediate_eos() -> None:
         lp[:, EOS] = 0.0
         return lp, st, attn
 
-    for search, extra in ((greedy_search, {}), (beam_search, {"beam_size": 3, "nbest": 3})):
-        res = search(no_eos, model.init_state(2), batch_size=2, bos_id=BOS, eos_id=EOS, max_len=7, **extra)
+    for extra in ({"beam_size": 1}, {"beam_size": 3, "nbest": 3}):
+        res = beam_search(no_eos, model.init_state(2), batch_size=2, bos_id=BOS, eos_id=EOS, max_len=7, **extra)
         for hyps, atts in zip(res.tokens, res.attention):
             for toks, att in zip(hyps, atts):
                 assert len(toks) == 7 and att.shape == (7, model.src_len)
-        res = search(eos_first, model.init_state(2), batch_size=2, bos_id=BOS, eos_id=EOS, max_len=7, **extra)
+        res = beam_search(eos_first, model.init_state(2), batch_size=2, bos_id=BOS, eos_id=EOS, max_len=7, **extra)
         assert res.tokens[0][0] == [] and res.attention[0][0].shape == (0, model.src_len)
         assert res.scores[0][0] == pytest.approx(0.0)
 
@@ -262,10 +291,9 @@ def test_cuda_matches_cpu() -> None:
     assert gpu_res.tokens == cpu_res.tokens
     assert gpu_res.scores == pytest.approx(cpu_res.scores, abs=1e-3)
     assert gpu_res.attention[0][0].device.type == "cpu"
-    greedy = greedy_search(
-        cuda.step, init.map(lambda t: t.cuda(), lambda t: t.cuda()), batch_size=4, bos_id=BOS, eos_id=EOS, max_len=10
-    )
-    assert greedy.tokens == greedy_search(model.step, init, batch_size=4, bos_id=BOS, eos_id=EOS, max_len=10).tokens
+    greedy_kw = dict(batch_size=4, bos_id=BOS, eos_id=EOS, max_len=10, beam_size=1)
+    greedy = beam_search(cuda.step, init.map(lambda t: t.cuda(), lambda t: t.cuda()), **greedy_kw)
+    assert greedy.tokens == beam_search(model.step, init, **greedy_kw).tokens
 
 
 @pytest.mark.parametrize("rows,vocab", [(4, 1037), (4, 2048), (1, 1100)])
@@ -299,13 +327,18 @@ def test_beam_search_same_with_and_without_blocked_topk(monkeypatch: pytest.Monk
     assert blocked.scores == plain.scores
 
 
-def test_cache_reordered_by_the_step_function() -> None:
+@pytest.mark.parametrize("beam_size", [1, 3])
+def test_cache_reordered_by_the_step_function(beam_size: int) -> None:
     """A step function that applies ``reorder`` to its ``cache`` itself gets the same search as one whose
-    ``beams`` beam search reorders; finished items are dropped from the cache too."""
+    ``beams`` beam search reorders; finished items are dropped from the cache too. With one beam, ``reorder``
+    is only handed in to drop finished items."""
     model = ToyModel(seed=11, eos_bonus=0.8)
+    reorders: list[tuple[int, int] | None] = []  # (rows of the reorder, rows of the cache) per cached step
 
     def with_history(last: Tensor, state: DecoderState, cached: bool) -> tuple[Tensor, DecoderState, Tensor]:
         hist = state.cache["hist"] if cached else state.beams["hist"]  # (M, t) tokens so far
+        if cached:
+            reorders.append(None if state.reorder is None else (state.reorder.numel(), hist.shape[0]))
         if cached and state.reorder is not None:
             hist = hist.index_select(0, state.reorder)
         hist = torch.cat([hist, last[:, None].float()], 1)  # (N, t+1)
@@ -318,7 +351,7 @@ def test_cache_reordered_by_the_step_function() -> None:
             st.beams["hist"] = hist
         return lp, st, attn
 
-    kw = dict(batch_size=4, bos_id=BOS, eos_id=EOS, max_len=9, beam_size=3, nbest=3)
+    kw = dict(batch_size=4, bos_id=BOS, eos_id=EOS, max_len=9, beam_size=beam_size, nbest=beam_size)
     init = model.init_state(4)
     cached = beam_search(
         lambda t, s: with_history(t, s, True),
@@ -333,6 +366,11 @@ def test_cache_reordered_by_the_step_function() -> None:
     assert cached.tokens == eager.tokens
     assert cached.scores == eager.scores
     assert len({len(h[0]) for h in cached.tokens}) > 1  # items finished at different steps (drops)
+    assert reorders[0] is None  # the first step runs on the initial rows
+    if beam_size == 1:
+        drops = [r for r in reorders if r is not None]
+        assert drops and all(n < m for n, m in drops)  # handed in only to drop finished items' rows
+        assert None in reorders[1:]
 
 
 def test_step_must_consume_reorder() -> None:
@@ -352,8 +390,8 @@ def test_step_must_consume_reorder() -> None:
         st.reorder = torch.arange(last.numel())
         return lp, st, attn
 
-    with pytest.raises(ValueError, match="reorder"):  # greedy never sets it: a step must not either
-        greedy_search(sets_one, init, batch_size=2, bos_id=BOS, eos_id=EOS, max_len=5)
+    with pytest.raises(ValueError, match="reorder"):  # one beam: no reorder handed in, none may come back
+        beam_search(sets_one, init, batch_size=2, bos_id=BOS, eos_id=EOS, max_len=5, beam_size=1)
 
 
 def test_plain_pytree_state_follows_the_beams() -> None:
@@ -391,5 +429,6 @@ def test_beam_bound_and_non_finite_scores_are_clear_errors() -> None:
     state = torch.zeros(2, 1)
     with pytest.raises(ConfigError, match="1 <= beam_size <= 128"):
         beam_search(step, state, batch_size=2, beam_size=10**6)
-    with pytest.raises(DecodingError, match="input 0 of the batch has no hypothesis.*NaN"):
-        beam_search(step, state, batch_size=2, beam_size=3, max_len=4)
+    for beam_size in (1, 3):
+        with pytest.raises(DecodingError, match="input 0 of the batch has no hypothesis.*NaN"):
+            beam_search(step, state, batch_size=2, beam_size=beam_size, max_len=4)
