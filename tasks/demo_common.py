@@ -170,7 +170,8 @@ def run_task_demo(recipe: DemoRecipe, out_dir: Path, max_minutes: float, seed: i
     reloaded = type(model).load_from_checkpoint(ckpt)  # the safe loader: weights_only, task and shapes checked
     report = TaskReport(recipe.task, train_steps=trainer.global_step, train_seconds=clock.seconds, files=[ckpt])
     recipe.score(reloaded, dm, report, sink)
-    figures = [f for f in report.files if f.suffix == ".png"]
+    # the model card shows an attention figure (not an input image the report also lists)
+    figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
     folder = export_model(reloaded, out_dir, report.metrics, recipe.data, figures[0] if figures else None)
     report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
     report.seconds = time.monotonic() - start

@@ -4,9 +4,10 @@
   is the previous state, a gating scalar beta = sigmoid(W h) scales the context, the logits read a deep
   output ``[h; context; word]``, the initial state comes from the mean grid feature, and the attention
   weights are returned for the doubly stochastic regulariser. Any ``core.attention`` mechanism.
-* ``transformer`` -- :class:`TransformerCaptionDecoder`: ``core.layers.TransformerDecoderLayer`` blocks
-  (causal self-attention with an explicit KV cache, cross-attention whose key/value projections of the
-  grid are computed once per image and shared by its beams), learned word and grid-cell positions.
+* ``transformer`` -- :class:`TransformerCaptionDecoder`: the ``core.layers.TransformerDecoder`` stack (causal
+  self-attention with an explicit KV cache, cross-attention whose key/value projections of the grid are
+  computed once per image and shared by its beams, final LayerNorm) between learned word and grid-cell
+  positions and an untied output layer.
 
 Both expose ``forward(memory, mask, inputs, summary, need_weights) -> (logits, alphas)`` (teacher
 forcing), ``init_state(memory, mask, summary)`` and ``step(tokens, state)`` (``core.decoding.beam``).
@@ -14,7 +15,7 @@ forcing), ``init_state(memory, mask, summary)`` and ``step(tokens, state)`` (``c
 
 from __future__ import annotations
 
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
@@ -22,7 +23,7 @@ from torch import Tensor, nn
 from core.decoding.beam import DecoderState
 from core.decoding.fast_paths import step_log_probs, vocab_projection
 from core.errors import ConfigError
-from core.layers import AttentionalRNNDecoder, TransformerDecoderLayer
+from core.layers import AttentionalRNNDecoder, TransformerDecoder
 
 __all__ = ["TransformerCaptionDecoder", "show_attend_tell_decoder", "upgrade_decoder_v1"]
 
@@ -62,6 +63,10 @@ def show_attend_tell_decoder(
 class TransformerCaptionDecoder(nn.Module):
     """Transformer decoder over the image grid (learned positions, untied output layer).
 
+    The layers and their final LayerNorm are ``core.layers.TransformerDecoder`` (weights ``stack.*``); this
+    module adds the word embeddings and positions, the grid features' projection and learned cell positions, and
+    the output layer.
+
     Args:
         vocab_size: V.
         feat_dim: D, size of each image-grid feature (projected to ``d_model`` if different).
@@ -89,18 +94,14 @@ class TransformerCaptionDecoder(nn.Module):
         self.pos = nn.Embedding(max_len, d_model)
         self.feat_proj: nn.Module = nn.Linear(feat_dim, d_model) if feat_dim != d_model else nn.Identity()
         self.feat_pos = nn.Parameter(torch.zeros(1, 256, d_model))  # grid-cell positions (up to 16x16)
-        self.layers = nn.ModuleList(
-            [TransformerDecoderLayer(d_model, num_heads, ffn_dim, dropout) for _ in range(num_layers)]
-        )
-        self.norm = nn.LayerNorm(d_model)
+        self.stack = TransformerDecoder(d_model, num_heads, ffn_dim, num_layers, dropout)
         self.out = nn.Linear(d_model, vocab_size)
         self.drop = nn.Dropout(dropout)
         self.d_model, self.max_len = d_model, max_len
 
-    def _memory(self, feats: Tensor) -> list[Any]:
-        """Cross-attention key/value projections of the grid, once per layer per image."""
-        mem = self.feat_proj(feats) + self.feat_pos[:, : feats.shape[1]]  # (B, S, d)
-        return [cast(TransformerDecoderLayer, layer).cross_attn.precompute(mem, mem) for layer in self.layers]
+    def _grid(self, feats: Tensor) -> Tensor:
+        """Grid features ``(B, S, D)`` projected to the model width, plus their cell positions -> ``(B, S, d)``."""
+        return self.feat_proj(feats) + self.feat_pos[:, : feats.shape[1]]
 
     def forward(
         self,
@@ -122,24 +123,16 @@ class TransformerCaptionDecoder(nn.Module):
                 f"transformer decoder's {self.max_len} learned positions; lower data.max_caption_len to <= "
                 f"{self.max_len - 1} or raise model.max_len to >= {inputs.shape[1] - 2}"
             )
-        kv = self._memory(memory)
         pos = torch.arange(inputs.shape[1], device=inputs.device)
         x = self.drop(self.embed(inputs) * self.d_model**0.5 + self.pos(pos))  # (B, T, d)
-        for layer, mem in zip(self.layers, kv):
-            x, _, _ = layer(x, mem, mask, need_weights=False)
-        return self.out(self.norm(x)), None
+        h, _ = self.stack(x, self._grid(memory), mask)  # (B, T, d), final norm applied
+        return self.out(h), None
 
     def init_state(self, memory: Tensor, mask: Tensor | None = None, summary: Tensor | None = None) -> DecoderState:
-        """The grid's cross-attention keys/values under ``shared`` (one copy per image, attended by all its
-        beams) and empty KV caches ``(B, H, 0, Dh)`` per layer under ``cache`` (``step`` follows the beams
+        """The grid's cross-attention keys/values of every layer under ``shared`` (one copy per image, attended by
+        all its beams) and empty KV caches ``(B, H, 0, Dh)`` per layer under ``cache`` (``step`` follows the beams
         itself through ``reorder``, see ``core.decoding.beam``)."""
-        b = memory.shape[0]
-        kv = self._memory(memory)
-        caches = []
-        for k, _ in kv:
-            empty = k.new_zeros(b, k.shape[1], 0, k.shape[3])  # (B, H, 0, Dh)
-            caches.append((empty, empty.clone()))
-        return DecoderState(shared={"memory": kv, "mask": mask}, cache=caches)
+        return self.stack.init_state(self._grid(memory), mask)
 
     def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One incremental step: ``tokens (N,)`` -> ``(log_probs (N, V), state, attn (N, S))``.
@@ -149,18 +142,8 @@ class TransformerCaptionDecoder(nn.Module):
         t = state.cache[0][0].shape[2]  # tokens decoded so far = position of this one
         pos = torch.full_like(tokens, min(t, self.max_len - 1))
         x = self.embed(tokens)[:, None] * self.d_model**0.5 + self.pos(pos)[:, None]  # (N, 1, d)
-        new_caches = []
-        weights = None
-        shared = state.shared
-        for i, (layer, mem, cache) in enumerate(zip(self.layers, shared["memory"], state.cache)):
-            x, w, cache = layer(
-                x, mem, shared["mask"], self_kv=cache, need_weights=i == len(self.layers) - 1, reorder=state.reorder
-            )
-            new_caches.append(cache)
-            weights = w
-        logits = vocab_projection(self.out, self.norm(x[:, 0]))  # (N, V)
-        attn = weights.mean(1)[:, 0] if weights is not None else None  # (N, H, 1, S) -> (N, S)
-        return step_log_probs(logits), DecoderState(shared=shared, cache=new_caches), attn
+        h, state, attn = self.stack.step(x, state, need_weights=True)  # (N, d), final norm applied
+        return step_log_probs(vocab_projection(self.out, h)), state, attn
 
 
 def upgrade_decoder_v1(state: dict[str, Any]) -> dict[str, Any]:

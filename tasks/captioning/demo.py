@@ -8,7 +8,6 @@ scoring that ``benchmarks/time_to_quality.py`` measures.
 from __future__ import annotations
 
 import re
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from tasks.captioning import scenes
 from tasks.captioning.data import CaptionDataModule
 from tasks.captioning.inference import save_attention_figure
 from tasks.captioning.module import CaptioningModule
-from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
+from tasks.demo_common import DemoRecipe, run_task_demo, shown_indices
 from tasks.demo_report import Example, TaskReport
 
 TASK = "captioning"
@@ -166,31 +165,40 @@ def run_demo(
     Returns:
         The task's report.
     """
-    start = time.monotonic()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dm, model = build(seed, data)
-    deadline = start + max(5.0, max_minutes * 60.0 - min(RESERVE_S, max_minutes * 60 / 3))
-    clock = TrainClock()
-    trainer = demo_trainer(TASK, deadline, sink, clock, default_root_dir=str(out_dir), **DEMO_TRAINER)
-    trainer.fit(model, dm)
-    ckpt = out_dir / "captioning.ckpt"
-    trainer.save_checkpoint(ckpt, weights_only=True)  # weights + hparams + metadata: small, no optimizer state
 
-    # Reload through the safe path (weights_only=True, task check), as a user would.
-    model = CaptioningModule.load_from_checkpoint(ckpt)
-    groups = {name: held_out(n_held_out, name, dm.image_size) for name in ("test", "unseen")}
+    def build_demo(out: Path) -> tuple[CaptionDataModule, CaptioningModule]:
+        return build(seed, data)  # generated scenes: nothing cached under `out`
+
+    def score(reloaded: CaptioningModule, dm: CaptionDataModule, report: TaskReport, sink: Sink) -> None:
+        groups = {name: held_out(n_held_out, name, dm.image_size) for name in ("test", "unseen")}
+        _score(reloaded, groups, dm.image_size, out_dir, report, sink)
+
+    recipe = DemoRecipe(
+        TASK,
+        build_demo,
+        score,
+        "demo: generated shape scenes and their captions (tasks/captioning/scenes.py)",
+        RESERVE_S,
+        DEMO_TRAINER,
+    )
+    return run_task_demo(recipe, out_dir, max_minutes, seed, sink)
+
+
+def _score(
+    model: CaptioningModule,
+    groups: Mapping[str, Sequence[scenes.Scene]],
+    image_size: int,
+    out_dir: Path,
+    report: TaskReport,
+    sink: Sink,
+) -> None:
+    """Held-out BLEU-4 and object diagnostics of both splits, the shown scenes with their attention overlays, and
+    ``captioning_captions.txt``."""
     total = sum(len(g) for g in groups.values())
     with StageProgress(sink, TASK, f"scoring {total} held-out scenes", total, "images") as prog:
-        metrics, outputs = evaluate(model, groups, progress=prog)
-    report = TaskReport(
-        TASK,
-        metrics=metrics,
-        n_examples={k: len(v) for k, v in groups.items()},
-        train_steps=trainer.global_step,
-        train_seconds=clock.seconds,
-        files=[ckpt],
-    )
+        report.metrics, outputs = evaluate(model, groups, progress=prog)
+    report.n_examples = {k: len(v) for k, v in groups.items()}
     lines = ["split\tindex\tgenerated\treferences\tresult"]
     k = 0
     for name, items in groups.items():
@@ -209,7 +217,7 @@ def run_demo(
             fig = None
             if text:
                 fig = save_attention_figure(
-                    items[i].image, text, weights, out_dir / f"captioning_attention_{k}.png", dm.image_size
+                    items[i].image, text, weights, out_dir / f"captioning_attention_{k}.png", image_size
                 )
                 report.files.append(fig)
             report.examples.append(
@@ -226,12 +234,6 @@ def run_demo(
     txt = out_dir / "captioning_captions.txt"
     write_text_atomic(txt, "\n".join(lines) + "\n")
     report.files.append(txt)
-    figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
-    source = "demo: generated shape scenes and their captions (tasks/captioning/scenes.py)"
-    folder = export_model(model, out_dir, report.metrics, source, figures[0] if figures else None)
-    report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
-    report.seconds = time.monotonic() - start
-    return report
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use

@@ -4,7 +4,8 @@ The artifacts (``checkpoint["attn_suite"]``): the word vocabulary, the image pre
 feature grid) and an ``hf:`` backbone's config (:func:`artifacts`); read back, they decide those options
 (:func:`hparams_from_metadata`) and a ``--ckpt_path`` restore checks its vocabulary against the data module's
 (:func:`check_vocab`). Format-1 option names (:func:`upgrade_hparams`) and weight names, and the weight names of
-the module before the core module (:func:`upgrade_state_dict`), map to today's.
+the module before the core module and of the Transformer decoder's layers before they formed a
+``core.layers.TransformerDecoder`` (:func:`upgrade_state_dict`), map to today's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ __all__ = ["artifacts", "check_vocab", "hparams_from_metadata", "upgrade_hparams
 
 #: the network's parts; before the core module they sat on the module itself (no ``model.`` prefix)
 _NETWORK_PARTS = ("encoder.", "decoder.")
+#: the Transformer caption decoder's layers and final norm, before they sat in its ``stack`` (core.layers)
+_STACK_PARTS = ("model.decoder.layers.", "model.decoder.norm.")
 
 
 def artifacts(
@@ -108,7 +111,21 @@ def upgrade_hparams(hparams: dict[str, Any], version: int) -> dict[str, Any]:
 
 def upgrade_state_dict(state: dict[str, Any], version: int) -> dict[str, Any]:
     """Format-1 decoder weight names to today's, then the module's own ``encoder.*`` / ``decoder.*`` (every file
-    written before the core module, of any format) to the network's ``model.encoder.*`` / ``model.decoder.*``."""
+    written before the core module, of any format) to the network's ``model.encoder.*`` / ``model.decoder.*``, then
+    the Transformer decoder's layers and final norm to the ``core.layers.TransformerDecoder`` stack they now form
+    (``model.decoder.layers.*`` / ``model.decoder.norm.*`` -> ``model.decoder.stack.*``)."""
     if version < 2:
         state = upgrade_decoder_v1(state)
-    return {f"model.{k}" if k.startswith(_NETWORK_PARTS) else k: v for k, v in state.items()}
+    state = {f"model.{k}" if k.startswith(_NETWORK_PARTS) else k: v for k, v in state.items()}
+    if "model.decoder.feat_pos" not in state:  # an RNN decoder: nothing moved
+        return state
+    return {_stack_name(k): v for k, v in state.items()}
+
+
+def _stack_name(key: str) -> str:
+    """A Transformer caption decoder's weight name written before its layers and final norm became the
+    ``core.layers.TransformerDecoder`` stack (``stack.*``), as today; any other name as it is."""
+    for old in _STACK_PARTS:
+        if key.startswith(old):
+            return "model.decoder.stack." + key[len("model.decoder.") :]
+    return key

@@ -7,7 +7,6 @@ held-out scoring that `benchmarks/time_to_quality.py` measures.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import torch
 
 from core.cli.predict import write_text_atomic
 from core.train.progress import Sink, StageProgress, null_sink
-from tasks.demo_common import TrainClock, demo_trainer, export_model, shown_indices
+from tasks.demo_common import DemoRecipe, run_task_demo, shown_indices
 from tasks.demo_report import Example, TaskReport
 
 __all__ = ["build", "evaluate", "held_out", "load_features", "run_demo"]
@@ -215,38 +214,38 @@ def run_demo(
     Returns:
         The task's report.
     """
+    out_dir = Path(out_dir)
+
+    def build_demo(out: Path) -> tuple[Any, Any]:
+        return build(seed, data, sink=sink)  # synthesises the corpus on the first run (cached), within the budget
+
+    def score(reloaded: Any, dm: Any, report: TaskReport, sink: Sink) -> None:
+        _score(reloaded, held_out(dm, n_held_out), out_dir, report, sink)  # voices never heard in training
+
+    recipe = DemoRecipe(
+        TASK,
+        build_demo,
+        score,
+        "demo: sentences synthesised with eSpeak NG in several voices (tasks/speech/synth.py)",
+        RESERVE_S,
+        DEMO_TRAINER,
+    )
+    return run_task_demo(recipe, out_dir, max_minutes, seed, sink)
+
+
+def _score(reloaded: Any, utts: Sequence[Any], out_dir: Path, report: TaskReport, sink: Sink) -> None:
+    """Held-out CER/WER, the shown utterances (audio, spectrogram under the attention), ``speech_transcripts.txt``."""
     import soundfile as sf
 
     from core.viz import plot_spectrogram_alignment
     from tasks.speech.audio import SAMPLE_RATE, load_audio
-    from tasks.speech.module import SpeechModule
 
-    start = time.monotonic()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    dm, model = build(seed, data, sink=sink)
-    deadline = start + max(5.0, max_minutes * 60.0 - min(RESERVE_S, max_minutes * 60.0 / 3))
-    clock = TrainClock()
-    trainer = demo_trainer(TASK, deadline, sink, clock, default_root_dir=str(out_dir), **DEMO_TRAINER)
-    trainer.fit(model, dm)
-    ckpt = out_dir / "speech.ckpt"
-    trainer.save_checkpoint(ckpt, weights_only=True)  # weights + hparams + metadata: small, no optimizer state
-    reloaded = SpeechModule.load_from_checkpoint(ckpt)  # weights_only=True, task check
-
-    utts = held_out(dm, n_held_out)  # voices never heard in training
     feats = load_features(utts)
     with StageProgress(sink, TASK, f"scoring {len(feats)} held-out utterances", len(feats), "utterances") as prog:
-        metrics, hyps = evaluate(reloaded, feats, progress=prog)
+        report.metrics, hyps = evaluate(reloaded, feats, progress=prog)
+    report.n_examples = {"test": len(feats)}
     refs = [r for _, r in feats]
     correct = [h == r for h, r in zip(hyps, refs)]
-    report = TaskReport(
-        TASK,
-        metrics=metrics,
-        n_examples={"test": len(feats)},
-        train_steps=trainer.global_step,
-        train_seconds=clock.seconds,
-        files=[ckpt],
-    )
     for k, i in enumerate(shown_indices(correct)):
         spec, ref = feats[i]
         best = reloaded.decode_features(spec[None], torch.tensor([spec.shape[0]]), beam=DEMO_BEAM, with_attention=True)[
@@ -276,12 +275,6 @@ def run_demo(
         txt, "".join(f"ref: {r}\nhyp: {h}\n{'ok' if c else 'WRONG'}\n\n" for r, h, c in zip(refs, hyps, correct))
     )
     report.files.append(txt)
-    figures = [f for f in report.files if f.suffix == ".png" and ("alignment" in f.name or "attention" in f.name)]
-    about_data = "demo: sentences synthesised with eSpeak NG in several voices (tasks/speech/synth.py)"
-    folder = export_model(reloaded, out_dir, report.metrics, about_data, figures[0] if figures else None)
-    report.files.append(folder / "config.json")  # the model folder (from_pretrained, --ckpt, attn-app --from)
-    report.seconds = time.monotonic() - start
-    return report
 
 
 if __name__ == "__main__":  # pragma: no cover - manual use
