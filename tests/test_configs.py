@@ -7,13 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tasks.registry import REGISTRY
+
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-CLIS = {
-    "translation": "tasks.translation.cli",
-    "captioning": "tasks.captioning.cli",
-    "speech": "tasks.speech.cli",
-    "sentiment": "tasks.sentiment.cli",
-}
+CLIS = {name: task.cli for name, task in REGISTRY.items()}  # configs/<task>/ of every registered task
 OVERLAYS = {"tiny.yaml": "default.yaml", "gpu.yaml": "tatoeba.yaml"}  # overlays go on top of a base config
 
 

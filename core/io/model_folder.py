@@ -143,7 +143,7 @@ def save_pretrained(
     training: Mapping[str, Any] | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write ``model`` (a ``TaskCheckpointMixin`` module) as a model folder, never deleting a user's file.
+    """Write ``model`` (a ``core.train.module.TaskModule``) as a model folder, never deleting a user's file.
 
     Where it may write (:func:`_check_destination`): a new or empty folder, or an existing model folder of
     this suite, whose own files are replaced (files someone added beside them stay). A file, or a non-empty

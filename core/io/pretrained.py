@@ -13,7 +13,7 @@ Two ways in, on purpose different:
   folder are never touched. The config stored in the checkpoint (plain JSON-like data, untrusted) is checked
   (:func:`check_config`: allowlisted ``model_type``, no remote-code keys, sizes bounded) and the network is
   rebuilt with ``AutoConfig.for_model`` + ``from_config``, with random weights that the checkpoint's own
-  state dict then replaces (strictly, shapes compared first on the ``meta`` device by ``core.io.task_io``).
+  state dict then replaces (strictly, shapes compared first on the ``meta`` device by ``core.io.rebuild``).
 
 Freezing, unfreezing and learning rates of pretrained parts are in :mod:`core.train.finetune`.
 """
@@ -298,7 +298,7 @@ def check_config(config: Any, kind: str, source: str) -> dict[str, Any]:
     Raises:
         ConfigError: not a plain dict, a ``model_type`` outside :data:`MODEL_TYPES` for ``kind``, a key naming
             code, or a number out of bounds (the message names ``source`` and the field). A ``ConfigError``
-            because the config arrives as a hyper-parameter: ``core.io.task_io`` adds the file's name.
+            because the config arrives as a hyper-parameter: ``core.io.rebuild`` adds the file's name.
     """
     where = f"{source}: pretrained config"
     if not isinstance(config, dict):

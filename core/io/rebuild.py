@@ -7,7 +7,7 @@ then is it built for real and the weights loaded. A file edited to ``hidden_dim:
 byte is allocated, and no name read from a file is ever imported.
 
 :func:`load_task_module` reads a ``.ckpt`` (``weights_only=True``) into it; ``core.io.model_folder`` reads a model
-folder into it; ``core.io.task_io.TaskCheckpointMixin`` puts both behind a task module's class methods.
+folder into it; ``core.train.module.TaskModule`` puts both behind a task module's class methods.
 """
 
 from __future__ import annotations
@@ -170,7 +170,7 @@ def build_task_module(
     """Build ``cls`` from untrusted hyper-parameters, metadata and weights (a checkpoint or a model folder).
 
     Args:
-        cls: the task module class (a :class:`TaskCheckpointMixin`).
+        cls: the task module class (a ``core.train.module.TaskModule``).
         hparams: the file's hyper-parameters (validated against ``cls.__init__``).
         meta: the file's ``attn_suite`` metadata (plain data; the task restores it).
         state: the file's state dict (name -> tensor).
