@@ -3,7 +3,9 @@
 It owns everything that is the same in every task:
 
 * the train/validate/test/predict steps, calling the task's ``objective``, ``evaluate`` and ``predict``;
-* corpus scores (BLEU, CIDEr, CER) gathered over ranks and de-duplicated once
+  a data module may serve several validation or test loaders, each logged under the prefix the task names
+  it by (``Task.eval_prefixes``: ``test/*`` and ``unseen/*``; default one loader, ``val/*`` / ``test/*``);
+* corpus scores (BLEU, CIDEr, CER) per evaluation loader, gathered over ranks and de-duplicated once
   (:class:`core.metrics.corpus.CorpusOutputs`), weighted epoch means, figures logged after each validation;
 * the optimizer and LR schedule (:class:`core.train.schedule.OptimizerOptions`);
 * checkpoints and model folders: ``load_from_checkpoint``, ``from_pretrained``, ``save_pretrained`` and
@@ -16,8 +18,9 @@ from a file) and hands its :class:`~core.train.task.Task` to this constructor::
     class SentimentModule(TaskModule[SentimentNetwork]):
         TASK, MONITOR = "sentiment", "val/acc"
 
-        def __init__(self, vocab: dict | None = None, hidden_dim: int = 32, lr: float = 0.01, ...) -> None:
-            super().__init__(SentimentTask(vocab, hidden_dim))
+        def __init__(self, vocab: dict | None = None, embed_dim: int = 32, hidden_dim: int = 32, ...) -> None:
+            tokenizer = tokenizer_from_dict(vocab or ...)
+            super().__init__(SentimentTask(tokenizer, embed_dim, hidden_dim, attention_hidden))
             self.save_hyperparameters()
 
 The network is ``self.model`` (built by the task, now or when the data has decided its vocabulary).
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import sys
 from collections.abc import Mapping
@@ -39,7 +43,7 @@ from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
 from core.cli.predict import Prediction
-from core.errors import CheckpointError
+from core.errors import CheckpointError, ConfigError
 from core.io.checkpoint import META_KEY, make_metadata
 from core.io.hparams import check_plain
 from core.io.model_folder import load_task_model, save_pretrained
@@ -48,11 +52,16 @@ from core.io.rebuild import format_version, load_task_module, raise_if_mismatch
 from core.metrics.corpus import CorpusOutputs
 from core.train.callbacks import empty_batch_loss, log_figure
 from core.train.schedule import OptimizerOptions, configure_optimizer
-from core.train.task import EvalStage, NetT, Stage, Task
+from core.train.task import EvalKind, NetT, Stage, Task
 
 __all__ = ["TaskModule"]
 
 M = TypeVar("M", bound="TaskModule[Any]")
+
+#: what an evaluation loader's metric prefix may be (a key of the module's corpus dict, a metric name's head)
+_PREFIX = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
+#: names that are not evaluation prefixes (``train/*`` is training's; the others are `nn.ModuleDict` attributes)
+_RESERVED_PREFIXES = frozenset({"train", *(n for n in dir(nn.ModuleDict()) if _PREFIX.fullmatch(n))})
 
 
 class TaskModule(pl.LightningModule, Generic[NetT]):
@@ -86,9 +95,12 @@ class TaskModule(pl.LightningModule, Generic[NetT]):
         self.task = task
         self.model: NetT | None = None
         self.last_batch_units = 0.0  # read by core.train.progress_bar after each training step
-        # corpus outputs per evaluation stage, scored by the task at epoch end (state is not saved in checkpoints)
-        self.corpus = nn.ModuleDict({stage: CorpusOutputs(task.score) for stage in ("val", "test")})
-        self.means = nn.ModuleDict()  # "<stage>/<name>" -> MeanMetric, made when a task first reports one
+        # corpus outputs per evaluation loader prefix, scored by the task at epoch end (state is not saved in
+        # checkpoints); the default loaders' up front, others' when an epoch names them (`_start_eval`)
+        self.corpus = nn.ModuleDict({kind: CorpusOutputs(task.score) for kind in ("val", "test")})
+        self.means = nn.ModuleDict()  # "<prefix>/<name>" -> MeanMetric, made when a task first reports one
+        #: the prefix of each validation / test loader of the running evaluation (`Task.eval_prefixes`)
+        self.loader_prefixes: dict[EvalKind, list[str]] = {}
 
     # ------------------------------------------------------------------ the network
     @property
@@ -131,68 +143,110 @@ class TaskModule(pl.LightningModule, Generic[NetT]):
         return batch
 
     def _log_objective(self, stage: Stage, batch: Any) -> Tensor | None:
+        """Log a batch's objective under ``stage``: ``train`` or its evaluation loader's prefix (the names carry
+        no dataloader index: each loader has its own prefix)."""
         out = self.task.objective(self.network, batch, stage)
         for name, value in out.counts.items():
             self.log(
-                f"{stage}/{name}", value, reduce_fx="sum", on_step=False, on_epoch=True, sync_dist=True, batch_size=1
+                f"{stage}/{name}",
+                value,
+                reduce_fx="sum",
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+                batch_size=1,
+                add_dataloader_idx=False,
             )
         if out.loss is None:
             return None
-        evaluating = stage != "train"
-        self.log(f"{stage}/loss", out.loss, prog_bar=True, batch_size=out.size, sync_dist=evaluating)
+        sync = stage != "train"  # evaluation: every rank's mean
+        self.log(
+            f"{stage}/loss", out.loss, prog_bar=True, batch_size=out.size, sync_dist=sync, add_dataloader_idx=False
+        )
         for name, value in out.terms.items():
-            self.log(f"{stage}/{name}", value, batch_size=out.size, sync_dist=evaluating)
+            self.log(f"{stage}/{name}", value, batch_size=out.size, sync_dist=sync, add_dataloader_idx=False)
         return out.loss
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor | None:
         loss = self._log_objective("train", batch)
         return empty_batch_loss(self) if loss is None else loss
 
-    def _eval_step(self, batch: Any, stage: EvalStage) -> None:
-        if self._log_objective(stage, batch) is None:
+    def _eval_step(self, batch: Any, kind: EvalKind, dataloader_idx: int) -> None:
+        prefix = self._prefix(kind, dataloader_idx)
+        if self._log_objective(prefix, batch) is None:
             return
-        ev = self.task.evaluate(self.network, batch, stage)
+        ev = self.task.evaluate(self.network, batch, prefix)
         if ev is None:
             return
-        self._corpus(stage).update(ev.indices, ev.hypotheses, ev.references)
+        self._corpus(prefix).update(ev.indices, ev.hypotheses, ev.references)
         for name, (value, weight) in ev.means.items():
-            key = f"{stage}/{name}"
+            key = f"{prefix}/{name}"
             if key not in self.means:
                 self.means[key] = MeanMetric().to(self.device)
             mean = self.means[key]
             assert isinstance(mean, MeanMetric)
             mean.update(value, weight)
             # named explicitly: Lightning looks metric attributes up once, before this one may have existed
-            self.log(key, mean, batch_size=len(ev.indices), metric_attribute=f"means.{key}")
+            self.log(key, mean, batch_size=len(ev.indices), metric_attribute=f"means.{key}", add_dataloader_idx=False)
 
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "val")
+    def validation_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, "test")
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> list[Prediction]:
         return self.task.predict(self.network, batch, self._datamodule(), dataloader_idx)
 
-    def _corpus(self, stage: EvalStage) -> CorpusOutputs:
-        corpus = self.corpus[stage]
+    # ------------------------------------------------------------------ evaluation loaders and their corpora
+    def _prefix(self, kind: EvalKind, dataloader_idx: int) -> str:
+        """The metric prefix of evaluation loader ``dataloader_idx`` (named at the epoch's start)."""
+        prefixes = self.loader_prefixes.get(kind) or [kind]
+        return prefixes[dataloader_idx] if dataloader_idx < len(prefixes) else f"{kind}{dataloader_idx}"
+
+    def _loader_prefixes(self, kind: EvalKind) -> list[str]:
+        """The prefix of every ``kind`` loader the trainer runs: the task's names, ``<kind><index>`` past them."""
+        trainer = self.trainer
+        batches = trainer.num_test_batches if kind == "test" else trainer.num_val_batches
+        named = list(self.task.eval_prefixes(kind, self._datamodule()))
+        prefixes = [named[i] if i < len(named) else f"{kind}{i}" for i in range(max(len(batches), 1))]
+        for prefix in prefixes:
+            if not _PREFIX.fullmatch(prefix) or prefix in _RESERVED_PREFIXES or prefixes.count(prefix) > 1:
+                raise ConfigError(
+                    f"{type(self.task).__name__}.eval_prefixes({kind!r}) names {len(prefixes)} {kind} loader(s) "
+                    f"{prefixes}: each loader needs its own plain name (letters, digits, '_', '-'), not 'train' "
+                    f"nor a name of nn.ModuleDict such as 'eval' or 'keys' ({prefix!r})"
+                )
+        return prefixes
+
+    def _corpus(self, prefix: str) -> CorpusOutputs:
+        """The corpus outputs of loader ``prefix`` (made on the module's device when first needed)."""
+        if prefix not in self.corpus:
+            # on the module's device like the rest of its state: a sync gathers there (NCCL needs CUDA tensors)
+            self.corpus[prefix] = CorpusOutputs(self.task.score).to(self.device)
+        corpus = self.corpus[prefix]
         assert isinstance(corpus, CorpusOutputs)  # an nn.ModuleDict yields plain modules
         return corpus
 
-    def _start_eval(self, stage: EvalStage) -> None:
-        self._corpus(stage).reset()  # a sanity check or an interrupted epoch may have left outputs
+    def _start_eval(self, kind: EvalKind) -> None:
+        self.loader_prefixes[kind] = self._loader_prefixes(kind)
+        for prefix in self.loader_prefixes[kind]:
+            self._corpus(prefix).reset()  # a sanity check or an interrupted epoch may have left outputs
 
-    def _finish_eval(self, stage: EvalStage) -> None:
-        corpus = self._corpus(stage)
-        # compute() is a collective under DDP: every rank calls it, also one that saw no batch
-        scores = corpus.compute() if corpus.update_called or self.trainer.world_size > 1 else {}
-        corpus.reset()
-        # extra scores (e.g. alignment against gold links) cost a pass each: not in the sanity check
-        if self.model is not None and not self.trainer.sanity_checking:
-            scores.update(self.task.epoch_scores(self.model, self._datamodule(), stage))
-        for name, value in scores.items():
-            # the same value on every rank (computed from the gathered corpus); sync_dist averages equal values
-            self.log(f"{stage}/{name}", value, prog_bar=f"{stage}/{name}" == self.MONITOR, sync_dist=True)
+    def _finish_eval(self, kind: EvalKind) -> None:
+        # Loader by loader, in the same order on every rank: compute() is a collective under DDP, so every rank
+        # calls it for every loader, also one it saw no batch of.
+        for prefix in self.loader_prefixes.get(kind) or [kind]:
+            corpus = self._corpus(prefix)
+            scores = corpus.compute() if corpus.update_called or self.trainer.world_size > 1 else {}
+            corpus.reset()
+            # extra scores (e.g. alignment against gold links) cost a pass each: not in the sanity check
+            if self.model is not None and not self.trainer.sanity_checking:
+                scores.update(self.task.epoch_scores(self.model, self._datamodule(), prefix))
+            for name, value in scores.items():
+                key = f"{prefix}/{name}"
+                # the same value on every rank (computed from the gathered corpus); sync_dist averages equal values
+                self.log(key, value, prog_bar=key == self.MONITOR, sync_dist=True, add_dataloader_idx=False)
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval("val")
@@ -337,9 +391,11 @@ def _training_record(module: pl.LightningModule) -> dict[str, Any]:
     if dm is not None and getattr(dm, "hparams", None):
         # plain data only (paths and the like become strings): the checkpoint stays weights_only-loadable
         record["data"] = json.loads(json.dumps({type(dm).__name__: dict(dm.hparams)}, default=str))
+    loaders: Mapping[str, list[str]] = getattr(module, "loader_prefixes", {})
+    heads = tuple(f"{p}/" for p in sorted({"val", "test"}.union(*loaders.values())))  # every evaluation loader's
     record["metrics"] = {
         k: float(v)
         for k, v in trainer.callback_metrics.items()
-        if k.startswith(("val/", "test/")) and getattr(v, "numel", lambda: 1)() == 1
+        if k.startswith(heads) and getattr(v, "numel", lambda: 1)() == 1
     }
     return record

@@ -8,7 +8,11 @@ supplies only what differs, as one plain object:
   a file;
 * ``objective(network, batch, stage)``: the loss and what to log with it (:class:`Objective`);
 * ``evaluate(network, batch, stage)``: the decoded text of a batch and its references (:class:`Evaluation`),
-  which the core module scores as one corpus with ``score(hypotheses, references)``;
+  which the core module scores as one corpus with ``score(hypotheses, references)``, one corpus per
+  evaluation loader;
+* ``eval_prefixes(stage, datamodule)``: the metric prefix of each validation or test loader the data module
+  serves (default: one loader, logged as ``val/*`` or ``test/*``); ``objective``, ``evaluate`` and
+  ``epoch_scores`` receive that prefix as their ``stage``, so a task tells its evaluation splits apart by name;
 * ``artifacts()`` / ``restore(artifacts, source)``: what a checkpoint stores besides the weights, by name
   (tokenizers, a vocabulary, a feature configuration), as plain data;
 * ``figures(network, datamodule)``: how to draw a few fixed examples.
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeAlias, TypeVar
 
 import lightning.pytorch as pl
 from matplotlib.figure import Figure
@@ -29,10 +33,15 @@ from torch import Tensor, nn
 
 from core.cli.predict import Prediction
 
-__all__ = ["EvalStage", "Evaluation", "NetT", "Objective", "Stage", "Task"]
+__all__ = ["EvalKind", "EvalStage", "Evaluation", "NetT", "Objective", "Stage", "Task"]
 
-Stage = Literal["train", "val", "test"]
-EvalStage = Literal["val", "test"]
+#: which evaluation Lightning runs: validation (also the sanity check) or test
+EvalKind = Literal["val", "test"]
+#: the metric prefix of an evaluation loader: ``val`` or ``test`` by default, or a name the task gives it in
+#: :meth:`Task.eval_prefixes` (e.g. captioning's ``unseen``); what ``evaluate`` and ``epoch_scores`` receive
+EvalStage: TypeAlias = str
+#: what ``objective`` receives: ``train``, or the prefix of the evaluation loader the batch came from
+Stage: TypeAlias = str
 NetT = TypeVar("NetT", bound=nn.Module)
 BatchT = TypeVar("BatchT", contravariant=True)
 
@@ -45,7 +54,8 @@ class Objective:
         loss: scalar to minimise; None when the batch had nothing to learn from (every row unusable): the
             step is skipped (in a rank-safe way under DDP), its ``counts`` still logged.
         size: examples in the batch (Lightning's weight for epoch means).
-        terms: parts of the loss, logged as ``<stage>/<name>`` (e.g. ``ce``, ``ctc``).
+        terms: parts of the loss, logged as ``<stage>/<name>`` (e.g. ``ce``, ``ctc``; ``stage``: ``train`` or
+            the evaluation loader's prefix).
         counts: per-epoch sums over steps and ranks, logged as ``<stage>/<name>`` (skipped rows, tokens): log
             the same keys for every batch, empty or not, so that every rank holds them.
     """
@@ -64,8 +74,9 @@ class Evaluation:
         indices: dataset index of each example (DDP padding repeats are dropped by it).
         hypotheses: the decoded text of each example.
         references: the reference texts of each example (one or more).
-        means: ``{name: (value, weight)}`` of this batch, logged as the weighted mean over the epoch and ranks
-            (e.g. the share of characters whose attention lies inside their word, weighted by characters).
+        means: ``{name: (value, weight)}`` of this batch, logged as ``<prefix>/<name>``, the weighted mean over
+            the loader's epoch and the ranks (e.g. the share of characters whose attention lies inside their
+            word, weighted by characters).
     """
 
     indices: Sequence[int]
@@ -93,12 +104,23 @@ class Task(Protocol[NetT, BatchT]):
         be rebuilt for it."""
         return False
 
+    def eval_prefixes(self, stage: EvalKind, datamodule: Any | None) -> list[str]:
+        """The metric prefix of each ``stage`` loader, in the order the data module serves them.
+
+        Each loader is scored as its own corpus and logged as ``<prefix>/<name>``; ``objective``, ``evaluate``
+        and ``epoch_scores`` get the prefix as their ``stage``. Prefixes are distinct plain names (letters,
+        digits, ``_`` and ``-``). A loader past the end of the list is named ``<stage><index>`` (``test1``);
+        names past the number of loaders are not used. Default: ``[stage]``.
+        """
+        return [stage]
+
     def objective(self, network: NetT, batch: BatchT, stage: Stage) -> Objective:
-        """The loss of a batch."""
+        """The loss of a batch (``stage``: ``train`` or the prefix of the evaluation loader it came from)."""
         ...
 
     def evaluate(self, network: NetT, batch: BatchT, stage: EvalStage) -> Evaluation | None:
-        """Decode an evaluation batch for the corpus scores (None: nothing to score in it)."""
+        """Decode an evaluation batch of the loader ``stage`` names (its prefix) for the corpus scores (None:
+        nothing to score in it)."""
         return None
 
     def score(self, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
@@ -106,7 +128,8 @@ class Task(Protocol[NetT, BatchT]):
         return {}
 
     def epoch_scores(self, network: NetT, datamodule: Any | None, stage: EvalStage) -> dict[str, float]:
-        """Scores computed once per evaluation from the data module (e.g. alignment error against gold links)."""
+        """Scores computed once per evaluation and loader prefix ``stage`` from the data module (e.g. alignment
+        error against gold links)."""
         return {}
 
     def figures(self, network: NetT, datamodule: Any | None) -> list[tuple[str, Figure]]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from tasks.captioning.sources import CaptionRecord
 from tasks.captioning.text import normalize_caption
 from tasks.captioning.vocab import CaptionVocab
 
-__all__ = ["Batch", "CaptionCollate", "FileCaptionDataset", "HFCaptionDataset", "SceneDataset", "SplitsDataset"]
+__all__ = ["Batch", "CaptionCollate", "FileCaptionDataset", "HFCaptionDataset", "SceneDataset"]
 
 
 @dataclass
@@ -42,8 +42,6 @@ class Batch:
             repeats DistributedSampler pads the last shard with).
         skipped: samples of this batch dropped because their image could not be read. A batch
             where every image failed is empty (``len(batch) == 0``) and only carries this count.
-        splits: per image, the split it comes from when one loader serves several (`SplitsDataset`: the
-            test and unseen scenes); empty otherwise. ``index`` counts within each split.
     """
 
     images: Tensor
@@ -52,7 +50,6 @@ class Batch:
     refs: list[list[str]]
     index: Tensor
     skipped: int = 0
-    splits: list[str] = field(default_factory=list)
 
     @classmethod
     def empty(cls, skipped: int) -> Batch:
@@ -69,7 +66,6 @@ class Batch:
             self.refs,
             self.index,
             self.skipped,
-            self.splits,
         )
 
     def __len__(self) -> int:
@@ -258,42 +254,6 @@ class HFCaptionDataset(_CaptionDataset):
         return f"HF row {self.rows[i]}"
 
 
-class SplitsDataset(Dataset):
-    """Several evaluation splits as one dataset, in order; each item keeps its index within its split and is
-    tagged with the split's name (``Batch.splits``).
-
-    One loader then serves them all (the core module runs one test loader; the task scores each split on its
-    own, see `tasks.captioning.evaluation.ExtraTestSplits`).
-
-    Args:
-        splits: split name -> its dataset, in order.
-    """
-
-    def __init__(self, splits: dict[str, _CaptionDataset]) -> None:
-        self.splits = list(splits.items())
-
-    def __len__(self) -> int:
-        return sum(len(ds) for _, ds in self.splits)
-
-    def _locate(self, i: int) -> tuple[str, _CaptionDataset, int]:
-        for name, ds in self.splits:
-            if i < len(ds):
-                return name, ds, i
-            i -= len(ds)
-        raise IndexError(i)
-
-    def __getitem__(self, i: int) -> dict[str, Any] | None:
-        name, ds, j = self._locate(i)
-        item = ds[j]
-        if item is not None:
-            item["split"] = name
-        return item
-
-    def name(self, i: int) -> str:
-        _, ds, j = self._locate(i)
-        return ds.name(j)
-
-
 class CaptionCollate:
     """Collate samples into a `Batch`; drops samples that failed to load (``None``) and counts them.
 
@@ -327,5 +287,4 @@ class CaptionCollate:
             refs=[s["refs"] for s in kept],
             index=torch.tensor([s["index"] for s in kept]),
             skipped=skipped,
-            splits=[s["split"] for s in kept if "split" in s],
         )

@@ -27,7 +27,6 @@ from tasks.captioning.batching import (
     FileCaptionDataset,
     HFCaptionDataset,
     SceneDataset,
-    SplitsDataset,
 )
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform, train_transform
 from tasks.captioning.sources import (
@@ -162,7 +161,7 @@ class CaptionDataModule(L.LightningDataModule):
         self._hf: dict[str, tuple[Any, list[int] | None]] | None = None
         self._vocab: CaptionVocab | None = None
         self.datasets: dict[str, Dataset] = {}
-        #: Names of the test splits, in order (the module logs ``<name>/bleu4`` etc.); one loader serves them all.
+        #: Names of the test dataloaders, in order (the module logs ``<name>/bleu4`` etc.).
         self.test_names: list[str] = ["test", "unseen"] if dataset == "scenes" else ["test"]
 
     @property
@@ -323,14 +322,11 @@ class CaptionDataModule(L.LightningDataModule):
         )
         ev_tf = eval_transform(self.image_size, self.mean, self.std)
         if self.dataset == "scenes":
-            test = SceneDataset("test", hp.test_size, hp.seed, self.image_size, ev_tf, False)
-            unseen = SceneDataset("unseen", hp.unseen_size, hp.seed, self.image_size, ev_tf, False)
             self.datasets = {
                 "train": SceneDataset("train", hp.train_size, hp.seed, self.image_size, tr_tf, True),
                 "val": SceneDataset("val", hp.val_size, hp.seed, self.image_size, ev_tf, False),
-                "test": test,
-                "unseen": unseen,
-                "tests": SplitsDataset({"test": test, "unseen": unseen}),  # what the test loader serves
+                "test": SceneDataset("test", hp.test_size, hp.seed, self.image_size, ev_tf, False),
+                "unseen": SceneDataset("unseen", hp.unseen_size, hp.seed, self.image_size, ev_tf, False),
             }
         elif self.dataset == "hf":
             parts = self._read_hf()
@@ -369,9 +365,9 @@ class CaptionDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False)
 
-    def test_dataloader(self) -> DataLoader:
-        """One loader over every test split (`test_names`); with several, each row carries its split's name."""
-        return self._loader("tests" if len(self.test_names) > 1 else "test", False)
+    def test_dataloader(self) -> list[DataLoader]:
+        """One loader per test split, in the order of `test_names` (the task names their metrics after them)."""
+        return [self._loader(name, False) for name in self.test_names]
 
     def predict_records(self) -> list[CaptionRecord]:
         """The ``data.predict_path`` images as records (no captions), in input order.

@@ -25,7 +25,6 @@ from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.layers import AttentionalRNNDecoder
 from core.train.module import TaskModule
 from tasks.captioning import stored
-from tasks.captioning.batching import Batch
 from tasks.captioning.decoder import TransformerCaptionDecoder
 from tasks.captioning.encoder import ImageEncoder
 from tasks.captioning.hf_encoder import HFImageEncoder
@@ -229,10 +228,6 @@ class CaptioningModule(TaskModule[CaptionNetwork]):
     def decoder(self) -> AttentionalRNNDecoder | TransformerCaptionDecoder:
         """The network's caption decoder."""
         return self.network.decoder
-
-    def batch_units(self, batch: Batch | None) -> float:
-        """Images in a batch (what the throughput counts)."""
-        return self.task.batch_units(batch) if batch is not None else 0.0
 
     # ------------------------------------------------------------------ the library API
     def caption(

@@ -21,12 +21,11 @@ from torch import Tensor, nn
 
 from core.cli.predict import Prediction
 from core.errors import ConfigError
-from core.metrics.corpus import CorpusOutputs
 from core.train.finetune import FreezeSchedule, optimizer_groups
-from core.train.task import EvalStage, Evaluation, Objective, Stage, Task
+from core.train.task import EvalKind, EvalStage, Evaluation, Objective, Stage, Task
 from tasks.captioning import stored
 from tasks.captioning.batching import Batch
-from tasks.captioning.evaluation import ExtraTestSplits, attention_figures, split_pointing
+from tasks.captioning.evaluation import attention_figures, split_pointing
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 from tasks.captioning.inference import Captioner
 from tasks.captioning.metrics import caption_scores
@@ -110,10 +109,6 @@ class CaptioningTask(Task[CaptionNetwork, Batch]):
         #: the hf: backbone's config and processor settings (what a checkpoint stores), None for other encoders
         self.pretrained_info: dict[str, Any] | None = None
         self.grid_size = network.grid_size  # an hf: backbone's own grid, once built
-        #: names of the test splits (the data module's ``test_names``); the first is the core module's ``test``
-        self.test_names = ["test"]
-        #: outputs of the rows of the other test splits (filled in place: `ExtraTestSplits` holds this mapping)
-        self.extra_tests: dict[str, CorpusOutputs] = {}
         self._plot_images: Tensor | None = None  # (n, 3, H, W) fixed validation images of the figures
 
     # ------------------------------------------------------------------ the network
@@ -130,11 +125,7 @@ class CaptioningTask(Task[CaptionNetwork, Batch]):
         return Captioner(network, self.vocab, self.transform, self.network_options.max_len)
 
     def setup(self, stage: str, datamodule: Any | None) -> bool:
-        """Name the test splits; fail early (a `ConfigError`) when the data's captions cannot fit the Transformer
-        decoder's positions."""
-        self.test_names = list(getattr(datamodule, "test_names", None) or ["test"])
-        self.extra_tests.clear()
-        self.extra_tests.update({name: CorpusOutputs(self.score) for name in self.test_names[1:]})
+        """Fail early (a `ConfigError`) when the data's captions cannot fit the Transformer decoder's positions."""
         max_caption_len = getattr(getattr(datamodule, "hparams", None), "max_caption_len", None)
         positions = self.network_options.positions
         if positions is not None and isinstance(max_caption_len, int) and max_caption_len + 1 > positions:
@@ -183,39 +174,33 @@ class CaptioningTask(Task[CaptionNetwork, Batch]):
         return [(encoder, scale), (decoder, 1.0)]
 
     def callbacks(self) -> list[pl.Callback]:
-        """`core.train.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``), and the scores of
-        the extra test splits."""
-        freeze: list[pl.Callback] = [FreezeSchedule()] if self.pretrained_info is not None else []
-        return [*freeze, ExtraTestSplits(self.extra_tests, self.pointing)]
+        """`core.train.finetune.FreezeSchedule` for an ``hf:`` encoder (``unfreeze_after_steps``)."""
+        return [FreezeSchedule()] if self.pretrained_info is not None else []
 
     # ------------------------------------------------------------------ evaluation
+    def eval_prefixes(self, stage: EvalKind, datamodule: Any | None) -> list[str]:
+        """Test loaders are named after their splits (the data module's ``test_names``: ``test`` and, on the
+        generated scenes, ``unseen``), so their scores are ``test/bleu4``, ``unseen/bleu4`` ..."""
+        names = getattr(datamodule, "test_names", None) if stage == "test" else None
+        return [str(name) for name in names] if names else [stage]
+
     def evaluate(self, network: CaptionNetwork, batch: Batch, stage: EvalStage) -> Evaluation:
-        """The best beam-search caption of each image; rows of another test split than the first go to its own
-        corpus (`tasks.captioning.evaluation.ExtraTestSplits`)."""
+        """The best beam-search caption of each image (``stage``: the loader's split, see `eval_prefixes`)."""
         if stage == "val" and self._plot_images is None and self.options.plot_examples > 0:
             # the first validation batch is the same every epoch (no shuffling): fixed plot images
             self._plot_images = batch.images[: self.options.plot_examples].detach().cpu()
         hyps = self.captioner(network).best(batch.images, self.options.beam_size)
-        rows = list(zip(batch.index.tolist(), hyps, batch.refs))
-        if stage == "test" and batch.splits:
-            for name, corpus in self.extra_tests.items():
-                extra = [row for row, split in zip(rows, batch.splits) if split == name]
-                if extra:
-                    corpus.update(*_columns(extra))
-            rows = [row for row, split in zip(rows, batch.splits) if split == self.test_names[0]]
-        return Evaluation(*_columns(rows))
+        return Evaluation(batch.index.tolist(), hyps, batch.refs)
 
     def score(self, hypotheses: list[str], references: list[list[str]]) -> dict[str, float]:
         return caption_scores(hypotheses, references)
 
     def epoch_scores(self, network: CaptionNetwork, datamodule: Any | None, stage: EvalStage) -> dict[str, float]:
-        return self.pointing(network, datamodule, "val" if stage == "val" else self.test_names[0])
-
-    def pointing(self, network: CaptionNetwork, datamodule: Any | None, split: str) -> dict[str, float]:
-        """Pointing accuracy on the first generated scenes of ``split`` (none without attention or scenes)."""
+        """Pointing accuracy on the first generated scenes of the loader's split ``stage`` (``val``, ``test``,
+        ``unseen``; none without attention or scenes)."""
         if not self.network_options.attends:  # the uniform "map" of no attention points nowhere
             return {}
-        return split_pointing(self.captioner(network), datamodule, split, self.options.beam_size)
+        return split_pointing(self.captioner(network), datamodule, stage, self.options.beam_size)
 
     def figures(self, network: CaptionNetwork, datamodule: Any | None) -> list[tuple[str, Figure]]:
         if self._plot_images is None:
@@ -248,8 +233,3 @@ class CaptioningTask(Task[CaptionNetwork, Batch]):
     def restore(self, artifacts: Mapping[str, Any], source: str) -> bool:
         stored.check_vocab(artifacts, self.vocab, source)
         return False
-
-
-def _columns(rows: list[tuple[int, str, list[str]]]) -> tuple[list[int], list[str], list[list[str]]]:
-    """``(indices, hypotheses, references)`` of ``(index, hypothesis, references)`` rows."""
-    return [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
