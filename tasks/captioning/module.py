@@ -238,25 +238,7 @@ class CaptioningModule(TaskModule[CaptionNetwork]):
         return_attention: bool = False,
         batch_size: int = 16,
     ) -> Any:
-        """Caption one image or a list of them.
-
-        Args:
-            images: a file path or PIL image (any mode; converted to RGB), or a list of them; a single one
-                gives its one result, not a list of one.
-            beam: beam width (1 = greedy).
-            nbest: captions per image (<= beam).
-            return_attention: also return each caption's attention maps.
-            batch_size: images per forward pass.
-
-        Returns:
-            ``nbest == 1``: one caption per image, or with ``return_attention`` a ``(caption, weights)`` pair
-            where ``weights`` is ``(n_words, grid_size, grid_size)`` (row t = where word t looked).
-            ``nbest > 1``: a list of :class:`~tasks.captioning.inference.Caption` per image.
-
-        Raises:
-            tasks.captioning.images.ImageError: a file is missing or not a readable image (the message
-                names it; the CLI reports such files one by one and captions the rest).
-        """
+        """:meth:`tasks.captioning.inference.Captioner.caption` with this model: one image or a list of them."""
         return self.task.captioner(self.network).caption(images, beam, nbest, return_attention, batch_size)
 
     def caption_images(
