@@ -24,8 +24,8 @@ class and ``BatchT`` its batch type, so the methods are checked against them.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol, TypeAlias, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypeVar
 
 import lightning.pytorch as pl
 from matplotlib.figure import Figure
@@ -33,7 +33,10 @@ from torch import Tensor, nn
 
 from core.cli.predict import Prediction
 
-__all__ = ["EvalKind", "EvalStage", "Evaluation", "NetT", "Objective", "Stage", "Task"]
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = ["EvalKind", "EvalStage", "Evaluation", "NetT", "Objective", "Stage", "Task", "options_from"]
 
 #: which evaluation Lightning runs: validation (also the sanity check) or test
 EvalKind = Literal["val", "test"]
@@ -43,6 +46,7 @@ EvalStage: TypeAlias = str
 #: what ``objective`` receives: ``train``, or the prefix of the evaluation loader the batch came from
 Stage: TypeAlias = str
 NetT = TypeVar("NetT", bound=nn.Module)
+OptionsT = TypeVar("OptionsT", bound="DataclassInstance")
 BatchT = TypeVar("BatchT", contravariant=True)
 
 
@@ -83,6 +87,17 @@ class Evaluation:
     hypotheses: Sequence[str]
     references: Sequence[Sequence[str]]
     means: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def options_from(cls: type[OptionsT], values: Mapping[str, Any], **changes: Any) -> OptionsT:
+    """The options dataclass ``cls`` filled from the values of the same names, e.g. a module's constructor
+    arguments (``options_from(SpeechOptions, locals())``) or its hyper-parameters; ``changes`` replace values.
+
+    Keeps the task's typed options in one place: the module's signature lists them for the CLI, and the
+    dataclass says which of them the task reads, without a third list that passes them one by one.
+    """
+    names = {f.name for f in fields(cls)}
+    return cls(**{**{k: v for k, v in values.items() if k in names}, **changes})
 
 
 class Task(Protocol[NetT, BatchT]):

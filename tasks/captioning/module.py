@@ -24,6 +24,7 @@ from core.errors import ConfigError
 from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.layers import AttentionalRNNDecoder
 from core.train.module import TaskModule
+from core.train.task import options_from
 from tasks.captioning import stored
 from tasks.captioning.decoder import TransformerCaptionDecoder
 from tasks.captioning.encoder import ImageEncoder
@@ -161,38 +162,10 @@ class CaptioningModule(TaskModule[CaptionNetwork]):
             words = CaptionVocab.from_dict(vocab)
         except ValueError as err:
             raise ConfigError(f"model.vocab: not a captioning word vocabulary: {err}") from None
-        network = NetworkOptions(
-            encoder=encoder,
-            pretrained=pretrained,
-            trainable_blocks=trainable_blocks,
-            unfreeze_after_steps=unfreeze_after_steps,
-            grid_size=grid_size,
-            encoder_dim=encoder_dim,
-            decoder=decoder,
-            rnn_type=rnn_type,
-            attention=attention,
-            attention_options=NetworkOptions.recorded_attention_options(
-                decoder, attention, attention_options, hidden_dim
-            ),
-            embed_dim=embed_dim,
-            hidden_dim=hidden_dim,
-            decoder_layers=decoder_layers,
-            num_heads=num_heads,
-            ffn_dim=ffn_dim,
-            gate=gate,
-            dropout=dropout,
-            max_len=max_len,
-        )
-        options = TaskOptions(
-            image_size=image_size,
-            mean=tuple(mean),
-            std=tuple(std),
-            alpha_reg=alpha_reg,
-            label_smoothing=label_smoothing,
-            encoder_lr_scale=encoder_lr_scale,
-            beam_size=beam_size,
-            plot_examples=plot_examples,
-        )
+        recorded = NetworkOptions.recorded_attention_options(decoder, attention, attention_options, hidden_dim)
+        # the constructor's arguments each part reads
+        network = options_from(NetworkOptions, locals(), attention_options=recorded)
+        options = options_from(TaskOptions, locals(), mean=tuple(mean), std=tuple(std))
         super().__init__(CaptioningTask(words, network, options, pretrained_config))
         self.save_hyperparameters()
         self.model = self.task.build_network()

@@ -19,6 +19,7 @@ from core.io.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
 from core.io.pretrained import is_hf_spec
 from core.text.tokenizers import BaseTokenizer
 from core.train.module import TaskModule
+from core.train.task import options_from
 from tasks.speech import inference
 from tasks.speech.audio import AudioInput
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel
@@ -175,33 +176,7 @@ class SpeechModule(TaskModule[SpeechNetwork]):
             # options written for another mechanism are dropped (and named) here, so the checkpoint records what
             # was built and reloading it does not warn again
             attention_options = attention_options_for("none", attention_options, hidden_dim) or None
-        options = SpeechOptions(
-            encoder=encoder,
-            encoder_dim=encoder_dim,
-            encoder_layers=encoder_layers,
-            num_heads=num_heads,
-            hidden_dim=hidden_dim,
-            embed_dim=embed_dim,
-            attention=attention,
-            attention_options=attention_options,
-            ctc_weight=ctc_weight,
-            dropout=dropout,
-            label_smoothing=label_smoothing,
-            spec_augment=spec_augment,
-            beam_size=beam_size,
-            length_penalty=length_penalty,
-            plot_examples=plot_examples,
-            cpu_threads=cpu_threads,
-            trainable_blocks=trainable_blocks,
-            encoder_lr_scale=encoder_lr_scale,
-            unfreeze_after_steps=unfreeze_after_steps,
-            guided_attention_weight=guided_attention_weight,
-            guided_attention_sigma=guided_attention_sigma,
-            guided_attention_steps=guided_attention_steps,
-            guided_attention_final_weight=guided_attention_final_weight,
-            joint_ctc_decoding=joint_ctc_decoding,
-            encoder_conv_channels=encoder_conv_channels,
-        )
+        options = options_from(SpeechOptions, locals())  # the constructor's arguments the task reads
         super().__init__(SpeechTask(options, max_chunk_seconds, pretrained_config))
         self.save_hyperparameters()
         self.hparams["attention_options"] = attention_options
