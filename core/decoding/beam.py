@@ -35,7 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -43,7 +43,7 @@ from torch import Tensor
 from core.errors import ConfigError, DecodingError
 from core.io.hparams import BEAM
 
-__all__ = ["DecodeResult", "DecoderState", "StepFn", "beam_search", "tree_map"]
+__all__ = ["DecodeResult", "DecoderState", "StepDecoder", "StepFn", "beam_search", "tree_map"]
 
 StepFn = Callable[[Tensor, Any], tuple[Tensor, Any, Tensor | None]]
 """``step_fn(last_tokens (N,), state) -> (log_probs (N, V), new_state, attn (N, S) or None)``."""
@@ -475,3 +475,19 @@ def _infer_device(state: DecoderState, device: torch.device | str | None) -> tor
 
     state.map(note_device, note_device)
     return found[0] if found else torch.device("cpu")
+
+
+class StepDecoder(Protocol):
+    """The network contract decoding relies on: one step over a typed :class:`DecoderState`.
+
+    Every task's network implements it (translation's RNN, Transformer and Marian networks, the captioning
+    ``CaptionNetwork``, the speech ``SpeechNetwork``), each beside an ``init_state`` over its own inputs (token ids,
+    image grid features, encoder frames), so ``network.step`` is a :data:`StepFn` for :func:`beam_search`. The
+    type checker verifies each network against it (``tasks/<task>/inference.py``).
+    """
+
+    def step(
+        self, tokens: Tensor, state: DecoderState, need_weights: bool = ...
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """``tokens (N,)`` -> log-probabilities ``(N, V)``, the next state, attention ``(N, S)`` or None."""
+        ...

@@ -134,15 +134,17 @@ class TransformerCaptionDecoder(nn.Module):
         itself through ``reorder``, see ``core.decoding.beam``)."""
         return self.stack.init_state(self._grid(memory), mask)
 
-    def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One incremental step: ``tokens (N,)`` -> ``(log_probs (N, V), state, attn (N, S))``.
+    def step(
+        self, tokens: Tensor, state: DecoderState, need_weights: bool = True
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One incremental step: ``tokens (N,)`` -> ``(log_probs (N, V), state, attn (N, S) or None)``.
 
         The returned attention is the last layer's cross-attention averaged over heads.
         """
         t = state.cache[0][0].shape[2]  # tokens decoded so far = position of this one
         pos = torch.full_like(tokens, min(t, self.max_len - 1))
         x = self.embed(tokens)[:, None] * self.d_model**0.5 + self.pos(pos)[:, None]  # (N, 1, d)
-        h, state, attn = self.stack.step(x, state, need_weights=True)  # (N, d), final norm applied
+        h, state, attn = self.stack.step(x, state, need_weights)  # (N, d), final norm applied
         return step_log_probs(vocab_projection(self.out, h)), state, attn
 
 

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from core.decoding.beam import beam_search
+from core.decoding.beam import StepDecoder, beam_search
 from core.decoding.fast_paths import eval_mode
 from tasks.captioning.images import load_rgb
 from tasks.captioning.network import CaptionNetwork
@@ -80,8 +80,9 @@ class Captioner:
             ``nbest`` captions per image, best first.
         """
         network, vocab = self.network, self.vocab
+        decoder: StepDecoder = network  # the decoding contract, checked by the type checker
         res = beam_search(
-            network.step,
+            decoder.step,
             network.init_state(network.encode(images)),  # (B, S, D) grid features
             batch_size=images.shape[0],
             bos_id=vocab.bos_id,

@@ -57,9 +57,11 @@ class CaptionNetwork(nn.Module):
         """Decoder state for grid features ``(B, S, D)``; the mean feature is the image summary."""
         return self.decoder.init_state(feats, None, summary=feats.mean(1))
 
-    def step(self, tokens: Tensor, state: DecoderState) -> tuple[Tensor, DecoderState, Tensor | None]:
+    def step(
+        self, tokens: Tensor, state: DecoderState, need_weights: bool = True
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One decoding step: ``tokens (N,)`` -> ``(log_probs (N, V), state, attention (N, S) or None)``."""
-        return self.decoder.step(tokens, state)
+        return self.decoder.step(tokens, state, need_weights)
 
     def forward(self, images: Tensor, inputs: Tensor, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """Teacher-forced scores.

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from core.decoding.beam import DecoderState, StepFn, beam_search
+from core.decoding.beam import DecoderState, StepDecoder, StepFn, beam_search
 from core.decoding.fast_paths import eval_mode
 from core.text.tokenizers import BaseTokenizer
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, is_silent, load_audio, split_on_silence
@@ -141,7 +141,7 @@ def decode_features(
     tk, w = tokenizer, search.ctc_weight
     with eval_mode(network):
         enc, mask, ctc_lp = network.encode_batch(feats, lens, wavs, wav_lens)
-        dec = network.decoder
+        dec: StepDecoder = network  # the decoding contract, checked by the type checker
         ctc_alone = w >= 1.0
         joint = ctc_alone or (search.joint_ctc_decoding and w > 0)
         if ctc_alone:
@@ -150,10 +150,10 @@ def decode_features(
             step_fn, state = ctc_alone_search_inputs(_prefix_scorer(ctc_lp, mask, tk))
         elif joint:  # CTC prefix scores in every step's scores: nothing left to rescore
             step_fn, state = joint_search_inputs(
-                dec.step, dec.init_state(enc, mask), _prefix_scorer(ctc_lp, mask, tk), w
+                dec.step, network.init_state(enc, mask), _prefix_scorer(ctc_lp, mask, tk), w
             )
         else:
-            step_fn, state = dec.step, dec.init_state(enc, mask)
+            step_fn, state = dec.step, network.init_state(enc, mask)
         # CTC rescoring needs alternatives: keep the whole beam when CTC has a say.
         keep = beam if w > 0 and not joint else nbest
         # 40 ms encoder frames; even fast speech stays under ~1 character per frame.

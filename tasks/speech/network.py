@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from core.decoding.beam import DecoderState
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
 from tasks.speech.model import ASRModel, upgrade_state_dict_v1
 
@@ -80,6 +81,16 @@ class SpeechNetwork(ASRModel):
     def device(self) -> torch.device:
         """Where the weights are (inputs are moved there)."""
         return self.ctc_head.weight.device
+
+    def init_state(self, memory: Tensor, mask: Tensor) -> DecoderState:
+        """The attention decoder's first state over encoder states ``(B, S, D)`` and their mask ``(B, S)``."""
+        return self.decoder.init_state(memory, mask)
+
+    def step(
+        self, tokens: Tensor, state: DecoderState, need_weights: bool = True
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One attention-decoder step: ``tokens (N,)`` -> log-probabilities ``(N, V)``, state, attention ``(N, S)``."""
+        return self.decoder.step(tokens, state, need_weights)
 
     def encode_batch(
         self, feats: Tensor, lens: Tensor, wavs: Tensor | None = None, wav_lens: Tensor | None = None
