@@ -39,7 +39,7 @@ from core.errors import CheckpointError, UserError
 from core.io.checkpoint import FORMAT_VERSION, PROVENANCE_ATTR
 from core.io.jsonio import MAX_JSON_BYTES, read_json
 from core.io.model_card import model_card
-from core.io.rebuild import RebuildableModule, build_task_module, load_task_module
+from core.io.rebuild import RebuildableModule, RebuildSpec, StoredModel, build_task_module, read_checkpoint
 
 __all__ = [
     "CONFIG_NAME",
@@ -50,6 +50,8 @@ __all__ = [
     "from_pretrained",
     "load_task_model",
     "push_to_hub",
+    "read_model_folder",
+    "read_task_files",
     "resolve_hub",
     "save_pretrained",
 ]
@@ -340,17 +342,12 @@ def _raw_value(path: Path, what: str) -> dict[str, str]:
     return file_value(path.read_bytes())
 
 
-def from_pretrained(
-    cls: type[M],
-    folder: str | os.PathLike[str],
-    map_location: str | torch.device | None = "cpu",
-    strict: bool = True,
-    **overrides: Any,
-) -> M:
-    """Rebuild a task module from a model folder (no pickle; validated; strict by default).
+def read_model_folder(spec: type[RebuildSpec], folder: str | os.PathLike[str]) -> StoredModel:
+    """A model folder of ``spec``'s task read without pickle: its config, artifact files and weights, their content
+    not yet checked (``core.io.rebuild.checked_parts`` does that).
 
     Raises:
-        CheckpointError: not a model folder, another task's folder, bad files, or weights that do not fit.
+        CheckpointError: not a model folder, another task's folder, or unreadable files.
     """
     path = Path(folder).expanduser()
     what = f"model folder {path}"
@@ -364,10 +361,11 @@ def from_pretrained(
             f"--model.pretrained instead"
         )
     task = config.get("task")
-    if task != cls.TASK:
-        raise CheckpointError(f"{what} holds a {task!r} model, expected a {cls.TASK!r} model")
-    if config.get("architecture") not in (None, cls.__name__):
-        raise CheckpointError(f"{what} holds a {config.get('architecture')!r}, expected a {cls.__name__}")
+    if task != spec.TASK:
+        raise CheckpointError(f"{what} holds a {task!r} model, expected a {spec.TASK!r} model")
+    architecture = getattr(spec, "ARCHITECTURE", spec.__name__)
+    if config.get("architecture") not in (None, architecture):
+        raise CheckpointError(f"{what} holds a {config.get('architecture')!r}, expected a {architecture}")
     meta = config.get("metadata") or {}
     if not isinstance(meta, dict):
         raise CheckpointError(f"{what}: 'metadata' in {CONFIG_NAME} must be an object")
@@ -375,8 +373,8 @@ def from_pretrained(
     listed = config.get("files")
     if listed is not None and not (isinstance(listed, list) and all(isinstance(n, str) for n in listed)):
         raise CheckpointError(f"{what}: 'files' in {CONFIG_NAME} must be a list of file names")
-    raw = getattr(cls, "FOLDER_RAW_FILES", {})
-    for dotted, name in [*getattr(cls, "FOLDER_FILES", {}).items(), *raw.items()]:
+    raw = getattr(spec, "FOLDER_RAW_FILES", {})
+    for dotted, name in [*getattr(spec, "FOLDER_FILES", {}).items(), *raw.items()]:
         # Only the files its config lists: a stray file of the same name (left by hand, or by an older
         # export) is not part of this model.
         if not (path / name).exists() or (listed is not None and name not in listed):
@@ -400,17 +398,60 @@ def from_pretrained(
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(f"{what}: {WEIGHTS_NAME} is truncated or not a safetensors file ({err})") from None
+    return StoredModel(config.get("hyper_parameters"), meta, state, what, _folder_provenance(path, config))
+
+
+def read_task_files(spec: type[RebuildSpec], source: str | os.PathLike[str], sha256: str | None = None) -> StoredModel:
+    """What a ``--ckpt`` value holds: a ``.ckpt`` file, an http(s) URL, a model folder or ``hf://...``.
+
+    Raises:
+        CheckpointError: anything unreadable, with a message naming the source.
+    """
+    from core.io.checkpoint import _check_hash
+
+    text = os.fspath(source)
+    folder = resolve_hub(text) if text.startswith(HUB_PREFIX) else Path(text).expanduser()
+    if folder.is_dir():
+        if sha256 is not None and (folder / WEIGHTS_NAME).is_file():  # a folder's weights are what it pins
+            _check_hash(folder / WEIGHTS_NAME, sha256, f"{text} ({WEIGHTS_NAME})")
+        return read_model_folder(spec, folder)
+    return read_checkpoint(spec, text, sha256)
+
+
+def from_pretrained(
+    cls: type[M],
+    folder: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    **overrides: Any,
+) -> M:
+    """Rebuild a task module from a model folder (no pickle; validated; strict by default).
+
+    Raises:
+        CheckpointError: not a model folder, another task's folder, bad files, or weights that do not fit.
+    """
+    return _build(cls, read_model_folder(cls, folder), map_location, strict, overrides)
+
+
+def _build(
+    cls: type[M],
+    stored: StoredModel,
+    map_location: str | torch.device | None,
+    strict: bool,
+    overrides: Mapping[str, Any],
+) -> M:
     model = build_task_module(
         cls,
-        config.get("hyper_parameters"),
-        meta,
-        state,
-        what,
+        stored.hparams,
+        stored.meta,
+        stored.state,
+        stored.source,
         map_location=map_location,
         strict=strict,
         overrides=overrides,
     )
-    setattr(model, PROVENANCE_ATTR, _folder_provenance(path, config))
+    if stored.provenance is not None:
+        setattr(model, PROVENANCE_ATTR, stored.provenance)
     return model
 
 
@@ -565,12 +606,4 @@ def load_task_model(
     Raises:
         CheckpointError: anything unusable, with a message naming the source.
     """
-    from core.io.checkpoint import _check_hash
-
-    text = os.fspath(source)
-    folder = resolve_hub(text) if text.startswith(HUB_PREFIX) else Path(text).expanduser()
-    if folder.is_dir():
-        if sha256 is not None and (folder / WEIGHTS_NAME).is_file():  # a folder's weights are what it pins
-            _check_hash(folder / WEIGHTS_NAME, sha256, f"{text} ({WEIGHTS_NAME})")
-        return from_pretrained(cls, folder, map_location=map_location, strict=strict, **overrides)
-    return load_task_module(cls, text, map_location=map_location, strict=strict, sha256=sha256, **overrides)
+    return _build(cls, read_task_files(cls, source, sha256), map_location, strict, overrides)

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import torch
@@ -25,17 +26,26 @@ from core.io.checkpoint import FORMAT_VERSION, META_KEY, PROVENANCE_ATTR, load_c
 from core.io.hparams import check_plain, validate_hparams
 
 __all__ = [
+    "RebuildSpec",
+    "StoredModel",
     "build_task_module",
+    "checked_parts",
+    "construct_checked",
     "format_version",
+    "load_checked_weights",
     "load_task_module",
     "non_finite_weights",
     "raise_if_mismatch",
+    "read_checkpoint",
     "state_dict_mismatches",
 ]
 
 
-class RebuildableModule(Protocol):
-    """What rebuilding reads off a task's module class (``core.train.module.TaskModule`` has all of it)."""
+class RebuildSpec(Protocol):
+    """What reading a task's file needs: its task name, the bounds and old names of its options, the upgrades of
+    earlier formats. A task's module class has all of it; so may a plain class of a lean loader that builds only
+    the network (e.g. ``tasks.translation.networks.TranslationFiles``), which then also names the
+    ``ARCHITECTURE`` its model folders record (a module class's own name otherwise)."""
 
     TASK: ClassVar[str]
     HPARAM_RENAMES: ClassVar[Mapping[str, str]]
@@ -52,6 +62,18 @@ class RebuildableModule(Protocol):
     @classmethod
     def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]: ...
 
+
+class Loadable(Protocol):
+    """What :func:`load_checked_weights` builds: a module (``nn.Module``'s methods, overloads not repeated)."""
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def load_state_dict(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
+class RebuildableModule(RebuildSpec, Protocol):
+    """What rebuilding reads off a task's module class (``core.train.module.TaskModule`` has all of it)."""
+
     def restore_metadata(self, meta: Mapping[str, Any], source: str) -> None: ...
 
     def check_loaded(self, source: str) -> None: ...
@@ -67,6 +89,28 @@ class RebuildableModule(Protocol):
 
 
 M = TypeVar("M", bound=RebuildableModule)  # a task's module class
+L = TypeVar("L", bound=Loadable)
+T = TypeVar("T")
+
+
+@dataclass
+class StoredModel:
+    """A checkpoint's or model folder's parts as read, before any check of their content (untrusted).
+
+    Attributes:
+        hparams: the hyper-parameters.
+        meta: the ``attn_suite`` metadata.
+        state: the state dict.
+        source: what they were read from, for messages (``"checkpoint x.ckpt"``, ``"model folder x"``).
+        provenance: a folder's training record, metrics and figure (None for a checkpoint: its record is in
+            ``meta``).
+    """
+
+    hparams: Any
+    meta: Any
+    state: Any
+    source: str
+    provenance: dict[str, Any] | None = None
 
 
 def state_dict_mismatches(expected: Mapping[str, Tensor], got: Mapping[str, Any], strict: bool) -> list[str]:
@@ -139,21 +183,126 @@ def format_version(meta: Mapping[str, Any], source: str) -> int:
     return version
 
 
-def _construct(cls: type[M], hparams: dict[str, Any], meta: Mapping[str, Any], source: str, device: str | None) -> M:
-    """``cls(**hparams)`` plus its metadata, on ``device`` (``"meta"``: shapes only), errors named."""
+def construct_checked(make: Callable[[], T], source: str, what: str, device: str | None) -> T:
+    """``make()`` on ``device`` (``"meta"``: shapes only), its errors a ``CheckpointError`` naming ``source``.
+
+    Args:
+        make: builds the module from the file's (validated) options and metadata.
+        source: the file, for messages.
+        what: what is built (``"a TranslationModule"``), for messages.
+        device: ``"meta"``, or None for the default device.
+    """
     ctx = torch.device(device) if device else contextlib.nullcontext()
     try:
         with ctx:
-            model = cls(**hparams)
-            model.restore_metadata(meta, source)
+            return make()
     except CheckpointError:
         raise
     except UserError as err:  # e.g. a ConfigError of the constructor: an option out of its range
-        raise CheckpointError(f"{source}: its hyper-parameters do not build a {cls.__name__}: {err}") from None
+        raise CheckpointError(f"{source}: its hyper-parameters do not build {what}: {err}") from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
         raise CheckpointError(
-            f"{source}: its hyper-parameters do not build a {cls.__name__} ({type(err).__name__}: {err})"
+            f"{source}: its hyper-parameters do not build {what} ({type(err).__name__}: {err})"
         ) from None
+
+
+def _construct(cls: type[M], hparams: dict[str, Any], meta: Mapping[str, Any], source: str, device: str | None) -> M:
+    """``cls(**hparams)`` plus its metadata, on ``device`` (``"meta"``: shapes only), errors named."""
+
+    def make() -> M:
+        model = cls(**hparams)
+        model.restore_metadata(meta, source)
+        return model
+
+    return construct_checked(make, source, f"a {cls.__name__}", device)
+
+
+def checked_parts(
+    spec: type[RebuildSpec],
+    hparams: Any,
+    meta: Any,
+    state: Any,
+    source: str,
+    options: type | None = None,
+    warn_unknown: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """A file's hyper-parameters, metadata and weights, checked as plain data and upgraded to today's names.
+
+    Args:
+        spec: the task's module class, or a lean loader's spec (:class:`RebuildSpec`).
+        hparams: the file's hyper-parameters (validated against ``options``' signature, bounded by the spec's).
+        meta: the file's ``attn_suite`` metadata.
+        state: the file's state dict (name -> tensor), not yet compared with any model.
+        source: the file, for messages.
+        options: the class whose constructor types the hyper-parameters (default ``spec``): a lean loader
+            passes its network's options class, which takes a subset of the module's.
+        warn_unknown: warn about hyper-parameters ``options`` does not take (dropped either way).
+
+    Returns:
+        ``(hparams, meta, state)``: the validated constructor arguments, the metadata and the upgraded weights.
+
+    Raises:
+        CheckpointError: bad metadata or format, a value that is not plain data, has the wrong type or is out of
+            bounds (names ``source``).
+    """
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"{source}: no '{META_KEY}' metadata (not written by attn-suite)")
+    check_plain(meta, f"{source}: metadata")
+    version = format_version(meta, source)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{source} has no 'state_dict' (not a Lightning checkpoint)")
+    if hparams is None:
+        hparams = {}
+    if not isinstance(hparams, Mapping):
+        raise CheckpointError(f"{source}: hyper-parameters are a {type(hparams).__name__}, expected a mapping")
+    check_plain(dict(hparams), f"{source}: hyper-parameters")
+    raw = spec.upgrade_hparams(dict(hparams), version)
+    raw.update(spec.hparams_from_metadata(meta, source))
+    hp = validate_hparams(
+        options or spec,
+        raw,
+        source,
+        bounds=spec.hparam_bounds(),
+        renames=spec.HPARAM_RENAMES,
+        warn_unknown=warn_unknown,
+    )
+    return hp, meta, spec.upgrade_state_dict(dict(state), version)
+
+
+def load_checked_weights(
+    build: Callable[[str | None], L], state: Mapping[str, Any], strict: bool, source: str, what: str
+) -> L:
+    """Build a module and load ``state`` into it, checking before anything is allocated.
+
+    The module is first built on the ``meta`` device (shapes only) and compared with ``state``; non-finite
+    weights are refused; only then is it built for real and the weights loaded.
+
+    Args:
+        build: builds the module on a device (``"meta"`` or None), e.g. through :func:`construct_checked`.
+        state: the file's (upgraded) state dict.
+        strict: exact state-dict match.
+        source: the file, for messages.
+        what: what the weights must fit, for messages.
+
+    Raises:
+        CheckpointError: weights that do not fit, non-finite weights, or weights that do not load.
+    """
+    # Shapes first, on the meta device: a tampered size is refused before anything is allocated.
+    probe = build("meta")
+    raise_if_mismatch(probe.state_dict(), state, strict, source, what)
+    del probe
+    bad = non_finite_weights(state)
+    if bad:
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise CheckpointError(
+            f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}{more}); the training run "
+            f"that wrote them diverged, or the file was altered: use an earlier checkpoint"
+        )
+    model = build(None)
+    try:
+        model.load_state_dict(state, strict=strict)
+    except RuntimeError as err:  # anything the shape check did not foresee (e.g. a dtype it cannot cast)
+        raise CheckpointError(f"{source}: weights do not load: {' '.join(str(err).split())[:300]}") from None
     return model
 
 
@@ -185,44 +334,15 @@ def build_task_module(
     Raises:
         CheckpointError: bad metadata or hyper-parameters, or weights that do not fit (names ``source``).
     """
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{source}: no '{META_KEY}' metadata (not written by attn-suite)")
-    check_plain(meta, f"{source}: metadata")
-    version = format_version(meta, source)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{source} has no 'state_dict' (not a Lightning checkpoint)")
-    if hparams is None:
-        hparams = {}
-    if not isinstance(hparams, Mapping):
-        raise CheckpointError(f"{source}: hyper-parameters are a {type(hparams).__name__}, expected a mapping")
-    check_plain(dict(hparams), f"{source}: hyper-parameters")
-    raw = cls.upgrade_hparams(dict(hparams), version)
-    raw.update(cls.hparams_from_metadata(meta, source))
-    hp = validate_hparams(cls, raw, source, bounds=cls.hparam_bounds(), renames=cls.HPARAM_RENAMES)
+    hp, meta, state = checked_parts(cls, hparams, meta, state, source)
     hp.update(overrides or {})
-    state = cls.upgrade_state_dict(dict(state), version)
-    # Shapes first, on the meta device: a tampered size is refused before anything is allocated.
-    probe = _construct(cls, hp, meta, source, device="meta")
-    raise_if_mismatch(
-        probe.state_dict(),
+    model = load_checked_weights(
+        lambda device: _construct(cls, hp, meta, source, device),
         state,
         strict,
         source,
         f"{cls.__name__} built from its own hyper-parameters",
     )
-    del probe
-    bad = non_finite_weights(state)
-    if bad:
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise CheckpointError(
-            f"{source}: weights hold NaN or infinite values ({', '.join(bad[:3])}{more}); the training run "
-            f"that wrote them diverged, or the file was altered: use an earlier checkpoint"
-        )
-    model = _construct(cls, hp, meta, source, device=None)
-    try:
-        model.load_state_dict(state, strict=strict)
-    except RuntimeError as err:  # anything the shape check did not foresee (e.g. a dtype it cannot cast)
-        raise CheckpointError(f"{source}: weights do not load: {' '.join(str(err).split())[:300]}") from None
     model.check_loaded(source)
     training = meta.get("training")
     setattr(model, PROVENANCE_ATTR, {"training": dict(training) if isinstance(training, dict) else {}, "figure": None})
@@ -230,6 +350,20 @@ def build_task_module(
         model.to(map_location)  # nn.Module.to moves in place (and returns the module)
     model.eval()
     return model
+
+
+def read_checkpoint(
+    spec: type[RebuildSpec], path_or_url: str | os.PathLike[str], sha256: str | None = None
+) -> StoredModel:
+    """A ``.ckpt`` file or http(s) URL of ``spec``'s task, read safely (``weights_only=True``), content unchecked.
+
+    Raises:
+        CheckpointError: unreadable, unsafe or other-task file (names it).
+    """
+    ckpt = load_checkpoint(path_or_url, expected_task=spec.TASK, map_location="cpu", sha256=sha256)
+    return StoredModel(
+        ckpt.get("hyper_parameters"), ckpt.get(META_KEY), ckpt.get("state_dict"), f"checkpoint {os.fspath(path_or_url)}"
+    )
 
 
 def load_task_module(
@@ -254,14 +388,13 @@ def load_task_module(
         CheckpointError: unreadable, unsafe or other-task file, bad metadata or hyper-parameters, or
             weights that do not fit (the message names the file).
     """
-    ckpt = load_checkpoint(path_or_url, expected_task=cls.TASK, map_location="cpu", sha256=sha256)
-    source = f"checkpoint {os.fspath(path_or_url)}"
+    stored = read_checkpoint(cls, path_or_url, sha256)
     return build_task_module(
         cls,
-        ckpt.get("hyper_parameters"),
-        ckpt.get(META_KEY),
-        ckpt.get("state_dict"),
-        source,
+        stored.hparams,
+        stored.meta,
+        stored.state,
+        stored.source,
         map_location=map_location,
         strict=strict,
         overrides=overrides,

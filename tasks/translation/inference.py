@@ -1,30 +1,42 @@
 """Translation with a trained network: :class:`Translator` (network + tokenizers, no Lightning) and its results.
 
 ``TranslationModule.translate`` is a :class:`Translator` over the module's network; so are the CLI, the app,
-the alignment scores and the per-head views. Nothing here imports Lightning or the training stack.
+the alignment scores and the per-head views. Nothing here imports Lightning or the training stack:
+:meth:`Translator.from_pretrained` loads a model folder, ``.ckpt`` or ``hf://`` model without them (through the
+same checks as ``TranslationModule.from_pretrained``, ``core.io.rebuild``), and translates exactly as it does.
+
+Example:
+    >>> translator = Translator.from_pretrained("demo_output/translation/model")  # doctest: +SKIP
+    >>> translator.translate("I love you")                                         # doctest: +SKIP
+    'te quiero'
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from core.decoding.beam import DecodeResult, DecoderState, beam_search
+from core.decoding.beam import DecodeResult, DecoderState, StepDecoder, beam_search
 from core.decoding.fast_paths import eval_mode
-from core.errors import ConfigError
+from core.errors import CheckpointError, ConfigError
+from core.io.model_folder import read_task_files
+from core.io.rebuild import checked_parts, construct_checked, load_checked_weights
 from core.text.known_words import KnownWords
 from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID, BaseTokenizer
 from tasks.translation.batching import pad_ids
+from tasks.translation.networks import TranslationFiles, TranslationOptions, build_network
+from tasks.translation.stored import read_artifacts
 
 __all__ = ["Seq2SeqNetwork", "Translation", "Translator"]
 
 
-class Seq2SeqNetwork(Protocol):
+class Seq2SeqNetwork(StepDecoder, Protocol):
     """What every translation network provides (RNN, Transformer, Marian; ``tasks.translation.models``)."""
 
     def __call__(
@@ -39,7 +51,7 @@ class Seq2SeqNetwork(Protocol):
         ...
 
     def step(
-        self, tokens: Tensor, state: DecoderState, need_weights: bool
+        self, tokens: Tensor, state: DecoderState, need_weights: bool = False
     ) -> tuple[Tensor, DecoderState, Tensor | None]:
         """One decoding step: ``tokens (N,)`` -> log-probabilities ``(N, V)``, the next state, attention ``(N, S)``."""
         ...
@@ -90,6 +102,90 @@ class Translator:
     known_words: KnownWords | None = None
     attention: str | None = None
     multihead: bool = False
+
+    @classmethod
+    def for_options(
+        cls,
+        network: nn.Module,
+        options: TranslationOptions,
+        src_tokenizer: BaseTokenizer,
+        tgt_tokenizer: BaseTokenizer,
+        known_words: KnownWords | None = None,
+    ) -> Translator:
+        """``network`` with the tokenizers and the decoding limits of ``options`` (what ``translate`` runs)."""
+        o = options
+        return cls(
+            network,
+            src_tokenizer,
+            tgt_tokenizer,
+            max_len=o.max_len,
+            max_source_tokens=o.max_source_tokens,
+            length_penalty=o.length_penalty,
+            known_words=known_words,
+            attention=None if o.arch != "rnn" else o.attention,
+            multihead=o.arch != "rnn" or o.attention == "multihead",
+        )
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        map_location: str | torch.device | None = "cpu",
+        strict: bool = True,
+        sha256: str | None = None,
+        **overrides: Any,
+    ) -> Translator:
+        """A translation model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning.
+
+        The same safe path as ``TranslationModule.from_pretrained`` (``core.io.rebuild``): no unpickling, the
+        hyper-parameters validated against :class:`~tasks.translation.networks.TranslationOptions` with the
+        module's bounds and old names, old weights upgraded, shapes and dtypes checked on the ``meta`` device
+        before anything is allocated, non-finite weights refused. Translations are identical to the module's.
+
+        Args:
+            path: the model.
+            map_location: device of the network (None keeps CPU).
+            strict: exact state-dict match.
+            sha256: expected digest (or prefix) of the file (a folder's weights).
+            **overrides: options to change (e.g. ``max_len=50``), fields of ``TranslationOptions``.
+
+        Raises:
+            core.errors.CheckpointError: an unreadable, unsafe or other-task file, bad hyper-parameters, or
+                weights that do not fit (the message names the file).
+        """
+        stored = read_task_files(TranslationFiles, path, sha256)
+        source = stored.source
+        # The module's other options (optimizer, pretrained) do not concern inference: dropped without a word
+        # (the module warns about names no version takes).
+        hp, meta, state = checked_parts(
+            TranslationFiles, stored.hparams, stored.meta, stored.state, source, TranslationOptions, warn_unknown=False
+        )
+        unknown = sorted(set(overrides) - {f.name for f in fields(TranslationOptions)})
+        if unknown:
+            raise ConfigError(f"Translator.from_pretrained: no option {', '.join(unknown)} (TranslationOptions)")
+        hp.update(overrides)
+        options = construct_checked(lambda: TranslationOptions(**hp), source, "translation options", None)
+        artifacts = read_artifacts(meta, source, None, None)
+        assert artifacts.tokenizers is not None  # no current tokenizers: always read
+        src, tgt = artifacts.tokenizers
+        pretrained = meta.get("pretrained") if options.arch == "marian" else None
+        if options.arch == "marian" and not isinstance(pretrained, dict):
+            raise CheckpointError(f"{source}: a Marian model without its stored config ('pretrained')")
+
+        def build(device: str | None) -> nn.Module:
+            def make() -> nn.Module:
+                holder = nn.Module()  # the module's weights are its network's under "model."
+                holder.model = build_network(options, src.vocab_size, tgt.vocab_size, pretrained)
+                return holder
+
+            return construct_checked(make, source, "a translation network", device)
+
+        holder = load_checked_weights(build, state, strict, source, "the translation network of its own options")
+        network = holder.get_submodule("model")
+        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+            network.to(map_location)
+        network.eval()
+        return cls.for_options(network, options, src, tgt, artifacts.known_words)
 
     @property
     def device(self) -> torch.device:

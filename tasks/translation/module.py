@@ -20,19 +20,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from core.attention import attention_options as attention_options_for  # the argument has its name
 from core.errors import ConfigError
-from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, SIZE
 from core.text.known_words import KnownWords
 from core.text.tokenizers import BaseTokenizer
 from core.train.module import TaskModule
 from tasks.translation.inference import Translator
-from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
-from tasks.translation.models.rnn import upgrade_state_dict_v1
-from tasks.translation.models.transformer import upgrade_state_dict_v2
-from tasks.translation.task import TranslationNetwork, TranslationOptions, TranslationTask
-
-TASK = "translation"
+from tasks.translation.networks import TASK, TranslationFiles, TranslationOptions
+from tasks.translation.task import TranslationNetwork, TranslationTask
 
 
 class TranslationModule(TaskModule[TranslationNetwork]):
@@ -75,40 +69,11 @@ class TranslationModule(TaskModule[TranslationNetwork]):
 
     TASK = TASK
     MONITOR, MONITOR_MODE = "val/bleu", "max"
-    HPARAM_BOUNDS = {
-        "embed_dim": SIZE,
-        "hidden_dim": SIZE,
-        "encoder_layers": LAYERS,
-        "decoder_layers": LAYERS,
-        "num_heads": LAYERS,
-        "ffn_dim": SIZE,
-        "dropout": FRACTION,
-        "label_smoothing": FRACTION,
-        "beam_size": BEAM,
-        "length_penalty": (-10.0, 10.0),
-        "max_len": LENGTH,
-        "max_source_tokens": LENGTH,
-        "val_bleu_sentences": (0, 10**9),
-        "plot_examples": (0, 1000),
-        "trainable_blocks": (-1, 1000),
-    }
-    # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
-    HPARAM_RENAMES = {
-        "emb_dim": "embed_dim",
-        "enc_layers": "encoder_layers",
-        "dec_layers": "decoder_layers",
-        "ff_dim": "ffn_dim",
-        "val_beam": "beam_size",
-        "num_plot_sentences": "plot_examples",
-        "max_decode_len": "max_len",
-    }
-    FOLDER_FILES = {
-        "tokenizers.src": "tokenizer_src.json",
-        "tokenizers.tgt": "tokenizer_tgt.json",
-        "known_words": "known_words.json",
-    }
-    # a Marian model's own tokenizer files, byte for byte (`tasks.translation.marian_tokenizer`)
-    FOLDER_RAW_FILES = {f"hf_tokenizer.{name}": name for name in MARIAN_FILES}
+    # what a file of this module holds, shared with the Lightning-free loader (`tasks.translation.networks`)
+    HPARAM_BOUNDS = TranslationFiles.HPARAM_BOUNDS
+    HPARAM_RENAMES = TranslationFiles.HPARAM_RENAMES
+    FOLDER_FILES = TranslationFiles.FOLDER_FILES
+    FOLDER_RAW_FILES = TranslationFiles.FOLDER_RAW_FILES
 
     def __init__(
         self,
@@ -143,12 +108,6 @@ class TranslationModule(TaskModule[TranslationNetwork]):
         trainable_blocks: int = -1,
         pretrained_config: dict[str, Any] | None = None,
     ) -> None:
-        if beam_size < 1:
-            raise ConfigError(f"--model.beam_size must be >= 1, got {beam_size}")
-        if attention == "none":
-            # options written for another mechanism are dropped (and named) here, so the checkpoint records what
-            # was built and reloading it does not warn again
-            attention_options = attention_options_for("none", attention_options, hidden_dim) or None
         options = TranslationOptions(
             arch,
             embed_dim,
@@ -173,7 +132,9 @@ class TranslationModule(TaskModule[TranslationNetwork]):
         )
         super().__init__(TranslationTask(options))
         self.save_hyperparameters()
-        self.hparams["attention_options"] = attention_options
+        # `attention: none` dropped the options written for another mechanism (naming them), so the checkpoint
+        # records what was built and reloading it does not warn again
+        self.hparams["attention_options"] = options.attention_options
         self.task: TranslationTask
         if arch == "marian":
             self.task.init_marian(pretrained, pretrained_config)
@@ -184,18 +145,11 @@ class TranslationModule(TaskModule[TranslationNetwork]):
 
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
-        """Format 1 kept the RNN decoder's parts directly under the seq2seq model; before the Transformer stacks
-        moved to ``core.layers``, its layers and norms sat directly under the network."""
-        if version < 2 and any(k.startswith("model.cells.") for k in state):
-            state = upgrade_state_dict_v1(state)
-        if any(k.startswith(("model.enc_layers.", "model.dec_layers.")) for k in state):
-            state = upgrade_state_dict_v2(state)
-        return state
+        return TranslationFiles.upgrade_state_dict(state, version)
 
     @classmethod
     def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
-        """A Marian model is rebuilt from the config stored with it: loading never downloads it."""
-        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
+        return TranslationFiles.hparams_from_metadata(meta, source)
 
     # ------------------------------------------------------------------ the library API
     @property

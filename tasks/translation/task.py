@@ -6,8 +6,7 @@ and what a checkpoint stores besides the weights (tokenizers, training words; Ma
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -27,78 +26,21 @@ from tasks.translation.alignment import alignment_scores, has_alignment
 from tasks.translation.inference import Translator
 from tasks.translation.marian_tokenizer import marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
-from tasks.translation.models.marian import MarianSeq2Seq, load_marian, marian_network
-from tasks.translation.models.rnn import RNNType
+from tasks.translation.models.marian import MarianSeq2Seq, load_marian
+from tasks.translation.networks import NETWORKS, TranslationOptions, build_network, rnn_network, transformer_network
 from tasks.translation.stored import read_artifacts, write_artifacts
 
 Batch = dict[str, Any]
+# re-exported: they lived here before moving to the Lightning-free `tasks.translation.networks`
+__all__ = [
+    "NETWORKS",
+    "TranslationNetwork",
+    "TranslationOptions",
+    "TranslationTask",
+    "rnn_network",
+    "transformer_network",
+]
 TranslationNetwork = RNNSeq2Seq | TransformerSeq2Seq | MarianSeq2Seq
-
-
-@dataclass(frozen=True)
-class TranslationOptions:
-    """The options of :class:`TranslationModule` the task reads (see its docstring)."""
-
-    arch: str = "rnn"
-    embed_dim: int = 256
-    hidden_dim: int = 256
-    encoder_layers: int = 1
-    decoder_layers: int = 1
-    rnn_type: RNNType = "gru"
-    attention: str = "additive"
-    attention_options: dict[str, Any] | None = None
-    num_heads: int = 4
-    ffn_dim: int = 1024
-    dropout: float = 0.1
-    label_smoothing: float = 0.1
-    tie_embeddings: bool = False
-    beam_size: int = 5
-    length_penalty: float = 1.0
-    max_len: int = 100
-    max_source_tokens: int = 100
-    val_bleu_sentences: int | None = None
-    plot_examples: int = 3
-    trainable_blocks: int = -1
-
-
-def rnn_network(o: TranslationOptions, src_vocab: int, tgt_vocab: int) -> RNNSeq2Seq:
-    """Bidirectional GRU/LSTM encoder and an attentional decoder with input feeding."""
-    return RNNSeq2Seq(
-        src_vocab,
-        tgt_vocab,
-        o.embed_dim,
-        o.hidden_dim,
-        o.encoder_layers,
-        o.decoder_layers,
-        o.rnn_type,
-        o.attention,
-        o.attention_options,
-        o.dropout,
-        o.tie_embeddings,
-    )
-
-
-def transformer_network(o: TranslationOptions, src_vocab: int, tgt_vocab: int) -> TransformerSeq2Seq:
-    """Pre-norm Transformer encoder–decoder on core multi-head attention."""
-    return TransformerSeq2Seq(
-        src_vocab,
-        tgt_vocab,
-        o.hidden_dim,
-        o.num_heads,
-        o.ffn_dim,
-        o.encoder_layers,
-        o.decoder_layers,
-        o.dropout,
-        o.tie_embeddings,
-        max_positions=max(512, o.max_len + 1, o.max_source_tokens),
-    )
-
-
-#: the networks built from scratch, by ``--model.arch`` (``marian`` is built from its pretrained model)
-NETWORKS: dict[str, Callable[[TranslationOptions, int, int], TranslationNetwork]] = {
-    "rnn": rnn_network,
-    "transformer": transformer_network,
-}
 
 
 class TranslationTask(Task[TranslationNetwork, Batch]):
@@ -151,32 +93,15 @@ class TranslationTask(Task[TranslationNetwork, Batch]):
                 "TranslationModule needs tokenizers: a data module with src_tokenizer/tgt_tokenizer "
                 "(e.g. tasks.translation.data.TranslationDataModule), or set_tokenizers() in Python"
             )
-        sv, tv = self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size
-        if o.arch == "marian":
-            assert self.pretrained_info is not None
-            backbone, self._backbone = self._backbone, None
-            return marian_network(
-                self.pretrained_info, backbone, tv, o.trainable_blocks, max(o.max_len, o.max_source_tokens)
-            )
-        if o.arch not in NETWORKS:
-            raise ConfigError(f"--model.arch must be 'rnn', 'transformer' or 'marian', got {o.arch!r}")
-        return NETWORKS[o.arch](o, sv, tv)
+        backbone, self._backbone = self._backbone, None
+        return build_network(
+            o, self.src_tokenizer.vocab_size, self.tgt_tokenizer.vocab_size, self.pretrained_info, backbone
+        )
 
     def translator(self, network: TranslationNetwork) -> Translator:
         """The network with the tokenizers and decoding limits (what ``translate`` runs)."""
         assert self.src_tokenizer is not None and self.tgt_tokenizer is not None
-        o = self.options
-        return Translator(
-            network,
-            self.src_tokenizer,
-            self.tgt_tokenizer,
-            max_len=o.max_len,
-            max_source_tokens=o.max_source_tokens,
-            length_penalty=o.length_penalty,
-            known_words=self.known_words,
-            attention=None if o.arch != "rnn" else o.attention,
-            multihead=o.arch != "rnn" or o.attention == "multihead",
-        )
+        return Translator.for_options(network, self.options, self.src_tokenizer, self.tgt_tokenizer, self.known_words)
 
     def setup(self, stage: str, datamodule: Any | None) -> bool:
         """Take the data module's tokenizers (or impose ours on it) and its training words."""
