@@ -65,7 +65,10 @@ class SinusoidalPositions(nn.Module):
     def __init__(self, dim: int, max_len: int | None = None) -> None:
         super().__init__()
         self.dim, self.max_len = dim, max_len
-        self.register_buffer("table", sinusoidal_table(max_len or 0, dim), persistent=False)
+        # computed on the CPU and moved: built on the ``meta`` device (a checkpoint's shape check), ``arange`` would
+        # run through torch._refs, whose first call imports torch._dynamo (most of a second of start-up)
+        table = sinusoidal_table(max_len or 0, dim, device=torch.device("cpu"))
+        self.register_buffer("table", table.to(torch.get_default_device()), persistent=False)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
         """x ``(B, T, D)`` embeddings of positions ``offset .. offset + T - 1`` -> ``(B, T, D)``."""

@@ -190,14 +190,15 @@ def test_lean_translator_bad_folders(tmp_path: Path) -> None:
 
 
 def test_lean_translator_imports_no_lightning() -> None:
-    """Loading a model folder and translating imports neither Lightning nor torchmetrics (start-up: issue 25)."""
+    """Loading a model folder and translating imports neither Lightning nor torchmetrics (start-up: issue 25), nor
+    torch._dynamo, which the shape check on the meta device used to pull in (most of a second)."""
     code = (
         "import sys\n"
         "from tasks.translation.inference import Translator\n"
         f"t = Translator.from_pretrained({str(FIXTURES / 'rnn')!r})\n"
         "assert isinstance(t.translate('I love you'), str)\n"
         f"Translator.from_pretrained({str(FIXTURES / 'transformer.ckpt')!r}).translate('I love you')\n"
-        "heavy = ('lightning', 'torchmetrics', 'lightning_fabric', 'transformers')\n"
+        "heavy = ('lightning', 'torchmetrics', 'lightning_fabric', 'transformers', 'torch._dynamo')\n"
         "bad = sorted(m for m in heavy if m in sys.modules)\n"
         "assert not bad, bad\n"
     )
