@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.cli.predict import write_text_atomic
+from core.cli.output import write_text_atomic
 
 __all__ = ["TARGETS", "Example", "Target", "TaskReport", "format_table", "write_html", "write_summary"]
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.cli.predict import format_line
+from core.cli.output import format_line
 from core.errors import ConfigError, UserError
 from core.io.hparams import BEAM
 
@@ -85,6 +85,9 @@ class InferenceSpec:
         failed_rows: rows printed for an input that failed (translation prints an empty line so output
             line i stays the translation of input line i); default none.
         batch_size: default ``--batch-size``.
+        load: ``(path, map_location=, sha256=) -> model`` when the task has a loader that needs no Lightning (a
+            lean inference object: translation's ``Translator.from_pretrained``); None: ``module_cls`` through
+            ``core.io.model_folder.load_task_model``.
     """
 
     prog: str
@@ -95,6 +98,7 @@ class InferenceSpec:
     decode: Callable[[Any, list[Any], argparse.Namespace], list[Output]]
     failed_rows: Callable[[InputItem, argparse.Namespace], list[tuple[str, ...]]] = field(default=lambda item, args: [])
     batch_size: int = 16
+    load: Callable[..., Any] | None = None
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -205,7 +209,10 @@ def run_inference(spec: InferenceSpec, argv: Sequence[str]) -> int:
     _check_options(args)
     plot_dir = check_plot_dir(args.plot)
     device = parse_device(args.device)
-    model = load_task_model(spec.module_cls, args.ckpt, map_location=device, sha256=args.sha256)
+    if spec.load is not None:
+        model = spec.load(args.ckpt, map_location=device, sha256=args.sha256)
+    else:
+        model = load_task_model(spec.module_cls, args.ckpt, map_location=device, sha256=args.sha256)
     failed = 0
     for batch in _batches(spec.inputs(args), args.batch_size):
         # Rows are printed in input order once the batch is done: a failed input's placeholder row stays in

@@ -1,4 +1,4 @@
-"""Prediction output shared by the tasks: one rank-safe ``predict`` writer and line escaping.
+"""Prediction output shared by the tasks: one rank-safe ``predict`` writer (rows and lines: :mod:`core.cli.output`).
 
 A task's ``predict_step`` returns a list of :class:`Prediction` rows (dataset index + output fields). The
 writer gathers the rows of every DDP rank, drops the repeats samplers pad shards with, sorts them by
@@ -8,58 +8,17 @@ atomically to a file (a temporary file renamed over the target: a crash never le
 
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from collections.abc import Iterable, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import BasePredictionWriter
 
+from core.cli.output import format_line, write_text_atomic
 from core.train.distributed import gather_objects
 
-__all__ = ["Prediction", "PredictionWriter", "escape_field", "format_line", "write_text_atomic"]
-
-
-class Prediction(NamedTuple):
-    """One predicted example.
-
-    Attributes:
-        index: the example's position in its dataset (input order).
-        fields: the output columns (e.g. ``(image name, caption)`` or ``(translation,)``).
-    """
-
-    # The field shadows tuple.index (a method), which mypy reports as an incompatible override
-    # (python/mypy#8599); `index` is the public name tasks and tests read, so it stays.
-    index: int  # type: ignore[assignment]
-    fields: tuple[str, ...]
-
-
-def escape_field(text: str) -> str:
-    r"""A column of a tab-separated line: backslash, tab, CR and newline escaped (``\\``, ``\t``, ``\r``, ``\n``),
-    so a file name or output containing them cannot break the one-line-per-input format."""
-    return text.replace("\\", "\\\\").replace("\t", "\\t").replace("\r", "\\r").replace("\n", "\\n")
-
-
-def format_line(fields: Iterable[str]) -> str:
-    """``field<TAB>field...`` with every field escaped."""
-    return "\t".join(escape_field(str(f)) for f in fields)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path).expanduser()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return path
+__all__ = ["PredictionWriter", "sorted_unique"]
 
 
 def sorted_unique(rows: Iterable[tuple[int, int, tuple[str, ...]]]) -> list[tuple[str, ...]]:

@@ -42,7 +42,7 @@ from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from torch import Tensor, nn
 from torchmetrics.aggregation import MeanMetric
 
-from core.cli.predict import Prediction
+from core.cli.output import Prediction
 from core.errors import CheckpointError, ConfigError
 from core.io.checkpoint import META_KEY, make_metadata
 from core.io.hparams import check_plain

@@ -31,7 +31,7 @@ import lightning.pytorch as pl
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from core.cli.predict import Prediction
+from core.cli.output import Prediction
 
 if TYPE_CHECKING:
     from _typeshed import DataclassInstance

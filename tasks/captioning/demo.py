@@ -15,7 +15,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from core.cli.predict import write_text_atomic
+from core.cli.output import write_text_atomic
 from core.train.progress import Sink, StageProgress, null_sink
 from tasks.captioning import scenes
 from tasks.captioning.data import CaptionDataModule

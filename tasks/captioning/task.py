@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from core.cli.predict import Prediction
+from core.cli.output import Prediction
 from core.errors import ConfigError
 from core.train.finetune import FreezeSchedule, optimizer_groups
 from core.train.task import EvalKind, EvalStage, Evaluation, Objective, Stage, Task

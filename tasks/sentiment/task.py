@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.nn.functional as F
 
-from core.cli.predict import Prediction
+from core.cli.output import Prediction
 from core.text.tokenizers import BaseTokenizer
 from core.train.task import EvalStage, Evaluation, Objective, Stage, Task
 from tasks.sentiment.data import LABELS

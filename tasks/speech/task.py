@@ -20,7 +20,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor, nn
 
-from core.cli.predict import Prediction
+from core.cli.output import Prediction
 from core.io.pretrained import is_hf_spec
 from core.metrics.text import char_error_rate, word_error_rate
 from core.text.tokenizers import BaseTokenizer

@@ -28,9 +28,10 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from core.cli.infer import InferenceSpec, InputItem, Output
-from core.cli.task import task_main
+from core.cli.infer import InferenceSpec, InputItem, Output, run_inference
+from core.cli.run import run_cli
 from core.errors import DataError
+from tasks.translation.inference import Translator
 
 __all__ = ["main"]
 
@@ -104,10 +105,8 @@ def _head_figures(model: Any, text: str, best: Any, stem: Path) -> list[Path]:
     from core.viz import plot_alignment, save_figure
     from tasks.translation.heads import layer_head_attention, target_ids
 
-    ids = model.src_tokenizer.encode(text)[: model.hparams.max_source_tokens]
-    last = layer_head_attention(model.translator, ids, target_ids(model.tgt_tokenizer, best.tgt_tokens))[
-        -1
-    ]  # (H, T, S)
+    ids = model.src_tokenizer.encode(text)[: model.max_source_tokens]
+    last = layer_head_attention(model, ids, target_ids(model.tgt_tokenizer, best.tgt_tokens))[-1]  # (H, T, S)
     if last.shape[0] == 1:  # one head: the averaged figure is already it
         return []
     return [
@@ -130,30 +129,33 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _spec() -> InferenceSpec:
-    from tasks.translation.module import TranslationModule
-
     return InferenceSpec(
         prog="attn-translate translate",
         description="Translate sentences with a trained checkpoint or model folder (one output line per input; "
         "with --nbest K > 1 lines are 'INPUT_INDEX<TAB>SCORE<TAB>TEXT').",
-        module_cls=TranslationModule,
+        module_cls=None,  # loaded by the lean Translator: translating imports no Lightning
         add_arguments=_add_arguments,
         inputs=_inputs,
         decode=_decode,
         failed_rows=lambda item, args: [("",)] if args.nbest == 1 else [],
         batch_size=64,
+        load=Translator.from_pretrained,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``attn-translate``; returns the exit status (1: some inputs failed, 2: user error)."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["translate"]:  # inference imports no Lightning: a one-sentence call starts in about a second
+        return run_cli(lambda a: run_inference(_spec(), list(a or [])[1:]), args)
+    from core.cli.task import task_main
     from tasks.translation.data import TranslationDataModule
     from tasks.translation.module import TranslationModule
 
     # The data module shards its length-bucketed batches itself (Lightning cannot inject a
     # DistributedSampler into a custom batch sampler).
     return task_main(
-        argv, TranslationModule, TranslationDataModule, _spec(), trainer_defaults={"use_distributed_sampler": False}
+        args, TranslationModule, TranslationDataModule, _spec(), trainer_defaults={"use_distributed_sampler": False}
     )
 
 

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.cli.predict import write_text_atomic
+from core.cli.output import write_text_atomic
 from core.train.progress import Sink, StageProgress, null_sink
 from tasks.demo_common import DemoRecipe, run_task_demo, shown_indices
 from tasks.demo_report import Example, TaskReport

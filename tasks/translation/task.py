@@ -15,7 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.figure import Figure
 from torch import nn
 
-from core.cli.predict import Prediction
+from core.cli.output import Prediction
 from core.errors import ConfigError
 from core.metrics.text import corpus_bleu, corpus_chrf
 from core.text.known_words import KnownWords

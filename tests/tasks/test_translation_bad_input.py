@@ -239,6 +239,8 @@ TAMPERED = {
     "bad-tokenizer": "the stored 'tgt' tokenizer is malformed",
     "no-state-dict": "has no 'state_dict'",
 }
+# the CLI loads through the lean Translator (no Lightning), which names what it builds its own way
+CLI_TAMPERED = {**TAMPERED, "wrong-shape": "does not fit the translation network of its own options"}
 
 
 @pytest.mark.parametrize("kind", list(TAMPERED))
@@ -258,7 +260,7 @@ def test_tampered_checkpoint_is_a_checkpoint_error_naming_the_file(
     assert str(path) in str(info.value) and expected in str(info.value)
     assert main(["translate", "--ckpt", str(path), "--beam", "1", "hi"]) == 2
     err = user_error()
-    assert str(path) in err and expected in err, err
+    assert str(path) in err and CLI_TAMPERED[kind] in err, err
 
 
 # ------------------------------------------------------------------------ bad data options: exit 2

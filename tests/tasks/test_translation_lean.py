@@ -204,3 +204,21 @@ def test_lean_translator_imports_no_lightning() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_translate_subcommand_imports_no_lightning() -> None:
+    """``attn-translate translate`` loads through the lean Translator: the CLI's inference path imports neither
+    Lightning nor torch._dynamo, and prints the same translation as the library call."""
+    code = (
+        "import sys\n"
+        "from tasks.translation.cli import main\n"
+        f"assert main(['translate', '--ckpt', {str(FIXTURES / 'rnn')!r}, 'I love you']) == 0\n"
+        "heavy = ('lightning', 'torchmetrics', 'lightning_fabric', 'transformers', 'torch._dynamo')\n"
+        "bad = sorted(m for m in heavy if m in sys.modules)\n"
+        "assert not bad, bad\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    from tasks.translation.module import TranslationModule
+
+    assert out.stdout.strip() == TranslationModule.from_pretrained(FIXTURES / "rnn").translate("I love you", beam=5)

@@ -8,7 +8,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from core.cli.predict import Prediction, PredictionWriter, escape_field, format_line, write_text_atomic
+from core.cli.output import Prediction, escape_field, format_line, write_text_atomic
+from core.cli.predict import PredictionWriter
 
 
 def test_rows_sorted_deduped_per_dataloader_and_escaped(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
