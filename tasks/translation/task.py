@@ -27,19 +27,11 @@ from tasks.translation.inference import Translator
 from tasks.translation.marian_tokenizer import marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 from tasks.translation.models.marian import MarianSeq2Seq, load_marian
-from tasks.translation.networks import NETWORKS, TranslationOptions, build_network, rnn_network, transformer_network
+from tasks.translation.networks import TranslationOptions, build_network
 from tasks.translation.stored import read_artifacts, write_artifacts
 
 Batch = dict[str, Any]
-# re-exported: they lived here before moving to the Lightning-free `tasks.translation.networks`
-__all__ = [
-    "NETWORKS",
-    "TranslationNetwork",
-    "TranslationOptions",
-    "TranslationTask",
-    "rnn_network",
-    "transformer_network",
-]
+__all__ = ["TranslationNetwork", "TranslationTask"]
 TranslationNetwork = RNNSeq2Seq | TransformerSeq2Seq | MarianSeq2Seq
 
 
