@@ -26,7 +26,7 @@ fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
     echo ">> installing pinned dependencies into $VENV (first run downloads PyTorch, several GB)"
     "$VENV/bin/python" -m pip install -q --upgrade pip
-    "$VENV/bin/python" -m pip install -q -c requirements/constraints.txt -e ".[dev,speech,app,pretrained]"
+    "$VENV/bin/python" -m pip install -q -c requirements/constraints.txt -e ".[dev,speech,app,pretrained,ctranslate2,onnx]"
     echo "$want" > "$STAMP"
 fi
 log="$(mktemp)"

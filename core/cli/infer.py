@@ -88,6 +88,8 @@ class InferenceSpec:
         load: ``(path, map_location=, sha256=) -> model`` when the task has a loader that needs no Lightning (a
             lean inference object: translation's ``Translator.from_pretrained``); None: ``module_cls`` through
             ``core.io.model_folder.load_task_model``.
+        check: ``(model, args)``, called once the model is loaded: raises ``UserError`` for options this model
+            cannot serve (translation: ``--heads`` on an engine export), before any input is read.
     """
 
     prog: str
@@ -99,6 +101,7 @@ class InferenceSpec:
     failed_rows: Callable[[InputItem, argparse.Namespace], list[tuple[str, ...]]] = field(default=lambda item, args: [])
     batch_size: int = 16
     load: Callable[..., Any] | None = None
+    check: Callable[[Any, argparse.Namespace], None] | None = None
 
 
 def slug(text: str, limit: int = 48) -> str:
@@ -213,6 +216,8 @@ def run_inference(spec: InferenceSpec, argv: Sequence[str]) -> int:
         model = spec.load(args.ckpt, map_location=device, sha256=args.sha256)
     else:
         model = load_task_model(spec.module_cls, args.ckpt, map_location=device, sha256=args.sha256)
+    if spec.check is not None:
+        spec.check(model, args)
     failed = 0
     for batch in _batches(spec.inputs(args), args.batch_size):
         # Rows are printed in input order once the batch is done: a failed input's placeholder row stays in

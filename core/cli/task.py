@@ -20,11 +20,12 @@ from typing import Any, ClassVar, Protocol, cast
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from core.cli.export import EngineExport, export_command
 from core.cli.run import check_ckpt_path_arg, ensure_resumable, run_cli, user_errors
 from core.errors import ConfigError
 from core.train.callbacks import trainer_callbacks
 
-__all__ = ["TaskCLI", "TaskModuleClass", "export_main", "run_folder_lock", "task_main"]
+__all__ = ["TaskCLI", "TaskModuleClass", "export_main", "model_folder_export", "run_folder_lock", "task_main"]
 
 
 class TaskModuleClass(Protocol):
@@ -227,47 +228,21 @@ class TaskCLI(LightningCLI):
             callbacks.append(PredictionWriter(out))
 
 
-def _export_parser(prog: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Write a trained model as a Hugging Face style model folder "
-        "(model.safetensors, config.json, tokenizer/vocabulary files, README.md model card).",
-    )
-    p.add_argument("--ckpt", required=True, help="a .ckpt file, an http(s) URL, a model folder or hf://ORG/NAME")
-    p.add_argument(
-        "--out",
-        required=True,
-        help="the model folder to write: a new or empty folder, or an earlier export (its files are replaced)",
-    )
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="also write into a non-empty folder that is not a model folder, adding the model's files beside "
-        "what is there (nothing is ever deleted, and a file of the same name is refused)",
-    )
-    p.add_argument("--push", metavar="ORG/NAME", default=None, help="also upload the folder to the Hugging Face Hub")
-    p.add_argument("--private", action="store_true", help="with --push: create a private repository")
-    p.add_argument("--figure", default=None, help="an attention figure (PNG) to include in the model card")
-    p.add_argument(
-        "--metrics",
-        default=None,
-        help="a JSON file of {name: value} scores for the model card (default: the scores the "
-        "checkpoint recorded when it was saved)",
-    )
-    return p
+def export_main(
+    module_cls: Any, prog: str, argv: Sequence[str], engines: Mapping[str, EngineExport] | None = None
+) -> int:
+    """The ``export`` subcommand: load any ``--ckpt`` form, write the folder (or an engine's export, see
+    ``core.cli.export``), optionally push it."""
+    return export_command(prog, argv, engines or {}, lambda args: model_folder_export(module_cls, args))
 
 
-def export_main(module_cls: Any, prog: str, argv: Sequence[str]) -> int:
-    """The ``export`` subcommand: load any ``--ckpt`` form, write the folder, optionally push it."""
+def model_folder_export(module_cls: Any, args: argparse.Namespace) -> int:
+    """``export --format folder``: the PyTorch model folder of ``args.ckpt``."""
     import math
 
-    from core.errors import ConfigError
     from core.io.jsonio import read_json
     from core.io.model_folder import load_task_model, push_to_hub
 
-    args = _export_parser(prog).parse_args(list(argv))
-    if not args.out.strip():
-        raise ConfigError("--out is empty: name the model folder to write")
     metrics = None
     if args.metrics is not None:
         metrics = read_json(args.metrics, f"--metrics {args.metrics}")

@@ -29,7 +29,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -43,17 +43,23 @@ from core.io.rebuild import RebuildableModule, RebuildSpec, StoredModel, build_t
 
 __all__ = [
     "CONFIG_NAME",
+    "ENGINE_KEY",
     "PROVENANCE_ATTR",
     "WEIGHTS_NAME",
+    "check_destination",
     "file_bytes",
     "file_value",
+    "folder_engine",
     "from_pretrained",
     "load_task_model",
     "push_to_hub",
+    "read_folder_config",
     "read_model_folder",
     "read_task_files",
     "resolve_hub",
     "save_pretrained",
+    "split_metadata",
+    "write_folder",
 ]
 
 CONFIG_NAME = "config.json"
@@ -62,6 +68,7 @@ CARD_NAME = "README.md"
 FIGURE_NAME = "attention.png"
 LIBRARY = "attn-suite"
 HUB_PREFIX = "hf://"
+ENGINE_KEY = "engine"  # config.json of an engine export: which engine runs it
 _MAX_FIGURE_BYTES = 16 << 20
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # a file name in a folder: no path, no dot file
@@ -98,7 +105,7 @@ def file_bytes(value: Any, what: str) -> bytes:
         raise CheckpointError(f"{what}: the stored file is not valid base64 ({err})") from None
 
 
-def _split_metadata(
+def split_metadata(
     meta: Mapping[str, Any], files: Mapping[str, str], raw: Mapping[str, str] | None = None
 ) -> tuple[dict[str, Any], dict[str, str | bytes]]:
     """``(metadata left for config.json, {file name: text or bytes})`` for the task's ``FOLDER_FILES`` (and
@@ -147,7 +154,7 @@ def save_pretrained(
 ) -> Path:
     """Write ``model`` (a ``core.train.module.TaskModule``) as a model folder, never deleting a user's file.
 
-    Where it may write (:func:`_check_destination`): a new or empty folder, or an existing model folder of
+    Where it may write (:func:`check_destination`): a new or empty folder, or an existing model folder of
     this suite, whose own files are replaced (files someone added beside them stay). A file, or a non-empty
     folder that is not a model folder, is refused; with ``overwrite=True`` the model's files are added to
     such a folder, but a file of the same name as one of them is still refused, never replaced. A new
@@ -179,9 +186,9 @@ def save_pretrained(
     if not os.fspath(folder).strip():
         raise CheckpointError("the output folder is empty: name the model folder to write")
     folder = Path(os.path.abspath(Path(folder).expanduser()))  # "." and "a/.." get a real name
-    owned, foreign = _check_destination(folder, overwrite)
+    owned, foreign = check_destination(folder, overwrite)
     meta = {"task": model.TASK, "format": FORMAT_VERSION, **model.task_metadata()}
-    rest, files = _split_metadata(meta, getattr(model, "FOLDER_FILES", {}), getattr(model, "FOLDER_RAW_FILES", {}))
+    rest, files = split_metadata(meta, getattr(model, "FOLDER_FILES", {}), getattr(model, "FOLDER_RAW_FILES", {}))
     rest.pop("training", None)
     provenance = getattr(model, PROVENANCE_ATTR, None) or {}
     recorded = provenance.get("training")
@@ -206,7 +213,48 @@ def save_pretrained(
         "training": training,
         "metrics": metrics,
     }
-    clash = sorted({WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, FIGURE_NAME, *files} & foreign)
+    figure_name = FIGURE_NAME if figure_bytes else None
+    state = _state_for_safetensors(model)
+
+    def fill(tmp: Path) -> None:
+        save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        for name, text in files.items():
+            if isinstance(text, bytes):
+                (tmp / name).write_bytes(text)
+            else:
+                (tmp / name).write_text(text, encoding="utf-8")
+        if figure_bytes:
+            (tmp / FIGURE_NAME).write_bytes(figure_bytes)
+
+    return write_folder(folder, config, model_card(model, config, figure_name), fill, owned, foreign)
+
+
+def write_folder(
+    folder: Path,
+    config: Mapping[str, Any],
+    card: str,
+    fill: Callable[[Path], None],
+    owned: set[str],
+    foreign: set[str],
+) -> Path:
+    """Write a folder of this suite: ``fill(tmp)`` writes its files into a temporary sibling, then the card and
+    ``config.json`` are added and everything is moved into ``folder`` (see :func:`save_pretrained`).
+
+    Args:
+        folder: the destination, absolute, already checked by :func:`check_destination`.
+        config: the ``config.json`` content; its ``files`` lists the names ``fill`` writes beyond the standard
+            ones (weights, card, figure), so a later export knows them as its own.
+        card: the ``README.md`` model card.
+        fill: writes the folder's files (and sub-folders) into the directory it is given.
+        owned: the names an earlier export wrote there (replaced, or removed when not written again).
+        foreign: every other name there (never touched: a clash is refused).
+
+    Raises:
+        CheckpointError: a clash with a file of the user's, or an OS error while writing (the destination is
+            left as it was, or with whole files only).
+    """
+    names = {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, FIGURE_NAME, *config.get("files", [])}
+    clash = sorted(names & foreign)
     if clash:  # a file of the user's with one of our names: never replaced
         raise CheckpointError(
             f"{folder} already holds {', '.join(clash)}, not written by an attn-suite export; refusing to "
@@ -219,20 +267,11 @@ def save_pretrained(
     except OSError as err:
         raise CheckpointError(f"cannot write the model folder {folder}: {err.strerror or err}") from None
     try:
-        save_file(_state_for_safetensors(model), str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
-        for name, text in files.items():
-            if isinstance(text, bytes):
-                (tmp / name).write_bytes(text)
-            else:
-                (tmp / name).write_text(text, encoding="utf-8")
-        figure_name = None
-        if figure_bytes:
-            figure_name = FIGURE_NAME
-            (tmp / figure_name).write_bytes(figure_bytes)
-        (tmp / CARD_NAME).write_text(model_card(model, config, figure_name), encoding="utf-8")
+        fill(tmp)
+        (tmp / CARD_NAME).write_text(card, encoding="utf-8")
         (tmp / CONFIG_NAME).write_text(json.dumps(config, ensure_ascii=False, indent=2), encoding="utf-8")
         if build_in == folder:
-            _move_into(tmp, folder, stale=owned - set(os.listdir(tmp)))
+            _move_into(tmp, folder, owned, stale=owned - set(os.listdir(tmp)))
         else:
             os.replace(tmp, folder)  # a new folder appears whole or not at all
     except OSError as err:
@@ -242,7 +281,7 @@ def save_pretrained(
     return folder
 
 
-def _check_destination(folder: Path, overwrite: bool) -> tuple[set[str], set[str]]:
+def check_destination(folder: Path, overwrite: bool) -> tuple[set[str], set[str]]:
     """Whether ``folder`` may receive a model folder (see :func:`save_pretrained`), and what is in it.
 
     Returns:
@@ -291,18 +330,28 @@ def _own_files(folder: Path) -> set[str] | None:
     return {WEIGHTS_NAME, CONFIG_NAME, CARD_NAME, FIGURE_NAME, *listed}
 
 
-def _move_into(tmp: Path, folder: Path, stale: set[str]) -> None:
+def _move_into(tmp: Path, folder: Path, owned: set[str], stale: set[str]) -> None:
     """Rename each new file from ``tmp`` into ``folder`` (``config.json`` last), then drop ``stale`` files
-    that an earlier export of this folder wrote and this one does not."""
+    that an earlier export of this folder wrote and this one does not.
+
+    A sub-folder an earlier export wrote (an engine's model, e.g. ``ctranslate2/``) is renamed aside into ``tmp``
+    (deleted with it) before the new one takes its name; any other folder in the way is refused.
+    """
     names = sorted(os.listdir(tmp), key=lambda n: n == CONFIG_NAME)
     for name in names:
         target = folder / name
         if target.is_dir() and not target.is_symlink():
-            raise CheckpointError(f"cannot write {target}: a folder of that name is in the way")
+            if name not in owned:
+                raise CheckpointError(f"cannot write {target}: a folder of that name is in the way")
+            os.replace(target, tmp / f".old-{name}")
         os.replace(tmp / name, target)
     for name in stale:
-        with contextlib.suppress(FileNotFoundError):
-            (folder / name).unlink()
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
 
 def _figure_bytes(figure: str | os.PathLike[str]) -> bytes:
@@ -342,12 +391,14 @@ def _raw_value(path: Path, what: str) -> dict[str, str]:
     return file_value(path.read_bytes())
 
 
-def read_model_folder(spec: type[RebuildSpec], folder: str | os.PathLike[str]) -> StoredModel:
-    """A model folder of ``spec``'s task read without pickle: its config, artifact files and weights, their content
-    not yet checked (``core.io.rebuild.checked_parts`` does that).
+def read_folder_config(
+    spec: type[RebuildSpec], folder: str | os.PathLike[str]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A folder of ``spec``'s task (a model folder or an engine export): its ``config.json`` and its metadata with
+    the artifact files (tokenizers, vocabularies) read in, their content not yet checked.
 
     Raises:
-        CheckpointError: not a model folder, another task's folder, or unreadable files.
+        CheckpointError: not a folder of this suite, another task's folder, or unreadable files.
     """
     path = Path(folder).expanduser()
     what = f"model folder {path}"
@@ -388,6 +439,42 @@ def read_model_folder(spec: type[RebuildSpec], folder: str | os.PathLike[str]) -
             group[tail] = value
         else:
             meta[head] = value
+    return config, meta
+
+
+def folder_engine(path: str | os.PathLike[str]) -> str | None:
+    """The inference engine a folder was exported for (``config.json``'s ``engine``: ``"ctranslate2"``,
+    ``"onnxruntime"``), or None for a PyTorch model folder and anything that is not a folder of this suite."""
+    folder = Path(path).expanduser()
+    if not (folder / CONFIG_NAME).is_file():
+        return None
+    try:
+        config = read_json(folder / CONFIG_NAME, f"{folder / CONFIG_NAME}")
+    except UserError:
+        return None  # reading it as a model folder names the problem
+    if not isinstance(config, dict) or config.get("library_name") != LIBRARY:
+        return None
+    engine = config.get(ENGINE_KEY)
+    return engine if isinstance(engine, str) else None
+
+
+def read_model_folder(spec: type[RebuildSpec], folder: str | os.PathLike[str]) -> StoredModel:
+    """A model folder of ``spec``'s task read without pickle: its config, artifact files and weights, their content
+    not yet checked (``core.io.rebuild.checked_parts`` does that).
+
+    Raises:
+        CheckpointError: not a model folder, another task's folder, an engine export, or unreadable files.
+    """
+    path = Path(folder).expanduser()
+    what = f"model folder {path}"
+    config, meta = read_folder_config(spec, path)
+    engine = config.get(ENGINE_KEY)
+    if engine is not None:
+        raise CheckpointError(
+            f"{what} is an export for the {engine} inference engine: it translates, captions or transcribes "
+            f"(the task's inference subcommand, or its lean loader's from_pretrained) but cannot be trained, "
+            f"evaluated or exported again; use the PyTorch model folder or checkpoint it was exported from"
+        )
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{what}: {WEIGHTS_NAME} is missing")

@@ -12,6 +12,9 @@ Usage::
     attn-translate translate --ckpt PATH --beam 5 --nbest 3 --plot plots/ "she sees them"
     attn-translate translate --ckpt PATH --plot plots/ --heads "she sees them"    # + one figure per head
     attn-translate export --ckpt PATH --out my-model [--push ORG/NAME]
+    attn-translate export --ckpt PATH --out my-model-ct2 --format ctranslate2 --quantize int8   # Transformer
+    attn-translate export --ckpt PATH --out my-model-onnx --format onnx [--quantize int8]
+    attn-translate translate --ckpt my-model-ct2 "I love you"          # runs on the export's engine
 
 ``translate`` prints one line per input line (an empty or unreadable line gets an empty line, so line i
 of the output always belongs to line i of the input; an unreadable one also gets ``error: ...`` on stderr
@@ -30,7 +33,7 @@ from typing import Any
 
 from core.cli.infer import InferenceSpec, InputItem, Output, run_inference
 from core.cli.run import run_cli
-from core.errors import DataError
+from core.errors import ConfigError, DataError
 from tasks.translation.inference import Translator
 
 __all__ = ["main"]
@@ -118,6 +121,14 @@ def _head_figures(model: Any, text: str, best: Any, stem: Path) -> list[Path]:
     ]
 
 
+def _check(model: Translator, args: argparse.Namespace) -> None:
+    if args.heads and model.engine != "pytorch":
+        raise ConfigError(
+            f"--heads draws each head from the PyTorch network's layers; this export runs on {model.engine}, "
+            f"which returns only the heads' average (--plot draws it): use the PyTorch model folder for --heads"
+        )
+
+
 def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("texts", nargs="*", help="sentences; none = read stdin line by line (streamed in batches)")
     p.add_argument(
@@ -140,7 +151,16 @@ def _spec() -> InferenceSpec:
         failed_rows=lambda item, args: [("",)] if args.nbest == 1 else [],
         batch_size=64,
         load=Translator.from_pretrained,
+        check=_check,
     )
+
+
+def _folder(args: argparse.Namespace) -> int:
+    """``export --format folder``: the PyTorch model folder, written by the Lightning module."""
+    from core.cli.task import model_folder_export
+    from tasks.translation.module import TranslationModule
+
+    return model_folder_export(TranslationModule, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +168,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["translate"]:  # inference imports no Lightning: a one-sentence call starts in about a second
         return run_cli(lambda a: run_inference(_spec(), list(a or [])[1:]), args)
+    if args[:1] == ["export"]:  # an engine export is read and written without Lightning too
+        from core.cli.export import export_command
+        from tasks.translation.export import ENGINE_EXPORTS
+
+        return run_cli(
+            lambda a: export_command("attn-translate export", list(a or [])[1:], ENGINE_EXPORTS, _folder), args
+        )
     from core.cli.task import task_main
     from tasks.translation.data import TranslationDataModule
     from tasks.translation.module import TranslationModule

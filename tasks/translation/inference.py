@@ -17,6 +17,7 @@ import os
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -24,16 +25,91 @@ from torch import Tensor, nn
 
 from core.decoding.beam import DecodeResult, DecoderState, StepDecoder, beam_search
 from core.decoding.fast_paths import eval_mode
+from core.engines.folder import read_engine_folder
+from core.engines.search import EngineNetwork, EngineSearch
 from core.errors import CheckpointError, ConfigError
-from core.io.model_folder import read_task_files
+from core.io.model_folder import HUB_PREFIX, folder_engine, read_task_files, resolve_hub
 from core.io.rebuild import checked_parts, construct_checked, load_checked_weights
 from core.text.known_words import KnownWords
 from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID, BaseTokenizer
 from tasks.translation.batching import pad_ids
+from tasks.translation.ct2 import load_ctranslate2
 from tasks.translation.networks import TranslationFiles, TranslationOptions, build_network
 from tasks.translation.stored import read_artifacts
 
-__all__ = ["Seq2SeqNetwork", "Translation", "Translator"]
+__all__ = ["ENGINES", "LoadedTranslation", "Seq2SeqNetwork", "Translation", "Translator", "load_translation"]
+
+
+ENGINES = ("ctranslate2", "onnxruntime")  # the engines an export may run on (``attn-translate export --format``)
+
+
+@dataclass
+class LoadedTranslation:
+    """A translation model read from a file by :func:`load_translation`: its network (eval mode) and what goes
+    with it.
+
+    Attributes:
+        network: the network, its weights loaded.
+        options: its validated options.
+        tokenizers: ``(source, target)``.
+        known_words: the training sources' words, when stored.
+        meta: the file's checked metadata (tokenizers, Marian config, ...), as an export writes it again.
+        source: the file, for messages.
+    """
+
+    network: nn.Module
+    options: TranslationOptions
+    tokenizers: tuple[BaseTokenizer, BaseTokenizer]
+    known_words: KnownWords | None
+    meta: dict[str, Any]
+    source: str
+
+
+def _options(hp: dict[str, Any], overrides: dict[str, Any], source: str) -> TranslationOptions:
+    unknown = sorted(set(overrides) - {f.name for f in fields(TranslationOptions)})
+    if unknown:
+        raise ConfigError(f"Translator.from_pretrained: no option {', '.join(unknown)} (TranslationOptions)")
+    return construct_checked(lambda: TranslationOptions(**{**hp, **overrides}), source, "translation options", None)
+
+
+def load_translation(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    sha256: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> LoadedTranslation:
+    """A PyTorch translation model (folder, ``hf://``, ``.ckpt`` or URL) read without Lightning and checked (see
+    :meth:`Translator.from_pretrained`, which wraps it; an export reads it to write the engine's files)."""
+    stored = read_task_files(TranslationFiles, path, sha256)
+    source = stored.source
+    # The module's other options (optimizer, pretrained) do not concern inference: dropped without a word
+    # (the module warns about names no version takes).
+    hp, meta, state = checked_parts(
+        TranslationFiles, stored.hparams, stored.meta, stored.state, source, TranslationOptions, warn_unknown=False
+    )
+    options = _options(hp, dict(overrides or {}), source)
+    artifacts = read_artifacts(meta, source, None, None)
+    assert artifacts.tokenizers is not None  # no current tokenizers: always read
+    src, tgt = artifacts.tokenizers
+    pretrained = meta.get("pretrained") if options.arch == "marian" else None
+    if options.arch == "marian" and not isinstance(pretrained, dict):
+        raise CheckpointError(f"{source}: a Marian model without its stored config ('pretrained')")
+
+    def build(device: str | None) -> nn.Module:
+        def make() -> nn.Module:
+            holder = nn.Module()  # the module's weights are its network's under "model."
+            holder.model = build_network(options, src.vocab_size, tgt.vocab_size, pretrained)
+            return holder
+
+        return construct_checked(make, source, "a translation network", device)
+
+    holder = load_checked_weights(build, state, strict, source, "the translation network of its own options")
+    network = holder.get_submodule("model")
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        network.to(map_location)
+    network.eval()
+    return LoadedTranslation(network, options, (src, tgt), artifacts.known_words, meta, source)
 
 
 class Seq2SeqNetwork(StepDecoder, Protocol):
@@ -133,9 +209,11 @@ class Translator:
         map_location: str | torch.device | None = "cpu",
         strict: bool = True,
         sha256: str | None = None,
+        threads: int | None = None,
         **overrides: Any,
     ) -> Translator:
-        """A translation model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning.
+        """A translation model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning;
+        or an engine export (``attn-translate export --format ctranslate2|onnx``), run on its engine.
 
         The same safe path as ``TranslationModule.from_pretrained`` (``core.io.rebuild``): no unpickling, the
         hyper-parameters validated against :class:`~tasks.translation.networks.TranslationOptions` with the
@@ -144,59 +222,68 @@ class Translator:
 
         Args:
             path: the model.
-            map_location: device of the network (None keeps CPU).
+            map_location: device of the network (None keeps CPU; an ONNX export runs on the CPU).
             strict: exact state-dict match.
             sha256: expected digest (or prefix) of the file (a folder's weights).
+            threads: an engine export's CPU threads (None: the engine's default); PyTorch uses
+                ``torch.set_num_threads``.
             **overrides: options to change (e.g. ``max_len=50``), fields of ``TranslationOptions``.
 
         Raises:
             core.errors.CheckpointError: an unreadable, unsafe or other-task file, bad hyper-parameters, or
                 weights that do not fit (the message names the file).
+            core.errors.ConfigError: an engine export whose engine is not installed, or an unknown override.
         """
-        stored = read_task_files(TranslationFiles, path, sha256)
-        source = stored.source
-        # The module's other options (optimizer, pretrained) do not concern inference: dropped without a word
-        # (the module warns about names no version takes).
-        hp, meta, state = checked_parts(
-            TranslationFiles, stored.hparams, stored.meta, stored.state, source, TranslationOptions, warn_unknown=False
-        )
-        unknown = sorted(set(overrides) - {f.name for f in fields(TranslationOptions)})
-        if unknown:
-            raise ConfigError(f"Translator.from_pretrained: no option {', '.join(unknown)} (TranslationOptions)")
-        hp.update(overrides)
-        options = construct_checked(lambda: TranslationOptions(**hp), source, "translation options", None)
-        artifacts = read_artifacts(meta, source, None, None)
+        local = resolve_hub(os.fspath(path)) if os.fspath(path).startswith(HUB_PREFIX) else Path(path).expanduser()
+        if folder_engine(local) is not None:
+            if sha256 is not None:
+                raise ConfigError("sha256 pins a checkpoint or a model folder's weights; an engine export has none")
+            return cls._from_engine(local, map_location, threads, overrides)
+        loaded = load_translation(path, map_location, strict, sha256, overrides)
+        return cls.for_options(loaded.network, loaded.options, *loaded.tokenizers, loaded.known_words)
+
+    @classmethod
+    def _from_engine(
+        cls, path: Path, map_location: str | torch.device | None, threads: int | None, overrides: dict[str, Any]
+    ) -> Translator:
+        """An engine export: its options and tokenizers checked, its network on CTranslate2 or ONNX Runtime."""
+        folder = read_engine_folder(TranslationFiles, path, TranslationOptions, ENGINES)
+        options = _options(folder.hparams, overrides, folder.source)
+        artifacts = read_artifacts(folder.meta, folder.source, None, None)
         assert artifacts.tokenizers is not None  # no current tokenizers: always read
         src, tgt = artifacts.tokenizers
-        pretrained = meta.get("pretrained") if options.arch == "marian" else None
-        if options.arch == "marian" and not isinstance(pretrained, dict):
-            raise CheckpointError(f"{source}: a Marian model without its stored config ('pretrained')")
+        device = "cpu" if map_location is None else str(map_location)
+        network: nn.Module
+        if folder.engine == "ctranslate2":
+            network = load_ctranslate2(folder, src, tgt, "cuda" if device.startswith("cuda") else device, threads)
+        else:
+            if device != "cpu":
+                raise ConfigError(f"{folder.source}: the ONNX export runs on the CPU (map_location={device!r})")
+            from tasks.translation.onnx_graphs import load_onnx
 
-        def build(device: str | None) -> nn.Module:
-            def make() -> nn.Module:
-                holder = nn.Module()  # the module's weights are its network's under "model."
-                holder.model = build_network(options, src.vocab_size, tgt.vocab_size, pretrained)
-                return holder
-
-            return construct_checked(make, source, "a translation network", device)
-
-        holder = load_checked_weights(build, state, strict, source, "the translation network of its own options")
-        network = holder.get_submodule("model")
-        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-            network.to(map_location)
-        network.eval()
+            network = load_onnx(folder, options, threads)
         return cls.for_options(network, options, src, tgt, artifacts.known_words)
 
     @property
     def device(self) -> torch.device:
-        """Where the network's weights are."""
-        return next(self.network.parameters()).device
+        """Where the network's weights are (the CPU for an engine's network, which has none in PyTorch)."""
+        weight = next(self.network.parameters(), None)
+        return torch.device("cpu") if weight is None else weight.device
+
+    @property
+    def engine(self) -> str:
+        """What runs the network: ``"pytorch"``, ``"ctranslate2"`` or ``"onnxruntime"``."""
+        return self.network.engine if isinstance(self.network, EngineNetwork) else "pytorch"
 
     def decode(self, src: Tensor, src_lengths: Tensor, beam: int, nbest: int, need_weights: bool) -> DecodeResult:
         """Beam search over a padded batch ``src (B, S)``, ``src_lengths (B,)``."""
+        max_len = min(self.max_len, int(src_lengths.max()) * 2 + 10)
+        if isinstance(self.network, EngineSearch):  # CTranslate2: the engine runs the search itself
+            return self.network.search(
+                src, src_lengths, beam, nbest, need_weights, max_len, self.length_penalty, (PAD_ID, BOS_ID)
+            )
         net: Seq2SeqNetwork = self.network  # type: ignore[assignment]  # nn.Module's __call__ is untyped
         state = net.init_state(src, src_lengths)
-        max_len = min(self.max_len, int(src_lengths.max()) * 2 + 10)
 
         def step_fn(last: Tensor, st: DecoderState) -> tuple[Tensor, DecoderState, Tensor | None]:
             return net.step(last, st, need_weights)
