@@ -18,7 +18,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from core.errors import ConfigError
@@ -30,7 +29,7 @@ from core.io.pretrained import (
     read_model_type,
     resolve_pretrained,
 )
-from core.train.finetune import FreezePolicy, find_blocks
+from core.train.freeze import FreezePolicy, find_blocks
 
 __all__ = ["HFImageEncoder", "hf_image_encoder", "image_settings", "vision_settings"]
 
@@ -125,7 +124,7 @@ class HFImageEncoder(nn.Module):
         config: its config as plain data.
         image_size: side of the square input.
         dim: size of each grid feature after the projection.
-        trainable_blocks: -1 fine-tune all, 0 frozen, k the last k blocks (``core.train.finetune.FreezePolicy``).
+        trainable_blocks: -1 fine-tune all, 0 frozen, k the last k blocks (``core.train.freeze.FreezePolicy``).
         unfreeze_after_steps: keep the backbone frozen for this many optimizer steps first.
         dropout: dropout on the projected features.
     """
@@ -226,6 +225,10 @@ def hf_image_encoder(
         backbone, config = load_pretrained(folder, "vision", OPTION)
         info = {"source": hf_name(spec), "model_type": config["model_type"], "config": config, "processor": settings}
         if (settings["image_size"], settings["mean"], settings["std"]) != (image_size, list(mean), list(std)):
+            # imported here: only a backbone read from its source (training) warns; a stored one loads without
+            # Lightning (the lean `Captioner.from_pretrained`)
+            from lightning.pytorch.utilities import rank_zero_warn
+
             rank_zero_warn(
                 f"{OPTION}={spec} expects {settings['image_size']} px images normalised with mean "
                 f"{settings['mean']} / std {settings['std']} (its image processor), got {image_size} px, "

@@ -7,7 +7,7 @@ over a learned softmax-weighted sum of all its hidden layers (SpeechBrain's ``we
 featurizer): lower layers hold acoustics, upper ones more phonetic content, and the mix is learned. Each
 layer is layer-normalised first so that no layer wins by scale alone.
 
-How much of the encoder trains is ``core.train.finetune.FreezePolicy`` (``trainable_blocks`` counts its
+How much of the encoder trains is ``core.train.freeze.FreezePolicy`` (``trainable_blocks`` counts its
 Transformer layers); its convolutional feature encoder always stays frozen, as in wav2vec2 fine-tuning.
 """
 
@@ -31,7 +31,7 @@ from core.io.pretrained import (
     read_model_type,
     resolve_pretrained,
 )
-from core.train.finetune import FreezePolicy, find_blocks
+from core.train.freeze import FreezePolicy, find_blocks
 
 __all__ = ["HFSpeechEncoder", "hf_speech_encoder", "speech_settings"]
 
