@@ -1,21 +1,32 @@
-"""Robust image decoding (any PIL mode -> RGB) and the torchvision v2 transforms.
+"""Robust image decoding (any PIL mode -> RGB), the inference transform and the training augmentation.
 
 `load_rgb` is the single entry point for image files, used by the datasets (inside DataLoader
 workers) and by inference. Bad files raise `ImageError` (a `core.errors.UserError`) whose
 message names the file and says what is wrong, so the CLI can print one line per file.
+
+The deterministic inference transform (:class:`EvalTransform`) and the image as the network sees it
+(:func:`shown_image`) are plain torch and PIL: importing torchvision imports ``torch._dynamo`` (about 1 s of a
+lean start-up, ``Captioner.from_pretrained``). They give exactly torchvision v2's results (pinned by
+``tests/tasks/test_captioning_lean.py``); the training augmentation stays on torchvision v2.
 """
 
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
-from torchvision.transforms import v2
+from torch import Tensor
 
 from core.errors import UserError
+
+if TYPE_CHECKING:
+    from torchvision.transforms import v2
 
 #: ImageNet statistics: right for torchvision encoders, harmless for the small CNN.
 IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
@@ -132,23 +143,75 @@ def load_rgb(path: str | Path, max_side: int = MAX_DECODE_SIDE) -> Image.Image:
     return out
 
 
+def resized_side(height: int, width: int, size: int) -> tuple[int, int]:
+    """``(height, width)`` once the shorter side is ``size`` (the longer one rounded down, as torchvision's)."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (new_long, size) if width <= height else (size, new_long)
+
+
+@dataclass(frozen=True)
+class EvalTransform:
+    """Deterministic preprocessing: shorter side -> ``image_size`` (bilinear, antialiased), centre crop, scale to
+    [0, 1], normalise; torchvision v2's ``PILToTensor, Resize, CenterCrop, ToDtype, Normalize``, bit for bit.
+
+    Attributes:
+        image_size: side of the square the network sees.
+        mean: normalisation mean per channel.
+        std: normalisation std per channel.
+    """
+
+    image_size: int
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+
+    def __call__(self, image: Image.Image) -> Tensor:
+        """RGB PIL image -> ``(3, image_size, image_size)`` float32 tensor."""
+        size = self.image_size
+        x = torch.as_tensor(np.array(image, copy=True)).view(image.size[1], image.size[0], 3)  # (H, W, 3) uint8
+        x = x.permute(2, 0, 1)  # (3, H, W), channels-last in memory
+        height, width = x.shape[-2:]
+        new = resized_side(height, width, size)
+        if new != (height, width):
+            batch = x.unsqueeze(0)  # (1, 3, H, W)
+            strides = list(batch.stride())
+            if batch.is_contiguous(memory_format=torch.channels_last) and batch.numel() != strides[0]:
+                # torchvision's restriding, so interpolate keeps channels-last and rounds as it does there
+                strides[0] = batch.numel()
+                batch = batch.as_strided(batch.shape, strides)
+            # uint8 is resized natively where the CPU has AVX2 (torchvision's rule); elsewhere in float32, rounded
+            native = torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+            out = F.interpolate(
+                batch if native else batch.float(), size=list(new), mode="bilinear", align_corners=False, antialias=True
+            )
+            x = (out if native else out.round_().to(torch.uint8)).reshape(3, *new)
+        height, width = x.shape[-2:]
+        top, left = round((height - size) / 2.0), round((width - size) / 2.0)
+        x = x[..., top : top + size, left : left + size]  # (3, size, size)
+        mean = torch.as_tensor(self.mean, dtype=torch.float32).view(-1, 1, 1)
+        std = torch.as_tensor(self.std, dtype=torch.float32).view(-1, 1, 1)
+        return x.to(torch.float32).mul_(1.0 / 255).sub(mean).div_(std)
+
+
 def eval_transform(
     image_size: int, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
-) -> v2.Compose:
+) -> EvalTransform:
     """Deterministic preprocessing: shorter side -> ``image_size``, centre crop, normalise.
 
     Returns:
         A transform mapping an RGB PIL image to a float tensor ``(3, image_size, image_size)``.
     """
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize(image_size, antialias=True),
-            v2.CenterCrop(image_size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
+    return EvalTransform(image_size, tuple(mean), tuple(std))
+
+
+def shown_image(image: Image.Image, image_size: int) -> Image.Image:
+    """The image as the network saw it, for attention figures: shorter side -> ``image_size`` (PIL bilinear), centre
+    crop (torchvision v2's ``CenterCrop(Resize(image))`` on a PIL image)."""
+    height, width = resized_side(image.height, image.width, image_size)
+    if (height, width) != (image.height, image.width):
+        image = image.resize((width, height), resample=Image.Resampling.BILINEAR)
+    top, left = round((height - image_size) / 2.0), round((width - image_size) / 2.0)
+    return image.crop((left, top, left + image_size, top + image_size))
 
 
 def train_transform(
@@ -164,6 +227,8 @@ def train_transform(
     Returns:
         A transform mapping an RGB PIL image to a float tensor ``(3, image_size, image_size)``.
     """
+    from torchvision.transforms import v2  # training only: inference needs no torchvision (module docstring)
+
     ops: list[v2.Transform] = [
         v2.PILToTensor(),
         v2.RandomResizedCrop(image_size, scale=(0.7, 1.0), ratio=(0.85, 1.18), antialias=True),

@@ -1,22 +1,37 @@
 """Captioning with a trained network: the library API behind ``CaptioningModule.caption`` (:class:`Captioner`), its
-result type and the per-word attention figure of one image."""
+result type and the per-word attention figure of one image.
+
+Nothing here imports Lightning or the training stack: :meth:`Captioner.from_pretrained` loads a model folder,
+``.ckpt`` or ``hf://`` model without them (through the same checks as ``CaptioningModule.from_pretrained``,
+``core.io.rebuild``), and captions exactly as the module does. Only an ``hf:`` backbone needs ``transformers`` (it
+is rebuilt from its stored config); a torchvision backbone (``resnet*``, ``mobilenet*``) needs torchvision.
+
+Example:
+    >>> captioner = Captioner.from_pretrained("demo_output/captioning/model")  # doctest: +SKIP
+    >>> captioner.caption("scene.png")                                          # doctest: +SKIP
+    'a red circle left of a blue square'
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
-from torch import Tensor
+from torch import Tensor, nn
 
 from core.decoding.beam import StepDecoder, beam_search
 from core.decoding.fast_paths import eval_mode
-from tasks.captioning.images import load_rgb
-from tasks.captioning.network import CaptionNetwork
+from core.errors import ConfigError
+from core.io.model_folder import read_task_files
+from core.io.rebuild import checked_parts, construct_checked, load_checked_weights
+from tasks.captioning.images import eval_transform, load_rgb, shown_image
+from tasks.captioning.network import CaptionNetwork, NetworkOptions, build_network
+from tasks.captioning.stored import CaptioningFiles, StoredOptions, check_vocab
 from tasks.captioning.vocab import CaptionVocab
 
 __all__ = ["Caption", "Captioner", "save_attention_figure"]
@@ -51,12 +66,88 @@ class Captioner:
         vocab: the word vocabulary.
         transform: RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor.
         max_len: default longest caption (words).
+        image_size: side of the square image the network sees (what the attention figures show).
     """
 
     network: CaptionNetwork
     vocab: CaptionVocab
     transform: Callable[[Image.Image], Tensor]
     max_len: int
+    image_size: int
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        map_location: str | torch.device | None = "cpu",
+        strict: bool = True,
+        sha256: str | None = None,
+        **overrides: Any,
+    ) -> Captioner:
+        """A captioning model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning.
+
+        The same safe path as ``CaptioningModule.from_pretrained`` (``core.io.rebuild``): no unpickling, the
+        hyper-parameters validated against :class:`~tasks.captioning.stored.StoredOptions` with the module's
+        bounds and old names, old weights upgraded, shapes and dtypes checked on the ``meta`` device before
+        anything is allocated, non-finite weights refused. Captions are identical to the module's.
+
+        Args:
+            path: the model.
+            map_location: device of the network (None keeps CPU).
+            strict: exact state-dict match.
+            sha256: expected digest (or prefix) of the file (a folder's weights).
+            **overrides: options to change (e.g. ``max_len=10``), fields of ``StoredOptions``.
+
+        Raises:
+            core.errors.CheckpointError: an unreadable, unsafe or other-task file, bad hyper-parameters, or
+                weights that do not fit (the message names the file).
+            core.errors.ConfigError: an override that is no option.
+        """
+        stored = read_task_files(CaptioningFiles, path, sha256)
+        source = stored.source
+        # The module's training options (optimizer, loss, evaluation) do not concern inference: dropped without a
+        # word (the module warns about names no version takes).
+        hp, meta, state = checked_parts(
+            CaptioningFiles, stored.hparams, stored.meta, stored.state, source, StoredOptions, warn_unknown=False
+        )
+        unknown = sorted(set(overrides) - {f.name for f in fields(StoredOptions)})
+        if unknown:
+            raise ConfigError(f"Captioner.from_pretrained: no option {', '.join(unknown)} (StoredOptions)")
+        hp.update(overrides)
+        options = construct_checked(lambda: StoredOptions(**hp), source, "captioning options", None)
+        vocab = construct_checked(lambda: _vocab(options.vocab), source, "a CaptioningModule", None)
+        check_vocab(meta, vocab, source)  # what the module's restore checks
+        o = options
+        recorded = NetworkOptions.recorded_attention_options(o.decoder, o.attention, o.attention_options, o.hidden_dim)
+        values = {f.name: getattr(o, f.name) for f in fields(NetworkOptions)}
+        network_options = NetworkOptions(**{**values, "attention_options": recorded})
+
+        def build(device: str | None) -> nn.Module:
+            def make() -> nn.Module:
+                holder = nn.Module()  # the module's weights are its network's under "model."
+                holder.model, _ = build_network(
+                    network_options, len(vocab), o.image_size, o.mean, o.std, o.pretrained_config
+                )
+                return holder
+
+            return construct_checked(make, source, "a captioning network", device)
+
+        holder = load_checked_weights(build, state, strict, source, "the captioning network of its own options")
+        network = holder.get_submodule("model")
+        assert isinstance(network, CaptionNetwork)  # what build_network returns
+        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+            network.to(map_location)
+        network.eval()
+        return cls(network, vocab, eval_transform(o.image_size, o.mean, o.std), network_options.max_len, o.image_size)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are."""
+        return next(self.network.parameters()).device
+
+    def preprocess(self, image: Image.Image) -> Tensor:
+        """RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor (inference transform)."""
+        return self.transform(image)
 
     @torch.no_grad()
     def generate(
@@ -117,7 +208,7 @@ class Captioner:
     ) -> list[list[Caption]]:
         """``nbest`` captions (with scores and attention) of each RGB PIL image, best first."""
         out: list[list[Caption]] = []
-        device = next(self.network.parameters()).device
+        device = self.device
         with eval_mode(self.network):
             for start in range(0, len(images), batch_size):
                 x = torch.stack([self.transform(im) for im in images[start : start + batch_size]]).to(device)
@@ -162,10 +253,21 @@ def save_attention_figure(image: Image.Image, caption: str, weights: Tensor, pat
     Returns:
         The PNG path.
     """
-    from torchvision.transforms import v2
-
     from core.viz import plot_image_attention, save_figure
 
-    shown = v2.CenterCrop(image_size)(v2.Resize(image_size)(image))
-    fig = plot_image_attention(shown, weights, caption.split())
+    fig = plot_image_attention(shown_image(image, image_size), weights, caption.split())
     return save_figure(fig, path)
+
+
+def _vocab(stored: dict[str, Any] | None) -> CaptionVocab:
+    """The word vocabulary of a file's options (the module's constructor refuses the same).
+
+    Raises:
+        ConfigError: none, or not a captioning vocabulary.
+    """
+    if stored is None:
+        raise ConfigError("model.vocab is missing: a captioning model is rebuilt with its word vocabulary")
+    try:
+        return CaptionVocab.from_dict(stored)
+    except ValueError as err:
+        raise ConfigError(f"model.vocab: not a captioning word vocabulary: {err}") from None

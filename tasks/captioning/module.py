@@ -21,7 +21,6 @@ from PIL import Image
 from torch import Tensor
 
 from core.errors import ConfigError
-from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from core.layers import AttentionalRNNDecoder
 from core.train.module import TaskModule
 from core.train.task import options_from
@@ -32,6 +31,7 @@ from tasks.captioning.hf_encoder import HFImageEncoder
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD
 from tasks.captioning.inference import Caption
 from tasks.captioning.network import CaptionNetwork, NetworkOptions
+from tasks.captioning.stored import CaptioningFiles
 from tasks.captioning.task import CaptioningTask, TaskOptions
 from tasks.captioning.vocab import CaptionVocab
 
@@ -87,31 +87,12 @@ class CaptioningModule(TaskModule[CaptionNetwork]):
         std: normalisation std (linked from ``data.std``).
     """
 
-    TASK, MONITOR, MONITOR_MODE = "captioning", "val/bleu4", "max"
+    TASK, MONITOR, MONITOR_MODE = CaptioningFiles.TASK, "val/bleu4", "max"
     HPARAMS_FROM_DATA = ("vocab", "image_size", "mean", "std")
-    HPARAM_BOUNDS = {
-        "trainable_blocks": (-1, 1000),
-        "unfreeze_after_steps": STEPS,
-        "grid_size": (1, 64),
-        "encoder_dim": SIZE,
-        "embed_dim": SIZE,
-        "hidden_dim": SIZE,
-        "decoder_layers": LAYERS,
-        "num_heads": LAYERS,
-        "ffn_dim": SIZE,
-        "alpha_reg": (0.0, 1000.0),
-        "dropout": FRACTION,
-        "max_len": LENGTH,
-        "encoder_lr_scale": RATE,
-        "label_smoothing": FRACTION,
-        "beam_size": BEAM,
-        "plot_examples": (0, 1000),
-        "image_size": (16, 1024),
-        "mean": (-10.0, 10.0),
-        "std": (1e-3, 10.0),
-    }
-    HPARAM_RENAMES = {"feat_dim": "encoder_dim", "val_beam_size": "beam_size", "plot_images": "plot_examples"}
-    FOLDER_FILES = {"vocab": "vocab.json"}
+    # what a file of this module holds, shared with the Lightning-free loader (`tasks.captioning.stored`)
+    HPARAM_BOUNDS = CaptioningFiles.HPARAM_BOUNDS
+    HPARAM_RENAMES = CaptioningFiles.HPARAM_RENAMES
+    FOLDER_FILES = CaptioningFiles.FOLDER_FILES
     task: CaptioningTask
 
     def __init__(

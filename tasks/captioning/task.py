@@ -122,7 +122,7 @@ class CaptioningTask(Task[CaptionNetwork, Batch]):
 
     def captioner(self, network: CaptionNetwork) -> Captioner:
         """The library calls (``caption`` ...) on ``network``."""
-        return Captioner(network, self.vocab, self.transform, self.network_options.max_len)
+        return Captioner(network, self.vocab, self.transform, self.network_options.max_len, self.options.image_size)
 
     def setup(self, stage: str, datamodule: Any | None) -> bool:
         """Fail early (a `ConfigError`) when the data's captions cannot fit the Transformer decoder's positions."""
