@@ -12,18 +12,22 @@ Usage::
 corrupt, empty, too short) gets an `error: <file>: <reason>` line on stderr, the other files are still
 transcribed, and the exit status is 1 when any file failed. Silent audio gets an empty transcript. User
 mistakes (unusable checkpoint, bad option) print `error: ...` and exit with status 2, without a traceback.
+`transcribe` loads the model with the lean `Transcriber.from_pretrained` and imports no Lightning (`LightningCLI`
+only for the training subcommands).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from core.cli.infer import InferenceSpec, InputItem, Output
-from core.cli.task import task_main
+from core.cli.infer import InferenceSpec, InputItem, Output, run_inference
+from core.cli.run import run_cli
+from tasks.speech.inference import Transcriber
 
 __all__ = ["main"]
 
@@ -79,26 +83,29 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _spec() -> InferenceSpec:
-    from tasks.speech.module import SpeechModule
-
     return InferenceSpec(
         prog="attn-asr transcribe",
         description="Transcribe audio files with a trained checkpoint or model folder (one line per file; with "
         "--nbest K > 1, K lines '<file><TAB><score><TAB><transcript>').",
-        module_cls=SpeechModule,
+        module_cls=None,  # loaded by the lean Transcriber: transcribing imports no Lightning
         add_arguments=_add_arguments,
         inputs=_inputs,
         decode=_decode,
         batch_size=16,
+        load=Transcriber.from_pretrained,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `attn-asr` (see module docstring). Returns the exit status."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["transcribe"]:  # inference imports no Lightning
+        return run_cli(lambda a: run_inference(_spec(), list(a or [])[1:]), args)
+    from core.cli.task import task_main
     from tasks.speech.data import SpeechDataModule
     from tasks.speech.module import SpeechModule
 
-    return task_main(argv, SpeechModule, SpeechDataModule, _spec())
+    return task_main(args, SpeechModule, SpeechDataModule, _spec())
 
 
 if __name__ == "__main__":  # pragma: no cover

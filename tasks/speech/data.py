@@ -21,11 +21,11 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from core.errors import ConfigError, DataError
-from core.text.tokenizers import CharTokenizer
 from tasks.speech.audio import audio_info
 from tasks.speech.batching import BucketedSpeechDataset, SortaGradSampler
 from tasks.speech.features import FeatureConfig
 from tasks.speech.sources import Utterance, read_source
+from tasks.speech.stored import CHARSET, make_char_tokenizer  # the character units (data.py named them first)
 from tasks.speech.text import normalize_text
 
 __all__ = [
@@ -34,15 +34,6 @@ __all__ = [
     "make_char_tokenizer",
     "validate_utterances",
 ]
-
-# Every character `normalize_text` can output: the fixed character inventory (known before any data
-# is read, so the model can be built by LightningCLI before `setup`).
-CHARSET = "abcdefghijklmnopqrstuvwxyz' "
-
-
-def make_char_tokenizer() -> CharTokenizer:
-    """Character units over `CHARSET` (plus pad/bos/eos/unk), identical for every corpus."""
-    return CharTokenizer.train([CHARSET])
 
 
 def _has_dropped_chars(raw: str) -> bool:

@@ -1,30 +1,54 @@
 """Speech recognition with a trained network: beam search with CTC rescoring or joint CTC prefix scores, chunked
-transcription of audio files and waveforms, and their result types (``SpeechModule.transcribe`` and
-``SpeechModule.decode_features`` call these functions with the module's network and options)."""
+transcription of audio files and waveforms, and their result types. :class:`Transcriber` holds what they need
+(``SpeechModule.transcribe`` and ``SpeechModule.decode_features`` are its methods on the module's network).
+
+Nothing here imports Lightning or the training stack: :meth:`Transcriber.from_pretrained` loads a model folder,
+``.ckpt`` or ``hf://`` model without them (through the same checks as ``SpeechModule.from_pretrained``,
+``core.io.rebuild``), and transcribes exactly as the module does. Only an ``hf:`` encoder needs ``transformers``
+(it is rebuilt from its stored config).
+
+Example:
+    >>> transcriber = Transcriber.from_pretrained("demo_output/speech/model")  # doctest: +SKIP
+    >>> transcriber.transcribe("hello.wav")                                     # doctest: +SKIP
+    'hello world'
+"""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from core.decoding.beam import DecoderState, StepDecoder, StepFn, beam_search
 from core.decoding.fast_paths import eval_mode
+from core.errors import ConfigError
+from core.io.model_folder import read_task_files
+from core.io.rebuild import checked_parts, construct_checked, load_checked_weights
 from core.text.tokenizers import BaseTokenizer
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, is_silent, load_audio, split_on_silence
 from tasks.speech.ctc_prefix import CTCPrefixScorer, joint_search_inputs
-from tasks.speech.network import SpeechNetwork
+from tasks.speech.features import FeatureConfig, FeatureStats, LogMel
+from tasks.speech.network import SpeechNetwork, build_network
+from tasks.speech.stored import (
+    SpeechFiles,
+    StoredOptions,
+    check_stats,
+    make_char_tokenizer,
+    read_chunk_seconds,
+    read_units,
+)
 
 __all__ = [
     "ChunkAlignment",
     "Hypothesis",
     "SearchOptions",
+    "Transcriber",
     "Transcription",
     "as_inputs",
     "ctc_alone_search_inputs",
@@ -328,3 +352,156 @@ def as_inputs(inputs: AudioInput | Sequence[AudioInput]) -> tuple[list[AudioInpu
 
 def _is_waveform_pair(x: Any) -> bool:
     return isinstance(x, tuple) and len(x) == 2 and isinstance(x[1], int) and not isinstance(x[1], bool)
+
+
+@dataclass
+class Transcriber:
+    """A speech network with its units, scoring options and chunking range: what transcription needs.
+
+    ``SpeechModule.transcribe`` / ``decode_features`` are these methods on the module's network (with the scoring
+    options read from its hyper-parameters at every call).
+
+    Attributes:
+        network: the front end, encoder, attention decoder and CTC head.
+        tokenizer: the character units.
+        search: how the beam is scored.
+        max_chunk_seconds: longer audio is cut into chunks (None: 15 s).
+    """
+
+    network: SpeechNetwork
+    tokenizer: BaseTokenizer
+    search: SearchOptions = field(default_factory=SearchOptions)
+    max_chunk_seconds: float | None = None
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike[str],
+        map_location: str | torch.device | None = "cpu",
+        strict: bool = True,
+        sha256: str | None = None,
+        **overrides: Any,
+    ) -> Transcriber:
+        """A speech model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning.
+
+        The same safe path as ``SpeechModule.from_pretrained`` (``core.io.rebuild``): no unpickling, the
+        hyper-parameters validated against :class:`~tasks.speech.stored.StoredOptions` with the module's bounds and
+        old names, old weights upgraded, the stored units, front end and chunking range validated, shapes and dtypes
+        checked on the ``meta`` device before anything is allocated, non-finite weights and feature statistics
+        refused. Transcripts are identical to the module's.
+
+        Args:
+            path: the model.
+            map_location: device of the network (None keeps CPU).
+            strict: exact state-dict match.
+            sha256: expected digest (or prefix) of the file (a folder's weights).
+            **overrides: options to change (e.g. ``ctc_weight=0.5``), fields of ``StoredOptions``.
+
+        Raises:
+            core.errors.CheckpointError: an unreadable, unsafe or other-task file, bad hyper-parameters or
+                artifacts, or weights that do not fit (the message names the file).
+            core.errors.ConfigError: an override that is no option.
+        """
+        stored = read_task_files(SpeechFiles, path, sha256)
+        source = stored.source
+        # The module's training options (optimizer, losses, evaluation) do not concern inference: dropped without a
+        # word (the module warns about names no version takes).
+        hp, meta, state = checked_parts(
+            SpeechFiles, stored.hparams, stored.meta, stored.state, source, StoredOptions, warn_unknown=False
+        )
+        unknown = sorted(set(overrides) - {f.name for f in fields(StoredOptions)})
+        if unknown:
+            raise ConfigError(f"Transcriber.from_pretrained: no option {', '.join(unknown)} (StoredOptions)")
+        hp.update(overrides)
+        options = construct_checked(lambda: StoredOptions(**hp), source, "a SpeechModule", None)
+        # what the module's task restores from the file (SpeechTask.restore): units, front end, chunking range
+        units = read_units(meta, source, make_char_tokenizer().vocab_size) or make_char_tokenizer()
+        cfg = meta.get("feature_config")
+        feature_cfg = FeatureConfig() if cfg is None else FeatureConfig.from_dict(cfg, source)
+        chunk = read_chunk_seconds(meta, source)
+
+        def build(device: str | None) -> nn.Module:
+            def make() -> nn.Module:
+                holder = nn.Module()  # the module's weights are its network's under "model."
+                stats = FeatureStats(feature_cfg.n_mels)  # its values are in the weights
+                holder.model, _ = build_network(
+                    options, units.vocab_size, feature_cfg, stats, options.pretrained_config
+                )
+                return holder
+
+            return construct_checked(make, source, "a speech network", device)
+
+        holder = load_checked_weights(build, state, strict, source, "the speech network of its own options")
+        network = holder.get_submodule("model")
+        assert isinstance(network, SpeechNetwork)  # what build_network returns
+        check_stats(network.stats, source)
+        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+            network.to(map_location)
+        network.eval()
+        search = SearchOptions(options.ctc_weight, options.joint_ctc_decoding, options.length_penalty)
+        return cls(network, units, search, chunk if chunk is not None else options.max_chunk_seconds)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the network's weights are."""
+        return self.network.device
+
+    @property
+    def logmel(self) -> LogMel:
+        """Waveform -> log-mel features ``(frames, n_mels)`` (the network's front end)."""
+        return self.network.logmel
+
+    @property
+    def stats(self) -> FeatureStats:
+        """The feature statistics the network normalises with."""
+        return self.network.stats
+
+    @property
+    def feature_cfg(self) -> FeatureConfig:
+        """The log-mel front end's settings."""
+        return self.network.feature_cfg
+
+    @property
+    def reads_waveforms(self) -> bool:
+        """Whether the encoder reads raw 16 kHz audio (an ``hf:`` encoder) instead of log-mel features."""
+        return self.network.reads_waveforms
+
+    def decode_features(
+        self,
+        feats: Tensor,
+        lens: Tensor,
+        beam: int = 5,
+        nbest: int = 1,
+        with_attention: bool = False,
+        wavs: Tensor | None = None,
+        wav_lens: Tensor | None = None,
+    ) -> list[list[Hypothesis]]:
+        """Beam search over a batch of log-mel features (:func:`decode_features`; ``SpeechModule.decode_features``
+        documents the arguments)."""
+        return decode_features(
+            self.network, self.tokenizer, self.search, feats, lens, beam, nbest, with_attention, wavs, wav_lens
+        )
+
+    def transcribe(
+        self,
+        inputs: AudioInput | Sequence[AudioInput],
+        beam: int = 5,
+        nbest: int = 1,
+        return_attention: bool = False,
+        batch_size: int = 16,
+    ) -> str | Transcription | list[str] | list[Transcription]:
+        """Transcribe one audio file or waveform, or a list of them (``SpeechModule.transcribe`` documents it)."""
+        items, single = as_inputs(inputs)
+        results = transcribe(
+            self.network,
+            self.tokenizer,
+            self.search,
+            items,
+            self.max_chunk_seconds,
+            beam,
+            nbest,
+            return_attention,
+            batch_size,
+        )
+        out: list[str] | list[Transcription] = results if return_attention or nbest > 1 else [r.text for r in results]
+        return out[0] if single else out

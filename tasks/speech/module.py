@@ -14,22 +14,17 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 
 from core.attention import attention_options as attention_options_for  # the argument has its name
-from core.errors import ConfigError
-from core.io.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
-from core.io.pretrained import is_hf_spec
 from core.text.tokenizers import BaseTokenizer
 from core.train.module import TaskModule
 from core.train.task import options_from
-from tasks.speech import inference
 from tasks.speech.audio import AudioInput
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel
-from tasks.speech.inference import Hypothesis, SearchOptions, Transcription
-from tasks.speech.network import SpeechNetwork, upgrade_state_dict
+from tasks.speech.inference import Hypothesis, SearchOptions, Transcriber, Transcription
+from tasks.speech.network import SpeechNetwork
+from tasks.speech.stored import SpeechFiles, check_encoder_options
 from tasks.speech.task import SpeechOptions, SpeechTask
 
 __all__ = ["SpeechModule"]
-
-ENCODERS = ("lstm", "pblstm", "transformer", "conformer")
 
 
 class SpeechModule(TaskModule[SpeechNetwork]):
@@ -93,34 +88,12 @@ class SpeechModule(TaskModule[SpeechNetwork]):
             the CTC prefix scores only, without running the decoder (the same scores `w = 1` gives here).
     """
 
-    TASK = "speech"
+    TASK = SpeechFiles.TASK
     MONITOR, MONITOR_MODE = "val/cer", "min"
-    HPARAM_BOUNDS = {
-        "encoder_dim": SIZE,
-        "encoder_layers": LAYERS,
-        "num_heads": LAYERS,
-        "hidden_dim": SIZE,
-        "embed_dim": SIZE,
-        "ctc_weight": (0.0, 1.0),
-        "dropout": FRACTION,
-        "label_smoothing": FRACTION,
-        "beam_size": BEAM,
-        "length_penalty": (-10.0, 10.0),
-        "plot_examples": (0, 1000),
-        "max_chunk_seconds": (1.0, 600.0),
-        "cpu_threads": (1, 1024),
-        "trainable_blocks": (-1, 1000),
-        "encoder_lr_scale": RATE,
-        "unfreeze_after_steps": STEPS,
-        "guided_attention_weight": (0.0, 1000.0),
-        "guided_attention_sigma": (1e-3, 10.0),
-        "guided_attention_steps": STEPS,
-        "guided_attention_final_weight": (0.0, 1000.0),
-        "encoder_conv_channels": SIZE,
-    }
-    # Names of format-1 checkpoints (before one vocabulary of names across the tasks).
-    HPARAM_RENAMES = {"encoder_hidden": "encoder_dim", "encoder_heads": "num_heads", "decoder_hidden": "hidden_dim"}
-    FOLDER_FILES = {"units": "units.json", "feature_config": "preprocessor_config.json"}
+    # what a file of this module holds, shared with the Lightning-free loader (`tasks.speech.stored`)
+    HPARAM_BOUNDS = SpeechFiles.HPARAM_BOUNDS
+    HPARAM_RENAMES = SpeechFiles.HPARAM_RENAMES
+    FOLDER_FILES = SpeechFiles.FOLDER_FILES
 
     task: SpeechTask
 
@@ -162,13 +135,7 @@ class SpeechModule(TaskModule[SpeechNetwork]):
         joint_ctc_decoding: bool = False,
         encoder_conv_channels: int = 32,
     ) -> None:
-        if not 0.0 <= ctc_weight <= 1.0:
-            raise ConfigError(f"model.ctc_weight must be in [0, 1], got {ctc_weight}")
-        if not is_hf_spec(encoder) and encoder not in ENCODERS:
-            raise ConfigError(
-                f"model.encoder={encoder!r}: expected one of {', '.join(ENCODERS)} or "
-                f"hf:<hub-id-or-folder> (a pretrained wav2vec2 / HuBERT / WavLM / Whisper)"
-            )
+        check_encoder_options(encoder, ctc_weight)
         if guided_attention_weight > 0 and (attention == "none" or ctc_weight >= 1.0):
             what = "attention=none (uniform weights)" if attention == "none" else "ctc_weight=1 (CTC alone)"
             rank_zero_warn(f"model.guided_attention_weight is ignored with {what}: there is no attention to guide")
@@ -226,14 +193,22 @@ class SpeechModule(TaskModule[SpeechNetwork]):
     @classmethod
     def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
         """Format-1 names, and the front end that sat on the module itself before the core module (``model.``)."""
-        return upgrade_state_dict(state, version)
+        return SpeechFiles.upgrade_state_dict(state, version)
 
     @classmethod
     def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
         """An ``hf:`` encoder is rebuilt from the config stored with it: loading never downloads it."""
-        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
+        return SpeechFiles.hparams_from_metadata(meta, source)
 
     # ------------------------------------------------------------------ the library API
+    @property
+    def transcriber(self) -> Transcriber:
+        """This model as a :class:`~tasks.speech.inference.Transcriber` (no Lightning needed to run it), with the
+        scoring options of its hyper-parameters now."""
+        return Transcriber(
+            self.network, self.tokenizer, SearchOptions.from_hparams(self.hparams), self.max_chunk_seconds
+        )
+
     def decode_features(
         self,
         feats: Tensor,
@@ -261,10 +236,7 @@ class SpeechModule(TaskModule[SpeechNetwork]):
         Returns:
             Per utterance, ``nbest`` hypotheses sorted by the joint score.
         """
-        search = SearchOptions.from_hparams(self.hparams)
-        return inference.decode_features(
-            self.network, self.tokenizer, search, feats, lens, beam, nbest, with_attention, wavs, wav_lens
-        )
+        return self.transcriber.decode_features(feats, lens, beam, nbest, with_attention, wavs, wav_lens)
 
     def transcribe(
         self,
@@ -298,18 +270,4 @@ class SpeechModule(TaskModule[SpeechNetwork]):
             core.errors.DataError: an input is missing, unreadable, corrupt, empty or too short (the message
                 names it); use one call per file to keep going over bad files.
         """
-        items, single = inference.as_inputs(inputs)
-        search = SearchOptions.from_hparams(self.hparams)
-        results = inference.transcribe(
-            self.network,
-            self.tokenizer,
-            search,
-            items,
-            self.max_chunk_seconds,
-            beam,
-            nbest,
-            return_attention,
-            batch_size,
-        )
-        out: list[str] | list[Transcription] = results if return_attention or nbest > 1 else [r.text for r in results]
-        return out[0] if single else out
+        return self.transcriber.transcribe(inputs, beam, nbest, return_attention, batch_size)

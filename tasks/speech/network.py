@@ -4,20 +4,28 @@ Everything that turns audio into encoder states, CTC log-probabilities and decod
 module's ``self.model``: its weights are ``model.*`` in checkpoints and model folders. Before the core module
 (``tasks.speech.module`` up to commit bedf076) the front end sat on the LightningModule itself (``logmel.*``,
 ``stats.*``); :func:`upgrade_state_dict` maps those names, and the format-1 names (`tasks.speech.model`).
+:func:`build_network` builds it from the ``--model.*`` options (the task, and the Lightning-free
+``tasks.speech.inference.Transcriber.from_pretrained``).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 
 from core.decoding.beam import DecoderState
+from core.io.pretrained import is_hf_spec
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel, SpecAugment
+from tasks.speech.hf_encoder import hf_speech_encoder
 from tasks.speech.model import ASRModel, upgrade_state_dict_v1
 
-__all__ = ["SpeechNetwork", "upgrade_state_dict"]
+__all__ = ["ENCODERS", "NetworkOptions", "SpeechNetwork", "build_network", "upgrade_state_dict"]
+
+#: the encoders built here (``hf:<hub-id-or-folder>`` reads a pretrained one)
+ENCODERS = ("lstm", "pblstm", "transformer", "conformer")
 
 #: modules of the front end, whose weights were named without the ``model.`` prefix before the core module
 FRONT_END = ("logmel.", "stats.", "specaug.")
@@ -126,3 +134,86 @@ def upgrade_state_dict(state: dict[str, Any], version: int) -> dict[str, Any]:
     if version < 2:
         state = upgrade_state_dict_v1(state)
     return {f"model.{k}" if k.startswith(FRONT_END) else k: v for k, v in state.items()}
+
+
+class NetworkOptions(Protocol):
+    """The options :func:`build_network` reads (``SpeechModule``'s of the same names, documented there): the
+    task's ``SpeechOptions`` and the lean loader's ``StoredOptions`` both have them."""
+
+    @property
+    def encoder(self) -> str: ...
+    @property
+    def encoder_dim(self) -> int: ...
+    @property
+    def encoder_layers(self) -> int: ...
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def hidden_dim(self) -> int: ...
+    @property
+    def embed_dim(self) -> int: ...
+    @property
+    def attention(self) -> str: ...
+    @property
+    def attention_options(self) -> Mapping[str, Any] | None: ...
+    @property
+    def dropout(self) -> float: ...
+    @property
+    def spec_augment(self) -> bool: ...
+    @property
+    def ctc_weight(self) -> float: ...
+    @property
+    def trainable_blocks(self) -> int: ...
+    @property
+    def unfreeze_after_steps(self) -> int | None: ...
+    @property
+    def encoder_conv_channels(self) -> int: ...
+
+
+def build_network(
+    o: NetworkOptions,
+    vocab_size: int,
+    feature_cfg: FeatureConfig,
+    stats: FeatureStats,
+    pretrained: Mapping[str, Any] | None,
+) -> tuple[SpeechNetwork, dict[str, Any] | None]:
+    """The network of ``o`` for ``vocab_size`` units.
+
+    Args:
+        o: the ``--model.*`` options.
+        vocab_size: units including pad/bos/eos/unk.
+        feature_cfg: the log-mel front end.
+        stats: the feature statistics module the network normalises with (shared with its caller).
+        pretrained: an ``hf:`` encoder's stored config (then it is rebuilt offline from it), or None to read it
+            from ``o.encoder``.
+
+    Returns:
+        ``(network, pretrained_info)``: an ``hf:`` encoder's config as plain data (what a checkpoint stores to
+        rebuild it), None for the other encoders.
+    """
+    encoder_module, info = None, None
+    if is_hf_spec(o.encoder):
+        encoder_module, info = hf_speech_encoder(o.encoder, pretrained, o.trainable_blocks, o.unfreeze_after_steps)
+    network = SpeechNetwork(
+        vocab_size,
+        feature_cfg,
+        stats,
+        o.spec_augment,
+        o.encoder,
+        o.encoder_dim,
+        o.encoder_layers,
+        o.num_heads,
+        o.hidden_dim,
+        o.embed_dim,
+        o.attention,
+        dict(o.attention_options) if o.attention_options is not None else None,
+        o.dropout,
+        encoder_module=encoder_module,
+        conv_channels=o.encoder_conv_channels,
+    )
+    if o.ctc_weight >= 1.0:
+        # CTC alone: the decoder has no loss and is never run. Frozen, it gets no gradient (DDP expects none of
+        # it), no weight decay and no optimizer state; it stays in the network so that every setting has the
+        # same weights.
+        network.decoder.requires_grad_(False)
+    return network, info

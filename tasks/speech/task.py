@@ -29,14 +29,12 @@ from core.train.task import EvalStage, Evaluation, Objective, Stage, Task
 from core.viz import plot_spectrogram_alignment
 from tasks.speech.alignment import SpanTally, encoder_frame_times, has_attention_to_score
 from tasks.speech.batching import BucketedSpeechDataset, SpeechBatch
-from tasks.speech.data import make_char_tokenizer
 from tasks.speech.features import FeatureConfig, FeatureStats
-from tasks.speech.hf_encoder import hf_speech_encoder
 from tasks.speech.inference import SearchOptions, decode_features
 from tasks.speech.losses import LossOptions, speech_losses
-from tasks.speech.network import SpeechNetwork
+from tasks.speech.network import SpeechNetwork, build_network
 from tasks.speech.sources import Utterance
-from tasks.speech.stored import check_stats, read_chunk_seconds, read_units, speech_artifacts
+from tasks.speech.stored import check_stats, make_char_tokenizer, read_chunk_seconds, read_units, speech_artifacts
 
 __all__ = ["MEANS", "SpeechOptions", "SpeechTask"]
 
@@ -130,36 +128,17 @@ class SpeechTask(Task[SpeechNetwork, SpeechBatch]):
 
     # ------------------------------------------------------------------ the network and what the data decides
     def build_network(self) -> SpeechNetwork:
-        o = self.options
-        encoder_module = None
-        if self.reads_waveforms:
-            # the first build reads the pretrained encoder (or its stored config); later ones its config: offline
-            stored = self.pretrained_info if self.pretrained_info is not None else self.pretrained_config
-            encoder_module, self.pretrained_info = hf_speech_encoder(
-                o.encoder, stored, o.trainable_blocks, o.unfreeze_after_steps
-            )
-        network = SpeechNetwork(
+        # the first build reads an hf: encoder (or its stored config); later ones its config: offline
+        stored = self.pretrained_info if self.pretrained_info is not None else self.pretrained_config
+        network, info = build_network(
+            self.options,
             self.tokenizer.vocab_size,
             self.feature_cfg,
             self.stats,
-            o.spec_augment,
-            o.encoder,
-            o.encoder_dim,
-            o.encoder_layers,
-            o.num_heads,
-            o.hidden_dim,
-            o.embed_dim,
-            o.attention,
-            o.attention_options,
-            o.dropout,
-            encoder_module=encoder_module,
-            conv_channels=o.encoder_conv_channels,
+            stored if self.reads_waveforms else None,
         )
-        if o.ctc_weight >= 1.0:
-            # CTC alone: the decoder has no loss and is never run. Frozen, it gets no gradient (DDP expects none of
-            # it), no weight decay and no optimizer state; it stays in the network so that every setting has the
-            # same weights.
-            network.decoder.requires_grad_(False)
+        if self.reads_waveforms:
+            self.pretrained_info = info
         return network
 
     def setup(self, stage: str, datamodule: Any | None) -> bool:
