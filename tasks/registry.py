@@ -27,12 +27,16 @@ class RegisteredTask:
         module: ``"package.module:Class"`` of its ``TaskModule``.
         smoke: ``fit`` arguments of a run that takes seconds on a CPU (configs and overrides), for checks that
             train every task.
+        inference: ``"package.module:Class"`` of its inference object whose ``from_pretrained(path,
+            map_location=..., sha256=...)`` loads a model without Lightning (``Translator``, ``Captioner``,
+            ``Transcriber``: what ``attn-app`` and the inference subcommands run), or None.
     """
 
     name: str
     cli: str
     module: str
     smoke: tuple[str, ...]
+    inference: str | None = None
 
     def main(self) -> Callable[[list[str]], int]:
         """The task's command line entry point."""
@@ -41,8 +45,17 @@ class RegisteredTask:
 
     def module_class(self) -> Any:
         """The task's module class (imported now: each pulls in its own task package)."""
-        path, name = self.module.split(":")
-        return getattr(importlib.import_module(path), name)
+        return _class(self.module)
+
+    def inference_class(self) -> Any | None:
+        """The task's Lightning-free inference class (imported now), or None when it has none."""
+        return None if self.inference is None else _class(self.inference)
+
+
+def _class(where: str) -> Any:
+    """The class ``"package.module:Class"`` names (a constant of this file)."""
+    path, name = where.split(":")
+    return getattr(importlib.import_module(path), name)
 
 
 def _configs(task: str, *names: str) -> tuple[str, ...]:
@@ -57,12 +70,14 @@ REGISTRY: dict[str, RegisteredTask] = {
             "tasks.translation.cli",
             "tasks.translation.module:TranslationModule",
             _configs("translation", "default", "tiny"),
+            "tasks.translation.inference:Translator",
         ),
         RegisteredTask(
             "captioning",
             "tasks.captioning.cli",
             "tasks.captioning.module:CaptioningModule",
             _configs("captioning", "default", "tiny"),
+            "tasks.captioning.inference:Captioner",
         ),
         RegisteredTask(
             "speech",
@@ -73,6 +88,7 @@ REGISTRY: dict[str, RegisteredTask] = {
                 *("--trainer.max_time", "null", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"),
                 *("--data.synth_train", "16", "--data.synth_val", "8", "--data.synth_test", "8"),
             ),
+            "tasks.speech.inference:Transcriber",
         ),
         RegisteredTask(
             "sentiment",

@@ -184,7 +184,7 @@ def _captioning_tab(model: Any, limits: Limits, examples_dir: Path) -> None:
         with gr.Column(scale=1):
             beam, nbest = _controls(limits)
             go = gr.Button("Caption", variant="primary", elem_id="captioning-submit")
-    size = int(getattr(model.hparams, "image_size", 128) or 128)
+    size = int(getattr(model, "image_size", 128) or 128)
     gr.Examples(
         [[str(p)] for p in example_images(examples_dir, image_size=max(size, 96))],
         inputs=[image],

@@ -181,8 +181,8 @@ def _layer_head_figures(model: Any, k: int, source: str, hyp: Any) -> list[Image
     """Heatmaps of every layer (Transformer) and head (multi-head) of one hypothesis; [] for one head, one layer."""
     from tasks.translation.heads import layer_head_attention, target_ids
 
-    ids = model.src_tokenizer.encode(source)[: model.hparams.max_source_tokens]
-    layers = layer_head_attention(model.translator, ids, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))
+    ids = model.src_tokenizer.encode(source)[: model.max_source_tokens]
+    layers = layer_head_attention(model, ids, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))
     if len(layers) == 1 and layers[0].shape[0] == 1:
         return []
     out = []
@@ -246,15 +246,14 @@ def run_captioning(model: Any, image_path: Any, beam: Any, nbest: Any, limits: L
         ``text``: the best caption; ``nbest``: rows ``[rank, caption, score]``; ``figures``: the per-word
         attention grid; ``details``: one overlay per word (captioned with the word).
     """
-    from torchvision.transforms import v2
+    from tasks.captioning.images import shown_image
 
     image = read_image(image_path, limits)
     b, n = _beam_nbest(beam, nbest, limits)
     hyps = model.caption_images([image], beam=b, nbest=n)[0]  # Caption(text, score, words, attention), best first
     captions = [h.text for h in hyps]
     rows = [[rank, h.text, round(h.score, 4)] for rank, h in enumerate(hyps, 1)]
-    size = int(model.hparams.image_size)
-    shown = v2.CenterCrop(size)(v2.Resize(size)(image))  # the image as the network saw it
+    shown = shown_image(image, int(model.image_size))  # the image as the network saw it
     best = hyps[0]
     figures, details = [], []
     if best.attention is not None and best.words:

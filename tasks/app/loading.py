@@ -1,8 +1,9 @@
 """Finding and loading the model of each task for the app (no Gradio here).
 
 Everything goes through :func:`load_task_model`, which hands a ``.ckpt``, a model folder (``config.json``)
-or ``hf://ORG/NAME[@REV]`` to the shared loader ``core.io.model_folder.load_task_model``; a run folder
-holding checkpoints (``<task>.ckpt``, ``best.ckpt``, ...) is searched for the right file first.
+or ``hf://ORG/NAME[@REV]`` to the task's lean loader (its registered inference class's ``from_pretrained``:
+``Translator``, ``Captioner``, ``Transcriber``), so the app imports no Lightning; a run folder holding checkpoints
+(``<task>.ckpt``, ``best.ckpt``, ...) is searched for the right file first.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ TASKS: tuple[str, ...] = ("translation", "captioning", "speech")
 CHECKPOINT_NAMES: tuple[str, ...] = ("{task}.ckpt", "best.ckpt", "last.ckpt", "model.ckpt")
 
 
-def _module_class(task: str) -> Any:
-    """The task's module class (imported lazily: each pulls in its own task package)."""
+def _inference_class(task: str) -> Any:
+    """The task's Lightning-free inference class (imported lazily: each pulls in its own task package)."""
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-    return REGISTRY[task].module_class()
+    cls = REGISTRY[task].inference_class()
+    assert cls is not None  # every task of the app registers one
+    return cls
 
 
 def find_checkpoint(task: str, path: str | Path) -> Path:
@@ -72,20 +75,20 @@ def load_task_model(task: str, path: str | Path, device: str = "cpu") -> Any:
         device: torch device for the weights.
 
     Returns:
-        The task's LightningModule (``TranslationModule``, ``CaptioningModule`` or ``SpeechModule``).
+        The task's inference object, loaded without Lightning through the same checks as its module's
+        ``from_pretrained`` (``Translator``, ``Captioner`` or ``Transcriber``).
 
     Raises:
         core.errors.UserError: unknown task; ``CheckpointError`` for a missing, unsafe, corrupt or
             other-task checkpoint (the message names the file).
     """
     from core.io.model_folder import CONFIG_NAME
-    from core.io.model_folder import load_task_model as load
 
-    cls = _module_class(task)
+    cls = _inference_class(task)
     text = str(path)
     if text.startswith("hf://") or (Path(text).expanduser() / CONFIG_NAME).is_file():
-        return load(cls, text, map_location=device).eval()  # a hub id or an exported model folder
-    return load(cls, find_checkpoint(task, path), map_location=device).eval()
+        return cls.from_pretrained(text, map_location=device)  # a hub id or an exported model folder
+    return cls.from_pretrained(find_checkpoint(task, path), map_location=device)
 
 
 def demo_checkpoints(folder: str | Path) -> dict[str, Path]:

@@ -54,11 +54,17 @@ def test_find_checkpoint_file_folder_and_errors(checkpoints: dict[str, Path], tm
         find_checkpoint("speech", "hf://someone/model")  # a hub id is the shared loader's, not a local search
 
 
-def test_model_folders_load_like_checkpoints(models: dict[str, Any], tmp_path: Path) -> None:
-    """An exported model folder (and demo_output's <task>/model) is loaded by the shared core loader."""
-    folder = Path(models["speech"].save_pretrained(tmp_path / "speech" / "model"))
+def test_model_folders_load_like_checkpoints(
+    models: dict[str, Any], checkpoints: dict[str, Path], tmp_path: Path
+) -> None:
+    """An exported model folder (and demo_output's <task>/model) is loaded by the same lean loader as a checkpoint."""
+    from tasks.speech.module import SpeechModule
+
+    folder = Path(SpeechModule.from_pretrained(checkpoints["speech"]).save_pretrained(tmp_path / "speech" / "model"))
     again = load_task_model("speech", folder)
     assert type(again) is type(models["speech"])
+    audio = (torch.from_numpy(tone(1.0, 600.0)), 16000)
+    assert again.transcribe(audio, beam=2) == models["speech"].transcribe(audio, beam=2)
     assert demo_checkpoints(tmp_path) == {"speech": folder}
 
 
@@ -169,7 +175,7 @@ def test_layer_head_attention_matches_the_search(models: dict[str, Any]) -> None
     model = models["translation"]
     hyp = model.translate(["the red car"], beam=3, return_attention=True)[0]
     src = model.src_tokenizer.encode("the red car")
-    layers = layer_head_attention(model.translator, src, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))
+    layers = layer_head_attention(model, src, target_ids(model.tgt_tokenizer, hyp.tgt_tokens))  # the app's Translator
     assert [tuple(w.shape) for w in layers] == [(2, len(hyp.tgt_tokens), len(src))] * 2
     torch.testing.assert_close(layers[-1].mean(0), hyp.attention, atol=1e-5, rtol=1e-4)
     assert not torch.allclose(layers[0], layers[1])  # the layers really are different maps
