@@ -42,6 +42,7 @@ from torch import Tensor, nn
 
 from core.decoding.beam import DecoderState
 from core.engines.folder import require
+from core.engines.search import EngineNetwork
 from core.errors import CheckpointError, ConfigError
 
 __all__ = [
@@ -546,10 +547,12 @@ def _check_signature(path: Path, got: Sequence[Any], expected: Sequence[TensorSp
         )
 
 
-class OnnxStepNetwork(nn.Module):
+class OnnxStepNetwork(EngineNetwork):
     """A step decoder on two ONNX Runtime sessions (CPU): ``init_state`` and ``step`` of ``StepDecoder``.
 
-    No parameters (the weights are in the graphs). The sessions are created once, here.
+    No parameters (the weights are in the graphs). The sessions are created once, here. An
+    :class:`~core.engines.search.EngineNetwork` named ``"onnxruntime"``, driven step by step like a PyTorch network
+    (not an ``EngineSearch``).
 
     Args:
         init_path: the init graph.
@@ -564,6 +567,8 @@ class OnnxStepNetwork(nn.Module):
         CheckpointError: a graph is missing, does not load, has other inputs/outputs than ``layout``, or was
             changed after export (each names the file and what was expected).
     """
+
+    engine = "onnxruntime"
 
     def __init__(
         self,

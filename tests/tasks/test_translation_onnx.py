@@ -101,7 +101,7 @@ def _same_nbest(eager: list[list[Translation]], graphs: list[list[Translation]])
 def test_graphs_translate_as_the_network(name: str, tmp_path: Path) -> None:
     eager, options = _translator(NETWORKS[name])
     graphs = _export(eager, options, tmp_path)
-    assert graphs.device == torch.device("cpu")
+    assert graphs.device == torch.device("cpu") and graphs.engine == "onnxruntime"
     assert not list(graphs.network.parameters())
     # greedy: identical outputs on every input
     greedy = eager.translate(SENTENCES, beam=1)
