@@ -17,6 +17,7 @@ from core.errors import ConfigError
 from tasks.translation.ct2 import QUANTIZE, write_ctranslate2
 from tasks.translation.inference import LoadedTranslation, load_translation
 from tasks.translation.networks import TranslationFiles
+from tasks.translation.onnx_graphs import write_onnx
 
 __all__ = ["ENGINE_EXPORTS", "export_ctranslate2", "export_onnx"]
 
@@ -65,8 +66,6 @@ def export_onnx(ckpt: str, out: str, quantize: str = "float32", overwrite: bool 
         ConfigError: a network the graphs do not cover, or onnxruntime is not installed.
         CheckpointError: an unreadable model or a destination it may not write.
     """
-    from tasks.translation.onnx_graphs import write_onnx
-
     loaded = load_translation(ckpt)
     payload = {"onnx": lambda path: write_onnx(loaded.network, loaded.options, path, quantize)}
     return _write(loaded, out, "onnxruntime", quantize, payload, overwrite)

@@ -35,6 +35,7 @@ from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID, BaseTokenizer
 from tasks.translation.batching import pad_ids
 from tasks.translation.ct2 import load_ctranslate2
 from tasks.translation.networks import TranslationFiles, TranslationOptions, build_network
+from tasks.translation.onnx_graphs import load_onnx
 from tasks.translation.stored import read_artifacts
 
 __all__ = ["ENGINES", "LoadedTranslation", "Seq2SeqNetwork", "Translation", "Translator", "load_translation"]
@@ -259,8 +260,6 @@ class Translator:
         else:
             if device != "cpu":
                 raise ConfigError(f"{folder.source}: the ONNX export runs on the CPU (map_location={device!r})")
-            from tasks.translation.onnx_graphs import load_onnx
-
             network = load_onnx(folder, options, threads)
         return cls.for_options(network, options, src, tgt, artifacts.known_words)
 
