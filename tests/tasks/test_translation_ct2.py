@@ -15,11 +15,11 @@ import torch
 
 pytest.importorskip("ctranslate2")
 
-from core.errors import CheckpointError, ConfigError  # noqa: E402
-from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID  # noqa: E402
-from tasks.translation.cli import main  # noqa: E402
-from tasks.translation.export import export_ctranslate2  # noqa: E402
-from tasks.translation.inference import Translation, Translator  # noqa: E402
+from core.errors import CheckpointError, ConfigError
+from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from tasks.translation.cli import main
+from tasks.translation.export import export_ctranslate2
+from tasks.translation.inference import Translation, Translator
 
 SENTENCES = ["I love you", "the red car is small", "zebra blue ñ", "the small dog", "I love the red car", "dog"]
 PAIRS = ["I love you", "te quiero", "the red car", "el coche rojo", "the small dog", "el perro pequeño"]
@@ -200,7 +200,7 @@ def _copy(src: Path, dst: Path) -> Path:
 def test_tampered_exports_are_refused_naming_them(exported: tuple[Path, Path], tmp_path: Path) -> None:
     from tasks.translation.module import TranslationModule
 
-    folder, out = exported
+    _, out = exported
     with pytest.raises(CheckpointError, match="is an export for the ctranslate2 inference engine"):
         TranslationModule.from_pretrained(out)  # training, validation and re-export need the PyTorch folder
     config = json.loads((out / "config.json").read_text(encoding="utf-8"))

@@ -18,9 +18,9 @@ import torch
 
 pytest.importorskip("onnxruntime")
 
-from core.errors import CheckpointError  # noqa: E402
-from tasks.translation.cli import main  # noqa: E402
-from tasks.translation.inference import Translator  # noqa: E402
+from core.errors import CheckpointError
+from tasks.translation.cli import main
+from tasks.translation.inference import Translator
 
 SENTENCES = ["I love you", "the red car is small", "zebra blue ñ", "the small dog", "dog"]
 PAIRS = ["I love you", "te quiero", "the red car", "el coche rojo", "the small dog", "el perro pequeño"]
