@@ -346,6 +346,40 @@ def run_size(
     return result
 
 
+def demo_quality(folder: Path, work: Path, rounds: int) -> dict[str, Any]:
+    """The demo's translation model (an RNN with additive attention: ONNX Runtime, not CTranslate2) on the demo's
+    held-out pairs: BLEU (beam 5, as the demo scores) and decode seconds of eager, ORT fp32 and ORT int8."""
+    from core.metrics.text import corpus_bleu
+    from tasks.translation.data import TranslationDataModule
+    from tasks.translation.demo import DEMO_BEAM, DEMO_DATA, HELD_OUT
+    from tasks.translation.export import export_onnx
+    from tasks.translation.inference import Translator
+
+    dm = TranslationDataModule(**{**DEMO_DATA, "cache_dir": str(work / "demo_cache")})
+    dm.prepare_data()
+    pairs = dm.load_splits()["test"][:HELD_OUT]
+    texts, refs = [s for s, _ in pairs], [r for _, r in pairs]
+    paths = {"ours PyTorch": folder}
+    for q in ("float32", "int8"):
+        paths[f"ours ORT {'fp32' if q == 'float32' else q}"] = export_onnx(
+            str(folder), str(work / f"demo_onnx_{q}"), q, True
+        )
+    torch.set_num_threads(1)
+    translators = {k: Translator.from_pretrained(p, threads=1) for k, p in paths.items()}
+    times: dict[str, list[float]] = {k: [] for k in translators}
+    out: dict[str, Any] = {"held_out": len(pairs), "rows": {}}
+    for r in range(rounds):
+        for k, tr in translators.items() if r % 2 == 0 else list(translators.items())[::-1]:
+            start = time.perf_counter()
+            hyps = tr.translate(texts, beam=DEMO_BEAM, batch_size=BATCH)
+            times[k].append(time.perf_counter() - start)
+            out["rows"][k] = {"bleu": round(corpus_bleu(hyps, refs), 2)}
+    for k, v in times.items():
+        out["rows"][k]["seconds"] = round(statistics.median(v), 3)
+    out["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    return out
+
+
 def table(results: dict[str, Any], threads: list[int]) -> str:
     lines = []
     for size, res in results["sizes"].items():
@@ -370,7 +404,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ckpt", default=None, help="a trained CPU-recipe model (folder or .ckpt) for the 'cpu' size")
     p.add_argument("--data-config", default="configs/translation/tatoeba_cpu.yaml")
-    p.add_argument("--sizes", nargs="+", default=["cpu", "base"], choices=list(SIZES))
+    p.add_argument("--sizes", nargs="*", default=["cpu", "base"], choices=list(SIZES))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--sentences", type=int, default=256)
     p.add_argument("--latency-sentences", type=int, default=10)
@@ -378,6 +412,7 @@ def main() -> int:
     p.add_argument("--startup-runs", type=int, default=5)
     p.add_argument("--quality", action="store_true", help="BLEU of each engine on the test split (trained --ckpt)")
     p.add_argument("--quality-sentences", type=int, default=2000)
+    p.add_argument("--demo", type=Path, default=None, help="also the demo's translation model folder on ONNX Runtime")
     p.add_argument("--work", type=Path, default=ROOT / ".peer" / "engines")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "inference_engines.json")
     args = p.parse_args()
@@ -385,7 +420,10 @@ def main() -> int:
     import onnxruntime
     import transformers
 
-    texts, refs = sentences(args.data_config, max(args.sentences, args.quality_sentences if args.quality else 0))
+    texts: list[str] = []
+    refs: list[str] | None = None
+    if args.sizes:
+        texts, refs = sentences(args.data_config, max(args.sentences, args.quality_sentences if args.quality else 0))
     results: dict[str, Any] = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
@@ -399,6 +437,9 @@ def main() -> int:
         "args": {k: str(v) for k, v in vars(args).items()},
         "sizes": {},
     }
+    if args.demo is not None:
+        results["demo"] = demo_quality(args.demo, args.work, args.rounds)
+        print(json.dumps(results["demo"], indent=1))
     for size in args.sizes:
         held_out = None
         if args.quality and size == "cpu" and refs is not None:

@@ -407,7 +407,9 @@ def export_graphs(
             raise ConfigError(f"ONNX export: the step ignores state tensors that change every step: {unused}")
         layout = replace(full, source=tuple(t for t in full.source if t.name in used))
         keep = [i for i, n in enumerate(names) if n in used]
-        _torch_export(_Select(init, keep), tuple(examples[0]), init_path, layout.inputs, layout.state, opset)
+        # eval() first: the exporter restores the module's mode afterwards, and a new module is in training mode,
+        # which it would hand down to the network (dropout on in the eager reference, and for the caller)
+        _torch_export(_Select(init, keep).eval(), tuple(examples[0]), init_path, layout.inputs, layout.state, opset)
         network = OnnxStepNetwork(init_path, step_path, layout, threads=1, where=str(out_dir))
         for example in examples:
             _check_against_eager(network, init, step, example, names, parts, atol, rtol)

@@ -111,3 +111,20 @@ def test_onnx_path_imports_no_lightning(rnn_export: tuple[Path, Path]) -> None:
         "assert not bad, bad\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+
+@pytest.mark.parametrize("options", [{"embed_dim": 16, "hidden_dim": 32}, {"arch": "transformer", "hidden_dim": 16}])
+def test_models_with_dropout_export(options: dict[str, Any], tmp_path: Path) -> None:
+    """Trained models have dropout (0.1 by default): the export runs them in eval mode throughout (the exporter once
+    left the network in training mode after tracing, so its own check compared against a dropped-out network)."""
+    from core.text.tokenizers import CharTokenizer
+    from tasks.translation.module import TranslationModule
+
+    torch.manual_seed(0)
+    model = TranslationModule(plot_examples=0, dropout=0.1, **options)
+    model.set_tokenizers(CharTokenizer.train(PAIRS[::2]), CharTokenizer.train(PAIRS[1::2]))
+    model.build_model()
+    folder = Path(model.save_pretrained(tmp_path / "model"))
+    assert main(["export", "--ckpt", str(folder), "--out", str(tmp_path / "onnx"), "--format", "onnx"]) == 0
+    eager, onnx = Translator.from_pretrained(folder), Translator.from_pretrained(tmp_path / "onnx")
+    assert onnx.translate(SENTENCES, beam=1) == eager.translate(SENTENCES, beam=1)
