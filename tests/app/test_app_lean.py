@@ -60,9 +60,9 @@ def test_each_tab_answers_what_the_module_answers(
 
 def test_app_start_imports_no_lightning(checkpoints: dict[str, Path]) -> None:
     """``attn-app``'s start (its CLI module, loading the three models as ``--from`` does, building the page; not
-    launching a server) imports neither Lightning nor torchmetrics: Gradio is the app's only heavy import. The
-    translation tab's per-head figures import ``tasks.translation.heads``, which still reaches Lightning through the
-    Marian adapter (``core.train.finetune``), so only the start is pinned."""
+    launching a server) imports neither Lightning nor torchmetrics: Gradio is the app's only heavy import. Nor do the
+    translation tab's per-head figures (``tasks.translation.heads``, whose Marian adapter takes the fine-tuning policy
+    from the Lightning-free ``core.train.freeze``)."""
     root = checkpoints["translation"].parents[1]
     code = (
         "import sys\n"
@@ -73,6 +73,12 @@ def test_app_start_imports_no_lightning(checkpoints: dict[str, Path]) -> None:
         f"models = {{t: load_task_model(t, p) for t, p in demo_checkpoints({str(root)!r}).items()}}\n"
         "assert sorted(models) == ['captioning', 'speech', 'translation'], models\n"
         "build_app(models, Limits()).close()\n"
+        "from tasks.translation.heads import layer_head_attention, target_ids\n"
+        "t = models['translation']\n"
+        "best = t.translate('I love you', return_attention=True)\n"
+        "ids = t.src_tokenizer.encode('I love you')\n"
+        "heads = layer_head_attention(t, ids, target_ids(t.tgt_tokenizer, best.tgt_tokens))\n"
+        "assert len(heads) >= 1\n"
         f"bad = sorted(m for m in {LEAN!r} if m in sys.modules)\n"
         "assert not bad, bad\n"
         "assert 'gradio' in sys.modules\n"

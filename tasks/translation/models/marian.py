@@ -32,7 +32,7 @@ from core.decoding.fast_paths import step_log_probs
 from core.errors import ConfigError
 from core.io.pretrained import build_from_config, hf_name, load_pretrained, read_model_type, resolve_pretrained
 from core.text.tokenizers import BOS_ID
-from core.train.finetune import FreezePolicy, attn_implementation
+from core.train.freeze import FreezePolicy, attn_implementation
 from tasks.translation.marian_tokenizer import OFFSET, read_tokenizer_files
 
 if TYPE_CHECKING:
