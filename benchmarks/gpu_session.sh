@@ -8,6 +8,10 @@
 # Then through the device tool (carry .whl and .gpu), with a 600 s timeout:
 #   bash benchmarks/gpu_session.sh                 # issue 7 steps, ~9 min
 #   bash benchmarks/gpu_session.sh tatoeba         # the Tatoeba 8-min quality run alone (issue 3)
+#   bash benchmarks/gpu_session.sh engines         # issue 25's CUDA rows: ours in PyTorch and on CTranslate2
+#                                                  # (fp32/fp16/int8+fp16) vs MarianMT on CTranslate2 and HF generate
+#     (also download into .whl: ctranslate2==4.8.5 onnxruntime==1.32.0 onnx==1.23.2 onnxscript==0.7.2 onnx-ir
+#      ml_dtypes flatbuffers protobuf; carry .peer/i25/model as the trained CPU-recipe model if it exists)
 #
 # Steps run in priority order, each under its own timeout, and each writes its JSON as soon as it
 # ends, so a call cut short still returns what finished.
@@ -29,6 +33,16 @@ step() {  # step NAME SECONDS COMMAND...
   timeout "$secs" "$@" > "$OUT/$name.log" 2>&1
   echo "$name rc=$? wall=$((SECONDS - t0))s" | tee -a "$OUT/steps.log"
 }
+
+if [ "${1:-issue7}" = engines ]; then
+  ckpt=()
+  [ -d .peer/i25/model ] && ckpt=(--ckpt .peer/i25/model)
+  step inference_engines_cuda 560 python benchmarks/inference_engines.py --device cuda --threads 1 \
+    --sizes cpu base --sentences 512 --rounds 3 --startup-runs 3 "${ckpt[@]}" --work /tmp/engines \
+    --out "$OUT/inference_engines_cuda.json"
+  ls -la "$OUT"
+  exit 0
+fi
 
 if [ "${1:-issue7}" = tatoeba ]; then
   # Tatoeba Transformer, 8 min of training on the GPU (issue 3's target: test BLEU >= 40 in 10 GPU min).

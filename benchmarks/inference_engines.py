@@ -146,18 +146,25 @@ def convert_marian(folder: Path, quantize: str) -> Path:
     return out
 
 
-def exports(folder: Path, work: Path, size: str) -> dict[str, Path | str]:
-    """Our model on each engine: ``{row: export folder}``, or the reason it could not be exported."""
+def exports(folder: Path, work: Path, size: str, device: str = "cpu") -> dict[str, Path | str]:
+    """Our model on each engine: ``{row: export folder}``, or the reason it could not be exported (on a GPU also
+    CTranslate2's fp16 and int8 + fp16 weights)."""
     from core.errors import UserError
     from tasks.translation.export import export_ctranslate2, export_onnx
 
     out: dict[str, Path | str] = {"ours PyTorch": folder}
-    for row, fn, q in (
+    todo = [
         ("ours CT2 fp32", export_ctranslate2, "float32"),
         ("ours CT2 int8", export_ctranslate2, "int8"),
         ("ours ORT fp32", export_onnx, "float32"),
         ("ours ORT int8", export_onnx, "int8"),
-    ):
+    ]
+    if device != "cpu":
+        todo += [
+            ("ours CT2 fp16", export_ctranslate2, "float16"),
+            ("ours CT2 int8_fp16", export_ctranslate2, "int8_float16"),
+        ]
+    for row, fn, q in todo:
         try:
             out[row] = fn(str(folder), str(work / f"{size}_{row.split()[1]}_{q}"), q, True)
         except UserError as err:
@@ -173,11 +180,11 @@ class Engine:
         self.name, self.run = name, run
 
 
-def ours(name: str, path: Path, threads: int) -> Engine:
+def ours(name: str, path: Path, threads: int, device: str = "cpu") -> Engine:
     from tasks.translation.inference import Translator
 
     torch.set_num_threads(threads)
-    tr = Translator.from_pretrained(path, threads=threads)
+    tr = Translator.from_pretrained(path, threads=threads, map_location=device)
 
     def run(texts: list[str], beam: int) -> int:
         hyps = tr.translate(texts, beam=beam, batch_size=BATCH, return_attention=False)
@@ -204,11 +211,13 @@ def _batches(texts: list[str], lengths: list[int]) -> list[tuple[list[str], int]
     ]
 
 
-def ct2_forced(name: str, model_dir: Path, tokenizer: Any, threads: int, lengths: dict[str, int]) -> Engine:
+def ct2_forced(
+    name: str, model_dir: Path, tokenizer: Any, threads: int, lengths: dict[str, int], device: str = "cpu"
+) -> Engine:
     """A CTranslate2 model decoding exactly the forced length of each batch (``lengths``: sentence -> length)."""
     import ctranslate2
 
-    tr = ctranslate2.Translator(str(model_dir), device="cpu", intra_threads=threads)
+    tr = ctranslate2.Translator(str(model_dir), device=device, intra_threads=threads)
 
     def run(texts: list[str], beam: int) -> int:
         n = 0
@@ -227,18 +236,18 @@ def ct2_forced(name: str, model_dir: Path, tokenizer: Any, threads: int, lengths
     return Engine(name, run)
 
 
-def hf_generate(name: str, folder: Path, threads: int, lengths: dict[str, int]) -> Engine:
+def hf_generate(name: str, folder: Path, threads: int, lengths: dict[str, int], device: str = "cpu") -> Engine:
     from transformers import MarianMTModel, PreTrainedTokenizerFast
 
     torch.set_num_threads(threads)
-    model = MarianMTModel.from_pretrained(folder).eval()
+    model = MarianMTModel.from_pretrained(folder).eval().to(device)
     tok = PreTrainedTokenizerFast.from_pretrained(folder)
 
     @torch.no_grad()
     def run(texts: list[str], beam: int) -> int:
         n = 0
         for batch, length in _batches(texts, [lengths[t] for t in texts]):
-            enc = tok(batch, return_tensors="pt", padding=True)
+            enc = tok(batch, return_tensors="pt", padding=True).to(device)
             model.generate(
                 **enc,
                 num_beams=beam,
@@ -293,7 +302,7 @@ def run_size(
 
     trained = Translator.from_pretrained(args.ckpt).src_tokenizer if args.ckpt else None
     folder = Path(args.ckpt) if (args.ckpt and size == "cpu") else random_folder(size, texts, work, trained)
-    rows = exports(folder, work, size)
+    rows = exports(folder, work, size, args.device)
 
     tok = Translator.from_pretrained(folder).src_tokenizer
     marian = marian_folder(size, folder / "tokenizer_src.json", tok.vocab_size, work)
@@ -311,8 +320,13 @@ def run_size(
     for k, v in starts.items():
         result["rows"].setdefault(k, {})["startup_s"] = round(statistics.median(v), 3)
 
+    dev = args.device
+    if dev != "cpu":  # ONNX Runtime runs here on the CPU only (onnxruntime, not onnxruntime-gpu)
+        for k in [k for k in paths if "ORT" in k]:
+            result["skipped"][k] = f"not run on {dev}: the onnxruntime package runs on the CPU"
+            del paths[k]
     for threads in args.threads:
-        engines = [ours(k, p, threads) for k, p in paths.items()]
+        engines = [ours(k, p, threads, dev) for k, p in paths.items()]
         ct2_ours = rows.get("ours CT2 fp32")
         if isinstance(ct2_ours, Path):
             engines.append(ct2_forced("ours CT2 fp32 (forced)", ct2_ours / "ctranslate2", tok, threads, lengths))
@@ -406,6 +420,7 @@ def main() -> int:
     p.add_argument("--data-config", default="configs/translation/tatoeba_cpu.yaml")
     p.add_argument("--sizes", nargs="*", default=["cpu", "base"], choices=list(SIZES))
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--device", default="cpu", help="cpu or cuda (ours in PyTorch and on CTranslate2, HF generate)")
     p.add_argument("--sentences", type=int, default=256)
     p.add_argument("--latency-sentences", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
