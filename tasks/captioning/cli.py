@@ -7,6 +7,8 @@ Usage::
     attn-caption fit -c configs/captioning/default.yaml --ckpt_path last   # resume after a crash
     attn-caption caption --ckpt model.ckpt img1.jpg img2.png [--beam 5] [--nbest 3] [--plot DIR]
     attn-caption export --ckpt model.ckpt --out my-model [--push ORG/NAME]
+    attn-caption export --ckpt model.ckpt --out my-model-onnx --format onnx [--quantize int8]
+    attn-caption caption --ckpt my-model-onnx img1.jpg                    # runs on ONNX Runtime
 
 ``caption`` prints ``<image path><TAB><caption>`` per image on stdout, batch by batch (images are read
 one batch at a time, so memory does not grow with the number of images). An image that cannot be read
@@ -138,11 +140,26 @@ def _spec() -> InferenceSpec:
     )
 
 
+def _folder(args: argparse.Namespace) -> int:
+    """``export --format folder``: the PyTorch model folder, written by the Lightning module."""
+    from core.cli.task import model_folder_export
+    from tasks.captioning.module import CaptioningModule
+
+    return model_folder_export(CaptioningModule, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``attn-caption``: 0 ok, 1 some images could not be captioned, 2 user error."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["caption"]:  # inference imports no Lightning (about a second instead of four)
         return run_cli(lambda a: run_inference(_spec(), list(a or [])[1:]), args)
+    if args[:1] == ["export"]:  # an engine export is read and written without Lightning too
+        from core.cli.export import export_command
+        from tasks.captioning.export import ENGINE_EXPORTS
+
+        return run_cli(
+            lambda a: export_command("attn-caption export", list(a or [])[1:], ENGINE_EXPORTS, _folder), args
+        )
     from core.cli.task import task_main
     from tasks.captioning.data import CaptionDataModule
     from tasks.captioning.module import CaptioningModule

@@ -26,15 +26,20 @@ from torch import Tensor, nn
 
 from core.decoding.beam import StepDecoder, beam_search
 from core.decoding.fast_paths import eval_mode
+from core.engines.folder import read_engine_folder
+from core.engines.search import EngineNetwork
 from core.errors import ConfigError
-from core.io.model_folder import read_task_files
+from core.io.model_folder import HUB_PREFIX, folder_engine, read_task_files, resolve_hub
 from core.io.rebuild import checked_parts, construct_checked, load_checked_weights
 from tasks.captioning.images import eval_transform, load_rgb, shown_image
 from tasks.captioning.network import CaptionNetwork, NetworkOptions, build_network
+from tasks.captioning.onnx_graphs import OnnxCaptionNetwork, load_onnx
 from tasks.captioning.stored import CaptioningFiles, StoredOptions, check_vocab
 from tasks.captioning.vocab import CaptionVocab
 
-__all__ = ["Caption", "Captioner", "save_attention_figure"]
+__all__ = ["ENGINES", "Caption", "Captioner", "LoadedCaptioning", "load_captioning", "save_attention_figure"]
+
+ENGINES = ("onnxruntime",)  # the engines an export may run on (``attn-caption export --format onnx``)
 
 
 @dataclass
@@ -62,14 +67,14 @@ class Captioner:
     module's network (validation, test and prediction decode through them too).
 
     Attributes:
-        network: the encoder and decoder.
+        network: the encoder and decoder (or their ONNX Runtime graphs).
         vocab: the word vocabulary.
         transform: RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor.
         max_len: default longest caption (words).
         image_size: side of the square image the network sees (what the attention figures show).
     """
 
-    network: CaptionNetwork
+    network: CaptionNetwork | OnnxCaptionNetwork
     vocab: CaptionVocab
     transform: Callable[[Image.Image], Tensor]
     max_len: int
@@ -82,9 +87,11 @@ class Captioner:
         map_location: str | torch.device | None = "cpu",
         strict: bool = True,
         sha256: str | None = None,
+        threads: int | None = None,
         **overrides: Any,
     ) -> Captioner:
-        """A captioning model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning.
+        """A captioning model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning;
+        or an ONNX export (``attn-caption export --format onnx``), run on ONNX Runtime.
 
         The same safe path as ``CaptioningModule.from_pretrained`` (``core.io.rebuild``): no unpickling, the
         hyper-parameters validated against :class:`~tasks.captioning.stored.StoredOptions` with the module's
@@ -93,57 +100,57 @@ class Captioner:
 
         Args:
             path: the model.
-            map_location: device of the network (None keeps CPU).
+            map_location: device of the network (None keeps CPU; an ONNX export runs on the CPU).
             strict: exact state-dict match.
             sha256: expected digest (or prefix) of the file (a folder's weights).
+            threads: an ONNX export's CPU threads (None: ONNX Runtime's default); PyTorch uses
+                ``torch.set_num_threads``.
             **overrides: options to change (e.g. ``max_len=10``), fields of ``StoredOptions``.
 
         Raises:
             core.errors.CheckpointError: an unreadable, unsafe or other-task file, bad hyper-parameters, or
                 weights that do not fit (the message names the file).
-            core.errors.ConfigError: an override that is no option.
+            core.errors.ConfigError: an override that is no option, or an ONNX export without ``onnxruntime``.
         """
-        stored = read_task_files(CaptioningFiles, path, sha256)
-        source = stored.source
-        # The module's training options (optimizer, loss, evaluation) do not concern inference: dropped without a
-        # word (the module warns about names no version takes).
-        hp, meta, state = checked_parts(
-            CaptioningFiles, stored.hparams, stored.meta, stored.state, source, StoredOptions, warn_unknown=False
-        )
-        unknown = sorted(set(overrides) - {f.name for f in fields(StoredOptions)})
-        if unknown:
-            raise ConfigError(f"Captioner.from_pretrained: no option {', '.join(unknown)} (StoredOptions)")
-        hp.update(overrides)
-        options = construct_checked(lambda: StoredOptions(**hp), source, "captioning options", None)
-        vocab = construct_checked(lambda: _vocab(options.vocab), source, "a CaptioningModule", None)
-        check_vocab(meta, vocab, source)  # what the module's restore checks
-        o = options
-        recorded = NetworkOptions.recorded_attention_options(o.decoder, o.attention, o.attention_options, o.hidden_dim)
-        values = {f.name: getattr(o, f.name) for f in fields(NetworkOptions)}
-        network_options = NetworkOptions(**{**values, "attention_options": recorded})
+        local = resolve_hub(os.fspath(path)) if os.fspath(path).startswith(HUB_PREFIX) else Path(path).expanduser()
+        if folder_engine(local) is not None:
+            if sha256 is not None:
+                raise ConfigError("sha256 pins a checkpoint or a model folder's weights; an engine export has none")
+            return cls._from_engine(local, map_location, threads, overrides)
+        loaded = load_captioning(path, map_location, strict, sha256, overrides)
+        return cls.for_options(loaded.network, loaded.options, loaded.vocab)
 
-        def build(device: str | None) -> nn.Module:
-            def make() -> nn.Module:
-                holder = nn.Module()  # the module's weights are its network's under "model."
-                holder.model, _ = build_network(
-                    network_options, len(vocab), o.image_size, o.mean, o.std, o.pretrained_config
-                )
-                return holder
+    @classmethod
+    def for_options(
+        cls, network: CaptionNetwork | OnnxCaptionNetwork, o: StoredOptions, vocab: CaptionVocab
+    ) -> Captioner:
+        """``network`` with the vocabulary, image transform and longest caption of options ``o``."""
+        return cls(network, vocab, eval_transform(o.image_size, o.mean, o.std), o.max_len, o.image_size)
 
-            return construct_checked(make, source, "a captioning network", device)
-
-        holder = load_checked_weights(build, state, strict, source, "the captioning network of its own options")
-        network = holder.get_submodule("model")
-        assert isinstance(network, CaptionNetwork)  # what build_network returns
-        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-            network.to(map_location)
-        network.eval()
-        return cls(network, vocab, eval_transform(o.image_size, o.mean, o.std), network_options.max_len, o.image_size)
+    @classmethod
+    def _from_engine(
+        cls, path: Path, map_location: str | torch.device | None, threads: int | None, overrides: dict[str, Any]
+    ) -> Captioner:
+        """An ONNX export: its options and vocabulary checked, its network on ONNX Runtime."""
+        folder = read_engine_folder(CaptioningFiles, path, StoredOptions, ENGINES)
+        options = _options(folder.hparams, overrides, folder.source)
+        vocab = construct_checked(lambda: _vocab(options.vocab), folder.source, "a CaptioningModule", None)
+        check_vocab(folder.meta, vocab, folder.source)
+        device = "cpu" if map_location is None else str(map_location)
+        if device != "cpu":
+            raise ConfigError(f"{folder.source}: the ONNX export runs on the CPU (map_location={device!r})")
+        return cls.for_options(load_onnx(folder, options, threads), options, vocab)
 
     @property
     def device(self) -> torch.device:
-        """Where the network's weights are."""
-        return next(self.network.parameters()).device
+        """Where the network's weights are (the CPU for an engine's network, which has none in PyTorch)."""
+        weight = next(self.network.parameters(), None)
+        return torch.device("cpu") if weight is None else weight.device
+
+    @property
+    def engine(self) -> str:
+        """What runs the network: ``"pytorch"`` or ``"onnxruntime"``."""
+        return self.network.engine if isinstance(self.network, EngineNetwork) else "pytorch"
 
     def preprocess(self, image: Image.Image) -> Tensor:
         """RGB PIL image -> ``(3, image_size, image_size)`` normalised tensor (inference transform)."""
@@ -172,9 +179,13 @@ class Captioner:
         """
         network, vocab = self.network, self.vocab
         decoder: StepDecoder = network  # the decoding contract, checked by the type checker
+        if isinstance(network, OnnxCaptionNetwork):  # one graph: the images to the first state
+            state = network.init_state(images)
+        else:
+            state = network.init_state(network.encode(images))  # (B, S, D) grid features
         res = beam_search(
             decoder.step,
-            network.init_state(network.encode(images)),  # (B, S, D) grid features
+            state,
             batch_size=images.shape[0],
             bos_id=vocab.bos_id,
             eos_id=vocab.eos_id,
@@ -257,6 +268,76 @@ def save_attention_figure(image: Image.Image, caption: str, weights: Tensor, pat
 
     fig = plot_image_attention(shown_image(image, image_size), weights, caption.split())
     return save_figure(fig, path)
+
+
+@dataclass
+class LoadedCaptioning:
+    """A PyTorch captioning model read by :func:`load_captioning`: its network (eval mode) and what goes with it.
+
+    Attributes:
+        network: the network, its weights loaded.
+        options: its validated options.
+        vocab: its word vocabulary.
+        meta: the file's checked metadata (vocabulary, image preprocessing, an ``hf:`` backbone's config), as an
+            export writes it again.
+        source: the file, for messages.
+    """
+
+    network: CaptionNetwork
+    options: StoredOptions
+    vocab: CaptionVocab
+    meta: dict[str, Any]
+    source: str
+
+
+def _options(hp: dict[str, Any], overrides: dict[str, Any], source: str) -> StoredOptions:
+    unknown = sorted(set(overrides) - {f.name for f in fields(StoredOptions)})
+    if unknown:
+        raise ConfigError(f"Captioner.from_pretrained: no option {', '.join(unknown)} (StoredOptions)")
+    return construct_checked(lambda: StoredOptions(**{**hp, **overrides}), source, "captioning options", None)
+
+
+def load_captioning(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    sha256: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> LoadedCaptioning:
+    """A PyTorch captioning model (folder, ``hf://``, ``.ckpt`` or URL) read without Lightning and checked (see
+    :meth:`Captioner.from_pretrained`, which wraps it; an export reads it to write the engine's files)."""
+    stored = read_task_files(CaptioningFiles, path, sha256)
+    source = stored.source
+    # The module's training options (optimizer, loss, evaluation) do not concern inference: dropped without a
+    # word (the module warns about names no version takes).
+    hp, meta, state = checked_parts(
+        CaptioningFiles, stored.hparams, stored.meta, stored.state, source, StoredOptions, warn_unknown=False
+    )
+    options = _options(hp, dict(overrides or {}), source)
+    vocab = construct_checked(lambda: _vocab(options.vocab), source, "a CaptioningModule", None)
+    check_vocab(meta, vocab, source)  # what the module's restore checks
+    o = options
+    recorded = NetworkOptions.recorded_attention_options(o.decoder, o.attention, o.attention_options, o.hidden_dim)
+    values = {f.name: getattr(o, f.name) for f in fields(NetworkOptions)}
+    network_options = NetworkOptions(**{**values, "attention_options": recorded})
+
+    def build(device: str | None) -> nn.Module:
+        def make() -> nn.Module:
+            holder = nn.Module()  # the module's weights are its network's under "model."
+            holder.model, _ = build_network(
+                network_options, len(vocab), o.image_size, o.mean, o.std, o.pretrained_config
+            )
+            return holder
+
+        return construct_checked(make, source, "a captioning network", device)
+
+    holder = load_checked_weights(build, state, strict, source, "the captioning network of its own options")
+    network = holder.get_submodule("model")
+    assert isinstance(network, CaptionNetwork)  # what build_network returns
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        network.to(map_location)
+    network.eval()
+    return LoadedCaptioning(network, options, vocab, meta, source)
 
 
 def _vocab(stored: dict[str, Any] | None) -> CaptionVocab:

@@ -7,6 +7,8 @@ Usage::
     attn-asr test --config configs/speech/default.yaml --ckpt_path PATH
     attn-asr transcribe --ckpt PATH a.wav b.flac [--beam N] [--nbest K] [--plot DIR]
     attn-asr export --ckpt PATH --out my-model [--push ORG/NAME]
+    attn-asr export --ckpt PATH --out my-model-onnx --format onnx [--quantize int8]
+    attn-asr transcribe --ckpt my-model-onnx a.wav                       # runs on ONNX Runtime
 
 `transcribe` prints one line per file, `<file><TAB><transcript>`; a file that cannot be read (missing,
 corrupt, empty, too short) gets an `error: <file>: <reason>` line on stderr, the other files are still
@@ -96,11 +98,24 @@ def _spec() -> InferenceSpec:
     )
 
 
+def _folder(args: argparse.Namespace) -> int:
+    """``export --format folder``: the PyTorch model folder, written by the Lightning module."""
+    from core.cli.task import model_folder_export
+    from tasks.speech.module import SpeechModule
+
+    return model_folder_export(SpeechModule, args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of `attn-asr` (see module docstring). Returns the exit status."""
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["transcribe"]:  # inference imports no Lightning
         return run_cli(lambda a: run_inference(_spec(), list(a or [])[1:]), args)
+    if args[:1] == ["export"]:  # an engine export is read and written without Lightning too
+        from core.cli.export import export_command
+        from tasks.speech.export import ENGINE_EXPORTS
+
+        return run_cli(lambda a: export_command("attn-asr export", list(a or [])[1:], ENGINE_EXPORTS, _folder), args)
     from core.cli.task import task_main
     from tasks.speech.data import SpeechDataModule
     from tasks.speech.module import SpeechModule

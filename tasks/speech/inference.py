@@ -19,6 +19,7 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any, cast
 
 import torch
@@ -27,14 +28,17 @@ from torch import Tensor, nn
 
 from core.decoding.beam import DecoderState, StepDecoder, StepFn, beam_search
 from core.decoding.fast_paths import eval_mode
+from core.engines.folder import read_engine_folder
+from core.engines.search import EngineNetwork
 from core.errors import ConfigError
-from core.io.model_folder import read_task_files
+from core.io.model_folder import HUB_PREFIX, folder_engine, read_task_files, resolve_hub
 from core.io.rebuild import checked_parts, construct_checked, load_checked_weights
 from core.text.tokenizers import BaseTokenizer
 from tasks.speech.audio import SAMPLE_RATE, AudioInput, is_silent, load_audio, split_on_silence
 from tasks.speech.ctc_prefix import CTCPrefixScorer, joint_search_inputs
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel
 from tasks.speech.network import SpeechNetwork, build_network
+from tasks.speech.onnx_graphs import OnnxSpeechNetwork, load_onnx
 from tasks.speech.stored import (
     SpeechFiles,
     StoredOptions,
@@ -45,16 +49,22 @@ from tasks.speech.stored import (
 )
 
 __all__ = [
+    "ENGINES",
     "ChunkAlignment",
     "Hypothesis",
+    "LoadedSpeech",
     "SearchOptions",
     "Transcriber",
     "Transcription",
     "as_inputs",
     "ctc_alone_search_inputs",
     "decode_features",
+    "load_speech",
     "transcribe",
 ]
+
+
+ENGINES = ("onnxruntime",)  # the engines an export may run on (``attn-asr export --format onnx``)
 
 
 @dataclass(frozen=True)
@@ -131,7 +141,7 @@ class Transcription:
 
 @torch.no_grad()
 def decode_features(
-    network: SpeechNetwork,
+    network: SpeechNetwork | OnnxSpeechNetwork,
     tokenizer: BaseTokenizer,
     search: SearchOptions,
     feats: Tensor,
@@ -148,7 +158,7 @@ def decode_features(
     step is scored by the CTC prefix log-probability alone, and hypotheses carry no attention.
 
     Args:
-        network: the network (run in eval mode, its mode restored after).
+        network: the network (run in eval mode, its mode restored after), or its ONNX Runtime graphs.
         tokenizer: its units.
         search: how the beam is scored.
         feats: unnormalised log-mel `(B, T, F)`.
@@ -247,7 +257,7 @@ def _joint_scores(
 
 @torch.no_grad()
 def transcribe(
-    network: SpeechNetwork,
+    network: SpeechNetwork | OnnxSpeechNetwork,
     tokenizer: BaseTokenizer,
     search: SearchOptions,
     inputs: Sequence[AudioInput],
@@ -329,6 +339,79 @@ def ctc_alone_search_inputs(scorer: CTCPrefixScorer) -> tuple[StepFn, DecoderSta
     return step, DecoderState(beams=scorer.initial_state(), source=scorer.static())
 
 
+@dataclass
+class LoadedSpeech:
+    """A PyTorch speech model read by :func:`load_speech`: its network (eval mode) and what goes with it.
+
+    Attributes:
+        network: the network, its weights loaded.
+        options: its validated options.
+        units: its character units.
+        meta: the file's checked metadata (units, front end, statistics, chunking range, an ``hf:`` encoder's
+            config), as an export writes it again.
+        source: the file, for messages.
+    """
+
+    network: SpeechNetwork
+    options: StoredOptions
+    units: BaseTokenizer
+    meta: dict[str, Any]
+    source: str
+
+
+def _options(hp: dict[str, Any], overrides: dict[str, Any], source: str) -> StoredOptions:
+    unknown = sorted(set(overrides) - {f.name for f in fields(StoredOptions)})
+    if unknown:
+        raise ConfigError(f"Transcriber.from_pretrained: no option {', '.join(unknown)} (StoredOptions)")
+    return construct_checked(lambda: StoredOptions(**{**hp, **overrides}), source, "a SpeechModule", None)
+
+
+def _artifacts(meta: Mapping[str, Any], source: str) -> tuple[BaseTokenizer, FeatureConfig]:
+    """The stored units and front end (what the module's task restores from the file, ``SpeechTask.restore``)."""
+    units = read_units(meta, source, make_char_tokenizer().vocab_size) or make_char_tokenizer()
+    cfg = meta.get("feature_config")
+    return units, FeatureConfig() if cfg is None else FeatureConfig.from_dict(cfg, source)
+
+
+def load_speech(
+    path: str | os.PathLike[str],
+    map_location: str | torch.device | None = "cpu",
+    strict: bool = True,
+    sha256: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> LoadedSpeech:
+    """A PyTorch speech model (folder, ``hf://``, ``.ckpt`` or URL) read without Lightning and checked (see
+    :meth:`Transcriber.from_pretrained`, which wraps it; an export reads it to write the engine's files)."""
+    stored = read_task_files(SpeechFiles, path, sha256)
+    source = stored.source
+    # The module's training options (optimizer, losses, evaluation) do not concern inference: dropped without a
+    # word (the module warns about names no version takes).
+    hp, meta, state = checked_parts(
+        SpeechFiles, stored.hparams, stored.meta, stored.state, source, StoredOptions, warn_unknown=False
+    )
+    options = _options(hp, dict(overrides or {}), source)
+    units, feature_cfg = _artifacts(meta, source)
+    read_chunk_seconds(meta, source)  # checked before the weights are read
+
+    def build(device: str | None) -> nn.Module:
+        def make() -> nn.Module:
+            holder = nn.Module()  # the module's weights are its network's under "model."
+            stats = FeatureStats(feature_cfg.n_mels)  # its values are in the weights
+            holder.model, _ = build_network(options, units.vocab_size, feature_cfg, stats, options.pretrained_config)
+            return holder
+
+        return construct_checked(make, source, "a speech network", device)
+
+    holder = load_checked_weights(build, state, strict, source, "the speech network of its own options")
+    network = holder.get_submodule("model")
+    assert isinstance(network, SpeechNetwork)  # what build_network returns
+    check_stats(network.stats, source)
+    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
+        network.to(map_location)
+    network.eval()
+    return LoadedSpeech(network, options, units, meta, source)
+
+
 def _join(parts: list[tuple[list[Hypothesis], ChunkAlignment | None]]) -> Transcription:
     """One input's transcription from its chunks' n-best lists (silent chunks have none)."""
     spoken = [hyps for hyps, _ in parts if hyps]
@@ -362,13 +445,14 @@ class Transcriber:
     options read from its hyper-parameters at every call).
 
     Attributes:
-        network: the front end, encoder, attention decoder and CTC head.
+        network: the front end, encoder, attention decoder and CTC head (or their ONNX Runtime graphs, the front
+            end in PyTorch).
         tokenizer: the character units.
         search: how the beam is scored.
         max_chunk_seconds: longer audio is cut into chunks (None: 15 s).
     """
 
-    network: SpeechNetwork
+    network: SpeechNetwork | OnnxSpeechNetwork
     tokenizer: BaseTokenizer
     search: SearchOptions = field(default_factory=SearchOptions)
     max_chunk_seconds: float | None = None
@@ -380,9 +464,11 @@ class Transcriber:
         map_location: str | torch.device | None = "cpu",
         strict: bool = True,
         sha256: str | None = None,
+        threads: int | None = None,
         **overrides: Any,
     ) -> Transcriber:
-        """A speech model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning.
+        """A speech model folder, ``hf://ORG/NAME[@REVISION]``, ``.ckpt`` file or URL, loaded without Lightning; or an
+        ONNX export (``attn-asr export --format onnx``), run on ONNX Runtime.
 
         The same safe path as ``SpeechModule.from_pretrained`` (``core.io.rebuild``): no unpickling, the
         hyper-parameters validated against :class:`~tasks.speech.stored.StoredOptions` with the module's bounds and
@@ -392,59 +478,63 @@ class Transcriber:
 
         Args:
             path: the model.
-            map_location: device of the network (None keeps CPU).
+            map_location: device of the network (None keeps CPU; an ONNX export runs on the CPU).
             strict: exact state-dict match.
             sha256: expected digest (or prefix) of the file (a folder's weights).
+            threads: an ONNX export's CPU threads (None: ONNX Runtime's default); PyTorch uses
+                ``torch.set_num_threads``.
             **overrides: options to change (e.g. ``ctc_weight=0.5``), fields of ``StoredOptions``.
 
         Raises:
             core.errors.CheckpointError: an unreadable, unsafe or other-task file, bad hyper-parameters or
                 artifacts, or weights that do not fit (the message names the file).
-            core.errors.ConfigError: an override that is no option.
+            core.errors.ConfigError: an override that is no option, or an ONNX export without ``onnxruntime``.
         """
-        stored = read_task_files(SpeechFiles, path, sha256)
-        source = stored.source
-        # The module's training options (optimizer, losses, evaluation) do not concern inference: dropped without a
-        # word (the module warns about names no version takes).
-        hp, meta, state = checked_parts(
-            SpeechFiles, stored.hparams, stored.meta, stored.state, source, StoredOptions, warn_unknown=False
-        )
-        unknown = sorted(set(overrides) - {f.name for f in fields(StoredOptions)})
-        if unknown:
-            raise ConfigError(f"Transcriber.from_pretrained: no option {', '.join(unknown)} (StoredOptions)")
-        hp.update(overrides)
-        options = construct_checked(lambda: StoredOptions(**hp), source, "a SpeechModule", None)
-        # what the module's task restores from the file (SpeechTask.restore): units, front end, chunking range
-        units = read_units(meta, source, make_char_tokenizer().vocab_size) or make_char_tokenizer()
-        cfg = meta.get("feature_config")
-        feature_cfg = FeatureConfig() if cfg is None else FeatureConfig.from_dict(cfg, source)
+        local = resolve_hub(os.fspath(path)) if os.fspath(path).startswith(HUB_PREFIX) else Path(path).expanduser()
+        if folder_engine(local) is not None:
+            if sha256 is not None:
+                raise ConfigError("sha256 pins a checkpoint or a model folder's weights; an engine export has none")
+            return cls._from_engine(local, map_location, threads, overrides)
+        loaded = load_speech(path, map_location, strict, sha256, overrides)
+        return cls.for_options(loaded.network, loaded.options, loaded.units, loaded.meta, loaded.source)
+
+    @classmethod
+    def for_options(
+        cls,
+        network: SpeechNetwork | OnnxSpeechNetwork,
+        options: StoredOptions,
+        units: BaseTokenizer,
+        meta: Mapping[str, Any],
+        source: str,
+    ) -> Transcriber:
+        """``network`` with its units, the scoring options of ``options`` and the stored chunking range."""
         chunk = read_chunk_seconds(meta, source)
-
-        def build(device: str | None) -> nn.Module:
-            def make() -> nn.Module:
-                holder = nn.Module()  # the module's weights are its network's under "model."
-                stats = FeatureStats(feature_cfg.n_mels)  # its values are in the weights
-                holder.model, _ = build_network(
-                    options, units.vocab_size, feature_cfg, stats, options.pretrained_config
-                )
-                return holder
-
-            return construct_checked(make, source, "a speech network", device)
-
-        holder = load_checked_weights(build, state, strict, source, "the speech network of its own options")
-        network = holder.get_submodule("model")
-        assert isinstance(network, SpeechNetwork)  # what build_network returns
-        check_stats(network.stats, source)
-        if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-            network.to(map_location)
-        network.eval()
         search = SearchOptions(options.ctc_weight, options.joint_ctc_decoding, options.length_penalty)
         return cls(network, units, search, chunk if chunk is not None else options.max_chunk_seconds)
+
+    @classmethod
+    def _from_engine(
+        cls, path: Path, map_location: str | torch.device | None, threads: int | None, overrides: dict[str, Any]
+    ) -> Transcriber:
+        """An ONNX export: its options, units and front end checked, its network on ONNX Runtime."""
+        folder = read_engine_folder(SpeechFiles, path, StoredOptions, ENGINES)
+        options = _options(folder.hparams, overrides, folder.source)
+        units, feature_cfg = _artifacts(folder.meta, folder.source)
+        device = "cpu" if map_location is None else str(map_location)
+        if device != "cpu":
+            raise ConfigError(f"{folder.source}: the ONNX export runs on the CPU (map_location={device!r})")
+        network = load_onnx(folder, options, feature_cfg, threads)
+        return cls.for_options(network, options, units, folder.meta, folder.source)
 
     @property
     def device(self) -> torch.device:
         """Where the network's weights are."""
         return self.network.device
+
+    @property
+    def engine(self) -> str:
+        """What runs the network: ``"pytorch"`` or ``"onnxruntime"``."""
+        return self.network.engine if isinstance(self.network, EngineNetwork) else "pytorch"
 
     @property
     def logmel(self) -> LogMel:
