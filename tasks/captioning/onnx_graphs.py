@@ -16,12 +16,16 @@ which ``Captioner`` drives with the same beam search as the PyTorch network.
     longer after each step; ``source`` -- every layer's cross-attention keys and values ``(N, H, g*g, Dh)`` (one row
     per hypothesis: the PyTorch decoder keeps one per image under ``shared``).
 
-The grid has no padding (every image fills all ``g*g`` cells), so no mask is carried. Nothing here imports ``onnx``
+The grid has no padding (every image fills all ``g*g`` cells), so no mask is carried. A grid that does not divide
+the CNN's feature map is pooled by a fixed matrix in the graph (:class:`_FixedPool`: the exporter has no adaptive
+pooling to such sizes). Nothing here imports ``onnx``
 or ``onnxruntime`` at module level (``core.engines.onnx`` imports them when exporting or loading).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,7 @@ from core.errors import CheckpointError, ConfigError
 from core.io.pretrained import is_hf_spec
 from core.layers import AttentionalRNNDecoder
 from tasks.captioning.decoder import TransformerCaptionDecoder
+from tasks.captioning.encoder import ImageEncoder
 from tasks.captioning.network import CaptionNetwork
 from tasks.captioning.stored import StoredOptions
 
@@ -144,6 +149,63 @@ class _Step(nn.Module):
         return (log_probs, *out, weights)
 
 
+class _FixedPool(nn.Module):
+    """``nn.AdaptiveAvgPool2d(g)`` over a feature map of a fixed ``(h, w)``, as one matrix product.
+
+    The exporter has no ONNX form of adaptive pooling to a size that does not divide the input's (e.g. a 3x3 grid
+    of a 2x2 or 4x4 map); the images' size is fixed, so the map's is, and each grid cell is the mean of a fixed
+    window (the windows of ``AdaptiveAvgPool2d``: rows ``floor(i h / g)`` to ``ceil((i + 1) h / g)``).
+
+    Args:
+        h: the feature map's height.
+        w: its width.
+        g: the grid side.
+    """
+
+    weights: Tensor  # (g*g, h*w) the buffer registered in __init__
+
+    def __init__(self, h: int, w: int, g: int) -> None:
+        super().__init__()
+        self.g = g
+
+        def windows(n: int) -> Tensor:  # (g, n): row i averages positions floor(i n / g) .. ceil((i + 1) n / g) - 1
+            m = torch.zeros(g, n)
+            for i in range(g):
+                lo, hi = (i * n) // g, -((-(i + 1) * n) // g)
+                m[i, lo:hi] = 1.0 / (hi - lo)
+            return m
+
+        rows, cols = windows(h), windows(w)  # (g, h), (g, w)
+        self.register_buffer("weights", torch.einsum("ih,jw->ijhw", rows, cols).reshape(g * g, h * w))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, C, h, w)`` -> ``(B, C, g, g)``."""
+        b, c = x.shape[0], x.shape[1]
+        pooled = x.flatten(2) @ self.weights.T  # (B, C, h*w) @ (h*w, g*g) -> (B, C, g*g)
+        return pooled.view(b, c, self.g, self.g)  # (B, C, g*g) -> (B, C, g, g)
+
+
+@contextmanager
+def _traceable(network: CaptionNetwork, image_size: int) -> Iterator[None]:
+    """A CNN encoder's adaptive pooling swapped for :class:`_FixedPool` while exporting (restored after) when the
+    grid does not divide the backbone's feature map."""
+    encoder = network.encoder
+    if not isinstance(encoder, ImageEncoder):
+        yield
+        return
+    fmap = encoder.backbone(torch.zeros(1, 3, image_size, image_size))  # (1, C, h, w)
+    h, w = int(fmap.shape[2]), int(fmap.shape[3])
+    if h % encoder.grid_size == 0 and w % encoder.grid_size == 0:
+        yield
+        return
+    old = encoder.pool
+    encoder.pool = _FixedPool(h, w, encoder.grid_size)  # type: ignore[assignment]  # the same contract
+    try:
+        yield
+    finally:
+        encoder.pool = old
+
+
 def _examples(image_size: int) -> list[tuple[Tensor]]:
     """Init inputs of different batch sizes (the first is traced): normalised-looking random images."""
     g = torch.Generator().manual_seed(0)
@@ -183,7 +245,7 @@ def write_onnx(network: CaptionNetwork, options: StoredOptions, out_dir: Path, q
     if any(p.device.type != "cpu" for p in network.parameters()):
         raise ConfigError("ONNX export: move the network to the CPU first (network.cpu())")
     examples = _examples(options.image_size)
-    with eval_mode(network), torch.no_grad():
+    with eval_mode(network), torch.no_grad(), _traceable(network, options.image_size):
         parts = _state_parts(network, *examples[0])
         templates: dict[str, Any] = {}
         names: dict[str, list[str]] = {}
