@@ -21,7 +21,7 @@ from core.engines.folder import EngineFolder
 from core.errors import CheckpointError, ConfigError
 from tasks.captioning.cli import main
 from tasks.captioning.inference import Caption, Captioner
-from tasks.captioning.network import NetworkOptions, build_network
+from tasks.captioning.network import CaptionNetwork, NetworkOptions, build_network
 from tasks.captioning.onnx_graphs import load_onnx, write_onnx
 from tasks.captioning.stored import StoredOptions
 from tasks.captioning.vocab import CaptionVocab
@@ -65,7 +65,7 @@ def _images(n: int = 6) -> list[Image.Image]:
     return out
 
 
-def _scale(network: torch.nn.Module) -> None:
+def _scale(network: CaptionNetwork) -> None:
     """Weights scaled up, so that captions depend on the image: the decoder's by 3, the encoder's by 2 (the random
     CNN's features barely differ between images; scaled by 3 like the decoder, its seven convolutions, whose
     BatchNorm keeps the initial statistics, give features of ~1e4, whose float32 rounding alone moves the scores,
@@ -195,6 +195,7 @@ def _module_folder(tmp: Path, **options: Any) -> Path:
 
     torch.manual_seed(0)
     model = CaptioningModule(vocab=CaptionDataModule().vocab, plot_examples=0, **{**BASE, **options}).eval()
+    assert model.model is not None
     _scale(model.model)
     return Path(model.save_pretrained(tmp / "model"))
 
