@@ -51,10 +51,14 @@ __all__ = [
     "OnnxStepNetwork",
     "StateLayout",
     "TensorSpec",
+    "check_signature",
     "export_graphs",
     "flatten_state",
     "graph_digest",
     "load_graphs",
+    "max_difference",
+    "open_session",
+    "torch_export",
     "unflatten_state",
 ]
 
@@ -259,7 +263,7 @@ def unflatten_state(template: Any, tensors: Mapping[str, Tensor]) -> Any:
 # ----------------------------------------------------------------------------------------------
 # export
 # ----------------------------------------------------------------------------------------------
-def _torch_export(
+def torch_export(
     module: nn.Module,
     args: tuple[Tensor, ...],
     path: Path,
@@ -398,7 +402,7 @@ def export_graphs(
             attention=len(out) == 2 + len(parts["beams"]) + len(parts["cache"]),
             vocab=int(out[0].shape[1]),
         )
-        _torch_export(step, (tokens, *state), step_path, full.step_inputs(), full.step_outputs(), opset)
+        torch_export(step, (tokens, *state), step_path, full.step_inputs(), full.step_outputs(), opset)
         # The exporter drops inputs the step never reads (e.g. encoder outputs that only multi-head attention's
         # precomputed projections are computed from): those `source` tensors leave the layout and the init graph.
         used = {i.name for i in onnx.load(str(step_path), load_external_data=False).graph.input}
@@ -409,7 +413,7 @@ def export_graphs(
         keep = [i for i, n in enumerate(names) if n in used]
         # eval() first: the exporter restores the module's mode afterwards, and a new module is in training mode,
         # which it would hand down to the network (dropout on in the eager reference, and for the caller)
-        _torch_export(_Select(init, keep).eval(), tuple(examples[0]), init_path, layout.inputs, layout.state, opset)
+        torch_export(_Select(init, keep).eval(), tuple(examples[0]), init_path, layout.inputs, layout.state, opset)
         network = OnnxStepNetwork(init_path, step_path, layout, threads=1, where=str(out_dir))
         for example in examples:
             _check_against_eager(network, init, step, example, names, parts, atol, rtol)
@@ -487,12 +491,12 @@ def _check_against_eager(
     nb = len(parts["beams"])
     for t in range(3):
         got = {**(state.beams or {}), **(state.source or {}), **(state.cache or {})}
-        diffs = [_diff(v, ref[n], rtol) for n, v in got.items()]
+        diffs = [max_difference(v, ref[n], rtol) for n, v in got.items()]
         lp, state, att = network.step(tokens, state, need_weights=True)
         eager = _as_tuple(step(tokens, *(ref[n] for n in names)))
-        diffs.append(_diff(lp, eager[0], rtol))
+        diffs.append(max_difference(lp, eager[0], rtol))
         if att is not None:
-            diffs.append(_diff(att, eager[-1], rtol))
+            diffs.append(max_difference(att, eager[-1], rtol))
         worst = max(diffs)
         if not worst <= atol:
             raise ConfigError(
@@ -503,7 +507,7 @@ def _check_against_eager(
         tokens = lp.argmax(dim=1)
 
 
-def _diff(a: Tensor, b: Tensor, rtol: float) -> float:
+def max_difference(a: Tensor, b: Tensor, rtol: float) -> float:
     """Largest difference of ``a`` from ``b`` beyond ``rtol * |b|`` (inf for other shapes; bool as 0/1)."""
     if a.shape != b.shape:
         return float("inf")
@@ -516,7 +520,7 @@ def _diff(a: Tensor, b: Tensor, rtol: float) -> float:
 # ----------------------------------------------------------------------------------------------
 # running
 # ----------------------------------------------------------------------------------------------
-def _session(ort: Any, path: Path, options: Any) -> Any:
+def open_session(ort: Any, path: Path, options: Any) -> Any:
     """An ONNX Runtime CPU session of ``path``; CheckpointError naming the file when it does not load."""
     if not path.is_file():
         raise CheckpointError(f"{path}: the ONNX graph is missing (export the model again)")
@@ -526,7 +530,7 @@ def _session(ort: Any, path: Path, options: Any) -> Any:
         raise CheckpointError(f"{path}: not a loadable ONNX graph ({type(e).__name__}: {str(e)[:300]})") from None
 
 
-def _check_signature(path: Path, got: Sequence[Any], expected: Sequence[TensorSpec], what: str) -> None:
+def check_signature(path: Path, got: Sequence[Any], expected: Sequence[TensorSpec], what: str) -> None:
     """CheckpointError naming ``path`` unless the session's ``what`` (inputs/outputs) are ``expected``: the same
     names in the same order, dtypes, ranks and fixed sizes (a graph of another model or version)."""
 
@@ -588,12 +592,12 @@ class OnnxStepNetwork(EngineNetwork):
             options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # the graphs are chains: no parallel branches to run
         self.layout = layout
-        self.init_session = _session(ort, init_path, options)
-        self.step_session = _session(ort, step_path, options)
-        _check_signature(init_path, self.init_session.get_inputs(), layout.inputs, "inputs")
-        _check_signature(init_path, self.init_session.get_outputs(), layout.state, "outputs")
-        _check_signature(step_path, self.step_session.get_inputs(), layout.step_inputs(), "inputs")
-        _check_signature(step_path, self.step_session.get_outputs(), layout.step_outputs(), "outputs")
+        self.init_session = open_session(ort, init_path, options)
+        self.step_session = open_session(ort, step_path, options)
+        check_signature(init_path, self.init_session.get_inputs(), layout.inputs, "inputs")
+        check_signature(init_path, self.init_session.get_outputs(), layout.state, "outputs")
+        check_signature(step_path, self.step_session.get_inputs(), layout.step_inputs(), "inputs")
+        check_signature(step_path, self.step_session.get_outputs(), layout.step_outputs(), "outputs")
         for path in (init_path, step_path):
             digest = (sha256 or {}).get(path.name)
             if sha256 is not None and digest != graph_digest(path):

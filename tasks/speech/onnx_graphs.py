@@ -49,16 +49,16 @@ from core.engines.folder import EngineFolder, require
 from core.engines.onnx import (
     OnnxStepNetwork,
     TensorSpec,
-    _check_signature,
-    _diff,
-    _session,
-    _torch_export,
+    check_signature,
     export_graphs,
     flatten_state,
     graph_digest,
     load_graphs,
+    max_difference,
+    open_session,
     quantize_int8,
     require_onnx,
+    torch_export,
     unflatten_state,
 )
 from core.engines.search import EngineNetwork
@@ -196,14 +196,14 @@ def _export_encoder(
     module = _Encoder(network).eval()
     inputs, outputs = _encoder_specs(network, vocab)
     examples = _encoder_examples(network)
-    _torch_export(module, examples[0], path, inputs, outputs, opset=17)
+    torch_export(module, examples[0], path, inputs, outputs, opset=17)
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
-    session = _session(ort, path, options)
+    session = open_session(ort, path, options)
     for example in examples:
         got = session.run([t.name for t in outputs], {t.name: x.numpy() for t, x in zip(inputs, example)})
         eager = module(*example)
-        worst = max(_diff(torch.from_numpy(g), e, rtol) for g, e in zip(got, eager))
+        worst = max(max_difference(torch.from_numpy(g), e, rtol) for g, e in zip(got, eager))
         if not worst <= atol:
             raise ConfigError(
                 f"ONNX export: the encoder graph differs from the network by {worst:.3g} (input sizes "
@@ -497,9 +497,9 @@ def load_onnx(
     if threads is not None:
         session_options.intra_op_num_threads = threads
     session_options.inter_op_num_threads = 1
-    session = _session(ort, path, session_options)
-    _check_signature(path, session.get_inputs(), inputs, "inputs")
-    _check_signature(path, session.get_outputs(), outputs, "outputs")
+    session = open_session(ort, path, session_options)
+    check_signature(path, session.get_inputs(), inputs, "inputs")
+    check_signature(path, session.get_outputs(), outputs, "outputs")
     digest = (info.get("sha256") or {}).get(name)
     if digest != graph_digest(path):
         raise CheckpointError(
