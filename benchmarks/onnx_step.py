@@ -34,8 +34,9 @@ sys.path.insert(0, str(ROOT))
 from core.decoding.beam import DecodeResult, beam_search
 from core.engines.onnx import load_graphs
 from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID
-from tasks.translation.networks import TranslationOptions, build_network
+from tasks.translation.networks import build_network
 from tasks.translation.onnx_graphs import write_onnx
+from tasks.translation.options import TranslationOptions
 
 VOCAB = 8000
 MODELS = {

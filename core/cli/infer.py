@@ -24,6 +24,7 @@ from typing import Any
 
 from core.cli.output import format_line
 from core.errors import ConfigError, UserError
+from core.io.checks import check_sha256_arg
 from core.io.hparams import BEAM
 
 __all__ = [
@@ -162,8 +163,6 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--nbest must be between 1 and --beam ({args.beam}), got {args.nbest}")
     if not 1 <= args.batch_size <= 4096:
         raise ConfigError(f"--batch-size must be between 1 and 4096, got {args.batch_size}")
-    from core.io.checkpoint import check_sha256_arg
-
     args.sha256 = check_sha256_arg(args.sha256)
 
 
@@ -206,7 +205,6 @@ def _decode_each(
 def run_inference(spec: InferenceSpec, argv: Sequence[str]) -> int:
     """Parse ``argv``, load the model, process every input; returns the exit status (0, 1 or 2 via UserError)."""
     from core.cli.run import parse_device
-    from core.io.model_folder import load_task_model
 
     args = _parser(spec).parse_args(list(argv))
     _check_options(args)
@@ -214,7 +212,9 @@ def run_inference(spec: InferenceSpec, argv: Sequence[str]) -> int:
     device = parse_device(args.device)
     if spec.load is not None:
         model = spec.load(args.ckpt, map_location=device, sha256=args.sha256)
-    else:
+    else:  # a task without a lean loader: its module through the checkpoint / model folder reader (PyTorch)
+        from core.io.model_folder import load_task_model
+
         model = load_task_model(spec.module_cls, args.ckpt, map_location=device, sha256=args.sha256)
     if spec.check is not None:
         spec.check(model, args)

@@ -175,8 +175,11 @@ def ensure_resumable(trainer: Any, monitor: str, mode: str = "max", every_n_trai
     return added
 
 
-def parse_device(name: str) -> Any:
-    """``torch.device`` for an inference ``--device`` option, or ``ConfigError`` if unusable here.
+def parse_device(name: str) -> str:
+    """The device of an inference ``--device`` option (``torch.device``'s name for it), or ``ConfigError`` if it is
+    unusable here.
+
+    ``cpu`` is answered without importing PyTorch: an export on CTranslate2 runs without it.
 
     Args:
         name: ``cpu``, ``cuda``, ``cuda:1``, ``mps``, ...
@@ -184,6 +187,8 @@ def parse_device(name: str) -> Any:
     Raises:
         ConfigError: not a device name, or that device is not available on this machine.
     """
+    if name == "cpu":
+        return name
     import torch
 
     try:
@@ -197,4 +202,4 @@ def parse_device(name: str) -> Any:
             raise ConfigError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     elif dev.type == "mps" and not torch.backends.mps.is_available():
         raise ConfigError(f"--device {name}: MPS is not available on this machine; use --device cpu")
-    return dev
+    return str(dev)

@@ -34,12 +34,13 @@ Scores are length-normalised log-probabilities: ``sum(log p) / length ** length_
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor
 
+from core.decoding.result import DecodeResult
 from core.errors import ConfigError, DecodingError
 from core.io.hparams import BEAM
 
@@ -47,23 +48,6 @@ __all__ = ["DecodeResult", "DecoderState", "StepDecoder", "StepFn", "beam_search
 
 StepFn = Callable[[Tensor, Any], tuple[Tensor, Any, Tensor | None]]
 """``step_fn(last_tokens (N,), state) -> (log_probs (N, V), new_state, attn (N, S) or None)``."""
-
-
-@dataclass
-class DecodeResult:
-    """Decoded hypotheses, best first for each batch item.
-
-    Attributes:
-        tokens: ``tokens[b][k]`` -- token ids of hypothesis ``k`` of item ``b``, without BOS/EOS.
-        scores: ``scores[b][k]`` -- length-normalised log-probability (higher is better).
-        attention: ``attention[b][k]`` -- ``(len(tokens[b][k]), S)`` float CPU tensor (one row per
-            emitted token; the EOS step is not included), or ``None`` when the step function returned
-            no attention.
-    """
-
-    tokens: list[list[list[int]]] = field(default_factory=list)
-    scores: list[list[float]] = field(default_factory=list)
-    attention: list[list[Tensor | None]] = field(default_factory=list)
 
 
 @dataclass

@@ -42,12 +42,12 @@ from torch import Tensor, nn
 
 from core.decoding.beam import DecoderState
 from core.engines.folder import require
-from core.engines.search import EngineNetwork
 from core.errors import CheckpointError, ConfigError
 
 __all__ = [
     "ONNX_OPSET",
     "QUANTIZE",
+    "EngineNetwork",
     "OnnxStepNetwork",
     "StateLayout",
     "TensorSpec",
@@ -553,11 +553,19 @@ def check_signature(path: Path, got: Sequence[Any], expected: Sequence[TensorSpe
         )
 
 
+class EngineNetwork(nn.Module):
+    """Base class of a network whose steps run on an inference engine (ONNX Runtime): driven by
+    ``core.decoding.beam.beam_search`` like a PyTorch network, it has no parameters in PyTorch."""
+
+    #: the engine's name (``"onnxruntime"``), shown to users
+    engine: str = ""
+
+
 class OnnxStepNetwork(EngineNetwork):
     """A step decoder on two ONNX Runtime sessions (CPU): ``init_state`` and ``step`` of ``StepDecoder``.
 
     No parameters (the weights are in the graphs). The sessions are created once, here. An
-    :class:`~core.engines.search.EngineNetwork` named ``"onnxruntime"``, driven step by step like a PyTorch network
+    :class:`EngineNetwork` named ``"onnxruntime"``, driven step by step like a PyTorch network
     (not an ``EngineSearch``).
 
     Args:

@@ -1,35 +1,30 @@
 """An engine that runs the whole search itself (CTranslate2), behind the interface of a network.
 
 PyTorch and ONNX Runtime networks are driven one step at a time by ``core.decoding.beam.beam_search`` (the
-``StepDecoder`` contract). An engine such as CTranslate2 runs its own beam search in C++ instead: it is handed
-the batch and returns finished hypotheses. :class:`EngineSearch` is that contract, so a task's inference object
-holds either kind as its ``network`` and picks the path with one ``isinstance``. Every engine's network
-derives from :class:`EngineNetwork` (ONNX Runtime's steps too), which names the engine.
+``StepDecoder`` contract; ONNX Runtime's are ``core.engines.onnx.EngineNetwork``). An engine such as
+CTranslate2 runs its own beam search in C++ instead: it is handed the batch and returns finished hypotheses.
+:class:`EngineSearch` is that contract, so a task's inference object holds either kind as its ``network`` and
+picks the path with one ``isinstance``. It is plain Python: ids in, hypotheses out, so an engine that needs no
+PyTorch is run without importing it (CTranslate2 starts in a fraction of a second; PyTorch's import alone takes
+over a second).
 """
 
 from __future__ import annotations
 
-from torch import Tensor, nn
+from core.decoding.result import DecodeResult
 
-from core.decoding.beam import DecodeResult
-
-__all__ = ["EngineNetwork", "EngineSearch"]
+__all__ = ["EngineSearch"]
 
 
-class EngineNetwork(nn.Module):
-    """Base class of a network that runs on an inference engine (it has no parameters in PyTorch)."""
-
-    #: the engine's name (``"ctranslate2"``, ``"onnxruntime"``), shown to users
-    engine: str = ""
-
-
-class EngineSearch(EngineNetwork):
+class EngineSearch:
     """A network whose engine searches whole sequences itself."""
+
+    #: the engine's name (``"ctranslate2"``), shown to users
+    engine: str = ""
 
     def search(
         self,
-        src: Tensor,
-        src_lengths: Tensor,
+        sources: list[list[int]],
         beam: int,
         nbest: int,
         need_weights: bool,
@@ -37,14 +32,13 @@ class EngineSearch(EngineNetwork):
         length_penalty: float,
         suppress: tuple[int, ...],
     ) -> DecodeResult:
-        """Beam search over a padded batch, as ``core.decoding.beam.beam_search`` returns it.
+        """Beam search over a batch, as ``core.decoding.beam.beam_search`` returns it.
 
         Args:
-            src: ``(B, S)`` token ids, padded.
-            src_lengths: ``(B,)`` lengths.
+            sources: token ids of each item (unpadded).
             beam: beam size (1: greedy).
             nbest: hypotheses per item.
-            need_weights: also return each hypothesis' ``(T, S)`` attention.
+            need_weights: also return each hypothesis' ``(T, S)`` attention (a CPU float tensor).
             max_len: most decoding steps (EOS included).
             length_penalty: the exponent of the length normalisation.
             suppress: token ids never emitted.

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError
+from core.io.checks import FORMAT_VERSION, META_KEY, PROVENANCE_ATTR, check_sha256_arg
 
 __all__ = [
     "FORMAT_VERSION",
@@ -40,12 +41,6 @@ __all__ = [
     "resolve_checkpoint",
 ]
 
-META_KEY = "attn_suite"
-#: The attribute where a model loaded from a checkpoint or a model folder keeps how it was made
-#: (``{"training": {...}, "figure": PNG bytes or None}``), so that exporting it again keeps its training
-#: record, metrics and attention figure.
-PROVENANCE_ATTR = "provenance"
-FORMAT_VERSION = 2  # 2: one vocabulary of hyper-parameter names, shared decoder layers (1 still loads)
 _DEFAULT_CACHE = Path("~/.cache/attn-suite/checkpoints")
 
 
@@ -70,16 +65,6 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def check_sha256_arg(sha256: str | None) -> str | None:
-    """``sha256`` lower-cased, or a ``CheckpointError`` unless it is 8 to 64 hex digits (an empty or tiny
-    prefix would match almost any file, silently turning the check off)."""
-    if sha256 is None:
-        return None
-    if not re.fullmatch(r"[0-9a-fA-F]{8,64}", sha256):
-        raise CheckpointError(f"--sha256 {sha256!r}: expected 8 to 64 hexadecimal digits of the file's SHA-256")
-    return sha256.lower()
 
 
 def _check_hash(path: Path, sha256: str | None, source: str) -> None:

@@ -16,15 +16,22 @@ import contextlib
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from core.errors import CheckpointError, UserError
-from core.io.checkpoint import FORMAT_VERSION, META_KEY, PROVENANCE_ATTR, load_checkpoint
-from core.io.hparams import check_plain, validate_hparams
+from core.errors import CheckpointError
+from core.io.checkpoint import load_checkpoint
+from core.io.checks import (
+    META_KEY,
+    PROVENANCE_ATTR,
+    RebuildSpec,
+    checked_call,
+    checked_parts,
+    format_version,
+)
 
 __all__ = [
     "RebuildSpec",
@@ -40,28 +47,6 @@ __all__ = [
     "read_checkpoint",
     "state_dict_mismatches",
 ]
-
-
-class RebuildSpec(Protocol):
-    """What reading a task's file needs: its task name, the bounds and old names of its options, the upgrades of
-    earlier formats. A task's module class has all of it; so may a plain class of a lean loader that builds only
-    the network (e.g. ``tasks.translation.networks.TranslationFiles``), which then also names the
-    ``ARCHITECTURE`` its model folders record (a module class's own name otherwise)."""
-
-    TASK: ClassVar[str]
-    HPARAM_RENAMES: ClassVar[Mapping[str, str]]
-
-    @classmethod
-    def hparam_bounds(cls) -> dict[str, tuple[float, float]]: ...
-
-    @classmethod
-    def upgrade_hparams(cls, hparams: dict[str, Any], version: int) -> dict[str, Any]: ...
-
-    @classmethod
-    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]: ...
-
-    @classmethod
-    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]: ...
 
 
 class Loadable(Protocol):
@@ -172,18 +157,6 @@ def raise_if_mismatch(
         raise CheckpointError(f"{source} does not fit {what}: {'; '.join(problems[:3])}{more}")
 
 
-def format_version(meta: Mapping[str, Any], source: str) -> int:
-    version = meta.get("format", 1)
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise CheckpointError(f"{source}: metadata 'format' = {version!r}, expected a positive integer")
-    if version > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{source} was written by a newer attn-suite (checkpoint format {version}; this "
-            f"version reads formats 1 to {FORMAT_VERSION}): upgrade attn-suite to load it"
-        )
-    return version
-
-
 class _ShapesOnly(TorchFunctionMode):
     """Random and constant fills of ``meta`` tensors do nothing (the probe compares shapes only).
 
@@ -218,17 +191,12 @@ def construct_checked(make: Callable[[], T], source: str, what: str, device: str
     """
     ctx = torch.device(device) if device else contextlib.nullcontext()
     fills = _ShapesOnly() if device == "meta" else contextlib.nullcontext()
-    try:
+
+    def make_on_device() -> T:
         with ctx, fills:
             return make()
-    except CheckpointError:
-        raise
-    except UserError as err:  # e.g. a ConfigError of the constructor: an option out of its range
-        raise CheckpointError(f"{source}: its hyper-parameters do not build {what}: {err}") from None
-    except (TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
-        raise CheckpointError(
-            f"{source}: its hyper-parameters do not build {what} ({type(err).__name__}: {err})"
-        ) from None
+
+    return checked_call(make_on_device, source, what)
 
 
 def _construct(cls: type[M], hparams: dict[str, Any], meta: Mapping[str, Any], source: str, device: str | None) -> M:
@@ -240,58 +208,6 @@ def _construct(cls: type[M], hparams: dict[str, Any], meta: Mapping[str, Any], s
         return model
 
     return construct_checked(make, source, f"a {cls.__name__}", device)
-
-
-def checked_parts(
-    spec: type[RebuildSpec],
-    hparams: Any,
-    meta: Any,
-    state: Any,
-    source: str,
-    options: type | None = None,
-    warn_unknown: bool = True,
-) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
-    """A file's hyper-parameters, metadata and weights, checked as plain data and upgraded to today's names.
-
-    Args:
-        spec: the task's module class, or a lean loader's spec (:class:`RebuildSpec`).
-        hparams: the file's hyper-parameters (validated against ``options``' signature, bounded by the spec's).
-        meta: the file's ``attn_suite`` metadata.
-        state: the file's state dict (name -> tensor), not yet compared with any model.
-        source: the file, for messages.
-        options: the class whose constructor types the hyper-parameters (default ``spec``): a lean loader
-            passes its network's options class, which takes a subset of the module's.
-        warn_unknown: warn about hyper-parameters ``options`` does not take (dropped either way).
-
-    Returns:
-        ``(hparams, meta, state)``: the validated constructor arguments, the metadata and the upgraded weights.
-
-    Raises:
-        CheckpointError: bad metadata or format, a value that is not plain data, has the wrong type or is out of
-            bounds (names ``source``).
-    """
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{source}: no '{META_KEY}' metadata (not written by attn-suite)")
-    check_plain(meta, f"{source}: metadata")
-    version = format_version(meta, source)
-    if not isinstance(state, dict):
-        raise CheckpointError(f"{source} has no 'state_dict' (not a Lightning checkpoint)")
-    if hparams is None:
-        hparams = {}
-    if not isinstance(hparams, Mapping):
-        raise CheckpointError(f"{source}: hyper-parameters are a {type(hparams).__name__}, expected a mapping")
-    check_plain(dict(hparams), f"{source}: hyper-parameters")
-    raw = spec.upgrade_hparams(dict(hparams), version)
-    raw.update(spec.hparams_from_metadata(meta, source))
-    hp = validate_hparams(
-        options or spec,
-        raw,
-        source,
-        bounds=spec.hparam_bounds(),
-        renames=spec.HPARAM_RENAMES,
-        warn_unknown=warn_unknown,
-    )
-    return hp, meta, spec.upgrade_state_dict(dict(state), version)
 
 
 def load_checked_weights(

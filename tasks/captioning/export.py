@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cli.export import EngineExport
-from core.engines.folder import write_engine_folder
+from core.engines.write import write_engine_folder
 from tasks.captioning.inference import load_captioning
 from tasks.captioning.onnx_graphs import write_onnx
 from tasks.captioning.stored import CaptioningFiles

@@ -35,8 +35,7 @@ from torch import Tensor, nn
 from core.decoding.beam import DecoderState
 from core.decoding.fast_paths import eval_mode
 from core.engines.folder import EngineFolder
-from core.engines.onnx import OnnxStepNetwork, export_graphs, flatten_state, load_graphs, unflatten_state
-from core.engines.search import EngineNetwork
+from core.engines.onnx import EngineNetwork, OnnxStepNetwork, export_graphs, flatten_state, load_graphs, unflatten_state
 from core.errors import CheckpointError, ConfigError
 from core.io.pretrained import is_hf_spec
 from core.layers import AttentionalRNNDecoder

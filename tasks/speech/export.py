@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.cli.export import EngineExport
-from core.engines.folder import write_engine_folder
+from core.engines.write import write_engine_folder
 from tasks.speech.inference import load_speech
 from tasks.speech.onnx_graphs import write_onnx
 from tasks.speech.stored import SpeechFiles

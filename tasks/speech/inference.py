@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from core.decoding.beam import DecoderState, StepDecoder, StepFn, beam_search
 from core.decoding.fast_paths import eval_mode
 from core.engines.folder import read_engine_folder
-from core.engines.search import EngineNetwork
+from core.engines.onnx import EngineNetwork
 from core.errors import ConfigError
 from core.io.model_folder import HUB_PREFIX, folder_engine, read_task_files, resolve_hub
 from core.io.rebuild import checked_parts, construct_checked, load_checked_weights

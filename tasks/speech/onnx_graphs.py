@@ -47,6 +47,7 @@ from core.decoding.beam import DecoderState
 from core.decoding.fast_paths import eval_mode
 from core.engines.folder import EngineFolder, require
 from core.engines.onnx import (
+    EngineNetwork,
     OnnxStepNetwork,
     TensorSpec,
     check_signature,
@@ -61,7 +62,6 @@ from core.engines.onnx import (
     torch_export,
     unflatten_state,
 )
-from core.engines.search import EngineNetwork
 from core.errors import CheckpointError, ConfigError
 from tasks.speech.features import FeatureConfig, FeatureStats, LogMel
 from tasks.speech.network import SpeechNetwork

@@ -73,14 +73,13 @@ def _inputs(args: argparse.Namespace) -> Iterator[InputItem]:
 
 
 def _decode(model: Any, loaded: list[tuple[int, str]], args: argparse.Namespace) -> list[Output]:
-    from core.viz import plot_alignment, save_figure
-
-    results = model.translate(
-        [t for _, t in loaded], beam=args.beam, nbest=args.nbest, return_attention=True, batch_size=args.batch_size
+    # Attention only for figures: CTranslate2 gives it sentence by sentence, and as tensors (PyTorch)
+    results = model.hypotheses(
+        [t for _, t in loaded], args.beam, args.nbest, need_weights=args.plot is not None, batch_size=args.batch_size
     )
     outputs = []
     for (index, text), res in zip(loaded, results):
-        hyps = [] if not text.strip() else (res if args.nbest > 1 else [res])
+        hyps = [] if not text.strip() else res
         rows: list[tuple[str, ...]]  # one field per line, or INDEX / SCORE / TEXT with --nbest
         if args.nbest == 1:
             rows = [(hyps[0].text if hyps else "",)]
@@ -88,6 +87,8 @@ def _decode(model: Any, loaded: list[tuple[int, str]], args: argparse.Namespace)
             rows = [(str(index), f"{h.score:.4f}", h.text) for h in hyps]
 
         def plot(stem: Path, hyps: list[Any] = hyps, text: str = text) -> list[Path]:
+            from core.viz import plot_alignment, save_figure
+
             if not hyps or hyps[0].attention is None:
                 return []
             best = hyps[0]

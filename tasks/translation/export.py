@@ -1,6 +1,6 @@
 """``attn-translate export --format ctranslate2|onnx``: a translation model written for an inference engine.
 
-The model is read through the lean loader (:func:`tasks.translation.inference.load_translation`: no Lightning),
+The model is read through the lean loader (:func:`tasks.translation.loading.load_translation`: no Lightning),
 its network converted by the engine's code (:mod:`tasks.translation.ct2`, :mod:`tasks.translation.onnx_graphs`)
 and written with its tokenizers, training words and decoding options as an engine export
 (``core.engines.folder``), which ``Translator.from_pretrained`` and ``attn-translate translate --ckpt`` load.
@@ -12,12 +12,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 from core.cli.export import EngineExport
-from core.engines.folder import write_engine_folder
+from core.engines.write import write_engine_folder
 from core.errors import ConfigError
-from tasks.translation.ct2 import QUANTIZE, write_ctranslate2
-from tasks.translation.inference import LoadedTranslation, load_translation
-from tasks.translation.networks import TranslationFiles
+from tasks.translation.ct2 import QUANTIZE
+from tasks.translation.ct2_spec import write_ctranslate2
+from tasks.translation.loading import LoadedTranslation, load_translation
 from tasks.translation.onnx_graphs import write_onnx
+from tasks.translation.options import TranslationFiles
 
 __all__ = ["ENGINE_EXPORTS", "export_ctranslate2", "export_onnx"]
 

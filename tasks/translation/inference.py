@@ -5,6 +5,11 @@ the alignment scores and the per-head views. Nothing here imports Lightning or t
 :meth:`Translator.from_pretrained` loads a model folder, ``.ckpt`` or ``hf://`` model without them (through the
 same checks as ``TranslationModule.from_pretrained``, ``core.io.rebuild``), and translates exactly as it does.
 
+Nor does this module import PyTorch when it is loaded: an export on CTranslate2 (``attn-translate export --format
+ctranslate2``) is read and run without it, and starts in a fraction of a second (``import torch`` alone takes
+over one). PyTorch comes in where a PyTorch or ONNX Runtime network is loaded or searched (``loading``,
+``decode``), and for attention asked of CTranslate2.
+
 Example:
     >>> translator = Translator.from_pretrained("demo_output/translation/model")  # doctest: +SKIP
     >>> translator.translate("I love you")                                         # doctest: +SKIP
@@ -16,122 +21,31 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-import torch
-from torch import Tensor, nn
-
-from core.decoding.beam import DecodeResult, DecoderState, StepDecoder, beam_search
-from core.decoding.fast_paths import eval_mode
+from core.decoding.result import DecodeResult
 from core.engines.folder import read_engine_folder
-from core.engines.search import EngineNetwork, EngineSearch
-from core.errors import CheckpointError, ConfigError
-from core.io.model_folder import HUB_PREFIX, folder_engine, read_task_files, resolve_hub
-from core.io.rebuild import checked_parts, construct_checked, load_checked_weights
+from core.engines.search import EngineSearch
+from core.errors import ConfigError
+from core.io.folder_files import HUB_PREFIX, folder_engine, resolve_hub
 from core.text.known_words import KnownWords
 from core.text.tokenizers import BOS_ID, EOS_ID, PAD_ID, BaseTokenizer
-from tasks.translation.batching import pad_ids
 from tasks.translation.ct2 import load_ctranslate2
-from tasks.translation.networks import TranslationFiles, TranslationOptions, build_network
-from tasks.translation.onnx_graphs import load_onnx
+from tasks.translation.options import TranslationFiles, TranslationOptions, checked_options
 from tasks.translation.stored import read_artifacts
 
-__all__ = ["ENGINES", "LoadedTranslation", "Seq2SeqNetwork", "Translation", "Translator", "load_translation"]
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+
+    from tasks.translation.networks import Seq2SeqNetwork
+
+__all__ = ["ENGINES", "Translation", "Translator"]
 
 
 ENGINES = ("ctranslate2", "onnxruntime")  # the engines an export may run on (``attn-translate export --format``)
-
-
-@dataclass
-class LoadedTranslation:
-    """A translation model read from a file by :func:`load_translation`: its network (eval mode) and what goes
-    with it.
-
-    Attributes:
-        network: the network, its weights loaded.
-        options: its validated options.
-        tokenizers: ``(source, target)``.
-        known_words: the training sources' words, when stored.
-        meta: the file's checked metadata (tokenizers, Marian config, ...), as an export writes it again.
-        source: the file, for messages.
-    """
-
-    network: nn.Module
-    options: TranslationOptions
-    tokenizers: tuple[BaseTokenizer, BaseTokenizer]
-    known_words: KnownWords | None
-    meta: dict[str, Any]
-    source: str
-
-
-def _options(hp: dict[str, Any], overrides: dict[str, Any], source: str) -> TranslationOptions:
-    unknown = sorted(set(overrides) - {f.name for f in fields(TranslationOptions)})
-    if unknown:
-        raise ConfigError(f"Translator.from_pretrained: no option {', '.join(unknown)} (TranslationOptions)")
-    return construct_checked(lambda: TranslationOptions(**{**hp, **overrides}), source, "translation options", None)
-
-
-def load_translation(
-    path: str | os.PathLike[str],
-    map_location: str | torch.device | None = "cpu",
-    strict: bool = True,
-    sha256: str | None = None,
-    overrides: dict[str, Any] | None = None,
-) -> LoadedTranslation:
-    """A PyTorch translation model (folder, ``hf://``, ``.ckpt`` or URL) read without Lightning and checked (see
-    :meth:`Translator.from_pretrained`, which wraps it; an export reads it to write the engine's files)."""
-    stored = read_task_files(TranslationFiles, path, sha256)
-    source = stored.source
-    # The module's other options (optimizer, pretrained) do not concern inference: dropped without a word
-    # (the module warns about names no version takes).
-    hp, meta, state = checked_parts(
-        TranslationFiles, stored.hparams, stored.meta, stored.state, source, TranslationOptions, warn_unknown=False
-    )
-    options = _options(hp, dict(overrides or {}), source)
-    artifacts = read_artifacts(meta, source, None, None)
-    assert artifacts.tokenizers is not None  # no current tokenizers: always read
-    src, tgt = artifacts.tokenizers
-    pretrained = meta.get("pretrained") if options.arch == "marian" else None
-    if options.arch == "marian" and not isinstance(pretrained, dict):
-        raise CheckpointError(f"{source}: a Marian model without its stored config ('pretrained')")
-
-    def build(device: str | None) -> nn.Module:
-        def make() -> nn.Module:
-            holder = nn.Module()  # the module's weights are its network's under "model."
-            holder.model = build_network(options, src.vocab_size, tgt.vocab_size, pretrained)
-            return holder
-
-        return construct_checked(make, source, "a translation network", device)
-
-    holder = load_checked_weights(build, state, strict, source, "the translation network of its own options")
-    network = holder.get_submodule("model")
-    if map_location is not None and not callable(map_location) and not isinstance(map_location, dict):
-        network.to(map_location)
-    network.eval()
-    return LoadedTranslation(network, options, (src, tgt), artifacts.known_words, meta, source)
-
-
-class Seq2SeqNetwork(StepDecoder, Protocol):
-    """What every translation network provides (RNN, Transformer, Marian; ``tasks.translation.models``)."""
-
-    def __call__(
-        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False, **kwargs: Any
-    ) -> tuple[Tensor, Tensor | None]:
-        """Teacher forcing: ``src (B, S)``, ``src_lengths (B,)``, ``tgt_in (B, T)`` -> logits ``(B, T, V)``, attention
-        ``(B, T, S)`` or None."""
-        ...
-
-    def init_state(self, src: Tensor, src_lengths: Tensor) -> DecoderState:
-        """Encode ``src`` and return the decoder's first state."""
-        ...
-
-    def step(
-        self, tokens: Tensor, state: DecoderState, need_weights: bool = False
-    ) -> tuple[Tensor, DecoderState, Tensor | None]:
-        """One decoding step: ``tokens (N,)`` -> log-probabilities ``(N, V)``, the next state, attention ``(N, S)``."""
-        ...
 
 
 @dataclass
@@ -158,7 +72,8 @@ class Translator:
     """A translation network with its tokenizers and decoding limits.
 
     Attributes:
-        network: the network (any of ``tasks.translation.models``), an ``nn.Module``.
+        network: the network: any of ``tasks.translation.models`` (an ``nn.Module``), an ONNX Runtime network
+            (``tasks.translation.onnx_graphs``) or a CTranslate2 one (``tasks.translation.ct2``).
         src_tokenizer: source tokenizer.
         tgt_tokenizer: target tokenizer.
         max_len: cap on output tokens (also ``2 * source length + 10``).
@@ -170,7 +85,7 @@ class Translator:
         multihead: whether the cross-attention has several heads (alignment scores then rank them).
     """
 
-    network: nn.Module
+    network: nn.Module | EngineSearch
     src_tokenizer: BaseTokenizer
     tgt_tokenizer: BaseTokenizer
     max_len: int = 100
@@ -183,7 +98,7 @@ class Translator:
     @classmethod
     def for_options(
         cls,
-        network: nn.Module,
+        network: nn.Module | EngineSearch,
         options: TranslationOptions,
         src_tokenizer: BaseTokenizer,
         tgt_tokenizer: BaseTokenizer,
@@ -240,6 +155,8 @@ class Translator:
             if sha256 is not None:
                 raise ConfigError("sha256 pins a checkpoint or a model folder's weights; an engine export has none")
             return cls._from_engine(local, map_location, threads, overrides)
+        from tasks.translation.loading import load_translation  # PyTorch: a network with its weights
+
         loaded = load_translation(path, map_location, strict, sha256, overrides)
         return cls.for_options(loaded.network, loaded.options, *loaded.tokenizers, loaded.known_words)
 
@@ -249,57 +166,90 @@ class Translator:
     ) -> Translator:
         """An engine export: its options and tokenizers checked, its network on CTranslate2 or ONNX Runtime."""
         folder = read_engine_folder(TranslationFiles, path, TranslationOptions, ENGINES)
-        options = _options(folder.hparams, overrides, folder.source)
+        options = checked_options(folder.hparams, overrides, folder.source)
         artifacts = read_artifacts(folder.meta, folder.source, None, None)
         assert artifacts.tokenizers is not None  # no current tokenizers: always read
         src, tgt = artifacts.tokenizers
         device = "cpu" if map_location is None else str(map_location)
-        network: nn.Module
+        network: nn.Module | EngineSearch
         if folder.engine == "ctranslate2":
             network = load_ctranslate2(folder, src, tgt, "cuda" if device.startswith("cuda") else device, threads)
         else:
             if device != "cpu":
                 raise ConfigError(f"{folder.source}: the ONNX export runs on the CPU (map_location={device!r})")
+            from tasks.translation.onnx_graphs import load_onnx  # PyTorch drives its graphs (core.decoding)
+
             network = load_onnx(folder, options, threads)
         return cls.for_options(network, options, src, tgt, artifacts.known_words)
 
     @property
     def device(self) -> torch.device:
-        """Where the network's weights are (the CPU for an engine's network, which has none in PyTorch)."""
+        """Where a PyTorch network's weights are (the CPU for an ONNX Runtime network, which has none)."""
+        import torch
+
+        if isinstance(self.network, EngineSearch):
+            raise TypeError(f"a {self.network.engine} network has no PyTorch device")
         weight = next(self.network.parameters(), None)
         return torch.device("cpu") if weight is None else weight.device
 
     @property
     def engine(self) -> str:
-        """What runs the network: ``"pytorch"``, ``"ctranslate2"`` or ``"onnxruntime"``."""
-        return self.network.engine if isinstance(self.network, EngineNetwork) else "pytorch"
+        """What runs the network: ``"pytorch"``, ``"ctranslate2"`` or ``"onnxruntime"`` (an engine's network
+        names its engine)."""
+        return str(getattr(self.network, "engine", "pytorch"))
 
     def decode(self, src: Tensor, src_lengths: Tensor, beam: int, nbest: int, need_weights: bool) -> DecodeResult:
-        """Beam search over a padded batch ``src (B, S)``, ``src_lengths (B,)``."""
-        max_len = min(self.max_len, int(src_lengths.max()) * 2 + 10)
-        if isinstance(self.network, EngineSearch):  # CTranslate2: the engine runs the search itself
-            return self.network.search(
-                src, src_lengths, beam, nbest, need_weights, max_len, self.length_penalty, (PAD_ID, BOS_ID)
-            )
+        """Beam search of a PyTorch or ONNX Runtime network over a padded batch ``src (B, S)``, ``src_lengths (B,)``
+        (``core.decoding.beam``, without gradients)."""
+        import torch
+
+        from core.decoding.beam import DecoderState, beam_search
+
+        if isinstance(self.network, EngineSearch):
+            raise TypeError(f"a {self.network.engine} network searches whole sequences itself: call translate()")
         net: Seq2SeqNetwork = self.network  # type: ignore[assignment]  # nn.Module's __call__ is untyped
-        state = net.init_state(src, src_lengths)
+        with torch.no_grad():
+            state = net.init_state(src, src_lengths)
 
-        def step_fn(last: Tensor, st: DecoderState) -> tuple[Tensor, DecoderState, Tensor | None]:
-            return net.step(last, st, need_weights)
+            def step_fn(last: Tensor, st: DecoderState) -> tuple[Tensor, DecoderState, Tensor | None]:
+                return net.step(last, st, need_weights)
 
-        return beam_search(
-            step_fn,
-            state,
-            batch_size=src.shape[0],
-            bos_id=BOS_ID,
-            eos_id=EOS_ID,
-            max_len=max_len,
-            beam_size=beam,
-            length_penalty=self.length_penalty,
-            nbest=nbest,
-            suppress=(PAD_ID, BOS_ID),
-            device=src.device,
-        )
+            return beam_search(
+                step_fn,
+                state,
+                batch_size=src.shape[0],
+                bos_id=BOS_ID,
+                eos_id=EOS_ID,
+                max_len=self.max_len_for(int(src_lengths.max())),
+                beam_size=beam,
+                length_penalty=self.length_penalty,
+                nbest=nbest,
+                suppress=(PAD_ID, BOS_ID),
+                device=src.device,
+            )
+
+    def max_len_for(self, longest: int) -> int:
+        """The most output tokens for a batch whose longest source has ``longest`` tokens."""
+        return min(self.max_len, longest * 2 + 10)
+
+    def search(self, sources: list[list[int]], beam: int, nbest: int, need_weights: bool) -> DecodeResult:
+        """Beam search over a batch of source ids, on whatever runs the network.
+
+        An empty source is one PAD token on every engine (as ``pad_ids`` makes it for a PyTorch network).
+        """
+        sources = [ids or [PAD_ID] for ids in sources]
+        if isinstance(self.network, EngineSearch):  # CTranslate2: the engine runs the search itself
+            longest = max(len(ids) for ids in sources)
+            return self.network.search(
+                sources, beam, nbest, need_weights, self.max_len_for(longest), self.length_penalty, (PAD_ID, BOS_ID)
+            )
+        from core.decoding.fast_paths import eval_mode
+        from tasks.translation.batching import pad_ids
+
+        src, lengths = pad_ids(sources)  # (B, S), (B,)
+        device = self.device
+        with eval_mode(self.network):
+            return self.decode(src.to(device), lengths.to(device), beam, nbest, need_weights)
 
     def unknown_words(self, text: str) -> list[str]:
         """Words of ``text`` the model never saw in training (its translation of them is a guess), each once.
@@ -323,7 +273,6 @@ class Translator:
             encoded.append(ids)
         return encoded
 
-    @torch.no_grad()
     def translate(
         self,
         texts: str | Sequence[str],
@@ -355,6 +304,33 @@ class Translator:
         """
         if isinstance(texts, str):
             return self.translate([texts], beam, nbest, return_attention, batch_size)[0]
+        hypotheses = self.hypotheses(texts, beam, nbest, return_attention, batch_size)
+        items = [[h if return_attention else h.text for h in hyps] for hyps in hypotheses]
+        return [hyps[0] if nbest == 1 else hyps for hyps in items]
+
+    def hypotheses(
+        self,
+        texts: Sequence[str],
+        beam: int = 5,
+        nbest: int = 1,
+        need_weights: bool = False,
+        batch_size: int = 64,
+    ) -> list[list[Translation]]:
+        """The ``nbest`` best hypotheses of every sentence, best first, with their scores and tokens (what
+        :meth:`translate` and the CLI print).
+
+        Args:
+            texts: source sentences.
+            beam: beam size (1 = greedy).
+            nbest: hypotheses per sentence (≤ beam).
+            need_weights: also each hypothesis' ``(T, S)`` attention (else ``attention`` is None). CTranslate2
+                searches sentence by sentence when asked for it with ``beam > 1`` (see ``tasks.translation.ct2``).
+            batch_size: sentences decoded together.
+
+        Raises:
+            core.errors.ConfigError: ``texts`` not strings, or ``nbest`` outside 1-``beam``.
+            core.errors.DecodingError: the model gave no hypothesis (non-finite scores).
+        """
         if not all(isinstance(t, str) for t in texts):
             raise ConfigError("translate() takes a sentence or a list of sentences (strings)")
         if not 1 <= nbest <= beam:
@@ -363,29 +339,20 @@ class Translator:
         encoded = self.encode(texts)
         # Decode in length-sorted batches (little padding), then restore the input order.
         order = sorted(range(len(texts)), key=lambda i: len(encoded[i]))
-        results: list[Any] = [None] * len(texts)
-        device = self.device
-        with eval_mode(self.network):
-            for k in range(0, len(order), batch_size):
-                idx = order[k : k + batch_size]
-                src, lengths = pad_ids([encoded[i] for i in idx])  # (B, S), (B,)
-                res = self.decode(src.to(device), lengths.to(device), beam, nbest, return_attention)
-                for j, i in enumerate(idx):
-                    hyps: list[Any] = []
-                    for toks, score, att in zip(res.tokens[j], res.scores[j], res.attention[j]):
-                        text = tgt_tok.decode(toks)
-                        if not return_attention:
-                            hyps.append(text)
-                            continue
-                        s_len = max(1, len(encoded[i]))
-                        hyps.append(
-                            Translation(
-                                text,
-                                float(score),
-                                [src_tok.id_to_token(t) for t in encoded[i]],
-                                [tgt_tok.id_to_token(t) for t in toks],
-                                None if att is None else att[:, :s_len].float().cpu(),  # (T, S)
-                            )
-                        )
-                    results[i] = hyps[0] if nbest == 1 else hyps
+        results: list[list[Translation]] = [[] for _ in texts]
+        for k in range(0, len(order), batch_size):
+            idx = order[k : k + batch_size]
+            res = self.search([encoded[i] for i in idx], beam, nbest, need_weights)
+            for j, i in enumerate(idx):
+                s_len = max(1, len(encoded[i]))
+                results[i] = [
+                    Translation(
+                        tgt_tok.decode(toks),
+                        float(score),
+                        [src_tok.id_to_token(t) for t in encoded[i]],
+                        [tgt_tok.id_to_token(t) for t in toks],
+                        None if att is None else att[:, :s_len].float().cpu(),  # (T, S)
+                    )
+                    for toks, score, att in zip(res.tokens[j], res.scores[j], res.attention[j])
+                ]
         return results

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from core.errors import CheckpointError, ConfigError
-from core.io.model_folder import file_bytes, file_value
+from core.io.folder_files import file_bytes, file_value
 from core.text.tokenizers import SPECIAL_TOKENS, BaseTokenizer
 
 __all__ = ["FILES", "OFFSET", "MarianTokenizerSide", "marian_tokenizers", "read_tokenizer_files"]

@@ -25,7 +25,7 @@ from core.text.known_words import KnownWords
 from core.text.tokenizers import BaseTokenizer
 from core.train.module import TaskModule
 from tasks.translation.inference import Translator
-from tasks.translation.networks import TASK, TranslationFiles, TranslationOptions
+from tasks.translation.options import TASK, TranslationFiles, TranslationOptions
 from tasks.translation.task import TranslationNetwork, TranslationTask
 
 

@@ -1,121 +1,31 @@
-"""The translation networks and what a translation file holds, without Lightning or the training stack.
-
-:class:`TranslationOptions` (the network and decoding options of ``TranslationModule``), the builders picked by
-``--model.arch`` (:data:`NETWORKS`, :func:`build_network`) and :class:`TranslationFiles`: the task's name, the
-bounds and old names of its options, its model-folder files and the upgrades of old weights. The training
-module (``tasks.translation.module``) and the lean loader (``Translator.from_pretrained``) both read them, so a
-file is checked the same way whichever loads it.
+"""The translation networks, built from :class:`~tasks.translation.options.TranslationOptions` without Lightning
+or the training stack: the builders picked by ``--model.arch`` (:data:`NETWORKS`, :func:`build_network`). The
+training module (``tasks.translation.module``) and the lean loader (``Translator.from_pretrained``) both build
+through them.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, Protocol
 
-from torch import nn
+from torch import Tensor, nn
 
-from core.attention import attention_options as attention_options_for  # the field has its name
+from core.decoding.beam import DecoderState, StepDecoder
 from core.errors import ConfigError
-from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, SIZE
-from tasks.translation.marian_tokenizer import FILES as MARIAN_FILES
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
-from tasks.translation.models.rnn import RNNType, upgrade_state_dict_v1
-from tasks.translation.models.transformer import upgrade_state_dict_v2
+from tasks.translation.options import TranslationOptions
 
 if TYPE_CHECKING:
     from tasks.translation.models.marian import MarianSeq2Seq
 
 __all__ = [
-    "FOLDER_FILES",
-    "FOLDER_RAW_FILES",
-    "HPARAM_BOUNDS",
-    "HPARAM_RENAMES",
     "NETWORKS",
-    "TASK",
-    "TranslationFiles",
-    "TranslationOptions",
+    "Seq2SeqNetwork",
     "build_network",
     "rnn_network",
     "transformer_network",
 ]
-
-TASK = "translation"
-
-#: inclusive bounds of the numeric options (sizes capped: a tampered file cannot make us allocate gigabytes)
-HPARAM_BOUNDS: dict[str, tuple[float, float]] = {
-    "embed_dim": SIZE,
-    "hidden_dim": SIZE,
-    "encoder_layers": LAYERS,
-    "decoder_layers": LAYERS,
-    "num_heads": LAYERS,
-    "ffn_dim": SIZE,
-    "dropout": FRACTION,
-    "label_smoothing": FRACTION,
-    "beam_size": BEAM,
-    "length_penalty": (-10.0, 10.0),
-    "max_len": LENGTH,
-    "max_source_tokens": LENGTH,
-    "val_bleu_sentences": (0, 10**9),
-    "plot_examples": (0, 1000),
-    "trainable_blocks": (-1, 1000),
-}
-#: names of format-1 checkpoints (before one vocabulary of names across the tasks)
-HPARAM_RENAMES: dict[str, str] = {
-    "emb_dim": "embed_dim",
-    "enc_layers": "encoder_layers",
-    "dec_layers": "decoder_layers",
-    "ff_dim": "ffn_dim",
-    "val_beam": "beam_size",
-    "num_plot_sentences": "plot_examples",
-    "max_decode_len": "max_len",
-}
-#: artifacts (dotted metadata names) kept in their own file of a model folder
-FOLDER_FILES: dict[str, str] = {
-    "tokenizers.src": "tokenizer_src.json",
-    "tokenizers.tgt": "tokenizer_tgt.json",
-    "known_words": "known_words.json",
-}
-#: a Marian model's own tokenizer files, byte for byte (`tasks.translation.marian_tokenizer`)
-FOLDER_RAW_FILES: dict[str, str] = {f"hf_tokenizer.{name}": name for name in MARIAN_FILES}
-
-
-@dataclass(frozen=True)
-class TranslationOptions:
-    """The network and decoding options of ``TranslationModule`` (see its docstring); typed as its constructor,
-    so the lean loader validates a file's hyper-parameters against these fields.
-
-    ``attention="none"`` drops the options written for another mechanism (naming them), so what is recorded is
-    what was built.
-    """
-
-    arch: Literal["rnn", "transformer", "marian"] = "rnn"
-    embed_dim: int = 256
-    hidden_dim: int = 256
-    encoder_layers: int = 1
-    decoder_layers: int = 1
-    rnn_type: RNNType = "gru"
-    attention: str = "additive"
-    attention_options: dict[str, int | float | str | bool | None] | None = None
-    num_heads: int = 4
-    ffn_dim: int = 1024
-    dropout: float = 0.1
-    label_smoothing: float = 0.1
-    tie_embeddings: bool = False
-    beam_size: int = 5
-    length_penalty: float = 1.0
-    max_len: int = 100
-    max_source_tokens: int = 100
-    val_bleu_sentences: int | None = None
-    plot_examples: int = 3
-    trainable_blocks: int = -1
-
-    def __post_init__(self) -> None:
-        if self.beam_size < 1:
-            raise ConfigError(f"--model.beam_size must be >= 1, got {self.beam_size}")
-        if self.attention == "none":
-            normalised = attention_options_for("none", self.attention_options, self.hidden_dim) or None
-            object.__setattr__(self, "attention_options", normalised)
 
 
 def rnn_network(o: TranslationOptions, src_vocab: int, tgt_vocab: int) -> RNNSeq2Seq:
@@ -182,36 +92,22 @@ def build_network(
     return NETWORKS[o.arch](o, src_vocab, tgt_vocab)
 
 
-class TranslationFiles:
-    """What reading a translation checkpoint or model folder needs (``core.io.rebuild.RebuildSpec``): written by
-    ``TranslationModule``, whose class attributes are these."""
+class Seq2SeqNetwork(StepDecoder, Protocol):
+    """What every translation network provides (RNN, Transformer, Marian; ``tasks.translation.models``)."""
 
-    TASK: ClassVar[str] = TASK
-    ARCHITECTURE: ClassVar[str] = "TranslationModule"  # the ``architecture`` of its model folders' config.json
-    HPARAM_BOUNDS: ClassVar[Mapping[str, tuple[float, float]]] = HPARAM_BOUNDS
-    HPARAM_RENAMES: ClassVar[Mapping[str, str]] = HPARAM_RENAMES
-    FOLDER_FILES: ClassVar[Mapping[str, str]] = FOLDER_FILES
-    FOLDER_RAW_FILES: ClassVar[Mapping[str, str]] = FOLDER_RAW_FILES
+    def __call__(
+        self, src: Tensor, src_lengths: Tensor, tgt_in: Tensor, need_weights: bool = False, **kwargs: Any
+    ) -> tuple[Tensor, Tensor | None]:
+        """Teacher forcing: ``src (B, S)``, ``src_lengths (B,)``, ``tgt_in (B, T)`` -> logits ``(B, T, V)``, attention
+        ``(B, T, S)`` or None."""
+        ...
 
-    @classmethod
-    def hparam_bounds(cls) -> dict[str, tuple[float, float]]:
-        return dict(HPARAM_BOUNDS)
+    def init_state(self, src: Tensor, src_lengths: Tensor) -> DecoderState:
+        """Encode ``src`` and return the decoder's first state."""
+        ...
 
-    @classmethod
-    def upgrade_hparams(cls, hparams: dict[str, Any], version: int) -> dict[str, Any]:
-        return hparams
-
-    @classmethod
-    def upgrade_state_dict(cls, state: dict[str, Any], version: int) -> dict[str, Any]:
-        """Format 1 kept the RNN decoder's parts directly under the seq2seq model; before the Transformer stacks
-        moved to ``core.layers``, its layers and norms sat directly under the network."""
-        if version < 2 and any(k.startswith("model.cells.") for k in state):
-            state = upgrade_state_dict_v1(state)
-        if any(k.startswith(("model.enc_layers.", "model.dec_layers.")) for k in state):
-            state = upgrade_state_dict_v2(state)
-        return state
-
-    @classmethod
-    def hparams_from_metadata(cls, meta: Mapping[str, Any], source: str) -> dict[str, Any]:
-        """A Marian model is rebuilt from the config stored with it: loading never downloads it."""
-        return {"pretrained_config": meta["pretrained"]} if isinstance(meta.get("pretrained"), dict) else {}
+    def step(
+        self, tokens: Tensor, state: DecoderState, need_weights: bool = False
+    ) -> tuple[Tensor, DecoderState, Tensor | None]:
+        """One decoding step: ``tokens (N,)`` -> log-probabilities ``(N, V)``, the next state, attention ``(N, S)``."""
+        ...

@@ -32,7 +32,7 @@ from core.engines.onnx import OnnxStepNetwork, export_graphs, flatten_state, loa
 from core.errors import CheckpointError, ConfigError
 from core.text.tokenizers import PAD_ID
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
-from tasks.translation.networks import TranslationOptions
+from tasks.translation.options import TranslationOptions
 
 __all__ = ["RNN_ATTENTIONS", "load_onnx", "write_onnx"]
 

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import CheckpointError, ConfigError, UserError
-from core.io.checkpoint import META_KEY
+from core.io.checks import META_KEY
 from core.text.known_words import KnownWords
 from core.text.tokenizers import BaseTokenizer, tokenizer_from_dict
 from tasks.translation.marian_tokenizer import files_from_metadata, files_to_metadata, marian_tokenizers

@@ -27,7 +27,8 @@ from tasks.translation.inference import Translator
 from tasks.translation.marian_tokenizer import marian_tokenizers
 from tasks.translation.models import RNNSeq2Seq, TransformerSeq2Seq
 from tasks.translation.models.marian import MarianSeq2Seq, load_marian
-from tasks.translation.networks import TranslationOptions, build_network
+from tasks.translation.networks import build_network
+from tasks.translation.options import TranslationOptions
 from tasks.translation.stored import read_artifacts, write_artifacts
 
 Batch = dict[str, Any]

@@ -231,15 +231,26 @@ def test_tampered_exports_are_refused_naming_them(exported: tuple[Path, Path], t
         Translator.from_pretrained(out, sha256="abc")
 
 
-def test_ctranslate2_path_imports_no_lightning(exported: tuple[Path, Path]) -> None:
-    """Translating with the export imports neither Lightning nor torch._dynamo (its start-up is the engine's)."""
-    _, out = exported
+def test_ctranslate2_path_imports_no_torch(exported: tuple[Path, Path]) -> None:
+    """Translating with the export, as a library call and through ``attn-translate translate``, imports neither
+    Lightning nor PyTorch (its start-up is the engine's: a fraction of a second, where ``import torch`` alone takes
+    over one); the same translation as the PyTorch folder. Attention asked for brings PyTorch in (a tensor)."""
+    folder, out = exported
     code = (
         "import sys\n"
         "from tasks.translation.cli import main\n"
-        f"assert main(['translate', '--ckpt', {str(out)!r}, 'I love you']) == 0\n"
-        "bad = [m for m in ('lightning', 'torchmetrics', 'lightning_fabric', 'transformers', 'torch._dynamo',"
-        " 'onnxruntime') if m in sys.modules]\n"
+        "from tasks.translation.inference import Translator\n"
+        f"print(Translator.from_pretrained({str(out)!r}).translate('I love you'))\n"
+        f"assert main(['translate', '--ckpt', {str(out)!r}, '--nbest', '2', 'I love you']) == 0\n"
+        "bad = [m for m in ('torch', 'lightning', 'torchmetrics', 'transformers', 'onnxruntime') if m in sys.modules]\n"
         "assert not bad, bad\n"
+        f"Translator.from_pretrained({str(out)!r}).translate('I love you', return_attention=True)\n"
+        "assert 'torch' in sys.modules\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    eager = Translator.from_pretrained(folder)
+    assert lines[0] == eager.translate("I love you")
+    best2 = eager.translate("I love you", nbest=2, return_attention=True)
+    assert [line.split("\t")[2] for line in lines[1:]] == [h.text for h in best2]

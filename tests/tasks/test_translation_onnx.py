@@ -17,8 +17,9 @@ from core.engines.folder import EngineFolder
 from core.errors import CheckpointError, ConfigError
 from core.text.tokenizers import CharTokenizer
 from tasks.translation.inference import Translation, Translator
-from tasks.translation.networks import TranslationOptions, build_network
+from tasks.translation.networks import build_network
 from tasks.translation.onnx_graphs import load_onnx, write_onnx
+from tasks.translation.options import TranslationOptions
 
 pytest.importorskip("onnxruntime")
 

@@ -9,7 +9,7 @@ to the decoder size once per source.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -20,8 +20,7 @@ from core.attention import lengths_to_mask
 from core.decoding.beam import DecoderState
 from core.layers import AttentionalRNNDecoder
 from core.text.tokenizers import PAD_ID
-
-RNNType = Literal["gru", "lstm"]
+from tasks.translation.options import RNNType
 
 
 class RNNEncoder(nn.Module):
@@ -203,16 +202,3 @@ class RNNSeq2Seq(nn.Module):
     def cross_attentions(self) -> list[nn.Module]:
         """The decoder's one attention module (queried once per output step)."""
         return [self.decoder.attention]
-
-
-def upgrade_state_dict_v1(state: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
-    """Weights of a format-1 checkpoint (decoder parts directly under the seq2seq model) under today's names."""
-    moved = ("tgt_embedding", "cells", "bridge", "key_proj", "attention", "combine", "pre_out", "out")
-    renames = {"tgt_embedding": "embedding"}
-    out: dict[str, Any] = {}
-    for key, value in state.items():
-        head, _, rest = key[len(prefix) :].partition(".") if key.startswith(prefix) else ("", "", "")
-        if head in moved:
-            key = f"{prefix}decoder.{renames.get(head, head)}.{rest}"
-        out[key] = value
-    return out

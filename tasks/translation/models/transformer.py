@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from torch import Tensor, nn
 
 from core.attention import lengths_to_mask
@@ -116,22 +114,3 @@ class TransformerSeq2Seq(nn.Module):
         x = self._embed(self.tgt_embedding, last_tokens[:, None], offset=t)  # (N,) -> (N, 1, D)
         h, state, weights = self.decoder.step(x, state, need_weights)  # (N, D)
         return step_log_probs(vocab_projection(self.out, h)), state, weights  # (N, V)
-
-
-def upgrade_state_dict_v2(state: dict[str, Any], prefix: str = "model.") -> dict[str, Any]:
-    """Weight names of Transformers written before the stacks moved to ``core.layers`` (``enc_layers``,
-    ``enc_norm``, ``dec_layers``, ``dec_norm`` directly under the network) mapped to today's."""
-    names = {
-        "enc_layers.": "encoder.layers.",
-        "enc_norm.": "encoder.norm.",
-        "dec_layers.": "decoder.layers.",
-        "dec_norm.": "decoder.norm.",
-    }
-    out = {}
-    for key, value in state.items():
-        for old, new in names.items():
-            if key.startswith(prefix + old):
-                key = prefix + new + key[len(prefix + old) :]
-                break
-        out[key] = value
-    return out

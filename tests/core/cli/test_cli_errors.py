@@ -66,7 +66,8 @@ def test_parse_device_errors_are_user_errors() -> None:
     from core.cli.run import parse_device
     from core.errors import ConfigError
 
-    assert parse_device("cpu") == torch.device("cpu")
+    assert parse_device("cpu") == "cpu"
+    assert parse_device("cpu:0") == "cpu:0"
     with pytest.raises(ConfigError, match="not a torch device"):
         parse_device("gpu0")
     if not torch.cuda.is_available():
