@@ -263,12 +263,19 @@ def hf_generate(name: str, folder: Path, threads: int, lengths: dict[str, int], 
 
 
 # ------------------------------------------------------------------------------------------------ measures
-def startup(path: Path, runs: int) -> float:
-    code = (
-        "import time; t0 = time.perf_counter()\n"
-        "from tasks.translation.inference import Translator\n"
-        f"print(Translator.from_pretrained({str(path)!r}).translate({ONE!r}, beam=5))\n"
-    )
+STARTUP_CODE = {
+    "library": "from tasks.translation.inference import Translator\n"
+    "print(Translator.from_pretrained({path!r}).translate({one!r}, beam=5))\n",
+    "cli": "from tasks.translation.cli import main\n"
+    "raise SystemExit(main(['translate', '--ckpt', {path!r}, {one!r}]))\n",
+    "import torch": "import torch\n",
+}
+
+
+def startup(path: Path, runs: int, how: str = "library") -> float:
+    """Median wall time of a fresh process that loads the model and translates one sentence (beam 5): a library
+    call, ``attn-translate translate`` (``cli``), or, for reference, ``import torch`` alone."""
+    code = STARTUP_CODE[how].format(path=str(path), one=ONE)
     env = {**os.environ, "OMP_NUM_THREADS": "2"}
     times = []
     for _ in range(runs):
@@ -276,6 +283,38 @@ def startup(path: Path, runs: int) -> float:
         subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, check=True)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def startup_only(args: argparse.Namespace, texts: list[str]) -> dict[str, Any]:
+    """``--startup-only``: every engine's start-up as a library call and through the CLI, and ``import torch``
+    alone, alternated over ``--startup-runs`` rounds (medians, min and max)."""
+    out: dict[str, Any] = {}
+    for size in args.sizes:
+        work = args.work / size
+        work.mkdir(parents=True, exist_ok=True)
+        from tasks.translation.inference import Translator
+
+        trained = Translator.from_pretrained(args.ckpt).src_tokenizer if args.ckpt else None
+        folder = Path(args.ckpt) if (args.ckpt and size == "cpu") else random_folder(size, texts, work, trained)
+        paths = {k: v for k, v in exports(folder, work, size).items() if isinstance(v, Path)}
+        runs: dict[str, list[float]] = {}
+        load = [round(x, 2) for x in os.getloadavg()]
+        for _ in range(args.startup_runs):
+            runs.setdefault("import torch (reference)", []).append(startup(folder, 1, "import torch"))
+            for k, pth in paths.items():
+                for how in ("library", "cli"):
+                    runs.setdefault(f"{k} ({how})", []).append(startup(pth, 1, how))
+        out[size] = {
+            "model": str(folder),
+            "load_average_before": load,
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
+            "startup_s": {
+                k: {"median": round(statistics.median(v), 3), "min": round(min(v), 3), "max": round(max(v), 3)}
+                for k, v in runs.items()
+            },
+        }
+        print(json.dumps(out[size], indent=1))
+    return out
 
 
 def timed(fn: Callable[[], int]) -> tuple[float, int]:
@@ -425,6 +464,7 @@ def main() -> int:
     p.add_argument("--latency-sentences", type=int, default=10)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--startup-runs", type=int, default=5)
+    p.add_argument("--startup-only", action="store_true", help="only the start-up rows (library and CLI)")
     p.add_argument("--quality", action="store_true", help="BLEU of each engine on the test split (trained --ckpt)")
     p.add_argument("--quality-sentences", type=int, default=2000)
     p.add_argument("--demo", type=Path, default=None, help="also the demo's translation model folder on ONNX Runtime")
@@ -452,6 +492,11 @@ def main() -> int:
         "args": {k: str(v) for k, v in vars(args).items()},
         "sizes": {},
     }
+    if args.startup_only:
+        results["startup"] = startup_only(args, texts[: args.sentences])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
+        return 0
     if args.demo is not None:
         results["demo"] = demo_quality(args.demo, args.work, args.rounds)
         print(json.dumps(results["demo"], indent=1))
