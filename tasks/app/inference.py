@@ -209,6 +209,9 @@ def run_translation(model: Any, text: Any, beam: Any, nbest: Any, limits: Limits
     results = [r if isinstance(r, list) else [r] for r in results]
     rows = [[i, rank, h.text, round(h.score, 4)] for i, hyps in enumerate(results, 1) for rank, h in enumerate(hyps, 1)]
     figures, details, notes = [], [], []
+    engine = getattr(model, "engine", "pytorch")
+    if engine != "pytorch":  # an export holds the averaged alignment only, not every layer and head
+        notes.append(f"this model runs on {engine}: per-layer and per-head views need its PyTorch model folder")
     for i, (src, hyps) in enumerate(zip(sentences, results, strict=True), 1):
         best = hyps[0]
         title = f"{i}: {src} → {best.text}"
@@ -220,7 +223,8 @@ def run_translation(model: Any, text: Any, beam: Any, nbest: Any, limits: Limits
             figures.append(
                 (figure_image(plot_alignment(best.attention, best.src_tokens, best.tgt_tokens, title=title)), title)
             )
-        details += _layer_head_figures(model, i, src, best)
+        if engine == "pytorch":
+            details += _layer_head_figures(model, i, src, best)
     return TabResult("\n".join(h[0].text for h in results), rows, figures, details, notes)
 
 
