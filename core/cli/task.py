@@ -179,7 +179,8 @@ class TaskCLI(LightningCLI):
             ckpt_path = Path(root) / "checkpoints" / "last.ckpt"
         if not ckpt_path or not Path(str(ckpt_path)).is_file():
             return
-        from core.io.checkpoint import META_KEY, load_checkpoint
+        from core.io.checkpoint import load_checkpoint
+        from core.io.checks import META_KEY
         from core.io.hparams import check_plain, validate_hparams
 
         ckpt = load_checkpoint(ckpt_path, expected_task=self.task)

@@ -27,14 +27,10 @@ from typing import Any
 import torch
 
 from core.errors import CheckpointError
-from core.io.checks import FORMAT_VERSION, META_KEY, PROVENANCE_ATTR, check_sha256_arg
+from core.io.checks import FORMAT_VERSION, META_KEY, check_sha256_arg
 
 __all__ = [
-    "FORMAT_VERSION",
-    "META_KEY",
-    "PROVENANCE_ATTR",
     "cache_dir",
-    "check_sha256_arg",
     "checkpoint_task",
     "load_checkpoint",
     "make_metadata",

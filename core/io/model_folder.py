@@ -36,39 +36,29 @@ from typing import Any, TypeVar
 import torch
 
 from core.errors import CheckpointError, UserError
-from core.io.checkpoint import FORMAT_VERSION, PROVENANCE_ATTR
+from core.io.checks import FORMAT_VERSION, PROVENANCE_ATTR, RebuildSpec
 from core.io.folder_files import (
     CONFIG_NAME,
     ENGINE_KEY,
     HUB_PREFIX,
     LIBRARY,
     file_bytes,
-    file_value,
-    folder_engine,
     read_folder_config,
     resolve_hub,
     transport_errors,
 )
 from core.io.jsonio import read_json
 from core.io.model_card import model_card
-from core.io.rebuild import RebuildableModule, RebuildSpec, StoredModel, build_task_module, read_checkpoint
+from core.io.rebuild import RebuildableModule, StoredModel, build_task_module, read_checkpoint
 
 __all__ = [
-    "CONFIG_NAME",
-    "ENGINE_KEY",
-    "PROVENANCE_ATTR",
     "WEIGHTS_NAME",
     "check_destination",
-    "file_bytes",
-    "file_value",
-    "folder_engine",
     "from_pretrained",
     "load_task_model",
     "push_to_hub",
-    "read_folder_config",
     "read_model_folder",
     "read_task_files",
-    "resolve_hub",
     "save_pretrained",
     "split_metadata",
     "write_folder",
@@ -354,7 +344,7 @@ def _figure_bytes(figure: str | os.PathLike[str]) -> bytes:
 # ---------------------------------------------------------------------------------------------- reading
 def read_model_folder(spec: type[RebuildSpec], folder: str | os.PathLike[str]) -> StoredModel:
     """A model folder of ``spec``'s task read without pickle: its config, artifact files and weights, their content
-    not yet checked (``core.io.rebuild.checked_parts`` does that).
+    not yet checked (``core.io.checks.checked_parts`` does that).
 
     Raises:
         CheckpointError: not a model folder, another task's folder, an engine export, or unreadable files.

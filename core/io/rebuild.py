@@ -30,16 +30,12 @@ from core.io.checks import (
     RebuildSpec,
     checked_call,
     checked_parts,
-    format_version,
 )
 
 __all__ = [
-    "RebuildSpec",
     "StoredModel",
     "build_task_module",
-    "checked_parts",
     "construct_checked",
-    "format_version",
     "load_checked_weights",
     "load_task_module",
     "non_finite_weights",

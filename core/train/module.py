@@ -44,11 +44,12 @@ from torchmetrics.aggregation import MeanMetric
 
 from core.cli.output import Prediction
 from core.errors import CheckpointError, ConfigError
-from core.io.checkpoint import META_KEY, make_metadata
+from core.io.checkpoint import make_metadata
+from core.io.checks import META_KEY, format_version
 from core.io.hparams import check_plain
 from core.io.model_folder import load_task_model, save_pretrained
 from core.io.model_folder import push_to_hub as push_folder  # the method's argument has the hub's name
-from core.io.rebuild import format_version, load_task_module, raise_if_mismatch
+from core.io.rebuild import load_task_module, raise_if_mismatch
 from core.metrics.corpus import CorpusOutputs
 from core.train.callbacks import empty_batch_loss, log_figure
 from core.train.schedule import OptimizerOptions, configure_optimizer

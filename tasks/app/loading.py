@@ -82,7 +82,7 @@ def load_task_model(task: str, path: str | Path, device: str = "cpu") -> Any:
         core.errors.UserError: unknown task; ``CheckpointError`` for a missing, unsafe, corrupt or
             other-task checkpoint (the message names the file).
     """
-    from core.io.model_folder import CONFIG_NAME
+    from core.io.folder_files import CONFIG_NAME
 
     cls = _inference_class(task)
     text = str(path)

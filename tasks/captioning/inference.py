@@ -29,8 +29,10 @@ from core.decoding.fast_paths import eval_mode
 from core.engines.folder import read_engine_folder
 from core.engines.onnx import EngineNetwork
 from core.errors import ConfigError
-from core.io.model_folder import HUB_PREFIX, folder_engine, read_task_files, resolve_hub
-from core.io.rebuild import checked_parts, construct_checked, load_checked_weights
+from core.io.checks import checked_parts
+from core.io.folder_files import HUB_PREFIX, folder_engine, resolve_hub
+from core.io.model_folder import read_task_files
+from core.io.rebuild import construct_checked, load_checked_weights
 from tasks.captioning.images import eval_transform, load_rgb, shown_image
 from tasks.captioning.network import CaptionNetwork, NetworkOptions, build_network
 from tasks.captioning.onnx_graphs import OnnxCaptionNetwork, load_onnx

@@ -8,7 +8,7 @@ the module before the core module and of the Transformer decoder's layers before
 ``core.layers.TransformerDecoder`` (:func:`upgrade_state_dict`), map to today's.
 
 :class:`CaptioningFiles` gathers these rules with the bounds and old names of the options and the model-folder
-files (``core.io.rebuild.RebuildSpec``), and :class:`StoredOptions` types the options a file is rebuilt from:
+files (``core.io.checks.RebuildSpec``), and :class:`StoredOptions` types the options a file is rebuilt from:
 ``CaptioningModule`` and the Lightning-free ``Captioner.from_pretrained`` both read them, so a file is checked the
 same way whichever loads it.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from core.errors import CheckpointError
-from core.io.checkpoint import META_KEY
+from core.io.checks import META_KEY
 from core.io.hparams import BEAM, FRACTION, LAYERS, LENGTH, RATE, SIZE, STEPS
 from tasks.captioning.decoder import upgrade_decoder_v1
 from tasks.captioning.images import IMAGENET_MEAN, IMAGENET_STD
@@ -216,7 +216,7 @@ class StoredOptions:
 
 
 class CaptioningFiles:
-    """What reading a captioning checkpoint or model folder needs (``core.io.rebuild.RebuildSpec``): written by
+    """What reading a captioning checkpoint or model folder needs (``core.io.checks.RebuildSpec``): written by
     ``CaptioningModule``, whose class attributes and upgrades are these."""
 
     TASK: ClassVar[str] = TASK

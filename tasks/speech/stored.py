@@ -7,7 +7,7 @@ validates its field and names the file in its error. Old weight names are mapped
 `tasks.speech.network.upgrade_state_dict`.
 
 :class:`SpeechFiles` gathers these rules with the bounds and old names of the options and the model-folder files
-(``core.io.rebuild.RebuildSpec``), and :class:`StoredOptions` types the options a file is rebuilt from:
+(``core.io.checks.RebuildSpec``), and :class:`StoredOptions` types the options a file is rebuilt from:
 ``SpeechModule`` and the Lightning-free ``Transcriber.from_pretrained`` both read them, so a file is checked the
 same way whichever loads it.
 """
@@ -22,7 +22,7 @@ import torch
 
 from core.attention import attention_options as attention_options_for  # the field has its name
 from core.errors import CheckpointError, ConfigError
-from core.io.checkpoint import META_KEY
+from core.io.checks import META_KEY
 from core.io.hparams import BEAM, FRACTION, LAYERS, RATE, SIZE, STEPS
 from core.io.pretrained import is_hf_spec
 from core.text.tokenizers import BaseTokenizer, CharTokenizer, tokenizer_from_dict
@@ -212,7 +212,7 @@ def check_encoder_options(encoder: str, ctc_weight: float) -> None:
 
 
 class SpeechFiles:
-    """What reading a speech checkpoint or model folder needs (``core.io.rebuild.RebuildSpec``): written by
+    """What reading a speech checkpoint or model folder needs (``core.io.checks.RebuildSpec``): written by
     ``SpeechModule``, whose class attributes and upgrades are these."""
 
     TASK: ClassVar[str] = TASK

@@ -132,7 +132,7 @@ class Translator:
         or an engine export (``attn-translate export --format ctranslate2|onnx``), run on its engine.
 
         The same safe path as ``TranslationModule.from_pretrained`` (``core.io.rebuild``): no unpickling, the
-        hyper-parameters validated against :class:`~tasks.translation.networks.TranslationOptions` with the
+        hyper-parameters validated against :class:`~tasks.translation.options.TranslationOptions` with the
         module's bounds and old names, old weights upgraded, shapes and dtypes checked on the ``meta`` device
         before anything is allocated, non-finite weights refused. Translations are identical to the module's.
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from core.errors import ConfigError, DataError, UserError
-from core.io.checkpoint import FORMAT_VERSION
+from core.io.checks import FORMAT_VERSION
 from core.metrics.corpus import CorpusOutputs
 from tasks.captioning import scenes
 from tasks.captioning.images import ImageError, load_rgb

@@ -17,7 +17,7 @@ import soundfile as sf
 import torch
 
 from core.errors import DataError
-from core.io.checkpoint import FORMAT_VERSION
+from core.io.checks import FORMAT_VERSION
 from tasks.speech.audio import SAMPLE_RATE, load_audio, split_on_silence
 from tasks.speech.data import CHARSET, SpeechDataModule, make_char_tokenizer, validate_utterances
 from tasks.speech.features import FeatureStats, LogMel, SpecAugment

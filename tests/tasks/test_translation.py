@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from core.io.checkpoint import FORMAT_VERSION
+from core.io.checks import FORMAT_VERSION
 from core.text.known_words import words_of
 from tasks.translation import grammar
 from tasks.translation.cli import main

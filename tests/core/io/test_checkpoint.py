@@ -16,7 +16,8 @@ import torch
 
 from core.errors import CheckpointError, UserError
 from core.io import checkpoint as ckpt_mod
-from core.io.checkpoint import FORMAT_VERSION, load_checkpoint, make_metadata, resolve_checkpoint
+from core.io.checkpoint import load_checkpoint, make_metadata, resolve_checkpoint
+from core.io.checks import FORMAT_VERSION
 from core.io.rebuild import load_task_module
 from core.train.module import TaskModule
 from core.train.task import Objective, Stage, Task
