@@ -86,9 +86,9 @@ class InferenceSpec:
         failed_rows: rows printed for an input that failed (translation prints an empty line so output
             line i stays the translation of input line i); default none.
         batch_size: default ``--batch-size``.
-        load: ``(path, map_location=, sha256=) -> model`` when the task has a loader that needs no Lightning (a
-            lean inference object: translation's ``Translator.from_pretrained``); None: ``module_cls`` through
-            ``core.io.model_folder.load_task_model``.
+        load: ``(path, map_location=, sha256=, threads=) -> model`` when the task has a loader that needs no
+            Lightning (a lean inference object: translation's ``Translator.from_pretrained``; ``threads`` are an
+            engine export's); None: ``module_cls`` through ``core.io.model_folder.load_task_model``.
         check: ``(model, args)``, called once the model is loaded: raises ``UserError`` for options this model
             cannot serve (translation: ``--heads`` on an engine export), before any input is read.
     """
@@ -145,6 +145,14 @@ def _parser(spec: InferenceSpec) -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="DIR", default=None, help="write one attention figure (PNG) per input into DIR")
     p.add_argument("--device", default="cpu", help="torch device (cpu, cuda, cuda:1, mps); default cpu")
     p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads of PyTorch or of an engine export (CTranslate2, ONNX Runtime); default: its own choice "
+        "(one per core, up to 4 for CTranslate2)",
+    )
+    p.add_argument(
         "--batch-size", type=int, default=spec.batch_size, help=f"inputs decoded together; default {spec.batch_size}"
     )
     p.add_argument(
@@ -163,6 +171,8 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ConfigError(f"--nbest must be between 1 and --beam ({args.beam}), got {args.nbest}")
     if not 1 <= args.batch_size <= 4096:
         raise ConfigError(f"--batch-size must be between 1 and 4096, got {args.batch_size}")
+    if args.threads is not None and not 1 <= args.threads <= 1024:
+        raise ConfigError(f"--threads must be between 1 and 1024, got {args.threads}")
     args.sha256 = check_sha256_arg(args.sha256)
 
 
@@ -211,11 +221,15 @@ def run_inference(spec: InferenceSpec, argv: Sequence[str]) -> int:
     plot_dir = check_plot_dir(args.plot)
     device = parse_device(args.device)
     if spec.load is not None:
-        model = spec.load(args.ckpt, map_location=device, sha256=args.sha256)
+        model = spec.load(args.ckpt, map_location=device, sha256=args.sha256, threads=args.threads)
     else:  # a task without a lean loader: its module through the checkpoint / model folder reader (PyTorch)
         from core.io.model_folder import load_task_model
 
         model = load_task_model(spec.module_cls, args.ckpt, map_location=device, sha256=args.sha256)
+    if args.threads is not None and getattr(model, "engine", "pytorch") == "pytorch":
+        import torch  # an engine's threads were set by its loader; PyTorch's are the process's
+
+        torch.set_num_threads(args.threads)
     if spec.check is not None:
         spec.check(model, args)
     failed = 0

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=7860, help="port (default 7860; 0 = any free port)")
     p.add_argument("--device", default="cpu", help="torch device for the models (default cpu)")
-    p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads of PyTorch and of engine exports (default 1)")
     d = Limits()
     p.add_argument("--max-upload-mb", type=float, default=d.max_upload_mb, help="largest upload (MB)")
     p.add_argument("--max-audio-seconds", type=float, default=d.max_audio_seconds, help="longest audio (s)")
@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         models = {}
         for task, path in paths.items():
             print(f"loading {task} from {path}", flush=True)
-            models[task] = load_task_model(task, path, device=args.device)
+            models[task] = load_task_model(task, path, device=args.device, threads=max(1, args.threads))
         demo = build_app(models, limits)
         print(
             f"serving {', '.join(models)} on http://{args.host}:{args.port or '<free port>'} (Ctrl+C stops)", flush=True

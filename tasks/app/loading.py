@@ -66,13 +66,14 @@ def find_checkpoint(task: str, path: str | Path) -> Path:
     raise CheckpointError(f"{task}: model folder {p} has {what}; expected one of {tried}, or pass the file itself")
 
 
-def load_task_model(task: str, path: str | Path, device: str = "cpu") -> Any:
+def load_task_model(task: str, path: str | Path, device: str = "cpu", threads: int | None = None) -> Any:
     """Load the model of ``task`` from a checkpoint file or model folder, in eval mode.
 
     Args:
         task: ``translation``, ``captioning`` or ``speech``.
         path: a model folder (``export``), ``hf://ORG/NAME[@REV]``, or see :func:`find_checkpoint`.
         device: torch device for the weights.
+        threads: an engine export's CPU threads (None: the engine's default; PyTorch's are set by the caller).
 
     Returns:
         The task's inference object, loaded without Lightning through the same checks as its module's
@@ -87,8 +88,8 @@ def load_task_model(task: str, path: str | Path, device: str = "cpu") -> Any:
     cls = _inference_class(task)
     text = str(path)
     if text.startswith("hf://") or (Path(text).expanduser() / CONFIG_NAME).is_file():
-        return cls.from_pretrained(text, map_location=device)  # a hub id or an exported model folder
-    return cls.from_pretrained(find_checkpoint(task, path), map_location=device)
+        return cls.from_pretrained(text, map_location=device, threads=threads)  # a hub id or a model folder
+    return cls.from_pretrained(find_checkpoint(task, path), map_location=device, threads=threads)
 
 
 def demo_checkpoints(folder: str | Path) -> dict[str, Path]:

@@ -121,6 +121,29 @@ def test_ctranslate2_translates_as_pytorch(exported: tuple[Path, Path]) -> None:
     assert ct2.unknown_words("the zebra") == eager.unknown_words("the zebra")
 
 
+def test_threads_go_to_ctranslate2(
+    exported: tuple[Path, Path], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--threads N`` becomes CTranslate2's threads per translation (``intra_threads``; 0: its default); the
+    output does not change."""
+    import ctranslate2
+
+    _, out = exported
+    seen: list[int] = []
+    real = ctranslate2.Translator
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs["intra_threads"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ctranslate2, "Translator", spy)
+    assert main(["translate", "--ckpt", str(out), "I love you"]) == 0
+    want = capsys.readouterr().out
+    assert main(["translate", "--ckpt", str(out), "--threads", "1", "I love you"]) == 0
+    assert capsys.readouterr().out == want
+    assert seen == [0, 1]
+
+
 def test_int8_export_runs(exported: tuple[Path, Path], tmp_path: Path) -> None:
     folder, _ = exported
     out = export_ctranslate2(str(folder), str(tmp_path / "int8"), "int8")

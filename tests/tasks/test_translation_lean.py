@@ -206,6 +206,25 @@ def test_lean_translator_imports_no_lightning() -> None:
     assert out.returncode == 0, out.stderr
 
 
+def test_translate_threads_sets_pytorch_threads(capsys: pytest.CaptureFixture[str]) -> None:
+    """``--threads N`` on a PyTorch model sets PyTorch's threads (an engine export's go to its loader:
+    tests/tasks/test_translation_ct2.py); the translation does not change."""
+    import torch
+
+    from tasks.translation.cli import main
+
+    before = torch.get_num_threads()
+    try:
+        assert main(["translate", "--ckpt", str(FIXTURES / "rnn"), "I love you"]) == 0
+        want = capsys.readouterr().out
+        torch.set_num_threads(2)
+        assert main(["translate", "--ckpt", str(FIXTURES / "rnn"), "--threads", "1", "I love you"]) == 0
+        assert torch.get_num_threads() == 1
+        assert capsys.readouterr().out == want
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_translate_subcommand_imports_no_lightning() -> None:
     """``attn-translate translate`` loads through the lean Translator: the CLI's inference path imports neither
     Lightning nor torch._dynamo, and prints the same translation as the library call."""

@@ -93,3 +93,20 @@ def test_inference_clis_bad_device_exit_2(tmp_path, capsys: pytest.CaptureFixtur
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "error: --device 'gpu0'" in err and "Traceback" not in err, err
+
+
+def test_inference_clis_bad_threads_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tasks.captioning.cli import main as caption
+    from tasks.speech.cli import main as asr
+    from tasks.translation.cli import main as translate
+
+    ckpt = tmp_path / "x.ckpt"
+    ckpt.write_bytes(b"not read: the options are checked first")
+    for main, argv in (
+        (translate, ["translate", "--ckpt", str(ckpt), "--threads", "0", "hi"]),
+        (caption, ["caption", "--ckpt", str(ckpt), "--threads", "0", "a.png"]),
+        (asr, ["transcribe", "--ckpt", str(ckpt), "--threads", "0", "a.wav"]),
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error: --threads must be between 1 and 1024, got 0" in err and "Traceback" not in err, err
