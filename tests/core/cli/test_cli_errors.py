@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -78,24 +79,16 @@ def test_parse_device_errors_are_user_errors() -> None:
             parse_device(f"cuda:{torch.cuda.device_count()}")
 
 
-def test_inference_clis_bad_device_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tasks.captioning.cli import main as caption
-    from tasks.speech.cli import main as asr
-    from tasks.translation.cli import main as translate
-
-    ckpt = tmp_path / "x.ckpt"
-    ckpt.write_bytes(b"not read: the device is checked first")
-    for main, argv in (
-        (translate, ["translate", "--ckpt", str(ckpt), "--device", "gpu0", "hi"]),
-        (caption, ["caption", "--ckpt", str(ckpt), "--device", "gpu0", "a.png"]),
-        (asr, ["transcribe", "--ckpt", str(ckpt), "--device", "gpu0", "a.wav"]),
-    ):
-        assert main(argv) == 2
-        err = capsys.readouterr().err
-        assert "error: --device 'gpu0'" in err and "Traceback" not in err, err
-
-
-def test_inference_clis_bad_threads_exit_2(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--device", "gpu0", "error: --device 'gpu0'"),
+        ("--threads", "0", "error: --threads must be between 1 and 1024, got 0"),
+    ],
+)
+def test_inference_clis_bad_options_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
+) -> None:
     from tasks.captioning.cli import main as caption
     from tasks.speech.cli import main as asr
     from tasks.translation.cli import main as translate
@@ -103,10 +96,10 @@ def test_inference_clis_bad_threads_exit_2(tmp_path, capsys: pytest.CaptureFixtu
     ckpt = tmp_path / "x.ckpt"
     ckpt.write_bytes(b"not read: the options are checked first")
     for main, argv in (
-        (translate, ["translate", "--ckpt", str(ckpt), "--threads", "0", "hi"]),
-        (caption, ["caption", "--ckpt", str(ckpt), "--threads", "0", "a.png"]),
-        (asr, ["transcribe", "--ckpt", str(ckpt), "--threads", "0", "a.wav"]),
+        (translate, ["translate", "--ckpt", str(ckpt), option, value, "hi"]),
+        (caption, ["caption", "--ckpt", str(ckpt), option, value, "a.png"]),
+        (asr, ["transcribe", "--ckpt", str(ckpt), option, value, "a.wav"]),
     ):
         assert main(argv) == 2
         err = capsys.readouterr().err
-        assert "error: --threads must be between 1 and 1024, got 0" in err and "Traceback" not in err, err
+        assert message in err and "Traceback" not in err, err
