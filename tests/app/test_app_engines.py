@@ -58,3 +58,22 @@ def test_translation_tab_on_an_export(folder: Path, tmp_path: Path, engine: str)
     assert [title for _, title in got.figures] == [title for _, title in want.figures]
     assert want.details and not got.details
     assert got.notes == [f"this model runs on {engine}: per-layer and per-head views need its PyTorch model folder"]
+
+
+def test_app_threads_reach_an_export(folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``attn-app --threads N`` loads an export with N engine threads (``load_task_model(..., threads=N)``)."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from tasks.app.loading import load_task_model
+
+    out = export_ctranslate2(str(folder), str(tmp_path / "ct2"), "float32", False)
+    seen: list[int] = []
+    real = ctranslate2.Translator
+
+    def spy(*args: object, **kwargs: object) -> object:
+        seen.append(int(kwargs["intra_threads"]))  # type: ignore[call-overload]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ctranslate2, "Translator", spy)
+    model = load_task_model("translation", out, threads=1)
+    assert (model.engine, seen) == ("ctranslate2", [1])
+    assert model.translate("I love you") == Translator.from_pretrained(folder).translate("I love you")
